@@ -1,0 +1,61 @@
+"""Architecture hyper-parameters, kept apart so weights files can record and rebuild a model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NiivConfig:
+    """Shape of a niiv network.
+
+    The defaults are the paper's v2 ("Interactive", 2025): a 6-block EDSR encoder, attention over
+    the 3x3 neighbourhood of interpolated latents and a 5x256 MLP. ``v1()`` is the 2024 "Fast"
+    variant (16 blocks, plain bilinear latent interpolation) kept for ablation.
+    """
+
+    latent_dim: int = 64
+    encoder_blocks: int = 6
+    attention: bool = True
+    attention_radius: int = 1
+    mlp_hidden: int = 256
+    mlp_layers: int = 5
+    pe_bands: int = 2
+    residual: bool = True
+
+    @classmethod
+    def v2(cls) -> NiivConfig:
+        return cls()
+
+    @classmethod
+    def v1(cls) -> NiivConfig:
+        return cls(encoder_blocks=16, attention=False)
+
+    @classmethod
+    def named(cls, name: str) -> NiivConfig:
+        presets = {"v1": cls.v1, "v2": cls.v2}
+        if name not in presets:
+            raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(presets)}")
+        return presets[name]()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NiivConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown architecture fields {sorted(unknown)}")
+        return cls(**data)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels on each side that influence one latent (14 for 6 blocks: 29x29 field)."""
+        return 2 * self.encoder_blocks + 2
+
+    @property
+    def decoder_inputs(self) -> int:
+        """Latent, bilinear input value and sin/cos of each band for both coordinates."""
+        return self.latent_dim + 1 + 4 * self.pe_bands

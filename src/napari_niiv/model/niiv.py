@@ -1,0 +1,63 @@
+"""The assembled niiv network: encode a low-resolution slice once, query it anywhere."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import NiivConfig
+from .decoder import MLPDecoder, positional_encoding
+from .encoder import EDSREncoder
+from .latent_field import LatentGrid, LocalAttention, sample_bilinear
+
+# Queries decoded per chunk: bounds the (N, 9, 128) key/value gather and MLP activations to a few
+# tens of MB, below glibc's mmap threshold churn and far below any laptop's memory.
+QUERY_CHUNK = 16384
+
+
+class NiivModel(nn.Module):
+    """Neural implicit isotropic volume model (Troidl et al.), device-agnostic pure torch.
+
+    Inputs are normalised intensities in [0, 1]; rows of a slice are the anisotropic axis, and
+    ``alpha`` is how many isotropic voxels one input row spans.
+    """
+
+    def __init__(self, config: NiivConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NiivConfig()
+        c = self.config
+        self.encoder = EDSREncoder(c.latent_dim, c.encoder_blocks)
+        self.attention = LocalAttention(c.latent_dim, c.attention_radius) if c.attention else None
+        self.decoder = MLPDecoder(c.decoder_inputs, c.mlp_hidden, c.mlp_layers, c.residual)
+
+    def encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
+        """(B, 1, h, w) low-resolution slices -> latent grid ready for queries."""
+        latents = self.encoder(image)
+        kv = self.attention.project_grid(latents) if self.attention is not None else None
+        return LatentGrid(latents=latents, image=image, keys_values=kv, step=(1.0 / float(alpha), 1.0))
+
+    def query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
+        """Intensities at ``coords`` (B, N, 2) (row, col in input pixel units) -> (B, N)."""
+        if coords.shape[1] <= QUERY_CHUNK:
+            return self._query(grid, coords)
+        return torch.cat([self._query(grid, c) for c in coords.split(QUERY_CHUNK, dim=1)], dim=1)
+
+    def _query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
+        both = torch.cat((grid.latents, grid.image.to(grid.latents.dtype)), dim=1)
+        sampled = sample_bilinear(both, coords)
+        latent, value = sampled[..., :-1], sampled[..., -1]
+        if self.attention is not None:
+            latent = self.attention(latent, grid, coords)
+        pe = positional_encoding(coords, self.config.pe_bands).to(latent.dtype)
+        features = torch.cat((latent, value.unsqueeze(-1), pe), dim=-1)
+        return self.decoder(features, value)
+
+    def render(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Decode the separable grid ``rows`` x ``cols`` (coordinate vectors) -> (B, R, C)."""
+        rr, cc = torch.meshgrid(rows, cols, indexing="ij")
+        coords = torch.stack((rr, cc), dim=-1).reshape(1, -1, 2)
+        coords = coords.expand(grid.latents.shape[0], -1, -1).to(grid.latents.device)
+        return self.query(grid, coords).reshape(-1, rows.numel(), cols.numel())
+
+    def forward(self, image: torch.Tensor, coords: torch.Tensor, alpha: float) -> torch.Tensor:
+        return self.query(self.encode(image, alpha), coords)
