@@ -1,0 +1,111 @@
+"""Self-supervised training pairs: lateral (xy) crops, pooled by alpha along one in-plane axis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import NiivInputError
+from .degrade import pooling_matrix
+from .io import Volume
+from .normalise import Normalisation, fit_normalisation
+
+# Volumes up to this many bytes are read into memory once; larger ones are cropped lazily.
+_IN_MEMORY_BYTES = 2 * 1024**3
+
+
+@dataclass
+class Batch:
+    """Low-resolution inputs (B, 1, h, w), query coords (B, N, 2) in input pixel units, targets (B, N)."""
+
+    inputs: torch.Tensor
+    coords: torch.Tensor
+    targets: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.inputs.to(device), self.coords.to(device), self.targets.to(device))
+
+
+class LateralPairSampler:
+    """Random xy crops with flips and 90-degree rotations, pooled by alpha along rows.
+
+    Rotations make both in-plane axes play "z", which is what a real xz and yz slice needs.
+    ``z_ranges`` limits which xy planes of each volume may be used (to hold data out).
+    Each batch is a pure function of ``(seed, step)``, so a resumed run sees the same data.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume],
+        alpha: float,
+        crop: int = 64,
+        points: int = 2048,
+        z_ranges: Sequence[tuple[int, int] | None] | None = None,
+        normalisations: Sequence[Normalisation] | None = None,
+    ) -> None:
+        self.alpha = float(alpha)
+        self.crop = int(crop)
+        self.n_low = int(np.floor(self.crop / self.alpha + 1e-9))
+        if self.n_low < 2:
+            raise NiivInputError(
+                f"crop {crop} is too small for alpha {alpha}: use a crop of at least {int(np.ceil(2 * alpha))}"
+            )
+        self.points = int(points)
+        self.pool = torch.from_numpy(pooling_matrix(self.crop, self.alpha))
+        # Supervise only rows fully inside the pooled extent.
+        self.rows = int(np.floor(self.n_low * self.alpha + 1e-9))
+        self.points = min(self.points, self.rows * self.crop)
+        self.volumes = []
+        self.norms = []
+        ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
+        for i, vol in enumerate(volumes):
+            z, y, x = vol.shape
+            if min(y, x) < self.crop:
+                raise NiivInputError(
+                    f"{vol.name}: xy size {y}x{x} is smaller than the training crop {self.crop}; "
+                    "use a smaller crop or a larger volume"
+                )
+            z0, z1 = ranges[i] if ranges[i] is not None else (0, z)
+            data = vol.data
+            if data.nbytes <= _IN_MEMORY_BYTES:
+                data = np.asarray(data[z0:z1].compute())
+                z0, z1 = 0, z1 - z0
+            norm = normalisations[i] if normalisations is not None else fit_normalisation(data)
+            self.volumes.append((data, z0, z1))
+            self.norms.append(norm)
+        weights = np.array([(z1 - z0) for _, z0, z1 in self.volumes], dtype=np.float64)
+        self.weights = weights / weights.sum()
+
+    def batch(self, seed: int, step: int, size: int) -> Batch:
+        rng = np.random.default_rng([seed, step])
+        hr = torch.from_numpy(self.crops(rng, size))  # (B, crop, crop)
+        lr = torch.einsum("lh,bhw->blw", self.pool, hr).unsqueeze(1)
+        flat = torch.from_numpy(rng.random((size, self.points)))
+        idx = (flat * (self.rows * self.crop)).long().clamp_max(self.rows * self.crop - 1)
+        r = (idx // self.crop).float()
+        c = (idx % self.crop).float()
+        coords = torch.stack(((r + 0.5) / self.alpha, c + 0.5), dim=-1)
+        targets = torch.gather(hr[:, : self.rows].reshape(size, -1), 1, idx)
+        return Batch(lr.float(), coords.float(), targets.float())
+
+    def crops(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` normalised, augmented full-resolution crops (B, crop, crop); the first draws
+        of the ``(seed, step)`` stream that ``batch`` then continues for the query points."""
+        return np.stack([self._crop(rng) for _ in range(size)])
+
+    def _crop(self, rng: np.random.Generator) -> np.ndarray:
+        v = int(rng.choice(len(self.volumes), p=self.weights))
+        data, z0, z1 = self.volumes[v]
+        _, y, x = data.shape
+        z = int(rng.integers(z0, z1))
+        y0 = int(rng.integers(0, y - self.crop + 1))
+        x0 = int(rng.integers(0, x - self.crop + 1))
+        tile = np.asarray(data[z, y0 : y0 + self.crop, x0 : x0 + self.crop])
+        tile = self.norms[v].apply(tile)
+        tile = np.rot90(tile, int(rng.integers(0, 4)))
+        if rng.random() < 0.5:
+            tile = tile[:, ::-1]
+        return np.ascontiguousarray(tile, dtype=np.float32)
