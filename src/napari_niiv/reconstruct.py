@@ -1,0 +1,233 @@
+"""The one place that turns a niiv model into pixels: slices, blocks with halos, whole volumes.
+
+Geometry. A volume has ZYX shape ``(Z, Y, X)``; z is ``alpha`` times coarser than y and x. The
+isotropic output at ``scale`` s (output voxel = s in-plane voxels) has shape
+``(round(Z * alpha / s), round(Y / s), round(X / s))``. Output index k along an axis sits at the
+continuous input coordinate ``(k + 0.5) * step`` with ``step = n_in / n_out`` (input pixel ``i``
+covers ``[i, i + 1)``). Every output voxel is therefore a function of its global index alone,
+which is why blocks of any size, cut with enough halo, reproduce the untiled volume.
+
+An xz reconstruction decodes, for each output y, the xz plane at that y (linearly interpolated
+between acquired planes when it falls between them); yz likewise along x; ``both`` averages them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .data.degrade import check_alpha
+from .data.io import Volume, as_volume
+from .data.normalise import Normalisation, fit_normalisation
+from .errors import NiivInputError
+from .model import NiivModel
+
+Orientation = Literal["xz", "yz", "both"]
+ORIENTATIONS: tuple[str, ...] = ("xz", "yz", "both")
+
+
+def output_shape(shape: tuple[int, int, int], alpha: float, scale: float = 1.0) -> tuple[int, int, int]:
+    z, y, x = shape
+    return (max(1, round(z * alpha / scale)), max(1, round(y / scale)), max(1, round(x / scale)))
+
+
+def output_coords(n_in: int, n_out: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Continuous input coordinates of output indices ``start..stop`` along one axis."""
+    stop = n_out if stop is None else stop
+    return (np.arange(start, stop, dtype=np.float64) + 0.5) * (n_in / n_out)
+
+
+def pixel_range(coords: np.ndarray, n_in: int, halo: int) -> tuple[int, int]:
+    """Input pixels ``[lo, hi)`` a block whose output coordinates are ``coords`` needs."""
+    lo = int(np.floor(coords.min())) - halo
+    hi = int(np.ceil(coords.max())) + halo
+    return max(0, lo), min(n_in, hi)
+
+
+def interpolate_planes(block: np.ndarray, coords: np.ndarray, axis: int, offset: int) -> np.ndarray:
+    """Planes of ``block`` at continuous ``coords`` along ``axis`` (linear, border-clamped).
+
+    At scale 1 the coordinates are plane centres and this returns the acquired planes untouched.
+    """
+    n = block.shape[axis]
+    pos = np.clip(coords - 0.5 - offset, 0.0, n - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    w = (pos - lo).astype(np.float32)
+    a = np.take(block, lo, axis=axis)
+    if not np.any(w):
+        return a
+    b = np.take(block, hi, axis=axis)
+    shape = [1] * block.ndim
+    shape[axis] = -1
+    return a * (1 - w.reshape(shape)) + b * w.reshape(shape)
+
+
+@dataclass
+class Reconstructor:
+    """A model on a device, ready to decode normalised slices and blocks.
+
+    ``slice_batch`` bounds how many planes are encoded together (memory), ``tile`` how many input
+    columns one encoder pass sees.
+    """
+
+    model: NiivModel
+    alpha: float
+    device: torch.device | str = "cpu"
+    slice_batch: int = 16
+    tile: int = 256
+
+    def __post_init__(self) -> None:
+        self.alpha = check_alpha(self.alpha)
+        self.device = torch.device(self.device)
+        self.model = self.model.to(self.device).eval()
+
+    @property
+    def halo(self) -> int:
+        """Input pixels of context a tile needs: the encoder's receptive radius, plus the attention
+        neighbourhood (one output voxel) and the bilinear footprint (one pixel)."""
+        return self.model.config.receptive_radius + 2
+
+    @torch.inference_mode()
+    def planes(self, low: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Decode planes ``low`` (P, h, w) (normalised) at output coordinates ``rows`` x ``cols``.
+
+        Columns are processed in tiles of ``tile`` input pixels with halos, so arbitrarily wide
+        planes fit in memory and give the same result as one pass.
+        """
+        low = np.asarray(low, dtype=np.float32)
+        if low.ndim != 3:
+            raise ValueError(f"expected (planes, rows, cols), got shape {low.shape}")
+        if not np.all(np.isfinite(low)):
+            raise NiivInputError("the volume contains NaN or infinite values; replace them before reconstruction")
+        out = np.empty((low.shape[0], rows.size, cols.size), dtype=np.float32)
+        for p0 in range(0, low.shape[0], self.slice_batch):
+            for c0, c1, sel in _column_tiles(cols, low.shape[2], self.tile):
+                lo, hi = pixel_range(cols[sel], low.shape[2], self.halo)
+                lo, hi = min(lo, c0), max(hi, c1)
+                x = torch.from_numpy(np.ascontiguousarray(low[p0 : p0 + self.slice_batch, :, lo:hi])).unsqueeze(1)
+                grid = self.model.encode(x.to(self.device), self.alpha)
+                r = torch.as_tensor(rows, dtype=torch.float32)
+                c = torch.as_tensor(cols[sel] - lo, dtype=torch.float32)
+                out[p0 : p0 + self.slice_batch, :, sel] = self.model.render(grid, r, c).float().cpu().numpy()
+        return out
+
+    def block(
+        self,
+        source: Any,
+        shape_out: tuple[int, int, int],
+        index: tuple[slice, slice, slice],
+        orientation: Orientation = "xz",
+    ) -> np.ndarray:
+        """Normalised output block ``index`` of the isotropic volume; ``source`` is the normalised
+        input (anything sliceable ZYX), read only around the block (halo included)."""
+        if orientation not in ORIENTATIONS:
+            raise NiivInputError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+        n_in = tuple(int(s) for s in source.shape)
+        coords = [output_coords(n_in[a], shape_out[a], index[a].start, index[a].stop) for a in range(3)]
+        ranges = [pixel_range(coords[a], n_in[a], self.halo) for a in range(3)]
+        data = np.asarray(source[tuple(slice(lo, hi) for lo, hi in ranges)], dtype=np.float32)
+        rows = coords[0] - ranges[0][0]
+        result = None
+        for orient in ("xz", "yz") if orientation == "both" else (orientation,):
+            # xz: planes are y positions, columns are x; yz: planes are x positions, columns are y.
+            plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
+            planes = interpolate_planes(data, coords[plane_axis], plane_axis, ranges[plane_axis][0])
+            planes = np.moveaxis(planes, plane_axis, 0)  # (P, z, cols)
+            dec = self.planes(planes, rows, coords[col_axis] - ranges[col_axis][0])
+            dec = np.moveaxis(dec, 0, plane_axis)
+            result = dec if result is None else (result + dec) * 0.5
+        assert result is not None
+        return result
+
+
+def _column_tiles(cols: np.ndarray, width: int, tile: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Split output columns into groups whose coordinates fall in consecutive ``tile``-wide input
+    column ranges; yields (first, last input column, boolean selector)."""
+    for c0 in range(0, max(width, 1), tile):
+        c1 = min(width, c0 + tile)
+        sel = (cols >= c0) & (cols < c1) if c1 < width else cols >= c0
+        if np.any(sel):
+            yield c0, c1, sel
+
+
+def blocks(shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> Iterator[tuple[slice, slice, slice]]:
+    """Output blocks of ``chunks`` covering ``shape`` (last ones may be smaller)."""
+    for z in range(0, shape[0], chunks[0]):
+        for y in range(0, shape[1], chunks[1]):
+            for x in range(0, shape[2], chunks[2]):
+                yield (
+                    slice(z, min(z + chunks[0], shape[0])),
+                    slice(y, min(y + chunks[1], shape[1])),
+                    slice(x, min(x + chunks[2], shape[2])),
+                )
+
+
+class NormalisedView:
+    """A ZYX array read through a normalisation: slicing returns float32 in [0, 1]."""
+
+    def __init__(self, data: Any, norm: Normalisation) -> None:
+        self.data = data
+        self.norm = norm
+        self.shape = tuple(int(s) for s in data.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        raw = self.data[index]
+        raw = raw.compute() if hasattr(raw, "compute") else raw
+        return self.norm.apply(np.asarray(raw))
+
+
+def reconstruct_volume(
+    model: NiivModel,
+    source: Any,
+    alpha: float | None = None,
+    scale: float = 1.0,
+    orientation: Orientation = "xz",
+    device: str | torch.device = "cpu",
+    chunks: tuple[int, int, int] | None = None,
+    normalisation: Normalisation | None = None,
+    out_dtype: Any = None,
+) -> np.ndarray:
+    """Reconstruct a whole (in-memory sized) volume; returns it in the input's intensity scale.
+
+    ``alpha`` defaults to the volume's voxel-size ratio. Large volumes go to OME-Zarr through
+    ``write_ome_zarr`` block by block instead.
+    """
+    vol = as_volume(source)
+    alpha = check_alpha(alpha if alpha is not None else vol.alpha)
+    check_reconstructable(vol.shape, model)
+    if not 0.1 <= scale <= 10:
+        raise NiivInputError(f"output scale {scale} is out of range; use 0.5 (finer) to 2 (coarser) times isotropic")
+    norm = normalisation or fit_normalisation(vol.data)
+    rec = Reconstructor(model, alpha, device)
+    shape_out = output_shape(vol.shape, alpha, scale)
+    view = NormalisedView(vol.data, norm)
+    out = np.empty(shape_out, dtype=np.float32)
+    for idx in blocks(shape_out, chunks or (shape_out[0], 64, shape_out[2])):
+        out[idx] = rec.block(view, shape_out, idx, orientation)
+    return norm.invert(out, out_dtype or np.float32)
+
+
+def check_reconstructable(shape: tuple[int, ...], model: NiivModel) -> None:
+    """A volume needs at least a few z planes and enough xy pixels for one encoder footprint."""
+    z, y, x = shape
+    if z < 2:
+        raise NiivInputError(f"the volume has {z} z plane(s); at least 2 are needed to reconstruct between them")
+    need = model.config.receptive_radius + 1
+    if min(y, x) < need:
+        raise NiivInputError(
+            f"the volume's xy size {y}x{x} is smaller than the model's receptive field "
+            f"({2 * need - 1} px, at least {need} needed); use a larger crop"
+        )
+
+
+def volume_geometry(vol: Volume, alpha: float, scale: float) -> dict[str, Any]:
+    """Output shape and voxel size for writing: z voxel shrinks by alpha / scale, xy grow by scale."""
+    shape = output_shape(vol.shape, alpha, scale)
+    vz, vy, vx = vol.voxel_size
+    voxel = (vz * vol.shape[0] / shape[0], vy * vol.shape[1] / shape[1], vx * vol.shape[2] / shape[2])
+    return {"shape": shape, "voxel_size": voxel}
