@@ -1,0 +1,201 @@
+"""Weights on disk: safetensors (no code runs on load), atomic saves, model cards, a registry.
+
+A weights file holds the model tensors and, as metadata, the architecture, the alpha it was
+trained for, the intensity normalisation of its training data and a model card. A training
+checkpoint is the same file plus the optimiser state and the step, so it can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .data.normalise import Normalisation
+from .errors import NiivInputError
+from .model import NiivConfig, NiivModel
+
+FORMAT = "napari-niiv-weights"
+FORMAT_VERSION = "1"
+USER_DIR_ENV = "NIIV_WEIGHTS_DIR"
+
+
+@dataclass
+class Weights:
+    """A loaded model with everything needed to use it correctly."""
+
+    model: NiivModel
+    alpha: float
+    normalisation: Normalisation | None
+    card: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    train_state: dict[str, Any] | None = None
+    optimizer_tensors: dict[str, torch.Tensor] | None = None
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash or a cancel never leaves a
+    half-written file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(
+    path: str | Path,
+    model: NiivModel,
+    alpha: float,
+    normalisation: Normalisation | None,
+    card: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Write weights (and optionally a resumable training state) atomically."""
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.config.to_dict()),
+        "alpha": repr(float(alpha)),
+        "normalisation": json.dumps(normalisation.to_dict() if normalisation else None),
+        "card": json.dumps(card or {}),
+    }
+    if optimizer is not None:
+        opt_state = optimizer.state_dict()
+        for pid, st in opt_state["state"].items():
+            for name, value in st.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{pid}.{name}"] = value.detach().to("cpu").contiguous().clone()
+        meta["optimizer_groups"] = json.dumps(opt_state["param_groups"])
+    if train_state is not None:
+        meta["train_state"] = json.dumps(train_state)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise NiivInputError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise NiivInputError(
+            f"{path}: not a readable weights file (corrupt, truncated, or not safetensors: {exc}); "
+            "download or train it again"
+        ) from exc
+    if meta.get("format") != FORMAT:
+        raise NiivInputError(
+            f"{path}: a safetensors file, but not napari-niiv weights (no '{FORMAT}' metadata); "
+            "weights of other tools or upstream niiv .pth checkpoints cannot be used directly"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise NiivInputError(
+            f"{path}: weights format version {meta.get('format_version')} is not supported by this napari-niiv"
+        )
+    return meta
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu", with_optimizer: bool = False) -> Weights:
+    """Load weights safely (safetensors never executes code) and check they fit the architecture."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        config = NiivConfig.from_dict(json.loads(meta["config"]))
+        model = NiivModel(config)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise NiivInputError(f"{path}: its architecture description is invalid ({exc})") from exc
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        keys = list(f.keys())
+        state = {k[len("model.") :]: f.get_tensor(k) for k in keys if k.startswith("model.")}
+        opt = {k: f.get_tensor(k) for k in keys if k.startswith("optim.")} if with_optimizer else None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise NiivInputError(
+            f"{path}: these weights belong to another architecture than the one they describe "
+            f"({str(exc).splitlines()[0]}); the file is damaged or was edited"
+        ) from exc
+    norm = json.loads(meta.get("normalisation", "null"))
+    return Weights(
+        model=model.to(device).eval(),
+        alpha=float(meta["alpha"]),
+        normalisation=Normalisation.from_dict(norm) if norm else None,
+        card=json.loads(meta.get("card", "{}")),
+        path=path,
+        train_state=json.loads(meta["train_state"]) if "train_state" in meta else None,
+        optimizer_tensors=opt,
+    )
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, weights: Weights) -> None:
+    """Put a checkpoint's optimiser state back (needs ``load_weights(..., with_optimizer=True)``)."""
+    meta = read_metadata(weights.path) if weights.path else {}
+    if "optimizer_groups" not in meta or weights.optimizer_tensors is None:
+        raise NiivInputError(f"{weights.path}: holds no optimiser state; it is final weights, not a checkpoint")
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in weights.optimizer_tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optimizer_groups"])})
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+
+def shipped_dir() -> Path:
+    """Shipped weights: inside the installed package (wheel), or ``weights/`` of a source checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "weights"
+    return packaged if packaged.is_dir() else here.parents[1] / "weights"
+
+
+def user_dir() -> Path:
+    """Where a user's own (fine-tuned) weights go; never the shipped directory."""
+    env = os.environ.get(USER_DIR_ENV)
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return base / "napari-niiv" / "weights"
+
+
+def available_weights() -> dict[str, Path]:
+    """Name -> path of every weights file: shipped first, then the user's."""
+    found: dict[str, Path] = {}
+    for d, prefix in ((shipped_dir(), ""), (user_dir(), "user/")):
+        if d.is_dir():
+            for p in sorted(d.glob("*.safetensors")):
+                found[prefix + p.stem] = p
+    return found
+
+
+DEFAULT_WEIGHTS = "niiv-v2-fibsem-a8"
+
+
+def resolve_weights(name_or_path: str | Path | None) -> Path:
+    """A registry name, or a path; ``None`` means the shipped default."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_WEIGHTS
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or p.exists():
+        return p
+    names = available_weights()
+    if str(name_or_path) in names:
+        return names[str(name_or_path)]
+    raise NiivInputError(f"unknown weights {name_or_path!r}; available: {', '.join(names) or 'none'} (or give a path)")
