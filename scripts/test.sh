@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the whole test suite, then lint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export NIIV_DATA_DIR=${NIIV_DATA_DIR:-$(cd .. && pwd)/shared/data}
+.venv/bin/python -m pytest "$@"
+.venv/bin/ruff check src tests benchmarks scripts

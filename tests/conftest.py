@@ -1,0 +1,49 @@
+"""Shared fixtures: real data from $NIIV_DATA_DIR (default ../shared/data), tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_niiv.data import open_volume
+from napari_niiv.model import NiivConfig, NiivModel
+
+DATA_DIR = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def data_path(*parts: str) -> Path:
+    p = DATA_DIR.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"test data {p} is missing: set NIIV_DATA_DIR to the shared data folder")
+    return p
+
+
+def write_tif(path: Path, data: np.ndarray, **kwargs) -> None:
+    """Grey stacks as grey: tifffile would store a 3- or 4-plane uint8 stack as planar RGB."""
+    import tifffile
+
+    kwargs.setdefault("photometric", "minisblack")
+    tifffile.imwrite(path, data, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def medulla() -> np.ndarray:
+    """A 64^3 crop of real isotropic FIB-SEM (uint8)."""
+    return np.asarray(open_volume(data_path("fibsem", "medulla_a.tif")).data[:64, :64, :64])
+
+
+def random_model(config: NiivConfig | None = None, seed: int = 0) -> NiivModel:
+    """A model whose decoder output is not zero, so tests see the whole network at work."""
+    torch.manual_seed(seed)
+    model = NiivModel(config or NiivConfig())
+    torch.nn.init.normal_(model.decoder.net[-1].weight, std=0.05)
+    return model.eval()
+
+
+@pytest.fixture
+def model() -> NiivModel:
+    return random_model()

@@ -1,0 +1,180 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from safetensors.torch import save_file
+
+from napari_niiv.cli import main
+from napari_niiv.data import open_volume
+from napari_niiv.weights import save_weights
+
+from .conftest import random_model, write_tif
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return save_weights(tmp_path / "tiny.safetensors", random_model(), 8.0, None, card={"architecture": "v2"})
+
+
+@pytest.fixture
+def aniso_tif(tmp_path, medulla):
+    p = tmp_path / "aniso.tif"
+    write_tif(p, medulla[:4, :24, :20], imagej=True, resolution=(1 / 4, 1 / 4), metadata={"spacing": 40, "axes": "ZYX"})
+    return p
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_entry_point_help() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "napari_niiv.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "reconstruct" in res.stdout and "alpha" in res.stdout
+
+
+def test_reconstruct_to_ome_zarr_with_voxel_sizes(tmp_path, capsys, aniso_tif, weights) -> None:
+    out = tmp_path / "iso.ome.zarr"
+    code, _, err = _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--chunks", "16,16,16")
+    assert code == 0, err
+    vol = open_volume(out)
+    assert vol.shape == (40, 24, 20) and vol.data.dtype == np.uint8
+    assert vol.voxel_size == pytest.approx((4.0, 4.0, 4.0))
+    assert not (tmp_path / "iso.ome.zarr.partial").exists()
+    # Never overwrite by accident.
+    code, _, err = _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights)
+    assert code == 2 and "already exists" in err
+
+
+def test_reconstruct_to_tiff_at_coarser_scale(tmp_path, capsys, aniso_tif, weights) -> None:
+    out = tmp_path / "iso.tif"
+    code, _, err = _run(
+        capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--scale", "2", "--orientation", "xz"
+    )
+    assert code == 0, err
+    vol = open_volume(out)
+    assert vol.shape == (20, 12, 10) and vol.voxel_size == pytest.approx((8.0, 8.0, 8.0))
+
+
+def test_info(capsys, aniso_tif, weights) -> None:
+    code, out, _ = _run(capsys, "info", aniso_tif)
+    assert code == 0 and "alpha = 10" in out
+    code, out, _ = _run(capsys, "info", weights)
+    assert code == 0 and '"alpha": 8.0' in out
+    code, out, _ = _run(capsys, "info")
+    assert code == 0 and "weights:" in out
+
+
+def test_evaluate_prints_a_table(tmp_path, capsys, medulla, weights) -> None:
+    iso = tmp_path / "iso.tif"
+    write_tif(iso, medulla[:32, :32, :40])
+    code, out, err = _run(
+        capsys, "evaluate", iso, "--cube", "32", "--alpha", "8", "--weights", weights, "--json", tmp_path / "s.json"
+    )
+    assert code == 0, err
+    for method in ("nearest", "bilinear", "bicubic", "tiny"):
+        assert f"| {method} |" in out
+    assert (tmp_path / "s.json").exists()
+
+
+def test_train_command(tmp_path, capsys, medulla) -> None:
+    vol = tmp_path / "iso.tif"
+    write_tif(vol, medulla[:8])
+    out = tmp_path / "w.safetensors"
+    code, _, err = _run(
+        capsys, "train", vol, "--out", out, "--alpha", "4", "--steps", "3", "--batch", "2", "--device", "cpu"
+    )
+    assert code == 0, err
+    assert out.exists()
+    code, _, err = _run(capsys, "train", vol, "--out", out, "--alpha", "4", "--steps", "3")
+    assert code == 2 and "already exists" in err
+
+
+def _bad_input_cases(tmp_path, medulla):
+    cases = {}
+    write_tif(tmp_path / "flat.tif", medulla[0])
+    cases["2d"] = (["reconstruct", tmp_path / "flat.tif", tmp_path / "o1.zarr", "--alpha", "8"], "3D")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([medulla[:4]] * 3, axis=-1), photometric="rgb")
+    cases["rgb"] = (["reconstruct", tmp_path / "rgb.tif", tmp_path / "o2.zarr", "--alpha", "8"], "RGB")
+    write_tif(tmp_path / "ok.tif", medulla[:4, :32, :32])
+    cases["alpha"] = (
+        ["reconstruct", tmp_path / "ok.tif", tmp_path / "o3.zarr", "--alpha", "0.5"],
+        "alpha must be >= 1",
+    )
+    cases["no_alpha"] = (["reconstruct", tmp_path / "ok.tif", tmp_path / "o4.zarr"], "pass --alpha")
+    write_tif(tmp_path / "small.tif", medulla[:4, :10, :10])
+    cases["small"] = (["reconstruct", tmp_path / "small.tif", tmp_path / "o5.zarr", "--alpha", "8"], "receptive field")
+    nan = medulla[:4, :32, :32].astype(np.float32)
+    nan[2, 5, 5] = np.nan
+    write_tif(tmp_path / "nan.tif", nan)
+    cases["nan"] = (["reconstruct", tmp_path / "nan.tif", tmp_path / "o6.zarr", "--alpha", "8"], "NaN")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    cases["unreadable"] = (
+        ["reconstruct", tmp_path / "broken.tif", tmp_path / "o7.zarr", "--alpha", "8"],
+        "could not read",
+    )
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    cases["corrupt_weights"] = (
+        [
+            "reconstruct",
+            tmp_path / "ok.tif",
+            tmp_path / "o8.zarr",
+            "--alpha",
+            "8",
+            "--weights",
+            tmp_path / "corrupt.safetensors",
+        ],
+        "not a readable weights file",
+    )
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    cases["foreign_weights"] = (
+        [
+            "reconstruct",
+            tmp_path / "ok.tif",
+            tmp_path / "o9.zarr",
+            "--alpha",
+            "8",
+            "--weights",
+            tmp_path / "foreign.safetensors",
+        ],
+        "not napari-niiv weights",
+    )
+    cases["same_path"] = (
+        ["reconstruct", tmp_path / "ok.tif", tmp_path / "ok.tif", "--alpha", "8", "--overwrite"],
+        "replace the input",
+    )
+    cases["train_alpha"] = (
+        ["train", tmp_path / "ok.tif", "--out", tmp_path / "x.safetensors", "--alpha", "0"],
+        "alpha",
+    )
+    return cases
+
+
+CASES = [
+    "2d",
+    "rgb",
+    "alpha",
+    "no_alpha",
+    "small",
+    "nan",
+    "unreadable",
+    "corrupt_weights",
+    "foreign_weights",
+    "same_path",
+    "train_alpha",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_a_clear_message(tmp_path, capsys, medulla, case) -> None:
+    args, message = _bad_input_cases(tmp_path, medulla)[case]
+    code, _, err = _run(capsys, *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("o*.zarr*"))  # nothing half-written

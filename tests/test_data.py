@@ -1,0 +1,135 @@
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from napari_niiv.data import (
+    LateralPairSampler,
+    Normalisation,
+    Volume,
+    as_volume,
+    fit_normalisation,
+    open_volume,
+    pool_axis,
+    pooling_matrix,
+)
+from napari_niiv.errors import NiivInputError
+from napari_niiv.ome_zarr import write_ome_zarr
+
+from .conftest import data_path, write_tif
+
+
+def test_integer_pooling_is_average_pooling() -> None:
+    x = np.random.default_rng(0).random((24, 5))
+    np.testing.assert_allclose(pool_axis(x, 8, axis=0), x.reshape(3, 8, 5).mean(1), atol=1e-6)
+
+
+def test_fractional_pooling_is_a_box_of_width_alpha() -> None:
+    m = pooling_matrix(11, 5.5)
+    assert m.shape == (2, 11)
+    np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(m[0, :6], [1 / 5.5] * 5 + [0.5 / 5.5], atol=1e-6)
+    np.testing.assert_allclose(m[1, 5:], [0.5 / 5.5] + [1 / 5.5] * 5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.0, -2.0, float("nan")])
+def test_bad_alpha(alpha: float) -> None:
+    with pytest.raises(NiivInputError, match="alpha must be >= 1"):
+        pooling_matrix(16, alpha)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_normalisation_round_trip(dtype) -> None:
+    rng = np.random.default_rng(0)
+    raw = (rng.random((8, 32, 32)) * (200 if dtype == np.uint8 else 3000)).astype(dtype)
+    norm = fit_normalisation(raw)
+    y = norm.apply(raw)
+    assert y.min() >= 0 and y.max() <= 1 and y.dtype == np.float32
+    back = norm.invert(y, dtype)
+    inside = (raw >= norm.low) & (raw <= norm.high)
+    tol = 1 if np.dtype(dtype).kind in "ui" else 1e-3
+    assert np.abs(back.astype(np.float64) - raw)[inside].max() <= tol
+    assert Normalisation.from_dict(norm.to_dict()) == norm
+
+
+def test_nan_volume_is_rejected() -> None:
+    vol = np.ones((4, 32, 32), dtype=np.float32)
+    vol[1, 2, 3] = np.nan
+    with pytest.raises(NiivInputError, match="NaN"):
+        fit_normalisation(vol)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"), [((32, 32), "3D"), ((4, 32, 32, 3), "RGB"), ((2, 4, 32, 32), "3D"), ((5,), "3D")]
+)
+def test_wrong_dimensionality_is_rejected(shape, message) -> None:
+    with pytest.raises(NiivInputError, match=message):
+        as_volume(np.zeros(shape, dtype=np.uint8))
+
+
+def test_open_real_tiff_lazily() -> None:
+    vol = open_volume(data_path("fibsem", "medulla_a.tif"))
+    assert isinstance(vol.data, da.Array) and vol.shape == (250, 250, 250)
+    assert vol.voxel_size[0] == pytest.approx(vol.voxel_size[2])
+    assert vol.data.npartitions > 1  # chunked: nothing read until asked
+
+
+def test_tiff_voxel_size_from_imagej_metadata(tmp_path) -> None:
+    p = tmp_path / "v.tif"
+    write_tif(
+        p,
+        np.zeros((4, 16, 16), np.uint8),
+        imagej=True,
+        resolution=(1 / 4, 1 / 4),
+        metadata={"spacing": 40, "axes": "ZYX"},
+    )
+    vol = open_volume(p)
+    assert vol.voxel_size == pytest.approx((40, 4, 4)) and vol.alpha == pytest.approx(10)
+
+
+def test_open_npy_zarr_and_ome_zarr(tmp_path) -> None:
+    arr = np.arange(4 * 20 * 24, dtype=np.uint16).reshape(4, 20, 24)
+    np.save(tmp_path / "v.npy", arr)
+    np.testing.assert_array_equal(open_volume(tmp_path / "v.npy").data.compute(), arr)
+    z = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=arr.shape, chunks=(2, 10, 10), dtype=arr.dtype)
+    z[:] = arr
+    np.testing.assert_array_equal(open_volume(tmp_path / "v.zarr").data.compute(), arr)
+    blocks = [((slice(0, 4), slice(0, 20), slice(0, 24)), arr)]
+    write_ome_zarr(tmp_path / "o.ome.zarr", arr.shape, arr.dtype, (40.0, 4.0, 4.0), iter(blocks), unit="nanometer")
+    vol = open_volume(tmp_path / "o.ome.zarr")
+    np.testing.assert_array_equal(vol.data.compute(), arr)
+    assert vol.voxel_size == pytest.approx((40, 4, 4))
+
+
+def test_unreadable_files(tmp_path) -> None:
+    with pytest.raises(NiivInputError, match="no such file"):
+        open_volume(tmp_path / "missing.tif")
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"this is not a tiff")
+    with pytest.raises(NiivInputError, match="could not read"):
+        open_volume(bad)
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    with pytest.raises(NiivInputError, match="unknown format"):
+        open_volume(other)
+
+
+def test_pairs_are_pooled_crops_and_deterministic(medulla) -> None:
+    sampler = LateralPairSampler([Volume(da.from_array(medulla))], alpha=4.0, crop=32, points=256)
+    a, b = sampler.batch(7, 3, 4), sampler.batch(7, 3, 4)
+    assert a.inputs.shape == (4, 1, 8, 32) and a.coords.shape == (4, 256, 2) and a.targets.shape == (4, 256)
+    np.testing.assert_array_equal(a.targets.numpy(), b.targets.numpy())
+    assert not np.array_equal(a.targets.numpy(), sampler.batch(7, 4, 4).targets.numpy())
+    # Inputs are the crops pooled along rows; targets are crop pixels at the query coordinates.
+    crops = sampler.crops(np.random.default_rng([7, 3]), 4)
+    np.testing.assert_allclose(crops.reshape(4, 8, 4, 32).mean(2), a.inputs[:, 0].numpy(), atol=1e-5)
+    rows = (a.coords[..., 0] * 4 - 0.5).round().long().numpy()
+    cols = (a.coords[..., 1] - 0.5).round().long().numpy()
+    np.testing.assert_allclose(a.coords[..., 0].numpy(), (rows + 0.5) / 4, atol=1e-6)
+    picked = np.stack([crops[i, rows[i], cols[i]] for i in range(4)])
+    np.testing.assert_array_equal(picked, a.targets.numpy())
+
+
+def test_volume_smaller_than_crop_is_rejected(medulla) -> None:
+    with pytest.raises(NiivInputError, match="smaller than the training crop"):
+        LateralPairSampler([Volume(da.from_array(medulla[:, :20, :20]))], alpha=4.0, crop=32)

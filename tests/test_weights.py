@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from napari_niiv.data import Normalisation
+from napari_niiv.errors import NiivInputError
+from napari_niiv.model import NiivConfig
+from napari_niiv.weights import available_weights, load_weights, resolve_weights, save_weights
+
+from .conftest import random_model
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, model) -> None:
+    path = save_weights(tmp_path / "w.safetensors", model, 8.0, Normalisation(3.0, 250.0), card={"note": "x"})
+    w = load_weights(path)
+    image, coords = torch.rand(1, 1, 4, 16), torch.rand(1, 100, 2) * torch.tensor([4.0, 16.0])
+    torch.testing.assert_close(w.model(image, coords, 8.0), model(image, coords, 8.0), atol=0, rtol=0)
+    assert w.alpha == 8.0 and w.normalisation == Normalisation(3.0, 250.0) and w.card == {"note": "x"}
+    assert w.model.config == model.config
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary files left
+
+
+def test_v1_round_trip(tmp_path) -> None:
+    m = random_model(NiivConfig.v1())
+    w = load_weights(save_weights(tmp_path / "v1.safetensors", m, 4.0, None))
+    assert w.model.attention is None and w.model.config.encoder_blocks == 16
+
+
+def test_corrupt_and_truncated_files(tmp_path, model) -> None:
+    path = save_weights(tmp_path / "w.safetensors", model, 8.0, None)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    for name in ("cut", "junk"):
+        with pytest.raises(NiivInputError, match="not a readable weights file"):
+            load_weights(tmp_path / f"{name}.safetensors")
+
+
+def test_foreign_safetensors_file(tmp_path) -> None:
+    save_file({"weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(NiivInputError, match="not napari-niiv weights"):
+        load_weights(tmp_path / "other.safetensors")
+
+
+def test_weights_of_another_architecture(tmp_path, model) -> None:
+    """Tensors of a v2 model under a v1 description: a clear error, not a torch traceback."""
+    path = save_weights(tmp_path / "w.safetensors", model, 8.0, None)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["config"] = json.dumps(NiivConfig.v1().to_dict())
+    save_file(tensors, str(tmp_path / "lie.safetensors"), metadata=meta)
+    with pytest.raises(NiivInputError, match="another architecture"):
+        load_weights(tmp_path / "lie.safetensors")
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, model) -> None:
+    path = save_weights(tmp_path / "w.safetensors", model, 8.0, None)
+    before = path.read_bytes()
+
+    class Boom(Exception):
+        pass
+
+    class Exploding(torch.nn.Module):
+        config = model.config
+
+        def state_dict(self):  # type: ignore[override]
+            raise Boom
+
+    with pytest.raises(Boom):
+        save_weights(path, Exploding(), 8.0, None)  # type: ignore[arg-type]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+def test_registry_lists_shipped_and_user_weights(tmp_path, monkeypatch, model) -> None:
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(tmp_path))
+    save_weights(tmp_path / "mine.safetensors", model, 10.0, None)
+    names = available_weights()
+    assert "user/mine" in names
+    assert resolve_weights("user/mine") == tmp_path / "mine.safetensors"
+    with pytest.raises(NiivInputError, match="unknown weights"):
+        resolve_weights("nonexistent-weights")
+
+
+def test_shipped_default_weights_load() -> None:
+    w = load_weights(resolve_weights(None))
+    assert w.alpha == 8.0 and w.normalisation is not None
+    assert w.card["architecture"] == "v2" and w.card["test"]["niiv"]["cf_psnr"] > 0
+    assert np.isfinite(sum(float(p.sum()) for p in w.model.parameters()))
