@@ -38,9 +38,10 @@ class NiivModel(nn.Module):
 
     def query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
         """Intensities at ``coords`` (B, N, 2) (row, col in input pixel units) -> (B, N)."""
-        if coords.shape[1] <= QUERY_CHUNK:
+        per_chunk = max(1, QUERY_CHUNK // coords.shape[0])  # bound batch x points, not points alone
+        if coords.shape[1] <= per_chunk:
             return self._query(grid, coords)
-        return torch.cat([self._query(grid, c) for c in coords.split(QUERY_CHUNK, dim=1)], dim=1)
+        return torch.cat([self._query(grid, c) for c in coords.split(per_chunk, dim=1)], dim=1)
 
     def _query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
         both = torch.cat((grid.latents, grid.image.to(grid.latents.dtype)), dim=1)
