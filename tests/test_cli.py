@@ -75,10 +75,21 @@ def test_evaluate_prints_a_table(tmp_path, capsys, medulla, weights) -> None:
     iso = tmp_path / "iso.tif"
     write_tif(iso, medulla[:32, :32, :40])
     code, out, err = _run(
-        capsys, "evaluate", iso, "--cube", "32", "--alpha", "8", "--weights", weights, "--json", tmp_path / "s.json"
+        capsys,
+        "evaluate",
+        iso,
+        "--cube",
+        "32",
+        "--alpha",
+        "8",
+        "--weights",
+        weights,
+        "--json",
+        tmp_path / "s.json",
+        "--both",
     )
     assert code == 0, err
-    for method in ("nearest", "bilinear", "bicubic", "tiny"):
+    for method in ("nearest", "bilinear", "bicubic", "tiny", "tiny +yz"):
         assert f"| {method} |" in out
     assert (tmp_path / "s.json").exists()
 

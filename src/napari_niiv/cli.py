@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--slices", choices=("xz", "yz"), default="xz", help="which slices to score (default xz)")
     ev.add_argument(
+        "--both",
+        action="store_true",
+        help="also score niiv reconstructed from xz and yz slices averaged (rows marked '+yz')",
+    )
+    ev.add_argument(
         "--cutoff", type=float, default=25.0, help="CF-PSNR cutoff radius in DFT bins at 128x128 (default 25)"
     )
     ev.add_argument("--json", help="also write the scores to this JSON file")
@@ -339,6 +344,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         w = load_weights(resolve_weights(spec))
         name = w.card.get("name") or (Path(w.path).stem if w.path else "niiv")
         methods[name] = niiv_method(w.model, orientation=args.slices, device=device)
+        if args.both:
+            methods[name + " +yz"] = niiv_method(w.model, orientation="both", device=device)
     print(f"{len(cubes)} volume(s) of {args.cube}^3, alpha {alpha:g}, {args.slices} slices", file=sys.stderr)
     scores = evaluate(cubes, alpha, methods, args.cutoff, args.slices)
     print(format_table(scores, args.cutoff))
