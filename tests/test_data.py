@@ -85,6 +85,15 @@ def test_tiff_voxel_size_from_imagej_metadata(tmp_path) -> None:
     )
     vol = open_volume(p)
     assert vol.voxel_size == pytest.approx((40, 4, 4)) and vol.alpha == pytest.approx(10)
+    assert vol.unit is None  # no unit given
+    write_tif(
+        p,
+        np.zeros((4, 16, 16), np.uint8),
+        imagej=True,
+        resolution=(1 / 4, 1 / 4),
+        metadata={"spacing": 40, "unit": "nm", "axes": "ZYX"},
+    )
+    assert open_volume(p).unit == "nanometer"
 
 
 def test_open_npy_zarr_and_ome_zarr(tmp_path) -> None:
@@ -98,7 +107,7 @@ def test_open_npy_zarr_and_ome_zarr(tmp_path) -> None:
     write_ome_zarr(tmp_path / "o.ome.zarr", arr.shape, arr.dtype, (40.0, 4.0, 4.0), iter(blocks), unit="nanometer")
     vol = open_volume(tmp_path / "o.ome.zarr")
     np.testing.assert_array_equal(vol.data.compute(), arr)
-    assert vol.voxel_size == pytest.approx((40, 4, 4))
+    assert vol.voxel_size == pytest.approx((40, 4, 4)) and vol.unit == "nanometer"
 
 
 def test_unreadable_files(tmp_path) -> None:

@@ -253,7 +253,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             bar.update(1)
 
     if out.suffix == ".zarr" or out.name.endswith(".ome.zarr"):
-        write_ome_zarr(out, shape, dtype, geo["voxel_size"], produce(), chunks, overwrite=args.overwrite)
+        write_ome_zarr(out, shape, dtype, geo["voxel_size"], produce(), chunks, unit=vol.unit, overwrite=args.overwrite)
     else:
         result = np.empty(shape, dtype=dtype)
         for idx, block in produce():

@@ -20,6 +20,7 @@ class Volume:
     data: da.Array
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     name: str = "volume"
+    unit: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -40,7 +41,7 @@ def as_volume(source: Any, voxel_size: tuple[float, float, float] | None = None,
     else:
         vol = Volume(da.asarray(source) if not isinstance(source, da.Array) else source, name=name)
     if voxel_size is not None:
-        vol = Volume(vol.data, tuple(float(v) for v in voxel_size), vol.name)  # type: ignore[arg-type]
+        vol = Volume(vol.data, tuple(float(v) for v in voxel_size), vol.name, vol.unit)  # type: ignore[arg-type]
     check_volume(vol.data)
     return vol
 
@@ -97,6 +98,7 @@ def _open_tiff(path: Path) -> Volume:
         series = tif.series[0]
         shape = series.shape
         voxel = _tiff_voxel_size(tif)
+        unit = _unit_name((tif.imagej_metadata or {}).get("unit"))
         if "S" in series.axes and tif.pages[0].photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR):
             raise NiivInputError(
                 f"{path}: an RGB TIFF (axes {series.axes}, shape {shape}); niiv reconstructs single-channel "
@@ -110,7 +112,25 @@ def _open_tiff(path: Path) -> Volume:
 
         arr = zarr.open(arr, mode="r")
     data = da.from_array(arr, chunks=_chunks_for(shape))
-    return Volume(data, voxel, path.stem)
+    return Volume(data, voxel, path.stem, unit if voxel != (1.0, 1.0, 1.0) else None)
+
+
+# ImageJ spellings -> OME-NGFF unit names.
+_UNITS = {
+    "um": "micrometer",
+    "micron": "micrometer",
+    "\u00b5m": "micrometer",  # micro sign
+    "\u03bcm": "micrometer",  # Greek mu
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "pixel": None,
+}
+
+
+def _unit_name(unit: str | None) -> str | None:
+    if not unit:
+        return None
+    return _UNITS.get(unit.strip().lower(), unit.strip())
 
 
 def _chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -160,12 +180,14 @@ def _open_zarr(path: Path) -> Volume:
     voxel = _ome_scale(ds, ms)
     data = da.from_zarr(root[ds["path"]])
     axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
+    units = [a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict) and a.get("type", "space") == "space"]
     if len(axes) == data.ndim and data.ndim > 3:
         # Drop singleton time/channel axes so a (1, 1, z, y, x) store opens as a volume.
         index = tuple(0 if (a not in "zyx" and n == 1) else slice(None) for a, n in zip(axes, data.shape, strict=True))
         data = data[index]
         voxel = voxel[-3:]
-    return Volume(data, tuple(float(v) for v in voxel[-3:]), path.stem)  # type: ignore[arg-type]
+    unit = units[-1] if units else None
+    return Volume(data, tuple(float(v) for v in voxel[-3:]), path.stem, unit)  # type: ignore[arg-type]
 
 
 def _ome_scale(dataset: dict[str, Any], multiscale: dict[str, Any]) -> list[float]:
@@ -184,5 +206,11 @@ def _ome_scale(dataset: dict[str, Any], multiscale: dict[str, Any]) -> list[floa
 def describe(vol: Volume) -> str:
     """One-line human summary for `niiv info` and logs."""
     return json.dumps(
-        {"name": vol.name, "shape_zyx": vol.shape, "dtype": str(vol.data.dtype), "voxel_size_zyx": vol.voxel_size}
+        {
+            "name": vol.name,
+            "shape_zyx": vol.shape,
+            "dtype": str(vol.data.dtype),
+            "voxel_size_zyx": vol.voxel_size,
+            "unit": vol.unit,
+        }
     )
