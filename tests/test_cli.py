@@ -62,6 +62,27 @@ def test_reconstruct_to_tiff_at_coarser_scale(tmp_path, capsys, aniso_tif, weigh
     assert vol.shape == (20, 12, 10) and vol.voxel_size == pytest.approx((8.0, 8.0, 8.0))
 
 
+def test_reconstruct_region_to_npy(tmp_path, capsys, aniso_tif, weights) -> None:
+    out = tmp_path / "part.npy"
+    code, _, err = _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--region", "1:3,0:10,5:")
+    assert code == 0, err
+    part = np.load(out)
+    assert part.shape == (20, 10, 15) and part.dtype == np.uint8
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    whole = tmp_path / "whole.npy"
+    assert _run(capsys, "reconstruct", aniso_tif, whole, "--weights", weights)[0] == 0
+    assert np.abs(np.load(whole)[10:30, :10, 5:].astype(int) - part).max() <= 1
+
+
+def test_region_offset_is_kept_in_ome_zarr(tmp_path, capsys, aniso_tif, weights) -> None:
+    import zarr
+
+    out = tmp_path / "part.ome.zarr"
+    assert _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--region", "2:4,8:16,0:8")[0] == 0
+    ds = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"][0]
+    assert ds["coordinateTransformations"][1] == {"type": "translation", "translation": [80.0, 32.0, 0.0]}
+
+
 def test_info(capsys, aniso_tif, weights) -> None:
     code, out, _ = _run(capsys, "info", aniso_tif)
     assert code == 0 and "alpha = 10" in out
@@ -156,6 +177,7 @@ def _bad_input_cases(tmp_path, medulla):
         ],
         "not napari-niiv weights",
     )
+    cases["format"] = (["reconstruct", tmp_path / "ok.tif", tmp_path / "o10.zarrx", "--alpha", "8"], "unknown output")
     cases["same_path"] = (
         ["reconstruct", tmp_path / "ok.tif", tmp_path / "ok.tif", "--alpha", "8", "--overwrite"],
         "replace the input",

@@ -83,3 +83,23 @@ def test_cuda_reconstruction_matches_cpu(model, medulla) -> None:
     a = reconstruct_volume(model, vol, alpha=4.0, device="cpu")
     b = reconstruct_volume(model, vol, alpha=4.0, device="cuda")
     np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_region_equals_the_same_part_of_the_whole_volume(model, medulla) -> None:
+    vol = medulla[:4, :40, :40]
+    whole = reconstruct_volume(model, vol, alpha=4.0, orientation="both")
+    part = reconstruct_volume(
+        model, vol, alpha=4.0, orientation="both", region=(slice(1, 3), slice(5, 30), slice(20, None))
+    )
+    np.testing.assert_allclose(part, whole[4:12, 5:30, 20:], atol=1e-3)
+
+
+def test_region_maps_to_output_indices() -> None:
+    from napari_niiv.reconstruct import output_region
+
+    assert output_region((16, 100, 100), (128, 100, 100), (slice(2, 4), slice(0, 10), slice(90, None))) == (
+        slice(16, 32),
+        slice(0, 10),
+        slice(90, 100),
+    )
+    assert output_region((10, 100, 100), (55, 200, 200), (slice(1, 2), slice(3, 4), slice(0, 1)))[0] == slice(5, 11)

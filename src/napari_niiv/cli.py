@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--weights", help="weights name (see `niiv info`) or .safetensors path; default: the shipped model"
     )
+    rec.add_argument(
+        "--region", help="only this part of the input, in input voxels: z0:z1,y0:y1,x0:x1 (e.g. 0:16,0:512,0:512)"
+    )
     rec.add_argument("--chunks", default="64,256,256", help="output chunk size z,y,x (default 64,256,256)")
     rec.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _add_common(rec)
@@ -206,8 +209,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTPUT_FORMATS = (".zarr", ".tif", ".tiff", ".npy")
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    import tifffile
     from tqdm.auto import tqdm
 
     from .data.degrade import check_alpha
@@ -215,11 +220,23 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.normalise import fit_normalisation
     from .devices import pick_device
     from .ome_zarr import check_output_path, write_ome_zarr
-    from .reconstruct import NormalisedView, Reconstructor, blocks, check_reconstructable, volume_geometry
+    from .reconstruct import (
+        NormalisedView,
+        Reconstructor,
+        blocks,
+        check_reconstructable,
+        check_scale,
+        output_region,
+        volume_geometry,
+    )
     from .weights import load_weights, resolve_weights
 
     src, out = Path(args.input), Path(args.output)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise NiivInputError(f"{out}: unknown output format; use .zarr / .ome.zarr, .tif or .npy")
     check_output_path(out, args.overwrite, src)
+    check_scale(args.scale)
+    chunks = _parse_chunks(args.chunks)
     vol = open_volume(src)
     if args.alpha is None and vol.voxel_size == (1.0, 1.0, 1.0):
         raise NiivInputError(
@@ -229,52 +246,79 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     norm = fit_normalisation(vol.data)  # also rejects NaNs before any model work
     model = load_weights(resolve_weights(args.weights)).model
     check_reconstructable(vol.shape, model)
-    try:
-        chunks = tuple(int(c) for c in args.chunks.split(","))
-        assert len(chunks) == 3 and min(chunks) > 0
-    except (ValueError, AssertionError) as exc:
-        raise NiivInputError(f"--chunks {args.chunks!r}: give three positive sizes z,y,x") from exc
     rec = Reconstructor(model, alpha, pick_device(args.device))
     geo = volume_geometry(vol, rec.alpha, args.scale)
     shape = geo["shape"]
+    target = output_region(vol.shape, shape, _parse_region(args.region))
+    size = tuple(t.stop - t.start for t in target)
     view = NormalisedView(vol.data, norm)
     dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
-    index = list(blocks(shape, chunks))
+    index = list(blocks(size, chunks))  # type: ignore[arg-type]
     print(
-        f"{src.name}: {vol.shape} alpha {rec.alpha:g} -> {shape} ({args.orientation}, scale {args.scale:g})",
+        f"{src.name}: {vol.shape} alpha {rec.alpha:g} -> {size} ({args.orientation}, scale {args.scale:g})",
         file=sys.stderr,
     )
     bar = tqdm(total=len(index), desc="reconstructing", unit="block")
     t0 = time.perf_counter()
 
     def produce():
-        for idx in index:
-            yield idx, norm.invert(rec.block(view, shape, idx, args.orientation), dtype)
+        for local in index:
+            idx = tuple(slice(t.start + b.start, t.start + b.stop) for t, b in zip(target, local, strict=True))
+            yield local, norm.invert(rec.block(view, shape, idx, args.orientation), dtype)
             bar.update(1)
 
-    if out.suffix == ".zarr" or out.name.endswith(".ome.zarr"):
-        write_ome_zarr(out, shape, dtype, geo["voxel_size"], produce(), chunks, unit=vol.unit, overwrite=args.overwrite)
+    offset = tuple(t.start * v for t, v in zip(target, geo["voxel_size"], strict=True))
+    if out.suffix.lower() == ".zarr":
+        write_ome_zarr(
+            out,
+            size,
+            dtype,
+            geo["voxel_size"],
+            produce(),
+            chunks,
+            unit=vol.unit,
+            overwrite=args.overwrite,
+            translation=offset,
+        )
     else:
-        result = np.empty(shape, dtype=dtype)
+        result = np.empty(size, dtype=dtype)
         for idx, block in produce():
             result[idx] = block
-        from .weights import atomic_write
-
-        if out.suffix.lower() in (".tif", ".tiff"):
-            vz, vy, vx = geo["voxel_size"]
-            atomic_write(
-                out,
-                lambda tmp: tifffile.imwrite(
-                    tmp, result, imagej=True, resolution=(1 / vx, 1 / vy), metadata={"spacing": vz, "axes": "ZYX"}
-                ),
-            )
-        elif out.suffix == ".npy":
-            atomic_write(out, lambda tmp: np.save(tmp, result, allow_pickle=False))
-        else:
-            raise NiivInputError(f"{out}: unknown output format; use .zarr, .ome.zarr, .tif or .npy")
+        _write_array(out, result, geo["voxel_size"], vol.unit)
     bar.close()
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
+
+
+def _parse_chunks(text: str) -> tuple[int, int, int]:
+    try:
+        chunks = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        chunks = ()
+    if len(chunks) != 3 or min(chunks) <= 0:
+        raise NiivInputError(f"--chunks {text!r}: give three positive sizes z,y,x")
+    return chunks  # type: ignore[return-value]
+
+
+def _write_array(out: Path, result: np.ndarray, voxel: tuple[float, float, float], unit: str | None) -> None:
+    """Whole-array outputs (.tif with ImageJ voxel sizes, .npy), written atomically."""
+    import tifffile
+
+    from .weights import atomic_write
+
+    if out.suffix.lower() in (".tif", ".tiff"):
+        vz, vy, vx = voxel
+        meta = {"spacing": vz, "axes": "ZYX", **({"unit": unit} if unit else {})}
+
+        def write(tmp: Path) -> None:
+            tifffile.imwrite(tmp, result, imagej=True, resolution=(1 / vx, 1 / vy), metadata=meta)
+    else:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
+                np.save(f, result, allow_pickle=False)
+
+    atomic_write(out, write)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -14,14 +14,21 @@ from .errors import NiivInputError
 
 
 def ome_metadata(
-    voxel_size: tuple[float, float, float], unit: str | None, levels: int = 1, name: str = "niiv"
+    voxel_size: tuple[float, float, float],
+    unit: str | None,
+    levels: int = 1,
+    name: str = "niiv",
+    translation: tuple[float, float, float] | None = None,
 ) -> dict[str, Any]:
     axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in "zyx"]
     datasets = []
     for level in range(levels):
         f = 2**level
         scale = [voxel_size[0] * f, voxel_size[1] * f, voxel_size[2] * f]
-        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+        if translation is not None and any(translation):
+            transforms.append({"type": "translation", "translation": list(translation)})
+        datasets.append({"path": str(level), "coordinateTransformations": transforms})
     return {"multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets}]}
 
 
@@ -58,6 +65,7 @@ def write_ome_zarr(
     unit: str | None = None,
     overwrite: bool = False,
     on_block: Callable[[int], None] | None = None,
+    translation: tuple[float, float, float] | None = None,
 ) -> Path:
     """Fill a new OME-Zarr at ``out`` from ``(index, array)`` blocks, then move it into place.
 
@@ -75,7 +83,7 @@ def write_ome_zarr(
             arr[index] = block
             if on_block is not None:
                 on_block(n)
-        root.attrs.update(ome_metadata(voxel_size, unit, 1, out.stem))
+        root.attrs.update(ome_metadata(voxel_size, unit, 1, out.stem, translation))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

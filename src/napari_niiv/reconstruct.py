@@ -181,6 +181,25 @@ class NormalisedView:
         return self.norm.apply(np.asarray(raw))
 
 
+def output_region(
+    in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], region: tuple[slice, ...] | None
+) -> tuple[slice, slice, slice]:
+    """Output indices whose voxels lie in the input ``region`` (slices in input voxels)."""
+    if region is None:
+        return (slice(0, out_shape[0]), slice(0, out_shape[1]), slice(0, out_shape[2]))
+    if len(region) != 3:
+        raise NiivInputError(f"a region needs three ranges z, y, x; got {len(region)}")
+    out = []
+    for r, n_in, n_out in zip(region, in_shape, out_shape, strict=True):
+        start, stop, _ = r.indices(n_in)
+        lo = int(np.floor(start * n_out / n_in + 1e-9))
+        hi = int(np.ceil(stop * n_out / n_in - 1e-9))
+        if hi <= lo:
+            raise NiivInputError(f"the region {start}:{stop} is empty along an axis of {n_in} voxels")
+        out.append(slice(lo, hi))
+    return tuple(out)  # type: ignore[return-value]
+
+
 def reconstruct_volume(
     model: NiivModel,
     source: Any,
@@ -191,25 +210,35 @@ def reconstruct_volume(
     chunks: tuple[int, int, int] | None = None,
     normalisation: Normalisation | None = None,
     out_dtype: Any = None,
+    region: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
-    """Reconstruct a whole (in-memory sized) volume; returns it in the input's intensity scale.
+    """Reconstruct a volume, or the part of it inside ``region`` (input voxels), in memory; the
+    result is in the input's intensity scale.
 
-    ``alpha`` defaults to the volume's voxel-size ratio. Large volumes go to OME-Zarr through
-    ``write_ome_zarr`` block by block instead.
+    ``alpha`` defaults to the volume's voxel-size ratio. A region reads its halo from the whole
+    volume, so it equals the same part of a whole-volume reconstruction. Large volumes go to
+    OME-Zarr block by block (`niiv reconstruct`).
     """
     vol = as_volume(source)
     alpha = check_alpha(alpha if alpha is not None else vol.alpha)
     check_reconstructable(vol.shape, model)
-    if not 0.1 <= scale <= 10:
-        raise NiivInputError(f"output scale {scale} is out of range; use 0.5 (finer) to 2 (coarser) times isotropic")
+    check_scale(scale)
     norm = normalisation or fit_normalisation(vol.data)
     rec = Reconstructor(model, alpha, device)
     shape_out = output_shape(vol.shape, alpha, scale)
+    target = output_region(vol.shape, shape_out, region)
     view = NormalisedView(vol.data, norm)
-    out = np.empty(shape_out, dtype=np.float32)
-    for idx in blocks(shape_out, chunks or (shape_out[0], 64, shape_out[2])):
-        out[idx] = rec.block(view, shape_out, idx, orientation)
+    size = tuple(t.stop - t.start for t in target)
+    out = np.empty(size, dtype=np.float32)
+    for local in blocks(size, chunks or (size[0], 64, size[2])):  # type: ignore[arg-type]
+        idx = tuple(slice(t.start + b.start, t.start + b.stop) for t, b in zip(target, local, strict=True))
+        out[local] = rec.block(view, shape_out, idx, orientation)  # type: ignore[arg-type]
     return norm.invert(out, out_dtype or np.float32)
+
+
+def check_scale(scale: float) -> None:
+    if not 0.1 <= scale <= 10:
+        raise NiivInputError(f"output scale {scale} is out of range; use 0.5 (finer) to 2 (coarser) times isotropic")
 
 
 def check_reconstructable(shape: tuple[int, ...], model: NiivModel) -> None:
