@@ -23,6 +23,17 @@ def test_round_trip_gives_identical_outputs(tmp_path, model) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temporary files left
 
 
+def test_saved_file_mode_follows_the_umask(tmp_path, model) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_weights(tmp_path / "w.safetensors", model, 8.0, None)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_v1_round_trip(tmp_path) -> None:
     m = random_model(NiivConfig.v1())
     w = load_weights(save_weights(tmp_path / "v1.safetensors", m, 4.0, None))
