@@ -225,9 +225,8 @@ def train(
             stopped = step < settings.steps
             break
     bar.close()
-    if held_out is not None and (
-        last_check is None or history[-1].get("step") != step or "held_out_cf_psnr" not in history[-1]
-    ):
+    # Score the final model unless the last step already did (a resumed run may not have).
+    if held_out is not None and (last_check is None or not history or "held_out_cf_psnr" not in history[-1]):
         last_check = held_out(model, device)
     save(
         out,

@@ -49,10 +49,6 @@ class LatentGrid:
     keys_values: torch.Tensor | None
     step: tuple[float, float]
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.image.shape[-2]), int(self.image.shape[-1])
-
 
 class LocalAttention(nn.Module):
     """Eq. 1-2 of the paper: each interpolated latent attends to its 3x3 interpolated neighbours.
