@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_niiv.cli import cube_origins
 from napari_niiv.data import open_volume
-from napari_niiv.evaluate import evaluate, format_table, interpolation, niiv_method
+from napari_niiv.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
 from napari_niiv.weights import load_weights, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +38,7 @@ EQUAL = "niiv-v2 at v1's budget (85 min)"
 
 def test_cubes() -> list[np.ndarray]:
     data = np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[REGION])
-    return [
-        data[z : z + 128, y : y + 128, x : x + 128]
-        for z in cube_origins(data.shape[0], 128)
-        for y in cube_origins(data.shape[1], 128)
-        for x in cube_origins(data.shape[2], 128)
-    ]
+    return cut_cubes(data, 128)
 
 
 def main() -> None:

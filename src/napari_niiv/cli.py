@@ -355,19 +355,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cube_origins(n: int, cube: int) -> list[int]:
-    """Cube starts covering ``n`` voxels: evenly spread, first at 0, last flush with the end."""
-    if n < cube:
-        raise NiivInputError(f"the region is {n} voxels along an axis, smaller than --cube {cube}")
-    count = int(np.ceil(n / cube))
-    return sorted({round(v) for v in np.linspace(0, n - cube, count)})
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
     from .devices import pick_device
-    from .evaluate import evaluate, format_table, interpolation, niiv_method
+    from .evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
     from .weights import load_weights, resolve_weights
 
     alpha = check_alpha(args.alpha)
@@ -376,12 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for path in args.volumes:
         vol = open_volume(path)
         data = vol.data[region] if region else vol.data
-        data = np.asarray(data)
-        c = args.cube
-        for z in cube_origins(data.shape[0], c):
-            for y in cube_origins(data.shape[1], c):
-                for x in cube_origins(data.shape[2], c):
-                    cubes.append(data[z : z + c, y : y + c, x : x + c])
+        cubes += cut_cubes(np.asarray(data), args.cube)
     device = str(pick_device(args.device))
     methods = {m: interpolation(m) for m in ("nearest", "bilinear", "bicubic")}
     for spec in args.weights or [None]:

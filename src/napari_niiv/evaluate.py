@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.degrade import pool_axis
+from .errors import NiivInputError
 from .metrics import slice_metrics
 from .model import NiivModel
 from .reconstruct import Orientation, reconstruct_volume
@@ -28,6 +29,24 @@ def intensity_range(volume: np.ndarray) -> tuple[float, float]:
     if dtype.kind in "ui":
         return 0.0, float(np.iinfo(dtype).max)
     return float(volume.min()), float(volume.max())
+
+
+def cube_origins(n: int, cube: int) -> list[int]:
+    """Cube starts covering ``n`` voxels: evenly spread, first at 0, last flush with the end."""
+    if n < cube:
+        raise NiivInputError(f"the region is {n} voxels along an axis, smaller than --cube {cube}")
+    count = int(np.ceil(n / cube))
+    return sorted({round(v) for v in np.linspace(0, n - cube, count)})
+
+
+def cut_cubes(data: np.ndarray, cube: int) -> list[np.ndarray]:
+    """The paper evaluates fixed-size cubes (128^3): cover ``data`` with as few as needed."""
+    return [
+        data[z : z + cube, y : y + cube, x : x + cube]
+        for z in cube_origins(data.shape[0], cube)
+        for y in cube_origins(data.shape[1], cube)
+        for x in cube_origins(data.shape[2], cube)
+    ]
 
 
 def simulate(iso: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
