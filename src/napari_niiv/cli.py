@@ -223,10 +223,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .reconstruct import (
         NormalisedView,
         Reconstructor,
-        blocks,
         check_reconstructable,
         check_scale,
+        extent,
         output_region,
+        region_blocks,
         volume_geometry,
     )
     from .weights import load_weights, resolve_weights
@@ -250,10 +251,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     geo = volume_geometry(vol, rec.alpha, args.scale)
     shape = geo["shape"]
     target = output_region(vol.shape, shape, _parse_region(args.region))
-    size = tuple(t.stop - t.start for t in target)
+    size = extent(target)
     view = NormalisedView(vol.data, norm)
     dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
-    index = list(blocks(size, chunks))  # type: ignore[arg-type]
+    index = region_blocks(target, chunks)
     print(
         f"{src.name}: {vol.shape} alpha {rec.alpha:g} -> {size} ({args.orientation}, scale {args.scale:g})",
         file=sys.stderr,
@@ -262,8 +263,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
 
     def produce():
-        for local in index:
-            idx = tuple(slice(t.start + b.start, t.start + b.stop) for t, b in zip(target, local, strict=True))
+        for local, idx in index:
             yield local, norm.invert(rec.block(view, shape, idx, args.orientation), dtype)
             bar.update(1)
 

@@ -200,6 +200,21 @@ def output_region(
     return tuple(out)  # type: ignore[return-value]
 
 
+def extent(region: tuple[slice, slice, slice]) -> tuple[int, int, int]:
+    return tuple(r.stop - r.start for r in region)  # type: ignore[return-value]
+
+
+def region_blocks(
+    region: tuple[slice, slice, slice], chunks: tuple[int, int, int]
+) -> list[tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]]:
+    """Blocks of ``chunks`` covering an output ``region``, as (index in the region's own array,
+    index in the whole output volume)."""
+    return [
+        (local, tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, local, strict=True)))
+        for local in blocks(extent(region), chunks)
+    ]  # type: ignore[misc]
+
+
 def reconstruct_volume(
     model: NiivModel,
     source: Any,
@@ -228,11 +243,10 @@ def reconstruct_volume(
     shape_out = output_shape(vol.shape, alpha, scale)
     target = output_region(vol.shape, shape_out, region)
     view = NormalisedView(vol.data, norm)
-    size = tuple(t.stop - t.start for t in target)
+    size = extent(target)
     out = np.empty(size, dtype=np.float32)
-    for local in blocks(size, chunks or (size[0], 64, size[2])):  # type: ignore[arg-type]
-        idx = tuple(slice(t.start + b.start, t.start + b.stop) for t, b in zip(target, local, strict=True))
-        out[local] = rec.block(view, shape_out, idx, orientation)  # type: ignore[arg-type]
+    for local, idx in region_blocks(target, chunks or (size[0], 64, size[2])):
+        out[local] = rec.block(view, shape_out, idx, orientation)
     return norm.invert(out, out_dtype or np.float32)
 
 
