@@ -189,7 +189,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(describe(vol))
             print(
                 f"anisotropy alpha = {vol.alpha:g}"
-                + ("  (the file gives no voxel sizes: pass --alpha)" if vol.voxel_size == (1.0, 1.0, 1.0) else "")
+                + ("  (the file gives no voxel sizes: pass --alpha)" if not vol.has_voxel_size else "")
             )
         return 0
     print(f"napari-niiv {__version__}, torch {torch.__version__}")
@@ -239,7 +239,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     check_scale(args.scale)
     chunks = _parse_chunks(args.chunks)
     vol = open_volume(src)
-    if args.alpha is None and vol.voxel_size == (1.0, 1.0, 1.0):
+    if args.alpha is None and not vol.has_voxel_size:
         raise NiivInputError(
             f"{src} gives no voxel sizes, so its anisotropy is unknown: pass --alpha (z voxel size / xy voxel size)"
         )

@@ -212,7 +212,7 @@ def region_blocks(
     return [
         (local, tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, local, strict=True)))
         for local in blocks(extent(region), chunks)
-    ]  # type: ignore[misc]
+    ]
 
 
 def reconstruct_volume(

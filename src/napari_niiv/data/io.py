@@ -27,6 +27,11 @@ class Volume:
         return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
 
     @property
+    def has_voxel_size(self) -> bool:
+        """False when the source gave no voxel sizes (all 1): its anisotropy is then unknown."""
+        return self.voxel_size != (1.0, 1.0, 1.0)
+
+    @property
     def alpha(self) -> float:
         """Anisotropy: z voxel size over the in-plane voxel size."""
         return float(self.voxel_size[0]) / float(self.voxel_size[2])
@@ -112,7 +117,9 @@ def _open_tiff(path: Path) -> Volume:
 
         arr = zarr.open(arr, mode="r")
     data = da.from_array(arr, chunks=_chunks_for(shape))
-    return Volume(data, voxel, path.stem, unit if voxel != (1.0, 1.0, 1.0) else None)
+    vol = Volume(data, voxel, path.stem)
+    vol.unit = unit if vol.has_voxel_size else None
+    return vol
 
 
 # ImageJ spellings -> OME-NGFF unit names.
