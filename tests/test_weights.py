@@ -103,3 +103,11 @@ def test_shipped_default_weights_load() -> None:
     assert w.alpha == 8.0 and w.normalisation is not None
     assert w.card["architecture"] == "v2" and w.card["test"]["niiv"]["cf_psnr"] > 0
     assert all(torch.isfinite(t).all() for t in w.model.state_dict().values())
+
+
+def test_final_weights_cannot_restore_an_optimiser(tmp_path, model) -> None:
+    from napari_niiv.weights import restore_optimizer
+
+    w = load_weights(save_weights(tmp_path / "w.safetensors", model, 8.0, None), with_optimizer=True)
+    with pytest.raises(NiivInputError, match="holds no optimiser state"):
+        restore_optimizer(torch.optim.Adam(w.model.parameters()), w)

@@ -105,13 +105,13 @@ class Reconstructor:
         if not np.all(np.isfinite(low)):
             raise NiivInputError("the volume contains NaN or infinite values; replace them before reconstruction")
         out = np.empty((low.shape[0], rows.size, cols.size), dtype=np.float32)
+        r = torch.as_tensor(rows, dtype=torch.float32)
         for p0 in range(0, low.shape[0], self.slice_batch):
             for c0, c1, sel in _column_tiles(cols, low.shape[2], self.tile):
                 lo, hi = pixel_range(cols[sel], low.shape[2], self.halo)
                 lo, hi = min(lo, c0), max(hi, c1)
                 x = torch.from_numpy(np.ascontiguousarray(low[p0 : p0 + self.slice_batch, :, lo:hi])).unsqueeze(1)
                 grid = self.model.encode(x.to(self.device), self.alpha)
-                r = torch.as_tensor(rows, dtype=torch.float32)
                 c = torch.as_tensor(cols[sel] - lo, dtype=torch.float32)
                 out[p0 : p0 + self.slice_batch, :, sel] = self.model.render(grid, r, c).float().cpu().numpy()
         return out

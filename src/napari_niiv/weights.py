@@ -38,6 +38,7 @@ class Weights:
     path: Path | None = None
     train_state: dict[str, Any] | None = None
     optimizer_tensors: dict[str, torch.Tensor] | None = None
+    optimizer_groups: list[dict[str, Any]] | None = None
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -156,19 +157,21 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
         path=path,
         train_state=json.loads(meta["train_state"]) if "train_state" in meta else None,
         optimizer_tensors=opt,
+        optimizer_groups=json.loads(meta["optimizer_groups"])
+        if with_optimizer and "optimizer_groups" in meta
+        else None,
     )
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, weights: Weights) -> None:
     """Put a checkpoint's optimiser state back (needs ``load_weights(..., with_optimizer=True)``)."""
-    meta = read_metadata(weights.path) if weights.path else {}
-    if "optimizer_groups" not in meta or weights.optimizer_tensors is None:
+    if weights.optimizer_groups is None or weights.optimizer_tensors is None:
         raise NiivInputError(f"{weights.path}: holds no optimiser state; it is final weights, not a checkpoint")
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in weights.optimizer_tensors.items():
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optimizer_groups"])})
+    optimizer.load_state_dict({"state": state, "param_groups": weights.optimizer_groups})
 
 
 # --- registry -------------------------------------------------------------------------------------
