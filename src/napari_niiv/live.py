@@ -1,0 +1,306 @@
+"""Interactive rendering of one view: an interpolated preview at once, niiv after, off the caller's
+thread, with stale work abandoned and encoder latents kept per slice.
+
+Knows nothing of napari: a view is a :class:`~napari_niiv.viewport.ViewGrid`, results go to a
+callback. The napari widget wires camera events in and layer updates out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.normalise import Normalisation
+from .model.latent_field import LatentGrid
+from .reconstruct import Reconstructor, interpolate_planes, pixel_range
+from .viewport import ViewGrid
+
+LIVE_ORIENTATIONS = ("auto", "xz", "yz", "both")
+# Points decoded between two cancellation checks (~0.2 s of CPU for the v2 model).
+DECODE_POINTS = 32768
+# Encoded crops are rounded out to these lattices (rows, columns) so small pans reuse them.
+CROP_LATTICE = (32, 128)
+
+
+def orientations_for(grid: ViewGrid, orientation: str) -> tuple[str, ...]:
+    """Which slice orientations decode a view: 'auto' uses the plane on screen (xy views use xz)."""
+    if orientation not in LIVE_ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {LIVE_ORIENTATIONS}, got {orientation!r}")
+    if orientation == "both":
+        return ("xz", "yz")
+    if orientation == "auto":
+        return ("yz",) if grid.kind == "yz" else ("xz",)
+    return (orientation,)
+
+
+def _snap(lo: int, hi: int, n: int, lattice: int) -> tuple[int, int]:
+    return max(0, lo // lattice * lattice), min(n, -(-hi // lattice) * lattice)
+
+
+@dataclass
+class _Entry:
+    rows: tuple[int, int]
+    cols: tuple[int, int]
+    grid: LatentGrid
+
+    def covers(self, rows: tuple[int, int], cols: tuple[int, int]) -> bool:
+        inside = self.rows[0] <= rows[0] and rows[1] <= self.rows[1]
+        return inside and self.cols[0] <= cols[0] and cols[1] <= self.cols[1]
+
+    @property
+    def nbytes(self) -> int:
+        g = self.grid
+        kv = g.keys_values.numel() * g.keys_values.element_size() if g.keys_values is not None else 0
+        return g.latents.numel() * g.latents.element_size() + kv + g.image.numel() * 4
+
+
+class LatentCache:
+    """Encoded slices by (orientation, plane), least recently used dropped past ``max_bytes``.
+
+    An entry serves any later request inside its crop: zooming in or panning a little re-runs only
+    the decoder.
+    """
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, float], _Entry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, float], rows: tuple[int, int], cols: tuple[int, int]) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is None or not entry.covers(rows, cols):
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: tuple[str, float], entry: _Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        total = sum(e.nbytes for e in self._entries.values())
+        while total > self.max_bytes and len(self._entries) > 1:
+            _, old = self._entries.popitem(last=False)
+            total -= old.nbytes
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class ViewRenderer:
+    """Renders view grids of one volume with one model, in the volume's normalised intensities.
+
+    ``source`` is the raw ZYX array (numpy, dask, zarr): only the visible region plus the model's
+    halo is read.
+    """
+
+    def __init__(self, source: Any, normalisation: Normalisation, reconstructor: Reconstructor) -> None:
+        self.source = source
+        self.shape = tuple(int(s) for s in source.shape)
+        self.norm = normalisation
+        self.rec = reconstructor
+        self.cache = LatentCache()
+
+    def _read(self, ranges: list[tuple[int, int]]) -> np.ndarray:
+        raw = self.source[tuple(slice(lo, hi) for lo, hi in ranges)]
+        raw = raw.compute() if hasattr(raw, "compute") else raw
+        block = self.norm.apply(np.asarray(raw))
+        if not np.all(np.isfinite(block)):
+            from .errors import NiivInputError
+
+            raise NiivInputError("the visible region contains NaN or infinite values; replace them first")
+        return block
+
+    def preview(self, grid: ViewGrid) -> np.ndarray:
+        """Trilinear interpolation at the grid (what niiv refines): milliseconds, shape ``grid.shape``."""
+        ranges = [pixel_range(c, n, 1) for c, n in zip(grid.coords, self.shape, strict=True)]
+        out = self._read(ranges)
+        for axis in range(3):
+            out = interpolate_planes(out, grid.coords[axis], axis, ranges[axis][0])
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def render(
+        self,
+        grid: ViewGrid,
+        orientation: str = "auto",
+        cancelled: Callable[[], bool] = lambda: False,
+        partial: Callable[[np.ndarray], None] | None = None,
+        base: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """niiv at the grid, or None if ``cancelled`` turned true on the way. ``partial`` receives
+        the image so far (decoded parts over ``base``, the preview) as work proceeds."""
+        orients = orientations_for(grid, orientation)
+        out = np.array(base if base is not None else self.preview(grid), dtype=np.float32, copy=True)
+        results = []
+        for orient in orients:
+            part = out.copy() if len(orients) > 1 else out
+            if not self._render_orientation(grid, orient, part, cancelled, partial if len(orients) == 1 else None):
+                return None
+            results.append(part)
+        return results[0] if len(results) == 1 else (results[0] + results[1]) * 0.5
+
+    @torch.inference_mode()
+    def _render_orientation(
+        self,
+        grid: ViewGrid,
+        orient: str,
+        out: np.ndarray,
+        cancelled: Callable[[], bool],
+        partial: Callable[[np.ndarray], None] | None,
+    ) -> bool:
+        plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
+        planes, rows, cols = grid.coords[plane_axis], grid.coords[0], grid.coords[col_axis]
+        halo = self.rec.halo
+        need_rows = pixel_range(rows, self.shape[0], halo)
+        need_cols = pixel_range(cols, self.shape[col_axis], halo)
+        crop_rows = _snap(*need_rows, self.shape[0], CROP_LATTICE[0])
+        crop_cols = _snap(*need_cols, self.shape[col_axis], CROP_LATTICE[1])
+        view = np.moveaxis(out, (plane_axis, 0, col_axis), (0, 1, 2))  # (planes, rows, cols), a view of out
+        rows_per_chunk = max(1, DECODE_POINTS // max(1, cols.size))
+        planes_per_batch = max(1, min(self.rec.slice_batch, DECODE_POINTS // max(1, rows.size * cols.size)))
+        last = time.perf_counter()
+        for p0 in range(0, planes.size, planes_per_batch):
+            if cancelled():
+                return False
+            batch = planes[p0 : p0 + planes_per_batch]
+            entries = self._encoded(orient, batch, plane_axis, col_axis, need_rows, need_cols, crop_rows, crop_cols)
+            for group, grid_batch, r0, c0 in _batched(entries):
+                r = torch.as_tensor(rows - r0, dtype=torch.float32)
+                c = torch.as_tensor(cols - c0, dtype=torch.float32)
+                for i in range(0, rows.size, rows_per_chunk):
+                    if cancelled():
+                        return False
+                    dec = self.rec.model.render(grid_batch, r[i : i + rows_per_chunk], c)
+                    view[[p0 + g for g in group], i : i + rows_per_chunk, :] = dec.float().cpu().numpy()
+                    if partial is not None and time.perf_counter() - last > 0.3:
+                        partial(out.copy())
+                        last = time.perf_counter()
+        return True
+
+    def _encoded(
+        self,
+        orient: str,
+        batch: np.ndarray,
+        plane_axis: int,
+        col_axis: int,
+        need_rows: tuple[int, int],
+        need_cols: tuple[int, int],
+        crop_rows: tuple[int, int],
+        crop_cols: tuple[int, int],
+    ) -> list[_Entry]:
+        """Latents for each plane of ``batch``: from the cache, else encoded over the snapped crop."""
+        keys = [(orient, round(float(p), 6)) for p in batch]
+        found = [self.cache.get(k, need_rows, need_cols) for k in keys]
+        missing = [i for i, e in enumerate(found) if e is None]
+        if missing:
+            coords = batch[missing]
+            prange = pixel_range(coords, self.shape[plane_axis], 1)
+            ranges = [crop_rows, (0, 0), (0, 0)]
+            ranges[plane_axis], ranges[col_axis] = prange, crop_cols
+            block = self._read(ranges)
+            low = np.moveaxis(interpolate_planes(block, coords, plane_axis, prange[0]), plane_axis, 0)
+            for s in range(0, len(missing), self.rec.slice_batch):
+                x = torch.from_numpy(np.ascontiguousarray(low[s : s + self.rec.slice_batch])).unsqueeze(1)
+                g = self.rec.model.encode(x.to(self.rec.device), self.rec.alpha)
+                for j, i in enumerate(missing[s : s + self.rec.slice_batch]):
+                    kv = g.keys_values[j : j + 1] if g.keys_values is not None else None
+                    one = LatentGrid(g.latents[j : j + 1], g.image[j : j + 1], kv, g.step)
+                    entry = _Entry(crop_rows, crop_cols, one)
+                    self.cache.put(keys[i], entry)
+                    found[i] = entry
+        return found  # type: ignore[return-value]
+
+
+def _batched(entries: list[_Entry]) -> list[tuple[list[int], LatentGrid, int, int]]:
+    """Group planes encoded over the same crop into one batch each: (plane indices, grid, row and
+    column offsets of the crop)."""
+    groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault((e.rows, e.cols), []).append(i)
+    out = []
+    for (rows, cols), idx in groups.items():
+        gs = [entries[i].grid for i in idx]
+        kv = torch.cat([g.keys_values for g in gs]) if gs[0].keys_values is not None else None
+        grid = LatentGrid(torch.cat([g.latents for g in gs]), torch.cat([g.image for g in gs]), kv, gs[0].step)
+        out.append((idx, grid, rows[0], cols[0]))
+    return out
+
+
+class LatestWorker:
+    """One background thread running the most recently submitted task; older ones are dropped
+    (never started) or told to stop through their ``cancelled`` callable.
+
+    A task is ``task(cancelled) -> None``; ``cancelled()`` turns true once a newer task arrives
+    or the worker is closed. Exceptions go to ``on_error`` (on the worker thread).
+    """
+
+    def __init__(self, on_error: Callable[[BaseException], None] | None = None, name: str = "niiv-live") -> None:
+        self._cond = threading.Condition()
+        self._pending: Callable[[Callable[[], bool]], None] | None = None
+        self._generation = 0
+        self._closed = False
+        self._busy = False
+        self.on_error = on_error
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, task: Callable[[Callable[[], bool]], None]) -> None:
+        with self._cond:
+            self._generation += 1
+            self._pending = task
+            self._cond.notify()
+
+    @property
+    def busy(self) -> bool:
+        with self._cond:
+            return self._busy or self._pending is not None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop: the running task sees ``cancelled()`` and the thread ends within one step."""
+        with self._cond:
+            self._closed = True
+            self._pending = None
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no task runs or waits (tests, scripts); True if idle in time."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self.busy:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                task, gen = self._pending, self._generation
+                self._pending = None
+                self._busy = True
+
+            def cancelled(gen: int = gen) -> bool:
+                return self._closed or self._generation != gen
+
+            try:
+                assert task is not None
+                task(cancelled)
+            except BaseException as exc:  # report, keep serving
+                if self.on_error is not None:
+                    self.on_error(exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+

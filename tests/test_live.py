@@ -1,0 +1,126 @@
+"""Live rendering of a view: preview, niiv equal to the core's slice decoding, latent cache, cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from napari_niiv.data.normalise import fit_normalisation
+from napari_niiv.live import LatestWorker, ViewRenderer, orientations_for
+from napari_niiv.reconstruct import Reconstructor, interpolate_planes
+from napari_niiv.viewport import Camera, Frame, view_grid
+from tests.conftest import random_model
+
+ALPHA = 4.0
+
+
+@pytest.fixture(scope="module")
+def volume(medulla) -> np.ndarray:
+    """Real FIB-SEM pooled by 4 along z: (12, 48, 56)."""
+    from napari_niiv.data.degrade import pool_axis
+
+    return pool_axis(medulla[:48, :48, :56].astype(np.float32), ALPHA, 0).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def renderer(volume) -> ViewRenderer:
+    rec = Reconstructor(random_model(), ALPHA, "cpu", slice_batch=4)
+    return ViewRenderer(volume, fit_normalisation(volume), rec)
+
+
+def frame_of(volume) -> Frame:
+    return Frame(volume.shape, (ALPHA, 1.0, 1.0))
+
+
+def reference(renderer, volume, grid, orient) -> np.ndarray:
+    """The core's untiled decoding of whole slices at the grid's coordinates."""
+    norm = renderer.norm.apply(volume)
+    plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
+    planes = np.moveaxis(interpolate_planes(norm, grid.coords[plane_axis], plane_axis, 0), plane_axis, 0)
+    rec = Reconstructor(renderer.rec.model, ALPHA, "cpu", tile=10_000)
+    dec = rec.planes(planes, grid.coords[0], grid.coords[col_axis])  # (P, rows, cols)
+    return np.moveaxis(dec, (0, 1, 2), (plane_axis, 0, col_axis))
+
+
+@pytest.mark.parametrize(
+    ("displayed", "point", "orientation"),
+    [((0, 2), 20.0, "auto"), ((0, 1), 9.0, "auto"), ((1, 2), 13.0, "auto"), ((0, 2), 20.0, "both")],
+)
+def test_niiv_view_equals_core_decoding(renderer, volume, displayed, point, orientation):
+    centre = tuple(frame_of(volume).world_extent(a) / 2 for a in displayed)
+    grid = view_grid(Camera(centre, 1.7, (60, 50)), frame_of(volume), displayed, point, finest=0.5)
+    out = renderer.render(grid, orientation)
+    assert out.shape == grid.shape
+    orients = orientations_for(grid, orientation)
+    expect = np.mean([reference(renderer, volume, grid, o) for o in orients], axis=0)
+    np.testing.assert_allclose(out, expect, atol=2e-5)
+    # the preview is the interpolation niiv refines: close, but not the same
+    assert 0 < np.abs(renderer.preview(grid) - out).mean() < 0.1
+
+
+def test_preview_is_trilinear_and_exact_on_acquired_pixels(renderer, volume):
+    grid = view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame_of(volume), (1, 2), 2 * ALPHA, finest=1.0)
+    np.testing.assert_allclose(renderer.preview(grid)[0], renderer.norm.apply(volume[2]), atol=1e-6)
+
+
+def test_zoom_in_reuses_latents(volume):
+    rec = Reconstructor(random_model(), ALPHA, "cpu")
+    r = ViewRenderer(volume, fit_normalisation(volume), rec)
+    frame = frame_of(volume)
+    r.render(view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame, (0, 2), 20.0, finest=0.5))
+    misses = r.cache.misses
+    zoomed = view_grid(Camera((20.0, 25.0), 3.0, (100, 100)), frame, (0, 2), 20.0, finest=0.25)
+    out = r.render(zoomed)
+    assert r.cache.misses == misses and r.cache.hits >= 1  # decoder only
+    np.testing.assert_allclose(out, reference(r, volume, zoomed, "xz"), atol=2e-5)
+    r.render(view_grid(Camera((20.0, 25.0), 3.0, (100, 100)), frame, (0, 2), 30.0, finest=0.25))
+    assert r.cache.misses == misses + 1  # another slice is encoded
+
+
+def test_cancelled_render_returns_none_and_partial_results_stream(renderer, volume):
+    grid = view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame_of(volume), (1, 2), 13.0, finest=1.0)
+    assert renderer.render(grid, cancelled=lambda: True) is None
+    calls = []
+    renderer.render(grid, partial=calls.append)  # fast here: maybe no partials, never an error
+    assert all(c.shape == grid.shape for c in calls)
+
+
+def test_latest_worker_runs_only_the_newest_task():
+    started, finished = [], []
+    gate = threading.Event()
+
+    def task(name):
+        def run(cancelled):
+            started.append(name)
+            gate.wait(5)
+            while not cancelled() and name != "c":
+                time.sleep(0.01)
+            finished.append((name, cancelled()))
+
+        return run
+
+    worker = LatestWorker()
+    try:
+        worker.submit(task("a"))
+        time.sleep(0.1)
+        worker.submit(task("b"))  # waits behind a, then is replaced by c before it starts
+        worker.submit(task("c"))
+        gate.set()
+        assert worker.wait_idle(10)
+        assert started == ["a", "c"] and finished == [("a", True), ("c", False)]
+    finally:
+        worker.close()
+
+
+def test_worker_reports_errors_and_closes_while_busy():
+    errors = []
+    worker = LatestWorker(on_error=errors.append)
+    worker.submit(lambda cancelled: 1 / 0)
+    assert worker.wait_idle(5) and isinstance(errors[0], ZeroDivisionError)
+    worker.submit(lambda cancelled: [time.sleep(0.01) for _ in range(1000) if not cancelled()])
+    t0 = time.perf_counter()
+    worker.close()
+    assert time.perf_counter() - t0 < 1.0
