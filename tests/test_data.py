@@ -142,3 +142,22 @@ def test_pairs_are_pooled_crops_and_deterministic(medulla) -> None:
 def test_volume_smaller_than_crop_is_rejected(medulla) -> None:
     with pytest.raises(NiivInputError, match="smaller than the training crop"):
         LateralPairSampler([Volume(da.from_array(medulla[:, :20, :20]))], alpha=4.0, crop=32)
+
+
+def test_normalisation_of_a_many_chunk_volume_reads_few_chunks():
+    """Fitting on a lazy volume of many chunks reads a bounded number of them, and still sees its range."""
+    import dask.array as da
+
+    from napari_niiv.data.normalise import _SAMPLE_CHUNKS, fit_normalisation
+
+    reads = []
+
+    def block(block_info=None):
+        reads.append(block_info[None]["chunk-location"])
+        z = block_info[None]["chunk-location"][0]
+        return np.full((4, 16, 16), z, dtype=np.uint16)
+
+    arr = da.map_blocks(block, chunks=((4,) * 50, (16,) * 8, (16,) * 8), dtype=np.uint16)
+    norm = fit_normalisation(arr)
+    assert len(reads) <= _SAMPLE_CHUNKS < arr.numblocks[0] * 64
+    assert norm.low <= 1 and norm.high >= 48  # chunks from both ends of z

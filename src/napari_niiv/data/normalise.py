@@ -13,6 +13,7 @@ from ..errors import NiivInputError
 # Voxels read to estimate percentiles: enough for stable 0.1 % tails, small enough to be instant
 # on a lazily opened terabyte volume.
 _SAMPLE_VOXELS = 2_000_000
+_SAMPLE_CHUNKS = 32
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,32 @@ class Normalisation:
         )
 
 
+def _sample(arr: da.Array) -> np.ndarray:
+    """About ``_SAMPLE_VOXELS`` voxels spread over the volume. A stride through a chunked store
+    touches every chunk, so a volume of many chunks is sampled in ``_SAMPLE_CHUNKS`` whole chunks
+    spread evenly over it instead: the cost stays flat as the volume grows."""
+    n_blocks = int(np.prod(arr.numblocks))
+    if n_blocks > _SAMPLE_CHUNKS:
+        picks = np.unique(np.linspace(0, n_blocks - 1, _SAMPLE_CHUNKS).round().astype(int))
+        blocks = [arr.blocks[np.unravel_index(i, arr.numblocks)] for i in picks]
+        per = max(1, _SAMPLE_VOXELS // len(blocks))
+        parts = []
+        for b in blocks:
+            step = max(1, int(np.ceil((b.size / per) ** (1.0 / b.ndim))))
+            parts.append(b[(slice(None, None, step),) * b.ndim].ravel())
+        return np.asarray(da.concatenate(parts).compute(), dtype=np.float64)
+    step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
+    return np.asarray(arr[(slice(None, None, step),) * arr.ndim].compute(), dtype=np.float64).ravel()
+
+
 def fit_normalisation(data: Any, percentiles: tuple[float, float] = (0.01, 99.99)) -> Normalisation:
-    """Percentile normalisation from a strided sample of the whole volume (never loads it all).
+    """Percentile normalisation from a sample spread over the whole volume (never loads it all).
 
     Every tile of a volume must share one normalisation or tiles would not stitch, so this is
     computed once per volume, not per tile.
     """
     arr = data if isinstance(data, da.Array) else da.asarray(data)
-    step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
-    sample = np.asarray(arr[(slice(None, None, step),) * arr.ndim].compute(), dtype=np.float64).ravel()
+    sample = _sample(arr)
     if not np.all(np.isfinite(sample)):
         raise NiivInputError(
             "the volume contains NaN or infinite values; replace them (e.g. with 0 or the "
