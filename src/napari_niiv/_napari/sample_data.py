@@ -1,0 +1,176 @@
+"""npe2 sample data: real anisotropic volumes to try niiv on, from $NIIV_DATA_DIR or downloaded once and cached.
+
+- ``fibsem_anisotropic``: Janelia FlyEM FIB-SEM of the Drosophila distal medulla (released with NeuroProof,
+  repository janelia-flyem/neuroproof_examples; Creative Commons Attribution, see LICENSE.txt there), an
+  isotropic 10 nm cube pooled by 8 along z, with the cube itself as ground truth.
+- ``epfl_hippocampus``: EPFL CVLab FIB-SEM of mouse hippocampus, every 8th slice kept, as distributed by
+  cbmi-group/IsoVEM; terms not stated by the distributor; for evaluation only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import check_volume, fit_normalisation, pool_axis
+from ..errors import NiivInputError
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+FIBSEM_ATTRIBUTION = (
+    "Janelia FlyEM project, HHMI Janelia Research Campus: distal medulla FIB-SEM data released with NeuroProof "
+    "(github.com/janelia-flyem/neuroproof_examples, training_sample2)"
+)
+FIBSEM_LICENCE = "Creative Commons Attribution (LICENSE.txt in janelia-flyem/neuroproof_examples)"
+FIBSEM_ALPHA = 8
+
+# One 8-bit PNG per z slice, stacked in name order into medulla_b (250^3, 10 nm isotropic).
+_FIBSEM_BASE = (
+    "https://raw.githubusercontent.com/janelia-flyem/neuroproof_examples/"
+    "ce839e17deaf4c01153827c6d028dfecfbb4b958/training_sample2/grayscale_maps"
+)
+_FIBSEM_SLICES = range(2600, 2850)
+# sha256 of the stacked uint8 array's bytes (C order, shape 250^3), not of any file: the PNGs carry no
+# pinned hashes of their own, and this checks exactly what the layers show.
+MEDULLA_B_SHA256 = "6660e2270cb80a92cb3317f53e2fe8c664508da3c70a7d56393f0de319fbeda0"
+
+EPFL_URL = (
+    "https://raw.githubusercontent.com/cbmi-group/IsoVEM/8ab23c6ef12f3d8be1d4fead3edb0fb1696c1fde/data/epfl/test_8.tif"
+)
+EPFL_SOURCE = "EPFL CVLab hippocampus FIB-SEM, crop distributed by cbmi-group/IsoVEM (data/epfl/test_8.tif)"
+EPFL_TERMS = "terms not stated by the distributor; for evaluation only"
+
+
+def local_data_dir() -> Path | None:
+    """$NIIV_DATA_DIR, the shared data folder, when set: tests and offline machines then need no download."""
+    value = os.environ.get("NIIV_DATA_DIR")
+    return Path(value) if value else None
+
+
+def _local_file(*parts: str) -> Path | None:
+    root = local_data_dir()
+    path = root.joinpath(*parts) if root is not None else None
+    return path if path is not None and path.is_file() else None
+
+
+def array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def fibsem_urls() -> list[str]:
+    """The 250 z slices of medulla_b, in stacking order."""
+    return [f"{_FIBSEM_BASE}/iso.{z}.png" for z in _FIBSEM_SLICES]
+
+
+def fibsem_anisotropic() -> list[LayerData]:
+    """Real FIB-SEM pooled by 8 along z (what 80 nm sections would record), and the isotropic cube it came from.
+
+    The pooled layer is the one to reconstruct; the ground truth (hidden) is there to compare against.
+    Pooled plane i averages isotropic planes 8i .. 8i+7, so its centre lies 3.5 planes (35 nm) past plane
+    8i along z: the pooled layer is translated by that much to overlay the ground truth exactly. Data: Janelia FlyEM,
+    Creative Commons Attribution (see the module docstring).
+    """
+    local = _local_file("fibsem", "medulla_b.tif")
+    if local is not None:
+        import tifffile
+
+        iso, source = tifffile.imread(local), str(local)
+    else:
+        iso, source = _download_medulla_b(), _FIBSEM_BASE
+    pooled = pool_axis(iso, FIBSEM_ALPHA, axis=0)
+    limits = _limits(iso)  # one window for both layers, so that they compare by eye
+    metadata = {
+        "unit": "nanometer",
+        "niiv_source": source,
+        "attribution": FIBSEM_ATTRIBUTION,
+        "licence": FIBSEM_LICENCE,
+    }
+    truth = {
+        "name": "medulla_b isotropic (ground truth)",
+        "scale": (10.0, 10.0, 10.0),
+        "contrast_limits": limits,
+        "visible": False,
+        "metadata": metadata,
+    }
+    low = {
+        "name": f"medulla_b pooled x{FIBSEM_ALPHA}",
+        "scale": (10.0 * FIBSEM_ALPHA, 10.0, 10.0),
+        "translate": (10.0 * (FIBSEM_ALPHA - 1) / 2, 0.0, 0.0),
+        "contrast_limits": limits,
+        "metadata": dict(metadata),
+    }
+    # The pooled layer comes last so that napari makes it the active layer, ready to reconstruct.
+    return [(iso, truth, "image"), (pooled, low, "image")]
+
+
+def epfl_hippocampus() -> list[LayerData]:
+    """Real anisotropic EM (mouse hippocampus, 40 x 5 x 5 nm voxels, alpha 8); no ground truth.
+
+    The TIFF carries no voxel sizes, so the scale is set here. Downloaded from cbmi-group/IsoVEM when
+    $NIIV_DATA_DIR does not hold it; its hash is not pinned: it could not be computed where this was
+    written (no network), so the download is trusted as served from that fixed commit. Terms: not stated by
+    the distributor; for evaluation only.
+    """
+    import tifffile
+
+    local = _local_file("anisotropic_em", "epfl_hippocampus.tif")
+    if local is None:
+        import pooch
+
+        local = Path(pooch.retrieve(EPFL_URL, known_hash=None, path=pooch.os_cache("napari-niiv"), progressbar=True))
+    data = tifffile.imread(local)
+    check_volume(data)
+    meta = {
+        "name": "epfl_hippocampus",
+        "scale": (40.0, 5.0, 5.0),
+        "contrast_limits": _limits(data),
+        "metadata": {"unit": "nanometer", "niiv_source": str(local), "attribution": EPFL_SOURCE, "licence": EPFL_TERMS},
+    }
+    return [(data, meta, "image")]
+
+
+def _limits(data: np.ndarray) -> list[float]:
+    norm = fit_normalisation(data)
+    return [norm.low, norm.high]
+
+
+def _download_medulla_b() -> np.ndarray:
+    """Fetch the 250 PNG slices into the pooch cache (once), stack them and check the pinned array hash."""
+    import imageio.v3 as iio
+    import pooch
+    from napari.utils import progress
+
+    folder = Path(pooch.os_cache("napari-niiv")) / "medulla_b"
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # pooch logs each unhashed file's hash: 250 lines of noise
+    try:
+        files = [
+            pooch.retrieve(url, known_hash=None, fname=url.rsplit("/", 1)[1], path=folder)
+            for url in progress(fibsem_urls(), desc="Downloading FIB-SEM sample (250 slices)")
+        ]
+    finally:
+        logger.setLevel(level)
+    try:
+        stack = np.stack([iio.imread(f) for f in files])
+    except (OSError, ValueError):
+        stack = None
+    return verify_stack(stack, folder)
+
+
+def verify_stack(stack: np.ndarray | None, folder: Path) -> np.ndarray:
+    """Return the stack if it is medulla_b byte for byte; otherwise drop the cached slices (so the next try
+    downloads afresh) and say so."""
+    if stack is not None and stack.dtype == np.uint8 and array_sha256(stack) == MEDULLA_B_SHA256:
+        return stack
+    shutil.rmtree(folder, ignore_errors=True)
+    raise NiivInputError(
+        f"the downloaded FIB-SEM slices do not match the pinned sha256 {MEDULLA_B_SHA256}; the cached files in "
+        f"{folder} were deleted: try again, or point NIIV_DATA_DIR at a folder holding fibsem/medulla_b.tif"
+    )

@@ -1,0 +1,280 @@
+"""napari reader, writer and sample data, through napari itself (plugin discovered from its manifest)."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_niiv._napari import sample_data
+from napari_niiv._napari.reader import contrast_limits, get_reader
+from napari_niiv._napari.writer import write_ome_zarr
+from napari_niiv.data import fit_normalisation, open_volume
+from napari_niiv.errors import NiivInputError
+from napari_niiv.ome_zarr import write_ome_zarr as write_store
+
+from .conftest import DATA_DIR, data_path, write_tif
+
+PLUGIN = "napari-niiv"
+
+
+def volume(shape: tuple[int, int, int] = (8, 16, 20), dtype: type = np.uint16) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 4000, shape).astype(dtype)
+
+
+def imagej_tif(path: Path, data: np.ndarray, z: float, xy: float) -> Path:
+    """An ImageJ hyperstack: z spacing in the description, xy in the resolution tags (pixels per unit)."""
+    write_tif(path, data, imagej=True, resolution=(1 / xy, 1 / xy), metadata={"spacing": z, "unit": "um"})
+    return path
+
+
+def ome_store(path: Path, data: np.ndarray, voxel: tuple[float, float, float], translation=None) -> Path:
+    index = (slice(None),) * 3
+    return write_store(
+        path, data.shape, data.dtype, voxel, iter([(index, data)]), unit="nanometer", translation=translation
+    )
+
+
+def test_viewer_opens_tiff_lazily_with_voxel_sizes(make_napari_viewer, tmp_path: Path) -> None:
+    data = volume()
+    path = imagej_tif(tmp_path / "stack.tif", data, z=2.0, xy=0.5)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(path), plugin=PLUGIN)
+    assert isinstance(layer.data, da.Array)
+    np.testing.assert_array_equal(layer.data.compute(), data)
+    np.testing.assert_allclose(layer.scale, (2.0, 0.5, 0.5))
+    norm = fit_normalisation(data)
+    np.testing.assert_allclose(layer.contrast_limits, (norm.low, norm.high))
+    assert layer.metadata == {"unit": "micrometer", "niiv_source": str(path)}
+    assert layer.name == "stack"
+
+
+def test_viewer_opens_ome_zarr_lazily_with_scale_and_translation(make_napari_viewer, tmp_path: Path) -> None:
+    data = volume(dtype=np.uint8)
+    path = ome_store(tmp_path / "crop.ome.zarr", data, (40.0, 4.0, 4.0), translation=(80.0, 0.0, 12.0))
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(path), plugin=PLUGIN)
+    assert isinstance(layer.data, da.Array)
+    np.testing.assert_array_equal(layer.data.compute(), data)
+    np.testing.assert_allclose(layer.scale, (40.0, 4.0, 4.0))
+    np.testing.assert_allclose(layer.translate, (80.0, 0.0, 12.0))
+    norm = fit_normalisation(data)
+    np.testing.assert_allclose(layer.contrast_limits, (norm.low, norm.high))
+    assert layer.metadata["unit"] == "nanometer"
+
+
+def test_reader_declines_what_napari_should_open(tmp_path: Path) -> None:
+    write_tif(tmp_path / "plane.tif", volume()[0])
+    write_tif(tmp_path / "rgb.tif", np.zeros((4, 16, 16, 3), np.uint8), photometric="rgb")
+    np.save(tmp_path / "vol.npy", volume())
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w").create_array("a", shape=(4, 4, 4), dtype="u1")
+    stack = imagej_tif(tmp_path / "stack.tif", volume(), 2.0, 0.5)
+    assert get_reader(str(tmp_path / "plane.tif")) is None
+    assert get_reader(str(tmp_path / "rgb.tif")) is None
+    assert get_reader(str(tmp_path / "vol.npy")) is None  # napari opens .npy itself
+    assert get_reader(str(tmp_path / "plain.zarr")) is None  # a group without OME metadata
+    assert get_reader(str(tmp_path / "missing.tif")) is None
+    assert get_reader([str(stack), str(stack)]) is None
+    assert get_reader([str(stack)]) is not None
+
+
+def test_constant_volume_still_gets_a_window() -> None:
+    assert contrast_limits(da.zeros((4, 8, 8), dtype=np.uint8)) == [0.0, 255.0]
+    assert contrast_limits(np.full((4, 8, 8), 3.0, np.float32)) == [0.0, 1.0]
+
+
+def test_writer_round_trip_through_napari(make_napari_viewer, tmp_path: Path) -> None:
+    # 70 planes: more than one block along z, so blocks are stitched.
+    data = da.from_array(volume((70, 12, 10)), chunks=(16, 12, 10))
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(
+        data, scale=(40.0, 4.0, 4.0), translate=(120.0, -8.0, 4.0), metadata={"unit": "nanometer"}, name="vol"
+    )
+    viewer.layers.selection = {layer}
+    out = tmp_path / "saved.ome.zarr"
+    assert viewer.layers.save(str(out), selected=True, plugin=PLUGIN) == [str(out)]
+
+    [back] = viewer.open(str(out), plugin=PLUGIN)
+    np.testing.assert_array_equal(back.data.compute(), data.compute())
+    np.testing.assert_allclose(back.scale, layer.scale)
+    np.testing.assert_allclose(back.translate, layer.translate)
+    vol = open_volume(out)
+    np.testing.assert_array_equal(vol.data.compute(), data.compute())
+    assert vol.voxel_size == (40.0, 4.0, 4.0) and vol.unit == "nanometer"
+
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    other = viewer.add_image(np.zeros((2, 3, 4), np.uint8))
+    viewer.layers.selection = {other}
+    with pytest.raises(FileExistsError, match=r"already exists.*another name"):
+        viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+
+
+def niiv_writer():
+    """The writer napari's Save dialog passes on when the user picks "OME-Zarr (niiv)"."""
+    from npe2 import PluginManager
+
+    [writer] = PluginManager.instance().get_manifest(PLUGIN).contributions.writers
+    return writer
+
+
+def test_writer_rejects_2d_and_rgb(make_napari_viewer, tmp_path: Path) -> None:
+    viewer = make_napari_viewer()
+    viewer.layers.selection = {viewer.add_image(np.zeros((16, 16), np.uint8))}
+    # What the Save dialog does (the private _writer is how it passes the chosen format).
+    with pytest.raises(NiivInputError, match=r"3D \(z, y, x\).*shape \(16, 16\)"):
+        viewer.layers.save(str(tmp_path / "plane.ome.zarr"), selected=True, _writer=niiv_writer())
+    with pytest.raises(NiivInputError, match=r"\(RGB\)"):
+        write_ome_zarr(str(tmp_path / "rgb.ome.zarr"), np.zeros((16, 16, 3), np.uint8), {"rgb": True})
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_write_leaves_no_store(tmp_path: Path) -> None:
+    def fail_after_first(block: np.ndarray, block_info=None) -> np.ndarray:
+        if block_info[0]["chunk-location"][0] > 0:
+            raise RuntimeError("disk full")
+        return block
+
+    data = da.zeros((70, 8, 8), dtype=np.uint8, chunks=(64, 8, 8)).map_blocks(fail_after_first, dtype=np.uint8)
+    out = tmp_path / "broken.ome.zarr"
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_ome_zarr(str(out), data, {"scale": (1, 1, 1)})
+    assert not list(tmp_path.iterdir())
+
+
+def test_multiscale_layer_writes_itself_or_its_finest_level(tmp_path: Path) -> None:
+    class SelfWriting:
+        """Stands in for niiv's lazy isotropic level: it owns the full reconstruction."""
+
+        shape, dtype, ndim = (8, 8, 8), np.dtype(np.uint8), 3
+
+        def __init__(self) -> None:
+            self.written: list[str] = []
+
+        def write_ome_zarr(self, path: str) -> None:
+            self.written.append(path)
+
+    level = SelfWriting()
+    out = str(tmp_path / "iso.ome.zarr")
+    assert write_ome_zarr(out, [level, np.zeros((4, 4, 4))], {}) == [out]
+    assert level.written == [out]
+
+    levels = [volume((8, 8, 8)), volume((4, 4, 4))]
+    out = str(tmp_path / "levels.ome.zarr")
+    write_ome_zarr(out, levels, {"scale": (2.0, 1.0, 1.0), "metadata": {}})
+    vol = open_volume(out)
+    np.testing.assert_array_equal(vol.data.compute(), levels[0])
+    assert vol.voxel_size == (2.0, 1.0, 1.0) and vol.unit is None
+
+
+def test_fibsem_sample_is_pooled_real_data_over_its_ground_truth(make_napari_viewer, monkeypatch) -> None:
+    monkeypatch.setenv("NIIV_DATA_DIR", str(DATA_DIR))
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "fibsem_anisotropic")
+    truth, pooled = viewer.layers["medulla_b isotropic (ground truth)"], viewer.layers["medulla_b pooled x8"]
+    assert viewer.layers.selection.active is pooled
+    assert truth.data.shape == (250, 250, 250) and pooled.data.shape == (31, 250, 250)  # floor(250 / 8)
+    np.testing.assert_allclose(truth.scale, (10, 10, 10))
+    np.testing.assert_allclose(pooled.scale, (80, 10, 10))
+    assert not truth.visible and pooled.visible
+    np.testing.assert_allclose(pooled.contrast_limits, truth.contrast_limits)
+    assert pooled.metadata["unit"] == "nanometer" and "Creative Commons Attribution" in pooled.metadata["licence"]
+    # Pooled plane i is the mean of isotropic planes 8i..8i+7 and sits at their centre in world space.
+    iso = np.asarray(truth.data, dtype=np.float32)
+    np.testing.assert_allclose(pooled.data[3], iso[24:32].mean(0), atol=1e-4)
+    np.testing.assert_allclose(pooled.data_to_world((3, 0, 0))[0], truth.data_to_world((24 + 3.5, 0, 0))[0])
+
+
+def test_epfl_sample_is_anisotropic_em(make_napari_viewer, monkeypatch) -> None:
+    monkeypatch.setenv("NIIV_DATA_DIR", str(DATA_DIR))
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "epfl_hippocampus")
+    [layer] = viewer.layers
+    assert layer.data.shape == (32, 256, 256) and layer.data.dtype == np.uint8
+    np.testing.assert_allclose(layer.scale, (40, 5, 5))
+    norm = fit_normalisation(layer.data)
+    np.testing.assert_allclose(layer.contrast_limits, (norm.low, norm.high))
+    assert layer.metadata["licence"] == "terms not stated by the distributor; for evaluation only"
+
+
+def test_pinned_hash_is_the_shared_cube() -> None:
+    iso = tifffile.imread(data_path("fibsem", "medulla_b.tif"))
+    assert iso.shape == (250, 250, 250) and iso.dtype == np.uint8
+    assert sample_data.array_sha256(iso) == sample_data.MEDULLA_B_SHA256
+
+
+def test_download_slices_in_stacking_order() -> None:
+    urls = sample_data.fibsem_urls()
+    assert len(urls) == 250 and len(set(urls)) == 250
+    commit = "ce839e17deaf4c01153827c6d028dfecfbb4b958"
+    assert urls[0] == (
+        f"https://raw.githubusercontent.com/janelia-flyem/neuroproof_examples/{commit}/"
+        "training_sample2/grayscale_maps/iso.2600.png"
+    )
+    assert urls[-1].endswith("/iso.2849.png")
+    assert [int(u.rsplit(".", 2)[1]) for u in urls] == list(range(2600, 2850))
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_download_path_end_to_end_from_a_local_server(tmp_path: Path, monkeypatch) -> None:
+    """The real download code (pooch, cache, stacking, hash check) against the slices served locally as PNGs,
+    since there is no network here; then a corrupted cached slice is caught and the cache dropped."""
+    import imageio.v3 as iio
+
+    iso = tifffile.imread(data_path("fibsem", "medulla_b.tif"))
+    served = tmp_path / "served"
+    served.mkdir()
+    for z, plane in zip(range(2600, 2850), iso, strict=True):
+        iio.imwrite(served / f"iso.{z}.png", plane)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(sample_data, "_FIBSEM_BASE", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # pooch.os_cache follows it
+    monkeypatch.delenv("NIIV_DATA_DIR", raising=False)
+    cache = tmp_path / "cache" / "napari-niiv" / "medulla_b"
+    try:
+        [(truth, _, _), (pooled, meta, _)] = sample_data.fibsem_anisotropic()
+        np.testing.assert_array_equal(truth, iso)
+        assert pooled.shape == (31, 250, 250) and meta["metadata"]["niiv_source"].startswith("http://127.0.0.1")
+        assert len(list(cache.glob("iso.*.png"))) == 250
+        iio.imwrite(cache / "iso.2700.png", iso[0])  # a slice that is not what was pinned
+        with pytest.raises(NiivInputError, match="pinned sha256"):
+            sample_data.fibsem_anisotropic()
+        assert not cache.exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_verify_stack_drops_a_bad_download(tmp_path: Path) -> None:
+    iso = tifffile.imread(data_path("fibsem", "medulla_b.tif"))
+    folder = tmp_path / "medulla_b"
+    folder.mkdir()
+    (folder / "iso.2600.png").write_bytes(b"png")
+    assert sample_data.verify_stack(iso, folder) is iso
+    assert folder.exists()
+    bad = iso.copy()
+    bad[0, 0, 0] ^= 1
+    with pytest.raises(NiivInputError, match=r"do not match the pinned sha256.*deleted"):
+        sample_data.verify_stack(bad, folder)
+    assert not folder.exists()
+    with pytest.raises(NiivInputError, match="pinned sha256"):
+        sample_data.verify_stack(None, folder)
+
+
+def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("NIIV_DATA_DIR", raising=False)
+    assert sample_data.local_data_dir() is None
+    monkeypatch.setenv("NIIV_DATA_DIR", str(tmp_path))
+    assert sample_data.local_data_dir() == tmp_path
