@@ -121,10 +121,14 @@ class ViewRenderer:
 
     def preview(self, grid: ViewGrid) -> np.ndarray:
         """Trilinear interpolation at the grid (what niiv refines): milliseconds, shape ``grid.shape``."""
-        ranges = [pixel_range(c, n, 1) for c, n in zip(grid.coords, self.shape, strict=True)]
+        return self.interpolate(grid.coords)
+
+    def interpolate(self, coords: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """Trilinear interpolation of the volume at the separable grid ``coords`` (one vector per axis)."""
+        ranges = [pixel_range(c, n, 1) for c, n in zip(coords, self.shape, strict=True)]
         out = self._read(ranges)
         for axis in range(3):
-            out = interpolate_planes(out, grid.coords[axis], axis, ranges[axis][0])
+            out = interpolate_planes(out, coords[axis], axis, ranges[axis][0])
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def render(

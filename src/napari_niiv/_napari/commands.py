@@ -1,0 +1,148 @@
+"""Layers > niiv > Reconstruct isotropic (and the same in the layer list's right-click menu)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from napari.viewer import Viewer
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ..data.degrade import check_alpha
+from ..data.normalise import fit_normalisation
+from ..devices import pick_device
+from ..errors import NiivInputError
+from ..lazy_isotropic import LazyIsotropic
+from ..reconstruct import Reconstructor, check_reconstructable, check_scale
+from ..weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
+from .layer_view import check_layer, layer_alpha, level0
+
+log = logging.getLogger(__name__)
+COMMAND_ID = "napari-niiv.reconstruct_isotropic"
+REFRESH_MS = 250
+
+
+def reconstruct_isotropic(layer: Image, viewer: Viewer) -> None:
+    """Add a lazy isotropic niiv layer over the whole of the active volume layer."""
+    try:
+        add_isotropic_layer(viewer, layer)
+    except NiivInputError as exc:
+        show_error(str(exc))
+
+
+def add_isotropic_layer(
+    viewer: Any,
+    layer: Any,
+    weights: str = DEFAULT_WEIGHTS,
+    alpha: float | None = None,
+    output_scale: float = 1.0,
+    orientation: str = "auto",
+    device: str = "auto",
+) -> Image:
+    """A multiscale layer of niiv over the whole volume: napari asks only for the tiles it shows,
+    they are computed in the background (with a progress bar) and cached."""
+    layer = check_layer(layer)
+    alpha = alpha if alpha is not None else layer_alpha(layer)
+    if alpha is None:
+        raise NiivInputError(
+            f"'{layer.name}' has the same scale on z and x/y, so its anisotropy is unknown: set its scale "
+            "(Layer > Transform, or the reader's voxel sizes) or use the niiv widget's alpha"
+        )
+    alpha = check_alpha(alpha)
+    check_scale(output_scale)
+    data = level0(layer)
+    model = load_weights(resolve_weights(weights)).model
+    check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model)
+    lazy = LazyIsotropic(
+        data, fit_normalisation(data), Reconstructor(model, alpha, pick_device(device)), output_scale, orientation
+    )
+    s_in, t_in = np.asarray(layer.scale[-3:], float), np.asarray(layer.translate[-3:], float)
+    voxel = s_in * np.asarray(lazy.in_shape) / np.asarray(lazy.shapes[0])
+    translate = t_in - 0.5 * s_in + 0.5 * voxel  # output voxel centres tile the input's extent
+    lazy.voxel_size = tuple(float(v) for v in voxel)  # type: ignore[assignment]
+    lazy.translation = tuple(float(t) for t in translate)  # type: ignore[assignment]
+    lazy.unit = (layer.metadata or {}).get("unit")
+    lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
+    out = Image(
+        lazy.levels,
+        multiscale=True,
+        name=f"{layer.name} isotropic (niiv)",
+        scale=voxel,
+        translate=translate,
+        contrast_limits=layer.contrast_limits,
+        colormap=layer.colormap,
+        metadata={"niiv": {"source": layer.name, "alpha": alpha, "weights": weights, "scale": output_scale}},
+    )
+    TileProgress(viewer, out, lazy)
+    viewer.layers.append(out)
+    show_info(f"niiv: '{out.name}' computes the tiles you look at; File > Save Selected Layers writes it all")
+    return out
+
+
+class TileProgress(QObject):
+    """GUI side of a lazy layer: redraw as tiles arrive, a progress bar while any are pending,
+    and the background thread stopped when the layer is removed."""
+
+    _tile_done = Signal()
+    _failed = Signal(object)
+
+    def __init__(self, viewer: Any, layer: Image, lazy: LazyIsotropic) -> None:
+        super().__init__()
+        self.viewer, self.layer, self.lazy = viewer, layer, lazy
+        self.bar: progress | None = None
+        self.done = 0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self._redraw)
+        self._tile_done.connect(self._on_tile)
+        self._failed.connect(self._on_error)
+        lazy.on_tile = lambda key: self._tile_done.emit()
+        lazy.on_error = self._failed.emit
+        lazy.on_write_block = self._on_write_block
+        layer.events.set_data.connect(self._update_bar)
+        viewer.layers.events.removed.connect(self._removed)
+        layer._niiv_progress = self  # keep this bridge alive as long as the layer
+
+    def _on_tile(self) -> None:
+        self.done += 1
+        if not self._timer.isActive():
+            self._timer.start()
+        self._update_bar()
+
+    def _redraw(self) -> None:
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
+
+    def _update_bar(self, event: Any = None) -> None:
+        pending = self.lazy.pending
+        if pending and self.bar is None:
+            self.bar = progress(total=pending, desc=f"niiv tiles of '{self.layer.name}'")
+            self.done = 0
+        if self.bar is not None:
+            self.bar.total = self.done + pending
+            self.bar.n = self.done
+            self.bar.refresh()
+            if not pending:
+                self.bar.close()
+                self.bar = None
+
+    def _on_write_block(self, n: int, total: int) -> None:
+        # Saving runs on the GUI thread (napari's writers do): show the count in the status bar.
+        self.viewer.status = f"niiv: writing '{self.layer.name}', block {n} of {total}"
+
+    def _on_error(self, exc: BaseException) -> None:
+        log.error("niiv tile failed", exc_info=exc)
+        show_error(f"niiv could not compute a tile of '{self.layer.name}': {exc}")
+
+    def _removed(self, event: Any) -> None:
+        if event.value is self.layer:
+            self.viewer.layers.events.removed.disconnect(self._removed)
+            self.lazy.close()
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None

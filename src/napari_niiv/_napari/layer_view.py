@@ -1,0 +1,82 @@
+"""napari state -> the plain numbers of :mod:`napari_niiv.viewport`, and the checks a layer must pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Layer
+
+from ..errors import NiivInputError
+from ..viewport import Camera, Frame, ViewGrid, finest_spacing, view_grid
+
+# Work cap for one view: a 4K HiDPI screen would otherwise ask for 30+ megapixels.
+MAX_VIEW_PIXELS = 4_000_000
+
+
+def check_layer(layer: Layer | None) -> Image:
+    """The layer niiv can reconstruct, or a message that says what to pick instead."""
+    if layer is None:
+        raise NiivInputError("no layer selected: open a 3D volume (File > Open, or File > Open Sample > niiv)")
+    if not isinstance(layer, Image):
+        kind = type(layer).__name__
+        raise NiivInputError(f"'{layer.name}' is a {kind} layer; niiv reconstructs intensities: pick an Image layer")
+    if layer.rgb:
+        raise NiivInputError(f"'{layer.name}' is RGB; niiv needs a single-channel volume: split the channels first")
+    if layer.ndim < 3:
+        raise NiivInputError(f"'{layer.name}' is {layer.ndim}D; niiv needs a 3D (z, y, x) volume")
+    if layer.ndim > 3:
+        raise NiivInputError(
+            f"'{layer.name}' is {layer.ndim}D; niiv works on one 3D (z, y, x) volume: "
+            "split time points or channels into separate layers first"
+        )
+    if not (np.allclose(layer.affine.affine_matrix, np.eye(4)) and np.allclose(layer.rotate, np.eye(3))):
+        raise NiivInputError(f"'{layer.name}' is rotated or has an affine transform; niiv needs an axis-aligned layer")
+    if not np.allclose(layer.shear, 0):
+        raise NiivInputError(f"'{layer.name}' is sheared; niiv needs an axis-aligned layer")
+    return layer
+
+
+def level0(layer: Image) -> Any:
+    """The full-resolution data of a layer, multiscale or not."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def layer_frame(layer: Image) -> Frame:
+    shape = tuple(int(s) for s in level0(layer).shape[-3:])
+    return Frame(shape, tuple(float(s) for s in layer.scale[-3:]), tuple(float(t) for t in layer.translate[-3:]))  # type: ignore[arg-type]
+
+
+def layer_alpha(layer: Image) -> float | None:
+    """z voxel over in-plane voxel from the layer's scale; None when the scale is isotropic
+    (usually: the file gave no voxel sizes)."""
+    sz, _, sx = (float(s) for s in layer.scale[-3:])
+    return None if np.isclose(sz, sx) else sz / sx
+
+
+def current_camera(viewer: Any, pixel_ratio: float = 1.0) -> Camera:
+    cam = viewer.scene.camera
+    size = viewer.canvas.viewbox_size(viewer.layers)
+    return Camera(tuple(cam.center[-2:]), float(cam.zoom), (float(size[0]), float(size[1])), pixel_ratio)  # type: ignore[arg-type]
+
+
+def current_grid(viewer: Any, layer: Image, output_scale: float, pixel_ratio: float = 1.0) -> ViewGrid | None:
+    """What the viewer shows of ``layer`` now, as a sample grid; None in 3D or when off screen."""
+    dims = viewer.dims
+    if dims.ndisplay != 2:
+        return None
+    offset = dims.ndim - 3  # the layer's axes are the last three world axes
+    displayed = tuple(int(a) - offset for a in dims.order[-2:])
+    if min(displayed) < 0:
+        return None
+    sliced = ({0, 1, 2} - set(displayed)).pop()
+    frame = layer_frame(layer)
+    point = float(dims.point[sliced + offset])
+    return view_grid(
+        current_camera(viewer, pixel_ratio),
+        frame,
+        displayed,  # type: ignore[arg-type]
+        point,
+        finest_spacing(frame, output_scale),
+        MAX_VIEW_PIXELS,
+    )

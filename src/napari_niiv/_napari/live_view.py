@@ -1,0 +1,206 @@
+"""A layer that shows niiv for whatever part of an input layer is on screen, kept up to date.
+
+Camera, dims and canvas events restart a short debounce timer; when it fires, the visible grid is
+computed (pure, :mod:`napari_niiv.viewport`) and handed to a background worker that sends back an
+interpolated preview first and niiv after. Results come back to the GUI thread through a Qt
+signal; a result for a view that is no longer current is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ..data.normalise import Normalisation, fit_normalisation
+from ..errors import NiivInputError
+from ..live import LatestWorker, ViewRenderer
+from ..model import NiivModel
+from ..reconstruct import Reconstructor
+from ..viewport import ViewGrid
+from .layer_view import check_layer, current_grid, level0
+
+log = logging.getLogger(__name__)
+DEBOUNCE_MS = 60
+
+
+class LiveView(QObject):
+    """Keeps ``output`` (a layer next to ``layer``) showing niiv for the visible region.
+
+    ``timings`` holds, per view, seconds from the camera change to the preview and to niiv, for
+    the status line, tests and the benchmark.
+    """
+
+    _result = Signal(int, str, object)
+
+    def __init__(
+        self,
+        viewer: Any,
+        layer: Image,
+        model: NiivModel,
+        alpha: float,
+        device: Any = "cpu",
+        output_scale: float = 1.0,
+        orientation: str = "auto",
+        on_status: Callable[[str], None] | None = None,
+        pixel_ratio: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.layer = check_layer(layer)
+        self.reconstructor = Reconstructor(model, alpha, device)
+        self.output_scale = output_scale
+        self.orientation = orientation
+        self.pixel_ratio = pixel_ratio
+        self.on_status = on_status or (lambda text: None)
+        self.output: Image | None = None
+        self.timings: list[dict[str, float]] = []
+        self._renderer: ViewRenderer | None = None
+        self._norm: Normalisation | None = None
+        self._grid: ViewGrid | None = None
+        self._generation = 0
+        self._requested_at = 0.0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self.refresh)
+        self._result.connect(self._on_result)
+        self._worker = LatestWorker(on_error=lambda exc: self._result.emit(-1, "error", exc))
+        self._connections = self._watch()
+        self._changed()
+
+    # -- events --------------------------------------------------------------------------------
+    def _watch(self) -> list[tuple[Any, Callable]]:
+        v = self.viewer
+        emitters = [
+            v.scene.camera.events.center,
+            v.scene.camera.events.zoom,
+            v.dims.events.point,
+            v.dims.events.order,
+            v.dims.events.ndisplay,
+            v.canvas.events.size,
+            v.canvas.grid.events.enabled,
+            v.canvas.grid.events.shape,
+            v.canvas.grid.events.spacing,
+            self.layer.events.scale,
+            self.layer.events.translate,
+        ]
+        connections = [(e, self._changed) for e in emitters]
+        connections += [(self.layer.events.data, self._data_changed), (v.layers.events.removed, self._removed)]
+        for emitter, callback in connections:
+            emitter.connect(callback)
+        return connections
+
+    def _changed(self, event: Any = None) -> None:
+        if not self._timer.isActive():
+            self._requested_at = time.perf_counter()
+        self._timer.start()
+
+    def _data_changed(self, event: Any = None) -> None:
+        """New data: latents, normalisation and the last grid no longer apply."""
+        self._renderer, self._norm, self._grid = None, None, None
+        self._changed()
+
+    def _removed(self, event: Any) -> None:
+        if event.value is self.layer:
+            self.on_status(f"live view stopped: '{self.layer.name}' was closed")
+            self.close()
+        elif event.value is self.output:
+            self.output = None
+
+    # -- work ----------------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> None:
+        """Submit the current view if it differs from the last one (or ``force``)."""
+        grid = current_grid(self.viewer, self.layer, self.output_scale, self.pixel_ratio)
+        if grid is None:
+            in_2d = self.viewer.dims.ndisplay == 2
+            self.on_status("live view: nothing visible" if in_2d else "live view: 2D views only")
+            return
+        if not force and grid.same_as(self._grid):
+            return
+        self._grid = grid
+        self._generation += 1
+        gen, asked = self._generation, self._requested_at
+        self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled))
+
+    def _render(self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool]) -> None:
+        """On the worker thread: preview, then niiv, each sent to the GUI thread."""
+        if self._renderer is None:
+            data = level0(self.layer)
+            self._norm = fit_normalisation(data)
+            self._renderer = ViewRenderer(data, self._norm, self.reconstructor)
+        preview = self._renderer.preview(grid)
+        self._result.emit(gen, "preview", (grid, preview, asked))
+        if cancelled():
+            return
+        result = self._renderer.render(
+            grid,
+            self.orientation,
+            cancelled,
+            partial=lambda image: self._result.emit(gen, "partial", (grid, image, asked)),
+            base=preview,
+        )
+        if result is not None:
+            self._result.emit(gen, "niiv", (grid, result, asked))
+
+    def _on_result(self, gen: int, stage: str, payload: Any) -> None:
+        """On the GUI thread: show a result if it is for the current view."""
+        if stage == "error":
+            msg = str(payload) if isinstance(payload, NiivInputError) else f"{type(payload).__name__}: {payload}"
+            if not isinstance(payload, NiivInputError):
+                log.error("live niiv failed", exc_info=payload)
+            self.on_status(f"live view failed: {msg}")
+            return
+        if gen != self._generation or self._norm is None:
+            return
+        grid, image, asked = payload
+        self._show(grid, self._norm.invert(image, np.float32))
+        elapsed = time.perf_counter() - asked
+        h, w = _size2d(grid)
+        if stage == "preview":
+            self.timings.append({"preview": elapsed})
+            self.on_status(f"preview {h}x{w} px in {elapsed * 1000:.0f} ms; niiv running...")
+        elif stage == "niiv":
+            if self.timings:
+                self.timings[-1]["niiv"] = elapsed
+            self.on_status(f"niiv {grid.kind} view {h}x{w} px in {elapsed:.1f} s")
+
+    def _show(self, grid: ViewGrid, image: np.ndarray) -> None:
+        if self.output is None or self.output not in self.viewer.layers:
+            self.output = Image(
+                image,
+                name=f"{self.layer.name} niiv live",
+                scale=grid.world_step,
+                translate=grid.world_start,
+                contrast_limits=self.layer.contrast_limits,
+                colormap=self.layer.colormap,
+                metadata={"niiv_live_of": self.layer.name},
+            )
+            index = self.viewer.layers.index(self.layer) + 1
+            self.viewer.layers.insert(index, self.output)
+            self.viewer.layers.selection.active = self.layer
+            return
+        self.output.scale = grid.world_step
+        self.output.translate = grid.world_start
+        self.output.data = image
+
+    @property
+    def busy(self) -> bool:
+        return self._timer.isActive() or self._worker.busy
+
+    def close(self) -> None:
+        """Stop listening and computing (within one decoding step); the last image stays."""
+        self._timer.stop()
+        for emitter, callback in self._connections:
+            emitter.disconnect(callback)
+        self._connections = []
+        self._worker.close()
+
+
+def _size2d(grid: ViewGrid) -> tuple[int, int]:
+    return tuple(n for a, n in enumerate(grid.shape) if a != grid.sliced_axis)  # type: ignore[return-value]

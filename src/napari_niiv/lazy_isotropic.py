@@ -1,0 +1,271 @@
+"""The whole isotropic volume as a virtual multiscale array that answers at once.
+
+Level ``L`` is niiv at output scale ``scale * 2**L`` (a continuous model renders every pyramid
+level directly). Slicing returns immediately: niiv tiles already computed, trilinear interpolation
+elsewhere; the missing tiles of the latest 2D requests are computed in a background thread, and
+``on_tile`` is called (from that thread) when one is ready so the viewer can redraw. Only 2D
+requests (one sliced axis) queue work: a 3D view shows the interpolation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .data.normalise import Normalisation
+from .live import ViewRenderer
+from .reconstruct import Reconstructor, output_coords, output_shape
+from .viewport import ViewGrid
+
+TILE = 256
+MIN_LEVEL_SIZE = 256
+TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
+
+
+def level_shapes(shape: tuple[int, int, int], alpha: float, scale: float) -> list[tuple[int, int, int]]:
+    """Level 0 at ``scale``, then halving until the largest axis is at most ``MIN_LEVEL_SIZE``."""
+    shapes = [output_shape(shape, alpha, scale)]
+    while max(shapes[-1]) > MIN_LEVEL_SIZE and min(shapes[-1]) > 1:
+        shapes.append(output_shape(shape, alpha, scale * 2 ** len(shapes)))
+    return shapes
+
+
+class IsotropicLevel:
+    """One pyramid level, or a region of it: an array-like napari can slice (dtype, shape, ndim,
+    ``__getitem__``). Slicing only narrows the region; pixels are made when napari converts the
+    result to an array, so a slab napari cuts before picking the plane costs nothing."""
+
+    def __init__(
+        self,
+        volume: LazyIsotropic,
+        level: int,
+        index: tuple[slice, slice, slice] | None = None,
+        squeeze: tuple[int, ...] = (),
+    ) -> None:
+        self.volume = volume
+        self.level = level
+        self.index = index or tuple(slice(0, n) for n in volume.shapes[level])
+        self.squeeze = squeeze
+        self.shape = tuple(s.stop - s.start for a, s in enumerate(self.index) if a not in squeeze)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, key: Any) -> IsotropicLevel:
+        free = [a for a in range(3) if a not in self.squeeze]
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) > len(free):
+            raise IndexError(f"too many indices: {len(key)} for {len(free)} dimensions")
+        key = key + (slice(None),) * (len(free) - len(key))
+        index, squeeze = list(self.index), list(self.squeeze)
+        for axis, k in zip(free, key, strict=True):
+            base, n = index[axis].start, index[axis].stop - index[axis].start
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + n if k < 0 else int(k)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} is out of bounds for an axis of size {n}")
+                index[axis] = slice(base + i, base + i + 1)
+                squeeze.append(axis)
+            elif isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    raise IndexError("the isotropic volume is sliced with step 1 only")
+                index[axis] = slice(base + start, base + max(start, stop))
+            else:
+                raise IndexError(f"unsupported index {k!r}: use integers and slices")
+        return IsotropicLevel(self.volume, self.level, tuple(index), tuple(sorted(squeeze)))  # type: ignore[arg-type]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.volume.get(self.level, self.index)
+        out = out.squeeze(axis=self.squeeze) if self.squeeze else out
+        return out if dtype is None else out.astype(dtype)
+
+    def write_ome_zarr(self, path: str) -> str:
+        """Save: napari's writer hands the layer's data here (full niiv, level 0)."""
+        v = self.volume
+        return v.write_ome_zarr(path, v.voxel_size, v.translation, v.unit, v.out_dtype, v.on_write_block)
+
+
+class LazyIsotropic:
+    """Tiles of niiv over a whole volume, computed on demand and cached (least recently used out)."""
+
+    def __init__(
+        self,
+        source: Any,
+        normalisation: Normalisation,
+        reconstructor: Reconstructor,
+        scale: float = 1.0,
+        orientation: str = "xz",
+        cache_bytes: int = 1 << 30,
+    ) -> None:
+        self.source = source
+        self.norm = normalisation
+        self.rec = reconstructor
+        self.renderer = ViewRenderer(source, normalisation, reconstructor)
+        self.in_shape = tuple(int(s) for s in source.shape)
+        self.scale = scale
+        self.orientation = orientation
+        self.shapes = level_shapes(self.in_shape, reconstructor.alpha, scale)  # type: ignore[arg-type]
+        self.levels = [IsotropicLevel(self, i) for i in range(len(self.shapes))]
+        self.cache_bytes = cache_bytes
+        # Where the output sits and how it is saved; the caller that knows the world sets these.
+        self.voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+        self.translation: tuple[float, float, float] | None = None
+        self.unit: str | None = None
+        self.out_dtype: Any = np.float32
+        self.on_write_block: Callable[[int, int], None] | None = None
+        self.on_tile: Callable[[TileKey], None] | None = None
+        self.on_error: Callable[[BaseException], None] | None = None
+        self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
+        self._recent: deque[list[TileKey]] = deque(maxlen=2)  # the display slice and the thumbnail
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="niiv-tiles", daemon=True)
+        self._thread.start()
+
+    # -- reading -------------------------------------------------------------------------------
+    def coords(self, level: int, index: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        shape = self.shapes[level]
+        axes = zip(self.in_shape, shape, index, strict=True)
+        return tuple(output_coords(n_in, n_out, s.start, s.stop) for n_in, n_out, s in axes)  # type: ignore[return-value]
+
+    def get(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
+        """Region ``index`` of level ``level`` now: cached niiv tiles, interpolation for the rest.
+        A plane (one axis of length 1) queues its missing tiles."""
+        if any(s.stop <= s.start for s in index):
+            return np.zeros([s.stop - s.start for s in index], np.float32)
+        out = self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
+        thin = [a for a in range(3) if index[a].stop - index[a].start == 1]
+        if len(thin) == 1:
+            self._fill_and_queue(level, thin[0], index, out)
+        return out
+
+    def _fill_and_queue(self, level: int, axis: int, index: tuple[slice, ...], out: np.ndarray) -> None:
+        plane = index[axis].start
+        a, b = (x for x in range(3) if x != axis)
+        missing: list[TileKey] = []
+        with self._cond:
+            for ta in range(index[a].start // TILE, (index[a].stop - 1) // TILE + 1):
+                for tb in range(index[b].start // TILE, (index[b].stop - 1) // TILE + 1):
+                    key = (level, axis, plane, ta, tb)
+                    tile = self._tiles.get(key)
+                    if tile is None:
+                        missing.append(key)
+                        continue
+                    self._tiles.move_to_end(key)
+                    _paste(out, index, tile, self._tile_index(key), a, b)
+            self._recent.appendleft(missing)
+            self._cond.notify()
+
+    def _tile_index(self, key: TileKey) -> tuple[slice, slice, slice]:
+        level, axis, plane, ta, tb = key
+        shape = self.shapes[level]
+        a, b = (x for x in range(3) if x != axis)
+        index = [slice(0, 0)] * 3
+        index[axis] = slice(plane, plane + 1)
+        index[a] = slice(ta * TILE, min(shape[a], (ta + 1) * TILE))
+        index[b] = slice(tb * TILE, min(shape[b], (tb + 1) * TILE))
+        return tuple(index)  # type: ignore[return-value]
+
+    @property
+    def pending(self) -> int:
+        """Tiles wanted by the latest requests and not computed yet."""
+        with self._cond:
+            return len({k for keys in self._recent for k in keys if k not in self._tiles})
+
+    def cached(self, key: TileKey) -> bool:
+        with self._cond:
+            return key in self._tiles
+
+    # -- computing -----------------------------------------------------------------------------
+    def compute_tile(self, key: TileKey) -> np.ndarray:
+        """niiv for one tile, in the input's intensity scale."""
+        index = self._tile_index(key)
+        grid = ViewGrid(self.coords(key[0], index), key[1], 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        result = self.renderer.render(grid, self.orientation)
+        assert result is not None
+        return self.norm.invert(result, np.float32)
+
+    def _next(self) -> TileKey | None:
+        for keys in self._recent:
+            for k in keys:
+                if k not in self._tiles:
+                    return k
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (key := self._next()) is None:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                tile = self.compute_tile(key)
+            except BaseException as exc:  # keep serving; the layer shows interpolation there
+                with self._cond:
+                    for keys in self._recent:
+                        if key in keys:
+                            keys.remove(key)
+                if self.on_error is not None:
+                    self.on_error(exc)
+                continue
+            with self._cond:
+                self._tiles[key] = tile
+                while sum(t.nbytes for t in self._tiles.values()) > self.cache_bytes and len(self._tiles) > 1:
+                    self._tiles.popitem(last=False)
+            if self.on_tile is not None:
+                self.on_tile(key)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(10)
+
+    # -- saving --------------------------------------------------------------------------------
+    def write_ome_zarr(
+        self,
+        path: str,
+        voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        translation: tuple[float, float, float] | None = None,
+        unit: str | None = None,
+        dtype: Any = np.float32,
+        on_block: Callable[[int, int], None] | None = None,
+    ) -> str:
+        """Reconstruct level 0 in full, block by block, into a new OME-Zarr (atomic)."""
+        from .ome_zarr import write_ome_zarr
+        from .reconstruct import NormalisedView, blocks
+
+        shape = self.shapes[0]
+        chunks = (shape[0], 64, min(shape[2], 256))
+        index = list(blocks(shape, chunks))
+        view = NormalisedView(self.source, self.norm)
+
+        def produce():
+            for n, idx in enumerate(index):
+                orientation = "xz" if self.orientation == "auto" else self.orientation
+                yield idx, self.norm.invert(self.rec.block(view, shape, idx, orientation), dtype)
+                if on_block is not None:
+                    on_block(n + 1, len(index))
+
+        write_ome_zarr(path, shape, dtype, voxel_size, produce(), chunks, unit=unit, translation=translation)
+        return path
+
+
+def _paste(out: np.ndarray, index: tuple[slice, ...], tile: np.ndarray, tile_index: tuple[slice, ...], a: int, b: int):
+    """Copy the part of ``tile`` (at ``tile_index``) that falls inside the request ``index``."""
+    dst, src = [slice(None)] * 3, [slice(None)] * 3
+    for axis in (a, b):
+        lo = max(index[axis].start, tile_index[axis].start)
+        hi = min(index[axis].stop, tile_index[axis].stop)
+        dst[axis] = slice(lo - index[axis].start, hi - index[axis].start)
+        src[axis] = slice(lo - tile_index[axis].start, hi - tile_index[axis].start)
+    out[tuple(dst)] = tile[tuple(src)]
