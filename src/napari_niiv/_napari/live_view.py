@@ -129,24 +129,27 @@ class LiveView(QObject):
         self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled))
 
     def _render(self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool]) -> None:
-        """On the worker thread: preview, then niiv, each sent to the GUI thread."""
+        """On the worker thread: preview, then niiv, each sent to the GUI thread in the input's
+        intensity scale (converting here keeps the GUI thread free)."""
         if self._renderer is None:
             data = level0(self.layer)
             self._norm = fit_normalisation(data)
             self._renderer = ViewRenderer(data, self._norm, self.reconstructor)
+        norm = self._norm
+        assert norm is not None
+
+        def send(stage: str, image: np.ndarray) -> None:
+            self._result.emit(gen, stage, (grid, norm.invert(image, np.float32), asked))
+
         preview = self._renderer.preview(grid)
-        self._result.emit(gen, "preview", (grid, preview, asked))
+        send("preview", preview)
         if cancelled():
             return
         result = self._renderer.render(
-            grid,
-            self.orientation,
-            cancelled,
-            partial=lambda image: self._result.emit(gen, "partial", (grid, image, asked)),
-            base=preview,
+            grid, self.orientation, cancelled, partial=lambda image: send("partial", image), base=preview
         )
         if result is not None:
-            self._result.emit(gen, "niiv", (grid, result, asked))
+            send("niiv", result)
 
     def _on_result(self, gen: int, stage: str, payload: Any) -> None:
         """On the GUI thread: show a result if it is for the current view."""
@@ -156,10 +159,10 @@ class LiveView(QObject):
                 log.error("live niiv failed", exc_info=payload)
             self.on_status(f"live view failed: {msg}")
             return
-        if gen != self._generation or self._norm is None:
+        if gen != self._generation:
             return
         grid, image, asked = payload
-        self._show(grid, self._norm.invert(image, np.float32))
+        self._show(grid, image)
         elapsed = time.perf_counter() - asked
         h, w = _size2d(grid)
         if stage == "preview":
