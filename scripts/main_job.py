@@ -1,67 +1,127 @@
-"""The main job: niiv on real data, end to end, headless.
+"""The main job: napari with a real anisotropic sample, the niiv widget and a live reconstruction.
 
-1. Real anisotropic FIB-SEM (EPFL hippocampus, every 8th plane kept, alpha 8): reconstruct an xz
-   slice with the shipped weights and save nearest | bilinear | niiv side by side as a PNG.
-2. Write an isotropic OME-Zarr of a sub-volume through the `niiv` command line.
-3. Score niiv against interpolation on a held-out isotropic FIB-SEM cube (simulated alpha 8).
+Headless (run under Xvfb by scripts/main.sh), it saves screenshots to out/main/ (or ``--out``;
+``--out docs/images`` refreshes the user guide's pictures):
+
+1. ``napari_live_niiv.png``: the whole window: the FIB-SEM sample (z pooled by 8, alpha 8) in an
+   xz view, the niiv dock widget, and the live niiv layer over the visible region.
+2. ``xz_input_niiv_truth.png``: the same view, canvas only: what napari shows of the anisotropic
+   input | the live niiv view | the isotropic ground truth the input was pooled from.
+3. ``napari_isotropic_layer.png``: Layers > Transform > niiv > Reconstruct isotropic, the lazy
+   whole-volume layer, once the tiles on screen are computed.
+4. ``epfl_xz_niiv.png``: real anisotropic EM (EPFL hippocampus sample, alpha 8) in the live view.
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from napari_niiv.cli import main as niiv
-from napari_niiv.data import fit_normalisation, open_volume
-from napari_niiv.evaluate import evaluate, format_table, interpolation, niiv_method
-from napari_niiv.reconstruct import NormalisedView, Reconstructor, output_shape
-from napari_niiv.weights import available_weights, load_weights, resolve_weights
-
-DATA = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-OUT = Path(os.environ.get("NIIV_MAIN_OUT", Path(__file__).resolve().parents[1] / "out" / "main"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def xz_panels(path: Path, alpha: float, y: int) -> np.ndarray:
-    vol = open_volume(path)
-    weights = load_weights(resolve_weights(None))
-    norm = fit_normalisation(vol.data)
-    view = NormalisedView(vol.data, norm)
-    shape = output_shape(vol.shape, alpha)
-    index = (slice(0, shape[0]), slice(y, y + 1), slice(0, shape[2]))
-    ours = Reconstructor(weights.model, alpha).block(view, shape, index, "xz")[:, 0]
-    low = view[:, y : y + 1, :]
-    near = interpolation("nearest")(low, alpha, (shape[0], 1, shape[2]))[:, 0]
-    bil = interpolation("bilinear")(low, alpha, (shape[0], 1, shape[2]))[:, 0]
-    gap = np.ones((shape[0], 8), np.float32)
-    return np.concatenate([near, gap, bil, gap, ours], axis=1)
+def wait(viewer, condition, timeout: float = 300.0) -> None:
+    """Let Qt run until ``condition()`` holds."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the viewer did not finish in time")
+        QApplication.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):  # let the last layer update draw
+        QApplication.processEvents()
+        time.sleep(0.01)
 
 
-def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
-    print("weights:", ", ".join(available_weights()))
-    panels = xz_panels(DATA / "anisotropic_em" / "epfl_hippocampus.tif", 8.0, 128)
-    png = OUT / "epfl_xz_nearest_bilinear_niiv.png"
-    Image.fromarray((np.clip(panels, 0, 1) * 255).astype(np.uint8)).save(png)
-    print(f"saved {png}  (xz slice of real alpha-8 FIB-SEM: nearest | bilinear | niiv)")
+def live_done(widget) -> bool:
+    lv = widget.live_view
+    return lv is not None and not lv.busy and bool(lv.timings) and "niiv" in lv.timings[-1]
 
-    # Sub-volume through the command line, as a user would.
-    sub = OUT / "cremi_a_crop.npy"
-    np.save(sub, np.asarray(open_volume(DATA / "anisotropic_em" / "cremi_a.tif").data[:, :96, :96]))
-    code = niiv(["reconstruct", str(sub), str(OUT / "cremi_a_crop_iso.ome.zarr"), "--alpha", "10", "--overwrite"])
-    if code:
-        return code
 
-    cube = np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250, :128, :128])
-    methods = {m: interpolation(m) for m in ("nearest", "bilinear", "bicubic")}
-    for name in ("niiv-v1-fibsem-a8", "niiv-v2-fibsem-a8"):
-        if name in available_weights():
-            methods[name] = niiv_method(load_weights(resolve_weights(name)).model)
-    print("held-out FIB-SEM cube (medulla_b z 122-250, 128^3), alpha 8 simulated, xz slices:")
-    print(format_table(evaluate([cube], 8.0, methods)))
+def save(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(np.asarray(image)[..., :3]).save(path)
+    print(f"saved {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "main")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    import napari
+
+    viewer = napari.Viewer(show=True, title="napari-niiv main job")
+    viewer.window._qt_window.resize(1500, 900)
+    wait(viewer, lambda: True)  # let the window take its size before fitting the view
+    truth, pooled = viewer.open_sample("napari-niiv", "fibsem_anisotropic")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    widget.volume_choice.value = pooled
+    print(f"sample: {pooled.name} {pooled.data.shape}, scale {tuple(pooled.scale)}; alpha {widget.alpha_spin.value}")
+
+    # An xz view (z down, x across) of plane y = 125, two screen pixels per isotropic voxel.
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, 1250.0)
+    viewer.reset_view()
+    viewer.scene.camera.zoom = 0.2
+    t0 = time.perf_counter()
+    widget.live_check.value = True
+    wait(viewer, lambda: live_done(widget))
+    timing = widget.live_view.timings[-1]
+    out = widget.live_view.output
+    print(
+        f"live xz view: {out.data.shape[0]}x{out.data.shape[2]} px, preview {timing['preview'] * 1000:.0f} ms, "
+        f"niiv {timing['niiv']:.1f} s (window shown to niiv: {time.perf_counter() - t0:.1f} s)"
+    )
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "napari_live_niiv.png")
+
+    # Input | niiv | ground truth, same camera.
+    panels = []
+    for shown in (pooled, out, truth):
+        for layer in (pooled, out, truth):
+            layer.visible = layer is shown
+        wait(viewer, lambda: True)
+        panels.append(viewer.screenshot(canvas_only=True, flash=False)[..., :3])
+    gap = np.full((panels[0].shape[0], 12, 3), 255, np.uint8)
+    save(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1), args.out / "xz_input_niiv_truth.png")
+    for layer in (pooled, out):
+        layer.visible = True
+    truth.visible = False
+
+    # The whole volume as a lazy layer, from the Layers menu command.
+    widget.live_check.value = False
+    viewer.layers.remove(out)
+    viewer.layers.selection.active = pooled
+    from napari._app_model import get_app_model  # napari's command registry: what the menu item runs
+
+    get_app_model().commands.execute_command("napari-niiv.reconstruct_isotropic").result()
+    iso = viewer.layers[-1]
+    lazy = iso.data[0].volume
+    wait(viewer, lambda: lazy.pending == 0 and len(lazy._tiles) > 0)
+    iso.refresh()
+    wait(viewer, lambda: True)
+    print(f"lazy isotropic layer: {iso.name} {iso.data[0].shape}, {len(lazy._tiles)} tiles computed on demand")
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "napari_isotropic_layer.png")
+
+    # Real anisotropic EM at its own alpha.
+    viewer.layers.clear()
+    (em,) = viewer.open_sample("napari-niiv", "epfl_hippocampus")
+    widget.volume_choice.value = em
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, float(em.scale[1] * em.data.shape[1] / 2))
+    viewer.reset_view()
+    widget.live_check.value = True
+    wait(viewer, lambda: live_done(widget))
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "epfl_xz_niiv.png")
+    widget.live_check.value = False
+    viewer.close()
     return 0
 
 

@@ -99,12 +99,18 @@ class TileProgress(QObject):
         self._timer.setSingleShot(True)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self._redraw)
+        # The bar is updated from the event loop, never inside napari's slicing (set_data fires
+        # during a draw, and a new progress bar then re-enters the draw).
+        self._bar_timer = QTimer(self)
+        self._bar_timer.setSingleShot(True)
+        self._bar_timer.setInterval(0)
+        self._bar_timer.timeout.connect(self._update_bar)
         self._tile_done.connect(self._on_tile)
         self._failed.connect(self._on_error)
         lazy.on_tile = lambda key: self._tile_done.emit()
         lazy.on_error = self._failed.emit
         lazy.on_write_block = self._on_write_block
-        layer.events.set_data.connect(self._update_bar)
+        layer.events.set_data.connect(self._schedule_bar)
         viewer.layers.events.removed.connect(self._removed)
         layer._niiv_progress = self  # keep this bridge alive as long as the layer
 
@@ -112,13 +118,16 @@ class TileProgress(QObject):
         self.done += 1
         if not self._timer.isActive():
             self._timer.start()
-        self._update_bar()
+        self._bar_timer.start()
 
     def _redraw(self) -> None:
         if self.layer in self.viewer.layers:
             self.layer.refresh()
 
-    def _update_bar(self, event: Any = None) -> None:
+    def _schedule_bar(self, event: Any = None) -> None:
+        self._bar_timer.start()
+
+    def _update_bar(self) -> None:
         pending = self.lazy.pending
         if pending and self.bar is None:
             self.bar = progress(total=pending, desc=f"niiv tiles of '{self.layer.name}'")

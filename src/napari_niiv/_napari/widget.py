@@ -63,6 +63,7 @@ class NiivWidget(Container):
             ]
         )
         self.tooltips()
+        self.native.setMaximumWidth(460)  # leave the canvas the room
         self.live_view: LiveView | None = None
         self.volume_choice.changed.connect(self._layer_changed)
         for w in (self.alpha_spin, self.scale_spin, self.weights_choice, self.device_choice, self.orientation_choice):
