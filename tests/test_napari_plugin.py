@@ -101,6 +101,17 @@ def test_live_view_follows_pan_zoom_and_slices(qtbot, viewer_with_volume):
     wait_live(qtbot, widget)
     assert out.translate[1] == pytest.approx(-30 + 10 * 41)
 
+    # grid mode (input and niiv side by side): each viewbox shows less, and the view follows
+    viewer.scene.camera.zoom = zoom
+    wait_live(qtbot, widget)
+    columns = out.data.shape[2]
+    viewer.canvas.grid.enabled = True
+    wait_live(qtbot, widget)
+    assert viewer.canvas.viewbox_size(viewer.layers)[1] < viewer.canvas.size[1]
+    check_output(viewer, layer, out, (0, 2), max(1 / zoom, 10.0))
+    assert out.data.shape[2] < columns
+    viewer.canvas.grid.enabled = False
+
     # an xy view between acquired slices: z is sampled where the slider is, not at a plane
     viewer.dims.order = (0, 1, 2)
     viewer.reset_view()

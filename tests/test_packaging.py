@@ -1,4 +1,4 @@
-"""The installed wheel must carry the shipped weights and their model cards."""
+"""The installed wheel must carry the shipped weights, their model cards and the napari manifest."""
 
 import subprocess
 import sys
@@ -32,4 +32,8 @@ def test_wheel_carries_weights_and_cards(tmp_path) -> None:
         assert f"napari_niiv/weights/{name}" in names
         assert f"napari_niiv/weights/{Path(name).stem}.md" in names
     assert "napari_niiv/cli.py" in names
-    assert any(n.endswith("entry_points.txt") for n in names)
+    zf = zipfile.ZipFile(wheel)
+    manifest = zf.read("napari_niiv/napari.yaml").decode()  # a file, not the repo's symlink
+    assert manifest == (ROOT / "napari.yaml").read_text()
+    (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+    assert "napari-niiv = napari_niiv:napari.yaml" in zf.read(entry_points).decode()
