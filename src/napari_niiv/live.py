@@ -171,6 +171,8 @@ class ViewRenderer:
         rows_per_chunk = max(1, DECODE_POINTS // max(1, cols.size))
         planes_per_batch = max(1, min(self.rec.slice_batch, DECODE_POINTS // max(1, rows.size * cols.size)))
         last = time.perf_counter()
+        # Each partial image costs the GUI a layer update and a repaint: fewer for larger views.
+        interval = max(0.5, 0.5 * out.size / 1e6)
         for p0 in range(0, planes.size, planes_per_batch):
             if cancelled():
                 return False
@@ -184,7 +186,7 @@ class ViewRenderer:
                         return False
                     dec = self.rec.model.render(grid_batch, r[i : i + rows_per_chunk], c)
                     view[[p0 + g for g in group], i : i + rows_per_chunk, :] = dec.float().cpu().numpy()
-                    if partial is not None and time.perf_counter() - last > 0.3:
+                    if partial is not None and time.perf_counter() - last > interval:
                         partial(out.copy())
                         last = time.perf_counter()
         return True

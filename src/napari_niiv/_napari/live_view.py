@@ -64,6 +64,7 @@ class LiveView(QObject):
         self._norm: Normalisation | None = None
         self._grid: ViewGrid | None = None
         self._generation = 0
+        self._closed = False
         self._requested_at = 0.0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -159,8 +160,8 @@ class LiveView(QObject):
                 log.error("live niiv failed", exc_info=payload)
             self.on_status(f"live view failed: {msg}")
             return
-        if gen != self._generation:
-            return
+        if gen != self._generation or self._closed or self.layer not in self.viewer.layers:
+            return  # stale, or a result still queued when the layer or viewer closed
         grid, image, asked = payload
         self._show(grid, image)
         elapsed = time.perf_counter() - asked
@@ -188,9 +189,13 @@ class LiveView(QObject):
             self.viewer.layers.insert(index, self.output)
             self.viewer.layers.selection.active = self.layer
             return
-        self.output.scale = grid.world_step
-        self.output.translate = grid.world_start
-        self.output.data = image
+        out = self.output
+        if not (np.allclose(out.scale, grid.world_step) and np.allclose(out.translate, grid.world_start)):
+            # One refresh per result, not three: napari re-slices on each of scale, translate, data.
+            with out._block_refresh():
+                out.scale = grid.world_step
+                out.translate = grid.world_start
+        out.data = image
 
     @property
     def busy(self) -> bool:
@@ -198,6 +203,7 @@ class LiveView(QObject):
 
     def close(self) -> None:
         """Stop listening and computing (within one decoding step); the last image stays."""
+        self._closed = True
         self._timer.stop()
         for emitter, callback in self._connections:
             emitter.disconnect(callback)

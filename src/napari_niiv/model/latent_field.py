@@ -7,7 +7,7 @@ pixel ``i`` covers ``[i, i + 1)`` and its centre is ``i + 0.5``. Rows are the an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,14 @@ class LatentGrid:
     image: torch.Tensor
     keys_values: torch.Tensor | None
     step: tuple[float, float]
+    _with_image: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def with_image(self) -> torch.Tensor:
+        """Latents with the input image as one more channel, so one bilinear sample gives both;
+        built once per grid (a wide view is decoded in many query chunks)."""
+        if self._with_image is None:
+            self._with_image = torch.cat((self.latents, self.image.to(self.latents.dtype)), dim=1)
+        return self._with_image
 
 
 class LocalAttention(nn.Module):

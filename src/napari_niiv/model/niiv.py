@@ -44,8 +44,7 @@ class NiivModel(nn.Module):
         return torch.cat([self._query(grid, c) for c in coords.split(per_chunk, dim=1)], dim=1)
 
     def _query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
-        both = torch.cat((grid.latents, grid.image.to(grid.latents.dtype)), dim=1)
-        sampled = sample_bilinear(both, coords)
+        sampled = sample_bilinear(grid.with_image(), coords)
         latent, value = sampled[..., :-1], sampled[..., -1]
         if self.attention is not None:
             latent = self.attention(latent, grid, coords)
