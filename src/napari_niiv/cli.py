@@ -246,7 +246,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     alpha = check_alpha(args.alpha if args.alpha is not None else vol.alpha)
     norm = fit_normalisation(vol.data)  # also rejects NaNs before any model work
     model = load_weights(resolve_weights(args.weights)).model
-    check_reconstructable(vol.shape, model)
+    check_reconstructable(vol.shape, model, args.orientation)
     rec = Reconstructor(model, alpha, pick_device(args.device))
     geo = volume_geometry(vol, rec.alpha, args.scale)
     shape = geo["shape"]

@@ -236,7 +236,7 @@ def reconstruct_volume(
     """
     vol = as_volume(source)
     alpha = check_alpha(alpha if alpha is not None else vol.alpha)
-    check_reconstructable(vol.shape, model)
+    check_reconstructable(vol.shape, model, orientation)
     check_scale(scale)
     norm = normalisation or fit_normalisation(vol.data)
     rec = Reconstructor(model, alpha, device)
@@ -255,13 +255,15 @@ def check_scale(scale: float) -> None:
         raise NiivInputError(f"output scale {scale} is out of range; use 0.5 (finer) to 2 (coarser) times isotropic")
 
 
-def check_reconstructable(shape: tuple[int, ...], model: NiivModel) -> None:
-    """A volume needs at least a few z planes and enough xy pixels for one encoder footprint."""
+def check_reconstructable(shape: tuple[int, ...], model: NiivModel, orientation: str = "both") -> None:
+    """A volume needs at least a few z planes and, across the slices it is decoded in, enough
+    pixels for one encoder footprint (x for xz slices, y for yz slices)."""
     z, y, x = shape
     if z < 2:
         raise NiivInputError(f"the volume has {z} z plane(s); at least 2 are needed to reconstruct between them")
     need = model.config.receptive_radius + 1
-    if min(y, x) < need:
+    across = {"xz": x, "yz": y}.get(orientation, min(y, x))
+    if across < need:
         raise NiivInputError(
             f"the volume's xy size {y}x{x} is smaller than the model's receptive field "
             f"({2 * need - 1} px, at least {need} needed); use a larger crop"
