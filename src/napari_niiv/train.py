@@ -60,6 +60,33 @@ class TrainSettings:
         return self.lr * (self.final_lr_fraction + (1 - self.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def fine_tune_settings(
+    alpha: float,
+    steps: int = 1000,
+    minutes: float | None = 5.0,
+    lr: float = 1e-4,
+    device: str = "auto",
+    crop: int = 64,
+) -> TrainSettings:
+    """Settings for fine-tuning trained weights on one volume (the napari panel's): a fifth of the
+    from-scratch learning rate, a short warm-up, small batches so a step takes a fraction of a
+    second on a laptop CPU, and a held-out check ten times per run."""
+    return TrainSettings(
+        alpha=alpha,
+        steps=steps,
+        time_budget=minutes * 60 if minutes else None,
+        lr=lr,
+        warmup=20,
+        batch=4,
+        points=2048,
+        crop=crop,
+        device=device,
+        checkpoint_every=100,
+        eval_every=max(10, steps // 10),
+        preview_every=max(10, steps // 20),
+    )
+
+
 class TrainCallback:
     """Hooks the training loop calls; override what you need (the napari widget does)."""
 

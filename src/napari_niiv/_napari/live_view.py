@@ -65,6 +65,7 @@ class LiveView(QObject):
         self._grid: ViewGrid | None = None
         self._generation = 0
         self._closed = False
+        self._new_weights: dict[str, Any] | None = None
         self._requested_at = 0.0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -132,6 +133,11 @@ class LiveView(QObject):
     def _render(self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool]) -> None:
         """On the worker thread: preview, then niiv, each sent to the GUI thread in the input's
         intensity scale (converting here keeps the GUI thread free)."""
+        state, self._new_weights = self._new_weights, None
+        if state is not None:  # fine-tuning preview: swap weights between renders, never during one
+            self.reconstructor.model.load_state_dict(state)
+            if self._renderer is not None:
+                self._renderer.cache.clear()
         if self._renderer is None:
             data = level0(self.layer)
             self._norm = fit_normalisation(data)
@@ -196,6 +202,13 @@ class LiveView(QObject):
                 out.scale = grid.world_step
                 out.translate = grid.world_start
         out.data = image
+
+    def update_weights(self, state: dict[str, Any]) -> None:
+        """Show the view with new weights (a fine-tuning preview); they are loaded on the worker
+        thread before its next render."""
+        self._new_weights = state
+        self._requested_at = time.perf_counter()
+        self.refresh(force=True)
 
     @property
     def busy(self) -> bool:

@@ -63,6 +63,11 @@ class NiivWidget(Container):
             ]
         )
         self.tooltips()
+        from .training_panel import TrainingPanel
+
+        self.append(Label(value="<b>Fine-tune on this volume</b>"))
+        self.training = TrainingPanel(viewer, self)
+        self.append(self.training)
         self.native.setMaximumWidth(460)  # leave the canvas the room
         self.live_view: LiveView | None = None
         self.volume_choice.changed.connect(self._layer_changed)
@@ -170,3 +175,4 @@ class NiivWidget(Container):
     def close_live(self) -> None:
         """Stop background work (the viewer is closing or the widget is removed)."""
         self._stop_live()
+        self.training.shutdown()

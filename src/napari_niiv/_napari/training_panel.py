@@ -1,0 +1,291 @@
+"""Fine-tune niiv on the open volume, inside the viewer: settings, Start / Stop / Resume, a
+progress bar, a live loss curve, a held-out check, and a live preview through the niiv view."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from napari.layers import Shapes
+from napari.utils import progress
+
+from ..data.degrade import check_alpha
+from ..data.io import Volume
+from ..devices import pick_device
+from ..errors import NiivInputError
+from ..train import HeldOutCheck, checkpoint_path, fine_tune_settings
+from ..training_region import Region, box_region, split_training, visible_region, whole
+from ..weights import atomic_write, available_weights, resolve_weights, shipped_dir, user_dir
+from .layer_view import check_layer, current_grid, level0
+from .loss_plot import LossPlot
+from .training_job import TrainingJob
+
+REGIONS = ("whole volume", "visible region", "boxes of a Shapes layer")
+
+
+def weights_name(text: str) -> str:
+    """A file-safe weights name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
+    if not name:
+        raise NiivInputError("give the new weights a name")
+    return name
+
+
+class TrainingPanel(Container):
+    """The training half of the niiv dock widget; ``niiv`` is the :class:`NiivWidget` whose
+    volume, alpha, weights and device it uses and whose live view shows the preview."""
+
+    def __init__(self, viewer: Any, niiv: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.niiv = niiv
+        self.region_choice = ComboBox(label="learn from", choices=REGIONS, value=REGIONS[0])
+        self.shapes_choice = ComboBox(label="boxes", choices=self._shapes_layers, nullable=True)
+        self.steps_spin = SpinBox(label="steps", min=10, max=200_000, step=100, value=1000)
+        self.minutes_spin = FloatSpinBox(label="time limit (min, 0: none)", min=0, max=24 * 60, step=1, value=5)
+        self.lr_edit = LineEdit(label="learning rate", value="1e-4")
+        self.name_edit = LineEdit(label="save as", value="")
+        self.start_button = PushButton(text="Start")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.resume_button = PushButton(text="Resume", enabled=False)
+        self.plot = LossPlot()
+        self.status_label = Label(value="")
+        self.extend(
+            [
+                self.region_choice,
+                self.shapes_choice,
+                self.steps_spin,
+                self.minutes_spin,
+                self.lr_edit,
+                self.name_edit,
+                Container(widgets=[self.start_button, self.stop_button, self.resume_button], layout="horizontal"),
+            ]
+        )
+        self.native.layout().addWidget(self.plot)
+        self.append(self.status_label)
+        self.job: TrainingJob | None = None
+        self.bar: progress | None = None
+        self.previews = 0  # live previews shown with in-training weights
+        self._layer: Any = None
+        self.start_button.changed.connect(lambda: self.start(resume=False))
+        self.resume_button.changed.connect(lambda: self.start(resume=True))
+        self.stop_button.changed.connect(self.stop)
+        self.name_edit.changed.connect(self._update_buttons)
+        niiv.volume_choice.changed.connect(self._default_name)
+        niiv.alpha_spin.changed.connect(self._default_name)
+        viewer.layers.events.removed.connect(self._layer_removed)
+        viewer.layers.events.inserted.connect(lambda e: self.shapes_choice.reset_choices())
+        self._default_name()
+
+    # -- settings --------------------------------------------------------------------------------
+    def _shapes_layers(self, widget: Any = None) -> list[Shapes]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
+
+    def _default_name(self, value: Any = None) -> None:
+        layer = self.niiv.volume_choice.value
+        if layer is not None and self.job is None:
+            self.name_edit.value = weights_name(f"{layer.name}-a{self.niiv.alpha_spin.value:g}")
+        self._update_buttons()
+
+    def learning_rate(self) -> float:
+        try:
+            lr = float(self.lr_edit.value)
+        except ValueError:
+            lr = -1.0
+        if not 0 < lr < 0.1:
+            raise NiivInputError(f"learning rate {self.lr_edit.value!r}: give a number such as 1e-4 (0 < lr < 0.1)")
+        return lr
+
+    def out_path(self) -> Path:
+        return user_dir() / f"{weights_name(self.name_edit.value)}.safetensors"
+
+    def _update_buttons(self, value: Any = None) -> None:
+        busy = self.job is not None
+        try:
+            resumable = checkpoint_path(self.out_path()).exists()
+        except NiivInputError:
+            resumable = False
+        self.start_button.enabled = not busy
+        self.resume_button.enabled = not busy and resumable
+        self.stop_button.enabled = busy
+
+    def set_status(self, text: str) -> None:
+        self.status_label.value = text
+
+    def regions(self, layer: Any) -> list[Region]:
+        shape = tuple(int(s) for s in level0(layer).shape)
+        mode = self.region_choice.value
+        if mode == REGIONS[0]:
+            return [whole(shape)]
+        if mode == REGIONS[1]:
+            grid = current_grid(self.viewer, layer, 1.0)
+            if grid is None:
+                raise NiivInputError("nothing of the volume is visible in a 2D view: pan to it, or train on all")
+            return [visible_region(grid.coords, grid.sliced_axis, shape)]
+        shapes = self.shapes_choice.value
+        if shapes is None or not len(shapes.data):
+            raise NiivInputError("add a Shapes layer with rectangles over the parts to learn from, and pick it")
+        boxes = []
+        for vertices in shapes.data:
+            world = np.array([shapes.data_to_world(v) for v in vertices])
+            data = np.array([layer.world_to_data(w) for w in world])
+            boxes.append(box_region(data, shape))
+        return boxes
+
+    # -- running ---------------------------------------------------------------------------------
+    def start(self, resume: bool = False) -> None:
+        try:
+            self._start(resume)
+        except (NiivInputError, KeyError) as exc:
+            self.set_status(str(exc))
+
+    def _start(self, resume: bool) -> None:
+        layer = check_layer(self.niiv.volume_choice.value)
+        alpha = check_alpha(self.niiv.alpha_spin.value)
+        out = self.out_path()
+        if out.parent.resolve() == shipped_dir().resolve():
+            raise NiivInputError("the shipped weights are never overwritten: choose another name")
+        if out.exists() and not resume:
+            raise NiivInputError(f"weights '{out.stem}' already exist: choose another name, or Resume its run")
+        start_from = resolve_weights(available_weights()[self.niiv.weights_choice.value])
+        settings = fine_tune_settings(
+            alpha,
+            steps=int(self.steps_spin.value),
+            minutes=float(self.minutes_spin.value),
+            lr=self.learning_rate(),
+            device=str(pick_device(self.niiv.device_choice.value)),
+            crop=int(min(64, *level0(layer).shape[1:])),
+        )
+        split = split_training(self.regions(layer), settings.crop, alpha)
+        data = level0(layer)
+        data = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
+        volumes = [Volume(data[r], tuple(float(s) for s in layer.scale[-3:]), layer.name) for r in split.regions]
+        held = np.asarray(data[split.held_out])
+        check = HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha)  # held-out xy planes, pooled in-plane
+        card = {
+            "source_layer": layer.name,
+            "source": (layer.metadata or {}).get("niiv_source"),
+            "regions": [[[s.start, s.stop] for s in r] for r in split.regions],
+            "held_out_planes": [split.held_out[0].start, split.held_out[0].stop],
+            "started_from": self.niiv.weights_choice.value,
+        }
+        self.job = TrainingJob(
+            volumes,
+            settings,
+            out,
+            init=start_from,
+            resume=resume,
+            z_ranges=split.z_ranges,
+            held_out=check,
+            card=card,
+        )
+        self._layer = layer
+        self.job.stepped.connect(self._on_step)
+        self.job.checked.connect(self._on_check)
+        self.job.previewed.connect(self._on_preview)
+        self.job.finished.connect(self._on_finished)
+        if not resume:
+            self.plot.clear()
+        self.bar = progress(total=settings.steps, desc=f"niiv fine-tuning on '{layer.name}'")
+        self.plot.add_check(0, check.bilinear.cf_psnr - check.bilinear.cf_psnr)
+        self.job.start()
+        self._update_buttons()
+        self.set_status(
+            f"training on {len(split.regions)} region(s); held-out planes z {split.held_out[0].start}-"
+            f"{split.held_out[0].stop - 1}; bilinear there: {check.bilinear.cf_psnr:.2f} dB CF-PSNR"
+        )
+
+    def stop(self, value: Any = None) -> None:
+        """Stop after the current step; the run can be resumed."""
+        if self.job is not None:
+            self.job.stop()
+            self.set_status("stopping after this step...")
+
+    def _on_step(self, step: int, loss: float) -> None:
+        self.plot.add_loss(step, loss)
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
+    def _on_check(self, step: int, metrics: dict[str, float]) -> None:
+        self.plot.add_check(step, metrics["cf_psnr_gain"])
+        self.set_status(
+            f"step {step}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({metrics['cf_psnr_gain']:+.2f} vs bilinear)"
+        )
+
+    def _on_preview(self, step: int, state: dict[str, Any]) -> None:
+        live = self.niiv.live_view
+        if live is not None and live.layer is self._layer:
+            live.update_weights(state)
+            self.previews += 1
+
+    def _on_finished(self, result: Any) -> None:
+        job, self.job = self.job, None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if isinstance(result, BaseException):
+            self.set_status(f"training failed: {result}")
+        else:
+            write_card(result.weights, result)
+            self.niiv.weights_choice.reset_choices()
+            name = f"user/{result.weights.stem}"
+            if name in self.niiv.weights_choice.choices:
+                self.niiv.weights_choice.value = name
+            gain = (result.held_out or {}).get("cf_psnr_gain")
+            self.set_status(
+                f"{'stopped' if result.stopped_early else 'done'} at step {result.steps_done}: saved '{name}'"
+                + (f", held-out {gain:+.2f} dB vs bilinear" if gain is not None else "")
+            )
+        del job
+        self._update_buttons()
+
+    def _layer_removed(self, event: Any) -> None:
+        if self.job is not None and event.value is self._layer:
+            self.job.stop()
+            self.set_status(f"'{self._layer.name}' was closed: training stops after this step")
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """The viewer or dock is closing: stop training and wait for the thread (one step). Its
+        last signals are dropped: the widgets they would update are being deleted."""
+        if self.job is not None:
+            for signal in (self.job.stepped, self.job.checked, self.job.previewed, self.job.finished):
+                signal.disconnect()
+            self.job.stop()
+            self.job.join(timeout)
+            self.job = None
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def write_card(weights: Path, result: Any) -> None:
+    """A human-readable model card beside user weights (the same facts are in the file's metadata)."""
+    from ..weights import read_metadata
+
+    meta = read_metadata(weights)
+    card = meta.get("card", "{}")
+    held = result.held_out or {}
+    lines = [
+        f"# {weights.stem}",
+        "",
+        "Fine-tuned in napari with napari-niiv.",
+        "",
+        f"- card: `{card}`",
+        f"- steps: {result.steps_done} ({'stopped early' if result.stopped_early else 'complete'}), "
+        f"{result.seconds:.0f} s",
+        f"- final loss (mean of last 50 steps): {np.mean([h['loss'] for h in result.history[-50:]]):.4f}"
+        if result.history
+        else "- final loss: n/a",
+    ]
+    if held:
+        lines.append(
+            f"- held-out xy planes: CF-PSNR {held['cf_psnr']:.2f} dB ({held['cf_psnr_gain']:+.2f} vs bilinear), "
+            f"PSNR {held['psnr']:.2f} dB ({held['psnr_gain']:+.2f})"
+        )
+    text = "\n".join(lines) + "\n"
+    atomic_write(weights.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,113 @@
+"""Fine-tuning inside the real napari viewer: progress, loss curve, preview, stop, resume, save."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_niiv.data import open_volume
+from napari_niiv.reconstruct import reconstruct_volume
+from napari_niiv.weights import load_weights, read_metadata, shipped_dir
+from tests.conftest import data_path
+
+pytest.importorskip("napari")
+
+
+@pytest.fixture
+def user_weights(tmp_path, monkeypatch):
+    folder = tmp_path / "user-weights"
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cremi() -> np.ndarray:
+    """Real serial-section TEM, alpha 10: (32, 96, 96) uint8."""
+    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:, :96, :96])
+
+
+def open_panel(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    return widget, widget.training
+
+
+def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, user_weights):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget, panel = open_panel(viewer)
+    assert widget.alpha_spin.value == 10.0 and panel.name_edit.value == "cremi-a10"
+    viewer.dims.order = (1, 0, 2)
+    widget.live_check.value = True  # the preview shows in the live view
+    panel.steps_spin.value = 40
+    panel.minutes_spin.value = 0
+    panel.name_edit.value = "cremi-test"
+    panel.start_button.native.click()
+    assert panel.job is not None, panel.status_label.value
+    assert panel.bar is not None and not panel.start_button.enabled and panel.stop_button.enabled
+
+    qtbot.waitUntil(lambda: len(panel.plot.losses) >= 12, timeout=120_000)
+    assert panel.bar.n >= 12 and panel.plot.steps == list(range(1, len(panel.plot.steps) + 1))
+    panel.stop_button.native.click()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    stopped_at = panel.plot.steps[-1]
+    assert 12 <= stopped_at < 40 and "stopped at step" in panel.status_label.value
+    out = user_weights / "cremi-test.safetensors"
+    assert out.exists() and (user_weights / "cremi-test.ckpt.safetensors").exists()
+    assert panel.resume_button.enabled
+    assert panel.plot.checks, "no held-out check was shown"
+    assert panel.previews >= 1, "the live view never showed in-training weights"
+
+    panel.resume_button.native.click()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=180_000)
+    assert "done at step 40" in panel.status_label.value, panel.status_label.value
+    assert panel.plot.steps[-1] == 40 and len(panel.plot.losses) == 40  # one curve, continued
+
+    # saved with a model card, listed and selected at once, never beside the shipped weights
+    assert "user/cremi-test" in widget.weights_choice.choices
+    assert widget.weights_choice.value == "user/cremi-test"
+    assert not (shipped_dir() / "cremi-test.safetensors").exists()
+    card = json.loads(read_metadata(out)["card"])
+    assert card["source_layer"] == "cremi" and card["alpha"] == 10.0 and card["steps"] == 40
+    assert card["held_out"]["cf_psnr_gain"] == pytest.approx(card["held_out"]["cf_psnr_gain"])
+    assert "held-out xy planes" in (user_weights / "cremi-test.md").read_text()
+
+    # the new weights reconstruct, in the live view (selecting them restarted it) and in the core
+    qtbot.waitUntil(lambda: widget.live_view is not None and not widget.live_view.busy, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.live_view.timings and "niiv" in widget.live_view.timings[-1], timeout=60_000)
+    result = reconstruct_volume(load_weights(out).model, cremi[:, :40, :40], alpha=10)
+    assert result.shape == (320, 40, 40) and np.isfinite(result).all()
+
+    # a second Start under the same name refuses instead of overwriting
+    panel.start_button.native.click()
+    assert panel.job is None and "already exist" in panel.status_label.value
+    widget.live_check.value = False
+    assert layer in viewer.layers
+
+
+def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, cremi, user_weights):
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    _, panel = open_panel(viewer)
+    panel.steps_spin.value = 5000
+    panel.name_edit.value = "closing"
+    panel.start_button.native.click()
+    job = panel.job
+    qtbot.waitUntil(lambda: len(panel.plot.losses) >= 2, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert (user_weights / "closing.ckpt.safetensors").exists()  # stopped cleanly, resumable
+
+
+def test_removing_the_layer_stops_training(qtbot, make_napari_viewer, cremi, user_weights):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    _, panel = open_panel(viewer)
+    panel.steps_spin.value = 5000
+    panel.name_edit.value = "removed"
+    panel.start_button.native.click()
+    qtbot.waitUntil(lambda: len(panel.plot.losses) >= 2, timeout=60_000)
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    assert "stopped at step" in panel.status_label.value

@@ -1,0 +1,37 @@
+"""Which voxels fine-tuning learns from and which planes it holds out (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_niiv.errors import NiivInputError
+from napari_niiv.training_region import box_region, split_training, visible_region, whole
+
+
+def test_whole_volume_holds_out_its_last_planes():
+    split = split_training([whole((32, 96, 96))], crop=64, alpha=10)
+    assert split.z_ranges == [(0, 26)] and split.held_out[0] == slice(26, 32)
+    assert split.held_out[1:] == (slice(0, 96), slice(0, 96))
+
+
+def test_visible_region_spans_the_sliced_axis():
+    coords = (np.array([0.3, 5.7, 11.2]), np.array([20.5]), np.array([10.5, 40.5, 70.5]))
+    assert visible_region(coords, 1, (16, 64, 128)) == (slice(0, 12), slice(0, 64), slice(10, 71))
+
+
+def test_box_drawn_in_an_xy_view_spans_z():
+    rect = np.array([[7.0, 10.0, 20.0], [7.0, 10.0, 90.0], [7.0, 80.0, 90.0], [7.0, 80.0, 20.0]])
+    assert box_region(rect, (30, 100, 100)) == (slice(0, 30), slice(10, 81), slice(20, 91))
+    off_volume = rect + [0, 50, 50]
+    assert box_region(off_volume, (30, 100, 100)) == (slice(0, 30), slice(60, 100), slice(70, 100))
+
+
+def test_small_regions_are_skipped_and_none_left_is_an_error():
+    small = (slice(0, 30), slice(0, 20), slice(0, 20))
+    split = split_training([small, whole((30, 80, 80))], crop=64, alpha=8)
+    assert len(split.regions) == 1
+    with pytest.raises(NiivInputError, match="at least 64x64"):
+        split_training([small], crop=64, alpha=8)
+    with pytest.raises(NiivInputError, match="plane"):
+        split_training([whole((2, 80, 80))], crop=64, alpha=8)
