@@ -32,12 +32,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--alpha", type=float, default=6.0)
+    parser.add_argument("--lr", type=float, default=1e-4, help="the panel's default: 1e-4")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "finetune_alpha6")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     vol = open_volume(DATA / "fibsem" / "medulla_b.tif")
-    settings = fine_tune_settings(args.alpha, steps=100_000, minutes=args.minutes, device="cpu")
+    settings = fine_tune_settings(args.alpha, steps=100_000, minutes=args.minutes, lr=args.lr, device="cpu")
     weights = args.out / f"medulla_b-a{args.alpha:g}.safetensors"
     for stale in (weights, weights.with_name(weights.stem + ".ckpt.safetensors")):
         stale.unlink(missing_ok=True)
@@ -60,6 +61,7 @@ def main() -> None:
     summary = {
         "alpha": args.alpha,
         "minutes": args.minutes,
+        "lr": args.lr,
         "steps": result.steps_done,
         "seconds": result.seconds,
         "scores": {s.method: {"cf_psnr": s.cf_psnr, "psnr": s.psnr, "ssim": s.ssim} for s in scores},

@@ -10,11 +10,15 @@ Headless (run under Xvfb by scripts/main.sh), it saves screenshots to out/main/ 
 3. ``napari_isotropic_layer.png``: Layers > Transform > niiv > Reconstruct isotropic, the lazy
    whole-volume layer, once the tiles on screen are computed.
 4. ``epfl_xz_niiv.png``: real anisotropic EM (EPFL hippocampus sample, alpha 8) in the live view.
+5. ``napari_fine_tuning.png``: a short fine-tuning run on that volume from the widget (loss curve,
+   held-out check, live preview); its weights go to ``out/user-weights``, not your own folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "main")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    os.environ["NIIV_WEIGHTS_DIR"] = str(ROOT / "out" / "user-weights")  # the demo's, not yours
 
     import napari
 
@@ -120,6 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     widget.live_check.value = True
     wait(viewer, lambda: live_done(widget))
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "epfl_xz_niiv.png")
+
+    # Fine-tune the shipped weights on this volume at its own alpha: 60 steps, with the live preview.
+    shutil.rmtree(os.environ["NIIV_WEIGHTS_DIR"], ignore_errors=True)
+    panel = widget.training
+    panel.steps_spin.value = 60
+    panel.minutes_spin.value = 0
+    panel.start_button.native.click()
+    wait(viewer, lambda: panel.job is None and len(panel.plot.losses) >= 60, timeout=600)
+    wait(viewer, lambda: live_done(widget))
+    print(f"fine-tuning: {panel.status_label.value}")
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "napari_fine_tuning.png")
     widget.live_check.value = False
     viewer.close()
     return 0
