@@ -56,7 +56,8 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
     out = user_weights / "cremi-test.safetensors"
     assert out.exists() and (user_weights / "cremi-test.ckpt.safetensors").exists()
     assert panel.resume_button.enabled
-    assert panel.plot.checks, "no held-out check was shown"
+    assert panel.plot.checks[0][0] == 0, "the start weights were not scored on the held-out planes"
+    assert len(panel.plot.checks) >= 2, "no held-out check during training"
     assert panel.previews >= 1, "the live view never showed in-training weights"
 
     panel.resume_button.native.click()
@@ -76,6 +77,7 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
     # the new weights reconstruct, in the live view (selecting them restarted it) and in the core
     qtbot.waitUntil(lambda: widget.live_view is not None and not widget.live_view.busy, timeout=60_000)
     qtbot.waitUntil(lambda: widget.live_view.timings and "niiv" in widget.live_view.timings[-1], timeout=60_000)
+    assert sum(x.name.endswith("niiv live") for x in viewer.layers) == 1  # new weights, same live layer
     result = reconstruct_volume(load_weights(out).model, cremi[:, :40, :40], alpha=10)
     assert result.shape == (320, 40, 40) and np.isfinite(result).all()
 

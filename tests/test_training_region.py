@@ -23,7 +23,7 @@ def test_visible_region_spans_the_sliced_axis():
 def test_box_drawn_in_an_xy_view_spans_z():
     rect = np.array([[7.0, 10.0, 20.0], [7.0, 10.0, 90.0], [7.0, 80.0, 90.0], [7.0, 80.0, 20.0]])
     assert box_region(rect, (30, 100, 100)) == (slice(0, 30), slice(10, 81), slice(20, 91))
-    off_volume = rect + [0, 50, 50]
+    off_volume = np.add(rect, [0, 50, 50])
     assert box_region(off_volume, (30, 100, 100)) == (slice(0, 30), slice(60, 100), slice(70, 100))
 
 

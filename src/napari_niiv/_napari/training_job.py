@@ -19,6 +19,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..model import NiivModel
 from ..train import HeldOutCheck, TrainCallback, TrainResult, TrainSettings, train
+from ..weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class TrainingJob(QObject):
 
     def _run(self) -> None:
         try:
+            held_out, init = self._kwargs["held_out"], self._kwargs["init"]
+            if held_out is not None and init is not None and not self._kwargs["resume"]:
+                # Where the start weights stand on the held-out planes: the bar fine-tuning must clear.
+                self.checked.emit(0, held_out(load_weights(init).model))
             self.result = train(*self._args, callbacks=[_Report(self)], progress=False, **self._kwargs)
         except BaseException as exc:  # reported to the user on the GUI thread
             log.error("niiv training failed", exc_info=exc)

@@ -54,6 +54,7 @@ class TrainingPanel(Container):
         self.resume_button = PushButton(text="Resume", enabled=False)
         self.plot = LossPlot()
         self.status_label = Label(value="")
+        self.status_label.native.setWordWrap(True)
         self.extend(
             [
                 self.region_choice,
@@ -191,7 +192,6 @@ class TrainingPanel(Container):
         if not resume:
             self.plot.clear()
         self.bar = progress(total=settings.steps, desc=f"niiv fine-tuning on '{layer.name}'")
-        self.plot.add_check(0, check.bilinear.cf_psnr - check.bilinear.cf_psnr)
         self.job.start()
         self._update_buttons()
         self.set_status(
@@ -213,9 +213,9 @@ class TrainingPanel(Container):
 
     def _on_check(self, step: int, metrics: dict[str, float]) -> None:
         self.plot.add_check(step, metrics["cf_psnr_gain"])
-        self.set_status(
-            f"step {step}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({metrics['cf_psnr_gain']:+.2f} vs bilinear)"
-        )
+        when = "start weights" if step == 0 else f"step {step}"
+        gain = metrics["cf_psnr_gain"]
+        self.set_status(f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({gain:+.2f} vs bilinear)")
 
     def _on_preview(self, step: int, state: dict[str, Any]) -> None:
         live = self.niiv.live_view

@@ -49,6 +49,7 @@ class NiivWidget(Container):
         self.live_check = CheckBox(text="live niiv view of the visible region", value=False)
         self.reconstruct_button = PushButton(text="Reconstruct whole volume (lazy layer)")
         self.status_label = Label(value="")
+        self.status_label.native.setWordWrap(True)
         self.extend(
             [
                 self.volume_choice,
@@ -124,6 +125,7 @@ class NiivWidget(Container):
             self.set_status("live view off")
 
     def _start_live(self) -> None:
+        previous = self.live_view
         self._stop_live()
         try:
             layer = check_layer(self.volume_choice.value)
@@ -145,6 +147,8 @@ class NiivWidget(Container):
             on_status=self.set_status,
             pixel_ratio=self._pixel_ratio(),
         )
+        if previous is not None and previous.layer is layer:
+            self.live_view.output = previous.output  # new settings, same live layer
 
     def _stop_live(self) -> None:
         if self.live_view is not None:
