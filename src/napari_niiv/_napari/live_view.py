@@ -138,21 +138,21 @@ class LiveView(QObject):
             self.reconstructor.model.load_state_dict(state)
             if self._renderer is not None:
                 self._renderer.cache.clear()
-        if self._renderer is None:
+        renderer, norm = self._renderer, self._norm  # the GUI thread may reset them (new data)
+        if renderer is None or norm is None:
             data = level0(self.layer)
-            self._norm = fit_normalisation(data)
-            self._renderer = ViewRenderer(data, self._norm, self.reconstructor)
-        norm = self._norm
-        assert norm is not None
+            norm = fit_normalisation(data)
+            renderer = ViewRenderer(data, norm, self.reconstructor)
+            self._renderer, self._norm = renderer, norm
 
         def send(stage: str, image: np.ndarray) -> None:
             self._result.emit(gen, stage, (grid, norm.invert(image, np.float32), asked))
 
-        preview = self._renderer.preview(grid)
+        preview = renderer.preview(grid)
         send("preview", preview)
         if cancelled():
             return
-        result = self._renderer.render(
+        result = renderer.render(
             grid, self.orientation, cancelled, partial=lambda image: send("partial", image), base=preview
         )
         if result is not None:
