@@ -180,10 +180,6 @@ class LazyIsotropic:
         with self._cond:
             return len({k for keys in self._recent for k in keys if k not in self._tiles})
 
-    def cached(self, key: TileKey) -> bool:
-        with self._cond:
-            return key in self._tiles
-
     # -- computing -----------------------------------------------------------------------------
     def compute_tile(self, key: TileKey) -> np.ndarray:
         """niiv for one tile, in the input's intensity scale."""

@@ -22,7 +22,6 @@ from ..weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
 from .layer_view import check_layer, layer_alpha, level0
 
 log = logging.getLogger(__name__)
-COMMAND_ID = "napari-niiv.reconstruct_isotropic"
 REFRESH_MS = 250
 
 
