@@ -227,6 +227,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         check_scale,
         extent,
         output_region,
+        reconstructed_blocks,
         region_blocks,
         volume_geometry,
     )
@@ -262,10 +263,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(index), desc="reconstructing", unit="block")
     t0 = time.perf_counter()
 
-    def produce():
-        for local, idx in index:
-            yield local, norm.invert(rec.block(view, shape, idx, args.orientation), dtype)
-            bar.update(1)
+    blocks = reconstructed_blocks(rec, view, shape, index, args.orientation, dtype, lambda n, total: bar.update(1))
 
     offset = tuple(t.start * v for t, v in zip(target, geo["voxel_size"], strict=True))
     if out.suffix.lower() == ".zarr":
@@ -274,7 +272,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             size,
             dtype,
             geo["voxel_size"],
-            produce(),
+            blocks,
             chunks,
             unit=vol.unit,
             overwrite=args.overwrite,
@@ -282,7 +280,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     else:
         result = np.empty(size, dtype=dtype)
-        for idx, block in produce():
+        for idx, block in blocks:
             result[idx] = block
         _write_array(out, result, geo["voxel_size"], vol.unit)
     bar.close()

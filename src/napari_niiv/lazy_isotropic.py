@@ -105,7 +105,6 @@ class LazyIsotropic:
         orientation: str = "xz",
         cache_bytes: int = 1 << 30,
     ) -> None:
-        self.source = source
         self.norm = normalisation
         self.rec = reconstructor
         self.renderer = ViewRenderer(source, normalisation, reconstructor)
@@ -238,21 +237,14 @@ class LazyIsotropic:
     ) -> str:
         """Reconstruct level 0 in full, block by block, into a new OME-Zarr (atomic)."""
         from .ome_zarr import write_ome_zarr
-        from .reconstruct import NormalisedView, blocks
+        from .reconstruct import output_region, reconstructed_blocks, region_blocks
 
         shape = self.shapes[0]
         chunks = (shape[0], 64, min(shape[2], 256))
-        index = list(blocks(shape, chunks))
-        view = NormalisedView(self.source, self.norm)
-
-        def produce():
-            for n, idx in enumerate(index):
-                orientation = "xz" if self.orientation == "auto" else self.orientation
-                yield idx, self.norm.invert(self.rec.block(view, shape, idx, orientation), dtype)
-                if on_block is not None:
-                    on_block(n + 1, len(index))
-
-        write_ome_zarr(path, shape, dtype, voxel_size, produce(), chunks, unit=unit, translation=translation)
+        index = region_blocks(output_region(self.in_shape, shape, None), chunks)  # type: ignore[arg-type]
+        orientation = "xz" if self.orientation == "auto" else self.orientation
+        blocks = reconstructed_blocks(self.rec, self.renderer.view, shape, index, orientation, dtype, on_block)  # type: ignore[arg-type]
+        write_ome_zarr(path, shape, dtype, voxel_size, blocks, chunks, unit=unit, translation=translation)
         return path
 
 

@@ -19,7 +19,7 @@ import torch
 
 from .data.normalise import Normalisation
 from .model.latent_field import LatentGrid
-from .reconstruct import Reconstructor, interpolate_planes, pixel_range
+from .reconstruct import NormalisedView, Reconstructor, interpolate_planes, pixel_range
 from .viewport import ViewGrid
 
 LIVE_ORIENTATIONS = ("auto", "xz", "yz", "both")
@@ -103,16 +103,14 @@ class ViewRenderer:
     """
 
     def __init__(self, source: Any, normalisation: Normalisation, reconstructor: Reconstructor) -> None:
-        self.source = source
-        self.shape = tuple(int(s) for s in source.shape)
+        self.view = NormalisedView(source, normalisation)
+        self.shape = self.view.shape
         self.norm = normalisation
         self.rec = reconstructor
         self.cache = LatentCache()
 
     def _read(self, ranges: list[tuple[int, int]]) -> np.ndarray:
-        raw = self.source[tuple(slice(lo, hi) for lo, hi in ranges)]
-        raw = raw.compute() if hasattr(raw, "compute") else raw
-        block = self.norm.apply(np.asarray(raw))
+        block = self.view[tuple(slice(lo, hi) for lo, hi in ranges)]
         if not np.all(np.isfinite(block)):
             from .errors import NiivInputError
 

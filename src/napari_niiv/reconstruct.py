@@ -181,6 +181,24 @@ class NormalisedView:
         return self.norm.apply(np.asarray(raw))
 
 
+def reconstructed_blocks(
+    rec: Reconstructor,
+    view: NormalisedView,
+    shape_out: tuple[int, int, int],
+    index: list[tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]],
+    orientation: Orientation,
+    dtype: Any,
+    on_block: Any = None,
+) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray]]:
+    """Output blocks in the input's intensity scale, ready to store: ``index`` pairs where a block
+    goes with its place in the output volume (as :func:`region_blocks` gives); ``on_block(n,
+    total)`` follows each one."""
+    for n, (local, idx) in enumerate(index):
+        yield local, view.norm.invert(rec.block(view, shape_out, idx, orientation), dtype)
+        if on_block is not None:
+            on_block(n + 1, len(index))
+
+
 def output_region(
     in_shape: tuple[int, int, int], out_shape: tuple[int, int, int], region: tuple[slice, ...] | None
 ) -> tuple[slice, slice, slice]:
@@ -244,10 +262,12 @@ def reconstruct_volume(
     target = output_region(vol.shape, shape_out, region)
     view = NormalisedView(vol.data, norm)
     size = extent(target)
-    out = np.empty(size, dtype=np.float32)
-    for local, idx in region_blocks(target, chunks or (size[0], 64, size[2])):
-        out[local] = rec.block(view, shape_out, idx, orientation)
-    return norm.invert(out, out_dtype or np.float32)
+    dtype = np.dtype(out_dtype or np.float32)
+    out = np.empty(size, dtype=dtype)
+    index = region_blocks(target, chunks or (size[0], 64, size[2]))
+    for local, block in reconstructed_blocks(rec, view, shape_out, index, orientation, dtype):
+        out[local] = block
+    return out
 
 
 def check_scale(scale: float) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import check_volume, fit_normalisation, pool_axis
+from ..data import check_volume, pool_axis
 from ..errors import NiivInputError
+from .reader import contrast_limits
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -84,7 +85,7 @@ def fibsem_anisotropic() -> list[LayerData]:
     else:
         iso, source = _download_medulla_b(), _FIBSEM_BASE
     pooled = pool_axis(iso, FIBSEM_ALPHA, axis=0)
-    limits = _limits(iso)  # one window for both layers, so that they compare by eye
+    limits = contrast_limits(iso)  # one window for both layers, so that they compare by eye
     metadata = {
         "unit": "nanometer",
         "niiv_source": source,
@@ -129,15 +130,10 @@ def epfl_hippocampus() -> list[LayerData]:
     meta = {
         "name": "epfl_hippocampus",
         "scale": (40.0, 5.0, 5.0),
-        "contrast_limits": _limits(data),
+        "contrast_limits": contrast_limits(data),
         "metadata": {"unit": "nanometer", "niiv_source": str(local), "attribution": EPFL_SOURCE, "licence": EPFL_TERMS},
     }
     return [(data, meta, "image")]
-
-
-def _limits(data: np.ndarray) -> list[float]:
-    norm = fit_normalisation(data)
-    return [norm.low, norm.high]
 
 
 def _download_medulla_b() -> np.ndarray:
