@@ -14,7 +14,7 @@ from napari_niiv.data import (
     pooling_matrix,
 )
 from napari_niiv.errors import NiivInputError
-from napari_niiv.ome_zarr import write_ome_zarr
+from napari_niiv.ome_zarr import ArrayBlocks, Layout, write_ome_zarr
 
 from .conftest import data_path, write_tif
 
@@ -103,8 +103,8 @@ def test_open_npy_zarr_and_ome_zarr(tmp_path) -> None:
     z = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=arr.shape, chunks=(2, 10, 10), dtype=arr.dtype)
     z[:] = arr
     np.testing.assert_array_equal(open_volume(tmp_path / "v.zarr").data.compute(), arr)
-    blocks = [((slice(0, 4), slice(0, 20), slice(0, 24)), arr)]
-    write_ome_zarr(tmp_path / "o.ome.zarr", arr.shape, arr.dtype, (40.0, 4.0, 4.0), iter(blocks), unit="nanometer")
+    layout = Layout(arr.shape, arr.dtype, voxel_size=(40.0, 4.0, 4.0), unit="nanometer")
+    write_ome_zarr(tmp_path / "o.ome.zarr", layout, ArrayBlocks(arr))
     vol = open_volume(tmp_path / "o.ome.zarr")
     np.testing.assert_array_equal(vol.data.compute(), arr)
     assert vol.voxel_size == pytest.approx((40, 4, 4)) and vol.unit == "nanometer"

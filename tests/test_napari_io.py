@@ -18,6 +18,7 @@ from napari_niiv._napari.reader import contrast_limits, get_reader
 from napari_niiv._napari.writer import write_ome_zarr
 from napari_niiv.data import fit_normalisation, open_volume
 from napari_niiv.errors import NiivInputError
+from napari_niiv.ome_zarr import ArrayBlocks, Layout
 from napari_niiv.ome_zarr import write_ome_zarr as write_store
 
 from .conftest import DATA_DIR, data_path, write_tif
@@ -36,10 +37,8 @@ def imagej_tif(path: Path, data: np.ndarray, z: float, xy: float) -> Path:
 
 
 def ome_store(path: Path, data: np.ndarray, voxel: tuple[float, float, float], translation=None) -> Path:
-    index = (slice(None),) * 3
-    return write_store(
-        path, data.shape, data.dtype, voxel, iter([(index, data)]), unit="nanometer", translation=translation
-    )
+    layout = Layout(data.shape, data.dtype, voxel_size=voxel, unit="nanometer", translation=translation)
+    return write_store(path, layout, ArrayBlocks(data)).path
 
 
 def test_viewer_opens_tiff_lazily_with_voxel_sizes(make_napari_viewer, tmp_path: Path) -> None:
@@ -68,6 +67,44 @@ def test_viewer_opens_ome_zarr_lazily_with_scale_and_translation(make_napari_vie
     norm = fit_normalisation(data)
     np.testing.assert_allclose(layer.contrast_limits, (norm.low, norm.high))
     assert layer.metadata["unit"] == "nanometer"
+
+
+def test_niiv_reconstruct_pyramid_opens_in_napari_at_the_isotropic_scale(
+    make_napari_viewer, tmp_path: Path, medulla: np.ndarray
+) -> None:
+    """The command line's OME-Zarr, pyramid and region offset included, through napari's reader."""
+    from napari_niiv.cli import main
+    from napari_niiv.weights import save_weights
+
+    from .conftest import random_model
+
+    src = tmp_path / "aniso.tif"
+    write_tif(
+        src, medulla[:8, :40, :36], imagej=True, resolution=(1 / 4, 1 / 4), metadata={"spacing": 40, "unit": "nm"}
+    )
+    weights = save_weights(tmp_path / "w.safetensors", random_model(), 10.0, None, card={"architecture": "v2"})
+    out = tmp_path / "iso.ome.zarr"
+    args = [
+        "reconstruct",
+        src,
+        out,
+        "--weights",
+        weights,
+        "--levels",
+        "3",
+        "--chunks",
+        "32,32,32",
+        "--region",
+        "2:8,8:40,:",
+    ]
+    assert main([str(a) for a in args]) == 0
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(out), plugin=PLUGIN)
+    assert layer.multiscale and [lv.shape for lv in layer.data] == [(60, 32, 36), (30, 16, 18), (15, 8, 9)]
+    np.testing.assert_allclose(layer.scale, (4.0, 4.0, 4.0))
+    np.testing.assert_allclose(layer.translate, (80.0, 32.0, 0.0))  # the region's corner, in nanometres
+    assert layer.metadata["unit"] == "nanometer"
+    np.testing.assert_array_equal(layer.data[1], open_volume(out).pyramid[0])
 
 
 def test_reader_declines_what_napari_should_open(tmp_path: Path) -> None:

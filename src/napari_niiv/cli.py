@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconstruct an isotropic volume",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Reconstruct the isotropic volume of IN and write it to OUT.\n\n"
-        "OUT ending in .zarr is written as OME-Zarr with the new voxel size; .tif and .npy are\n"
-        "written whole (small volumes). OUT is never overwritten unless --overwrite is given,\n"
-        "and an interrupted run leaves no file under OUT's name.",
+        "OUT ending in .zarr is written as a chunked OME-Zarr pyramid with the new voxel size, one\n"
+        "chunk per dask task: on local threads by default, on a LocalCluster with --workers N, or on\n"
+        "a running dask.distributed cluster with --scheduler ADDRESS (workers must see IN and OUT).\n"
+        "It is written to OUT.partial and renamed when complete; if a run is killed, running the\n"
+        "same command again writes only the missing chunks. .tif and .npy are written whole (small\n"
+        "volumes). OUT is never overwritten unless --overwrite is given.",
     )
     rec.add_argument("input", help="anisotropic volume (TIFF, zarr, OME-Zarr, .npy), axes ZYX")
     rec.add_argument("output", help="where to write (.zarr / .ome.zarr, .tif, .npy)")
@@ -85,7 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--region", help="only this part of the input, in input voxels: z0:z1,y0:y1,x0:x1 (e.g. 0:16,0:512,0:512)"
     )
-    rec.add_argument("--chunks", default="64,256,256", help="output chunk size z,y,x (default 64,256,256)")
+    rec.add_argument(
+        "--chunks",
+        default="64,256,256",
+        help="output chunk size z,y,x (default 64,256,256): one task each, memory per task grows with it",
+    )
+    rec.add_argument(
+        "--levels", type=int, help="pyramid levels, each half the size of the one before (default: down to 256 px)"
+    )
+    rec.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786)")
+    rec.add_argument("--workers", type=int, help="start a local dask.distributed cluster of N worker processes")
+    rec.add_argument(
+        "--threads", type=int, default=1, help="without a cluster: chunks computed at once on local threads (default 1)"
+    )
+    rec.add_argument(
+        "--restart", action="store_true", help="discard an unfinished run's OUT.partial instead of resuming it"
+    )
     rec.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     _add_common(rec)
 
@@ -213,22 +232,18 @@ OUTPUT_FORMATS = (".zarr", ".tif", ".tiff", ".npy")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from .data.degrade import check_alpha
     from .data.io import open_volume
     from .data.normalise import fit_normalisation
     from .devices import pick_device
-    from .ome_zarr import check_output_path, write_ome_zarr
+    from .ome_zarr import check_output_path
     from .reconstruct import (
-        NormalisedView,
-        Reconstructor,
+        BlockReconstruction,
+        assemble,
         check_reconstructable,
         check_scale,
         extent,
         output_region,
-        reconstructed_blocks,
-        region_blocks,
         volume_geometry,
     )
     from .weights import load_weights, resolve_weights
@@ -236,6 +251,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     src, out = Path(args.input), Path(args.output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise NiivInputError(f"{out}: unknown output format; use .zarr / .ome.zarr, .tif or .npy")
+    if out.suffix.lower() != ".zarr" and (args.scheduler or args.workers or args.threads != 1):
+        raise NiivInputError(
+            "--scheduler, --workers and --threads need a .zarr output; .tif and .npy are written whole"
+        )
     check_output_path(out, args.overwrite, src)
     check_scale(args.scale)
     chunks = _parse_chunks(args.chunks)
@@ -246,46 +265,97 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     alpha = check_alpha(args.alpha if args.alpha is not None else vol.alpha)
     norm = fit_normalisation(vol.data)  # also rejects NaNs before any model work
-    model = load_weights(resolve_weights(args.weights)).model
+    weights = resolve_weights(args.weights)
+    model = load_weights(weights).model
     check_reconstructable(vol.shape, model, args.orientation)
-    rec = Reconstructor(model, alpha, pick_device(args.device))
-    geo = volume_geometry(vol, rec.alpha, args.scale)
+    pick_device(args.device)  # a missing GPU is reported here, not by every worker
+    geo = volume_geometry(vol, alpha, args.scale)
     shape = geo["shape"]
     target = output_region(vol.shape, shape, _parse_region(args.region))
     size = extent(target)
-    view = NormalisedView(vol.data, norm)
     dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
-    index = region_blocks(target, chunks)
+    source = BlockReconstruction(src.resolve(), norm, model, alpha, shape, args.orientation, dtype, args.device, target)
     print(
-        f"{src.name}: {vol.shape} alpha {rec.alpha:g} -> {size} ({args.orientation}, scale {args.scale:g})",
+        f"{src.name}: {vol.shape} alpha {alpha:g} -> {size} ({args.orientation}, scale {args.scale:g})", file=sys.stderr
+    )
+    t0 = time.perf_counter()
+    if out.suffix.lower() != ".zarr":
+        _write_array(out, assemble(source, size, dtype, chunks), geo["voxel_size"], vol.unit)
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return 0
+    offset = tuple(t.start * v for t, v in zip(target, geo["voxel_size"], strict=True))
+    fingerprint = {
+        "input": str(src.resolve()),
+        "input_shape": list(vol.shape),
+        "alpha": alpha,
+        "scale": args.scale,
+        "orientation": args.orientation,
+        "region": args.region,
+        "weights_sha256": _sha256(weights),
+        "normalisation": norm.to_dict(),
+    }
+    _write_pyramid(args, out, size, dtype, chunks, geo["voxel_size"], vol.unit, offset, source, fingerprint)
+    return 0
+
+
+def _write_pyramid(args, out, size, dtype, chunks, voxel, unit, offset, source, fingerprint) -> None:
+    """The OME-Zarr path of `niiv reconstruct`: resumable, on the runner the options ask for."""
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    from .ome_zarr import Layout, partial_path, write_ome_zarr
+    from .task_runner import open_runner
+
+    partial = partial_path(out)
+    if args.restart and partial.exists():
+        shutil.rmtree(partial)
+    layout = Layout(size, dtype.str, chunks, voxel, unit, offset, args.levels, out.name.split(".")[0])
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:  # the first call says what an earlier run already wrote
+            bar = tqdm(total=total, initial=done, desc="reconstructing", unit="vox", unit_scale=True, smoothing=0.1)
+        else:
+            bar.update(done - bar.n)
+
+    try:
+        with open_runner(args.scheduler, args.workers, args.threads) as runner:
+            print(f"running on {runner.description}", file=sys.stderr)
+            report = write_ome_zarr(
+                out,
+                layout,
+                source,
+                runner=runner,
+                fingerprint=fingerprint,
+                resume=True,
+                overwrite=args.overwrite,
+                on_progress=progress,
+            )
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        if partial.exists():
+            print(
+                f"niiv reconstruct: stopped; the chunks written so far are in {partial}: run the same command "
+                "again to write only the missing ones (or pass --restart to begin anew)",
+                file=sys.stderr,
+            )
+        raise
+    bar.close()
+    resumed = f", {report.chunks_resumed} were already written by an earlier run" if report.chunks_resumed else ""
+    print(
+        f"wrote {out}: {len(layout.shapes)} levels, {report.chunks_written} of {report.chunks_total} chunks "
+        f"written now{resumed}, in {report.seconds:.1f} s",
         file=sys.stderr,
     )
-    bar = tqdm(total=len(index), desc="reconstructing", unit="block")
-    t0 = time.perf_counter()
 
-    blocks = reconstructed_blocks(rec, view, shape, index, args.orientation, dtype, lambda n, total: bar.update(1))
 
-    offset = tuple(t.start * v for t, v in zip(target, geo["voxel_size"], strict=True))
-    if out.suffix.lower() == ".zarr":
-        write_ome_zarr(
-            out,
-            size,
-            dtype,
-            geo["voxel_size"],
-            blocks,
-            chunks,
-            unit=vol.unit,
-            overwrite=args.overwrite,
-            translation=offset,
-        )
-    else:
-        result = np.empty(size, dtype=dtype)
-        for idx, block in blocks:
-            result[idx] = block
-        _write_array(out, result, geo["voxel_size"], vol.unit)
-    bar.close()
-    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 0
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:

@@ -90,7 +90,7 @@ class IsotropicLevel:
     def write_ome_zarr(self, path: str) -> str:
         """Save: napari's writer hands the layer's data here (full niiv, level 0)."""
         v = self.volume
-        return v.write_ome_zarr(path, v.voxel_size, v.translation, v.unit, v.out_dtype, v.on_write_block)
+        return v.write_ome_zarr(path, v.voxel_size, v.translation, v.unit, v.out_dtype, v.on_write_progress)
 
 
 class LazyIsotropic:
@@ -119,7 +119,7 @@ class LazyIsotropic:
         self.translation: tuple[float, float, float] | None = None
         self.unit: str | None = None
         self.out_dtype: Any = np.float32
-        self.on_write_block: Callable[[int, int], None] | None = None
+        self.on_write_progress: Callable[[int, int], None] | None = None
         self.on_tile: Callable[[TileKey], None] | None = None
         self.on_error: Callable[[BaseException], None] | None = None
         self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
@@ -233,18 +233,28 @@ class LazyIsotropic:
         translation: tuple[float, float, float] | None = None,
         unit: str | None = None,
         dtype: Any = np.float32,
-        on_block: Callable[[int, int], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> str:
-        """Reconstruct level 0 in full, block by block, into a new OME-Zarr (atomic)."""
-        from .ome_zarr import write_ome_zarr
-        from .reconstruct import output_region, reconstructed_blocks, region_blocks
+        """Reconstruct level 0 in full into a new OME-Zarr pyramid (atomic; nothing is left behind
+        if it fails)."""
+        from .ome_zarr import Layout, write_ome_zarr
+        from .reconstruct import BlockReconstruction
 
         shape = self.shapes[0]
-        chunks = (shape[0], 64, min(shape[2], 256))
-        index = region_blocks(output_region(self.in_shape, shape, None), chunks)  # type: ignore[arg-type]
         orientation = "xz" if self.orientation == "auto" else self.orientation
-        blocks = reconstructed_blocks(self.rec, self.renderer.view, shape, index, orientation, dtype, on_block)  # type: ignore[arg-type]
-        write_ome_zarr(path, shape, dtype, voxel_size, blocks, chunks, unit=unit, translation=translation)
+        rec = self.rec
+        source = BlockReconstruction(
+            self.renderer.view.data,
+            self.norm,
+            rec.model,
+            rec.alpha,
+            shape,
+            orientation,
+            dtype,
+            str(rec.device),  # type: ignore[arg-type]
+        )
+        layout = Layout(shape, dtype, voxel_size=voxel_size, unit=unit, translation=translation)  # type: ignore[arg-type]
+        write_ome_zarr(path, layout, source, on_progress=on_progress)
         return path
 
 

@@ -13,15 +13,17 @@ between acquired planes when it falls between them); yz likewise along x; ``both
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from .data.degrade import check_alpha
-from .data.io import Volume, as_volume
+from .data.io import Volume, as_volume, open_volume
 from .data.normalise import Normalisation, fit_normalisation
 from .errors import NiivInputError
 from .model import NiivModel
@@ -181,22 +183,65 @@ class NormalisedView:
         return self.norm.apply(np.asarray(raw))
 
 
-def reconstructed_blocks(
-    rec: Reconstructor,
-    view: NormalisedView,
-    shape_out: tuple[int, int, int],
-    index: list[tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]],
-    orientation: Orientation,
-    dtype: Any,
-    on_block: Any = None,
-) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray]]:
-    """Output blocks in the input's intensity scale, ready to store: ``index`` pairs where a block
-    goes with its place in the output volume (as :func:`region_blocks` gives); ``on_block(n,
-    total)`` follows each one."""
-    for n, (local, idx) in enumerate(index):
-        yield local, view.norm.invert(rec.block(view, shape_out, idx, orientation), dtype)
-        if on_block is not None:
-            on_block(n + 1, len(index))
+class BlockReconstruction:
+    """The isotropic volume, block by block, in the input's intensity scale: the one block source
+    behind reconstruct_volume, `niiv reconstruct` and saving the lazy layer.
+
+    Picklable, so a dask.distributed cluster can run it: ``source`` is a path (each process opens
+    it lazily itself, so workers read only the chunks they need) or an array, and the model travels
+    as its weights. Indices are in the output ``region`` (default the whole output volume).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        normalisation: Normalisation,
+        model: NiivModel,
+        alpha: float,
+        shape_out: tuple[int, int, int],
+        orientation: Orientation = "xz",
+        dtype: Any = np.float32,
+        device: str = "auto",
+        region: tuple[slice, slice, slice] | None = None,
+    ) -> None:
+        self.source = str(source) if isinstance(source, Path) else source
+        self.norm = normalisation
+        self.model = model.cpu()
+        self.alpha = alpha
+        self.shape_out = shape_out
+        self.orientation = orientation
+        self.dtype = np.dtype(dtype)
+        self.device = str(device)
+        self.origin = tuple(r.start for r in region) if region else (0, 0, 0)
+        self._state: tuple[Reconstructor, NormalisedView] | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_state", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _state=None, _lock=threading.Lock())
+
+    def _ready(self) -> tuple[Reconstructor, NormalisedView]:
+        with self._lock:  # threads of one process share one model and one open volume
+            if self._state is None:
+                from .devices import pick_device
+
+                data = open_volume(self.source).data if isinstance(self.source, str) else self.source
+                self._state = (
+                    Reconstructor(self.model, self.alpha, pick_device(self.device)),
+                    NormalisedView(data, self.norm),
+                )
+            return self._state
+
+    def __call__(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        import dask
+
+        rec, view = self._ready()
+        where = tuple(slice(o + i.start, o + i.stop) for o, i in zip(self.origin, index, strict=True))
+        with dask.config.set(scheduler="synchronous"):  # reading inside a task: no nested scheduler
+            block = rec.block(view, self.shape_out, where, self.orientation)  # type: ignore[arg-type]
+        return self.norm.invert(block, self.dtype)
 
 
 def output_region(
@@ -220,17 +265,6 @@ def output_region(
 
 def extent(region: tuple[slice, slice, slice]) -> tuple[int, int, int]:
     return tuple(r.stop - r.start for r in region)  # type: ignore[return-value]
-
-
-def region_blocks(
-    region: tuple[slice, slice, slice], chunks: tuple[int, int, int]
-) -> list[tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]]:
-    """Blocks of ``chunks`` covering an output ``region``, as (index in the region's own array,
-    index in the whole output volume)."""
-    return [
-        (local, tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, local, strict=True)))
-        for local in blocks(extent(region), chunks)
-    ]
 
 
 def reconstruct_volume(
@@ -257,16 +291,20 @@ def reconstruct_volume(
     check_reconstructable(vol.shape, model, orientation)
     check_scale(scale)
     norm = normalisation or fit_normalisation(vol.data)
-    rec = Reconstructor(model, alpha, device)
     shape_out = output_shape(vol.shape, alpha, scale)
     target = output_region(vol.shape, shape_out, region)
-    view = NormalisedView(vol.data, norm)
-    size = extent(target)
     dtype = np.dtype(out_dtype or np.float32)
+    source = BlockReconstruction(vol.data, norm, model, alpha, shape_out, orientation, dtype, str(device), target)
+    return assemble(source, extent(target), dtype, chunks)
+
+
+def assemble(
+    source: BlockReconstruction, size: tuple[int, int, int], dtype: Any, chunks: tuple[int, int, int] | None = None
+) -> np.ndarray:
+    """A whole (small) output in memory, computed block by block."""
     out = np.empty(size, dtype=dtype)
-    index = region_blocks(target, chunks or (size[0], 64, size[2]))
-    for local, block in reconstructed_blocks(rec, view, shape_out, index, orientation, dtype):
-        out[local] = block
+    for index in blocks(size, chunks or (size[0], 64, size[2])):
+        out[index] = source(index)
     return out
 
 

@@ -108,7 +108,7 @@ class TileProgress(QObject):
         self._failed.connect(self._on_error)
         lazy.on_tile = lambda key: self._tile_done.emit()
         lazy.on_error = self._failed.emit
-        lazy.on_write_block = self._on_write_block
+        lazy.on_write_progress = self._on_write_progress
         layer.events.set_data.connect(self._schedule_bar)
         viewer.layers.events.removed.connect(self._removed)
         layer._niiv_progress = self  # keep this bridge alive as long as the layer
@@ -139,9 +139,9 @@ class TileProgress(QObject):
                 self.bar.close()
                 self.bar = None
 
-    def _on_write_block(self, n: int, total: int) -> None:
-        # Saving runs on the GUI thread (napari's writers do): show the count in the status bar.
-        self.viewer.status = f"niiv: writing '{self.layer.name}', block {n} of {total}"
+    def _on_write_progress(self, done: int, total: int) -> None:
+        # Saving runs on the GUI thread (napari's writers do): show how far it is in the status bar.
+        self.viewer.status = f"niiv: writing '{self.layer.name}', {100 * done / max(total, 1):.0f} %"
 
     def _on_error(self, exc: BaseException) -> None:
         log.error("niiv tile failed", exc_info=exc)

@@ -49,8 +49,8 @@ def volume_layer_data(vol: Volume, source: Path) -> LayerData:
     voxel sizes as scale, and contrast limits from a strided sample, since napari would otherwise compute
     them from the whole array.
 
-    OME-Zarr opens at its highest resolution only (``open_volume`` exposes level 0), with the store's
-    translation so that a saved crop or reconstruction lands where it was.
+    A multiscale OME-Zarr opens as a multiscale layer (napari shows the level that fits the screen), with
+    the store's translation so that a saved crop or reconstruction lands where it was.
     """
     meta: dict[str, Any] = {
         "name": vol.name,
@@ -61,6 +61,9 @@ def volume_layer_data(vol: Volume, source: Path) -> LayerData:
     translate = ome_translation(source)
     if translate is not None:
         meta["translate"] = translate
+    if vol.pyramid:
+        meta["multiscale"] = True
+        return ([vol.data, *vol.pyramid], meta, "image")
     return (vol.data, meta, "image")
 
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import NiivInputError
-from ..ome_zarr import write_ome_zarr as _write_store
-
-# Blocks read from the layer and written at once: whole zarr chunks (64, 256, 256) of the output,
-# at most 64 MiB of uint8 or 256 MiB of float32 in memory.
-_BLOCK = (64, 1024, 1024)
+from ..ome_zarr import ArrayBlocks, Layout
+from ..ome_zarr import write_ome_zarr as write_store
 
 
 def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -41,30 +36,24 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             f"{' (RGB)' if meta.get('rgb') else ''}: save it with napari's built-in writers (e.g. as .tif) instead"
         )
     unit = (meta.get("metadata") or {}).get("unit")
-    n_blocks = int(np.prod([-(-s // b) for s, b in zip(shape, _BLOCK, strict=True)]))
+    layout = Layout(
+        shape,  # type: ignore[arg-type]
+        np.dtype(data.dtype).str,
+        voxel_size=_triple(meta.get("scale"), 1.0),
+        unit=unit,
+        translation=_triple(meta.get("translate"), 0.0),
+        name=out.name.split(".")[0],
+    )
 
     from napari.utils import progress
 
-    with progress(total=n_blocks, desc=f"Saving {out.name}") as bar:
-        _write_store(
-            out,
-            shape,  # type: ignore[arg-type]
-            np.dtype(data.dtype),
-            _triple(meta.get("scale"), 1.0),
-            _blocks(data, shape),
-            unit=unit,
-            on_block=lambda _n: bar.update(1),
-            translation=_triple(meta.get("translate"), 0.0),
-        )
+    with progress(total=100, desc=f"Saving {out.name}") as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.update(int(100 * done / total) - bar.n)
+
+        write_store(out, layout, ArrayBlocks(data), on_progress=advance)
     return [path]
-
-
-def _blocks(data: Any, shape: tuple[int, ...]) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray]]:
-    """Read one block at a time (np.asarray computes a dask block, reads a zarr or memory-mapped block)."""
-    starts = [range(0, s, b) for s, b in zip(shape, _BLOCK, strict=True)]
-    for corner in itertools.product(*starts):
-        index = tuple(slice(c, min(c + b, s)) for c, b, s in zip(corner, _BLOCK, shape, strict=True))
-        yield index, np.asarray(data[index])  # type: ignore[misc]
 
 
 def _triple(values: Any, default: float) -> tuple[float, float, float]:

@@ -21,6 +21,7 @@ class Volume:
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     name: str = "volume"
     unit: str | None = None
+    pyramid: tuple[da.Array, ...] = ()  # coarser levels of a multiscale store, finest first
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -72,7 +73,8 @@ def check_volume(data: Any) -> None:
 
 def open_volume(path: str | Path) -> Volume:
     """Open a file or store without reading it all: TIFF (memory-mapped where possible), zarr
-    v2/v3, OME-Zarr (highest resolution, voxel sizes from its metadata) or .npy (memory-mapped)."""
+    v2/v3, OME-Zarr (highest resolution as ``data``, coarser levels as ``pyramid``, voxel sizes from
+    its metadata) or .npy (memory-mapped)."""
     p = Path(path)
     if not p.exists():
         raise NiivInputError(f"{p}: no such file or directory")
@@ -185,16 +187,20 @@ def _open_zarr(path: Path) -> Volume:
     ms = multiscales[0]
     ds = ms["datasets"][0]
     voxel = _ome_scale(ds, ms)
-    data = da.from_zarr(root[ds["path"]])
     axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
     units = [a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict) and a.get("type", "space") == "space"]
-    if len(axes) == data.ndim and data.ndim > 3:
-        # Drop singleton time/channel axes so a (1, 1, z, y, x) store opens as a volume.
-        index = tuple(0 if (a not in "zyx" and n == 1) else slice(None) for a, n in zip(axes, data.shape, strict=True))
-        data = data[index]
-        voxel = voxel[-3:]
+    levels = [_spatial(da.from_zarr(root[d["path"]]), axes) for d in ms["datasets"]]
     unit = units[-1] if units else None
-    return Volume(data, tuple(float(v) for v in voxel[-3:]), path.stem, unit)  # type: ignore[arg-type]
+    pyramid = tuple(lv for lv in levels[1:] if lv.ndim == levels[0].ndim)
+    return Volume(levels[0], tuple(float(v) for v in voxel[-3:]), path.stem, unit, pyramid)  # type: ignore[arg-type]
+
+
+def _spatial(data: da.Array, axes: list[str]) -> da.Array:
+    """Drop singleton time/channel axes so a (1, 1, z, y, x) store opens as a volume."""
+    if len(axes) == data.ndim and data.ndim > 3:
+        index = tuple(0 if (a not in "zyx" and n == 1) else slice(None) for a, n in zip(axes, data.shape, strict=True))
+        return data[index]
+    return data
 
 
 def _ome_scale(dataset: dict[str, Any], multiscale: dict[str, Any]) -> list[float]:
