@@ -116,7 +116,7 @@ def run_case(src: Path, out: Path, scale: float, chunks: str, extra: list[str]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=8.0, help="output scale (default 8: a 128^3 output)")
-    parser.add_argument("--chunks", default="32,32,32", help="output chunks z,y,x (default 32,32,32)")
+    parser.add_argument("--chunks", default="128,32,32", help="output chunks z,y,x (default 128,32,32)")
     parser.add_argument("--quick", action="store_true", help="small volumes, to check that the benchmark runs")
     parser.add_argument("--out", default="out/bench/batch.json")
     args = parser.parse_args()

@@ -52,7 +52,8 @@ def aniso_zarr(tmp_path: Path, medulla: np.ndarray) -> Path:
 
 
 def _reconstruct(capsys, src: Path, out: Path, weights: Path, *extra: str) -> str:
-    code = main(["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights), "--levels", "2", *extra])
+    args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights), "--levels", "2"]
+    code = main([*args, "--precision", "fp32", *extra])
     err = capsys.readouterr().err
     assert code == 0, err
     return err
@@ -83,7 +84,7 @@ def test_output_is_the_same_on_threads_a_local_cluster_and_other_chunkings(tmp_p
             np.testing.assert_allclose(level, ref, rtol=0, atol=tol, err_msg=name)
     # ... and equal to the in-memory reconstruction of the same volume, with the pyramid's averages.
     model = load_weights(weights).model
-    whole = reconstruct_volume(model, open_volume(aniso_zarr), alpha=4.0, orientation="both")
+    whole = reconstruct_volume(model, open_volume(aniso_zarr), alpha=4.0, orientation="both", precision="fp32")
     np.testing.assert_allclose(reference[0], whole, rtol=0, atol=tol)
     np.testing.assert_allclose(reference[1], downsample(whole, np.float32), rtol=0, atol=tol)
 
@@ -95,7 +96,7 @@ def test_killed_run_resumes_with_only_the_missing_chunks(tmp_path, capsys, weigh
     out = tmp_path / "iso.ome.zarr"
     partial = partial_path(out)
     args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights), "--levels", "2"]
-    args += ["--chunks", "8,16,16", "--orientation", "xz"]
+    args += ["--chunks", "8,16,16", "--orientation", "xz", "--precision", "fp32"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "napari_niiv.cli", *args], env=env, stderr=subprocess.PIPE)
     done = partial / ".niiv" / "done" / "0"
@@ -172,7 +173,15 @@ def test_cli_says_what_to_do_after_an_interruption(tmp_path, capsys, aniso_zarr,
     assert code == 2 and "need a .zarr output" in capsys.readouterr().err
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
         code = main(
-            ["reconstruct", str(aniso_zarr), str(tmp_path / "y.zarr"), "--alpha", "4", "--scheduler", "tcp://127.0.0.1:9"]
+            [
+                "reconstruct",
+                str(aniso_zarr),
+                str(tmp_path / "y.zarr"),
+                "--alpha",
+                "4",
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ]
         )
     assert code == 2 and "could not reach a dask scheduler" in capsys.readouterr().err
 

@@ -163,6 +163,7 @@ def test_layers_menu_command_adds_a_lazy_isotropic_layer(qtbot, viewer_with_volu
     assert iso.name == "em isotropic (niiv)" and iso.multiscale
     assert iso.data[0].shape == (64, 64, 64)
     assert iso.scale[0] == pytest.approx(10) and iso.contrast_limits == layer.contrast_limits
+
     # the isotropic layer covers exactly the input's world extent (voxel edges, not centres)
     def edges(lay):
         half = 0.5 * np.asarray(lay.scale)

@@ -68,9 +68,17 @@ def interpolation(mode: str) -> Method:
     return run
 
 
-def niiv_method(model: NiivModel, orientation: Orientation = "xz", device: str = "cpu") -> Method:
+def niiv_method(
+    model: NiivModel,
+    orientation: Orientation = "xz",
+    device: str = "cpu",
+    precision: str = "auto",
+    compiled: bool = False,
+) -> Method:
     def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int]) -> np.ndarray:
-        out = reconstruct_volume(model, low, alpha=alpha, orientation=orientation, device=device)
+        out = reconstruct_volume(
+            model, low, alpha=alpha, orientation=orientation, device=device, precision=precision, compiled=compiled
+        )
         return out[: shape[0]]
 
     return run

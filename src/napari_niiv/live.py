@@ -182,8 +182,8 @@ class ViewRenderer:
                 for i in range(0, rows.size, rows_per_chunk):
                     if cancelled():
                         return False
-                    dec = self.rec.model.render(grid_batch, r[i : i + rows_per_chunk], c)
-                    view[[p0 + g for g in group], i : i + rows_per_chunk, :] = dec.float().cpu().numpy()
+                    dec = self.rec.engine.render(grid_batch, r[i : i + rows_per_chunk], c)
+                    view[[p0 + g for g in group], i : i + rows_per_chunk, :] = dec.cpu().numpy()
                     if partial is not None and time.perf_counter() - last > interval:
                         partial(out.copy())
                         last = time.perf_counter()
@@ -213,7 +213,7 @@ class ViewRenderer:
             low = np.moveaxis(interpolate_planes(block, coords, plane_axis, prange[0]), plane_axis, 0)
             for s in range(0, len(missing), self.rec.slice_batch):
                 x = torch.from_numpy(np.ascontiguousarray(low[s : s + self.rec.slice_batch])).unsqueeze(1)
-                g = self.rec.model.encode(x.to(self.rec.device), self.rec.alpha)
+                g = self.rec.engine.encode(x, self.rec.alpha)
                 for j, i in enumerate(missing[s : s + self.rec.slice_batch]):
                     kv = g.keys_values[j : j + 1] if g.keys_values is not None else None
                     one = LatentGrid(g.latents[j : j + 1], g.image[j : j + 1], kv, g.step)
@@ -307,4 +307,3 @@ class LatestWorker:
             finally:
                 with self._cond:
                     self._busy = False
-

@@ -25,6 +25,7 @@ import torch
 from .data.degrade import check_alpha
 from .data.io import Volume, as_volume, open_volume
 from .data.normalise import Normalisation, fit_normalisation
+from .engine import InferenceEngine
 from .errors import NiivInputError
 from .model import NiivModel
 
@@ -74,7 +75,8 @@ class Reconstructor:
     """A model on a device, ready to decode normalised slices and blocks.
 
     ``slice_batch`` bounds how many planes are encoded together (memory), ``tile`` how many input
-    columns one encoder pass sees.
+    columns one encoder pass sees; ``precision`` and ``compiled`` choose the engine's fast paths
+    (see engine.py; "fp32" reproduces the model exactly).
     """
 
     model: NiivModel
@@ -82,11 +84,14 @@ class Reconstructor:
     device: torch.device | str = "cpu"
     slice_batch: int = 16
     tile: int = 256
+    precision: str = "auto"
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         self.alpha = check_alpha(self.alpha)
         self.device = torch.device(self.device)
-        self.model = self.model.to(self.device).eval()
+        self.engine = InferenceEngine(self.model, self.device, self.precision, self.compiled)
+        self.model = self.engine.model
 
     @property
     def halo(self) -> int:
@@ -94,7 +99,6 @@ class Reconstructor:
         neighbourhood (one output voxel) and the bilinear footprint (one pixel)."""
         return self.model.config.receptive_radius + 2
 
-    @torch.inference_mode()
     def planes(self, low: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Decode planes ``low`` (P, h, w) (normalised) at output coordinates ``rows`` x ``cols``.
 
@@ -113,9 +117,9 @@ class Reconstructor:
                 lo, hi = pixel_range(cols[sel], low.shape[2], self.halo)
                 lo, hi = min(lo, c0), max(hi, c1)
                 x = torch.from_numpy(np.ascontiguousarray(low[p0 : p0 + self.slice_batch, :, lo:hi])).unsqueeze(1)
-                grid = self.model.encode(x.to(self.device), self.alpha)
+                grid = self.engine.encode(x, self.alpha)
                 c = torch.as_tensor(cols[sel] - lo, dtype=torch.float32)
-                out[p0 : p0 + self.slice_batch, :, sel] = self.model.render(grid, r, c).float().cpu().numpy()
+                out[p0 : p0 + self.slice_batch, :, sel] = self.engine.render(grid, r, c).cpu().numpy()
         return out
 
     def block(
@@ -203,8 +207,12 @@ class BlockReconstruction:
         dtype: Any = np.float32,
         device: str = "auto",
         region: tuple[slice, slice, slice] | None = None,
+        precision: str = "auto",
+        compiled: bool = False,
     ) -> None:
         self.source = str(source) if isinstance(source, Path) else source
+        self.precision = precision
+        self.compiled = compiled
         self.norm = normalisation
         self.model = model.cpu()
         self.alpha = alpha
@@ -229,7 +237,13 @@ class BlockReconstruction:
 
                 data = open_volume(self.source).data if isinstance(self.source, str) else self.source
                 self._state = (
-                    Reconstructor(self.model, self.alpha, pick_device(self.device)),
+                    Reconstructor(
+                        self.model,
+                        self.alpha,
+                        pick_device(self.device),
+                        precision=self.precision,
+                        compiled=self.compiled,
+                    ),
                     NormalisedView(data, self.norm),
                 )
             return self._state
@@ -278,6 +292,8 @@ def reconstruct_volume(
     normalisation: Normalisation | None = None,
     out_dtype: Any = None,
     region: tuple[slice, ...] | None = None,
+    precision: str = "auto",
+    compiled: bool = False,
 ) -> np.ndarray:
     """Reconstruct a volume, or the part of it inside ``region`` (input voxels), in memory; the
     result is in the input's intensity scale.
@@ -294,7 +310,9 @@ def reconstruct_volume(
     shape_out = output_shape(vol.shape, alpha, scale)
     target = output_region(vol.shape, shape_out, region)
     dtype = np.dtype(out_dtype or np.float32)
-    source = BlockReconstruction(vol.data, norm, model, alpha, shape_out, orientation, dtype, str(device), target)
+    source = BlockReconstruction(
+        vol.data, norm, model, alpha, shape_out, orientation, dtype, str(device), target, precision, compiled
+    )
     return assemble(source, extent(target), dtype, chunks)
 
 

@@ -46,8 +46,15 @@ class MLPDecoder(nn.Module):
             nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, features: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``features`` (..., inputs), ``value`` (...) -> (...)."""
-        out = self.net(features).squeeze(-1)
-        if self.residual:
-            out = out + torch.logit(value.float().clamp(1e-3, 1.0 - 1e-3)).to(out.dtype)
-        return torch.sigmoid(out)
+        """``features`` (..., inputs), ``value`` (...) -> (...).
+
+        The last layer (256 -> 1, negligible work) and the sigmoid run in fp32 even under bf16/fp16
+        autocast: in bf16 the output itself would be rounded to steps of 1/256 near 0.5.
+        """
+        hidden = self.net[:-1](features)
+        last = self.net[-1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            out = nn.functional.linear(hidden.float(), last.weight.float(), last.bias.float()).squeeze(-1)
+            if self.residual:
+                out = out + torch.logit(value.float().clamp(1e-3, 1.0 - 1e-3))
+            return torch.sigmoid(out)

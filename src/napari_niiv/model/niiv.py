@@ -44,12 +44,25 @@ class NiivModel(nn.Module):
         return torch.cat([self._query(grid, c) for c in coords.split(per_chunk, dim=1)], dim=1)
 
     def _query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
+        return self.decode_points(*self.gather(grid, coords), coords)
+
+    def gather(self, grid: LatentGrid, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """What a query reads from the grid at ``coords`` (B, N, 2): the interpolated latent (B, N, C),
+        the keys and values of its neighbours (B, N, K, 2C) and the bilinear input value (B, N)."""
         sampled = sample_bilinear(grid.with_image(), coords)
         latent, value = sampled[..., :-1], sampled[..., -1]
-        if self.attention is not None:
-            latent = self.attention(latent, grid, coords)
+        kv = self.attention.gather(grid, coords) if self.attention is not None else None
+        return latent, kv, value
+
+    def decode_points(
+        self, latent: torch.Tensor, kv: torch.Tensor | None, value: torch.Tensor, coords: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-point work after the gathers: attention, encoding, MLP. Points are independent, so this
+        takes any leading shape, and a fixed one is what torch.compile specialises on."""
+        if self.attention is not None and kv is not None:
+            latent = self.attention(latent, kv)
         pe = positional_encoding(coords, self.config.pe_bands).to(latent.dtype)
-        features = torch.cat((latent, value.unsqueeze(-1), pe), dim=-1)
+        features = torch.cat((latent, value.unsqueeze(-1).to(latent.dtype), pe), dim=-1)
         return self.decoder(features, value)
 
     def render(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
