@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_niiv.data.normalise import fit_normalisation
-from napari_niiv.live import LatestWorker, ViewRenderer, orientations_for
+from napari_niiv.live import COARSE_MIN_PIXELS, LatestWorker, ViewRenderer, coarse_grid, orientations_for, upsample
 from napari_niiv.reconstruct import Reconstructor, interpolate_planes
 from napari_niiv.viewport import Camera, Frame, view_grid
 from tests.conftest import random_model
@@ -27,7 +27,7 @@ def volume(medulla) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def renderer(volume) -> ViewRenderer:
-    rec = Reconstructor(random_model(), ALPHA, "cpu", slice_batch=4)
+    rec = Reconstructor(random_model(), ALPHA, "cpu", slice_batch=4, precision="fp32")
     return ViewRenderer(volume, fit_normalisation(volume), rec)
 
 
@@ -40,7 +40,7 @@ def reference(renderer, volume, grid, orient) -> np.ndarray:
     norm = renderer.norm.apply(volume)
     plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
     planes = np.moveaxis(interpolate_planes(norm, grid.coords[plane_axis], plane_axis, 0), plane_axis, 0)
-    rec = Reconstructor(renderer.rec.model, ALPHA, "cpu", tile=10_000)
+    rec = Reconstructor(renderer.rec.model, ALPHA, "cpu", tile=10_000, precision="fp32")
     dec = rec.planes(planes, grid.coords[0], grid.coords[col_axis])  # (P, rows, cols)
     return np.moveaxis(dec, (0, 1, 2), (plane_axis, 0, col_axis))
 
@@ -67,7 +67,7 @@ def test_preview_is_trilinear_and_exact_on_acquired_pixels(renderer, volume):
 
 
 def test_zoom_in_reuses_latents(volume):
-    rec = Reconstructor(random_model(), ALPHA, "cpu")
+    rec = Reconstructor(random_model(), ALPHA, "cpu", precision="fp32")
     r = ViewRenderer(volume, fit_normalisation(volume), rec)
     frame = frame_of(volume)
     r.render(view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame, (0, 2), 20.0, finest=0.5))
@@ -86,6 +86,42 @@ def test_cancelled_render_returns_none_and_partial_results_stream(renderer, volu
     calls = []
     renderer.render(grid, partial=calls.append)  # fast here: maybe no partials, never an error
     assert all(c.shape == grid.shape for c in calls)
+
+
+def test_progressive_render_shows_a_quarter_resolution_niiv_first(renderer, volume):
+    grid = view_grid(Camera((24.0, 28.0), 6.0, (300, 340)), frame_of(volume), (0, 2), 20.0, finest=0.1)
+    assert grid.shape[0] * grid.shape[2] > COARSE_MIN_PIXELS
+    events = []
+    out = renderer.render(
+        grid,
+        coarse=lambda image: events.append(("coarse", image)),
+        partial=lambda image: events.append(("partial", image)),
+    )
+    assert events[0][0] == "coarse" and [e for e, _ in events].count("coarse") == 1
+    small = coarse_grid(grid, 4)
+    assert small.shape == (-(-(grid.shape[0] - 2) // 4), 1, -(-(grid.shape[2] - 2) // 4))
+    first = events[0][1]
+    np.testing.assert_allclose(first, upsample(renderer.render(small), small, grid), atol=1e-6)
+    # a better start than the preview, and the final image is the same as without the coarse pass
+    truth = renderer.render(grid)
+    assert np.abs(first - truth).mean() < np.abs(renderer.preview(grid) - truth).mean()
+    np.testing.assert_allclose(out, truth, atol=2e-5)
+    # small views go straight to full resolution
+    few = view_grid(Camera((24.0, 28.0), 1.0, (60, 50)), frame_of(volume), (0, 2), 20.0, finest=0.5)
+    renderer.render(few, coarse=lambda image: pytest.fail("no coarse pass for a small view"))
+
+
+def test_background_threads_yield_to_the_gui_thread():
+    import os
+
+    seen = []
+    worker = LatestWorker()
+    try:
+        worker.submit(lambda cancelled: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        assert worker.wait_idle(5)
+    finally:
+        worker.close()
+    assert seen == [os.getpriority(os.PRIO_PROCESS, 0) + 10] or seen == [19]
 
 
 def test_latest_worker_runs_only_the_newest_task():

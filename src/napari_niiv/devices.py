@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import torch
 
 from .errors import NiivInputError
@@ -46,3 +50,16 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
+
+
+def lower_thread_priority(nice: int = 10) -> bool:
+    """Make the calling background thread yield the CPU to napari's GUI thread (Linux: its nice value;
+    the OpenMP threads torch starts from it inherit it). False where the platform has no per-thread
+    priority. Work that keeps every core busy then still leaves the interface responsive."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError:
+        return False
+    return True

@@ -24,7 +24,7 @@ import torch
 
 from .devices import autocast_dtype
 from .model import NiivModel
-from .model.latent_field import LatentGrid
+from .model.latent_field import LatentGrid, sample_bilinear
 
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
 # in fp32, the MLP activations 4 MB; measured as fast as larger chunks, without the churn.
@@ -113,7 +113,52 @@ class InferenceEngine:
 
     def render(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Decode the separable grid ``rows`` x ``cols`` (coordinate vectors) -> (B, R, C) float32."""
+        rows, cols = rows.to(self.device, torch.float32), cols.to(self.device, torch.float32)
+        if self._neighbours_on_grid(grid, rows, cols):
+            return self._render_shared_neighbours(grid, rows, cols)
         rr, cc = torch.meshgrid(rows, cols, indexing="ij")
-        coords = torch.stack((rr, cc), dim=-1).reshape(1, -1, 2).to(self.device)
+        coords = torch.stack((rr, cc), dim=-1).reshape(1, -1, 2)
         coords = coords.expand(grid.latents.shape[0], -1, -1)
         return self.query(grid, coords).reshape(-1, rows.numel(), cols.numel())
+
+    def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:
+        """True when the output grid is spaced exactly one isotropic voxel apart (scale 1): each
+        query's attention neighbours are then the neighbouring queries themselves."""
+        att = self.model.attention
+        if att is None or att.radius != 1 or rows.numel() < 2 or cols.numel() < 2:
+            return False
+        return all(
+            torch.allclose(c.diff(), torch.full_like(c[1:], step), rtol=0, atol=1e-5)
+            for c, step in ((rows, grid.step[0]), (cols, grid.step[1]))
+        )
+
+    @torch.inference_mode()
+    def _render_shared_neighbours(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Scale-1 decoding: keys and values are sampled once per grid point (plus a one-voxel rim),
+        not nine times per query, and each query's 3x3 neighbours are read from that sample."""
+        assert grid.keys_values is not None
+        b, n_cols = grid.latents.shape[0], cols.numel()
+        s0, s1 = grid.step
+        ext_cols = torch.cat((cols[:1] - s1, cols, cols[-1:] + s1))
+        per = max(1, self.chunk // (b * n_cols))  # output rows per chunk
+        out = torch.empty(b, rows.numel(), n_cols, dtype=torch.float32, device=self.device)
+        with self.autocast():
+            for i in range(0, rows.numel(), per):
+                r = rows[i : i + per]
+                k = r.numel()
+                coords = _grid_coords(r, cols, b)
+                sampled = sample_bilinear(grid.with_image(), coords)
+                ext = _grid_coords(torch.cat((r[:1] - s0, r, r[-1:] + s0)), ext_cols, b)
+                kv_ext = sample_bilinear(grid.keys_values, ext).to(self.dtype or torch.float32)
+                kv_ext = kv_ext.reshape(b, k + 2, n_cols + 2, -1)
+                # neighbour order of neighbour_offsets: row offset outer, column offset inner
+                kv = torch.stack([kv_ext[:, dr : dr + k, dc : dc + n_cols] for dr in range(3) for dc in range(3)], 3)
+                kv = kv.reshape(b, k * n_cols, 9, -1)
+                res = self._decode_flat(sampled[..., :-1], kv, sampled[..., -1], coords)
+                out[:, i : i + k] = res.reshape(b, k, n_cols)
+        return out
+
+
+def _grid_coords(rows: torch.Tensor, cols: torch.Tensor, batch: int) -> torch.Tensor:
+    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.stack((rr, cc), dim=-1).reshape(1, -1, 2).expand(batch, -1, -1)

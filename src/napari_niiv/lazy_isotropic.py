@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .data.normalise import Normalisation
+from .devices import lower_thread_priority
 from .live import ViewRenderer
 from .reconstruct import Reconstructor, output_coords, output_shape
 from .viewport import ViewGrid
@@ -196,6 +197,7 @@ class LazyIsotropic:
         return None
 
     def _run(self) -> None:
+        lower_thread_priority()
         while True:
             with self._cond:
                 while not self._closed and (key := self._next()) is None:

@@ -11,13 +11,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from .data.normalise import Normalisation
+from .devices import lower_thread_priority
 from .model.latent_field import LatentGrid
 from .reconstruct import NormalisedView, Reconstructor, interpolate_planes, pixel_range
 from .viewport import ViewGrid
@@ -25,6 +26,9 @@ from .viewport import ViewGrid
 LIVE_ORIENTATIONS = ("auto", "xz", "yz", "both")
 # Points decoded between two cancellation checks (~0.2 s of CPU for the v2 model).
 DECODE_POINTS = 32768
+# Progressive rendering: views larger than this get a niiv pass at 1/COARSE_FACTOR resolution first.
+COARSE_FACTOR = 4
+COARSE_MIN_PIXELS = 256 * 256
 # Encoded crops are rounded out to these lattices (rows, columns) so small pans reuse them.
 CROP_LATTICE = (32, 128)
 
@@ -38,6 +42,27 @@ def orientations_for(grid: ViewGrid, orientation: str) -> tuple[str, ...]:
     if orientation == "auto":
         return ("yz",) if grid.kind == "yz" else ("xz",)
     return (orientation,)
+
+
+def coarse_grid(grid: ViewGrid, factor: int) -> ViewGrid:
+    """Every ``factor``-th sample of the displayed axes (centred in each group), the sliced axis kept."""
+    first = [0 if a == grid.sliced_axis else min(factor // 2, c.size - 1) for a, c in enumerate(grid.coords)]
+    coords = tuple(
+        c[f::factor] if a != grid.sliced_axis else c for a, (c, f) in enumerate(zip(grid.coords, first, strict=True))
+    )
+    step = tuple(s if a == grid.sliced_axis else s * factor for a, s in enumerate(grid.world_step))
+    start = tuple(w + f * s for w, f, s in zip(grid.world_start, first, grid.world_step, strict=True))
+    return replace(grid, coords=coords, spacing=grid.spacing * factor, world_start=start, world_step=step)  # type: ignore[arg-type]
+
+
+def upsample(image: np.ndarray, small: ViewGrid, grid: ViewGrid) -> np.ndarray:
+    """``image`` sampled at ``small`` linearly interpolated to ``grid`` (edges held)."""
+    out = image
+    for axis, (lo, hi) in enumerate(zip(small.coords, grid.coords, strict=True)):
+        if lo.size != hi.size:
+            pos = np.interp(hi, lo, np.arange(lo.size, dtype=np.float64))
+            out = interpolate_planes(out, pos + 0.5, axis, 0)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _snap(lo: int, hi: int, n: int, lattice: int) -> tuple[int, int]:
@@ -136,9 +161,22 @@ class ViewRenderer:
         cancelled: Callable[[], bool] = lambda: False,
         partial: Callable[[np.ndarray], None] | None = None,
         base: np.ndarray | None = None,
+        coarse: Callable[[np.ndarray], None] | None = None,
     ) -> np.ndarray | None:
         """niiv at the grid, or None if ``cancelled`` turned true on the way. ``partial`` receives
-        the image so far (decoded parts over ``base``, the preview) as work proceeds."""
+        the image so far (decoded parts over ``base``, the preview) as work proceeds.
+
+        With ``coarse``, a large view is first decoded at a quarter of its resolution along each
+        displayed axis (1/16 of the points), interpolated to full size and handed to ``coarse``;
+        the encoder's latents computed for it are reused by the full pass, which then refines it.
+        """
+        if coarse is not None and grid.coords[0].size * grid.coords[1].size * grid.coords[2].size > COARSE_MIN_PIXELS:
+            small = coarse_grid(grid, COARSE_FACTOR)
+            low = self.render(small, orientation, cancelled)
+            if low is None:
+                return None
+            base = upsample(low, small, grid)
+            coarse(base)
         orients = orientations_for(grid, orientation)
         out = np.array(base if base is not None else self.preview(grid), dtype=np.float32, copy=True)
         results = []
@@ -285,6 +323,7 @@ class LatestWorker:
         return False
 
     def _run(self) -> None:
+        lower_thread_priority()
         while True:
             with self._cond:
                 while self._pending is None and not self._closed:

@@ -41,6 +41,7 @@ def add_isotropic_layer(
     output_scale: float = 1.0,
     orientation: str = "auto",
     device: str = "auto",
+    precision: str = "auto",
 ) -> Image:
     """A multiscale layer of niiv over the whole volume: napari asks only for the tiles it shows,
     they are computed in the background (with a progress bar) and cached."""
@@ -57,7 +58,11 @@ def add_isotropic_layer(
     model = load_weights(resolve_weights(weights)).model
     check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model)
     lazy = LazyIsotropic(
-        data, fit_normalisation(data), Reconstructor(model, alpha, pick_device(device)), output_scale, orientation
+        data,
+        fit_normalisation(data),
+        Reconstructor(model, alpha, pick_device(device), precision=precision),
+        output_scale,
+        orientation,
     )
     s_in, t_in = np.asarray(layer.scale[-3:], float), np.asarray(layer.translate[-3:], float)
     voxel = s_in * np.asarray(lazy.in_shape) / np.asarray(lazy.shapes[0])

@@ -49,11 +49,12 @@ class LiveView(QObject):
         orientation: str = "auto",
         on_status: Callable[[str], None] | None = None,
         pixel_ratio: float = 1.0,
+        precision: str = "auto",
     ) -> None:
         super().__init__()
         self.viewer = viewer
         self.layer = check_layer(layer)
-        self.reconstructor = Reconstructor(model, alpha, device)
+        self.reconstructor = Reconstructor(model, alpha, device, precision=precision)
         self.output_scale = output_scale
         self.orientation = orientation
         self.pixel_ratio = pixel_ratio
@@ -153,7 +154,12 @@ class LiveView(QObject):
         if cancelled():
             return
         result = renderer.render(
-            grid, self.orientation, cancelled, partial=lambda image: send("partial", image), base=preview
+            grid,
+            self.orientation,
+            cancelled,
+            partial=lambda image: send("partial", image),
+            base=preview,
+            coarse=lambda image: send("coarse", image),
         )
         if result is not None:
             send("niiv", result)
@@ -175,6 +181,10 @@ class LiveView(QObject):
         if stage == "preview":
             self.timings.append({"preview": elapsed})
             self.on_status(f"preview {h}x{w} px in {elapsed * 1000:.0f} ms; niiv running...")
+        elif stage == "coarse":
+            if self.timings:
+                self.timings[-1]["coarse"] = elapsed
+            self.on_status(f"niiv at 1/4 resolution in {elapsed:.1f} s; full resolution running...")
         elif stage == "niiv":
             if self.timings:
                 self.timings[-1]["niiv"] = elapsed

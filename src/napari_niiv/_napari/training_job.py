@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from qtpy.QtCore import QObject, Signal
 
+from ..devices import lower_thread_priority
 from ..model import NiivModel
 from ..train import HeldOutCheck, TrainCallback, TrainResult, TrainSettings, train
 from ..weights import load_weights
@@ -89,6 +90,7 @@ class TrainingJob(QObject):
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        lower_thread_priority()
         try:
             held_out, init = self._kwargs["held_out"], self._kwargs["init"]
             if held_out is not None and init is not None and not self._kwargs["resume"]:

@@ -1,0 +1,82 @@
+"""The inference engine's fast paths give the model's results: bf16 within its precision, compiled
+equal to eager, fixed-size chunks equal to one pass; and the precision each device gets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_niiv.devices import autocast_dtype, cpu_has_bf16
+from napari_niiv.engine import InferenceEngine
+from tests.conftest import random_model
+
+
+@pytest.fixture(scope="module")
+def slices() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    image = torch.rand(3, 1, 12, 40)
+    return image, (torch.arange(90) + 0.5) / 8, torch.arange(37) + 1.5
+
+
+def exact(model, image, rows, cols) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.render(model.encode(image, 8.0), rows, cols)
+
+
+@pytest.mark.parametrize("chunk", [7, 100, 4096])
+@pytest.mark.parametrize("row_step", [1 / 8, 0.3], ids=["scale 1: shared neighbours", "any spacing"])
+def test_fp32_engine_is_the_model(slices, chunk, row_step) -> None:
+    model = random_model()
+    image, _, cols = slices
+    rows = torch.arange(0.2, 11.9, row_step)
+    eng = InferenceEngine(model, "cpu", "fp32", chunk=chunk)
+    grid = eng.encode(image, 8.0)
+    assert eng._neighbours_on_grid(grid, rows, cols) == (row_step == 1 / 8)
+    torch.testing.assert_close(eng.render(grid, rows, cols), exact(model, image, rows, cols), atol=2e-6, rtol=0)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_bf16_engine_stays_close_and_keeps_the_output_fine_grained(slices) -> None:
+    model = random_model()
+    image, rows, cols = slices
+    eng = InferenceEngine(model, "cpu", "auto")
+    assert eng.precision_name == "bf16"
+    out = eng.render(eng.encode(image, 8.0), rows, cols)
+    ref = exact(model, image, rows, cols)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 5e-3
+    # The output is not rounded to bf16 steps (1/256 near 0.5): the last layer runs in fp32.
+    assert (out * 256 - (out * 256).round()).abs().max() > 0.05
+
+
+def test_compiled_engine_equals_eager(slices) -> None:
+    model = random_model()
+    image, rows, cols = slices
+    eager = InferenceEngine(model, "cpu", "fp32", chunk=1024)
+    compiled = InferenceEngine(model, "cpu", "fp32", compiled=True, chunk=1024)
+    grid = eager.encode(image, 8.0)
+    torch.testing.assert_close(compiled.render(grid, rows, cols), eager.render(grid, rows, cols), atol=1e-5, rtol=0)
+    # another view size reuses the one compiled chunk shape (padding), and gives the same values
+    torch.testing.assert_close(
+        compiled.render(grid, rows[:13], cols[:5]), eager.render(grid, rows[:13], cols[:5]), atol=1e-5, rtol=0
+    )
+
+
+def test_precision_each_device_gets(monkeypatch) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(cuda, "auto") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, "auto") is torch.float16  # pre-Ampere GPUs
+    assert autocast_dtype(cuda, "fp32") is None
+    assert autocast_dtype(torch.device("cpu"), "auto") is (torch.bfloat16 if cpu_has_bf16() else None)
+    assert autocast_dtype(torch.device("mps"), "auto") is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_engine_matches_cpu(slices) -> None:
+    model = random_model()
+    image, rows, cols = slices
+    ref = exact(model, image, rows, cols)
+    eng = InferenceEngine(random_model(), "cuda", "auto")
+    out = eng.render(eng.encode(image, 8.0), rows, cols).cpu()
+    assert (out - ref).abs().max() < 5e-3
