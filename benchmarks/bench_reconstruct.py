@@ -1,8 +1,9 @@
 """Reconstruction speed, as ratios that mean something on any machine.
 
-Reports, in one run: seconds per 128^3 volume (alpha 8, xz) and per megapixel of output, the ratio
-to bilinear interpolation of the same volume, and the fraction of this machine's measured matmul
-peak that the model's arithmetic reaches. Run: ``python benchmarks/bench_reconstruct.py``.
+Reports, in one run: seconds per 128^3 volume (alpha 8, xz, fp32: the exact model) and per megapixel
+of output, the ratio to bilinear interpolation of the same volume, and the fraction of this machine's
+measured matmul peak that the model's arithmetic reaches. The fast paths (bf16, compiled) and their
+accuracy are in bench_inference.py. Run: ``python benchmarks/bench_reconstruct.py``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main() -> None:
     low = rng.random((16, 128, 128)).astype(np.float32)  # pooled 128^3 volume; speed does not depend on content
     out_px = 128**3
 
-    t_niiv = time_it(lambda: reconstruct_volume(model, low, alpha=alpha, orientation="xz"), args.repeats)
+    t_niiv = time_it(lambda: reconstruct_volume(model, low, alpha=alpha, orientation="xz", precision="fp32"), args.repeats)
     bil = interpolation("bilinear")
     t_bil = time_it(lambda: bil(low, alpha, (128, 128, 128)), args.repeats)
     flops = flops_per_output_pixel(model, alpha)
