@@ -78,7 +78,9 @@ def main() -> None:
     low = rng.random((16, 128, 128)).astype(np.float32)  # pooled 128^3 volume; speed does not depend on content
     out_px = 128**3
 
-    t_niiv = time_it(lambda: reconstruct_volume(model, low, alpha=alpha, orientation="xz", precision="fp32"), args.repeats)
+    t_niiv = time_it(
+        lambda: reconstruct_volume(model, low, alpha=alpha, orientation="xz", precision="fp32"), args.repeats
+    )
     bil = interpolation("bilinear")
     t_bil = time_it(lambda: bil(low, alpha, (128, 128, 128)), args.repeats)
     flops = flops_per_output_pixel(model, alpha)
