@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,8 +34,10 @@ class ThreadedRunner:
         import torch
         from dask.callbacks import Callback
 
-        shared = dask.delayed(job, pure=True)
-        tasks = [shared(item, dask_key_name=f"niiv-chunk-{n}") for n, item in enumerate(items)]
+        # A name, not a token: hashing the job would read every pixel of an in-memory source.
+        run = uuid.uuid4().hex
+        shared = dask.delayed(job, name=f"niiv-job-{run}")
+        tasks = [shared(item, dask_key_name=f"niiv-chunk-{run}-{n}") for n, item in enumerate(items)]
         keys = {t.key for t in tasks}
 
         class _Report(Callback):
