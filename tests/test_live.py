@@ -160,3 +160,20 @@ def test_worker_reports_errors_and_closes_while_busy():
     t0 = time.perf_counter()
     worker.close()
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_saving_the_lazy_layer_keeps_its_precision(volume, tmp_path):
+    """The lazy layer's File > Save reconstructs with the layer's own settings, fp32 here, not the default."""
+    from napari_niiv.data import open_volume
+    from napari_niiv.lazy_isotropic import LazyIsotropic
+    from napari_niiv.reconstruct import reconstruct_volume
+
+    model = random_model()
+    lazy = LazyIsotropic(volume, fit_normalisation(volume), Reconstructor(model, ALPHA, "cpu", precision="fp32"))
+    try:
+        lazy.write_ome_zarr(str(tmp_path / "iso.ome.zarr"))
+    finally:
+        lazy.close()
+    saved = open_volume(tmp_path / "iso.ome.zarr").data.compute()
+    expect = reconstruct_volume(model, volume, alpha=ALPHA, precision="fp32")
+    np.testing.assert_allclose(saved, expect, rtol=0, atol=2e-5)

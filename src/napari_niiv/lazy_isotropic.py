@@ -251,9 +251,11 @@ class LazyIsotropic:
             rec.model,
             rec.alpha,
             shape,
-            orientation,
+            orientation,  # type: ignore[arg-type]
             dtype,
-            str(rec.device),  # type: ignore[arg-type]
+            str(rec.device),
+            precision=rec.precision,  # the precision chosen for the layer, not the default
+            compiled=rec.compiled,
         )
         layout = Layout(shape, dtype, voxel_size=voxel_size, unit=unit, translation=translation)  # type: ignore[arg-type]
         write_ome_zarr(path, layout, source, on_progress=on_progress)
