@@ -93,7 +93,7 @@ class InferenceEngine:
             parts.append((g.latents[..., keep], None if g.keys_values is None else g.keys_values[..., keep]))
         latents = torch.cat([lat for lat, _ in parts], dim=-1)
         kv = None if parts[0][1] is None else torch.cat([k for _, k in parts], dim=-1)
-        return LatentGrid(latents, image.to(self.device), kv, (1.0 / float(alpha), 1.0))
+        return LatentGrid(latents, image.to(self.device), kv, g.step)
 
     def _encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
         with self.autocast():
@@ -138,9 +138,7 @@ class InferenceEngine:
         rows, cols = rows.to(self.device, torch.float32), cols.to(self.device, torch.float32)
         if self._neighbours_on_grid(grid, rows, cols):
             return self._render_shared_neighbours(grid, rows, cols)
-        rr, cc = torch.meshgrid(rows, cols, indexing="ij")
-        coords = torch.stack((rr, cc), dim=-1).reshape(1, -1, 2)
-        coords = coords.expand(grid.latents.shape[0], -1, -1)
+        coords = _grid_coords(rows, cols, grid.latents.shape[0])
         return self.query(grid, coords).reshape(-1, rows.numel(), cols.numel())
 
     def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:
@@ -182,5 +180,6 @@ class InferenceEngine:
 
 
 def _grid_coords(rows: torch.Tensor, cols: torch.Tensor, batch: int) -> torch.Tensor:
+    """(batch, R * C, 2) coordinates of the separable grid ``rows`` x ``cols``."""
     rr, cc = torch.meshgrid(rows, cols, indexing="ij")
     return torch.stack((rr, cc), dim=-1).reshape(1, -1, 2).expand(batch, -1, -1)

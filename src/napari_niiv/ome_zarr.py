@@ -14,7 +14,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,7 +75,6 @@ class WriteReport:
     chunks_resumed: int
     chunks_written: int
     seconds: float
-    per_level: list[int] = field(default_factory=list)
 
 
 def pyramid_shapes(shape: tuple[int, int, int], levels: int | None = None) -> list[tuple[int, int, int]]:
@@ -244,7 +243,6 @@ def write_ome_zarr(
         n_total - n_written if resumed else 0,
         n_written,
         time.perf_counter() - t0,
-        [len(level) for level in todo],
     )
 
 
