@@ -28,12 +28,12 @@ import torch
 from bench_reconstruct import matmul_peak
 from napari_niiv.data import fit_normalisation, open_volume
 from napari_niiv.data.degrade import pool_axis
-from napari_niiv.engine import CHUNK_POINTS, InferenceEngine
-from napari_niiv.evaluate import evaluate, niiv_method
-from napari_niiv.live import ViewRenderer
-from napari_niiv.reconstruct import Reconstructor
-from napari_niiv.viewport import ViewGrid
-from napari_niiv.weights import load_weights, resolve_weights
+from napari_niiv.inference.engine import CHUNK_POINTS, InferenceEngine
+from napari_niiv.inference.reconstructor import Reconstructor
+from napari_niiv.inference.viewport import ViewGrid
+from napari_niiv.inference.views import ViewRenderer
+from napari_niiv.inference.weights import load_weights, resolve_weights
+from napari_niiv.training.evaluate import evaluate, niiv_method
 
 ALPHA = 8.0
 DATA = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_niiv.evaluate import interpolation
+from napari_niiv.inference.reconstructor import reconstruct_volume
+from napari_niiv.inference.weights import load_weights, resolve_weights
 from napari_niiv.model import NiivModel
-from napari_niiv.reconstruct import reconstruct_volume
-from napari_niiv.weights import load_weights, resolve_weights
+from napari_niiv.training.evaluate import interpolation
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 2.0) -> float:

@@ -857,7 +857,7 @@ def main() -> None:
     import torch
 
     from napari_niiv.data import open_volume
-    from napari_niiv.weights import DEFAULT_WEIGHTS
+    from napari_niiv.inference.weights import DEFAULT_WEIGHTS
 
     t_total = time.perf_counter()
     source = DATA_DIR / "fibsem" / "medulla_a.tif"

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_niiv.data import open_volume
-from napari_niiv.evaluate import (
+from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
+from napari_niiv.training.evaluate import (
     cut_cubes,
     evaluate,
     format_table,
@@ -29,9 +30,8 @@ from napari_niiv.evaluate import (
     niiv_method,
     simulate,
 )
-from napari_niiv.metrics import cf_psnr
-from napari_niiv.train import fine_tune_settings, train
-from napari_niiv.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
+from napari_niiv.training.metrics import cf_psnr
+from napari_niiv.training.train import fine_tune_settings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))

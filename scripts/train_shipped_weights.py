@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_niiv.data import open_volume
-from napari_niiv.train import HeldOutCheck, TrainSettings, train
+from napari_niiv.training.train import HeldOutCheck, TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_niiv.data import open_volume
-from napari_niiv.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
-from napari_niiv.weights import load_weights, save_weights
+from napari_niiv.inference.weights import load_weights, save_weights
+from napari_niiv.training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))

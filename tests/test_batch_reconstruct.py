@@ -19,8 +19,8 @@ import zarr
 from napari_niiv.cli import main
 from napari_niiv.data import open_volume
 from napari_niiv.errors import NiivInputError
-from napari_niiv.model import NiivModel
-from napari_niiv.ome_zarr import (
+from napari_niiv.inference.reconstructor import reconstruct_volume
+from napari_niiv.inference.store import (
     ArrayBlocks,
     Layout,
     chunk_indices,
@@ -30,8 +30,8 @@ from napari_niiv.ome_zarr import (
     pyramid_shapes,
     write_ome_zarr,
 )
-from napari_niiv.reconstruct import reconstruct_volume
-from napari_niiv.weights import load_weights, save_weights
+from napari_niiv.inference.weights import load_weights, save_weights
+from napari_niiv.model import NiivModel
 
 from .conftest import random_model
 
@@ -207,7 +207,7 @@ def test_a_path_source_is_reopened_by_each_worker(aniso_zarr, weights) -> None:
     import pickle
 
     from napari_niiv.data import fit_normalisation
-    from napari_niiv.reconstruct import BlockReconstruction, output_shape
+    from napari_niiv.inference.reconstructor import BlockReconstruction, output_shape
 
     model: NiivModel = load_weights(weights).model
     vol = open_volume(aniso_zarr)

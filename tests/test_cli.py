@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from napari_niiv.cli import main
 from napari_niiv.data import open_volume
-from napari_niiv.weights import save_weights
+from napari_niiv.inference.weights import save_weights
 
 from .conftest import random_model, write_tif
 

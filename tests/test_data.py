@@ -14,7 +14,7 @@ from napari_niiv.data import (
     pooling_matrix,
 )
 from napari_niiv.errors import NiivInputError
-from napari_niiv.ome_zarr import ArrayBlocks, Layout, write_ome_zarr
+from napari_niiv.inference.store import ArrayBlocks, Layout, write_ome_zarr
 
 from .conftest import data_path, write_tif
 

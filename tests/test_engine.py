@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_niiv.devices import autocast_dtype, cpu_has_bf16
-from napari_niiv.engine import InferenceEngine
+from napari_niiv.inference.devices import autocast_dtype, cpu_has_bf16
+from napari_niiv.inference.engine import InferenceEngine
 from tests.conftest import random_model
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_niiv.errors import NiivInputError
-from napari_niiv.evaluate import cube_origins, cut_cubes, simulate
+from napari_niiv.training.evaluate import cube_origins, cut_cubes, simulate
 
 
 def test_cubes_cover_the_region_first_at_zero_last_flush() -> None:

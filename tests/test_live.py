@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from napari_niiv.data.normalise import fit_normalisation
-from napari_niiv.live import COARSE_MIN_PIXELS, LatestWorker, ViewRenderer, coarse_grid, orientations_for, upsample
-from napari_niiv.reconstruct import Reconstructor, interpolate_planes
-from napari_niiv.viewport import Camera, Frame, view_grid
+from napari_niiv.inference.reconstructor import Reconstructor, interpolate_planes
+from napari_niiv.inference.viewport import Camera, Frame, view_grid
+from napari_niiv.inference.views import (
+    COARSE_MIN_PIXELS,
+    LatestWorker,
+    ViewRenderer,
+    coarse_grid,
+    orientations_for,
+    upsample,
+)
 from tests.conftest import random_model
 
 ALPHA = 4.0
@@ -165,8 +172,8 @@ def test_worker_reports_errors_and_closes_while_busy():
 def test_saving_the_lazy_layer_keeps_its_precision(volume, tmp_path):
     """The lazy layer's File > Save reconstructs with the layer's own settings, fp32 here, not the default."""
     from napari_niiv.data import open_volume
-    from napari_niiv.lazy_isotropic import LazyIsotropic
-    from napari_niiv.reconstruct import reconstruct_volume
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+    from napari_niiv.inference.reconstructor import reconstruct_volume
 
     model = random_model()
     lazy = LazyIsotropic(volume, fit_normalisation(volume), Reconstructor(model, ALPHA, "cpu", precision="fp32"))

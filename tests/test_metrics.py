@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from napari_niiv.metrics import cf_psnr, frequency_mask, psnr, slice_metrics, ssim
+from napari_niiv.training.metrics import cf_psnr, frequency_mask, psnr, slice_metrics, ssim
 
 
 def test_unclipped_cf_psnr_equals_psnr() -> None:

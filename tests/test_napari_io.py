@@ -18,8 +18,8 @@ from napari_niiv._napari.reader import contrast_limits, get_reader
 from napari_niiv._napari.writer import write_ome_zarr
 from napari_niiv.data import fit_normalisation, open_volume
 from napari_niiv.errors import NiivInputError
-from napari_niiv.ome_zarr import ArrayBlocks, Layout
-from napari_niiv.ome_zarr import write_ome_zarr as write_store
+from napari_niiv.inference.store import ArrayBlocks, Layout
+from napari_niiv.inference.store import write_ome_zarr as write_store
 
 from .conftest import DATA_DIR, data_path, write_tif
 
@@ -74,7 +74,7 @@ def test_niiv_reconstruct_pyramid_opens_in_napari_at_the_isotropic_scale(
 ) -> None:
     """The command line's OME-Zarr, pyramid and region offset included, through napari's reader."""
     from napari_niiv.cli import main
-    from napari_niiv.weights import save_weights
+    from napari_niiv.inference.weights import save_weights
 
     from .conftest import random_model
 

@@ -174,7 +174,7 @@ def test_layers_menu_command_adds_a_lazy_isotropic_layer(qtbot, viewer_with_volu
     # the cached tile the viewer shows is niiv, equal to the core's block reconstruction
     key = next(iter(lazy._tiles))
     index = lazy._tile_index(key)
-    from napari_niiv.reconstruct import NormalisedView
+    from napari_niiv.inference.reconstructor import NormalisedView
 
     expect = lazy.rec.block(NormalisedView(layer.data, lazy.norm), lazy.shapes[key[0]], index, "xz")
     np.testing.assert_allclose(lazy._tiles[key], lazy.norm.invert(expect, np.float32), atol=1e-3)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from napari_niiv.data import open_volume
-from napari_niiv.reconstruct import reconstruct_volume
-from napari_niiv.weights import load_weights, read_metadata, shipped_dir
+from napari_niiv.inference.reconstructor import reconstruct_volume
+from napari_niiv.inference.weights import load_weights, read_metadata, shipped_dir
 from tests.conftest import data_path
 
 pytest.importorskip("napari")

@@ -4,9 +4,7 @@ import torch
 
 from napari_niiv.data import fit_normalisation
 from napari_niiv.data.io import Volume
-from napari_niiv.evaluate import interpolation, simulate
-from napari_niiv.model import NiivModel
-from napari_niiv.reconstruct import (
+from napari_niiv.inference.reconstructor import (
     NormalisedView,
     Reconstructor,
     blocks,
@@ -14,6 +12,8 @@ from napari_niiv.reconstruct import (
     reconstruct_volume,
     volume_geometry,
 )
+from napari_niiv.model import NiivModel
+from napari_niiv.training.evaluate import interpolation, simulate
 
 
 def _whole(rec: Reconstructor, view: NormalisedView, shape, orientation: str) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_region_equals_the_same_part_of_the_whole_volume(model, medulla) -> None
 
 
 def test_region_maps_to_output_indices() -> None:
-    from napari_niiv.reconstruct import output_region
+    from napari_niiv.inference.reconstructor import output_region
 
     assert output_region((16, 100, 100), (128, 100, 100), (slice(2, 4), slice(0, 10), slice(90, None))) == (
         slice(16, 32),

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from napari_niiv.data import LateralPairSampler, Volume
-from napari_niiv.train import HeldOutCheck, TrainCallback, TrainSettings, checkpoint_path, train
-from napari_niiv.weights import load_weights
+from napari_niiv.inference.weights import load_weights
+from napari_niiv.training.train import HeldOutCheck, TrainCallback, TrainSettings, checkpoint_path, train
 
 TINY = dict(alpha=4.0, batch=4, crop=32, points=512, warmup=5, device="cpu", precision="fp32", preview_every=2)
 

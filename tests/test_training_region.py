@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_niiv.errors import NiivInputError
-from napari_niiv.training_region import box_region, split_training, visible_region, whole
+from napari_niiv.training.regions import box_region, split_training, visible_region, whole
 
 
 def test_whole_volume_holds_out_its_last_planes():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_niiv.viewport import Camera, Frame, finest_spacing, output_spacing, view_grid
+from napari_niiv.inference.viewport import Camera, Frame, finest_spacing, output_spacing, view_grid
 
 FRAME = Frame(shape=(10, 50, 60), scale=(8.0, 1.0, 1.0))
 

@@ -6,8 +6,8 @@ from safetensors.torch import save_file
 
 from napari_niiv.data import Normalisation
 from napari_niiv.errors import NiivInputError
+from napari_niiv.inference.weights import available_weights, load_weights, resolve_weights, save_weights
 from napari_niiv.model import NiivConfig
-from napari_niiv.weights import available_weights, load_weights, resolve_weights, save_weights
 
 from .conftest import random_model
 
@@ -106,7 +106,7 @@ def test_shipped_default_weights_load() -> None:
 
 
 def test_final_weights_cannot_restore_an_optimiser(tmp_path, model) -> None:
-    from napari_niiv.weights import restore_optimizer
+    from napari_niiv.inference.weights import restore_optimizer
 
     w = load_weights(save_weights(tmp_path / "w.safetensors", model, 8.0, None), with_optimizer=True)
     with pytest.raises(NiivInputError, match="holds no optimiser state"):

@@ -200,8 +200,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from .data.io import describe, open_volume
-    from .devices import cpu_has_bf16, pick_device
-    from .weights import available_weights, load_weights
+    from .inference.devices import cpu_has_bf16, pick_device
+    from .inference.weights import available_weights, load_weights
 
     if args.path:
         p = Path(args.path)
@@ -250,9 +250,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
     from .data.normalise import fit_normalisation
-    from .devices import pick_device
-    from .ome_zarr import check_output_path
-    from .reconstruct import (
+    from .inference.devices import pick_device
+    from .inference.reconstructor import (
         BlockReconstruction,
         assemble,
         check_reconstructable,
@@ -261,7 +260,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         output_region,
         volume_geometry,
     )
-    from .weights import load_weights, resolve_weights
+    from .inference.store import check_output_path
+    from .inference.weights import load_weights, resolve_weights
 
     src, out = Path(args.input), Path(args.output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
@@ -332,8 +332,8 @@ def _write_pyramid(args, out, size, dtype, chunks, voxel, unit, offset, source, 
 
     from tqdm.auto import tqdm
 
-    from .ome_zarr import Layout, partial_path, write_ome_zarr
-    from .task_runner import open_runner
+    from .inference.runners import open_runner
+    from .inference.store import Layout, partial_path, write_ome_zarr
 
     partial = partial_path(out)
     if args.restart and partial.exists():
@@ -400,7 +400,7 @@ def _write_array(out: Path, result: np.ndarray, voxel: tuple[float, float, float
     """Whole-array outputs (.tif with ImageJ voxel sizes, .npy), written atomically."""
     import tifffile
 
-    from .weights import atomic_write
+    from .inference.weights import atomic_write
 
     if out.suffix.lower() in (".tif", ".tiff"):
         vz, vy, vx = voxel
@@ -420,7 +420,7 @@ def _write_array(out: Path, result: np.ndarray, voxel: tuple[float, float, float
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
-    from .train import HeldOutCheck, TrainSettings, train
+    from .training.train import HeldOutCheck, TrainSettings, train
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -454,9 +454,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
-    from .devices import pick_device
-    from .evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
-    from .weights import load_weights, resolve_weights
+    from .inference.devices import pick_device
+    from .inference.weights import load_weights, resolve_weights
+    from .training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
 
     alpha = check_alpha(args.alpha)
     region = _parse_region(args.region)

@@ -14,11 +14,11 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..data.degrade import check_alpha
 from ..data.normalise import fit_normalisation
-from ..devices import pick_device
 from ..errors import NiivInputError
-from ..lazy_isotropic import LazyIsotropic
-from ..reconstruct import Reconstructor, check_reconstructable, check_scale
-from ..weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
+from ..inference.devices import pick_device
+from ..inference.lazy_volume import LazyIsotropic
+from ..inference.reconstructor import Reconstructor, check_reconstructable, check_scale
+from ..inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
 from .layer_view import check_layer, layer_alpha, level0
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""napari state -> the plain numbers of :mod:`napari_niiv.viewport`, and the checks a layer must pass."""
+"""napari state -> the plain numbers of :mod:`napari_niiv.inference.viewport`, and the checks a layer must pass."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from napari.layers import Image, Layer
 
 from ..errors import NiivInputError
-from ..viewport import Camera, Frame, ViewGrid, finest_spacing, view_grid
+from ..inference.viewport import Camera, Frame, ViewGrid, finest_spacing, view_grid
 
 # Work cap for one view: a 4K HiDPI screen would otherwise ask for 30+ megapixels.
 MAX_VIEW_PIXELS = 4_000_000

@@ -1,7 +1,7 @@
 """A layer that shows niiv for whatever part of an input layer is on screen, kept up to date.
 
 Camera, dims and canvas events restart a short debounce timer; when it fires, the visible grid is
-computed (pure, :mod:`napari_niiv.viewport`) and handed to a background worker that sends back an
+computed (pure, :mod:`napari_niiv.inference.viewport`) and handed to a background worker that sends back an
 interpolated preview first and niiv after. Results come back to the GUI thread through a Qt
 signal; a result for a view that is no longer current is dropped.
 """
@@ -19,10 +19,10 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..data.normalise import Normalisation, fit_normalisation
 from ..errors import NiivInputError
-from ..live import LatestWorker, ViewRenderer
+from ..inference.reconstructor import Reconstructor
+from ..inference.viewport import ViewGrid
+from ..inference.views import LatestWorker, ViewRenderer
 from ..model import NiivModel
-from ..reconstruct import Reconstructor
-from ..viewport import ViewGrid
 from .layer_view import check_layer, current_grid, level0
 
 log = logging.getLogger(__name__)

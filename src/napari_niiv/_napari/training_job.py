@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from qtpy.QtCore import QObject, Signal
 
-from ..devices import lower_thread_priority
+from ..inference.devices import lower_thread_priority
+from ..inference.weights import load_weights
 from ..model import NiivModel
-from ..train import HeldOutCheck, TrainCallback, TrainResult, TrainSettings, train
-from ..weights import load_weights
+from ..training.train import HeldOutCheck, TrainCallback, TrainResult, TrainSettings, train
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class _Report(TrainCallback):
 
 
 class TrainingJob(QObject):
-    """Runs :func:`napari_niiv.train.train` once; ``stop()`` ends it after the current step with
+    """Runs :func:`napari_niiv.training.train.train` once; ``stop()`` ends it after the current step with
     a checkpoint and weights written, so it can be resumed."""
 
     stepped = Signal(int, float)

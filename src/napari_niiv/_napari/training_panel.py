@@ -15,11 +15,11 @@ from napari.utils import progress
 
 from ..data.degrade import check_alpha
 from ..data.io import Volume
-from ..devices import pick_device
 from ..errors import NiivInputError
-from ..train import HeldOutCheck, checkpoint_path, fine_tune_settings
-from ..training_region import Region, box_region, split_training, visible_region, whole
-from ..weights import atomic_write, available_weights, resolve_weights, shipped_dir, user_dir
+from ..inference.devices import pick_device
+from ..inference.weights import atomic_write, available_weights, resolve_weights, shipped_dir, user_dir
+from ..training.regions import Region, box_region, split_training, visible_region, whole
+from ..training.train import HeldOutCheck, checkpoint_path, fine_tune_settings
 from .layer_view import check_layer, current_grid, level0
 from .loss_plot import LossPlot
 from .training_job import TrainingJob
@@ -265,7 +265,7 @@ class TrainingPanel(Container):
 
 def write_card(weights: Path, result: Any) -> None:
     """A human-readable model card beside user weights (the same facts are in the file's metadata)."""
-    from ..weights import read_metadata
+    from ..inference.weights import read_metadata
 
     meta = read_metadata(weights)
     card = meta.get("card", "{}")

@@ -9,11 +9,11 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from napari.layers import Image
 
 from ..data.degrade import check_alpha
-from ..devices import pick_device
-from ..engine import PRECISIONS
 from ..errors import NiivInputError
-from ..live import LIVE_ORIENTATIONS
-from ..weights import DEFAULT_WEIGHTS, available_weights, load_weights
+from ..inference.devices import pick_device
+from ..inference.engine import PRECISIONS
+from ..inference.views import LIVE_ORIENTATIONS
+from ..inference.weights import DEFAULT_WEIGHTS, available_weights, load_weights
 from .context_menu import register_layer_context_action
 from .layer_view import check_layer, layer_alpha
 from .live_view import LiveView

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import NiivInputError
-from ..ome_zarr import ArrayBlocks, Layout
-from ..ome_zarr import write_ome_zarr as write_store
+from ..inference.store import ArrayBlocks, Layout
+from ..inference.store import write_ome_zarr as write_store
 
 
 def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

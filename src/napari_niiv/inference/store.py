@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import NiivInputError
+from ..errors import NiivInputError
 
 Index = tuple[slice, slice, slice]
 _WORK = ".niiv"  # progress markers and the job fingerprint, inside the partial store
@@ -198,7 +198,7 @@ def write_ome_zarr(
     it a failed run removes its partial store. ``on_progress(done, total)`` counts voxels written,
     over all levels, on the calling thread; its first call gives what an earlier run wrote.
     """
-    from .task_runner import ThreadedRunner
+    from .runners import ThreadedRunner
 
     out = Path(out)
     check_output_path(out, overwrite)

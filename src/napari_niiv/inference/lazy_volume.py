@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .data.normalise import Normalisation
+from ..data.normalise import Normalisation
 from .devices import lower_thread_priority
-from .live import ViewRenderer
-from .reconstruct import Reconstructor, output_coords, output_shape
+from .reconstructor import Reconstructor, output_coords, output_shape
 from .viewport import ViewGrid
+from .views import ViewRenderer
 
 TILE = 256
 MIN_LEVEL_SIZE = 256
@@ -239,8 +239,8 @@ class LazyIsotropic:
     ) -> str:
         """Reconstruct level 0 in full into a new OME-Zarr pyramid (atomic; nothing is left behind
         if it fails)."""
-        from .ome_zarr import Layout, write_ome_zarr
-        from .reconstruct import BlockReconstruction
+        from .reconstructor import BlockReconstruction
+        from .store import Layout, write_ome_zarr
 
         shape = self.shapes[0]
         orientation = "xz" if self.orientation == "auto" else self.orientation

@@ -22,12 +22,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .data.degrade import check_alpha
-from .data.io import Volume, as_volume, open_volume
-from .data.normalise import Normalisation, fit_normalisation
+from ..data.degrade import check_alpha
+from ..data.io import Volume, as_volume, open_volume
+from ..data.normalise import Normalisation, fit_normalisation
+from ..errors import NiivInputError
+from ..model import NiivModel
 from .engine import InferenceEngine
-from .errors import NiivInputError
-from .model import NiivModel
 
 Orientation = Literal["xz", "yz", "both"]
 ORIENTATIONS: tuple[str, ...] = ("xz", "yz", "both")

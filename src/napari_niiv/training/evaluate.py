@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.degrade import pool_axis
-from .errors import NiivInputError
+from ..data.degrade import pool_axis
+from ..errors import NiivInputError
+from ..inference.reconstructor import Orientation, reconstruct_volume
+from ..model import NiivModel
 from .metrics import slice_metrics
-from .model import NiivModel
-from .reconstruct import Orientation, reconstruct_volume
 
 # A method maps a pooled volume (in eval intensity scale, [0, 1]) and alpha to a volume of the
 # ground truth's shape.

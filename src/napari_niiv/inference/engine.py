@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from ..model import NiivModel
+from ..model.latent_field import LatentGrid, sample_bilinear
 from .devices import autocast_dtype
-from .model import NiivModel
-from .model.latent_field import LatentGrid, sample_bilinear
 
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
 # in fp32, the MLP activations 4 MB; measured as fast as larger chunks, without the churn.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import NiivInputError
+from ..errors import NiivInputError
 
 Region = tuple[slice, slice, slice]
 

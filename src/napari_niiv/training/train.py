@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.io import Volume, as_volume
-from .data.pairs import LateralPairSampler
-from .devices import autocast_dtype, pick_device
+from ..data.io import Volume, as_volume
+from ..data.pairs import LateralPairSampler
+from ..inference.devices import autocast_dtype, pick_device
+from ..inference.weights import load_weights, restore_optimizer, save_weights
+from ..model import NiivConfig, NiivModel
 from .evaluate import evaluate, interpolation, niiv_method
-from .model import NiivConfig, NiivModel
-from .weights import load_weights, restore_optimizer, save_weights
 
 
 @dataclass

@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .data.normalise import Normalisation
-from .errors import NiivInputError
-from .model import NiivConfig, NiivModel
+from ..data.normalise import Normalisation
+from ..errors import NiivInputError
+from ..model import NiivConfig, NiivModel
 
 FORMAT = "napari-niiv-weights"
 FORMAT_VERSION = "1"
@@ -179,9 +179,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, weights: Weights) -> Non
 
 def shipped_dir() -> Path:
     """Shipped weights: inside the installed package (wheel), or ``weights/`` of a source checkout."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "weights"
-    return packaged if packaged.is_dir() else here.parents[1] / "weights"
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "weights"
+    return packaged if packaged.is_dir() else package.parents[1] / "weights"
 
 
 def user_dir() -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import NiivInputError
+from ..errors import NiivInputError
 
 Job = Callable[[Any], Any]
 OnResult = Callable[[Any], None]

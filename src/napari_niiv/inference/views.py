@@ -1,7 +1,7 @@
 """Interactive rendering of one view: an interpolated preview at once, niiv after, off the caller's
 thread, with stale work abandoned and encoder latents kept per slice.
 
-Knows nothing of napari: a view is a :class:`~napari_niiv.viewport.ViewGrid`, results go to a
+Knows nothing of napari: a view is a :class:`~napari_niiv.inference.viewport.ViewGrid`, results go to a
 callback. The napari widget wires camera events in and layer updates out.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.normalise import Normalisation
+from ..data.normalise import Normalisation
+from ..model.latent_field import LatentGrid
 from .devices import lower_thread_priority
-from .model.latent_field import LatentGrid
-from .reconstruct import NormalisedView, Reconstructor, interpolate_planes, pixel_range
+from .reconstructor import NormalisedView, Reconstructor, interpolate_planes, pixel_range
 from .viewport import ViewGrid
 
 LIVE_ORIENTATIONS = ("auto", "xz", "yz", "both")
@@ -137,7 +137,7 @@ class ViewRenderer:
     def _read(self, ranges: list[tuple[int, int]]) -> np.ndarray:
         block = self.view[tuple(slice(lo, hi) for lo, hi in ranges)]
         if not np.all(np.isfinite(block)):
-            from .errors import NiivInputError
+            from ..errors import NiivInputError
 
             raise NiivInputError("the visible region contains NaN or infinite values; replace them first")
         return block

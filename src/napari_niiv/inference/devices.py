@@ -8,7 +8,7 @@ import threading
 
 import torch
 
-from .errors import NiivInputError
+from ..errors import NiivInputError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

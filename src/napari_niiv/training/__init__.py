@@ -1,0 +1,1 @@
+"""Weights from volumes: self-supervised training, fine-tune jobs, evaluation and regions."""
