@@ -1,20 +1,31 @@
-"""Volumes in, normalised training pairs and degraded slices out; no torch models, no napari."""
+"""Volumes in: reading, voxel sizes, normalisation, degradation and training pairs; no models, no napari.
 
-from .degrade import check_alpha, pool_axis, pooling_matrix
-from .io import Volume, as_volume, check_volume, open_volume
-from .normalise import Normalisation, fit_normalisation
-from .pairs import Batch, LateralPairSampler
+Submodules are imported where used (``from napari_niiv.data.io import open_volume``): importing
+this package stays cheap (no torch), which keeps ``niiv --help`` fast.
+"""
 
-__all__ = [
-    "Batch",
-    "LateralPairSampler",
-    "Normalisation",
-    "Volume",
-    "as_volume",
-    "check_alpha",
-    "check_volume",
-    "fit_normalisation",
-    "open_volume",
-    "pool_axis",
-    "pooling_matrix",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Batch": "pairs",
+    "LateralPairSampler": "pairs",
+    "Normalisation": "normalise",
+    "fit_normalisation": "normalise",
+    "Volume": "io",
+    "as_volume": "io",
+    "check_volume": "io",
+    "open_volume": "io",
+    "check_alpha": "degrade",
+    "pool_axis": "degrade",
+    "pooling_matrix": "degrade",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(name)

@@ -6,15 +6,23 @@ import numpy as np
 
 from ..errors import NiivInputError
 
+# Anisotropies niiv accepts: 1 (already isotropic) up to far beyond any microscope's.
+ALPHA_RANGE = (1.0, 100.0)
 
-def check_alpha(alpha: float) -> float:
-    alpha = float(alpha)
-    if not np.isfinite(alpha) or alpha < 1.0:
+
+def check_alpha(alpha: object) -> float:
+    """Anisotropy: a finite number in ``ALPHA_RANGE`` (1 means already isotropic)."""
+    try:
+        value = float(alpha)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    lo, hi = ALPHA_RANGE
+    if not (np.isfinite(value) and lo <= value <= hi):
         raise NiivInputError(
-            f"alpha must be >= 1 (the z voxel size divided by the xy voxel size), got {alpha}; "
-            "alpha 1 means the volume is already isotropic"
+            f"alpha must be a number from {lo:g} to {hi:g} (the z voxel size divided by the xy voxel size), "
+            f"got {alpha!r}; alpha 1 means the volume is already isotropic"
         )
-    return alpha
+    return value
 
 
 def pooling_matrix(n_high: int, alpha: float) -> np.ndarray:
