@@ -30,6 +30,7 @@ from napari_niiv.data import fit_normalisation, open_volume
 from napari_niiv.data.degrade import pool_axis
 from napari_niiv.inference.engine import CHUNK_POINTS, InferenceEngine
 from napari_niiv.inference.reconstructor import Reconstructor
+from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.viewport import ViewGrid
 from napari_niiv.inference.views import ViewRenderer
 from napari_niiv.inference.weights import load_weights, resolve_weights
@@ -42,7 +43,7 @@ PATHS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16 + compiled": ("
 
 def decoder_gflops(model: torch.nn.Module, precision: str, seconds: float = 2.0) -> float:
     """Sustained GFLOP/s of the decoder MLP on one engine chunk of points."""
-    eng = InferenceEngine(model, "cpu", precision)
+    eng = InferenceEngine(model, InferenceSettings(device="cpu", precision=precision, alpha=8.0))
     mlp = model.decoder
     x = torch.rand(CHUNK_POINTS, mlp.net[0].in_features)
     v = torch.rand(CHUNK_POINTS)
@@ -72,7 +73,7 @@ def screen_view(iso: np.ndarray, width: int = 1920, height: int = 1080) -> tuple
 
 def first_frames(model: torch.nn.Module, precision: str, compiled: bool, iso: np.ndarray) -> dict[str, float]:
     vol, grid = screen_view(iso)
-    rec = Reconstructor(model, ALPHA, "cpu", precision=precision, compiled=compiled)
+    rec = Reconstructor(model, InferenceSettings(precision=precision, compiled=compiled, alpha=ALPHA, device="cpu"))
     renderer = ViewRenderer(vol, fit_normalisation(vol), rec)
     t0 = time.perf_counter()
     renderer.preview(grid)
@@ -103,7 +104,10 @@ def main() -> None:
     }
     mp_per_volume = 128**3 / 1e6
     for name, (precision, compiled) in PATHS.items():
-        method = niiv_method(model, "xz", "cpu", precision, compiled)
+        method = niiv_method(
+            model,
+            InferenceSettings(alpha=ALPHA, orientation="xz", device="cpu", precision=precision, compiled=compiled),
+        )
         t0 = time.perf_counter()
         method(pool_axis(cubes[0].astype(np.float32) / 255, ALPHA, 0), ALPHA, (128, 128, 128))  # warm-up / compile
         first = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from napari_niiv.inference.reconstructor import reconstruct_volume
+from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.weights import load_weights, resolve_weights
 from napari_niiv.model import NiivModel
 from napari_niiv.training.evaluate import interpolation
@@ -79,7 +80,8 @@ def main() -> None:
     out_px = 128**3
 
     t_niiv = time_it(
-        lambda: reconstruct_volume(model, low, alpha=alpha, orientation="xz", precision="fp32"), args.repeats
+        lambda: reconstruct_volume(model, low, InferenceSettings(alpha=alpha, orientation="xz", precision="fp32")),
+        args.repeats,
     )
     bil = interpolation("bilinear")
     t_bil = time_it(lambda: bil(low, alpha, (128, 128, 128)), args.repeats)

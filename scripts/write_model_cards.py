@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_niiv.data import open_volume
+from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.weights import load_weights, save_weights
 from napari_niiv.training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
 
@@ -60,7 +61,7 @@ def main() -> None:
         if name.startswith("niiv-v2") and args.equal_budget:
             methods[EQUAL] = niiv_method(load_weights(args.equal_budget).model)
     for name, w in sorted(loaded.items()):
-        methods[name + " +yz"] = niiv_method(w.model, orientation="both")
+        methods[name + " +yz"] = niiv_method(w.model, InferenceSettings(alpha=1.0, orientation="both"))
     t0 = time.perf_counter()
     scores = evaluate(test_cubes(), 8.0, methods)
     table = format_table(scores)

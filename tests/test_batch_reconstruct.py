@@ -20,6 +20,7 @@ from napari_niiv.cli import main
 from napari_niiv.data import open_volume
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.reconstructor import reconstruct_volume
+from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.store import (
     ArrayBlocks,
     Layout,
@@ -84,7 +85,9 @@ def test_output_is_the_same_on_threads_a_local_cluster_and_other_chunkings(tmp_p
             np.testing.assert_allclose(level, ref, rtol=0, atol=tol, err_msg=name)
     # ... and equal to the in-memory reconstruction of the same volume, with the pyramid's averages.
     model = load_weights(weights).model
-    whole = reconstruct_volume(model, open_volume(aniso_zarr), alpha=4.0, orientation="both", precision="fp32")
+    whole = reconstruct_volume(
+        model, open_volume(aniso_zarr), InferenceSettings(alpha=4.0, orientation="both", precision="fp32")
+    )
     np.testing.assert_allclose(reference[0], whole, rtol=0, atol=tol)
     np.testing.assert_allclose(reference[1], downsample(whole, np.float32), rtol=0, atol=tol)
 
@@ -207,12 +210,15 @@ def test_a_path_source_is_reopened_by_each_worker(aniso_zarr, weights) -> None:
     import pickle
 
     from napari_niiv.data import fit_normalisation
-    from napari_niiv.inference.reconstructor import BlockReconstruction, output_shape
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.reconstructor import BlockReconstruction
 
     model: NiivModel = load_weights(weights).model
     vol = open_volume(aniso_zarr)
-    shape = output_shape(vol.shape, 4.0)
-    source = BlockReconstruction(aniso_zarr, fit_normalisation(vol.data), model, 4.0, shape, "xz")
+    settings = InferenceSettings(alpha=4.0, orientation="xz")
+    source = BlockReconstruction(
+        aniso_zarr, fit_normalisation(vol.data), model, settings, output_geometry(vol.shape, 4.0)
+    )
     first = source((slice(0, 8), slice(0, 8), slice(0, 8)))
     copy = pickle.loads(pickle.dumps(source))
     assert copy._state is None and isinstance(copy.source, str)

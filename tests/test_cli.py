@@ -79,8 +79,12 @@ def test_region_offset_is_kept_in_ome_zarr(tmp_path, capsys, aniso_tif, weights)
 
     out = tmp_path / "part.ome.zarr"
     assert _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--region", "2:4,8:16,0:8")[0] == 0
-    ds = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"][0]
-    assert ds["coordinateTransformations"][1] == {"type": "translation", "translation": [80.0, 32.0, 0.0]}
+    attrs = zarr.open_group(str(out), mode="r").attrs
+    ds = attrs.get("ome", attrs)["multiscales"][0]["datasets"][0]
+    # Pixel centres (napari, NGFF): input section 0 (40 nm) is centred at 0 and covers [-20, 20];
+    # output voxels of 4 nm tile it from -20, so output index k sits at -20 + 2 + 4k; the region
+    # starts at section 2, output index 20: 62 nm (not the corner 20 * 4 = 80, which is 18 nm off).
+    assert ds["coordinateTransformations"][1]["translation"] == pytest.approx([62.0, 32.0, 0.0])
 
 
 def test_info(capsys, aniso_tif, weights) -> None:
@@ -137,7 +141,7 @@ def _bad_input_cases(tmp_path, medulla):
     write_tif(tmp_path / "ok.tif", medulla[:4, :32, :32])
     cases["alpha"] = (
         ["reconstruct", tmp_path / "ok.tif", tmp_path / "o3.zarr", "--alpha", "0.5"],
-        "alpha must be >= 1",
+        "alpha must be a number from 1 to 100",
     )
     cases["no_alpha"] = (["reconstruct", tmp_path / "ok.tif", tmp_path / "o4.zarr"], "pass --alpha")
     write_tif(tmp_path / "small.tif", medulla[:4, :10, :10])

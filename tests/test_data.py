@@ -34,7 +34,7 @@ def test_fractional_pooling_is_a_box_of_width_alpha() -> None:
 
 @pytest.mark.parametrize("alpha", [0.5, 0.0, -2.0, float("nan")])
 def test_bad_alpha(alpha: float) -> None:
-    with pytest.raises(NiivInputError, match="alpha must be >= 1"):
+    with pytest.raises(NiivInputError, match="alpha must be a number from 1 to 100"):
         pooling_matrix(16, alpha)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from napari_niiv.inference.devices import autocast_dtype, cpu_has_bf16
 from napari_niiv.inference.engine import InferenceEngine
+from napari_niiv.inference.settings import InferenceSettings
 from tests.conftest import random_model
 
 
@@ -29,7 +30,7 @@ def test_fp32_engine_is_the_model(slices, chunk, row_step) -> None:
     model = random_model()
     image, _, cols = slices
     rows = torch.arange(0.2, 11.9, row_step)
-    eng = InferenceEngine(model, "cpu", "fp32", chunk=chunk)
+    eng = InferenceEngine(model, InferenceSettings(device="cpu", precision="fp32", alpha=8.0), chunk=chunk)
     grid = eng.encode(image, 8.0)
     assert eng._neighbours_on_grid(grid, rows, cols) == (row_step == 1 / 8)
     torch.testing.assert_close(eng.render(grid, rows, cols), exact(model, image, rows, cols), atol=2e-6, rtol=0)
@@ -39,7 +40,7 @@ def test_fp32_engine_is_the_model(slices, chunk, row_step) -> None:
 def test_bf16_engine_stays_close_and_keeps_the_output_fine_grained(slices) -> None:
     model = random_model()
     image, rows, cols = slices
-    eng = InferenceEngine(model, "cpu", "auto")
+    eng = InferenceEngine(model, InferenceSettings(device="cpu", precision="auto", alpha=8.0))
     assert eng.precision_name == "bf16"
     out = eng.render(eng.encode(image, 8.0), rows, cols)
     ref = exact(model, image, rows, cols)
@@ -51,8 +52,10 @@ def test_bf16_engine_stays_close_and_keeps_the_output_fine_grained(slices) -> No
 def test_compiled_engine_equals_eager(slices) -> None:
     model = random_model()
     image, rows, cols = slices
-    eager = InferenceEngine(model, "cpu", "fp32", chunk=1024)
-    compiled = InferenceEngine(model, "cpu", "fp32", compiled=True, chunk=1024)
+    eager = InferenceEngine(model, InferenceSettings(device="cpu", precision="fp32", alpha=8.0), chunk=1024)
+    compiled = InferenceEngine(
+        model, InferenceSettings(compiled=True, device="cpu", precision="fp32", alpha=8.0), chunk=1024
+    )
     grid = eager.encode(image, 8.0)
     torch.testing.assert_close(compiled.render(grid, rows, cols), eager.render(grid, rows, cols), atol=1e-5, rtol=0)
     # another view size reuses the one compiled chunk shape (padding), and gives the same values
@@ -77,7 +80,7 @@ def test_cuda_engine_matches_cpu(slices) -> None:
     model = random_model()
     image, rows, cols = slices
     ref = exact(model, image, rows, cols)
-    eng = InferenceEngine(random_model(), "cuda", "auto")
+    eng = InferenceEngine(random_model(), InferenceSettings(device="cuda", precision="auto", alpha=8.0))
     out = eng.render(eng.encode(image, 8.0), rows, cols).cpu()
     assert (out - ref).abs().max() < 5e-3
 
@@ -85,7 +88,7 @@ def test_cuda_engine_matches_cpu(slices) -> None:
 def test_wide_slices_are_encoded_in_tiles_with_the_same_latents() -> None:
     model = random_model()
     image = torch.rand(2, 1, 20, 1300)
-    eng = InferenceEngine(model, "cpu", "fp32")
+    eng = InferenceEngine(model, InferenceSettings(device="cpu", precision="fp32", alpha=8.0))
     tiled = eng.encode(image, 8.0)
     with torch.inference_mode():
         whole = model.encode(image, 8.0)

@@ -10,13 +10,13 @@ import pytest
 
 from napari_niiv.data.normalise import fit_normalisation
 from napari_niiv.inference.reconstructor import Reconstructor, interpolate_planes
+from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.viewport import Camera, Frame, view_grid
 from napari_niiv.inference.views import (
     COARSE_MIN_PIXELS,
     LatestWorker,
     ViewRenderer,
     coarse_grid,
-    orientations_for,
     upsample,
 )
 from tests.conftest import random_model
@@ -34,7 +34,7 @@ def volume(medulla) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def renderer(volume) -> ViewRenderer:
-    rec = Reconstructor(random_model(), ALPHA, "cpu", slice_batch=4, precision="fp32")
+    rec = Reconstructor(random_model(), InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu"), slice_batch=4)
     return ViewRenderer(volume, fit_normalisation(volume), rec)
 
 
@@ -47,7 +47,7 @@ def reference(renderer, volume, grid, orient) -> np.ndarray:
     norm = renderer.norm.apply(volume)
     plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
     planes = np.moveaxis(interpolate_planes(norm, grid.coords[plane_axis], plane_axis, 0), plane_axis, 0)
-    rec = Reconstructor(renderer.rec.model, ALPHA, "cpu", tile=10_000, precision="fp32")
+    rec = Reconstructor(renderer.rec.model, InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu"), tile=10_000)
     dec = rec.planes(planes, grid.coords[0], grid.coords[col_axis])  # (P, rows, cols)
     return np.moveaxis(dec, (0, 1, 2), (plane_axis, 0, col_axis))
 
@@ -59,9 +59,10 @@ def reference(renderer, volume, grid, orient) -> np.ndarray:
 def test_niiv_view_equals_core_decoding(renderer, volume, displayed, point, orientation):
     centre = tuple(frame_of(volume).world_extent(a) / 2 for a in displayed)
     grid = view_grid(Camera(centre, 1.7, (60, 50)), frame_of(volume), displayed, point, finest=0.5)
-    out = renderer.render(grid, orientation)
+    settings = renderer.rec.settings.replace(orientation=orientation)
+    out = ViewRenderer(volume, renderer.norm, Reconstructor(renderer.rec.model, settings)).render(grid)
     assert out.shape == grid.shape
-    orients = orientations_for(grid, orientation)
+    orients = settings.orientations(grid.kind)
     expect = np.mean([reference(renderer, volume, grid, o) for o in orients], axis=0)
     np.testing.assert_allclose(out, expect, atol=2e-5)
     # the preview is the interpolation niiv refines: close, but not the same
@@ -74,7 +75,7 @@ def test_preview_is_trilinear_and_exact_on_acquired_pixels(renderer, volume):
 
 
 def test_zoom_in_reuses_latents(volume):
-    rec = Reconstructor(random_model(), ALPHA, "cpu", precision="fp32")
+    rec = Reconstructor(random_model(), InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu"))
     r = ViewRenderer(volume, fit_normalisation(volume), rec)
     frame = frame_of(volume)
     r.render(view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame, (0, 2), 20.0, finest=0.5))
@@ -172,15 +173,18 @@ def test_worker_reports_errors_and_closes_while_busy():
 def test_saving_the_lazy_layer_keeps_its_precision(volume, tmp_path):
     """The lazy layer's File > Save reconstructs with the layer's own settings, fp32 here, not the default."""
     from napari_niiv.data import open_volume
+    from napari_niiv.inference.geometry import output_geometry
     from napari_niiv.inference.lazy_volume import LazyIsotropic
     from napari_niiv.inference.reconstructor import reconstruct_volume
 
     model = random_model()
-    lazy = LazyIsotropic(volume, fit_normalisation(volume), Reconstructor(model, ALPHA, "cpu", precision="fp32"))
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    geometry = output_geometry(volume.shape, ALPHA)
+    lazy = LazyIsotropic(volume, fit_normalisation(volume), Reconstructor(model, settings), geometry)
     try:
         lazy.write_ome_zarr(str(tmp_path / "iso.ome.zarr"))
     finally:
         lazy.close()
     saved = open_volume(tmp_path / "iso.ome.zarr").data.compute()
-    expect = reconstruct_volume(model, volume, alpha=ALPHA, precision="fp32")
+    expect = reconstruct_volume(model, volume, InferenceSettings(alpha=ALPHA, precision="fp32"))
     np.testing.assert_allclose(saved, expect, rtol=0, atol=2e-5)

@@ -3,21 +3,15 @@ import pytest
 import torch
 
 from napari_niiv.data import fit_normalisation
-from napari_niiv.data.io import Volume
-from napari_niiv.inference.reconstructor import (
-    NormalisedView,
-    Reconstructor,
-    blocks,
-    output_shape,
-    reconstruct_volume,
-    volume_geometry,
-)
+from napari_niiv.inference.geometry import chunk_indices, output_geometry, output_region, output_shape
+from napari_niiv.inference.reconstructor import NormalisedView, Reconstructor, reconstruct_volume
+from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.model import NiivModel
 from napari_niiv.training.evaluate import interpolation, simulate
 
 
-def _whole(rec: Reconstructor, view: NormalisedView, shape, orientation: str) -> np.ndarray:
-    return rec.block(view, shape, tuple(slice(0, s) for s in shape), orientation)
+def _whole(rec: Reconstructor, view: NormalisedView, shape) -> np.ndarray:
+    return rec.block(view, shape, tuple(slice(0, s) for s in shape))
 
 
 @pytest.mark.parametrize(
@@ -38,11 +32,12 @@ def test_tiled_equals_untiled(model, medulla, alpha, scale, orientation, precisi
     vol = medulla[:3, :12, :40]
     view = NormalisedView(vol, fit_normalisation(vol))
     shape = output_shape(vol.shape, alpha, scale)
-    full = _whole(Reconstructor(model, alpha, tile=1024, slice_batch=64, precision=precision), view, shape, orientation)
+    settings = InferenceSettings(alpha=alpha, orientation=orientation, precision=precision)
+    full = _whole(Reconstructor(model, settings, tile=1024, slice_batch=64), view, shape)
     tiled = np.empty_like(full)
-    small = Reconstructor(model, alpha, tile=20, slice_batch=3, precision=precision)
-    for idx in blocks(shape, (7, 9, 11)):
-        tiled[idx] = small.block(view, shape, idx, orientation)
+    small = Reconstructor(model, settings, tile=20, slice_batch=3)
+    for idx in chunk_indices(shape, (7, 9, 11)):
+        tiled[idx] = small.block(view, shape, idx)
     np.testing.assert_allclose(tiled, full, atol=atol)
     assert full.shape == shape
 
@@ -52,7 +47,7 @@ def test_untrained_model_reconstructs_like_bilinear(medulla) -> None:
     its volume must match torch's bilinear upsampling of the pooled volume."""
     iso = medulla[:32, :16, :48].astype(np.float32) / 255
     low, gt = simulate(iso, 8.0)
-    ours = reconstruct_volume(NiivModel(), low, alpha=8.0, orientation="xz")
+    ours = reconstruct_volume(NiivModel(), low, InferenceSettings(alpha=8.0, orientation="xz"))
     norm = fit_normalisation(low)
     ref = interpolation("bilinear")(norm.apply(low), 8.0, gt.shape)
     np.testing.assert_allclose(norm.apply(ours), ref, atol=2e-3)
@@ -62,26 +57,26 @@ def test_output_shapes_and_voxel_sizes() -> None:
     assert output_shape((16, 128, 100), 8.0) == (128, 128, 100)
     assert output_shape((10, 100, 100), 5.5, 0.5) == (110, 200, 200)
     assert output_shape((10, 100, 100), 5.5, 2.0) == (28, 50, 50)
-    vol = Volume(np.zeros((10, 100, 100)), (40.0, 4.0, 4.0))  # type: ignore[arg-type]
-    geo = volume_geometry(vol, 10.0, 1.0)
-    assert geo["shape"] == (100, 100, 100)
-    assert geo["voxel_size"] == pytest.approx((4.0, 4.0, 4.0))
-    geo = volume_geometry(vol, 10.0, 2.0)
-    assert geo["voxel_size"] == pytest.approx((8.0, 8.0, 8.0))
+    geo = output_geometry((10, 100, 100), 10.0, 1.0, (40.0, 4.0, 4.0))
+    assert geo.shape == (100, 100, 100)
+    assert geo.voxel_size == pytest.approx((4.0, 4.0, 4.0))
+    assert output_geometry((10, 100, 100), 10.0, 2.0, (40.0, 4.0, 4.0)).voxel_size == pytest.approx((8.0, 8.0, 8.0))
 
 
 def test_both_is_mean_of_xz_and_yz(model, medulla) -> None:
     vol = medulla[:3, :10, :20]
     view = NormalisedView(vol, fit_normalisation(vol))
-    rec = Reconstructor(model, 4.0)
     shape = output_shape(vol.shape, 4.0)
-    xz, yz, both = (_whole(rec, view, shape, o) for o in ("xz", "yz", "both"))
+    xz, yz, both = (
+        _whole(Reconstructor(model, InferenceSettings(alpha=4.0, orientation=o)), view, shape)
+        for o in ("xz", "yz", "both")
+    )
     np.testing.assert_allclose(both, (xz + yz) / 2, atol=1e-6)
     assert not np.allclose(xz, yz)
 
 
 def test_reconstruction_keeps_input_dtype_scale(model, medulla) -> None:
-    out = reconstruct_volume(model, medulla[:4, :16, :16], alpha=4.0, out_dtype=np.uint8)
+    out = reconstruct_volume(model, medulla[:4, :16, :16], InferenceSettings(alpha=4.0), out_dtype=np.uint8)
     assert out.dtype == np.uint8 and out.shape == (16, 16, 16)
     assert abs(float(out.mean()) - float(medulla[:4, :16, :16].mean())) < 25
 
@@ -89,23 +84,24 @@ def test_reconstruction_keeps_input_dtype_scale(model, medulla) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_reconstruction_matches_cpu(model, medulla) -> None:
     vol = medulla[:4, :20, :20]
-    a = reconstruct_volume(model, vol, alpha=4.0, device="cpu")
-    b = reconstruct_volume(model, vol, alpha=4.0, device="cuda")
+    a = reconstruct_volume(model, vol, InferenceSettings(alpha=4.0, device="cpu"))
+    b = reconstruct_volume(model, vol, InferenceSettings(alpha=4.0, device="cuda"))
     np.testing.assert_allclose(a, b, atol=0.05)
 
 
 def test_region_equals_the_same_part_of_the_whole_volume(model, medulla) -> None:
     vol = medulla[:4, :40, :40]
-    whole = reconstruct_volume(model, vol, alpha=4.0, orientation="both", precision="fp32")
+    whole = reconstruct_volume(model, vol, InferenceSettings(alpha=4.0, orientation="both", precision="fp32"))
     part = reconstruct_volume(
-        model, vol, alpha=4.0, orientation="both", region=(slice(1, 3), slice(5, 30), slice(20, None)), precision="fp32"
+        model,
+        vol,
+        InferenceSettings(alpha=4.0, orientation="both", precision="fp32"),
+        region=(slice(1, 3), slice(5, 30), slice(20, None)),
     )
     np.testing.assert_allclose(part, whole[4:12, 5:30, 20:], atol=1e-3)
 
 
 def test_region_maps_to_output_indices() -> None:
-    from napari_niiv.inference.reconstructor import output_region
-
     assert output_region((16, 100, 100), (128, 100, 100), (slice(2, 4), slice(0, 10), slice(90, None))) == (
         slice(16, 32),
         slice(0, 10),

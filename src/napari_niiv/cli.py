@@ -14,6 +14,8 @@ import numpy as np
 
 from . import __version__
 from .errors import NiivInputError
+from .inference.settings import DEVICES, ORIENTATIONS, PRECISIONS, SCALE_RANGE, InferenceSettings
+from .model.config import ARCHITECTURES
 
 DESCRIPTION = """\
 niiv makes anisotropic 3D microscopy volumes (z resolution worse than xy, e.g. serial-section EM
@@ -32,13 +34,15 @@ xy voxel size (10 for 40 nm sections imaged at 4 nm).
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or mps (default: auto)")
+    p.add_argument(
+        "--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N (default: auto, the GPU if there is one)"
+    )
 
 
 def _add_speed(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="auto",
         help="arithmetic precision: auto = bf16 where the CPU or GPU has it (fp16 on older GPUs), else fp32; "
         "the difference to fp32 is < 0.01 dB CF-PSNR (default: auto)",
@@ -88,13 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="output voxel size in xy voxels: 1 = isotropic at full xy resolution, 2 = half as fine, "
-        "0.5 = twice as fine (default 1)",
+        f"0.5 = twice as fine; from {SCALE_RANGE[0]:g} to {SCALE_RANGE[1]:g} (default 1)",
     )
     rec.add_argument(
         "--orientation",
-        choices=("xz", "yz", "both"),
+        choices=ORIENTATIONS,
         default="both",
-        help="reconstruct from xz slices, yz slices, or average both (default: both)",
+        help="reconstruct from xz slices, yz slices, or average both (auto: xz) (default: both)",
     )
     rec.add_argument(
         "--weights", help="weights name (see `niiv info`) or .safetensors path; default: the shipped model"
@@ -109,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument(
         "--levels", type=int, help="pyramid levels, each half the size of the one before (default: down to 256 px)"
+    )
+    rec.add_argument(
+        "--ngff",
+        choices=("0.5", "0.4"),
+        default="0.5",
+        help="OME-Zarr version: 0.5 (zarr v3, current readers) or 0.4 (zarr v2, older readers) (default 0.5)",
     )
     rec.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786)")
     rec.add_argument("--workers", type=int, help="start a local dask.distributed cluster of N worker processes")
@@ -135,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--alpha", type=float, required=True, help="anisotropy to train for (z voxel size / xy voxel size)")
     tr.add_argument(
         "--arch",
-        choices=("v2", "v1"),
-        default="v2",
+        choices=ARCHITECTURES,
+        default=ARCHITECTURES[0],
         help="v2: attention (paper 2025, default); v1: no attention (2024)",
     )
     tr.add_argument("--init", help="start from these weights (fine-tuning) instead of random")
@@ -247,19 +257,10 @@ OUTPUT_FORMATS = (".zarr", ".tif", ".tiff", ".npy")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .data.degrade import check_alpha
     from .data.io import open_volume
     from .data.normalise import fit_normalisation
-    from .inference.devices import pick_device
-    from .inference.reconstructor import (
-        BlockReconstruction,
-        assemble,
-        check_reconstructable,
-        check_scale,
-        extent,
-        output_region,
-        volume_geometry,
-    )
+    from .inference.geometry import output_geometry
+    from .inference.reconstructor import BlockReconstruction, assemble, check_reconstructable
     from .inference.store import check_output_path
     from .inference.weights import load_weights, resolve_weights
 
@@ -271,74 +272,64 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             "--scheduler, --workers and --threads need a .zarr output; .tif and .npy are written whole"
         )
     check_output_path(out, args.overwrite, src)
-    check_scale(args.scale)
     chunks = _parse_chunks(args.chunks)
     vol = open_volume(src)
     if args.alpha is None and not vol.has_voxel_size:
         raise NiivInputError(
             f"{src} gives no voxel sizes, so its anisotropy is unknown: pass --alpha (z voxel size / xy voxel size)"
         )
-    alpha = check_alpha(args.alpha if args.alpha is not None else vol.alpha)
+    settings = InferenceSettings(
+        alpha=args.alpha if args.alpha is not None else vol.alpha,
+        scale=args.scale,
+        orientation=args.orientation,
+        device=args.device,
+        precision=args.precision,
+        compiled=args.compile,
+    )
+    settings.resolved()  # a missing GPU is reported here, not by every worker
     norm = fit_normalisation(vol.data)  # also rejects NaNs before any model work
     weights = resolve_weights(args.weights)
     model = load_weights(weights).model
-    check_reconstructable(vol.shape, model, args.orientation)
-    pick_device(args.device)  # a missing GPU is reported here, not by every worker
-    geo = volume_geometry(vol, alpha, args.scale)
-    shape = geo["shape"]
-    target = output_region(vol.shape, shape, _parse_region(args.region))
-    size = extent(target)
-    dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
-    source = BlockReconstruction(
-        src.resolve(),
-        norm,
-        model,
-        alpha,
-        shape,
-        args.orientation,
-        dtype,
-        args.device,
-        target,
-        args.precision,
-        args.compile,
+    check_reconstructable(vol.shape, model, settings.volume_orientation)
+    geometry = output_geometry(
+        vol.shape,
+        settings.alpha,
+        settings.scale,
+        vol.voxel_size if vol.has_voxel_size else None,
+        getattr(vol, "translation", None),
+        vol.unit,
+        _parse_region(args.region),
     )
+    dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
+    job = BlockReconstruction(src.resolve(), norm, model, settings, geometry, dtype)
     print(
-        f"{src.name}: {vol.shape} alpha {alpha:g} -> {size} ({args.orientation}, scale {args.scale:g})", file=sys.stderr
+        f"{src.name}: {vol.shape} alpha {settings.alpha:g} -> {geometry.size} "
+        f"({settings.volume_orientation}, scale {settings.scale:g})",
+        file=sys.stderr,
     )
     t0 = time.perf_counter()
     if out.suffix.lower() != ".zarr":
-        _write_array(out, assemble(source, size, dtype, chunks), geo["voxel_size"], vol.unit)
+        _write_array(out, assemble(job, chunks), geometry.voxel_size, geometry.unit)
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return 0
-    offset = tuple(t.start * v for t, v in zip(target, geo["voxel_size"], strict=True))
-    fingerprint = {
-        "input": str(src.resolve()),
-        "input_shape": list(vol.shape),
-        "alpha": alpha,
-        "scale": args.scale,
-        "orientation": args.orientation,
-        "precision": args.precision,
-        "region": args.region,
-        "weights_sha256": _sha256(weights),
-        "normalisation": norm.to_dict(),
-    }
-    _write_pyramid(args, out, size, dtype, chunks, geo["voxel_size"], vol.unit, offset, source, fingerprint)
+    _write_pyramid(args, out, job, chunks, (norm.low, norm.high))
     return 0
 
 
-def _write_pyramid(args, out, size, dtype, chunks, voxel, unit, offset, source, fingerprint) -> None:
+def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[int, int, int], window: Any) -> None:
     """The OME-Zarr path of `niiv reconstruct`: resumable, on the runner the options ask for."""
     import shutil
 
     from tqdm.auto import tqdm
 
+    from .inference.export import write_isotropic
+    from .inference.geometry import pyramid_shapes
     from .inference.runners import open_runner
-    from .inference.store import Layout, partial_path, write_ome_zarr
+    from .inference.store import partial_path
 
     partial = partial_path(out)
     if args.restart and partial.exists():
         shutil.rmtree(partial)
-    layout = Layout(size, dtype.str, chunks, voxel, unit, offset, args.levels, out.name.split(".")[0])
     bar: Any = None
 
     def progress(done: int, total: int) -> None:
@@ -351,14 +342,17 @@ def _write_pyramid(args, out, size, dtype, chunks, voxel, unit, offset, source, 
     try:
         with open_runner(args.scheduler, args.workers, args.threads) as runner:
             print(f"running on {runner.description}", file=sys.stderr)
-            report = write_ome_zarr(
+            report = write_isotropic(
                 out,
-                layout,
-                source,
+                job,
+                chunks=chunks,
+                levels=args.levels,
+                ngff=args.ngff,
+                contrast=window,
                 runner=runner,
-                fingerprint=fingerprint,
                 resume=True,
                 overwrite=args.overwrite,
+                input_id=str(Path(args.input).resolve()),
                 on_progress=progress,
             )
     except BaseException:
@@ -371,19 +365,15 @@ def _write_pyramid(args, out, size, dtype, chunks, voxel, unit, offset, source, 
                 file=sys.stderr,
             )
         raise
-    bar.close()
+    if bar is not None:
+        bar.close()
+    levels = len(pyramid_shapes(job.geometry.size, args.levels))
     resumed = f", {report.chunks_resumed} were already written by an earlier run" if report.chunks_resumed else ""
     print(
-        f"wrote {out}: {len(layout.shapes)} levels, {report.chunks_written} of {report.chunks_total} chunks "
+        f"wrote {out}: {levels} levels, {report.chunks_written} of {report.chunks_total} chunks "
         f"written now{resumed}, in {report.seconds:.1f} s",
         file=sys.stderr,
     )
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
@@ -454,7 +444,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
-    from .inference.devices import pick_device
     from .inference.weights import load_weights, resolve_weights
     from .training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
 
@@ -465,14 +454,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         vol = open_volume(path)
         data = vol.data[region] if region else vol.data
         cubes += cut_cubes(np.asarray(data), args.cube)
-    device = str(pick_device(args.device))
+    settings = InferenceSettings(
+        alpha=alpha, orientation=args.slices, device=args.device, precision=args.precision, compiled=args.compile
+    ).resolved()
     methods = {m: interpolation(m) for m in ("nearest", "bilinear", "bicubic")}
     for spec in args.weights or [None]:
         w = load_weights(resolve_weights(spec))
         name = w.card.get("name") or (Path(w.path).stem if w.path else "niiv")
-        methods[name] = niiv_method(w.model, args.slices, device, args.precision, args.compile)  # type: ignore[arg-type]
+        methods[name] = niiv_method(w.model, settings)
         if args.both:
-            methods[name + " +yz"] = niiv_method(w.model, "both", device, args.precision, args.compile)
+            methods[name + " +yz"] = niiv_method(w.model, settings.replace(orientation="both"))
     print(f"{len(cubes)} volume(s) of {args.cube}^3, alpha {alpha:g}, {args.slices} slices", file=sys.stderr)
     scores = evaluate(cubes, alpha, methods, args.cutoff, args.slices)
     print(format_table(scores, args.cutoff))

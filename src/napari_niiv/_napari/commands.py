@@ -12,14 +12,13 @@ from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..data.degrade import check_alpha
 from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
-from ..inference.devices import pick_device
 from ..inference.lazy_volume import LazyIsotropic
-from ..inference.reconstructor import Reconstructor, check_reconstructable, check_scale
+from ..inference.reconstructor import Reconstructor, check_reconstructable
+from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
-from .layer_view import check_layer, layer_alpha, level0
+from .layer_view import check_layer, layer_alpha, layer_geometry, level0
 
 log = logging.getLogger(__name__)
 REFRESH_MS = 250
@@ -34,52 +33,38 @@ def reconstruct_isotropic(layer: Image, viewer: Viewer) -> None:
 
 
 def add_isotropic_layer(
-    viewer: Any,
-    layer: Any,
-    weights: str = DEFAULT_WEIGHTS,
-    alpha: float | None = None,
-    output_scale: float = 1.0,
-    orientation: str = "auto",
-    device: str = "auto",
-    precision: str = "auto",
+    viewer: Any, layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS
 ) -> Image:
     """A multiscale layer of niiv over the whole volume: napari asks only for the tiles it shows,
-    they are computed in the background (with a progress bar) and cached."""
+    they are computed in the background (with a progress bar) and cached. ``settings`` default to
+    the layer's own anisotropy."""
     layer = check_layer(layer)
-    alpha = alpha if alpha is not None else layer_alpha(layer)
-    if alpha is None:
-        raise NiivInputError(
-            f"'{layer.name}' has the same scale on z and x/y, so its anisotropy is unknown: set its scale "
-            "(Layer > Transform, or the reader's voxel sizes) or use the niiv widget's alpha"
-        )
-    alpha = check_alpha(alpha)
-    check_scale(output_scale)
+    if settings is None:
+        alpha = layer_alpha(layer)
+        if alpha is None:
+            raise NiivInputError(
+                f"'{layer.name}' has the same scale on z and x/y, so its anisotropy is unknown: set its scale "
+                "(Layer > Transform, or the reader's voxel sizes) or use the niiv widget's alpha"
+            )
+        settings = InferenceSettings(alpha=alpha)
     data = level0(layer)
     model = load_weights(resolve_weights(weights)).model
-    check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model)
-    lazy = LazyIsotropic(
-        data,
-        fit_normalisation(data),
-        Reconstructor(model, alpha, pick_device(device), precision=precision),
-        output_scale,
-        orientation,
-    )
-    s_in, t_in = np.asarray(layer.scale[-3:], float), np.asarray(layer.translate[-3:], float)
-    voxel = s_in * np.asarray(lazy.in_shape) / np.asarray(lazy.shapes[0])
-    translate = t_in - 0.5 * s_in + 0.5 * voxel  # output voxel centres tile the input's extent
-    lazy.voxel_size = tuple(float(v) for v in voxel)  # type: ignore[assignment]
-    lazy.translation = tuple(float(t) for t in translate)  # type: ignore[assignment]
-    lazy.unit = (layer.metadata or {}).get("unit")
+    check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model, settings.volume_orientation)
+    geometry = layer_geometry(layer, settings)
+    lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
+    unit = geometry.unit or "pixel"
     out = Image(
         lazy.levels,
         multiscale=True,
         name=f"{layer.name} isotropic (niiv)",
-        scale=voxel,
-        translate=translate,
+        scale=geometry.voxel_size,
+        translate=geometry.translation,
+        units=(unit, unit, unit),
+        axis_labels=("z", "y", "x"),
         contrast_limits=layer.contrast_limits,
         colormap=layer.colormap,
-        metadata={"niiv": {"source": layer.name, "alpha": alpha, "weights": weights, "scale": output_scale}},
+        metadata={"niiv": {"source": layer.name, "settings": settings.to_dict(), "weights": weights}},
     )
     TileProgress(viewer, out, lazy)
     viewer.layers.append(out)

@@ -47,6 +47,25 @@ def layer_frame(layer: Image) -> Frame:
     return Frame(shape, tuple(float(s) for s in layer.scale[-3:]), tuple(float(t) for t in layer.translate[-3:]))  # type: ignore[arg-type]
 
 
+def layer_unit(layer: Image) -> str | None:
+    """The layer's spatial unit as an NGFF name ("micrometer"), or None when napari says "pixel"
+    (no physical unit known); units of the last axis stand for all three."""
+    units = getattr(layer, "units", None)
+    name = str(units[-1]) if units else None
+    if name in (None, "", "pixel", "dimensionless"):
+        return (layer.metadata or {}).get("unit")
+    return name
+
+
+def layer_geometry(layer: Image, settings: Any) -> Any:
+    """Where the isotropic output of ``layer`` goes in the world (:func:`output_geometry` of its
+    scale, translate and unit): what the lazy layer, its save and the live layer all use."""
+    from ..inference.geometry import output_geometry
+
+    frame = layer_frame(layer)
+    return output_geometry(frame.shape, settings.alpha, settings.scale, frame.scale, frame.translate, layer_unit(layer))
+
+
 def layer_alpha(layer: Image) -> float | None:
     """z voxel over in-plane voxel from the layer's scale; None when the scale is isotropic
     (usually: the file gave no voxel sizes)."""

@@ -20,6 +20,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from ..data.normalise import Normalisation, fit_normalisation
 from ..errors import NiivInputError
 from ..inference.reconstructor import Reconstructor
+from ..inference.settings import InferenceSettings
 from ..inference.viewport import ViewGrid
 from ..inference.views import LatestWorker, ViewRenderer
 from ..model import NiivModel
@@ -43,20 +44,15 @@ class LiveView(QObject):
         viewer: Any,
         layer: Image,
         model: NiivModel,
-        alpha: float,
-        device: Any = "cpu",
-        output_scale: float = 1.0,
-        orientation: str = "auto",
+        settings: InferenceSettings,
         on_status: Callable[[str], None] | None = None,
         pixel_ratio: float = 1.0,
-        precision: str = "auto",
     ) -> None:
         super().__init__()
         self.viewer = viewer
         self.layer = check_layer(layer)
-        self.reconstructor = Reconstructor(model, alpha, device, precision=precision)
-        self.output_scale = output_scale
-        self.orientation = orientation
+        self.settings = settings
+        self.reconstructor = Reconstructor(model, settings)
         self.pixel_ratio = pixel_ratio
         self.on_status = on_status or (lambda text: None)
         self.output: Image | None = None
@@ -119,7 +115,7 @@ class LiveView(QObject):
     # -- work ----------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
         """Submit the current view if it differs from the last one (or ``force``)."""
-        grid = current_grid(self.viewer, self.layer, self.output_scale, self.pixel_ratio)
+        grid = current_grid(self.viewer, self.layer, self.settings.scale, self.pixel_ratio)
         if grid is None:
             in_2d = self.viewer.dims.ndisplay == 2
             self.on_status("live view: nothing visible" if in_2d else "live view: 2D views only")
@@ -134,17 +130,15 @@ class LiveView(QObject):
     def _render(self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool]) -> None:
         """On the worker thread: preview, then niiv, each sent to the GUI thread in the input's
         intensity scale (converting here keeps the GUI thread free)."""
-        state, self._new_weights = self._new_weights, None
-        if state is not None:  # fine-tuning preview: swap weights between renders, never during one
-            self.reconstructor.model.load_state_dict(state)
-            if self._renderer is not None:
-                self._renderer.cache.clear()
         renderer, norm = self._renderer, self._norm  # the GUI thread may reset them (new data)
         if renderer is None or norm is None:
             data = level0(self.layer)
             norm = fit_normalisation(data)
             renderer = ViewRenderer(data, norm, self.reconstructor)
             self._renderer, self._norm = renderer, norm
+        state, self._new_weights = self._new_weights, None
+        if state is not None:  # fine-tuning preview: swap weights between renders, never during one
+            renderer.load_weights(state)
 
         def send(stage: str, image: np.ndarray) -> None:
             self._result.emit(gen, stage, (grid, norm.invert(image, np.float32), asked))
@@ -155,7 +149,6 @@ class LiveView(QObject):
             return
         result = renderer.render(
             grid,
-            self.orientation,
             cancelled,
             partial=lambda image: send("partial", image),
             base=preview,
@@ -197,6 +190,8 @@ class LiveView(QObject):
                 name=f"{self.layer.name} niiv live",
                 scale=grid.world_step,
                 translate=grid.world_start,
+                units=tuple(str(u) for u in self.layer.units[-3:]),
+                axis_labels=tuple(self.layer.axis_labels[-3:]),
                 contrast_limits=self.layer.contrast_limits,
                 colormap=self.layer.colormap,
                 metadata={"niiv_live_of": self.layer.name},

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Image
 
-from ..data.degrade import check_alpha
 from ..errors import NiivInputError
-from ..inference.devices import pick_device
-from ..inference.engine import PRECISIONS
-from ..inference.views import LIVE_ORIENTATIONS
+from ..inference.devices import available_devices
+from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, available_weights, load_weights
 from .context_menu import register_layer_context_action
 from .layer_view import check_layer, layer_alpha
 from .live_view import LiveView
-
-
-def device_choices() -> list[str]:
-    """'auto' and the devices this machine has."""
-    found = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        found.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        found.append("mps")
-    return found
 
 
 def weight_choices(widget: Any = None) -> list[str]:
@@ -45,9 +32,9 @@ class NiivWidget(Container):
         self.alpha_spin = FloatSpinBox(label="alpha (z / xy)", min=1.0, max=20.0, step=0.5, value=8.0)
         self.scale_spin = FloatSpinBox(label="output scale", min=0.5, max=2.0, step=0.25, value=1.0)
         self.weights_choice = ComboBox(label="weights", choices=weight_choices, value=DEFAULT_WEIGHTS)
-        self.device_choice = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.device_choice = ComboBox(label="device", choices=available_devices(), value="auto")
         self.precision_choice = ComboBox(label="precision", choices=PRECISIONS, value="auto")
-        self.orientation_choice = ComboBox(label="orientation", choices=LIVE_ORIENTATIONS, value="auto")
+        self.orientation_choice = ComboBox(label="orientation", choices=ORIENTATIONS, value="auto")
         self.live_check = CheckBox(text="live niiv view of the visible region", value=False)
         self.reconstruct_button = PushButton(text="Reconstruct whole volume (lazy layer)")
         self.status_label = Label(value="")
@@ -119,6 +106,16 @@ class NiivWidget(Container):
     def set_status(self, text: str) -> None:
         self.status_label.value = text
 
+    def settings(self) -> InferenceSettings:
+        """What the controls say, validated (a NiivInputError names what to change)."""
+        return InferenceSettings(
+            alpha=self.alpha_spin.value,
+            scale=self.scale_spin.value,
+            orientation=self.orientation_choice.value,
+            device=self.device_choice.value,
+            precision=self.precision_choice.value,
+        )
+
     # -- live ----------------------------------------------------------------------------------
     def _settings_changed(self, value: Any = None) -> None:
         if self.live_check.value:
@@ -136,24 +133,15 @@ class NiivWidget(Container):
         self._stop_live()
         try:
             layer = check_layer(self.volume_choice.value)
-            alpha = check_alpha(self.alpha_spin.value)
+            settings = self.settings()
+            settings.resolved()  # a missing GPU is reported now
             weights = load_weights(available_weights()[self.weights_choice.value])
-            device = pick_device(self.device_choice.value)
         except (NiivInputError, KeyError) as exc:
             self.set_status(str(exc))
             self.live_check.value = False
             return
         self.live_view = LiveView(
-            self.viewer,
-            layer,
-            weights.model,
-            alpha,
-            device,
-            self.scale_spin.value,
-            self.orientation_choice.value,
-            on_status=self.set_status,
-            pixel_ratio=self._pixel_ratio(),
-            precision=self.precision_choice.value,
+            self.viewer, layer, weights.model, settings, on_status=self.set_status, pixel_ratio=self._pixel_ratio()
         )
         if previous is not None and previous.layer is layer:
             self.live_view.output = previous.output  # new settings, same live layer
@@ -173,14 +161,7 @@ class NiivWidget(Container):
 
         try:
             add_isotropic_layer(
-                self.viewer,
-                check_layer(self.volume_choice.value),
-                weights=self.weights_choice.value,
-                alpha=self.alpha_spin.value,
-                output_scale=self.scale_spin.value,
-                orientation="xz" if self.orientation_choice.value == "auto" else self.orientation_choice.value,
-                device=self.device_choice.value,
-                precision=self.precision_choice.value,
+                self.viewer, check_layer(self.volume_choice.value), self.settings(), self.weights_choice.value
             )
         except NiivInputError as exc:
             self.set_status(str(exc))

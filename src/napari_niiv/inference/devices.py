@@ -9,20 +9,32 @@ import threading
 import torch
 
 from ..errors import NiivInputError
+from .settings import DEVICES
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+
+def _has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def available_devices() -> list[str]:
+    """'auto' and the devices this machine has, in the order of DEVICES."""
+    return [
+        d
+        for d in DEVICES
+        if d in ("auto", "cpu") or (d == "cuda" and torch.cuda.is_available()) or (d == "mps" and _has_mps())
+    ]
 
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _has_mps():
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise NiivInputError("device 'cuda' was asked for but torch sees no CUDA GPU here; use 'cpu' or 'auto'")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not _has_mps():
         raise NiivInputError("device 'mps' was asked for but this machine has no Apple GPU; use 'cpu' or 'auto'")
     if name not in DEVICES and not name.startswith("cuda:"):
         raise NiivInputError(f"unknown device {name!r}; choose one of {DEVICES}")

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -24,14 +25,15 @@ import torch
 
 from ..model import NiivModel
 from ..model.latent_field import LatentGrid, sample_bilinear
-from .devices import autocast_dtype
+from .devices import autocast_dtype, pick_device
+from .settings import InferenceSettings
 
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
 # in fp32, the MLP activations 4 MB; measured as fast as larger chunks, without the churn.
 CHUNK_POINTS = 4096
 # Input columns per encoder pass for wide slices (live views): measured fastest here.
 ENCODE_TILE = 512
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+__all__ = ["CHUNK_POINTS", "ENCODE_TILE", "InferenceEngine"]
 
 
 def inductor_cache_dir() -> Path:
@@ -41,29 +43,33 @@ def inductor_cache_dir() -> Path:
 
 
 class InferenceEngine:
-    """Encode slices and decode points with one model on one device, in the chosen precision."""
+    """Encode slices and decode points with one model on one device, in the chosen precision.
 
-    def __init__(
-        self,
-        model: NiivModel,
-        device: torch.device | str = "cpu",
-        precision: str = "auto",
-        compiled: bool = False,
-        chunk: int = CHUNK_POINTS,
-    ) -> None:
-        self.device = torch.device(device)
+    The engine runs its own copy of the model (on its device, in eval mode, channels-last): the
+    model it is lent is left as it was, so a training loop or another engine can keep using it.
+    """
+
+    def __init__(self, model: NiivModel, settings: InferenceSettings, chunk: int = CHUNK_POINTS) -> None:
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
         # Channels-last convolutions: oneDNN (and cuDNN under autocast) then skip a layout reorder
-        # per layer; ~25% off the encoder here. Weights keep their values, so training is unaffected.
-        self.model = model.to(self.device).eval()
+        # per layer; ~25% off the encoder here.
         self.model.encoder.to(memory_format=torch.channels_last)
-        self.precision = precision
-        self.dtype = autocast_dtype(self.device, precision)  # None: fp32
+        self.dtype = autocast_dtype(self.device, settings.precision)  # None: fp32
         self.chunk = int(chunk)
-        self.compiled = compiled
-        self._decode: Any = model.decode_points
-        if compiled:
+        self.compiled = settings.compiled
+        self._decode: Any = self.model.decode_points
+        if self.compiled:
             inductor_cache_dir()
-            self._decode = torch.compile(model.decode_points, dynamic=False)
+            self._decode = torch.compile(self.model.decode_points, dynamic=False)
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """New weights of the same architecture (a fine-tuning preview), into the engine's copy."""
+        self.model.load_state_dict(state)
+        self.model.encoder.to(memory_format=torch.channels_last)
 
     @property
     def precision_name(self) -> str:

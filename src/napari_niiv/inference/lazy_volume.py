@@ -1,7 +1,8 @@
 """The whole isotropic volume as a virtual multiscale array that answers at once.
 
-Level ``L`` is niiv at output scale ``scale * 2**L`` (a continuous model renders every pyramid
-level directly). Slicing returns immediately: niiv tiles already computed, trilinear interpolation
+Level ``L`` has the shape and world placement of level ``L`` of the written pyramid
+(:mod:`.geometry`: ``2**L`` level-0 voxels per voxel); a continuous model renders it directly at
+the centres of those voxels. Slicing returns immediately: niiv tiles already computed, trilinear interpolation
 elsewhere; the missing tiles of the latest 2D requests are computed in a background thread, and
 ``on_tile`` is called (from that thread) when one is ready so the viewer can redraw. Only 2D
 requests (one sliced axis) queue work: a 3D view shows the interpolation.
@@ -18,21 +19,13 @@ import numpy as np
 
 from ..data.normalise import Normalisation
 from .devices import lower_thread_priority
-from .reconstructor import Reconstructor, output_coords, output_shape
+from .geometry import OutputGeometry, level_coords, pyramid_shapes
+from .reconstructor import Reconstructor
 from .viewport import ViewGrid
 from .views import ViewRenderer
 
 TILE = 256
-MIN_LEVEL_SIZE = 256
 TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
-
-
-def level_shapes(shape: tuple[int, int, int], alpha: float, scale: float) -> list[tuple[int, int, int]]:
-    """Level 0 at ``scale``, then halving until the largest axis is at most ``MIN_LEVEL_SIZE``."""
-    shapes = [output_shape(shape, alpha, scale)]
-    while max(shapes[-1]) > MIN_LEVEL_SIZE and min(shapes[-1]) > 1:
-        shapes.append(output_shape(shape, alpha, scale * 2 ** len(shapes)))
-    return shapes
 
 
 class IsotropicLevel:
@@ -90,8 +83,7 @@ class IsotropicLevel:
 
     def write_ome_zarr(self, path: str) -> str:
         """Save: napari's writer hands the layer's data here (full niiv, level 0)."""
-        v = self.volume
-        return v.write_ome_zarr(path, v.voxel_size, v.translation, v.unit, v.out_dtype, v.on_write_progress)
+        return self.volume.write_ome_zarr(path)
 
 
 class LazyIsotropic:
@@ -102,24 +94,18 @@ class LazyIsotropic:
         source: Any,
         normalisation: Normalisation,
         reconstructor: Reconstructor,
-        scale: float = 1.0,
-        orientation: str = "xz",
+        geometry: OutputGeometry,
         cache_bytes: int = 1 << 30,
     ) -> None:
         self.norm = normalisation
         self.rec = reconstructor
         self.renderer = ViewRenderer(source, normalisation, reconstructor)
         self.in_shape = tuple(int(s) for s in source.shape)
-        self.scale = scale
-        self.orientation = orientation
-        self.shapes = level_shapes(self.in_shape, reconstructor.alpha, scale)  # type: ignore[arg-type]
+        self.geometry = geometry
+        self.shapes = pyramid_shapes(geometry.shape)
         self.levels = [IsotropicLevel(self, i) for i in range(len(self.shapes))]
         self.cache_bytes = cache_bytes
-        # Where the output sits and how it is saved; the caller that knows the world sets these.
-        self.voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
-        self.translation: tuple[float, float, float] | None = None
-        self.unit: str | None = None
-        self.out_dtype: Any = np.float32
+        self.out_dtype: Any = np.float32  # what a save writes
         self.on_write_progress: Callable[[int, int], None] | None = None
         self.on_tile: Callable[[TileKey], None] | None = None
         self.on_error: Callable[[BaseException], None] | None = None
@@ -130,11 +116,14 @@ class LazyIsotropic:
         self._thread = threading.Thread(target=self._run, name="niiv-tiles", daemon=True)
         self._thread.start()
 
+    def level_transform(self, level: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(scale, translate) of level ``level`` in the world: the written pyramid's."""
+        return self.geometry.level(level)
+
     # -- reading -------------------------------------------------------------------------------
     def coords(self, level: int, index: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        shape = self.shapes[level]
-        axes = zip(self.in_shape, shape, index, strict=True)
-        return tuple(output_coords(n_in, n_out, s.start, s.stop) for n_in, n_out, s in axes)  # type: ignore[return-value]
+        axes = zip(self.in_shape, self.geometry.shape, index, strict=True)
+        return tuple(level_coords(n_in, n_out, level, s.start, s.stop) for n_in, n_out, s in axes)  # type: ignore[return-value]
 
     def get(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
         """Region ``index`` of level ``level`` now: cached niiv tiles, interpolation for the rest.
@@ -185,7 +174,7 @@ class LazyIsotropic:
         """niiv for one tile, in the input's intensity scale."""
         index = self._tile_index(key)
         grid = ViewGrid(self.coords(key[0], index), key[1], 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-        result = self.renderer.render(grid, self.orientation)
+        result = self.renderer.render(grid)
         assert result is not None
         return self.norm.invert(result, np.float32)
 
@@ -228,37 +217,16 @@ class LazyIsotropic:
         self._thread.join(10)
 
     # -- saving --------------------------------------------------------------------------------
-    def write_ome_zarr(
-        self,
-        path: str,
-        voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0),
-        translation: tuple[float, float, float] | None = None,
-        unit: str | None = None,
-        dtype: Any = np.float32,
-        on_progress: Callable[[int, int], None] | None = None,
-    ) -> str:
-        """Reconstruct level 0 in full into a new OME-Zarr pyramid (atomic; nothing is left behind
-        if it fails)."""
+    def write_ome_zarr(self, path: str) -> str:
+        """Reconstruct level 0 in full into a new OME-Zarr pyramid, with this layer's settings and
+        geometry (atomic: nothing is left under ``path`` if it fails)."""
+        from .export import write_isotropic
         from .reconstructor import BlockReconstruction
-        from .store import Layout, write_ome_zarr
 
-        shape = self.shapes[0]
-        orientation = "xz" if self.orientation == "auto" else self.orientation
-        rec = self.rec
-        source = BlockReconstruction(
-            self.renderer.view.data,
-            self.norm,
-            rec.model,
-            rec.alpha,
-            shape,
-            orientation,  # type: ignore[arg-type]
-            dtype,
-            str(rec.device),
-            precision=rec.precision,  # the precision chosen for the layer, not the default
-            compiled=rec.compiled,
+        job = BlockReconstruction(
+            self.renderer.view.data, self.norm, self.rec.model, self.rec.settings, self.geometry, self.out_dtype
         )
-        layout = Layout(shape, dtype, voxel_size=voxel_size, unit=unit, translation=translation)  # type: ignore[arg-type]
-        write_ome_zarr(path, layout, source, on_progress=on_progress)
+        write_isotropic(path, job, on_progress=self.on_write_progress)
         return path
 
 

@@ -20,10 +20,10 @@ import torch
 from ..data.normalise import Normalisation
 from ..model.latent_field import LatentGrid
 from .devices import lower_thread_priority
-from .reconstructor import NormalisedView, Reconstructor, interpolate_planes, pixel_range
+from .geometry import pixel_range
+from .reconstructor import NormalisedView, Reconstructor, interpolate_planes
 from .viewport import ViewGrid
 
-LIVE_ORIENTATIONS = ("auto", "xz", "yz", "both")
 # Points decoded between two cancellation checks (~0.2 s of CPU for the v2 model).
 DECODE_POINTS = 32768
 # Progressive rendering: views larger than this get a niiv pass at 1/COARSE_FACTOR resolution first.
@@ -31,17 +31,6 @@ COARSE_FACTOR = 4
 COARSE_MIN_PIXELS = 256 * 256
 # Encoded crops are rounded out to these lattices (rows, columns) so small pans reuse them.
 CROP_LATTICE = (32, 128)
-
-
-def orientations_for(grid: ViewGrid, orientation: str) -> tuple[str, ...]:
-    """Which slice orientations decode a view: 'auto' uses the plane on screen (xy views use xz)."""
-    if orientation not in LIVE_ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {LIVE_ORIENTATIONS}, got {orientation!r}")
-    if orientation == "both":
-        return ("xz", "yz")
-    if orientation == "auto":
-        return ("yz",) if grid.kind == "yz" else ("xz",)
-    return (orientation,)
 
 
 def coarse_grid(grid: ViewGrid, factor: int) -> ViewGrid:
@@ -124,7 +113,7 @@ class ViewRenderer:
     """Renders view grids of one volume with one model, in the volume's normalised intensities.
 
     ``source`` is the raw ZYX array (numpy, dask, zarr): only the visible region plus the model's
-    halo is read.
+    halo is read. Its latent cache is its own: :meth:`load_weights` is the way to change weights.
     """
 
     def __init__(self, source: Any, normalisation: Normalisation, reconstructor: Reconstructor) -> None:
@@ -133,6 +122,12 @@ class ViewRenderer:
         self.norm = normalisation
         self.rec = reconstructor
         self.cache = LatentCache()
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Render with new weights of the same architecture from now on (cached latents dropped).
+        Call it between renders, from the thread that renders."""
+        self.rec.engine.load_state(state)
+        self.cache.clear()
 
     def _read(self, ranges: list[tuple[int, int]]) -> np.ndarray:
         block = self.view[tuple(slice(lo, hi) for lo, hi in ranges)]
@@ -157,7 +152,6 @@ class ViewRenderer:
     def render(
         self,
         grid: ViewGrid,
-        orientation: str = "auto",
         cancelled: Callable[[], bool] = lambda: False,
         partial: Callable[[np.ndarray], None] | None = None,
         base: np.ndarray | None = None,
@@ -172,12 +166,12 @@ class ViewRenderer:
         """
         if coarse is not None and grid.coords[0].size * grid.coords[1].size * grid.coords[2].size > COARSE_MIN_PIXELS:
             small = coarse_grid(grid, COARSE_FACTOR)
-            low = self.render(small, orientation, cancelled)
+            low = self.render(small, cancelled)
             if low is None:
                 return None
             base = upsample(low, small, grid)
             coarse(base)
-        orients = orientations_for(grid, orientation)
+        orients = self.rec.settings.orientations(grid.kind)
         out = np.array(base if base is not None else self.preview(grid), dtype=np.float32, copy=True)
         results = []
         for orient in orients:

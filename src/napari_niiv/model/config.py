@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+ARCHITECTURES = ("v2", "v1")  # the presets of NiivConfig.named, default first
+
 
 @dataclass(frozen=True)
 class NiivConfig:
@@ -35,6 +37,7 @@ class NiivConfig:
     @classmethod
     def named(cls, name: str) -> NiivConfig:
         presets = {"v1": cls.v1, "v2": cls.v2}
+        assert set(presets) == set(ARCHITECTURES)
         if name not in presets:
             raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

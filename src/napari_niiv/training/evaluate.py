@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ..data.degrade import pool_axis
 from ..errors import NiivInputError
-from ..inference.reconstructor import Orientation, reconstruct_volume
+from ..inference.reconstructor import reconstruct_volume
+from ..inference.settings import InferenceSettings
 from ..model import NiivModel
 from .metrics import slice_metrics
 
@@ -68,17 +69,13 @@ def interpolation(mode: str) -> Method:
     return run
 
 
-def niiv_method(
-    model: NiivModel,
-    orientation: Orientation = "xz",
-    device: str = "cpu",
-    precision: str = "auto",
-    compiled: bool = False,
-) -> Method:
+def niiv_method(model: NiivModel, settings: InferenceSettings | None = None) -> Method:
+    """niiv with ``settings`` (default: xz slices, auto device and precision); their alpha is
+    replaced by each evaluation's."""
+    settings = settings or InferenceSettings(alpha=1.0, orientation="xz")
+
     def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int]) -> np.ndarray:
-        out = reconstruct_volume(
-            model, low, alpha=alpha, orientation=orientation, device=device, precision=precision, compiled=compiled
-        )
+        out = reconstruct_volume(model, low, settings.replace(alpha=alpha))
         return out[: shape[0]]
 
     return run
