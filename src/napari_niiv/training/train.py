@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..data.io import Volume, as_volume
 from ..data.pairs import LateralPairSampler
 from ..inference.devices import autocast_dtype, pick_device
+from ..inference.settings import InferenceSettings
 from ..inference.weights import load_weights, restore_optimizer, save_weights
 from ..model import NiivConfig, NiivModel
 from .evaluate import evaluate, interpolation, niiv_method
@@ -125,7 +126,8 @@ class HeldOutCheck:
 
     def __call__(self, model: NiivModel, device: torch.device | str = "cpu") -> dict[str, float]:
         was_training = model.training
-        (s,) = evaluate(self.volumes, self.alpha, {"niiv": niiv_method(model, device=str(device))}, self.cutoff)
+        niiv = niiv_method(model, InferenceSettings(self.alpha, orientation="xz", device=str(device)))
+        (s,) = evaluate(self.volumes, self.alpha, {"niiv": niiv}, self.cutoff)
         model.train(was_training)
         return {
             "cf_psnr": s.cf_psnr,
