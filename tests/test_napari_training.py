@@ -9,10 +9,13 @@ import pytest
 
 from napari_niiv.data import open_volume
 from napari_niiv.inference.reconstructor import reconstruct_volume
-from napari_niiv.inference.weights import load_weights, read_metadata, shipped_dir
+from napari_niiv.inference.settings import InferenceSettings
+from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, read_metadata, shipped_dir
+from napari_niiv.training.finetune import fine_tune_job
 from tests.conftest import data_path
 
 pytest.importorskip("napari")
+pytestmark = pytest.mark.slow  # a napari viewer each
 
 
 @pytest.fixture
@@ -72,13 +75,15 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
     card = json.loads(read_metadata(out)["card"])
     assert card["source_layer"] == "cremi" and card["alpha"] == 10.0 and card["steps"] == 40
     assert card["held_out"]["cf_psnr_gain"] == pytest.approx(card["held_out"]["cf_psnr_gain"])
+    assert card["regions"] == [[[0, 32], [0, 96], [0, 96]]] and card["held_out_planes"] == [26, 32]
+    assert card["settings"]["lr"] == 1e-4 and card["settings"]["steps"] == 40
     assert "held-out xy planes" in (user_weights / "cremi-test.md").read_text()
 
     # the new weights reconstruct, in the live view (selecting them restarted it) and in the core
     qtbot.waitUntil(lambda: widget.live_view is not None and not widget.live_view.busy, timeout=60_000)
     qtbot.waitUntil(lambda: widget.live_view.timings and "niiv" in widget.live_view.timings[-1], timeout=60_000)
     assert sum(x.name.endswith("niiv live") for x in viewer.layers) == 1  # new weights, same live layer
-    result = reconstruct_volume(load_weights(out).model, cremi[:, :40, :40], alpha=10)
+    result = reconstruct_volume(load_weights(out).model, cremi[:, :40, :40], InferenceSettings(alpha=10))
     assert result.shape == (320, 40, 40) and np.isfinite(result).all()
 
     # a second Start under the same name refuses instead of overwriting
@@ -86,6 +91,51 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
     assert panel.job is None and "already exist" in panel.status_label.value
     widget.live_check.value = False
     assert layer in viewer.layers
+
+
+def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, user_weights):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4), metadata={"niiv_source": "/x/cremi_a.tif"})
+    _, panel = open_panel(viewer)
+    panel.steps_spin.value, panel.minutes_spin.value, panel.lr_edit.value = 300, 2, "3e-4"
+    req = panel.request()
+    assert req.data is layer.data and req.scale == (40.0, 4.0, 4.0) and req.alpha == 10.0
+    assert (req.name, req.source, req.start_weights) == ("cremi", "/x/cremi_a.tif", DEFAULT_WEIGHTS)
+    assert (req.steps, req.minutes, req.lr, req.device, req.resume) == (300, 2.0, 3e-4, "auto", False)
+    assert req.out == user_weights / "cremi-a10.safetensors"
+    assert req.regions == ((slice(0, 32), slice(0, 96), slice(0, 96)),)
+
+    # a rectangle drawn in the xy view (world coordinates) spans z and covers its voxels in y and x
+    rect = [[7.0, 40.0, 80.0], [7.0, 40.0, 360.0], [7.0, 360.0, 360.0], [7.0, 360.0, 80.0]]
+    boxes = viewer.add_shapes([rect], shape_type="rectangle", name="boxes")
+    panel.region_choice.value = "boxes of a Shapes layer"
+    panel.shapes_choice.value = boxes
+    assert panel.request().regions == ((slice(0, 32), slice(10, 91), slice(20, 91)),)
+    job = fine_tune_job(panel.request())
+    assert job.card["regions"] == [[[0, 32], [10, 91], [20, 91]]] and job.split.held_out[1:] == (
+        slice(10, 91),
+        slice(20, 91),
+    )
+    assert job.settings.lr == 3e-4 and job.settings.steps == 300 and job.settings.time_budget == 120
+
+    # the visible part of an xz view, and all y planes
+    viewer.layers.selection.active = layer
+    viewer.dims.order = (1, 0, 2)
+    viewer.reset_view()
+    viewer.scene.camera.zoom *= 4
+    panel.region_choice.value = "visible region"
+    (region,) = panel.request().regions
+    assert region[1] == slice(0, 96) and 0 < region[2].start < region[2].stop < 96, region
+
+    # what cannot be trained is said in the status line, and nothing starts
+    panel.lr_edit.value = "fast"
+    panel.start_button.native.click()
+    assert panel.job is None and "learning rate 'fast'" in panel.status_label.value
+    panel.lr_edit.value = "1e-4"
+    viewer.layers.remove(boxes)
+    panel.region_choice.value = "boxes of a Shapes layer"
+    panel.start_button.native.click()
+    assert panel.job is None and "Shapes layer" in panel.status_label.value
 
 
 def test_closing_the_viewer_stops_training(qtbot, make_napari_viewer, cremi, user_weights):

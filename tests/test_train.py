@@ -1,11 +1,24 @@
+import threading
+
 import dask.array as da
 import numpy as np
 import pytest
 import torch
 
-from napari_niiv.data import LateralPairSampler, Volume
-from napari_niiv.inference.weights import load_weights
-from napari_niiv.training.train import HeldOutCheck, TrainCallback, TrainSettings, checkpoint_path, train
+from napari_niiv.data import LateralPairSampler, Volume, open_volume
+from napari_niiv.errors import NiivInputError
+from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights, shipped_dir
+from napari_niiv.training.finetune import FineTuneRequest, fine_tune_job, weights_name
+from napari_niiv.training.regions import whole
+from napari_niiv.training.train import (
+    HeldOutCheck,
+    TrainCallback,
+    TrainResult,
+    TrainSettings,
+    checkpoint_path,
+    train,
+)
+from tests.conftest import data_path
 
 TINY = dict(alpha=4.0, batch=4, crop=32, points=512, warmup=5, device="cpu", precision="fp32", preview_every=2)
 
@@ -93,3 +106,127 @@ def test_learning_rate_schedule() -> None:
     assert s.lr_at(1000) == pytest.approx(1e-4)
     timed = TrainSettings(lr=1e-3, steps=10**9, warmup=0, time_budget=60.0, final_lr_fraction=0.1)
     assert timed.lr_at(10, elapsed=60.0) == pytest.approx(1e-4)
+
+
+@pytest.fixture(scope="module")
+def cremi() -> np.ndarray:
+    """Real serial-section TEM, alpha 10: (32, 96, 96) uint8."""
+    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:, :96, :96])
+
+
+@pytest.fixture
+def user_weights(tmp_path, monkeypatch):
+    folder = tmp_path / "user-weights"
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
+    return folder
+
+
+def request(cremi, out, **changes) -> FineTuneRequest:
+    values = dict(
+        data=cremi,
+        scale=(40.0, 4.0, 4.0),
+        name="cremi",
+        source="/data/cremi_a.tif",
+        alpha=10.0,
+        start_weights=DEFAULT_WEIGHTS,
+        regions=(whole(cremi.shape),),
+        out=out,
+        steps=6,
+        minutes=0,
+        device="cpu",
+    )
+    return FineTuneRequest(**{**values, **changes})
+
+
+def test_fine_tune_job_holds_planes_out_and_describes_itself(cremi, user_weights) -> None:
+    job = fine_tune_job(request(cremi, user_weights / "cremi.safetensors"))
+    assert job.settings.alpha == 10.0 and job.settings.crop == 64 and job.settings.steps == 6
+    assert job.settings.lr == 1e-4 and job.settings.time_budget is None and job.settings.device == "cpu"
+    assert job.split.held_out[0] == slice(26, 32) and job.split.z_ranges == [(0, 26)]
+    assert job.init == resolve_weights(DEFAULT_WEIGHTS) and not job.resume
+    (vol,) = job.volumes
+    assert vol.shape == (32, 96, 96) and vol.voxel_size == (40.0, 4.0, 4.0) and vol.name == "cremi"
+    # the held-out check scores the held-out xy planes only, pooled in-plane
+    assert [v.shape for v in job.held_out.volumes] == [(96, 6, 96)]
+    np.testing.assert_array_equal(job.held_out.volumes[0][:, 0], cremi[26])
+    assert job.card == {
+        "source_layer": "cremi",
+        "source": "/data/cremi_a.tif",
+        "regions": [[[0, 32], [0, 96], [0, 96]]],
+        "held_out_planes": [26, 32],
+        "started_from": DEFAULT_WEIGHTS,
+    }
+    small = fine_tune_job(request(cremi, user_weights / "c.safetensors", data=da.from_array(cremi)[:, :50, :50]))
+    assert small.settings.crop == 50  # a small volume trains on its whole width
+
+
+def test_fine_tune_job_refuses_what_it_cannot_do(cremi, user_weights) -> None:
+    out = user_weights / "cremi.safetensors"
+    with pytest.raises(NiivInputError, match="never overwritten"):
+        fine_tune_job(request(cremi, shipped_dir() / "mine.safetensors"))
+    with pytest.raises(NiivInputError, match="learning rate"):
+        fine_tune_job(request(cremi, out, lr=0.5))
+    with pytest.raises(NiivInputError, match="unknown weights"):
+        fine_tune_job(request(cremi, out, start_weights="no-such-weights"))
+    with pytest.raises(NiivInputError, match="at least 64x64"):
+        fine_tune_job(request(cremi, out, regions=((slice(0, 32), slice(0, 20), slice(0, 20)),)))
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"")
+    with pytest.raises(NiivInputError, match="already exist"):
+        fine_tune_job(request(cremi, out))
+    assert fine_tune_job(request(cremi, out, resume=True)).resume
+    assert weights_name(" cremi a/10 ") == "cremi-a-10"
+    with pytest.raises(NiivInputError, match="name"):
+        weights_name(" // ")
+
+
+def test_fine_tune_job_runs_on_its_thread_stops_resumes_and_writes_the_card(cremi, user_weights) -> None:
+    out = user_weights / "cremi.safetensors"
+    events: list[tuple] = []
+    threads: set[str] = set()
+
+    def listen(job):
+        def on_step(step, loss):
+            threads.add(threading.current_thread().name)
+            events.append(("step", step))
+            if step == 3:
+                job.stop()
+
+        job.on_step = on_step
+        job.on_check = lambda step, metrics: events.append(("check", step, metrics["cf_psnr_gain"]))
+        job.on_finished = lambda result: events.append(("finished", result))
+        return job
+
+    job = listen(fine_tune_job(request(cremi, out)))
+    job.start()
+    assert job.join(300) and not job.running
+    assert threads == {"niiv-train"}
+    assert events[0][:2] == ("check", 0), "the start weights were not scored first"
+    assert [e[1] for e in events if e[0] == "step"] == [1, 2, 3]
+    kind, result = events[-1]
+    assert kind == "finished" and result is job.result and isinstance(result, TrainResult), result
+    assert result.stopped_early and result.steps_done == 3 and checkpoint_path(out).exists()
+    card = (user_weights / "cremi.md").read_text()
+    assert "steps: 3 (stopped early)" in card and "held-out xy planes: CF-PSNR" in card
+
+    events.clear()
+    job = listen(fine_tune_job(request(cremi, out, resume=True)))
+    job.start()
+    assert job.join(300)
+    assert [e[1] for e in events if e[0] == "step"] == [4, 5, 6]
+    assert not any(e[0] == "check" and e[1] == 0 for e in events), "a resumed run re-scored the start weights"
+    assert events[-1][1].steps_done == 6 and not events[-1][1].stopped_early
+    meta = load_weights(out).card
+    assert meta["source_layer"] == "cremi" and meta["held_out_planes"] == [26, 32] and meta["steps"] == 6
+    assert "steps: 6 (complete)" in (user_weights / "cremi.md").read_text()
+
+
+def test_a_failing_run_reports_its_exception(cremi, user_weights) -> None:
+    job = fine_tune_job(request(cremi, user_weights / "failing.safetensors"))
+    job.init = user_weights / "missing.safetensors"  # the start weights vanished after the check
+    results = []
+    job.on_finished = results.append
+    job.start()
+    assert job.join(60)
+    assert len(results) == 1 and isinstance(results[0], BaseException) and results[0] is job.result
+    assert not (user_weights / "failing.md").exists()

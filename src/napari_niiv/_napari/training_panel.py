@@ -3,36 +3,24 @@ progress bar, a live loss curve, a held-out check, and a live preview through th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Shapes
 from napari.utils import progress
 
-from ..data.degrade import check_alpha
-from ..data.io import Volume
 from ..errors import NiivInputError
-from ..inference.devices import pick_device
-from ..inference.weights import atomic_write, available_weights, resolve_weights, shipped_dir, user_dir
-from ..training.regions import Region, box_region, split_training, visible_region, whole
-from ..training.train import HeldOutCheck, checkpoint_path, fine_tune_settings
+from ..inference.weights import user_dir
+from ..training.finetune import FineTuneJob, FineTuneRequest, fine_tune_job, weights_name
+from ..training.regions import Region, box_region, visible_region, whole
+from ..training.train import checkpoint_path
 from .layer_view import check_layer, current_grid, level0
 from .loss_plot import LossPlot
-from .training_job import TrainingJob
+from .training_job import JobSignals
 
 REGIONS = ("whole volume", "visible region", "boxes of a Shapes layer")
-
-
-def weights_name(text: str) -> str:
-    """A file-safe weights name."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
-    if not name:
-        raise NiivInputError("give the new weights a name")
-    return name
 
 
 class TrainingPanel(Container):
@@ -68,7 +56,8 @@ class TrainingPanel(Container):
         )
         self.native.layout().addWidget(self.plot)
         self.append(self.status_label)
-        self.job: TrainingJob | None = None
+        self.job: FineTuneJob | None = None
+        self._signals: JobSignals | None = None
         self.bar: progress | None = None
         self.previews = 0  # live previews shown with in-training weights
         self._layer: Any = None
@@ -141,62 +130,45 @@ class TrainingPanel(Container):
     def start(self, resume: bool = False) -> None:
         try:
             self._start(resume)
-        except (NiivInputError, KeyError) as exc:
+        except NiivInputError as exc:
             self.set_status(str(exc))
 
-    def _start(self, resume: bool) -> None:
+    def request(self, resume: bool = False) -> FineTuneRequest:
+        """The run the widgets describe, for :func:`napari_niiv.training.finetune.fine_tune_job`."""
         layer = check_layer(self.niiv.volume_choice.value)
-        alpha = check_alpha(self.niiv.alpha_spin.value)
-        out = self.out_path()
-        if out.parent.resolve() == shipped_dir().resolve():
-            raise NiivInputError("the shipped weights are never overwritten: choose another name")
-        if out.exists() and not resume:
-            raise NiivInputError(f"weights '{out.stem}' already exist: choose another name, or Resume its run")
-        start_from = resolve_weights(available_weights()[self.niiv.weights_choice.value])
-        settings = fine_tune_settings(
-            alpha,
+        return FineTuneRequest(
+            data=level0(layer),
+            scale=tuple(float(s) for s in layer.scale[-3:]),  # type: ignore[arg-type]
+            name=layer.name,
+            source=(layer.metadata or {}).get("niiv_source"),
+            alpha=self.niiv.alpha_spin.value,
+            start_weights=self.niiv.weights_choice.value,
+            regions=tuple(self.regions(layer)),
+            out=self.out_path(),
             steps=int(self.steps_spin.value),
             minutes=float(self.minutes_spin.value),
             lr=self.learning_rate(),
-            device=str(pick_device(self.niiv.device_choice.value)),
-            crop=int(min(64, *level0(layer).shape[1:])),
-        )
-        split = split_training(self.regions(layer), settings.crop, alpha)
-        data = level0(layer)
-        data = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
-        volumes = [Volume(data[r], tuple(float(s) for s in layer.scale[-3:]), layer.name) for r in split.regions]
-        held = np.asarray(data[split.held_out])
-        check = HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha)  # held-out xy planes, pooled in-plane
-        card = {
-            "source_layer": layer.name,
-            "source": (layer.metadata or {}).get("niiv_source"),
-            "regions": [[[s.start, s.stop] for s in r] for r in split.regions],
-            "held_out_planes": [split.held_out[0].start, split.held_out[0].stop],
-            "started_from": self.niiv.weights_choice.value,
-        }
-        self.job = TrainingJob(
-            volumes,
-            settings,
-            out,
-            init=start_from,
+            device=self.niiv.device_choice.value,
             resume=resume,
-            z_ranges=split.z_ranges,
-            held_out=check,
-            card=card,
         )
-        self._layer = layer
-        self.job.stepped.connect(self._on_step)
-        self.job.checked.connect(self._on_check)
-        self.job.previewed.connect(self._on_preview)
-        self.job.finished.connect(self._on_finished)
+
+    def _start(self, resume: bool) -> None:
+        job = fine_tune_job(self.request(resume))
+        self.job, self._layer = job, self.niiv.volume_choice.value
+        self._signals = JobSignals(job)
+        self._signals.stepped.connect(self._on_step)
+        self._signals.checked.connect(self._on_check)
+        self._signals.previewed.connect(self._on_preview)
+        self._signals.finished.connect(self._on_finished)
         if not resume:
             self.plot.clear()
-        self.bar = progress(total=settings.steps, desc=f"niiv fine-tuning on '{layer.name}'")
-        self.job.start()
+        self.bar = progress(total=job.settings.steps, desc=f"niiv fine-tuning on '{self._layer.name}'")
+        job.start()
         self._update_buttons()
+        held, bilinear = job.split.held_out[0], job.held_out.bilinear  # type: ignore[union-attr]
         self.set_status(
-            f"training on {len(split.regions)} region(s); held-out planes z {split.held_out[0].start}-"
-            f"{split.held_out[0].stop - 1}; bilinear there: {check.bilinear.cf_psnr:.2f} dB CF-PSNR"
+            f"training on {len(job.split.regions)} region(s); held-out planes z {held.start}-{held.stop - 1}; "
+            f"bilinear there: {bilinear.cf_psnr:.2f} dB CF-PSNR"
         )
 
     def stop(self, value: Any = None) -> None:
@@ -224,14 +196,13 @@ class TrainingPanel(Container):
             self.previews += 1
 
     def _on_finished(self, result: Any) -> None:
-        job, self.job = self.job, None
+        self.job, self._signals = None, None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         if isinstance(result, BaseException):
             self.set_status(f"training failed: {result}")
         else:
-            write_card(result.weights, result)
             self.niiv.weights_choice.reset_choices()
             name = f"user/{result.weights.stem}"
             if name in self.niiv.weights_choice.choices:
@@ -241,7 +212,6 @@ class TrainingPanel(Container):
                 f"{'stopped' if result.stopped_early else 'done'} at step {result.steps_done}: saved '{name}'"
                 + (f", held-out {gain:+.2f} dB vs bilinear" if gain is not None else "")
             )
-        del job
         self._update_buttons()
 
     def _layer_removed(self, event: Any) -> None:
@@ -253,39 +223,11 @@ class TrainingPanel(Container):
         """The viewer or dock is closing: stop training and wait for the thread (one step). Its
         last signals are dropped: the widgets they would update are being deleted."""
         if self.job is not None:
-            for signal in (self.job.stepped, self.job.checked, self.job.previewed, self.job.finished):
-                signal.disconnect()
+            if self._signals is not None:
+                self._signals.disconnect_all()
             self.job.stop()
             self.job.join(timeout)
-            self.job = None
+            self.job, self._signals = None, None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def write_card(weights: Path, result: Any) -> None:
-    """A human-readable model card beside user weights (the same facts are in the file's metadata)."""
-    from ..inference.weights import read_metadata
-
-    meta = read_metadata(weights)
-    card = meta.get("card", "{}")
-    held = result.held_out or {}
-    lines = [
-        f"# {weights.stem}",
-        "",
-        "Fine-tuned in napari with napari-niiv.",
-        "",
-        f"- card: `{card}`",
-        f"- steps: {result.steps_done} ({'stopped early' if result.stopped_early else 'complete'}), "
-        f"{result.seconds:.0f} s",
-        f"- final loss (mean of last 50 steps): {np.mean([h['loss'] for h in result.history[-50:]]):.4f}"
-        if result.history
-        else "- final loss: n/a",
-    ]
-    if held:
-        lines.append(
-            f"- held-out xy planes: CF-PSNR {held['cf_psnr']:.2f} dB ({held['cf_psnr_gain']:+.2f} vs bilinear), "
-            f"PSNR {held['psnr']:.2f} dB ({held['psnr_gain']:+.2f})"
-        )
-    text = "\n".join(lines) + "\n"
-    atomic_write(weights.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,234 @@
+"""Fine-tuning trained weights on one open volume, as the napari panel does it, without napari.
+
+:class:`FineTuneRequest` holds the plain values a user chose; :func:`fine_tune_job` checks them
+and builds the run (settings, training regions and held-out planes, volumes, held-out check,
+model card); :class:`FineTuneJob` runs it on a background thread, reports through plain
+callbacks and stops cooperatively within one step; :func:`write_card` writes the human-readable
+card beside the weights.
+
+A thread, not a process: the volume is already open (often a lazy dask array that a process would
+have to reopen), a live preview needs the weights in this process, and the loop stops within one
+step. torch releases the GIL in its kernels, so a GUI stays responsive; GPU memory is released
+when the run ends. Callbacks run on the training thread: a GUI forwards them to its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+
+from ..data.degrade import check_alpha
+from ..data.io import Volume
+from ..errors import NiivInputError
+from ..inference.devices import lower_thread_priority, pick_device
+from ..inference.weights import atomic_write, load_weights, read_metadata, resolve_weights, shipped_dir
+from ..model import NiivModel
+from .regions import Region, TrainingSplit, split_training
+from .train import HeldOutCheck, TrainCallback, TrainResult, TrainSettings, fine_tune_settings, train
+
+log = logging.getLogger(__name__)
+
+MAX_CROP = 64  # lateral training crop (px); smaller volumes train on their whole width
+
+
+def weights_name(text: str) -> str:
+    """A file-safe weights name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
+    if not name:
+        raise NiivInputError("give the new weights a name")
+    return name
+
+
+@dataclass(frozen=True, eq=False)
+class FineTuneRequest:
+    """What to fine-tune on and how, in plain values (the panel collects them from its widgets).
+
+    ``data`` is the full-resolution (z, y, x) array (numpy or dask), ``scale`` its voxel size,
+    ``regions`` the parts to learn from in data voxels, ``start_weights`` a registry name or a path,
+    ``out`` the new weights file; ``resume`` continues the checkpoint beside ``out``.
+    """
+
+    data: Any
+    scale: tuple[float, float, float]
+    name: str
+    source: str | None
+    alpha: float
+    start_weights: str
+    regions: tuple[Region, ...]
+    out: Path
+    steps: int = 1000
+    minutes: float = 5.0
+    lr: float = 1e-4
+    device: str = "auto"
+    resume: bool = False
+
+
+def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
+    """Check ``request`` and build its run: raises :class:`NiivInputError` with what to change."""
+    alpha = check_alpha(request.alpha)
+    if not 0 < request.lr < 0.1:
+        raise NiivInputError(f"learning rate {request.lr:g}: give a number such as 1e-4 (0 < lr < 0.1)")
+    if request.steps < 1:
+        raise NiivInputError(f"steps {request.steps}: train for at least one step")
+    out = Path(request.out)
+    if out.parent.resolve() == shipped_dir().resolve():
+        raise NiivInputError("the shipped weights are never overwritten: choose another name")
+    if out.exists() and not request.resume:
+        raise NiivInputError(f"weights '{out.stem}' already exist: choose another name, or Resume its run")
+    start = resolve_weights(request.start_weights)
+    data = request.data if isinstance(request.data, da.Array) else da.from_array(request.data, chunks="auto")
+    if data.ndim != 3:
+        raise NiivInputError(f"'{request.name}' is {data.ndim}D; fine-tuning needs one 3D (z, y, x) volume")
+    settings = fine_tune_settings(
+        alpha,
+        steps=int(request.steps),
+        minutes=float(request.minutes),
+        lr=float(request.lr),
+        device=str(pick_device(request.device)),
+        crop=int(min(MAX_CROP, *data.shape[1:])),
+    )
+    split = split_training(list(request.regions), settings.crop, alpha)
+    scale = tuple(float(s) for s in request.scale)
+    volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
+    held = np.asarray(data[split.held_out])
+    check = HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha)  # held-out xy planes, pooled in-plane
+    card = {
+        "source_layer": request.name,
+        "source": request.source,
+        "regions": [[[s.start, s.stop] for s in r] for r in split.regions],
+        "held_out_planes": [split.held_out[0].start, split.held_out[0].stop],
+        "started_from": request.start_weights,
+    }
+    return FineTuneJob(volumes, settings, out, split, init=start, resume=request.resume, held_out=check, card=card)
+
+
+class _Forward(TrainCallback):
+    def __init__(self, job: FineTuneJob) -> None:
+        self.job = job
+
+    def on_step(self, step: int, loss: float, lr: float) -> None:
+        self.job.on_step(step, loss)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.job.on_check(step, dict(metrics))
+
+    def on_preview(self, step: int, model: NiivModel) -> None:
+        if self.job.on_preview is not _ignore:
+            self.job.on_preview(step, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+
+    def should_stop(self) -> bool:
+        return self.job.stop_requested.is_set()
+
+
+def _ignore(*args: Any) -> None:
+    return None
+
+
+class FineTuneJob:
+    """One run of :func:`napari_niiv.training.train.train` on a background thread.
+
+    Set the callbacks before :meth:`start`; they run on the training thread:
+    ``on_step(step, loss)``; ``on_check(step, metrics)`` with the held-out scores (step 0: the
+    start weights, the bar fine-tuning must clear); ``on_preview(step, state)`` with a CPU copy of
+    the in-training state dict; ``on_finished(result)`` last, with the :class:`TrainResult` (its
+    model card written) or the exception that ended the run. :meth:`stop` ends the run after the
+    current step with a checkpoint and weights written, so it can be resumed.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume],
+        settings: TrainSettings,
+        out: Path,
+        split: TrainingSplit,
+        *,
+        init: Path | None,
+        resume: bool,
+        held_out: HeldOutCheck | None,
+        card: dict[str, Any],
+    ) -> None:
+        self.volumes, self.settings, self.out, self.split = list(volumes), settings, Path(out), split
+        self.init, self.resume, self.held_out, self.card = init, resume, held_out, card
+        self.on_step: Callable[[int, float], None] = _ignore
+        self.on_check: Callable[[int, dict[str, float]], None] = _ignore
+        self.on_preview: Callable[[int, dict[str, torch.Tensor]], None] = _ignore
+        self.on_finished: Callable[[TrainResult | BaseException], None] = _ignore
+        self.stop_requested = threading.Event()
+        self.result: TrainResult | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="niiv-train", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True when it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        lower_thread_priority()
+        try:
+            if self.held_out is not None and self.init is not None and not self.resume:
+                self.on_check(0, self.held_out(load_weights(self.init).model))
+            result = train(
+                self.volumes,
+                self.settings,
+                self.out,
+                init=self.init,
+                resume=self.resume,
+                z_ranges=self.split.z_ranges,
+                held_out=self.held_out,
+                callbacks=[_Forward(self)],
+                progress=False,
+                card=self.card,
+            )
+            write_card(result.weights, result)
+            self.result = result
+        except BaseException as exc:  # reported through on_finished
+            log.error("niiv training failed", exc_info=exc)
+            self.result = exc
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.on_finished(self.result)
+
+
+def write_card(weights: Path, result: TrainResult) -> None:
+    """A human-readable model card beside user weights (the same facts are in the file's metadata)."""
+    card = read_metadata(weights).get("card", "{}")
+    held = result.held_out or {}
+    lines = [
+        f"# {weights.stem}",
+        "",
+        "Fine-tuned with napari-niiv.",
+        "",
+        f"- card: `{card}`",
+        f"- steps: {result.steps_done} ({'stopped early' if result.stopped_early else 'complete'}), "
+        f"{result.seconds:.0f} s",
+        f"- final loss (mean of last 50 steps): {np.mean([h['loss'] for h in result.history[-50:]]):.4f}"
+        if result.history
+        else "- final loss: n/a",
+    ]
+    if held:
+        lines.append(
+            f"- held-out xy planes: CF-PSNR {held['cf_psnr']:.2f} dB ({held['cf_psnr_gain']:+.2f} vs bilinear), "
+            f"PSNR {held['psnr']:.2f} dB ({held['psnr_gain']:+.2f})"
+        )
+    text = "\n".join(lines) + "\n"
+    atomic_write(weights.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
