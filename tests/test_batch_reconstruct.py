@@ -19,16 +19,15 @@ import zarr
 from napari_niiv.cli import main
 from napari_niiv.data import open_volume
 from napari_niiv.errors import NiivInputError
+from napari_niiv.inference.geometry import chunk_indices, pyramid_shapes
 from napari_niiv.inference.reconstructor import reconstruct_volume
 from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.store import (
     ArrayBlocks,
     Layout,
-    chunk_indices,
     downsample,
-    ome_metadata,
+    ome_attributes,
     partial_path,
-    pyramid_shapes,
     write_ome_zarr,
 )
 from napari_niiv.inference.weights import load_weights, save_weights
@@ -62,9 +61,10 @@ def _reconstruct(capsys, src: Path, out: Path, weights: Path, *extra: str) -> st
 
 def _levels(path: Path) -> list[np.ndarray]:
     root = zarr.open_group(str(path), mode="r")
-    return [np.asarray(root[d["path"]][:]) for d in root.attrs["multiscales"][0]["datasets"]]
+    return [np.asarray(root[d["path"]][:]) for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
 
 
+@pytest.mark.slow  # a dask LocalCluster
 def test_output_is_the_same_on_threads_a_local_cluster_and_other_chunkings(tmp_path, capsys, aniso_zarr, weights):
     runs = {
         "one thread": ("--chunks", "16,16,16"),
@@ -92,6 +92,7 @@ def test_output_is_the_same_on_threads_a_local_cluster_and_other_chunkings(tmp_p
     np.testing.assert_allclose(reference[1], downsample(whole, np.float32), rtol=0, atol=tol)
 
 
+@pytest.mark.slow  # kills a run and resumes it
 def test_killed_run_resumes_with_only_the_missing_chunks(tmp_path, capsys, weights, medulla):
     src = tmp_path / "aniso.zarr"
     vol = medulla[:64, :64, :64].reshape(16, 4, 64, 64).mean(axis=1).astype(np.uint8)
@@ -116,7 +117,7 @@ def test_killed_run_resumes_with_only_the_missing_chunks(tmp_path, capsys, weigh
     finished = sorted(p.name for p in done.iterdir())
     assert 10 <= len(finished) < 128
     keys = {n: tuple(int(s) // c for s, c in zip(n.split("."), (8, 16, 16), strict=True)) for n in finished}
-    chunk_files = {n: partial / "0" / "/".join(str(k) for k in keys[n]) for n in finished}
+    chunk_files = {n: partial / "0" / "c" / "/".join(str(k) for k in keys[n]) for n in finished}  # zarr v3 keys
     stamps = {n: f.stat().st_mtime_ns for n, f in chunk_files.items()}
 
     err = _reconstruct(capsys, src, out, weights, "--chunks", "8,16,16", "--orientation", "xz")
@@ -155,7 +156,7 @@ def test_a_failed_run_never_looks_complete_and_other_settings_do_not_resume(tmp_
     report = write_ome_zarr(out, layout, _failing_source(99), resume=True, fingerprint={"alpha": 8})
     assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (3, kept, 3 - kept)
     np.testing.assert_array_equal(open_volume(out).data.compute(), np.arange(768).reshape(12, 8, 8))
-    assert json.loads((out / ".zattrs").read_text())["niiv"] == {"alpha": 8}
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["niiv"] == {"alpha": 8}
 
     # Without resume (napari's writer) a failure leaves nothing at all.
     other = tmp_path / "w.ome.zarr"
@@ -164,6 +165,7 @@ def test_a_failed_run_never_looks_complete_and_other_settings_do_not_resume(tmp_
     assert not other.exists() and not partial_path(other).exists()
 
 
+@pytest.mark.slow  # a dask LocalCluster
 def test_cli_says_what_to_do_after_an_interruption(tmp_path, capsys, aniso_zarr, weights) -> None:
     out = tmp_path / "iso.ome.zarr"
     partial_path(out).mkdir()  # something not ours is in the way: it is never deleted silently
@@ -200,9 +202,22 @@ def test_pyramid_geometry() -> None:
     odd = np.arange(27, dtype=np.uint8).reshape(3, 3, 3)
     small = downsample(odd, np.uint8)
     assert small.shape == (2, 2, 2) and small[1, 1, 1] == 26 and small[0, 0, 0] == round(odd[:2, :2, :2].mean())
-    meta = ome_metadata((2.0, 2.0, 2.0), "nanometer", 3, translation=(10.0, 0.0, 0.0))
-    shifts = [d["coordinateTransformations"][1]["translation"] for d in meta["multiscales"][0]["datasets"]]
-    assert shifts == [[10.0, 0.0, 0.0], [11.0, 1.0, 1.0], [13.0, 3.0, 3.0]]
+
+
+def test_each_level_sits_where_geometry_puts_it(tmp_path) -> None:
+    """Level L averages 2**L voxels: its scale is 2**L v and its first centre (2**L - 1) / 2 voxels in."""
+    layout = Layout((8, 8, 8), "uint8", voxel_size=(2.0, 2.0, 2.0), unit="nanometer", translation=(10.0, 0.0, 0.0))
+    layout = Layout(**{**layout.__dict__, "levels": 3})
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
+    for level, shape in enumerate(layout.shapes):
+        group.create_array(str(level), shape=shape, dtype="u1", dimension_names=("z", "y", "x"))
+    datasets = ome_attributes(layout, group)["ome"]["multiscales"][0]["datasets"]
+    transforms = [{t["type"]: t[t["type"]] for t in d["coordinateTransformations"]} for d in datasets]
+    assert [t["scale"] for t in transforms] == [[2.0] * 3, [4.0] * 3, [8.0] * 3]
+    assert [t["translation"] for t in transforms] == [[10.0, 0.0, 0.0], [11.0, 1.0, 1.0], [13.0, 3.0, 3.0]]
+    assert [layout.geometry.level(lv) for lv in range(3)] == [
+        (tuple(t["scale"]), tuple(t["translation"])) for t in transforms
+    ]
 
 
 def test_a_path_source_is_reopened_by_each_worker(aniso_zarr, weights) -> None:

@@ -1,9 +1,18 @@
-"""Open volumes lazily (TIFF, zarr, OME-Zarr, npy, dask/numpy arrays) as ZYX arrays with voxel sizes."""
+"""Open volumes lazily (TIFF, OME-TIFF, zarr, OME-Zarr 0.4/0.5 on disk or at a URL, npy, dask/numpy
+arrays) as ZYX arrays with their voxel size, unit and translation.
+
+Where a volume sits in the world follows napari's pixel-centre convention (see
+``inference/geometry.py``): data index ``i`` is at ``i * voxel_size + translation``. Units are the
+OME-NGFF names ("micrometer", "nanometer", ...), which napari's ``units=`` (pint) also understands.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import os
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +21,20 @@ import numpy as np
 
 from ..errors import NiivInputError
 
+Triple = tuple[float, float, float]
+
 
 @dataclass
 class Volume:
-    """A 3D ZYX array (lazy where the source allows) and its voxel size (z, y, x), any unit."""
+    """A 3D ZYX array (lazy where the source allows), its voxel size (z, y, x) in ``unit``, and the
+    world position of voxel 0's centre (``translation``, same unit)."""
 
     data: da.Array
-    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    voxel_size: Triple = (1.0, 1.0, 1.0)
     name: str = "volume"
     unit: str | None = None
     pyramid: tuple[da.Array, ...] = ()  # coarser levels of a multiscale store, finest first
+    translation: Triple = (0.0, 0.0, 0.0)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -29,8 +42,8 @@ class Volume:
 
     @property
     def has_voxel_size(self) -> bool:
-        """False when the source gave no voxel sizes (all 1): its anisotropy is then unknown."""
-        return self.voxel_size != (1.0, 1.0, 1.0)
+        """False when the source gave no voxel sizes (all 1 and no unit): its anisotropy is then unknown."""
+        return self.unit is not None or tuple(self.voxel_size) != (1.0, 1.0, 1.0)
 
     @property
     def alpha(self) -> float:
@@ -38,8 +51,8 @@ class Volume:
         return float(self.voxel_size[0]) / float(self.voxel_size[2])
 
 
-def as_volume(source: Any, voxel_size: tuple[float, float, float] | None = None, name: str = "volume") -> Volume:
-    """Accept a path, a numpy/dask/zarr array or a Volume; check it is a usable 3D grey volume."""
+def as_volume(source: Any, voxel_size: Triple | None = None, name: str = "volume") -> Volume:
+    """Accept a path or URL, a numpy/dask/zarr array or a Volume; check it is a usable 3D grey volume."""
     if isinstance(source, Volume):
         vol = source
     elif isinstance(source, (str, Path)):
@@ -47,7 +60,7 @@ def as_volume(source: Any, voxel_size: tuple[float, float, float] | None = None,
     else:
         vol = Volume(da.asarray(source) if not isinstance(source, da.Array) else source, name=name)
     if voxel_size is not None:
-        vol = Volume(vol.data, tuple(float(v) for v in voxel_size), vol.name, vol.unit)  # type: ignore[arg-type]
+        vol = replace(vol, voxel_size=tuple(float(v) for v in voxel_size))
     check_volume(vol.data)
     return vol
 
@@ -71,16 +84,152 @@ def check_volume(data: Any) -> None:
         raise NiivInputError(f"unsupported pixel type {dtype}; use an integer or floating-point volume")
 
 
-def open_volume(path: str | Path) -> Volume:
-    """Open a file or store without reading it all: TIFF (memory-mapped where possible), zarr
-    v2/v3, OME-Zarr (highest resolution as ``data``, coarser levels as ``pyramid``, voxel sizes from
-    its metadata) or .npy (memory-mapped)."""
-    p = Path(path)
-    if not p.exists():
-        raise NiivInputError(f"{p}: no such file or directory")
-    vol = _open_any(p)
+# -- units ---------------------------------------------------------------------------------------
+
+# OME-NGFF's length units and their size in metres (for converting axes given in different units).
+NGFF_LENGTH_UNITS = {
+    "angstrom": 1e-10,
+    "attometer": 1e-18,
+    "centimeter": 1e-2,
+    "decimeter": 1e-1,
+    "exameter": 1e18,
+    "femtometer": 1e-15,
+    "foot": 0.3048,
+    "gigameter": 1e9,
+    "hectometer": 1e2,
+    "inch": 0.0254,
+    "kilometer": 1e3,
+    "megameter": 1e6,
+    "meter": 1.0,
+    "micrometer": 1e-6,
+    "mile": 1609.344,
+    "millimeter": 1e-3,
+    "nanometer": 1e-9,
+    "parsec": 3.0856775814913673e16,
+    "petameter": 1e15,
+    "picometer": 1e-12,
+    "terameter": 1e12,
+    "yard": 0.9144,
+    "yoctometer": 1e-24,
+    "yottameter": 1e24,
+    "zeptometer": 1e-21,
+    "zettameter": 1e21,
+}
+# Other spellings (ImageJ, OME-XML symbols, pint, British English) -> NGFF names; None: no unit.
+_UNIT_ALIASES: dict[str, str | None] = {
+    "um": "micrometer",
+    "\u00b5m": "micrometer",  # micro sign
+    "\u03bcm": "micrometer",  # Greek mu
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "dm": "decimeter",
+    "m": "meter",
+    "km": "kilometer",
+    "pm": "picometer",
+    "fm": "femtometer",
+    "\u00e5": "angstrom",  # A with ring
+    "\u212b": "angstrom",  # Angstrom sign
+    "in": "inch",
+    "ft": "foot",
+    "yd": "yard",
+    "mi": "mile",
+    "pixel": None,
+    "pixels": None,
+    "px": None,
+    "": None,
+}
+
+
+def ngff_unit(unit: Any, strict: bool = False) -> str | None:
+    """The NGFF name of a length unit given in any common spelling ("um", "µm", "micron", "nm",
+    "nanometre", pint's units...); None for no unit ("pixel"). An unknown unit is None, or with
+    ``strict`` a NiivInputError (for writing, where a wrong unit would be published)."""
+    if unit is None:
+        return None
+    text = str(unit).strip()
+    key = text.lower().replace("metre", "meter")
+    if key in _UNIT_ALIASES:
+        return _UNIT_ALIASES[key]
+    for name in (key, key.removesuffix("s")):
+        if name in NGFF_LENGTH_UNITS:
+            return name
+    if strict:
+        raise NiivInputError(
+            f"unit {text!r} is not a length unit OME-Zarr knows; use one of micrometer, nanometer, millimeter, "
+            "angstrom, ... (or none)"
+        )
+    return None
+
+
+def _common_unit(sizes: list[float], units: list[str | None]) -> tuple[list[float], str | None]:
+    """Express per-axis sizes in one unit (the last axis's): OME files may give z in µm and x in nm."""
+    known = [u for u in units if u is not None]
+    if not known:
+        return sizes, None
+    ref = known[-1]
+    out = [
+        s * NGFF_LENGTH_UNITS[u] / NGFF_LENGTH_UNITS[ref] if u is not None else s
+        for s, u in zip(sizes, units, strict=True)
+    ]
+    return out, ref
+
+
+def _checked(voxel: list[float] | tuple[float, ...], translation: list[float] | tuple[float, ...], where: Any):
+    """Voxel sizes and translation from a file, or a NiivInputError saying what to fix."""
+    from ..inference.geometry import check_voxel_size
+
+    v = tuple(float(s) for s in voxel)
+    try:
+        check_voxel_size(v)
+    except NiivInputError:
+        raise NiivInputError(
+            f"{where}: the file gives voxel size {v} (z, y, x), which is not usable: each must be a positive "
+            "finite number; fix the file's metadata (in Fiji: Image > Properties) or save it without voxel sizes"
+        ) from None
+    t = tuple(float(s) for s in translation)
+    if not all(math.isfinite(s) for s in t):
+        raise NiivInputError(f"{where}: the file gives translation {t} (z, y, x); fix it to finite numbers")
+    return v, t
+
+
+# -- opening -------------------------------------------------------------------------------------
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_url(path: Any) -> bool:
+    """``https://``, ``http://``, ``s3://``, ``gs://``... (a Windows drive letter is not a scheme)."""
+    return isinstance(path, str) and bool(_URL.match(path))
+
+
+def open_volume(path: str | Path, storage_options: dict[str, Any] | None = None) -> Volume:
+    """Open a file, store or URL without reading it all: TIFF and OME-TIFF (memory-mapped where
+    possible), zarr v2/v3, OME-Zarr 0.4/0.5 (highest resolution as ``data``, coarser levels as
+    ``pyramid``, voxel sizes, unit and translation from its metadata), an OME-Zarr at an
+    ``https://``/``http://``/``s3://`` URL (through fsspec; only the chunks used are fetched;
+    ``storage_options`` go to fsspec), or .npy (memory-mapped)."""
+    if is_url(path):
+        vol = _open_remote(str(path), storage_options)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise NiivInputError(f"{p}: no such file or directory")
+        vol = _open_any(p)
     check_volume(vol.data)
     return vol
+
+
+def volume_name(path: str | Path) -> str:
+    """A layer name for a path or URL: the file name without .ome.zarr, .ome.tif, .tif, .npy, ..."""
+    name = str(path).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".zarr", ".tiff", ".tif", ".npy"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name[:-4] if name.lower().endswith(".ome") else name
 
 
 def _open_any(p: Path) -> Volume:
@@ -88,14 +237,43 @@ def _open_any(p: Path) -> Volume:
         if p.suffix.lower() in (".tif", ".tiff"):
             return _open_tiff(p)
         if p.suffix.lower() == ".npy":
-            return Volume(da.from_array(np.load(p, mmap_mode="r"), chunks="auto"), name=p.stem)
+            return Volume(da.from_array(np.load(p, mmap_mode="r"), chunks="auto"), name=volume_name(p))
         if p.is_dir() or p.suffix.lower() == ".zarr":
-            return _open_zarr(p)
+            import zarr
+
+            return _open_zarr(zarr.open(str(p), mode="r"), p, volume_name(p))
     except NiivInputError:
         raise
     except Exception as exc:
         raise NiivInputError(f"{p}: could not read it as a volume ({type(exc).__name__}: {exc})") from exc
     raise NiivInputError(f"{p}: unknown format; niiv reads .tif/.tiff, .npy, .zarr and OME-Zarr")
+
+
+def _open_remote(url: str, storage_options: dict[str, Any] | None) -> Volume:
+    """A zarr / OME-Zarr store at a URL through fsspec (HTTP needs aiohttp, S3 s3fs)."""
+    import zarr
+
+    url = url.rstrip("/")
+    options = dict(storage_options) if storage_options is not None else _default_options(url)
+    try:
+        node = zarr.open(url, mode="r", storage_options=options)
+        return _open_zarr(node, url, volume_name(url))
+    except NiivInputError:
+        raise
+    except ImportError as exc:
+        raise NiivInputError(f"{url}: reading this URL needs {exc.name}: pip install {exc.name}") from exc
+    except Exception as exc:
+        raise NiivInputError(
+            f"{url}: could not open it as a zarr or OME-Zarr store ({type(exc).__name__}: {exc}); check the URL "
+            "(it should point at the store's root, the folder holding zarr.json or .zattrs) and your connection"
+        ) from exc
+
+
+def _default_options(url: str) -> dict[str, Any]:
+    """Public S3 buckets are read anonymously unless AWS credentials are configured."""
+    if url.startswith("s3://") and not any(k in os.environ for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE")):
+        return {"anon": True}
+    return {}
 
 
 def _open_tiff(path: Path) -> Volume:
@@ -104,42 +282,20 @@ def _open_tiff(path: Path) -> Volume:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         shape = series.shape
-        voxel = _tiff_voxel_size(tif)
-        unit = _unit_name((tif.imagej_metadata or {}).get("unit"))
         if "S" in series.axes and tif.pages[0].photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR):
             raise NiivInputError(
                 f"{path}: an RGB TIFF (axes {series.axes}, shape {shape}); niiv reconstructs single-channel "
                 "intensity volumes: convert to greyscale or save one channel"
             )
+        voxel, unit = tiff_voxel_size(tif, path)
     try:
         arr: Any = tifffile.memmap(path, mode="r")
     except (ValueError, OSError):
-        arr = tifffile.imread(path, aszarr=True)
         import zarr
 
-        arr = zarr.open(arr, mode="r")
+        arr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
     data = da.from_array(arr, chunks=_chunks_for(shape))
-    vol = Volume(data, voxel, path.stem)
-    vol.unit = unit if vol.has_voxel_size else None
-    return vol
-
-
-# ImageJ spellings -> OME-NGFF unit names.
-_UNITS = {
-    "um": "micrometer",
-    "micron": "micrometer",
-    "\u00b5m": "micrometer",  # micro sign
-    "\u03bcm": "micrometer",  # Greek mu
-    "nm": "nanometer",
-    "mm": "millimeter",
-    "pixel": None,
-}
-
-
-def _unit_name(unit: str | None) -> str | None:
-    if not unit:
-        return None
-    return _UNITS.get(unit.strip().lower(), unit.strip())
+    return Volume(data, voxel or (1.0, 1.0, 1.0), volume_name(path), unit if voxel else None)
 
 
 def _chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -148,72 +304,130 @@ def _chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(min(s, c) for s, c in zip(shape, base, strict=True))
 
 
-def _tiff_voxel_size(tif: Any) -> tuple[float, float, float]:
-    """Voxel size from ImageJ metadata (spacing) and the resolution tags, else 1."""
-    z = y = x = 1.0
+def tiff_voxel_size(tif: Any, where: Any = "TIFF") -> tuple[Triple | None, str | None]:
+    """(voxel size z, y, x, unit) of a TIFF, or (None, None) when it does not give the z spacing.
+
+    OME-TIFF: the OME-XML ``PhysicalSizeX/Y/Z`` and their units (µm when not stated), converted to
+    one unit. ImageJ: ``spacing`` (z) and ``unit`` in the description, x and y from the resolution
+    tags (pixels per unit). Any other TIFF has no voxel sizes: its resolution tags (dots per inch)
+    describe printing, not the sample. Without a z spacing the anisotropy is unknown, so xy alone are
+    not used either (the volume then has unknown voxel sizes, and alpha is given by hand).
+    """
+    if getattr(tif, "is_ome", False) and tif.ome_metadata:
+        sizes, units = _ome_xml_sizes(tif.ome_metadata)
+        if sizes is None:
+            return None, None
+        voxel, unit = _common_unit(sizes, units)
+        return _checked(voxel, (0, 0, 0), where)[0], unit
     ij = tif.imagej_metadata or {}
-    if "spacing" in ij:
-        z = float(ij["spacing"])
-    page = tif.pages[0]
-    for tag, setter in (("XResolution", "x"), ("YResolution", "y")):
-        t = page.tags.get(tag)
-        if t is not None:
-            num, den = t.value
-            if num:
-                if setter == "x":
-                    x = den / num
-                else:
-                    y = den / num
     if "spacing" not in ij:
-        return (1.0, 1.0, 1.0) if (x, y) == (1.0, 1.0) else (x, y, x)
-    return (z, y, x)
+        return None, None
+    page = tif.pages[0]
+    xy = []
+    for tag in ("YResolution", "XResolution"):
+        t = page.tags.get(tag)
+        num, den = t.value if t is not None else (1, 1)
+        xy.append(den / num if num else math.inf)
+    voxel = _checked([float(ij["spacing"]), *xy], (0, 0, 0), where)[0]
+    return voxel, ngff_unit(ij.get("unit"))
 
 
-def _open_zarr(path: Path) -> Volume:
+def _ome_xml_sizes(xml: str) -> tuple[list[float] | None, list[str | None]]:
+    """PhysicalSizeZ/Y/X and their units from the first image's Pixels element of an OME-XML."""
+    import xml.etree.ElementTree as ET
+
+    pixels = next((e for e in ET.fromstring(xml).iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None or "PhysicalSizeZ" not in pixels.attrib or "PhysicalSizeX" not in pixels.attrib:
+        return None, []
+    a = pixels.attrib
+    sizes = [float(a["PhysicalSizeZ"]), float(a.get("PhysicalSizeY", a["PhysicalSizeX"])), float(a["PhysicalSizeX"])]
+    units = [ngff_unit(a.get(f"PhysicalSize{ax}Unit", "\u00b5m")) for ax in "ZYX"]
+    return sizes, units
+
+
+def _open_zarr(root: Any, where: Any, name: str) -> Volume:
+    """A zarr array, or the first image of an OME-Zarr group (0.4, 0.5 or a bioformats2raw wrapper)."""
     import zarr
 
-    root = zarr.open(str(path), mode="r")
     if isinstance(root, zarr.Array):
-        return Volume(da.from_zarr(root), name=path.stem)
-    attrs = dict(root.attrs)
+        return Volume(da.from_zarr(root), name=name)
+    attrs = root.attrs.asdict()
     ome = attrs.get("ome", attrs)
+    if "multiscales" not in ome and "bioformats2raw.layout" in ome and "0" in root:
+        return _open_zarr(root["0"], where, name)
     multiscales = ome.get("multiscales")
     if not multiscales:
         names = [k for k, _ in root.arrays()]
         raise NiivInputError(
-            f"{path}: a zarr group without OME-Zarr multiscales metadata; open one of its arrays "
+            f"{where}: a zarr group without OME-Zarr multiscales metadata; open one of its arrays "
             f"instead ({', '.join(names) or 'none found'})"
         )
     ms = multiscales[0]
-    ds = ms["datasets"][0]
-    voxel = _ome_scale(ds, ms)
-    axes = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
-    units = [a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict) and a.get("type", "space") == "space"]
-    levels = [_spatial(da.from_zarr(root[d["path"]]), axes) for d in ms["datasets"]]
-    unit = units[-1] if units else None
-    pyramid = tuple(lv for lv in levels[1:] if lv.ndim == levels[0].ndim)
-    return Volume(levels[0], tuple(float(v) for v in voxel[-3:]), path.stem, unit, pyramid)  # type: ignore[arg-type]
+    levels = [da.from_zarr(root[d["path"]]) for d in ms["datasets"]]
+    ndim = levels[0].ndim
+    axes = _axes(ms, ndim)
+    spatial = [i for i, a in enumerate(axes) if a.get("type") == "space" or a.get("name") in ("z", "y", "x")][-3:]
+    scale, shift = ome_transform(ms, ndim)
+    pad = 3 - len(spatial)  # a 2D store: check_volume says what is wrong with it
+    sizes = [1.0] * pad + [scale[i] for i in spatial]
+    units = [None] * pad + [ngff_unit(axes[i].get("unit")) for i in spatial]
+    voxel_list, unit = _common_unit(sizes, units)
+    factors = [
+        v / s if s else 1.0 for v, s in zip(voxel_list, sizes, strict=True)
+    ]  # unit conversion, applied to shifts too
+    translation = [0.0] * pad + [shift[i] * f for i, f in zip(spatial, factors[pad:], strict=True)]
+    voxel, t = _checked(voxel_list, translation, where)
+    data, *pyramid = (_spatial(lv, axes) for lv in levels)
+    return Volume(data, voxel, name, unit, tuple(lv for lv in pyramid if lv.ndim == data.ndim), t)
 
 
-def _spatial(data: da.Array, axes: list[str]) -> da.Array:
+def _axes(ms: dict[str, Any], ndim: int) -> list[dict[str, Any]]:
+    """Axes as dicts (NGFF 0.3 lists names only; 0.1/0.2 none: then the last three are z, y, x)."""
+    axes = ms.get("axes")
+    if not axes:
+        return [{"name": n} for n in ("t", "c", "z", "y", "x")[-ndim:]]
+    return [a if isinstance(a, dict) else {"name": a} for a in axes]
+
+
+def ome_transform(ms: dict[str, Any], ndim: int, level: int = 0) -> tuple[list[float], list[float]]:
+    """Per-axis (scale, translation) of dataset ``level``: its own transformations, then the
+    multiscale-wide ones (world = s_ms * (s_ds * i + t_ds) + t_ms)."""
+    s_ds, t_ds = _scale_translation(ms["datasets"][level], ndim)
+    s_ms, t_ms = _scale_translation(ms, ndim)
+    return [a * b for a, b in zip(s_ds, s_ms, strict=True)], [
+        t * s + u for t, s, u in zip(t_ds, s_ms, t_ms, strict=True)
+    ]
+
+
+def _scale_translation(node: dict[str, Any], ndim: int) -> tuple[list[float], list[float]]:
+    scale, shift = [1.0] * ndim, [0.0] * ndim
+    for t in node.get("coordinateTransformations") or []:
+        kind = t.get("type")
+        if kind in ("scale", "translation") and "path" in t and kind not in t:
+            raise NiivInputError(f"OME-Zarr {kind} stored in a separate array ({t['path']}) is not supported")
+        if kind in ("scale", "translation"):
+            values = [float(v) for v in t[kind]]
+            if len(values) != ndim:
+                raise NiivInputError(
+                    f"an OME-Zarr {kind} has {len(values)} values for {ndim} axes; fix the store's metadata"
+                )
+            if kind == "scale":
+                scale = values
+            else:
+                shift = values
+    return scale, shift
+
+
+def _spatial(data: da.Array, axes: list[dict[str, Any]]) -> da.Array:
     """Drop singleton time/channel axes so a (1, 1, z, y, x) store opens as a volume."""
     if len(axes) == data.ndim and data.ndim > 3:
-        index = tuple(0 if (a not in "zyx" and n == 1) else slice(None) for a, n in zip(axes, data.shape, strict=True))
+        names = [a.get("name") for a in axes]
+        index = tuple(
+            0 if (a.get("type") != "space" and n not in ("z", "y", "x") and s == 1) else slice(None)
+            for a, n, s in zip(axes, names, data.shape, strict=True)
+        )
         return data[index]
     return data
-
-
-def _ome_scale(dataset: dict[str, Any], multiscale: dict[str, Any]) -> list[float]:
-    scale = [1.0]
-    for t in dataset.get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            scale = list(t["scale"])
-    for t in multiscale.get("coordinateTransformations", []):
-        if t.get("type") == "scale":
-            scale = [a * b for a, b in zip(scale, t["scale"], strict=False)]
-    if len(scale) < 3:
-        scale = [1.0] * (3 - len(scale)) + scale
-    return scale
 
 
 def describe(vol: Volume) -> str:
@@ -224,6 +438,7 @@ def describe(vol: Volume) -> str:
             "shape_zyx": vol.shape,
             "dtype": str(vol.data.dtype),
             "voxel_size_zyx": vol.voxel_size,
+            "translation_zyx": vol.translation,
             "unit": vol.unit,
         }
     )

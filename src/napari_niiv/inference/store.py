@@ -1,5 +1,8 @@
-"""Write volumes as OME-Zarr pyramids (NGFF 0.4, zarr v2 layout, read by napari, napari-ome-zarr and
-ome-zarr-py), one chunk per task, on any dask scheduler, resumably and atomically.
+"""Write volumes as OME-Zarr pyramids, one chunk per task, on any dask scheduler, resumably and atomically.
+
+The format is NGFF 0.5 on zarr v3 by default (``Layout(ngff="0.4")``: NGFF 0.4 on zarr v2, for older
+readers); napari-ome-zarr, ome-zarr-py and niiv's own reader open both. The metadata is built and
+validated with ``ome-zarr-models``; where each level sits comes from ``geometry.py``.
 
 Every task writes exactly one chunk of one level, so tasks never share a chunk file, and then leaves
 a marker; a run that is killed keeps its ``OUT.partial`` store and the next run with the same
@@ -20,11 +23,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..data.io import ngff_unit
 from ..errors import NiivInputError
+from .geometry import Index, OutputGeometry, chunk_indices, pyramid_shapes
 
-Index = tuple[slice, slice, slice]
 _WORK = ".niiv"  # progress markers and the job fingerprint, inside the partial store
-PYRAMID_TOP = 256  # levels are added until the largest side is at most this
+NGFF_VERSIONS = ("0.5", "0.4")
+DOWNSAMPLING = "local_mean"  # how level L+1 is made from level L (ome-zarr-py's name for block means)
+AXES = ("z", "y", "x")
 
 
 class BlockSource(Protocol):
@@ -46,7 +52,10 @@ class ArrayBlocks:
 
 @dataclass(frozen=True)
 class Layout:
-    """Shape, pixel type and chunking of level 0, where it sits in the world, and how many levels."""
+    """Shape, pixel type and chunking of level 0, where it sits in the world (voxel size and the
+    translation of voxel 0's centre, as ``output_geometry`` gives them), how many levels, the NGFF
+    version (``"0.5"``: zarr v3; ``"0.4"``: zarr v2) and the display window (``contrast``: the
+    ``omero`` window's start and end; none written without it)."""
 
     shape: tuple[int, int, int]
     dtype: str
@@ -54,16 +63,43 @@ class Layout:
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     unit: str | None = None
     translation: tuple[float, float, float] | None = None
-    levels: int | None = None  # None: halve until the largest side is at most PYRAMID_TOP
+    levels: int | None = None  # None: halve until the largest side is at most geometry.PYRAMID_TOP
     name: str = "niiv"
+    ngff: str = "0.5"
+    contrast: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "chunks", tuple(min(c, s) for c, s in zip(self.chunks, self.shape, strict=True)))
-        object.__setattr__(self, "dtype", np.dtype(self.dtype).str)
+        set_ = object.__setattr__
+        set_(self, "shape", tuple(int(s) for s in self.shape))
+        set_(self, "chunks", tuple(min(int(c), s) for c, s in zip(self.chunks, self.shape, strict=True)))
+        set_(self, "dtype", np.dtype(self.dtype).str)
+        set_(self, "voxel_size", tuple(float(v) for v in self.voxel_size))
+        if self.translation is not None:
+            set_(self, "translation", tuple(float(t) for t in self.translation))
+        set_(self, "unit", ngff_unit(self.unit, strict=True))
+        set_(self, "ngff", str(self.ngff))
+        if self.ngff not in NGFF_VERSIONS:
+            raise NiivInputError(f"OME-Zarr version {self.ngff!r} is not one niiv writes; use 0.5 (default) or 0.4")
+        if self.contrast is not None:
+            lo, hi = (float(c) for c in self.contrast)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+                raise NiivInputError(f"contrast {self.contrast} is not a window: give two finite numbers, low <= high")
+            set_(self, "contrast", (lo, hi))
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
         return pyramid_shapes(self.shape, self.levels)
+
+    @property
+    def geometry(self) -> OutputGeometry:
+        """Level 0 placed in the world; ``.level(L)`` gives each level's voxel size and translation."""
+        return OutputGeometry(
+            self.shape,
+            tuple(slice(0, s) for s in self.shape),  # type: ignore[arg-type]
+            self.voxel_size,
+            self.translation or (0.0, 0.0, 0.0),
+            self.unit,
+        )
 
 
 @dataclass
@@ -77,37 +113,69 @@ class WriteReport:
     seconds: float
 
 
-def pyramid_shapes(shape: tuple[int, int, int], levels: int | None = None) -> list[tuple[int, int, int]]:
-    """Level shapes, each half the previous (rounded up) along every axis: the output is isotropic."""
-    shapes = [tuple(int(s) for s in shape)]
-    while (len(shapes) < levels) if levels is not None else max(shapes[-1]) > PYRAMID_TOP:
-        if max(shapes[-1]) == 1:
-            break
-        shapes.append(tuple(-(-s // 2) for s in shapes[-1]))
-    return shapes  # type: ignore[return-value]
+def ome_attributes(layout: Layout, group: Any) -> dict[str, Any]:
+    """The OME metadata of the store ``group`` (a zarr group holding the level arrays) for
+    ``layout``, built and validated by ``ome-zarr-models``: the zarr v3 ``ome`` attribute (NGFF
+    0.5) or the zarr v2 attributes (0.4). Level L's scale and translation are
+    ``layout.geometry.level(L)``: L averages ``2**L`` voxels per axis, so its first voxel centre
+    sits ``(2**L - 1) / 2`` level-0 voxels in."""
+    if layout.ngff == "0.5":
+        from ome_zarr_models.v05.axes import Axis
+        from ome_zarr_models.v05.image import Image
+        from pydantic_zarr.v3 import ArraySpec
+    else:
+        from ome_zarr_models.v04.axes import Axis
+        from ome_zarr_models.v04.image import Image
+        from pydantic_zarr.v2 import ArraySpec
+    from ome_zarr_models.common.omero import Omero
+
+    n = len(layout.shapes)
+    geo = layout.geometry
+    placed = [geo.level(level) for level in range(n)]
+    image = Image.new(
+        array_specs=[ArraySpec.from_zarr(group[str(level)]) for level in range(n)],
+        paths=[str(level) for level in range(n)],
+        axes=[Axis(name=a, type="space", unit=layout.unit) for a in AXES],
+        scales=[list(voxel) for voxel, _ in placed],
+        translations=[list(shift) if any(shift) else None for _, shift in placed],
+        name=layout.name,
+        multiscale_type=DOWNSAMPLING,
+        metadata={
+            "description": "each level is the mean of 2x2x2 voxels of the level above",
+            "method": "napari_niiv.inference.store.downsample",
+        },
+    )
+    attrs = image.attributes.ome if layout.ngff == "0.5" else image.attributes
+    out = attrs.model_dump(mode="json", exclude_none=True, by_alias=True)
+    if layout.contrast is not None:
+        out["omero"] = Omero.model_validate(_omero(layout)).model_dump(mode="json", exclude_none=True)
+    return {"ome": out} if layout.ngff == "0.5" else out
 
 
-def ome_metadata(
-    voxel_size: tuple[float, float, float],
-    unit: str | None,
-    levels: int = 1,
-    name: str = "niiv",
-    translation: tuple[float, float, float] | None = None,
-) -> dict[str, Any]:
-    """NGFF 0.4 multiscales. Level L averages 2^L voxels per axis, so its first voxel centre sits
-    (2^L - 1) / 2 level-0 voxels in: each level gets its own translation."""
-    axes = [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in "zyx"]
-    base = translation or (0.0, 0.0, 0.0)
-    datasets = []
-    for level in range(levels):
-        f = 2**level
-        scale = [v * f for v in voxel_size]
-        shift = [t + v * (f - 1) / 2 for t, v in zip(base, voxel_size, strict=True)]
-        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
-        if any(shift):
-            transforms.append({"type": "translation", "translation": shift})
-        datasets.append({"path": str(level), "coordinateTransformations": transforms})
-    return {"multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets}]}
+def _omero(layout: Layout) -> dict[str, Any]:
+    """One grey channel whose window is ``layout.contrast`` within the dtype's range."""
+    dtype = np.dtype(layout.dtype)
+    info = np.iinfo(dtype) if dtype.kind in "ui" else np.finfo(dtype) if dtype.kind == "f" else None
+    lo, hi = layout.contrast or (0.0, 1.0)
+    low, high = (float(info.min), float(info.max)) if info is not None else (min(lo, 0.0), max(hi, 1.0))
+    window = {"min": low, "max": high, "start": lo, "end": hi}
+    return {
+        "channels": [{"color": "FFFFFF", "window": window, "label": layout.name, "active": True}],
+        "rdefs": {"model": "greyscale"},
+    }
+
+
+def validate_store(path: str | Path) -> Any:
+    """Open an OME-Zarr image with ``ome-zarr-models`` (0.5 or 0.4 by its zarr format); it raises if
+    the metadata or the arrays break the spec. Returns the model."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    if group.metadata.zarr_format == 3:
+        from ome_zarr_models.v05.image import Image
+    else:
+        from ome_zarr_models.v04.image import Image
+    return Image.from_zarr(group)
 
 
 def downsample(block: np.ndarray, dtype: Any) -> np.ndarray:
@@ -123,12 +191,6 @@ def downsample(block: np.ndarray, dtype: Any) -> np.ndarray:
         info = np.iinfo(dtype)
         out = np.clip(np.rint(out), info.min, info.max)
     return out.astype(dtype)
-
-
-def chunk_indices(shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> list[Index]:
-    """The chunks of an array, as indices (the last ones along an axis may be smaller)."""
-    ranges = [[slice(a, min(a + c, s)) for a in range(0, s, c)] for s, c in zip(shape, chunks, strict=True)]
-    return [(z, y, x) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
 
 
 def check_output_path(out: Path, overwrite: bool, source: Path | None = None) -> None:
@@ -229,8 +291,7 @@ def write_ome_zarr(
                     on_progress(done, total)
 
             runner.run(job, level_todo, advance)
-        meta = ome_metadata(layout.voxel_size, layout.unit, len(shapes), layout.name, layout.translation)
-        _finish(partial, out, meta, fingerprint)
+        _finish(partial, out, layout, fingerprint)
     except BaseException:
         if not resume:
             shutil.rmtree(partial, ignore_errors=True)
@@ -280,31 +341,27 @@ def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool
 
 
 def _create_store(path: Path, layout: Layout) -> None:
-    """A zarr v2-format group with one array per level ("/"-separated chunk keys, as NGFF 0.4 asks),
-    with zarr-python 3 or 2."""
+    """A group with one array per level: zarr v3 with ``dimension_names`` z, y, x (NGFF 0.5), or
+    zarr v2 with "/"-separated chunk keys (NGFF 0.4)."""
     import zarr
 
-    v3 = int(zarr.__version__.split(".")[0]) >= 3
-    root = zarr.open_group(str(path), mode="w", **({"zarr_format": 2} if v3 else {}))
+    v3 = layout.ngff == "0.5"
+    root = zarr.open_group(str(path), mode="w", zarr_format=3 if v3 else 2)
     for level, shape in enumerate(layout.shapes):
         chunks = tuple(min(c, s) for c, s in zip(layout.chunks, shape, strict=True))
-        if v3:
-            enc = {"name": "v2", "separator": "/"}
-            root.create_array(
-                str(level), shape=shape, chunks=chunks, dtype=layout.dtype, fill_value=0, chunk_key_encoding=enc
-            )
-        else:  # pragma: no cover - zarr 2 (Python 3.10)
-            root.create_dataset(
-                str(level), shape=shape, chunks=chunks, dtype=layout.dtype, fill_value=0, dimension_separator="/"
-            )
+        extra: dict[str, Any] = (
+            {"dimension_names": AXES} if v3 else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+        )
+        root.create_array(str(level), shape=shape, chunks=chunks, dtype=layout.dtype, fill_value=0, **extra)
 
 
-def _finish(partial: Path, out: Path, meta: dict[str, Any], fingerprint: dict[str, Any] | None) -> None:
-    """Metadata last, progress markers removed, then one rename makes the store appear whole."""
+def _finish(partial: Path, out: Path, layout: Layout, fingerprint: dict[str, Any] | None) -> None:
+    """Metadata last (validated against the arrays written), progress markers removed, then one
+    rename makes the store appear whole."""
     import zarr
 
     root = zarr.open_group(str(partial), mode="r+")
-    root.attrs.update(meta | ({"niiv": fingerprint} if fingerprint else {}))
+    root.attrs.update(ome_attributes(layout, root) | ({"niiv": fingerprint} if fingerprint else {}))
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     partial.rename(out)
