@@ -79,7 +79,8 @@ def write_isotropic(
         g.translation,
         levels,
         out.name.split(".")[0] or "niiv",
-        **_store_options(ngff, contrast),
+        ngff,
+        None if contrast is None else (float(contrast[0]), float(contrast[1])),
     )
     return write_ome_zarr(
         out,
@@ -91,16 +92,3 @@ def write_isotropic(
         overwrite=overwrite,
         on_progress=on_progress,
     )
-
-
-def _store_options(ngff: str, contrast: tuple[float, float] | None) -> dict[str, Any]:
-    """Layout options the store understands (NGFF version, display window)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(Layout)}
-    opts: dict[str, Any] = {}
-    if "ngff" in names:
-        opts["ngff"] = ngff
-    if "contrast" in names and contrast is not None:
-        opts["contrast"] = tuple(float(c) for c in contrast)
-    return opts
