@@ -24,7 +24,7 @@ def lint_imports(cwd: Path, package_parent: Path) -> subprocess.CompletedProcess
     """Run lint-imports with pyproject's contracts on the napari_niiv found in ``package_parent``."""
     env = {**os.environ, "PYTHONPATH": str(package_parent), "NO_COLOR": "1"}
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
+        [str(LINT_IMPORTS), "--no-cache", str(ROOT / "pyproject.toml")],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -49,6 +49,7 @@ def test_bf16_engine_stays_close_and_keeps_the_output_fine_grained(slices) -> No
     assert (out * 256 - (out * 256).round()).abs().max() > 0.05
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiled_engine_equals_eager(slices) -> None:
     model = random_model()
     image, rows, cols = slices

@@ -41,6 +41,7 @@ def ome_store(path: Path, data: np.ndarray, voxel: tuple[float, float, float], t
     return write_store(path, layout, ArrayBlocks(data)).path
 
 
+@pytest.mark.slow  # a napari viewer
 def test_viewer_opens_tiff_lazily_with_voxel_sizes(make_napari_viewer, tmp_path: Path) -> None:
     data = volume()
     path = imagej_tif(tmp_path / "stack.tif", data, z=2.0, xy=0.5)
@@ -55,6 +56,7 @@ def test_viewer_opens_tiff_lazily_with_voxel_sizes(make_napari_viewer, tmp_path:
     assert layer.name == "stack"
 
 
+@pytest.mark.slow  # a napari viewer
 def test_viewer_opens_ome_zarr_lazily_with_scale_and_translation(make_napari_viewer, tmp_path: Path) -> None:
     data = volume(dtype=np.uint8)
     path = ome_store(tmp_path / "crop.ome.zarr", data, (40.0, 4.0, 4.0), translation=(80.0, 0.0, 12.0))
@@ -69,6 +71,7 @@ def test_viewer_opens_ome_zarr_lazily_with_scale_and_translation(make_napari_vie
     assert layer.metadata["unit"] == "nanometer"
 
 
+@pytest.mark.slow  # a napari viewer
 def test_niiv_reconstruct_pyramid_opens_in_napari_at_the_isotropic_scale(
     make_napari_viewer, tmp_path: Path, medulla: np.ndarray
 ) -> None:
@@ -127,6 +130,7 @@ def test_constant_volume_still_gets_a_window() -> None:
     assert contrast_limits(np.full((4, 8, 8), 3.0, np.float32)) == [0.0, 1.0]
 
 
+@pytest.mark.slow  # a napari viewer
 def test_writer_round_trip_through_napari(make_napari_viewer, tmp_path: Path) -> None:
     # 70 planes: more than one block along z, so blocks are stitched.
     data = da.from_array(volume((70, 12, 10)), chunks=(16, 12, 10))
@@ -162,6 +166,7 @@ def niiv_writer():
     return writer
 
 
+@pytest.mark.slow  # a napari viewer
 def test_writer_rejects_2d_and_rgb(make_napari_viewer, tmp_path: Path) -> None:
     viewer = make_napari_viewer()
     viewer.layers.selection = {viewer.add_image(np.zeros((16, 16), np.uint8))}
@@ -211,6 +216,7 @@ def test_multiscale_layer_writes_itself_or_its_finest_level(tmp_path: Path) -> N
     assert vol.voxel_size == (2.0, 1.0, 1.0) and vol.unit is None
 
 
+@pytest.mark.slow  # a napari viewer
 def test_fibsem_sample_is_pooled_real_data_over_its_ground_truth(make_napari_viewer, monkeypatch) -> None:
     monkeypatch.setenv("NIIV_DATA_DIR", str(DATA_DIR))
     viewer = make_napari_viewer()
@@ -229,6 +235,7 @@ def test_fibsem_sample_is_pooled_real_data_over_its_ground_truth(make_napari_vie
     np.testing.assert_allclose(pooled.data_to_world((3, 0, 0))[0], truth.data_to_world((24 + 3.5, 0, 0))[0])
 
 
+@pytest.mark.slow  # a napari viewer
 def test_epfl_sample_is_anisotropic_em(make_napari_viewer, monkeypatch) -> None:
     monkeypatch.setenv("NIIV_DATA_DIR", str(DATA_DIR))
     viewer = make_napari_viewer()

@@ -9,6 +9,7 @@ from napari_niiv.data.degrade import pool_axis
 from napari_niiv.errors import NiivInputError
 
 napari = pytest.importorskip("napari")
+pytestmark = pytest.mark.slow  # a napari viewer each
 
 ALPHA = 4.0
 PLUGIN = "napari-niiv"

@@ -52,6 +52,7 @@ def _l1(model, batch) -> float:
         return float((model(batch.inputs, batch.coords, 4.0) - batch.targets).abs().mean())
 
 
+@pytest.mark.slow  # trains 80 steps
 def test_training_lowers_the_loss_on_real_data(tmp_path, medulla) -> None:
     vol = Volume(da.from_array(medulla))
     fixed = LateralPairSampler([vol], 4.0, 32, 2048).batch(seed=999, step=0, size=16)
