@@ -105,7 +105,9 @@ def test_niiv_reconstruct_pyramid_opens_in_napari_at_the_isotropic_scale(
     [layer] = viewer.open(str(out), plugin=PLUGIN)
     assert layer.multiscale and [lv.shape for lv in layer.data] == [(60, 32, 36), (30, 16, 18), (15, 8, 9)]
     np.testing.assert_allclose(layer.scale, (4.0, 4.0, 4.0))
-    np.testing.assert_allclose(layer.translate, (80.0, 32.0, 0.0))  # the region's corner, in nanometres
+    # Pixel centres: section 2 (40 nm) covers [60, 100] nm; 4 nm output voxels tile it from 60, so the
+    # first sits at 62 (y and x keep 4 nm voxels: the region's first centre, 8 * 4 = 32, and 0).
+    np.testing.assert_allclose(layer.translate, (62.0, 32.0, 0.0))
     assert layer.metadata["unit"] == "nanometer"
     np.testing.assert_array_equal(layer.data[1], open_volume(out).pyramid[0])
 

@@ -1,4 +1,5 @@
-"""npe2 writer: an image layer saved as OME-Zarr block by block, so a lazy layer is never loaded whole."""
+"""npe2 writer: an image layer saved as OME-Zarr (NGFF 0.5) block by block, so a lazy layer is never
+loaded whole, placed in the world where napari shows it."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from ..data.io import common_unit, ngff_unit
 from ..errors import NiivInputError
+from ..inference.geometry import check_voxel_size
 from ..inference.store import ArrayBlocks, Layout
 from ..inference.store import write_ome_zarr as write_store
 
 
 def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Save one image layer at ``path`` with its scale, translate and unit (from the layer metadata).
+    """Save one image layer at ``path`` with its scale, translate, units and contrast limits (what
+    napari's layer state gives; a diagonal ``affine`` is folded into scale and translate).
 
     A multiscale layer whose first level knows how to write itself (niiv's lazy isotropic layer runs the
     full reconstruction) is delegated to it; any other multiscale layer is saved at its finest level.
@@ -35,14 +39,17 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             f"napari-niiv saves 3D (z, y, x) single-channel volumes as OME-Zarr; this layer has shape {shape}"
             f"{' (RGB)' if meta.get('rgb') else ''}: save it with napari's built-in writers (e.g. as .tif) instead"
         )
-    unit = (meta.get("metadata") or {}).get("unit")
+    voxel, translation, unit = layer_placement(meta)
+    contrast = meta.get("contrast_limits")
     layout = Layout(
         shape,  # type: ignore[arg-type]
         np.dtype(data.dtype).str,
-        voxel_size=_triple(meta.get("scale"), 1.0),
+        voxel_size=voxel,
         unit=unit,
-        translation=_triple(meta.get("translate"), 0.0),
+        translation=translation,
         name=out.name.split(".")[0],
+        ngff="0.5",
+        contrast=tuple(float(c) for c in contrast) if contrast is not None else None,  # type: ignore[arg-type]
     )
 
     from napari.utils import progress
@@ -56,7 +63,44 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     return [path]
 
 
-def _triple(values: Any, default: float) -> tuple[float, float, float]:
-    if values is None:
-        return (default, default, default)
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
+def layer_placement(meta: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float], str | None]:
+    """(voxel size, translation, unit) of a 3D layer from napari's layer state.
+
+    napari maps data to world as ``affine(scale * index + translate)``; OME-Zarr has only a scale and
+    a translation, so a diagonal affine is folded in (``scale * d``, ``translate * d + shift``) and a
+    rotation or shear is refused. Per-axis units are brought to one unit (NGFF names); napari's
+    "pixel" means none, and then the unit niiv's reader kept in the layer metadata is used.
+    """
+    scale = np.asarray(meta.get("scale", (1.0,) * 3), dtype=np.float64)[-3:]
+    translate = np.asarray(meta.get("translate", (0.0,) * 3), dtype=np.float64)[-3:]
+    rotate = np.asarray(meta.get("rotate", np.eye(3)), dtype=np.float64)[-3:, -3:]
+    shear = np.asarray(meta.get("shear", (0.0,) * 3), dtype=np.float64)
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+    linear, shift = affine[-4:-1, -4:-1], affine[-4:-1, -1]
+    if not np.allclose(rotate, np.eye(3)) or not np.allclose(shear, 0):
+        raise NiivInputError(
+            "this layer is rotated or sheared, which OME-Zarr (scale and translation only) cannot store: "
+            "reset its rotate and shear (Layer > Transform) or save it with napari's built-in writers"
+        )
+    if not np.allclose(linear, np.diag(np.diag(linear))):
+        raise NiivInputError(
+            "this layer's affine transform rotates or shears it, which OME-Zarr (scale and translation only) "
+            "cannot store: use a diagonal affine (scale and translation) or save it with napari's built-in writers"
+        )
+    d = np.diag(linear)
+    voxel = [float(v) for v in scale * d]
+    origin = [float(t) for t in translate * d + shift]
+    try:
+        check_voxel_size(voxel)
+    except NiivInputError:
+        raise NiivInputError(
+            f"this layer's scale (with its affine) is {tuple(voxel)}: OME-Zarr needs positive voxel sizes; "
+            "flip the data itself instead of using a negative scale"
+        ) from None
+    units = [ngff_unit(u, strict=True) for u in (meta.get("units") or (None,) * 3)[-3:]]
+    if all(u is None for u in units):
+        units = [ngff_unit((meta.get("metadata") or {}).get("unit"), strict=True)] * 3
+    voxel_common, unit = common_unit(voxel, units)
+    factors = [c / v for c, v in zip(voxel_common, voxel, strict=True)]
+    translation = [t * f for t, f in zip(origin, factors, strict=True)]
+    return tuple(voxel_common), tuple(translation), unit  # type: ignore[return-value]

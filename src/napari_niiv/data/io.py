@@ -35,6 +35,7 @@ class Volume:
     unit: str | None = None
     pyramid: tuple[da.Array, ...] = ()  # coarser levels of a multiscale store, finest first
     translation: Triple = (0.0, 0.0, 0.0)
+    contrast: tuple[float, float] | None = None  # display window the file gives (OME-Zarr omero), if any
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -164,7 +165,7 @@ def ngff_unit(unit: Any, strict: bool = False) -> str | None:
     return None
 
 
-def _common_unit(sizes: list[float], units: list[str | None]) -> tuple[list[float], str | None]:
+def common_unit(sizes: list[float], units: list[str | None]) -> tuple[list[float], str | None]:
     """Express per-axis sizes in one unit (the last axis's): OME files may give z in µm and x in nm."""
     known = [u for u in units if u is not None]
     if not known:
@@ -317,7 +318,7 @@ def tiff_voxel_size(tif: Any, where: Any = "TIFF") -> tuple[Triple | None, str |
         sizes, units = _ome_xml_sizes(tif.ome_metadata)
         if sizes is None:
             return None, None
-        voxel, unit = _common_unit(sizes, units)
+        voxel, unit = common_unit(sizes, units)
         return _checked(voxel, (0, 0, 0), where)[0], unit
     ij = tif.imagej_metadata or {}
     if "spacing" not in ij:
@@ -371,14 +372,25 @@ def _open_zarr(root: Any, where: Any, name: str) -> Volume:
     pad = 3 - len(spatial)  # a 2D store: check_volume says what is wrong with it
     sizes = [1.0] * pad + [scale[i] for i in spatial]
     units = [None] * pad + [ngff_unit(axes[i].get("unit")) for i in spatial]
-    voxel_list, unit = _common_unit(sizes, units)
+    voxel_list, unit = common_unit(sizes, units)
     factors = [
         v / s if s else 1.0 for v, s in zip(voxel_list, sizes, strict=True)
     ]  # unit conversion, applied to shifts too
     translation = [0.0] * pad + [shift[i] * f for i, f in zip(spatial, factors[pad:], strict=True)]
     voxel, t = _checked(voxel_list, translation, where)
     data, *pyramid = (_spatial(lv, axes) for lv in levels)
-    return Volume(data, voxel, name, unit, tuple(lv for lv in pyramid if lv.ndim == data.ndim), t)
+    pyramid = tuple(lv for lv in pyramid if lv.ndim == data.ndim)
+    return Volume(data, voxel, name, unit, pyramid, t, _omero_window(ome.get("omero")))
+
+
+def _omero_window(omero: Any) -> tuple[float, float] | None:
+    """start and end of the first channel's omero window, when given as two ordered numbers."""
+    try:
+        window = omero["channels"][0]["window"]
+        lo, hi = float(window["start"]), float(window["end"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and lo < hi else None
 
 
 def _axes(ms: dict[str, Any], ndim: int) -> list[dict[str, Any]]:
