@@ -296,7 +296,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         settings.alpha,
         settings.scale,
         vol.voxel_size if vol.has_voxel_size else None,
-        getattr(vol, "translation", None),
+        vol.translation,
         vol.unit,
         _parse_region(args.region),
     )

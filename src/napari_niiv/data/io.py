@@ -180,8 +180,6 @@ def common_unit(sizes: list[float], units: list[str | None]) -> tuple[list[float
 
 def _checked(voxel: list[float] | tuple[float, ...], translation: list[float] | tuple[float, ...], where: Any):
     """Voxel sizes and translation from a file, or a NiivInputError saying what to fix."""
-    from ..inference.geometry import check_voxel_size
-
     v = tuple(float(s) for s in voxel)
     try:
         check_voxel_size(v)
@@ -454,3 +452,14 @@ def describe(vol: Volume) -> str:
             "unit": vol.unit,
         }
     )
+
+
+def check_voxel_size(voxel_size: Any) -> None:
+    """Voxel sizes must be three positive finite numbers; the message says what to do."""
+    import math
+
+    if len(voxel_size) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size):
+        raise NiivInputError(
+            f"voxel size {tuple(voxel_size)} is not usable: each of z, y, x must be a positive finite number; "
+            "fix the file's metadata, or pass --alpha to ignore it"
+        )

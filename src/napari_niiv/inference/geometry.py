@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.io import check_voxel_size
 from ..errors import NiivInputError
 
 Triple = tuple[float, float, float]
@@ -71,14 +72,6 @@ def effective_voxel_size(voxel_size: Sequence[float] | None, alpha: float) -> Tr
     v = tuple(float(s) for s in voxel_size)
     check_voxel_size(v)
     return v  # type: ignore[return-value]
-
-
-def check_voxel_size(voxel_size: Sequence[float]) -> None:
-    if len(voxel_size) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size):
-        raise NiivInputError(
-            f"voxel size {tuple(voxel_size)} is not usable: each of z, y, x must be a positive finite number; "
-            "fix the file's metadata, or pass --alpha to ignore it"
-        )
 
 
 @dataclass(frozen=True)
