@@ -10,10 +10,6 @@ from .decoder import MLPDecoder, positional_encoding
 from .encoder import EDSREncoder
 from .latent_field import LatentGrid, LocalAttention, sample_bilinear
 
-# Queries decoded per chunk: bounds the (N, 9, 128) key/value gather and MLP activations to a few
-# tens of MB, below glibc's mmap threshold churn and far below any laptop's memory.
-QUERY_CHUNK = 16384
-
 
 class NiivModel(nn.Module):
     """Neural implicit isotropic volume model (Troidl et al.), device-agnostic pure torch.
@@ -37,13 +33,9 @@ class NiivModel(nn.Module):
         return LatentGrid(latents=latents, image=image, keys_values=kv, step=(1.0 / float(alpha), 1.0))
 
     def query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
-        """Intensities at ``coords`` (B, N, 2) (row, col in input pixel units) -> (B, N)."""
-        per_chunk = max(1, QUERY_CHUNK // coords.shape[0])  # bound batch x points, not points alone
-        if coords.shape[1] <= per_chunk:
-            return self._query(grid, coords)
-        return torch.cat([self._query(grid, c) for c in coords.split(per_chunk, dim=1)], dim=1)
-
-    def _query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
+        """Intensities at ``coords`` (B, N, 2) (row, col in input pixel units) -> (B, N), in one pass:
+        training's batches. Inference decodes many points through
+        :class:`~napari_niiv.inference.engine.InferenceEngine`, which chunks them."""
         return self.decode_points(*self.gather(grid, coords), coords)
 
     def gather(self, grid: LatentGrid, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -64,13 +56,6 @@ class NiivModel(nn.Module):
         pe = positional_encoding(coords, self.config.pe_bands).to(latent.dtype)
         features = torch.cat((latent, value.unsqueeze(-1).to(latent.dtype), pe), dim=-1)
         return self.decoder(features, value)
-
-    def render(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Decode the separable grid ``rows`` x ``cols`` (coordinate vectors) -> (B, R, C)."""
-        rr, cc = torch.meshgrid(rows, cols, indexing="ij")
-        coords = torch.stack((rr, cc), dim=-1).reshape(1, -1, 2)
-        coords = coords.expand(grid.latents.shape[0], -1, -1).to(grid.latents.device)
-        return self.query(grid, coords).reshape(-1, rows.numel(), cols.numel())
 
     def forward(self, image: torch.Tensor, coords: torch.Tensor, alpha: float) -> torch.Tensor:
         return self.query(self.encode(image, alpha), coords)
