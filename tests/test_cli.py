@@ -141,7 +141,7 @@ def _bad_input_cases(tmp_path, medulla):
     write_tif(tmp_path / "ok.tif", medulla[:4, :32, :32])
     cases["alpha"] = (
         ["reconstruct", tmp_path / "ok.tif", tmp_path / "o3.zarr", "--alpha", "0.5"],
-        "alpha must be a number from 1 to 100",
+        "--alpha: '0.5': give a number from 1 to 100",
     )
     cases["no_alpha"] = (["reconstruct", tmp_path / "ok.tif", tmp_path / "o4.zarr"], "pass --alpha")
     write_tif(tmp_path / "small.tif", medulla[:4, :10, :10])

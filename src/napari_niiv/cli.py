@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from . import __version__
+from .data.degrade import ALPHA_RANGE
 from .errors import NiivInputError
 from .inference.settings import DEVICES, ORIENTATIONS, PRECISIONS, SCALE_RANGE, InferenceSettings
 from .model.config import ARCHITECTURES
@@ -53,21 +56,54 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_region(text: str | None) -> tuple[slice, ...] | None:
-    if not text:
+    """``z0:z1,y0:y1,x0:x1`` (each bound optional) -> three slices; anything else is refused."""
+    if text is None or not text.strip():
         return None
-    try:
-        parts = [tuple(int(v) if v else None for v in s.split(":")) for s in text.split(",")]
-        return tuple(slice(*p) for p in parts)
-    except ValueError as exc:
-        raise NiivInputError(f"--region {text!r}: write it as z0:z1,y0:y1,x0:x1 (e.g. 122:250,0:250,0:250)") from exc
+    example = "write it as z0:z1,y0:y1,x0:x1 in input voxels, bounds optional (e.g. 122:250,:,0:250)"
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise NiivInputError(f"--region {text!r}: {len(parts)} range(s) given, three needed; {example}")
+    out = []
+    for part in parts:
+        m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", part)
+        if m is None:
+            raise NiivInputError(f"--region {text!r}: {part.strip()!r} is not a range start:stop; {example}")
+        lo, hi = (int(g) if g else None for g in m.groups())
+        if lo is not None and hi is not None and hi <= lo:
+            raise NiivInputError(f"--region {text!r}: {part.strip()!r} is empty (stop must exceed start); {example}")
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def _number(lo: float, hi: float, integer: bool = False, open_low: bool = False) -> Any:
+    """An argparse type: a finite number in [lo, hi] ((lo, hi] with ``open_low``), else a message."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value: float | int = int(text) if integer else float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (lo < value if open_low else lo <= value) and value <= hi
+        if not ok:
+            kind = "a whole number" if integer else "a number"
+            low = f"above {lo:g}" if open_low else f"from {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text!r}: give {kind} {low} to {hi:g}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end in one line that says what to do, exit code 2 (argparse prints the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="niiv", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="niiv", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"napari-niiv {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     info = sub.add_parser("info", help="show installed weights and devices, or describe a volume or weights file")
     info.add_argument("path", nargs="?", help="a volume or a .safetensors weights file")
@@ -86,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("input", help="anisotropic volume (TIFF, zarr, OME-Zarr, .npy), axes ZYX")
     rec.add_argument("output", help="where to write (.zarr / .ome.zarr, .tif, .npy)")
-    rec.add_argument("--alpha", type=float, help="anisotropy z/xy; default: from the file's voxel size")
+    rec.add_argument("--alpha", type=_number(*ALPHA_RANGE), help="anisotropy z/xy; default: from the file's voxel size")
     rec.add_argument(
         "--scale",
-        type=float,
+        type=_number(*SCALE_RANGE),
         default=1.0,
         help="output voxel size in xy voxels: 1 = isotropic at full xy resolution, 2 = half as fine, "
         f"0.5 = twice as fine; from {SCALE_RANGE[0]:g} to {SCALE_RANGE[1]:g} (default 1)",
@@ -112,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output chunk size z,y,x (default 64,256,256): one task each, memory per task grows with it",
     )
     rec.add_argument(
-        "--levels", type=int, help="pyramid levels, each half the size of the one before (default: down to 256 px)"
+        "--levels",
+        type=_number(1, 16, integer=True),
+        help="pyramid levels, each half the size of the one before (default: down to 256 px)",
     )
     rec.add_argument(
         "--ngff",
@@ -121,9 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="OME-Zarr version: 0.5 (zarr v3, current readers) or 0.4 (zarr v2, older readers) (default 0.5)",
     )
     rec.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786)")
-    rec.add_argument("--workers", type=int, help="start a local dask.distributed cluster of N worker processes")
     rec.add_argument(
-        "--threads", type=int, default=1, help="without a cluster: chunks computed at once on local threads (default 1)"
+        "--workers",
+        type=_number(1, 256, integer=True),
+        help="start a local dask.distributed cluster of N worker processes",
+    )
+    rec.add_argument(
+        "--threads",
+        type=_number(1, 256, integer=True),
+        default=1,
+        help="without a cluster: chunks computed at once on local threads (default 1)",
     )
     rec.add_argument(
         "--restart", action="store_true", help="discard an unfinished run's OUT.partial instead of resuming it"
@@ -142,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("volumes", nargs="+", help="training volumes (their xy planes are used)")
     tr.add_argument("--out", required=True, help="weights file to write (.safetensors)")
-    tr.add_argument("--alpha", type=float, required=True, help="anisotropy to train for (z voxel size / xy voxel size)")
+    tr.add_argument(
+        "--alpha",
+        type=_number(*ALPHA_RANGE),
+        required=True,
+        help="anisotropy to train for (z voxel size / xy voxel size)",
+    )
     tr.add_argument(
         "--arch",
         choices=ARCHITECTURES,
@@ -150,11 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="v2: attention (paper 2025, default); v1: no attention (2024)",
     )
     tr.add_argument("--init", help="start from these weights (fine-tuning) instead of random")
-    tr.add_argument("--steps", type=int, default=5000, help="training steps (default 5000)")
-    tr.add_argument("--minutes", type=float, help="stop after this many minutes (the schedule adapts)")
-    tr.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
-    tr.add_argument("--batch", type=int, default=8, help="crops per step (default 8)")
-    tr.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same run")
+    tr.add_argument(
+        "--steps", type=_number(1, 10_000_000, integer=True), default=5000, help="training steps (default 5000)"
+    )
+    tr.add_argument(
+        "--minutes", type=_number(0, 100_000, open_low=True), help="stop after this many minutes (the schedule adapts)"
+    )
+    tr.add_argument("--lr", type=_number(0, 0.1, open_low=True), default=5e-4, help="peak learning rate (default 5e-4)")
+    tr.add_argument("--batch", type=_number(1, 4096, integer=True), default=8, help="crops per step (default 8)")
+    tr.add_argument(
+        "--seed",
+        type=_number(0, 2**31 - 1, integer=True),
+        default=0,
+        help="random seed (default 0): same seed, same run",
+    )
     tr.add_argument("--held-out", help="an isotropic volume to check progress against bilinear (never trained on)")
     tr.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -169,10 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Fourier-clipped PSNR, PSNR and SSIM per slice, averaged, and seconds per volume.",
     )
     ev.add_argument("volumes", nargs="+", help="isotropic volumes (ground truth)")
-    ev.add_argument("--alpha", type=float, default=8.0, help="anisotropy to simulate (default 8)")
+    ev.add_argument("--alpha", type=_number(*ALPHA_RANGE), default=8.0, help="anisotropy to simulate (default 8)")
     ev.add_argument("--region", help="only this part of each volume: z0:z1,y0:y1,x0:x1")
     ev.add_argument(
-        "--cube", type=int, default=128, help="cut the region into cubes of this size (default 128, as the paper)"
+        "--cube",
+        type=_number(8, 4096, integer=True),
+        default=128,
+        help="cut the region into cubes of this size (default 128, as the paper)",
     )
     ev.add_argument(
         "--weights", action="append", default=[], help="niiv weights to score (repeatable); default: the shipped model"
@@ -184,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also score niiv reconstructed from xz and yz slices averaged (rows marked '+yz')",
     )
     ev.add_argument(
-        "--cutoff", type=float, default=25.0, help="CF-PSNR cutoff radius in DFT bins at 128x128 (default 25)"
+        "--cutoff",
+        type=_number(0, 1000, open_low=True),
+        default=25.0,
+        help="CF-PSNR cutoff radius in DFT bins at 128x128 (default 25)",
     )
     ev.add_argument("--json", help="also write the scores to this JSON file")
     _add_common(ev)
@@ -192,8 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIST_OPTIONS = ("volumes", "weights")  # options that take several values
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, its one line already printed)
+        return int(exc.code or 0)
+    for name, value in vars(args).items():  # argparse turns "--opt=--" into a list, unchecked
+        if isinstance(value, list) and name not in LIST_OPTIONS:
+            option = "--" + name.replace("_", "-")
+            print(
+                f"niiv {args.command}: error: {option} needs one value (see niiv {args.command} --help)",
+                file=sys.stderr,
+            )
+            return 2
     try:
         return {"info": cmd_info, "reconstruct": cmd_reconstruct, "train": cmd_train, "evaluate": cmd_evaluate}[
             args.command
@@ -273,6 +352,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     check_output_path(out, args.overwrite, src)
     chunks = _parse_chunks(args.chunks)
+    region = _parse_region(args.region)
     vol = open_volume(src)
     if args.alpha is None and not vol.has_voxel_size:
         raise NiivInputError(
@@ -298,7 +378,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         vol.voxel_size if vol.has_voxel_size else None,
         vol.translation,
         vol.unit,
-        _parse_region(args.region),
+        region,
     )
     dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
     job = BlockReconstruction(src.resolve(), norm, model, settings, geometry, dtype)
@@ -377,12 +457,12 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
 
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
-    try:
-        chunks = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        chunks = ()
-    if len(chunks) != 3 or min(chunks) <= 0:
-        raise NiivInputError(f"--chunks {text!r}: give three positive sizes z,y,x")
+    parts = text.split(",")
+    if len(parts) != 3 or not all(re.fullmatch(r"\s*\d+\s*", p) for p in parts):
+        raise NiivInputError(f"--chunks {text!r}: give three whole numbers z,y,x (e.g. 64,256,256)")
+    chunks = tuple(int(p) for p in parts)
+    if not all(1 <= c <= 4096 for c in chunks):
+        raise NiivInputError(f"--chunks {text!r}: each size must be from 1 to 4096 voxels")
     return chunks  # type: ignore[return-value]
 
 
@@ -444,15 +524,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
+    from .inference.geometry import check_region
     from .inference.weights import load_weights, resolve_weights
     from .training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
 
     alpha = check_alpha(args.alpha)
+    if args.cube < 2 * alpha:
+        raise NiivInputError(
+            f"--cube {args.cube}: a cube pooled by alpha {alpha:g} needs at least {math.ceil(2 * alpha)} voxels a side"
+        )
     region = _parse_region(args.region)
     cubes = []
     for path in args.volumes:
         vol = open_volume(path)
-        data = vol.data[region] if region else vol.data
+        data = vol.data[check_region(region, vol.shape)] if region else vol.data
         cubes += cut_cubes(np.asarray(data), args.cube)
     settings = InferenceSettings(
         alpha=alpha, orientation=args.slices, device=args.device, precision=args.precision, compiled=args.compile

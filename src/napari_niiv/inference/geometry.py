@@ -135,20 +135,35 @@ def output_geometry(
     return OutputGeometry(shape_out, target, voxel, first, unit)  # type: ignore[arg-type]
 
 
+def check_region(region: Sequence[slice], shape: Sequence[int]) -> Index:
+    """A region of a volume of ``shape`` as three step-1 slices with explicit bounds inside it;
+    anything outside the volume or empty is refused (never silently clipped)."""
+    if len(region) != 3:
+        raise NiivInputError(f"a region needs three ranges z, y, x; got {len(region)}")
+    out = []
+    for name, r, n in zip("zyx", region, shape, strict=True):
+        if r.step not in (None, 1):
+            raise NiivInputError(f"the region's {name} range has a step ({r.step}); give start:stop only")
+        start = 0 if r.start is None else int(r.start)
+        stop = int(n) if r.stop is None else int(r.stop)
+        if not 0 <= start < stop <= n:
+            raise NiivInputError(
+                f"the region's {name} range {start}:{stop} is not inside the volume's {n} voxels along {name} "
+                f"(0:{n}); give a range within it"
+            )
+        out.append(slice(start, stop))
+    return tuple(out)  # type: ignore[return-value]
+
+
 def output_region(in_shape: Sequence[int], out_shape: Sequence[int], region: Sequence[slice] | None) -> Index:
     """Output indices whose voxel centres lie in the input ``region`` (slices in input voxels)."""
     if region is None:
         return tuple(slice(0, int(n)) for n in out_shape)  # type: ignore[return-value]
-    if len(region) != 3:
-        raise NiivInputError(f"a region needs three ranges z, y, x; got {len(region)}")
     out = []
-    for r, n_in, n_out in zip(region, in_shape, out_shape, strict=True):
-        start, stop, _ = r.indices(int(n_in))
-        lo = int(np.floor(start * n_out / n_in + 1e-9))
-        hi = int(np.ceil(stop * n_out / n_in - 1e-9))
-        if hi <= lo:
-            raise NiivInputError(f"the region {start}:{stop} is empty along an axis of {n_in} voxels")
-        out.append(slice(lo, hi))
+    for r, n_in, n_out in zip(check_region(region, in_shape), in_shape, out_shape, strict=True):
+        lo = int(np.floor(r.start * n_out / n_in + 1e-9))
+        hi = int(np.ceil(r.stop * n_out / n_in - 1e-9))
+        out.append(slice(lo, max(hi, lo + 1)))
     return tuple(out)  # type: ignore[return-value]
 
 
