@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -129,18 +130,31 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu", with_optimizer: bool = False) -> Weights:
-    """Load weights safely (safetensors never executes code) and check they fit the architecture."""
+    """Load weights safely (safetensors never executes code) and validate them before use: the
+    metadata parses, the architecture is within bounds, the tensors fit it and are finite."""
     path = Path(path)
     meta = read_metadata(path)
+    alpha, norm, card = _checked_metadata(path, meta)
     try:
         config = NiivConfig.from_dict(json.loads(meta["config"]))
-        model = NiivModel(config)
     except (KeyError, ValueError, TypeError) as exc:
-        raise NiivInputError(f"{path}: its architecture description is invalid ({exc})") from exc
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        keys = list(f.keys())
-        state = {k[len("model.") :]: f.get_tensor(k) for k in keys if k.startswith("model.")}
-        opt = {k: f.get_tensor(k) for k in keys if k.startswith("optim.")} if with_optimizer else None
+        raise NiivInputError(
+            f"{path}: its architecture description is invalid ({exc}); train or download it again"
+        ) from exc
+    model = NiivModel(config)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            state = {k[len("model.") :]: f.get_tensor(k) for k in keys if k.startswith("model.")}
+            opt = {k: f.get_tensor(k) for k in keys if k.startswith("optim.")} if with_optimizer else None
+    except Exception as exc:
+        raise NiivInputError(f"{path}: its tensors cannot be read ({exc}); the file is damaged") from exc
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise NiivInputError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); the training "
+            "diverged or the file is damaged: use other weights, or train again with a lower learning rate"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -148,19 +162,51 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
             f"{path}: these weights belong to another architecture than the one they describe "
             f"({str(exc).splitlines()[0]}); the file is damaged or was edited"
         ) from exc
-    norm = json.loads(meta.get("normalisation", "null"))
+    try:
+        train_state = json.loads(meta["train_state"]) if "train_state" in meta else None
+        groups = json.loads(meta["optimizer_groups"]) if with_optimizer and "optimizer_groups" in meta else None
+    except ValueError as exc:
+        raise NiivInputError(
+            f"{path}: its training state is not valid JSON ({exc}); the checkpoint is damaged"
+        ) from exc
     return Weights(
         model=model.to(device).eval(),
-        alpha=float(meta["alpha"]),
-        normalisation=Normalisation.from_dict(norm) if norm else None,
-        card=json.loads(meta.get("card", "{}")),
+        alpha=alpha,
+        normalisation=norm,
+        card=card,
         path=path,
-        train_state=json.loads(meta["train_state"]) if "train_state" in meta else None,
+        train_state=train_state,
         optimizer_tensors=opt,
-        optimizer_groups=json.loads(meta["optimizer_groups"])
-        if with_optimizer and "optimizer_groups" in meta
-        else None,
+        optimizer_groups=groups,
     )
+
+
+def _checked_metadata(path: Path, meta: dict[str, str]) -> tuple[float, Normalisation | None, dict[str, Any]]:
+    """alpha, normalisation and card from a weights file's metadata, or a message naming the bad field."""
+    from ..data.degrade import check_alpha
+
+    if "alpha" not in meta:
+        raise NiivInputError(
+            f"{path}: its metadata has no alpha (the anisotropy it was trained for); the file is damaged"
+        )
+    try:
+        alpha = check_alpha(meta["alpha"])
+    except NiivInputError as exc:
+        raise NiivInputError(f"{path}: its metadata alpha is not usable ({exc})") from None
+    try:
+        raw = json.loads(meta.get("normalisation", "null"))
+        norm = Normalisation.from_dict(raw) if raw else None
+        if norm is not None and not (np.isfinite([norm.low, norm.high]).all() and norm.high > norm.low):
+            raise ValueError(f"low {norm.low}, high {norm.high}")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise NiivInputError(f"{path}: its normalisation metadata is not usable ({exc}); the file is damaged") from exc
+    try:
+        card = json.loads(meta.get("card", "{}"))
+        if not isinstance(card, dict):
+            raise ValueError(f"a {type(card).__name__}, not an object")
+    except ValueError as exc:
+        raise NiivInputError(f"{path}: its model card metadata is not valid JSON ({exc}); the file is damaged") from exc
+    return alpha, norm, card
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, weights: Weights) -> None:
@@ -185,12 +231,15 @@ def shipped_dir() -> Path:
 
 
 def user_dir() -> Path:
-    """Where a user's own (fine-tuned) weights go; never the shipped directory."""
+    """Where a user's own (fine-tuned) weights go; never the shipped directory: $NIIV_WEIGHTS_DIR,
+    else ``weights`` in the platform's user data folder (``~/.local/share/napari-niiv`` or
+    $XDG_DATA_HOME on Linux, ``~/Library/Application Support`` on macOS, ``%LOCALAPPDATA%`` on Windows)."""
     env = os.environ.get(USER_DIR_ENV)
     if env:
         return Path(env)
-    base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-    return base / "napari-niiv" / "weights"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-niiv", appauthor=False)) / "weights"
 
 
 def available_weights() -> dict[str, Path]:

@@ -6,6 +6,15 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ARCHITECTURES = ("v2", "v1")  # the presets of NiivConfig.named, default first
+# Integer fields and their allowed ranges: generous for research, far below what breaks a machine.
+_BOUNDS = {
+    "latent_dim": (1, 1024),
+    "encoder_blocks": (0, 64),
+    "attention_radius": (0, 4),
+    "mlp_hidden": (1, 4096),
+    "mlp_layers": (1, 32),
+    "pe_bands": (0, 16),
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,17 @@ class NiivConfig:
     mlp_layers: int = 5
     pe_bands: int = 2
     residual: bool = True
+
+    def __post_init__(self) -> None:
+        """Every field within sane bounds, so a weights file cannot ask for a model that would
+        exhaust memory (a million encoder blocks) or one that cannot be built."""
+        for name, (lo, hi) in _BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"architecture field {name}={value!r} is outside {lo}..{hi}")
+        for name in ("attention", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"architecture field {name}={getattr(self, name)!r} must be true or false")
 
     @classmethod
     def v2(cls) -> NiivConfig:
@@ -48,6 +68,8 @@ class NiivConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NiivConfig:
         known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict):
+            raise ValueError(f"the architecture must be a JSON object, got {type(data).__name__}")
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}")

@@ -1,0 +1,95 @@
+"""Weights are validated before use: NaN/inf tensors, absurd architectures and broken metadata are
+refused with a message, and one bad file in the user folder never breaks `niiv info`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from napari_niiv.cli import main
+from napari_niiv.errors import NiivInputError
+from napari_niiv.inference.weights import load_weights, save_weights
+from tests.conftest import random_model
+
+
+@pytest.fixture
+def good(tmp_path):
+    path = tmp_path / "good.safetensors"
+    save_weights(path, random_model(), 8.0, None, card={"name": "good"})
+    return path
+
+
+def _variant(good, tmp_path, name, tensors=None, **meta_changes):
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    state = tensors(state) if tensors else state
+    for key, value in meta_changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    path = tmp_path / f"{name}.safetensors"
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def _nan(state):
+    key = next(k for k in state if k.endswith("weight"))
+    state[key] = state[key].clone()
+    state[key].view(-1)[3] = float("nan")
+    return state
+
+
+def _inf(state):
+    key = next(k for k in state if k.endswith("bias"))
+    state[key] = torch.full_like(state[key], float("inf"))
+    return state
+
+
+def _config(**changes):
+    return json.dumps({**random_model().config.to_dict(), **changes})
+
+
+CASES = {
+    "nan_tensor": ({"tensors": _nan}, "NaN or infinite"),
+    "inf_tensor": ({"tensors": _inf}, "NaN or infinite"),
+    "million_blocks": ({"config": _config(encoder_blocks=1_000_000)}, "encoder_blocks"),
+    "negative_dim": ({"config": _config(latent_dim=-4)}, "latent_dim"),
+    "config_not_json": ({"config": "{oops"}, "architecture description is invalid"),
+    "no_alpha": ({"alpha": None}, "no alpha"),
+    "bad_alpha": ({"alpha": "nan"}, "alpha is not usable"),
+    "bad_normalisation": ({"normalisation": "{not json"}, "normalisation metadata"),
+    "inverted_normalisation": ({"normalisation": json.dumps({"low": 5, "high": 1})}, "normalisation metadata"),
+    "bad_card": ({"card": "[1, 2"}, "model card"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_weights_are_refused_with_a_reason(good, tmp_path, case) -> None:
+    changes, message = CASES[case]
+    bad = _variant(good, tmp_path, case, **changes)
+    with pytest.raises(NiivInputError, match=message):
+        load_weights(bad)
+
+
+def test_good_weights_still_load(good) -> None:
+    w = load_weights(good)
+    assert w.alpha == 8.0 and w.card["name"] == "good"
+
+
+def test_one_bad_file_is_listed_as_unusable_by_niiv_info(good, tmp_path, monkeypatch, capsys) -> None:
+    folder = tmp_path / "user"
+    folder.mkdir()
+    _variant(good, folder, "diverged", tensors=_nan)
+    (folder / "truncated.safetensors").write_bytes(good.read_bytes()[:100])
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "user/diverged: unusable" in out and "NaN" in out
+    assert "user/truncated: unusable" in out
+    assert "niiv-v2-fibsem-a8: alpha 8" in out  # the shipped weights are still listed
