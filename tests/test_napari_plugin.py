@@ -190,8 +190,7 @@ def test_layers_menu_command_adds_a_lazy_isotropic_layer(qtbot, viewer_with_volu
     whole = lazy.rec.block(NormalisedView(layer.data, lazy.norm), lazy.shapes[0], everything)
     np.testing.assert_allclose(np.asarray(saved.data), lazy.norm.invert(whole, np.uint8), atol=1)
     viewer.layers.remove(iso)
-    lazy._thread.join(5)
-    assert not lazy._thread.is_alive()
+    assert lazy._worker.stopped  # removing the layer closed it
 
 
 def test_layer_right_click_menu_has_the_command(qtbot, viewer_with_volume):
@@ -251,4 +250,4 @@ def test_closing_the_viewer_during_live_reconstruction(qtbot, make_napari_viewer
     qtbot.waitUntil(lambda: widget.live_view is not None and widget.live_view._worker.busy, timeout=10_000)
     worker = widget.live_view._worker
     viewer.close()
-    qtbot.waitUntil(lambda: not worker._thread.is_alive(), timeout=10_000)
+    qtbot.waitUntil(lambda: worker.stopped, timeout=10_000)

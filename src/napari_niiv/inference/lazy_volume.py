@@ -3,13 +3,15 @@
 Level ``L`` has the shape and world placement of level ``L`` of the written pyramid
 (:mod:`.geometry`: ``2**L`` level-0 voxels per voxel); a continuous model renders it directly at
 the centres of those voxels. Slicing returns immediately: niiv tiles already computed, trilinear interpolation
-elsewhere; the missing tiles of the latest 2D requests are computed in a background thread, and
-``on_tile`` is called (from that thread) when one is ready so the viewer can redraw. Only 2D
-requests (one sliced axis) queue work: a 3D view shows the interpolation.
+elsewhere; the missing tiles of the latest 2D requests are computed one by one on the layer's
+:class:`~.worker.LatestWorker`, and ``on_tile`` is called (from that thread) when one is ready so
+the viewer can redraw. Only 2D requests (one sliced axis) queue work: a 3D view shows the
+interpolation.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -18,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from ..data.normalise import Normalisation
-from .devices import lower_thread_priority
 from .geometry import OutputGeometry, level_coords, pyramid_shapes
 from .reconstructor import Reconstructor
 from .viewport import ViewGrid
 from .views import ViewRenderer
+from .worker import Cancelled, LatestWorker
 
+log = logging.getLogger(__name__)
 TILE = 256
 TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
 
@@ -111,10 +114,9 @@ class LazyIsotropic:
         self.on_error: Callable[[BaseException], None] | None = None
         self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
         self._recent: deque[list[TileKey]] = deque(maxlen=2)  # the display slice and the thumbnail
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # guards _tiles and _recent: napari's thread and the worker's
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="niiv-tiles", daemon=True)
-        self._thread.start()
+        self._worker: LatestWorker[int] = LatestWorker(on_error=self._report, name="niiv-tiles")
 
     def level_transform(self, level: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """(scale, translate) of level ``level`` in the world: the written pyramid's."""
@@ -127,7 +129,7 @@ class LazyIsotropic:
 
     def get(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
         """Region ``index`` of level ``level`` now: cached niiv tiles, interpolation for the rest.
-        A plane (one axis of length 1) queues its missing tiles."""
+        A plane (one axis of length 1) queues its missing tiles (with those of the request before)."""
         if any(s.stop <= s.start for s in index):
             return np.zeros([s.stop - s.start for s in index], np.float32)
         out = self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
@@ -140,7 +142,7 @@ class LazyIsotropic:
         plane = index[axis].start
         a, b = (x for x in range(3) if x != axis)
         missing: list[TileKey] = []
-        with self._cond:
+        with self._lock:
             for ta in range(index[a].start // TILE, (index[a].stop - 1) // TILE + 1):
                 for tb in range(index[b].start // TILE, (index[b].stop - 1) // TILE + 1):
                     key = (level, axis, plane, ta, tb)
@@ -151,7 +153,9 @@ class LazyIsotropic:
                     self._tiles.move_to_end(key)
                     _paste(out, index, tile, self._tile_index(key), a, b)
             self._recent.appendleft(missing)
-            self._cond.notify()
+            wanted = self._wanted()
+        if wanted:
+            self._worker.submit(lambda cancelled: self._compute(wanted, cancelled))
 
     def _tile_index(self, key: TileKey) -> tuple[slice, slice, slice]:
         level, axis, plane, ta, tb = key
@@ -166,55 +170,62 @@ class LazyIsotropic:
     @property
     def pending(self) -> int:
         """Tiles wanted by the latest requests and not computed yet."""
-        with self._cond:
-            return len({k for keys in self._recent for k in keys if k not in self._tiles})
+        with self._lock:
+            return len(self._wanted())
+
+    def _wanted(self) -> list[TileKey]:
+        """Missing tiles of the two latest requests, newest request first (call with the lock held)."""
+        return list(dict.fromkeys(k for keys in self._recent for k in keys if k not in self._tiles))
 
     # -- computing -----------------------------------------------------------------------------
-    def compute_tile(self, key: TileKey) -> np.ndarray:
-        """niiv for one tile, in the input's intensity scale."""
+    def compute_tile(self, key: TileKey, cancelled: Cancelled | None = None) -> np.ndarray | None:
+        """niiv for one tile, in the input's intensity scale; None if ``cancelled`` turned true."""
         index = self._tile_index(key)
         grid = ViewGrid(self.coords(key[0], index), key[1], 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-        result = self.renderer.render(grid)
-        assert result is not None
-        return self.norm.invert(result, np.float32)
+        result = self.renderer.render(grid, cancelled or (lambda: False))
+        return None if result is None else self.norm.invert(result, np.float32)
 
-    def _next(self) -> TileKey | None:
-        for keys in self._recent:
-            for k in keys:
-                if k not in self._tiles:
-                    return k
-        return None
-
-    def _run(self) -> None:
-        lower_thread_priority()
-        while True:
-            with self._cond:
-                while not self._closed and (key := self._next()) is None:
-                    self._cond.wait()
-                if self._closed:
-                    return
+    def _compute(self, wanted: list[TileKey], cancelled: Cancelled) -> int:
+        """The worker's task: the tiles in ``wanted`` one by one, until a newer request supersedes it
+        (checked between tiles; a tile once started is finished, as the newer request most likely
+        wants it too) or the layer closes (checked inside the tile as well). Returns tiles made."""
+        made = 0
+        for key in wanted:
+            if cancelled():
+                break
+            with self._lock:
+                if key in self._tiles:
+                    continue
             try:
-                tile = self.compute_tile(key)
+                tile = self.compute_tile(key, lambda: self._closed)
             except BaseException as exc:  # keep serving; the layer shows interpolation there
-                with self._cond:
+                with self._lock:
                     for keys in self._recent:
                         if key in keys:
                             keys.remove(key)
-                if self.on_error is not None:
-                    self.on_error(exc)
+                self._report(exc)
                 continue
-            with self._cond:
+            if tile is None:  # closed
+                break
+            with self._lock:
                 self._tiles[key] = tile
                 while sum(t.nbytes for t in self._tiles.values()) > self.cache_bytes and len(self._tiles) > 1:
                     self._tiles.popitem(last=False)
+            made += 1
             if self.on_tile is not None:
                 self.on_tile(key)
+        return made
+
+    def _report(self, exc: BaseException) -> None:
+        if self.on_error is None:
+            log.error("niiv tile failed", exc_info=exc)
+        else:
+            self.on_error(exc)
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(10)
+        """Stop computing tiles (within one decoding step); cached tiles stay readable."""
+        self._closed = True
+        self._worker.close()
 
     # -- saving --------------------------------------------------------------------------------
     def write_ome_zarr(self, path: str) -> str:
