@@ -1,4 +1,5 @@
-"""Live rendering of a view: preview, niiv equal to the core's slice decoding, latent cache, cancel."""
+"""Live rendering of a view: preview, niiv equal to the core's slice decoding, latent cache, cancel;
+the lazy whole-volume layer's tiles on its newest-wins worker."""
 
 from __future__ import annotations
 
@@ -12,13 +13,7 @@ from napari_niiv.data.normalise import fit_normalisation
 from napari_niiv.inference.reconstructor import Reconstructor, interpolate_planes
 from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.viewport import Camera, Frame, view_grid
-from napari_niiv.inference.views import (
-    COARSE_MIN_PIXELS,
-    LatestWorker,
-    ViewRenderer,
-    coarse_grid,
-    upsample,
-)
+from napari_niiv.inference.views import COARSE_MIN_PIXELS, ViewRenderer, coarse_grid, upsample
 from tests.conftest import random_model
 
 ALPHA = 4.0
@@ -119,55 +114,46 @@ def test_progressive_render_shows_a_quarter_resolution_niiv_first(renderer, volu
     renderer.render(few, coarse=lambda image: pytest.fail("no coarse pass for a small view"))
 
 
-def test_background_threads_yield_to_the_gui_thread():
-    import os
+@pytest.fixture
+def lazy(volume):
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
 
-    seen = []
-    worker = LatestWorker()
-    try:
-        worker.submit(lambda cancelled: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-        assert worker.wait_idle(5)
-    finally:
-        worker.close()
-    assert seen == [os.getpriority(os.PRIO_PROCESS, 0) + 10] or seen == [19]
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    rec = Reconstructor(random_model(), settings)
+    out = LazyIsotropic(volume, fit_normalisation(volume), rec, output_geometry(volume.shape, ALPHA))
+    yield out
+    out.close()
 
 
-def test_latest_worker_runs_only_the_newest_task():
-    started, finished = [], []
+def test_lazy_layer_computes_the_tiles_of_the_two_latest_requests(lazy):
+    """Planes asked for while the worker is busy: only the two latest (the view and the thumbnail)
+    are computed, newest first; the tile then replaces the interpolation in what get returns."""
+    done = []
+    lazy.on_tile = done.append
     gate = threading.Event()
-
-    def task(name):
-        def run(cancelled):
-            started.append(name)
-            gate.wait(5)
-            while not cancelled() and name != "c":
-                time.sleep(0.01)
-            finished.append((name, cancelled()))
-
-        return run
-
-    worker = LatestWorker()
-    try:
-        worker.submit(task("a"))
-        time.sleep(0.1)
-        worker.submit(task("b"))  # waits behind a, then is replaced by c before it starts
-        worker.submit(task("c"))
-        gate.set()
-        assert worker.wait_idle(10)
-        assert started == ["a", "c"] and finished == [("a", True), ("c", False)]
-    finally:
-        worker.close()
+    lazy._worker.submit(lambda cancelled: gate.wait(5))  # busy, so the requests below queue
+    region = (slice(0, 48), slice(0, 56))
+    before = {z: lazy.get(0, (slice(z, z + 1), *region)) for z in (5, 6, 7)}
+    assert lazy.pending == 2  # z 6 and 7: z 5's request is no longer among the latest two
+    gate.set()
+    assert lazy._worker.wait_idle(60)
+    assert done == [(0, 0, 7, 0, 0), (0, 0, 6, 0, 0)] and lazy.pending == 0
+    tile = lazy.compute_tile((0, 0, 7, 0, 0))
+    np.testing.assert_array_equal(lazy.get(0, (slice(7, 8), *region)), tile)
+    assert np.abs(before[7] - tile).mean() > 0  # the first answer was the interpolation
+    submitted = lazy._worker._generation
+    lazy.get(0, (slice(6, 7), *region))
+    assert lazy._worker._generation == submitted  # cached planes queue nothing
 
 
-def test_worker_reports_errors_and_closes_while_busy():
-    errors = []
-    worker = LatestWorker(on_error=errors.append)
-    worker.submit(lambda cancelled: 1 / 0)
-    assert worker.wait_idle(5) and isinstance(errors[0], ZeroDivisionError)
-    worker.submit(lambda cancelled: [time.sleep(0.01) for _ in range(1000) if not cancelled()])
+def test_closing_the_lazy_layer_stops_its_worker(lazy):
+    lazy.get(0, (slice(3, 4), slice(0, 48), slice(0, 56)))
     t0 = time.perf_counter()
-    worker.close()
-    assert time.perf_counter() - t0 < 1.0
+    lazy.close()
+    assert lazy._worker.stopped and time.perf_counter() - t0 < 5
+    lazy.get(0, (slice(9, 10), slice(0, 48), slice(0, 56)))  # still answers, with interpolation
+    assert not lazy._worker.busy
 
 
 def test_saving_the_lazy_layer_keeps_its_precision(volume, tmp_path):

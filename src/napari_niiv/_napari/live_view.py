@@ -1,7 +1,8 @@
 """A layer that shows niiv for whatever part of an input layer is on screen, kept up to date.
 
 Camera, dims and canvas events restart a short debounce timer; when it fires, the visible grid is
-computed (pure, :mod:`napari_niiv.inference.viewport`) and handed to a background worker that sends back an
+computed (pure, :mod:`napari_niiv.inference.viewport`) and handed to a background worker
+(:class:`~napari_niiv.inference.worker.LatestWorker`: the newest view wins) that sends back an
 interpolated preview first and niiv after. Results come back to the GUI thread through a Qt
 signal; a result for a view that is no longer current is dropped.
 """
@@ -22,7 +23,8 @@ from ..errors import NiivInputError
 from ..inference.reconstructor import Reconstructor
 from ..inference.settings import InferenceSettings
 from ..inference.viewport import ViewGrid
-from ..inference.views import LatestWorker, ViewRenderer
+from ..inference.views import ViewRenderer
+from ..inference.worker import LatestWorker
 from ..model import NiivModel
 from .layer_view import check_layer, current_grid, level0
 
@@ -69,7 +71,9 @@ class LiveView(QObject):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
         self._result.connect(self._on_result)
-        self._worker = LatestWorker(on_error=lambda exc: self._result.emit(-1, "error", exc))
+        self._worker: LatestWorker[tuple[int, str, Any] | None] = LatestWorker(
+            on_ready=self._ready, on_error=lambda exc: self._result.emit(-1, "error", exc), name="niiv-live"
+        )
         self._connections = self._watch()
         self._changed()
 
@@ -127,9 +131,12 @@ class LiveView(QObject):
         gen, asked = self._generation, self._requested_at
         self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled))
 
-    def _render(self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool]) -> None:
-        """On the worker thread: preview, then niiv, each sent to the GUI thread in the input's
-        intensity scale (converting here keeps the GUI thread free)."""
+    def _render(
+        self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool]
+    ) -> tuple[int, str, Any] | None:
+        """On the worker thread: the preview and partial images sent to the GUI thread as they
+        come, niiv returned (the worker hands it to :meth:`_ready` unless a newer view superseded
+        it), all in the input's intensity scale (converting here keeps the GUI thread free)."""
         renderer, norm = self._renderer, self._norm  # the GUI thread may reset them (new data)
         if renderer is None or norm is None:
             data = level0(self.layer)
@@ -140,22 +147,29 @@ class LiveView(QObject):
         if state is not None:  # fine-tuning preview: swap weights between renders, never during one
             renderer.load_weights(state)
 
+        def result(stage: str, image: np.ndarray) -> tuple[int, str, Any]:
+            return gen, stage, (grid, norm.invert(image, np.float32), asked)
+
         def send(stage: str, image: np.ndarray) -> None:
-            self._result.emit(gen, stage, (grid, norm.invert(image, np.float32), asked))
+            self._result.emit(*result(stage, image))
 
         preview = renderer.preview(grid)
         send("preview", preview)
         if cancelled():
-            return
-        result = renderer.render(
+            return None
+        niiv = renderer.render(
             grid,
             cancelled,
             partial=lambda image: send("partial", image),
             base=preview,
             coarse=lambda image: send("coarse", image),
         )
+        return None if niiv is None else result("niiv", niiv)
+
+    def _ready(self, result: tuple[int, str, Any] | None) -> None:
+        """On the worker thread: niiv for a view that was still the newest, to the GUI thread."""
         if result is not None:
-            send("niiv", result)
+            self._result.emit(*result)
 
     def _on_result(self, gen: int, stage: str, payload: Any) -> None:
         """On the GUI thread: show a result if it is for the current view."""

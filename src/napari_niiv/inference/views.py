@@ -1,5 +1,6 @@
-"""Interactive rendering of one view: an interpolated preview at once, niiv after, off the caller's
-thread, with stale work abandoned and encoder latents kept per slice.
+"""Interactive rendering of one view: an interpolated preview at once, niiv after, with stale work
+abandoned (``cancelled``) and encoder latents kept per slice. The thread it runs on is a
+:class:`~napari_niiv.inference.worker.LatestWorker`.
 
 Knows nothing of napari: a view is a :class:`~napari_niiv.inference.viewport.ViewGrid`, results go to a
 callback. The napari widget wires camera events in and layer updates out.
@@ -7,7 +8,6 @@ callback. The napari widget wires camera events in and layer updates out.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,7 +19,6 @@ import torch
 
 from ..data.normalise import Normalisation
 from ..model.latent_field import LatentGrid
-from .devices import lower_thread_priority
 from .geometry import pixel_range
 from .reconstructor import NormalisedView, Reconstructor, interpolate_planes
 from .viewport import ViewGrid
@@ -268,75 +267,3 @@ def _batched(entries: list[_Entry]) -> list[tuple[list[int], LatentGrid, int, in
         grid = LatentGrid(torch.cat([g.latents for g in gs]), torch.cat([g.image for g in gs]), kv, gs[0].step)
         out.append((idx, grid, rows[0], cols[0]))
     return out
-
-
-class LatestWorker:
-    """One background thread running the most recently submitted task; older ones are dropped
-    (never started) or told to stop through their ``cancelled`` callable.
-
-    A task is ``task(cancelled) -> None``; ``cancelled()`` turns true once a newer task arrives
-    or the worker is closed. Exceptions go to ``on_error`` (on the worker thread).
-    """
-
-    def __init__(self, on_error: Callable[[BaseException], None] | None = None, name: str = "niiv-live") -> None:
-        self._cond = threading.Condition()
-        self._pending: Callable[[Callable[[], bool]], None] | None = None
-        self._generation = 0
-        self._closed = False
-        self._busy = False
-        self.on_error = on_error
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, task: Callable[[Callable[[], bool]], None]) -> None:
-        with self._cond:
-            self._generation += 1
-            self._pending = task
-            self._cond.notify()
-
-    @property
-    def busy(self) -> bool:
-        with self._cond:
-            return self._busy or self._pending is not None
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop: the running task sees ``cancelled()`` and the thread ends within one step."""
-        with self._cond:
-            self._closed = True
-            self._pending = None
-            self._cond.notify()
-        self._thread.join(timeout)
-
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Block until no task runs or waits (tests, scripts); True if idle in time."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if not self.busy:
-                return True
-            time.sleep(0.01)
-        return False
-
-    def _run(self) -> None:
-        lower_thread_priority()
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                task, gen = self._pending, self._generation
-                self._pending = None
-                self._busy = True
-
-            def cancelled(gen: int = gen) -> bool:
-                return self._closed or self._generation != gen
-
-            try:
-                assert task is not None
-                task(cancelled)
-            except BaseException as exc:  # report, keep serving
-                if self.on_error is not None:
-                    self.on_error(exc)
-            finally:
-                with self._cond:
-                    self._busy = False
