@@ -37,9 +37,13 @@ __all__ = ["CHUNK_POINTS", "ENCODE_TILE", "InferenceEngine"]
 
 
 def inductor_cache_dir() -> Path:
-    """Where compiled kernels persist between sessions (the user's own TORCHINDUCTOR_CACHE_DIR wins)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(base / "napari-niiv" / "torchinductor")))
+    """Where compiled kernels persist between sessions: the user's own TORCHINDUCTOR_CACHE_DIR wins,
+    else ``torchinductor`` in the platform's user cache folder (``~/.cache/napari-niiv`` or
+    $XDG_CACHE_HOME on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows)."""
+    import platformdirs
+
+    base = Path(platformdirs.user_cache_dir("napari-niiv", appauthor=False))
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(base / "torchinductor")))
 
 
 class InferenceEngine:
