@@ -51,14 +51,35 @@ class Normalisation:
         )
 
 
+def _spread_blocks(arr: da.Array, count: int) -> list[da.Array]:
+    """Up to ``count`` whole chunks spread evenly over the array (all of them when it has fewer)."""
+    n_blocks = int(np.prod(arr.numblocks))
+    picks = np.unique(np.linspace(0, n_blocks - 1, min(count, n_blocks)).round().astype(int))
+    return [arr.blocks[np.unravel_index(i, arr.numblocks)] for i in picks]
+
+
+def content_digest(data: Any, chunks: int = _SAMPLE_CHUNKS) -> str:
+    """sha256 of the shape, dtype and the bytes of ``chunks`` whole chunks spread over the volume,
+    plus a strided sample of all of it: a resumed job compares it to refuse an input whose content
+    changed (reordered planes, an edited region) even where sizes and dates did not."""
+    import hashlib
+
+    arr = data if isinstance(data, da.Array) else da.asarray(data)
+    h = hashlib.sha256(f"{arr.shape}:{arr.dtype}".encode())
+    for block in _spread_blocks(arr, chunks):
+        h.update(np.ascontiguousarray(block.compute()).tobytes())
+    step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
+    h.update(np.ascontiguousarray(arr[(slice(None, None, step),) * arr.ndim].compute()).tobytes())
+    return h.hexdigest()
+
+
 def _sample(arr: da.Array) -> np.ndarray:
     """About ``_SAMPLE_VOXELS`` voxels spread over the volume. A stride through a chunked store
     touches every chunk, so a volume of many chunks is sampled in ``_SAMPLE_CHUNKS`` whole chunks
     spread evenly over it instead: the cost stays flat as the volume grows."""
     n_blocks = int(np.prod(arr.numblocks))
     if n_blocks > _SAMPLE_CHUNKS:
-        picks = np.unique(np.linspace(0, n_blocks - 1, _SAMPLE_CHUNKS).round().astype(int))
-        blocks = [arr.blocks[np.unravel_index(i, arr.numblocks)] for i in picks]
+        blocks = _spread_blocks(arr, _SAMPLE_CHUNKS)
         per = max(1, _SAMPLE_VOXELS // len(blocks))
         parts = []
         for b in blocks:

@@ -9,11 +9,11 @@ assembled again by a caller.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .reconstructor import BlockReconstruction
@@ -32,14 +32,44 @@ def weights_digest(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def path_signature(path: str | Path) -> dict[str, Any]:
+    """Size and modification time of a file, or of every file under a directory store (count,
+    total bytes, newest mtime); nothing for a URL (its content digest still counts)."""
+    p = Path(path)
+    if "://" in str(path) or not p.exists():
+        return {}
+    if p.is_file():
+        st = p.stat()
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    count = total = newest = 0
+    for root, _, files in os.walk(p):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            count, total, newest = count + 1, total + st.st_size, max(newest, st.st_mtime_ns)
+    return {"files": count, "bytes": total, "mtime_ns": newest}
+
+
+def input_signature(job: BlockReconstruction) -> dict[str, Any]:
+    """What identifies the input's content: its shape, a digest of sampled chunks, and for a path
+    its size and modification time."""
+    from ..data.io import open_volume
+    from ..data.normalise import content_digest
+
+    data = open_volume(job.source).data if isinstance(job.source, str) else job.source
+    sig: dict[str, Any] = {"shape": [int(s) for s in data.shape], "content_sha256": content_digest(data)}
+    if isinstance(job.source, str):
+        sig |= path_signature(job.source)
+    return sig
+
+
 def fingerprint(job: BlockReconstruction, input_id: str | None = None) -> dict[str, Any]:
-    """What must be equal for a resumed run to continue an earlier one: input, settings as they
-    run here, geometry, normalisation and weights."""
+    """What must be equal for a resumed run to continue an earlier one: the input (name and
+    content), settings as they run here, geometry, normalisation and weights."""
     g = job.geometry
     source = job.source if isinstance(job.source, str) else None
     return {
         "input": input_id or source or "in-memory array",
-        "input_shape": [int(s) for s in np.shape(job.source)] if not isinstance(job.source, str) else None,
+        "input_content": input_signature(job),
         "settings": job.settings.resolved().to_dict(),
         "output_shape": list(g.shape),
         "region": [[r.start, r.stop] for r in g.region],

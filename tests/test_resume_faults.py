@@ -1,0 +1,71 @@
+"""Faults around resumable reconstruction with real processes: a changed input between a kill and
+the rerun is refused, never silently reused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_niiv.cli import main
+from napari_niiv.inference.store import partial_path
+from napari_niiv.inference.weights import save_weights
+from tests.conftest import random_model
+
+pytestmark = pytest.mark.slow  # real processes, killed
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    return save_weights(tmp_path / "tiny.safetensors", random_model(), 4.0, None)
+
+
+def _start(src: Path, out: Path, weights: Path) -> subprocess.Popen:
+    args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights)]
+    args += ["--chunks", "8,16,16", "--orientation", "xz", "--precision", "fp32", "--levels", "1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "napari_niiv.cli", *args], env=env, stderr=subprocess.PIPE)
+
+
+def _kill_after(proc: subprocess.Popen, out: Path, chunks: int) -> None:
+    done = partial_path(out) / ".niiv" / "done" / "0"
+    deadline = time.monotonic() + 120
+    while not (done.exists() and len(list(done.iterdir())) >= chunks):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no chunks written in two minutes"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+
+
+def test_a_changed_input_between_kill_and_resume_is_refused(tmp_path, capsys, weights, medulla) -> None:
+    src = tmp_path / "aniso.zarr"
+    vol = medulla[:64, :48, :48].reshape(16, 4, 48, 48).mean(axis=1).astype(np.uint8)
+    arr = zarr.open_array(str(src), mode="w", shape=vol.shape, chunks=(8, 48, 48), dtype=np.uint8)
+    arr[:] = vol
+    out = tmp_path / "iso.ome.zarr"
+    _kill_after(_start(src, out, weights), out, 4)
+    assert partial_path(out).exists() and not out.exists()
+
+    # the same planes in another order: same histogram, same shape, same normalisation; the files'
+    # times are put back as a copy that preserves them would, so only the content tells
+    times = {p: p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()}
+    reordered = vol[::-1].copy()
+    zarr.open_array(str(src), mode="r+")[:] = reordered
+    for p, ns in times.items():
+        os.utime(p, ns=(ns, ns))
+    args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights)]
+    code = main([*args, "--chunks", "8,16,16", "--orientation", "xz", "--precision", "fp32", "--levels", "1"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "input" in err and "content" in err and "Traceback" not in err
+    assert not out.exists()  # nothing stale was published
+    np.testing.assert_array_equal(zarr.open_array(str(src), mode="r")[:], reordered)  # input untouched
