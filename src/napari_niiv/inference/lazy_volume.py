@@ -237,7 +237,7 @@ class LazyIsotropic:
         job = BlockReconstruction(
             self.renderer.view.data, self.norm, self.rec.model, self.rec.settings, self.geometry, self.out_dtype
         )
-        write_isotropic(path, job, on_progress=self.on_write_progress)
+        write_isotropic(path, job, contrast=(self.norm.low, self.norm.high), on_progress=self.on_write_progress)
         return path
 
 
