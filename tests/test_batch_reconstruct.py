@@ -206,8 +206,7 @@ def test_pyramid_geometry() -> None:
 
 def test_each_level_sits_where_geometry_puts_it(tmp_path) -> None:
     """Level L averages 2**L voxels: its scale is 2**L v and its first centre (2**L - 1) / 2 voxels in."""
-    layout = Layout((8, 8, 8), "uint8", voxel_size=(2.0, 2.0, 2.0), unit="nanometer", translation=(10.0, 0.0, 0.0))
-    layout = Layout(**{**layout.__dict__, "levels": 3})
+    layout = Layout((8, 8, 8), "uint8", voxel_size=(2.0, 2.0, 2.0), unit="nm", translation=(10.0, 0.0, 0.0), levels=3)
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=3)
     for level, shape in enumerate(layout.shapes):
         group.create_array(str(level), shape=shape, dtype="u1", dimension_names=("z", "y", "x"))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Volume, fit_normalisation, open_volume
-from ..data.io import is_url
+from ..data.io import SourceError, is_url
 from ..errors import NiivInputError
 from .context_menu import register_layer_context_action
 
@@ -27,7 +27,9 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     Decided by suffix, then by opening the header: ``open_volume`` parses the TIFF tags or the zarr
     metadata (over the network for a URL: metadata only) and memory-maps the pixels without reading
     them, so 2D, RGB, multichannel and unreadable files are turned down here for the cost of a
-    header read, and the opened volume is reused.
+    header read, and the opened volume is reused. A volume whose metadata is unusable (voxel size
+    0 or NaN) or a URL that cannot be reached is claimed, and reading it raises the reason: napari
+    shows that message and offers its other readers, where a refusal would say nothing.
     """
     register_layer_context_action()  # napari loads the plugin lazily: this is one of its first calls
     if isinstance(path, list):
@@ -40,6 +42,13 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         return None
     try:
         vol = open_volume(source)
+    except SourceError as exc:
+        error = exc
+
+        def fail(_path: str | list[str]) -> list[LayerData]:
+            raise error
+
+        return fail
     except NiivInputError:
         return None
 

@@ -24,6 +24,12 @@ from ..errors import NiivInputError
 Triple = tuple[float, float, float]
 
 
+class SourceError(NiivInputError):
+    """A volume niiv should read but cannot: its metadata is unusable (voxel sizes of 0, NaN...) or its
+    URL cannot be reached. Readers claim such a file and show this message, rather than leave it
+    to another reader that would open it with wrong voxel sizes or fail without saying why."""
+
+
 @dataclass
 class Volume:
     """A 3D ZYX array (lazy where the source allows), its voxel size (z, y, x) in ``unit``, and the
@@ -184,13 +190,13 @@ def _checked(voxel: list[float] | tuple[float, ...], translation: list[float] | 
     try:
         check_voxel_size(v)
     except NiivInputError:
-        raise NiivInputError(
+        raise SourceError(
             f"{where}: the file gives voxel size {v} (z, y, x), which is not usable: each must be a positive "
             "finite number; fix the file's metadata (in Fiji: Image > Properties) or save it without voxel sizes"
         ) from None
     t = tuple(float(s) for s in translation)
     if not all(math.isfinite(s) for s in t):
-        raise NiivInputError(f"{where}: the file gives translation {t} (z, y, x); fix it to finite numbers")
+        raise SourceError(f"{where}: the file gives translation {t} (z, y, x); fix it to finite numbers")
     return v, t
 
 
@@ -260,9 +266,9 @@ def _open_remote(url: str, storage_options: dict[str, Any] | None) -> Volume:
     except NiivInputError:
         raise
     except ImportError as exc:
-        raise NiivInputError(f"{url}: reading this URL needs {exc.name}: pip install {exc.name}") from exc
+        raise SourceError(f"{url}: reading this URL needs {exc.name}: pip install {exc.name}") from exc
     except Exception as exc:
-        raise NiivInputError(
+        raise SourceError(
             f"{url}: could not open it as a zarr or OME-Zarr store ({type(exc).__name__}: {exc}); check the URL "
             "(it should point at the store's root, the folder holding zarr.json or .zattrs) and your connection"
         ) from exc
@@ -414,11 +420,11 @@ def _scale_translation(node: dict[str, Any], ndim: int) -> tuple[list[float], li
     for t in node.get("coordinateTransformations") or []:
         kind = t.get("type")
         if kind in ("scale", "translation") and "path" in t and kind not in t:
-            raise NiivInputError(f"OME-Zarr {kind} stored in a separate array ({t['path']}) is not supported")
+            raise SourceError(f"OME-Zarr {kind} stored in a separate array ({t['path']}) is not supported")
         if kind in ("scale", "translation"):
             values = [float(v) for v in t[kind]]
             if len(values) != ndim:
-                raise NiivInputError(
+                raise SourceError(
                     f"an OME-Zarr {kind} has {len(values)} values for {ndim} axes; fix the store's metadata"
                 )
             if kind == "scale":
