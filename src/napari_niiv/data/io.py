@@ -239,6 +239,8 @@ def volume_name(path: str | Path) -> str:
 
 def _open_any(p: Path) -> Volume:
     try:
+        if p.suffix.lower() in BIOIO_SUFFIXES:
+            return open_bioio(p)
         if p.suffix.lower() in (".tif", ".tiff"):
             return _open_tiff(p)
         if p.suffix.lower() == ".npy":
@@ -251,7 +253,10 @@ def _open_any(p: Path) -> Volume:
         raise
     except Exception as exc:
         raise NiivInputError(f"{p}: could not read it as a volume ({type(exc).__name__}: {exc})") from exc
-    raise NiivInputError(f"{p}: unknown format; niiv reads .tif/.tiff, .npy, .zarr and OME-Zarr")
+    raise NiivInputError(
+        f"{p}: unknown format; niiv reads .tif/.tiff, .npy, .zarr and OME-Zarr, and {'/'.join(BIOIO_SUFFIXES)} "
+        'with the bioio extra (pip install "napari-niiv[bioio]")'
+    )
 
 
 def _open_remote(url: str, storage_options: dict[str, Any] | None) -> Volume:
@@ -301,6 +306,50 @@ def _open_tiff(path: Path) -> Volume:
         arr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
     data = da.from_array(arr, chunks=_chunks_for(shape))
     return Volume(data, voxel or (1.0, 1.0, 1.0), volume_name(path), unit if voxel else None)
+
+
+# Microscope formats read through bioio's reader plugins (the ``bioio`` extra); TIFF stays with tifffile.
+BIOIO_SUFFIXES = (".czi", ".nd2", ".lif")
+BIOIO_EXTRA = 'pip install "napari-niiv[bioio]"'
+
+
+def open_bioio(path: str | Path) -> Volume:
+    """A Zeiss CZI, Nikon ND2 or Leica LIF file (or any file a bioio reader plugin reads) through
+    bioio, lazily: the default (first) scene's ZYX data as dask, and its physical pixel sizes, which
+    bioio gives in micrometres. Without a z size the voxel sizes are unknown, as for TIFF. Several
+    channels or time points are refused with their sizes: niiv reconstructs one 3D volume. Without
+    the extra (or the format's reader plugin) a SourceError says what to install."""
+    p = Path(path)
+    try:
+        from bioio import BioImage
+    except ImportError:
+        raise SourceError(f"{p}: reading {p.suffix} files needs bioio and its readers: {BIOIO_EXTRA}") from None
+    try:
+        img = BioImage(p)
+    except Exception as exc:
+        if type(exc).__name__ == "UnsupportedFileFormatError":  # bioio found no reader plugin for it
+            raise SourceError(f"{p}: no bioio reader for {p.suffix} files is installed: {BIOIO_EXTRA}") from exc
+        raise
+    sizes = dict(zip(img.dims.order, img.dims.shape, strict=True))
+    if sizes.get("S", 1) > 1:
+        raise NiivInputError(
+            f"{p}: an RGB image ({sizes['S']} samples per pixel); niiv reconstructs single-channel intensity "
+            "volumes: convert to greyscale or save one channel"
+        )
+    several = {d: n for d, n in sizes.items() if d not in "ZYX" and n > 1}
+    if several:
+        what = ", ".join(f"{n} {dict(C='channels', T='time points').get(d, d)}" for d, n in several.items())
+        raise NiivInputError(
+            f"{p}: holds {what} (dims {img.dims.order}, shape {img.dims.shape}); niiv reconstructs one 3D "
+            "volume: save one channel at one time point (e.g. in Fiji) and open that"
+        )
+    data = img.get_image_dask_data("ZYX")
+    pps = img.physical_pixel_sizes
+    voxel: Triple | None = None
+    if None not in (pps.Z, pps.Y, pps.X):
+        voxel = _checked([pps.Z, pps.Y, pps.X], (0, 0, 0), p)[0]
+    name = p.stem if p.suffix.lower() in BIOIO_SUFFIXES else volume_name(p)
+    return Volume(data, voxel or (1.0, 1.0, 1.0), name, "micrometer" if voxel else None)
 
 
 def _chunks_for(shape: tuple[int, ...]) -> tuple[int, ...]:
