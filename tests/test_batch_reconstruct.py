@@ -151,7 +151,7 @@ def test_a_failed_run_never_looks_complete_and_other_settings_do_not_resume(tmp_
         write_ome_zarr(out, layout, _failing_source(1), resume=True, fingerprint={"alpha": 8})
     assert not out.exists() and partial_path(out).exists()
     kept = len(list((partial_path(out) / ".niiv" / "done" / "0").iterdir()))  # chunk 0, if it ran first
-    with pytest.raises(NiivInputError, match=r"other settings \(alpha\).*--restart"):
+    with pytest.raises(NiivInputError, match=r"differs from this one \(alpha\).*--restart"):
         write_ome_zarr(out, layout, _failing_source(99), resume=True, fingerprint={"alpha": 6})
     report = write_ome_zarr(out, layout, _failing_source(99), resume=True, fingerprint={"alpha": 8})
     assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (3, kept, 3 - kept)

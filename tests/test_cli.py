@@ -184,7 +184,7 @@ def _bad_input_cases(tmp_path, medulla):
     cases["format"] = (["reconstruct", tmp_path / "ok.tif", tmp_path / "o10.zarrx", "--alpha", "8"], "unknown output")
     cases["same_path"] = (
         ["reconstruct", tmp_path / "ok.tif", tmp_path / "ok.tif", "--alpha", "8", "--overwrite"],
-        "replace the input",
+        "the output is the input",
     )
     cases["train_alpha"] = (
         ["train", tmp_path / "ok.tif", "--out", tmp_path / "x.safetensors", "--alpha", "0"],

@@ -183,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Self-supervised training: xy crops of the volumes are pooled by alpha along one axis and\n"
         "the network learns to restore them. No isotropic ground truth is needed. A checkpoint is\n"
-        "written beside OUT as it goes; rerun with --resume to continue after a stop.",
+        "written beside OUT (OUT.ckpt.safetensors) every --checkpoint-every steps and on Ctrl-C\n"
+        "(exit code 130); rerun the same command with --resume to continue: the result is the same\n"
+        "as an uninterrupted run's. Everything is checked before the first step: the volumes, the\n"
+        "held-out volume, --region, and that OUT's folder is writable and has room.",
     )
     tr.add_argument("volumes", nargs="+", help="training volumes (their xy planes are used)")
     tr.add_argument("--out", required=True, help="weights file to write (.safetensors)")
@@ -196,18 +199,37 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--arch",
         choices=ARCHITECTURES,
-        default=ARCHITECTURES[0],
-        help="v2: attention (paper 2025, default); v1: no attention (2024)",
+        help="v2: attention (paper 2025, default); v1: no attention (2024); with --init: the start weights'",
     )
-    tr.add_argument("--init", help="start from these weights (fine-tuning) instead of random")
+    tr.add_argument(
+        "--init",
+        help="start from these weights (fine-tuning) instead of random: a name (see `niiv info`) or a "
+        "path, as --weights of reconstruct; fine-tuning defaults to the viewer panel's learning rate "
+        "(1e-4) and warm-up (20 steps)",
+    )
     tr.add_argument(
         "--steps", type=_number(1, 10_000_000, integer=True), default=5000, help="training steps (default 5000)"
     )
     tr.add_argument(
         "--minutes", type=_number(0, 100_000, open_low=True), help="stop after this many minutes (the schedule adapts)"
     )
-    tr.add_argument("--lr", type=_number(0, 0.1, open_low=True), default=5e-4, help="peak learning rate (default 5e-4)")
+    tr.add_argument(
+        "--lr",
+        type=_number(0, 0.1, open_low=True),
+        help="peak learning rate (default 5e-4; with --init 1e-4, the fine-tuning default)",
+    )
     tr.add_argument("--batch", type=_number(1, 4096, integer=True), default=8, help="crops per step (default 8)")
+    tr.add_argument(
+        "--crop",
+        type=_number(4, 4096, integer=True),
+        default=64,
+        help="side of the square xy training crops in px (default 64): at least 2 x alpha, at most the volumes' "
+        "xy size",
+    )
+    tr.add_argument(
+        "--region",
+        help="train only on this part of every volume, in voxels: z0:z1,y0:y1,x0:x1 (e.g. 0:100,:,0:512)",
+    )
     tr.add_argument(
         "--seed",
         type=_number(0, 2**31 - 1, integer=True),
@@ -215,8 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="random seed (default 0): same seed, same run",
     )
     tr.add_argument("--held-out", help="an isotropic volume to check progress against bilinear (never trained on)")
-    tr.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
-    tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    tr.add_argument(
+        "--checkpoint-every",
+        type=_number(1, 10_000_000, integer=True),
+        default=250,
+        help="write the checkpoint every N steps (default 250); Ctrl-C also writes one",
+    )
+    tr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the checkpoint beside --out; refused (exit 2) when there is none, or when this command's "
+        "alpha, architecture, steps, batch, crop, learning rate, seed or data differ from the checkpoint's",
+    )
+    tr.add_argument("--overwrite", action="store_true", help="replace --out (and its checkpoint) if they exist")
     _add_common(tr)
 
     ev = sub.add_parser(
@@ -398,18 +431,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[int, int, int], window: Any) -> None:
     """The OME-Zarr path of `niiv reconstruct`: resumable, on the runner the options ask for."""
-    import shutil
 
     from tqdm.auto import tqdm
 
     from .inference.export import write_isotropic
     from .inference.geometry import pyramid_shapes
     from .inference.runners import open_runner
-    from .inference.store import partial_path
+    from .inference.store import discard_partial, partial_path
 
     partial = partial_path(out)
-    if args.restart and partial.exists():
-        shutil.rmtree(partial)
+    if args.restart:
+        discard_partial(out)
     bar: Any = None
 
     def progress(done: int, total: int) -> None:
@@ -490,29 +522,106 @@ def _write_array(out: Path, result: np.ndarray, voxel: tuple[float, float, float
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
-    from .training.train import HeldOutCheck, TrainSettings, train
+    from .inference.weights import load_weights, resolve_weights
+    from .model import NiivConfig
+    from .training.regions import volume_region
+    from .training.train import (
+        HeldOutCheck,
+        TrainingInterrupted,
+        TrainSettings,
+        check_output,
+        checkpoint_path,
+        fine_tune_settings,
+        train,
+    )
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise NiivInputError(f"--out {out}: weights are written as .safetensors; give a name ending in .safetensors")
-    if out.exists() and not (args.overwrite or args.resume):
+    ckpt = checkpoint_path(out)
+    if args.resume:
+        if not ckpt.exists():
+            raise NiivInputError(
+                f"--resume: nothing to resume, there is no checkpoint {ckpt} (a run writes it beside --out every "
+                "--checkpoint-every steps and on Ctrl-C); run without --resume to start training"
+            )
+    elif out.exists() and not args.overwrite:
         raise NiivInputError(f"{out} already exists; choose another --out, --resume, or pass --overwrite")
+    elif ckpt.exists() and not args.overwrite:
+        raise NiivInputError(
+            f"{ckpt} holds an unfinished run: pass --resume to continue it, or --overwrite to start anew"
+        )
+    check_output(out)
     alpha = check_alpha(args.alpha)
-    vols = [open_volume(v) for v in args.volumes]
+    region = _parse_region(args.region)
+    init = start = None
+    if args.init:
+        init = resolve_weights(args.init)
+        start = load_weights(init)
+        if args.arch and NiivConfig.named(args.arch).to_dict() != start.model.config.to_dict():
+            raise NiivInputError(
+                f"--arch {args.arch}: the --init weights {args.init} are another architecture "
+                f"({start.card.get('architecture', 'custom')}), which fine-tuning keeps; drop --arch"
+            )
+    vols = []
+    for path in args.volumes:
+        vol = open_volume(path)
+        if region is not None:
+            try:
+                vol = volume_region(vol, region)
+            except NiivInputError as exc:
+                raise NiivInputError(f"--region {args.region} on {path}: {exc}") from exc
+        vols.append(vol)
     held = None
     if args.held_out:
-        held = HeldOutCheck([np.asarray(open_volume(args.held_out).data)], alpha)
+        try:
+            held = HeldOutCheck([np.asarray(open_volume(args.held_out).data)], alpha)
+        except NiivInputError as exc:
+            raise NiivInputError(f"--held-out {args.held_out}: {exc}") from exc
+    defaults = fine_tune_settings(alpha) if start else TrainSettings()
+    lr = args.lr if args.lr is not None else defaults.lr
     settings = TrainSettings(
         alpha=alpha,
-        architecture=args.arch,
+        architecture=args.arch or (start.card.get("architecture", "custom") if start else TrainSettings.architecture),
         steps=args.steps,
-        lr=args.lr,
+        lr=lr,
+        warmup=defaults.warmup,
         batch=args.batch,
+        crop=args.crop,
         seed=args.seed,
         device=args.device,
+        checkpoint_every=args.checkpoint_every,
         time_budget=args.minutes * 60 if args.minutes else None,
     )
-    result = train(vols, settings, out, init=args.init, resume=args.resume, held_out=held)
+    if start:
+        chosen = "given by --lr" if args.lr is not None else "the fine-tuning default; --lr sets another"
+        print(
+            f"fine-tuning {args.init}: learning rate {lr:g} ({chosen}), warm-up {settings.warmup} steps "
+            "(the fine-tuning default)",
+            file=sys.stderr,
+        )
+    card = {"region": args.region} if region is not None else None
+    try:
+        result = train(vols, settings, out, init=init, resume=args.resume, held_out=held, card=card)
+    except TrainingInterrupted as exc:
+        again = "run the same command again" if args.resume else "run the same command with --resume"
+        if exc.checkpoint is None:
+            print("niiv train: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+        elif exc.saved_now:
+            print(
+                f"niiv train: interrupted; step {exc.step} of {exc.steps} saved in {exc.checkpoint}: to continue, "
+                f"{again}",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"niiv train: interrupted at once; {exc.checkpoint} holds step {exc.step} of {exc.steps} "
+                f"(later steps are lost): to continue, {again}",
+                file=sys.stderr,
+            )
+        return 130
+    except FloatingPointError as exc:  # the loss diverged
+        raise NiivInputError(f"{exc} with --lr") from exc
     msg = f"wrote {result.weights} after {result.steps_done} steps in {result.seconds / 60:.1f} min"
     if result.held_out:
         ho = result.held_out

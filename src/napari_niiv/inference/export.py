@@ -121,4 +121,5 @@ def write_isotropic(
         resume=resume,
         overwrite=overwrite,
         on_progress=on_progress,
+        input_path=job.source if isinstance(job.source, str) else None,
     )

@@ -14,9 +14,12 @@ complete, so a failed run never leaves a store that looks complete.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,12 +196,94 @@ def downsample(block: np.ndarray, dtype: Any) -> np.ndarray:
     return out.astype(dtype)
 
 
-def check_output_path(out: Path, overwrite: bool, source: Path | None = None) -> None:
-    """Never overwrite user data by accident, and never write onto the input."""
-    if source is not None and out.resolve() == source.resolve():
-        raise NiivInputError(f"{out}: the output would replace the input volume; choose another output path")
-    if out.exists() and not overwrite:
+def check_output_path(out: Path, overwrite: bool, source: Path | str | None = None) -> None:
+    """Never overwrite or delete user data: refuse an output that is, contains or lies inside the
+    input (links resolved); with ``overwrite``, replace only a plain (not linked) OME-Zarr store
+    that napari-niiv wrote, or a plain file."""
+    out = Path(out)
+    if source is not None and "://" not in str(source):
+        src, dst = Path(source).resolve(), out.resolve()
+        if dst == src or src in dst.parents or dst in src.parents:
+            where = "is" if dst == src else "lies inside" if src in dst.parents else "contains"
+            raise NiivInputError(f"{out}: the output {where} the input {source}; choose an output path outside it")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
         raise NiivInputError(f"{out} already exists; choose another output path or pass --overwrite")
+    if out.is_symlink():
+        raise NiivInputError(f"{out} is a link; napari-niiv never replaces through a link: remove it yourself")
+    if out.is_dir() and not written_by_niiv(out):
+        raise NiivInputError(
+            f"{out} is a folder napari-niiv did not write; --overwrite replaces only niiv's own stores: "
+            "choose another output path, or move it away yourself"
+        )
+
+
+def written_by_niiv(path: Path) -> bool:
+    """True for an OME-Zarr store this package published (its attributes carry the job record)."""
+    for meta in (path / "zarr.json", path / ".zattrs"):
+        if meta.is_file():
+            try:
+                attrs = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                return False
+            return "niiv" in attrs.get("attributes", attrs)
+    return False
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """One writer per output: ``OUT.lock`` holds the writer's host, pid and start time. Another run
+    is refused with them named; a lock left by a process that is gone (this host) is taken over."""
+    lock = out.with_name(out.name + ".lock")
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                other = {}
+            if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
+                lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            raise NiivInputError(
+                f"{out} is being written by another niiv run (pid {other.get('pid', '?')} on "
+                f"{other.get('host', '?')}, started {other.get('started', '?')}); wait for it to finish or stop "
+                f"it, then rerun (if no such run exists, remove {lock})"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def discard_partial(out: str | Path) -> bool:
+    """Remove an unfinished niiv run's ``OUT.partial`` (``--restart``); a folder of that name that
+    niiv did not make is refused, never deleted. False when there was none."""
+    partial = partial_path(out)
+    if not partial.exists():
+        return False
+    if partial.is_symlink() or not (partial / _WORK / "job.json").is_file():
+        raise NiivInputError(f"{partial} exists but is not an unfinished niiv run; move it away yourself and rerun")
+    shutil.rmtree(partial)
+    return True
 
 
 def partial_path(out: str | Path) -> Path:
@@ -251,6 +336,7 @@ def write_ome_zarr(
     resume: bool = False,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    input_path: Path | str | None = None,
 ) -> WriteReport:
     """Write ``source`` as an OME-Zarr pyramid at ``out``; ``runner`` (see task_runner) spreads the
     chunks over threads or a dask cluster (default: one chunk at a time on dask's threaded scheduler).
@@ -260,10 +346,23 @@ def write_ome_zarr(
     it a failed run removes its partial store. ``on_progress(done, total)`` counts voxels written,
     over all levels, on the calling thread; its first call gives what an earlier run wrote.
     """
+    out = Path(out)
+    check_output_path(out, overwrite, input_path)
+    with output_lock(out):
+        return _write(out, layout, source, runner, fingerprint, resume, on_progress)
+
+
+def _write(
+    out: Path,
+    layout: Layout,
+    source: BlockSource,
+    runner: Any,
+    fingerprint: dict[str, Any] | None,
+    resume: bool,
+    on_progress: Callable[[int, int], None] | None,
+) -> WriteReport:
     from .runners import ThreadedRunner
 
-    out = Path(out)
-    check_output_path(out, overwrite)
     partial = partial_path(out)
     job_record = json.loads(
         json.dumps({"layout": asdict(layout) | {"shapes": layout.shapes}, "fingerprint": fingerprint or {}})
@@ -311,6 +410,15 @@ def _voxels(task: _ChunkTask) -> int:
     return int(np.prod([s.stop - s.start for s in task.index]))
 
 
+_REASONS = {
+    "input_content": "the input's content changed since that run",
+    "input": "another input",
+    "settings": "other alpha, scale, orientation, device or precision",
+    "weights_sha256": "other weights",
+    "normalisation": "another intensity normalisation",
+}
+
+
 def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool) -> bool:
     """Open the partial store to continue it (True) or create it afresh (False)."""
     job_file = partial / _WORK / "job.json"
@@ -324,13 +432,14 @@ def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool
                 for k in set(earlier.get("fingerprint", {})) | set(record["fingerprint"])
                 if earlier.get("fingerprint", {}).get(k) != record["fingerprint"].get(k)
             ) or ["chunking or output shape"]
+            why = ", ".join(_REASONS.get(k, k) for k in changed)
             raise NiivInputError(
-                f"{partial} holds an unfinished run with other settings ({', '.join(changed)}); rerun with "
-                "the same settings to finish it, or pass --restart to discard it"
+                f"{partial} holds an unfinished run that differs from this one ({why}): its chunks would be "
+                "stale; rerun with the same input and settings to finish it, or pass --restart to discard it"
             )
-        if resume and not job_file.exists():
+        if not job_file.exists():
             raise NiivInputError(f"{partial} exists but is not an unfinished niiv run; move it away and rerun")
-        shutil.rmtree(partial)
+        shutil.rmtree(partial)  # our own unfinished run, not resumed
     _create_store(partial, layout)
     for level in range(len(layout.shapes)):
         (partial / _WORK / "done" / str(level)).mkdir(parents=True)

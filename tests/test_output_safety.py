@@ -1,0 +1,119 @@
+"""User data is never overwritten or deleted: outputs that are, contain or lie inside an input,
+foreign folders, links and other runs' outputs are refused with a message; stale locks recover."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_niiv.cli import main
+from napari_niiv.inference.store import output_lock
+from napari_niiv.inference.weights import save_weights
+from tests.conftest import random_model
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    return save_weights(tmp_path / "tiny.safetensors", random_model(), 4.0, None)
+
+
+@pytest.fixture
+def store(tmp_path: Path, medulla) -> Path:
+    """A plain zarr group holding the input array at s.zarr/0."""
+    path = tmp_path / "s.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    arr = root.create_array("0", shape=(4, 24, 24), chunks=(4, 24, 24), dtype=np.uint8)
+    arr[:] = medulla[:16, :24, :24].reshape(4, 4, 24, 24).mean(axis=1).astype(np.uint8)
+    return path
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _run(capsys, *args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def _reconstruct(capsys, src, out, weights, *extra) -> tuple[int, str]:
+    return _run(capsys, "reconstruct", src, out, "--alpha", "4", "--weights", weights, "--levels", "1", *extra)
+
+
+def test_an_output_that_contains_the_input_is_refused_even_with_overwrite(tmp_path, capsys, store, weights) -> None:
+    before = _tree(store)
+    code, err = _reconstruct(capsys, store / "0", store, weights, "--overwrite")
+    assert code == 2 and "contains the input" in err and "Traceback" not in err
+    assert _tree(store) == before  # the input is intact
+
+
+def test_an_output_inside_the_input_or_through_a_link_to_it_is_refused(tmp_path, capsys, store, weights) -> None:
+    code, err = _reconstruct(capsys, store / "0", store / "0" / "x.ome.zarr", weights)
+    assert code == 2 and "lies inside the input" in err
+    link = tmp_path / "link.zarr"
+    link.symlink_to(store / "0", target_is_directory=True)
+    before = _tree(store)
+    code, err = _reconstruct(capsys, store / "0", link, weights, "--overwrite")
+    assert code == 2 and "the output is the input" in err
+    assert _tree(store) == before
+
+
+def test_overwrite_replaces_only_niivs_own_stores(tmp_path, capsys, store, weights) -> None:
+    foreign = tmp_path / "results.ome.zarr"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my analysis")
+    code, err = _reconstruct(capsys, store / "0", foreign, weights, "--overwrite")
+    assert code == 2 and "did not write" in err
+    assert (foreign / "notes.txt").read_text() == "my analysis"
+
+    ours = tmp_path / "iso.ome.zarr"
+    assert _reconstruct(capsys, store / "0", ours, weights)[0] == 0
+    assert _reconstruct(capsys, store / "0", ours, weights, "--overwrite")[0] == 0  # niiv's own: replaced
+
+    link = tmp_path / "to-ours.ome.zarr"
+    link.symlink_to(ours, target_is_directory=True)
+    code, err = _reconstruct(capsys, store / "0", link, weights, "--overwrite")
+    assert code == 2 and "is a link" in err and (ours / "zarr.json").exists()
+
+
+def test_a_foreign_partial_folder_is_never_deleted(tmp_path, capsys, store, weights) -> None:
+    partial = tmp_path / "iso.ome.zarr.partial"
+    partial.mkdir()
+    (partial / "keep.txt").write_text("not niiv's")
+    code, err = _reconstruct(capsys, store / "0", tmp_path / "iso.ome.zarr", weights, "--restart")
+    assert code == 2 and "not an unfinished niiv run" in err
+    code, err = _reconstruct(capsys, store / "0", tmp_path / "iso.ome.zarr", weights)
+    assert code == 2 and "not an unfinished niiv run" in err
+    assert (partial / "keep.txt").read_text() == "not niiv's"
+
+
+def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, capsys, store, weights) -> None:
+    out = tmp_path / "iso.ome.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = out.with_name(out.name + ".lock")
+        lock.write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "started": "now"}))
+        code, err = _reconstruct(capsys, store / "0", out, weights)
+        assert code == 2 and f"pid {holder.pid}" in err and "another niiv run" in err
+        assert not out.exists() and lock.exists()  # the other run's lock is left alone
+    finally:
+        holder.kill()
+        holder.wait()
+    # that process is gone now: its lock is stale and taken over
+    assert _reconstruct(capsys, store / "0", out, weights)[0] == 0
+    assert out.exists() and not lock.exists()
+
+
+def test_the_lock_is_released_when_a_write_fails(tmp_path) -> None:
+    out = tmp_path / "x.ome.zarr"
+    with pytest.raises(RuntimeError), output_lock(out):
+        assert out.with_name(out.name + ".lock").exists()
+        raise RuntimeError("boom")
+    assert not out.with_name(out.name + ".lock").exists()
