@@ -112,6 +112,23 @@ def test_niiv_reconstruct_pyramid_opens_in_napari_at_the_isotropic_scale(
     np.testing.assert_array_equal(layer.data[1], open_volume(out).pyramid[0])
 
 
+def test_what_the_plugin_claims(tmp_path: Path) -> None:
+    """docs/reading.md: TIFFs and OME-Zarr (folders and URLs) are offered to niiv beside napari's own
+    reader, and get_reader takes every 3D grey volume among them, with or without voxel sizes."""
+    from napari.plugins import _initialize_plugins
+    from napari.plugins._npe2 import get_readers
+
+    _initialize_plugins()
+    store = ome_store(tmp_path / "em.ome.zarr", volume(dtype=np.uint8), (40.0, 4.0, 4.0))
+    for path in ("a.tif", "a.TIFF", "a.ome.tif", "http://127.0.0.1:1/em.ome.zarr", "s3://bucket/em.zarr/", str(store)):
+        assert {"napari", PLUGIN} <= set(get_readers(path)), path
+    for path in ("a.npy", "a.png", "a.h5"):
+        assert PLUGIN not in get_readers(path), path
+    write_tif(tmp_path / "plain.tif", volume())  # no voxel sizes: still a volume niiv opens lazily
+    assert get_reader(str(tmp_path / "plain.tif")) is not None
+    assert get_reader(str(store)) is not None
+
+
 def test_reader_declines_what_napari_should_open(tmp_path: Path) -> None:
     write_tif(tmp_path / "plane.tif", volume()[0])
     write_tif(tmp_path / "rgb.tif", np.zeros((4, 16, 16, 3), np.uint8), photometric="rgb")
