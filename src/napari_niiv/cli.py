@@ -635,7 +635,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.io import open_volume
     from .inference.geometry import check_region
     from .inference.weights import load_weights, resolve_weights
-    from .training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
+    from .training.evaluate import cut_cubes, evaluate, format_table, intensity_range, interpolation, niiv_method
 
     alpha = check_alpha(args.alpha)
     if args.cube < 2 * alpha:
@@ -643,11 +643,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"--cube {args.cube}: a cube pooled by alpha {alpha:g} needs at least {math.ceil(2 * alpha)} voxels a side"
         )
     region = _parse_region(args.region)
-    cubes = []
+    cubes, ranges = [], []
     for path in args.volumes:
         vol = open_volume(path)
-        data = vol.data[check_region(region, vol.shape)] if region else vol.data
-        cubes += cut_cubes(np.asarray(data), args.cube)
+        data = np.asarray(vol.data[check_region(region, vol.shape)] if region else vol.data)
+        scale = intensity_range(data)  # the volume's own range, shared by its cubes
+        cut = cut_cubes(data, args.cube)
+        cubes += cut
+        ranges += [scale] * len(cut)
     settings = InferenceSettings(
         alpha=alpha, orientation=args.slices, device=args.device, precision=args.precision, compiled=args.compile
     ).resolved()
@@ -655,11 +658,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for spec in args.weights or [None]:
         w = load_weights(resolve_weights(spec))
         name = w.card.get("name") or (Path(w.path).stem if w.path else "niiv")
+        if not math.isclose(w.alpha, alpha, rel_tol=1e-6):
+            print(
+                f"niiv evaluate: note: {name} was trained for alpha {w.alpha:g}, scored here at {alpha:g}",
+                file=sys.stderr,
+            )
         methods[name] = niiv_method(w.model, settings)
         if args.both:
             methods[name + " +yz"] = niiv_method(w.model, settings.replace(orientation="both"))
     print(f"{len(cubes)} volume(s) of {args.cube}^3, alpha {alpha:g}, {args.slices} slices", file=sys.stderr)
-    scores = evaluate(cubes, alpha, methods, args.cutoff, args.slices)
+    scores = evaluate(cubes, alpha, methods, args.cutoff, args.slices, ranges)
     print(format_table(scores, args.cutoff))
     if args.json:
         Path(args.json).write_text(json.dumps([s.__dict__ for s in scores], indent=2))

@@ -9,11 +9,13 @@ axis and reconstructed, exactly the training task on data it has not seen.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..data.io import Volume
 from ..errors import NiivInputError
+from ..inference.geometry import check_region
 
 Region = tuple[slice, slice, slice]
 
@@ -63,6 +65,14 @@ def box_region(vertices_data: np.ndarray, shape: Sequence[int]) -> Region:
         else:
             out.append(slice(int(np.floor(lo + 0.5)), int(np.ceil(hi + 0.5))))
     return clip_region(tuple(out), shape)  # type: ignore[arg-type]
+
+
+def volume_region(vol: Volume, region: Sequence[slice]) -> Volume:
+    """The part of ``vol`` inside ``region`` (data voxels; a region outside the volume is refused,
+    never clipped), placed in the world where it lies in the volume."""
+    r = check_region(region, vol.shape)
+    shift = tuple(t + s.start * v for t, s, v in zip(vol.translation, r, vol.voxel_size, strict=True))
+    return replace(vol, data=vol.data[r], pyramid=(), translation=shift)  # type: ignore[arg-type]
 
 
 def split_training(

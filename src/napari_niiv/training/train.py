@@ -2,12 +2,32 @@
 
 The loop knows nothing of napari: it reports through ``TrainCallback`` (step, loss, held-out
 check, preview, checkpoint) and stops cooperatively when a callback asks, within one step.
+
+What a run guarantees (the CLI and the panel rely on it):
+
+- Everything that can be checked is checked before the first step: the output's folder is
+  writable and has room, the volumes are usable, the held-out volume can be scored.
+- A checkpoint (model, optimiser, step, history) is written atomically beside the weights every
+  ``checkpoint_every`` steps, when stopped, and on Ctrl-C: in the main thread the first SIGINT
+  ends the run after the current step with a checkpoint and raises :class:`TrainingInterrupted`;
+  a second one interrupts at once, keeping the last checkpoint. A kill keeps the last one too.
+- ``resume=True`` continues the checkpoint to exactly the result of an uninterrupted run
+  (batches depend only on seed and step), and refuses, naming them, settings or training data
+  other than the checkpoint's; with no checkpoint it refuses instead of starting from step 0.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
+import shutil
+import signal
+import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,10 +39,12 @@ from tqdm.auto import tqdm
 
 from ..data.io import Volume, as_volume
 from ..data.pairs import LateralPairSampler
+from ..errors import NiivInputError
 from ..inference.devices import autocast_dtype, pick_device
 from ..inference.settings import InferenceSettings
-from ..inference.weights import load_weights, restore_optimizer, save_weights
+from ..inference.weights import Weights, load_weights, restore_optimizer, save_weights
 from ..model import NiivConfig, NiivModel
+from ..model.config import ARCHITECTURES
 from .evaluate import evaluate, interpolation, niiv_method
 
 
@@ -114,15 +136,66 @@ class TrainResult:
     held_out: dict[str, float] | None = None
 
 
+SSIM_SIDE = 11  # the metrics' SSIM window: a slice needs at least this many pixels a side
+
+
+def held_out_min_planes(alpha: float) -> int:
+    """The fewest z planes a held-out volume needs: two pooled rows, and scored slices as deep as
+    the SSIM window."""
+    rows = max(2, math.ceil(SSIM_SIDE / alpha - 1e-9))
+    return math.ceil(rows * alpha - 1e-9)
+
+
+def check_held_out(volume: Any, alpha: float) -> np.ndarray:
+    """A held-out volume as an array, or a message saying why it cannot be scored."""
+    v = np.asarray(volume)
+    if v.ndim != 3:
+        raise NiivInputError(
+            f"the held-out volume is {v.ndim}D (shape {v.shape}); give one isotropic 3D (z, y, x) volume"
+        )
+    if v.dtype.kind not in "uif":
+        raise NiivInputError(f"the held-out volume has pixel type {v.dtype}; use an integer or floating-point volume")
+    z, y, x = v.shape
+    need = held_out_min_planes(alpha)
+    if z < need:
+        raise NiivInputError(
+            f"the held-out volume has {z} z plane(s) (shape {v.shape}); pooled by alpha {alpha:g} it needs "
+            f"at least {need} to be scored: give a larger one"
+        )
+    if x < SSIM_SIDE or y < 1:
+        raise NiivInputError(
+            f"the held-out volume is {y}x{x} px in y and x (shape {v.shape}); its xz slices need at least "
+            f"{SSIM_SIDE} px along x to be scored: give a larger one"
+        )
+    if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+        raise NiivInputError(
+            "the held-out volume contains NaN or infinite values; replace them (e.g. with 0 or the "
+            "background level) or hold out another volume"
+        )
+    if v.min() == v.max():
+        raise NiivInputError("the held-out volume is constant: there is nothing to score on it")
+    return v
+
+
 class HeldOutCheck:
     """niiv vs bilinear on volumes kept out of training (simulated alpha, xz slices)."""
 
     def __init__(self, volumes: Sequence[np.ndarray], alpha: float, cutoff: float = 25.0) -> None:
-        self.volumes = [np.asarray(v) for v in volumes]
+        self.volumes = [check_held_out(v, alpha) for v in volumes]
         self.alpha = alpha
         self.cutoff = cutoff
         (base,) = evaluate(self.volumes, alpha, {"bilinear": interpolation("bilinear")}, cutoff)
         self.bilinear = base
+
+    def check_fits(self, model: NiivModel) -> None:
+        """Refuse, before training, volumes narrower than ``model`` can reconstruct."""
+        need = model.config.receptive_radius + 1
+        for v in self.volumes:
+            if v.shape[2] < need:
+                raise NiivInputError(
+                    f"the held-out volume is {v.shape[2]} px along x (shape {v.shape}); the model's xz slices "
+                    f"need at least {need} (its receptive field): give a larger one"
+                )
 
     def __call__(self, model: NiivModel, device: torch.device | str = "cpu") -> dict[str, float]:
         was_training = model.training
@@ -144,6 +217,171 @@ def checkpoint_path(weights_path: Path) -> Path:
     return weights_path.with_name(weights_path.stem + ".ckpt.safetensors")
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a run. ``checkpoint`` holds step ``step`` of ``steps`` (``None``: none was written
+    yet); ``saved_now`` says it was written at the interrupt, else it is the last one written before
+    (a second Ctrl-C, or one outside the steps, interrupts at once)."""
+
+    def __init__(self, step: int, steps: int, checkpoint: Path | None, saved_now: bool) -> None:
+        super().__init__(f"training interrupted at step {step} of {steps}")
+        self.step, self.steps, self.checkpoint, self.saved_now = step, steps, checkpoint, saved_now
+
+
+def _notice(text: str) -> None:
+    with contextlib.suppress(OSError):  # raw: a signal handler must not re-enter sys.stderr's buffer
+        os.write(2, text.encode())
+
+
+class _StopOnInterrupt:
+    """While entered (main thread only, where Python delivers signals): the first SIGINT asks the
+    loop to stop after the current step, a second one raises KeyboardInterrupt at once. A SIGINT
+    the process ignores stays ignored."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous not in (signal.SIG_IGN, None):
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        _notice("\nniiv: Ctrl-C: stopping after this step to save a checkpoint (Ctrl-C again stops at once)\n")
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def check_output(out: str | Path) -> None:
+    """Refuse, before any work, weights that could not be written at ``out``: a folder in the way,
+    a parent that is a file, or a folder that refuses a new file (read-only, no permission; tried
+    with a probe file, which also holds for root and read-only mounts). Creates nothing."""
+    out = Path(out)
+    if out.is_dir():
+        raise NiivInputError(f"{out} is a folder; give a weights file name ending in .safetensors")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders still to be made will be made in this one
+    if not folder.is_dir():
+        raise NiivInputError(f"cannot write {out}: {folder} is a file, not a folder; choose another output path")
+    probe = folder / f".{out.name}.{uuid.uuid4().hex}.probe"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        raise NiivInputError(
+            f"cannot write {out}: the folder {folder} refuses new files ({exc.strerror or exc}); "
+            "choose another output path, or make the folder writable"
+        ) from exc
+
+
+def _check_room(out: Path, model: NiivModel) -> None:
+    """The checkpoint (weights and Adam's two moments), its temporary copy while it is replaced,
+    and the weights must fit on the output's disk."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = 7 * size + 2**20
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise NiivInputError(
+            f"{folder} has {free / 1e6:.1f} MB free; training needs about {need / 1e6:.1f} MB there for its "
+            "checkpoint and weights: free some space or choose another output path"
+        )
+
+
+# Settings that change what a run learns: a resumed run must share them with its checkpoint.
+# (device, precision, threads, time budget and the reporting intervals may change.)
+RUN_SETTINGS = ("alpha", "steps", "batch", "crop", "points", "lr", "final_lr_fraction", "warmup", "seed")
+
+
+def _architecture_name(config: dict[str, Any]) -> str:
+    return next((n for n in ARCHITECTURES if NiivConfig.named(n).to_dict() == config), "custom")
+
+
+def run_identity(
+    settings: TrainSettings,
+    model: NiivModel,
+    volumes: Sequence[Volume],
+    sampler: LateralPairSampler,
+    z_ranges: Sequence[tuple[int, int] | None] | None = None,
+) -> dict[str, Any]:
+    """What makes a run this run (stored in its checkpoint, compared on resume): the settings that
+    change what it learns, the architecture, and each volume's shape, pixel type, usable planes,
+    normalisation and a hash of a few tiles of the planes used (so another region or other
+    content is noticed, not only another shape)."""
+    ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
+    data = []
+    for vol, (arr, z0, z1), norm, planes in zip(volumes, sampler.volumes, sampler.norms, ranges, strict=True):
+        h = hashlib.sha256()
+        for z in sorted({z0, (z0 + z1) // 2, z1 - 1}):
+            h.update(np.ascontiguousarray(np.asarray(arr[z, : sampler.crop, : sampler.crop])).tobytes())
+        data.append(
+            {
+                "shape": list(vol.shape),
+                "dtype": str(np.dtype(vol.data.dtype)),
+                "planes": list(planes) if planes is not None else None,
+                "normalisation": [norm.low, norm.high],
+                "sample": h.hexdigest()[:16],
+            }
+        )
+    identity = {
+        "settings": {k: getattr(settings, k) for k in RUN_SETTINGS},
+        "model": model.config.to_dict(),
+        "data": data,
+    }
+    return json.loads(json.dumps(identity))  # as it reads back from a checkpoint
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def check_same_run(path: Path, saved: Weights, identity: dict[str, Any]) -> None:
+    """Refuse to resume the checkpoint ``saved`` (at ``path``) for another run, naming what differs."""
+    run = (saved.train_state or {}).get("run") or {}
+    diffs = []
+    settings = run.get("settings") or {"alpha": saved.alpha}  # checkpoints before this check: their alpha
+    for key, value in identity["settings"].items():
+        if key in settings and settings[key] != value:
+            diffs.append(f"{key} {_fmt(settings[key])} (this run: {_fmt(value)})")
+    then, now = saved.model.config.to_dict(), identity["model"]
+    if then != now:
+        a, b = _architecture_name(then), _architecture_name(now)
+        if a == b:  # two custom configurations
+            a, b = (", ".join(f"{k} {_fmt(c[k])}" for k in sorted(then) if then[k] != now.get(k)) for c in (then, now))
+        diffs.append(f"architecture {a} (this run: {b})")
+    data = run.get("data")
+    if data is not None and data != identity["data"]:
+        shapes = [tuple(d["shape"]) for d in data]
+        here = [tuple(d["shape"]) for d in identity["data"]]
+        if shapes != here:
+            diffs.append(f"training volume shapes {shapes} (this run: {here})")
+        else:
+            diffs.append("training data: same shapes, but other content, region or held-out planes")
+    if diffs:
+        raise NiivInputError(
+            f"cannot resume {path}: this run differs from the checkpoint's in {'; '.join(diffs)}. "
+            "Resume with the checkpoint's settings and data, or start a new run instead "
+            "(niiv train: without --resume, with --overwrite)"
+        )
+
+
 def train(
     volumes: Sequence[Any],
     settings: TrainSettings,
@@ -160,11 +398,18 @@ def train(
     """Train (or fine-tune from ``init``) on ``volumes`` and write weights to ``out``.
 
     A checkpoint with the optimiser state is written atomically beside ``out`` every
-    ``checkpoint_every`` steps and when stopped; ``resume=True`` continues from it exactly
-    (batches depend only on seed and step).
+    ``checkpoint_every`` steps, when stopped and on Ctrl-C (then :class:`TrainingInterrupted`
+    is raised); ``resume=True`` continues from it exactly (batches depend only on seed and
+    step), and raises :class:`NiivInputError` when there is none or it belongs to another run.
     """
     out = Path(out)
     ckpt = checkpoint_path(out)
+    check_output(out)
+    if resume and not ckpt.exists():
+        raise NiivInputError(
+            f"nothing to resume: there is no checkpoint {ckpt} (a run writes it beside its weights every "
+            f"{settings.checkpoint_every} steps, when stopped and on Ctrl-C); start without resuming"
+        )
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = pick_device(settings.device)
@@ -173,16 +418,25 @@ def train(
     torch.manual_seed(settings.seed)
     start_weights = load_weights(init) if init else None
     model = start_weights.model if start_weights else NiivModel(NiivConfig.named(settings.architecture))
+    _check_room(out, model)
+    if held_out is not None:
+        held_out.check_fits(model)
     model = model.to(device).train()
     sampler = LateralPairSampler(vols, settings.alpha, settings.crop, settings.points, z_ranges)
+    identity = run_identity(settings, model, vols, sampler, z_ranges)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     step, history, elapsed = 0, [], 0.0
-    if resume and ckpt.exists():
+    started_from = str(init) if init else None
+    saved_step: int | None = None  # the step the checkpoint on disk holds, as far as this run knows
+    if resume:
         state = load_weights(ckpt, with_optimizer=True)
+        check_same_run(ckpt, state, identity)
         model.load_state_dict(state.model.state_dict())
         restore_optimizer(optimizer, state)
         ts = state.train_state or {}
         step, history, elapsed = int(ts.get("step", 0)), list(ts.get("history", [])), float(ts.get("seconds", 0.0))
+        started_from = state.card.get("fine_tuned_from", started_from)  # the run's start, not the checkpoint
+        saved_step = step
 
     base_card = {
         "architecture": settings.architecture
@@ -191,80 +445,105 @@ def train(
         "alpha": settings.alpha,
         "data": [v.name for v in vols],
         "settings": asdict(settings),
-        "fine_tuned_from": str(init) if init else None,
+        "fine_tuned_from": started_from,
         **(card or {}),
     }
 
     def save(path: Path, with_state: bool, extra: dict[str, Any]) -> None:
-        save_weights(
-            path,
-            model,
-            settings.alpha,
-            sampler.norms[0],
-            card={**base_card, **extra},
-            train_state={"step": step, "history": history, "seconds": elapsed} if with_state else None,
-            optimizer=optimizer if with_state else None,
-        )
+        try:
+            save_weights(
+                path,
+                model,
+                settings.alpha,
+                sampler.norms[0],
+                card={**base_card, **extra},
+                train_state={"step": step, "history": history, "seconds": elapsed, "run": identity}
+                if with_state
+                else None,
+                optimizer=optimizer if with_state else None,
+            )
+        except OSError as exc:
+            kept = f"the checkpoint {ckpt} of step {saved_step} is intact" if saved_step is not None else "none"
+            raise NiivInputError(
+                f"could not write {path} ({exc.strerror or exc}); the last checkpoint: {kept}. "
+                "Free space or fix the folder, then resume"
+            ) from exc
 
     stopped = False
     last_check: dict[str, float] | None = None
     bar = tqdm(total=settings.steps, initial=step, disable=not progress, desc="training", unit="step")
     t_start = time.perf_counter() - elapsed
-    while step < settings.steps:
-        lr = settings.lr_at(step, time.perf_counter() - t_start)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        batch = sampler.batch(settings.seed, step, settings.batch).to(device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            pred = model(batch.inputs, batch.coords, settings.alpha)
-        loss = (pred.float() - batch.targets).abs().mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        elapsed = time.perf_counter() - t_start
-        value = float(loss.item())
-        history.append({"step": step, "loss": value, "seconds": round(elapsed, 2)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        for cb in callbacks:
-            cb.on_step(step, value, lr)
-        if held_out is not None and step % settings.eval_every == 0:
+    interrupt = _StopOnInterrupt()
+    try:
+        with interrupt:
+            while step < settings.steps:
+                lr = settings.lr_at(step, time.perf_counter() - t_start)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                batch = sampler.batch(settings.seed, step, settings.batch).to(device)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    pred = model(batch.inputs, batch.coords, settings.alpha)
+                loss = (pred.float() - batch.targets).abs().mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged at step {step} (loss {loss.item()}); lower the learning rate"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                elapsed = time.perf_counter() - t_start
+                value = float(loss.item())
+                history.append({"step": step, "loss": value, "seconds": round(elapsed, 2)})
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+                for cb in callbacks:
+                    cb.on_step(step, value, lr)
+                if held_out is not None and step % settings.eval_every == 0:
+                    last_check = held_out(model, device)
+                    history[-1].update({"held_out_" + k: v for k, v in last_check.items()})
+                    bar.write(
+                        f"step {step}: held-out CF-PSNR {last_check['cf_psnr']:.2f} dB "
+                        f"({last_check['cf_psnr_gain']:+.2f} vs bilinear)"
+                    )
+                    for cb in callbacks:
+                        cb.on_eval(step, last_check)
+                if settings.preview_every and step % settings.preview_every == 0:
+                    for cb in callbacks:
+                        cb.on_preview(step, model)
+                stop_now = (
+                    interrupt.requested
+                    or any(cb.should_stop() for cb in callbacks)
+                    or (settings.time_budget is not None and elapsed >= settings.time_budget)
+                )
+                if step % settings.checkpoint_every == 0 or stop_now or step == settings.steps:
+                    save(ckpt, True, {})
+                    saved_step = step
+                    for cb in callbacks:
+                        cb.on_checkpoint(step, ckpt)
+                if interrupt.requested:
+                    raise TrainingInterrupted(step, settings.steps, ckpt, saved_now=True)
+                if stop_now:
+                    stopped = step < settings.steps
+                    break
+        # Score the final model unless the last step already did (a resumed run may not have).
+        if held_out is not None and (last_check is None or not history or "held_out_cf_psnr" not in history[-1]):
             last_check = held_out(model, device)
-            history[-1].update({"held_out_" + k: v for k, v in last_check.items()})
-            bar.write(
-                f"step {step}: held-out CF-PSNR {last_check['cf_psnr']:.2f} dB "
-                f"({last_check['cf_psnr_gain']:+.2f} vs bilinear)"
-            )
-            for cb in callbacks:
-                cb.on_eval(step, last_check)
-        if settings.preview_every and step % settings.preview_every == 0:
-            for cb in callbacks:
-                cb.on_preview(step, model)
-        stop_now = any(cb.should_stop() for cb in callbacks) or (
-            settings.time_budget is not None and elapsed >= settings.time_budget
+        save(
+            out,
+            False,
+            {
+                "steps": step,
+                "seconds": round(elapsed, 1),
+                "final_loss": float(np.mean([h["loss"] for h in history[-50:]])) if history else None,
+                "held_out": last_check,
+            },
         )
-        if step % settings.checkpoint_every == 0 or stop_now or step == settings.steps:
-            save(ckpt, True, {})
-            for cb in callbacks:
-                cb.on_checkpoint(step, ckpt)
-        if stop_now:
-            stopped = step < settings.steps
-            break
-    bar.close()
-    # Score the final model unless the last step already did (a resumed run may not have).
-    if held_out is not None and (last_check is None or not history or "held_out_cf_psnr" not in history[-1]):
-        last_check = held_out(model, device)
-    save(
-        out,
-        False,
-        {
-            "steps": step,
-            "seconds": round(elapsed, 1),
-            "final_loss": float(np.mean([h["loss"] for h in history[-50:]])) if history else None,
-            "held_out": last_check,
-        },
-    )
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt as exc:  # a second Ctrl-C, or one outside the steps: at once
+        kept = ckpt if saved_step is not None else None
+        raise TrainingInterrupted(saved_step or 0, settings.steps, kept, saved_now=False) from exc
+    finally:
+        bar.close()
     return TrainResult(out, ckpt, step, stopped, elapsed, history, last_check)
