@@ -95,9 +95,11 @@ def write_isotropic(
     overwrite: bool = False,
     input_id: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> WriteReport:
     """Reconstruct ``job`` into an OME-Zarr pyramid at ``out`` (see :func:`.store.write_ome_zarr`
-    for resume, atomicity and runners)."""
+    for resume, atomicity, runners and ``cancelled``, asked between chunks: a cancelled write raises
+    :class:`.store.WriteCancelled` and keeps ``OUT.partial`` when ``resume``)."""
     out = Path(out)
     g = job.geometry
     layout = Layout(
@@ -122,4 +124,5 @@ def write_isotropic(
         overwrite=overwrite,
         on_progress=on_progress,
         input_path=job.source if isinstance(job.source, str) else None,
+        cancelled=cancelled,
     )

@@ -8,7 +8,9 @@ Every task writes exactly one chunk of one level, so tasks never share a chunk f
 a marker; a run that is killed keeps its ``OUT.partial`` store and the next run with the same
 settings (the *fingerprint*) writes only the chunks without a marker. A chunk whose write was cut
 short has no marker and is written again. The store appears under ``OUT`` only when every level is
-complete, so a failed run never leaves a store that looks complete.
+complete, so a failed run never leaves a store that looks complete. A run can also be *cancelled*
+cooperatively (``cancelled()``, checked between chunks): it raises :class:`WriteCancelled` and, when
+resuming, keeps ``OUT.partial`` for the next run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ _WORK = ".niiv"  # progress markers and the job fingerprint, inside the partial 
 NGFF_VERSIONS = ("0.5", "0.4")
 DOWNSAMPLING = "local_mean"  # how level L+1 is made from level L (ome-zarr-py's name for block means)
 AXES = ("z", "y", "x")
+
+
+class WriteCancelled(Exception):
+    """A write stopped between chunks because ``cancelled()`` turned true; ``partial`` holds the
+    chunks written so far (kept when the write was resumable)."""
+
+    def __init__(self, partial: Path) -> None:
+        super().__init__(f"cancelled; {partial} keeps the chunks written so far: the same save again continues it")
+        self.partial = partial
 
 
 class BlockSource(Protocol):
@@ -301,15 +312,20 @@ class _ChunkTask:
 
 @dataclass
 class _Job:
-    """Everything a worker needs to write chunks into the partial store (shipped once per worker)."""
+    """Everything a worker needs to write chunks into the partial store (shipped once per worker).
+    ``cancelled`` (in-process runners only: it does not pickle) makes a task that starts after a
+    cancel return at once, writing nothing."""
 
     store: str
     dtype: str
     source: BlockSource
+    cancelled: Callable[[], bool] | None = None
 
     def __call__(self, task: _ChunkTask) -> tuple[int, int]:
         import zarr
 
+        if self.cancelled is not None and self.cancelled():
+            return task.level, 0
         arr = zarr.open_array(str(Path(self.store) / str(task.level)), mode="r+")
         if task.level == 0:
             block = np.asarray(self.source(task.index), dtype=self.dtype)
@@ -337,6 +353,7 @@ def write_ome_zarr(
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     input_path: Path | str | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> WriteReport:
     """Write ``source`` as an OME-Zarr pyramid at ``out``; ``runner`` (see task_runner) spreads the
     chunks over threads or a dask cluster (default: one chunk at a time on dask's threaded scheduler).
@@ -345,11 +362,16 @@ def write_ome_zarr(
     refused) and keep the partial store if this run fails, so that it can be continued too. Without
     it a failed run removes its partial store. ``on_progress(done, total)`` counts voxels written,
     over all levels, on the calling thread; its first call gives what an earlier run wrote.
+
+    ``cancelled()`` is asked between chunks: once it is true, no further chunk starts and
+    :class:`WriteCancelled` is raised when the chunks already running have finished (on the
+    threaded runner; a distributed run cancels its futures), so nothing writes into the partial
+    store after this returns.
     """
     out = Path(out)
     check_output_path(out, overwrite, input_path)
     with output_lock(out):
-        return _write(out, layout, source, runner, fingerprint, resume, on_progress)
+        return _write(out, layout, source, runner, fingerprint, resume, on_progress, cancelled)
 
 
 def _write(
@@ -360,6 +382,7 @@ def _write(
     fingerprint: dict[str, Any] | None,
     resume: bool,
     on_progress: Callable[[int, int], None] | None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> WriteReport:
     from .runners import ThreadedRunner
 
@@ -369,7 +392,8 @@ def _write(
     )
     resumed = _prepare(partial, layout, job_record, resume)
     runner = runner or ThreadedRunner()
-    job = _Job(str(partial), layout.dtype, source)
+    in_process = isinstance(runner, ThreadedRunner)
+    job = _Job(str(partial), layout.dtype, source, cancelled if in_process else None)
     t0 = time.perf_counter()
     shapes = layout.shapes
     tasks = [[_ChunkTask(lv, i) for i in chunk_indices(s, layout.chunks)] for lv, s in enumerate(shapes)]
@@ -378,18 +402,27 @@ def _write(
     done = total - sum(_voxels(t) for level in todo for t in level)
     if on_progress is not None:
         on_progress(done, total)
+
+    def stop_if_cancelled(level_todo: list[_ChunkTask]) -> None:
+        if cancelled is not None and cancelled() and any(not _marker(partial, t).exists() for t in level_todo):
+            raise WriteCancelled(partial)
+
     try:
         for level_todo in todo:  # a level needs the whole level below it
             if not level_todo:
                 continue
+            stop_if_cancelled(level_todo)
 
             def advance(result: tuple[int, int]) -> None:
                 nonlocal done
                 done += result[1]
-                if on_progress is not None:
+                if on_progress is not None and result[1]:
                     on_progress(done, total)
+                if not in_process and cancelled is not None and cancelled():
+                    raise WriteCancelled(partial)  # a cluster's futures are cancelled by its runner
 
             runner.run(job, level_todo, advance)
+            stop_if_cancelled(level_todo)
         _finish(partial, out, layout, fingerprint)
     except BaseException:
         if not resume:
