@@ -219,7 +219,13 @@ def reconstruct_volume(
     go to OME-Zarr block by block (`niiv reconstruct`).
     """
     vol = as_volume(source)
-    settings = settings or InferenceSettings(alpha=vol.alpha)
+    if settings is None:
+        if not vol.has_voxel_size:
+            raise NiivInputError(
+                "this volume gives no voxel sizes, so its anisotropy is unknown: pass "
+                "InferenceSettings(alpha=...) (z voxel size / xy voxel size), as `niiv reconstruct --alpha` asks"
+            )
+        settings = InferenceSettings(alpha=vol.alpha)
     check_reconstructable(vol.shape, model, settings.volume_orientation)
     norm = normalisation or fit_normalisation(vol.data)
     geometry = output_geometry(vol.shape, settings.alpha, settings.scale, region=region)

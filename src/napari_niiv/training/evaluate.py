@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,13 +24,16 @@ from .metrics import slice_metrics
 Method = Callable[[np.ndarray, float, tuple[int, int, int]], np.ndarray]
 
 
-def intensity_range(volume: np.ndarray) -> tuple[float, float]:
-    """Scale that maps a volume to [0, 1] for metrics: the dtype's range for integers (uint8 / 255,
-    as the paper), the min-max for floats."""
-    dtype = np.dtype(volume.dtype)
-    if dtype.kind in "ui":
-        return 0.0, float(np.iinfo(dtype).max)
-    return float(volume.min()), float(volume.max())
+def intensity_range(volume: Any) -> tuple[float, float]:
+    """Scale that maps a volume to [0, 1] for metrics: 0..255 for uint8 (the paper's /255), the
+    volume's own min..max otherwise: a 12-bit camera in uint16 would score ~41 dB too high against
+    the dtype's 65535."""
+    if np.dtype(volume.dtype) == np.uint8:
+        return 0.0, 255.0
+    lo, hi = float(np.min(volume)), float(np.max(volume))
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+        raise NiivInputError("the volume is constant or holds NaN/inf values: there is nothing to score")
+    return lo, hi
 
 
 def cube_origins(n: int, cube: int) -> list[int]:
@@ -91,13 +95,20 @@ class Score:
 
 
 def evaluate(
-    volumes: Sequence[np.ndarray], alpha: float, methods: dict[str, Method], cutoff: float = 25.0, slices: str = "xz"
+    volumes: Sequence[np.ndarray],
+    alpha: float,
+    methods: dict[str, Method],
+    cutoff: float = 25.0,
+    slices: str = "xz",
+    ranges: Sequence[tuple[float, float]] | None = None,
 ) -> list[Score]:
-    """Mean metrics over every ``slices`` plane of every volume, per method, and time per volume."""
+    """Mean metrics over every ``slices`` plane of every volume, per method, and time per volume.
+    ``ranges`` gives each volume's intensity range (default :func:`intensity_range` of each; cubes
+    cut from one volume should share that volume's)."""
     scores = []
     sims = []
-    for iso in volumes:
-        lo, hi = intensity_range(iso)
+    for i, iso in enumerate(volumes):
+        lo, hi = ranges[i] if ranges is not None else intensity_range(iso)
         low, gt = simulate((np.asarray(iso, dtype=np.float32) - lo) / (hi - lo), alpha)
         sims.append((low, gt))
     for name, method in methods.items():
