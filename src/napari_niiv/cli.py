@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import re
@@ -316,6 +317,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"niiv {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the disk filled up or went away during the work: say so in one line
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"niiv {args.command}: error: {exc.strerror or exc}{where}; nothing was published: free space "
+            "or fix the output folder, then run the same command again (a .zarr output resumes)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -373,7 +384,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.normalise import fit_normalisation
     from .inference.geometry import output_geometry
     from .inference.reconstructor import BlockReconstruction, assemble, check_reconstructable
-    from .inference.store import check_output_path
+    from .inference.store import check_output_path, check_room, check_writable
     from .inference.weights import load_weights, resolve_weights
 
     src, out = Path(args.input), Path(args.output)
@@ -384,6 +395,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             "--scheduler, --workers and --threads need a .zarr output; .tif and .npy are written whole"
         )
     check_output_path(out, args.overwrite, src)
+    check_writable(out)
     chunks = _parse_chunks(args.chunks)
     region = _parse_region(args.region)
     vol = open_volume(src)
@@ -414,6 +426,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         region,
     )
     dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
+    if out.suffix.lower() != ".zarr":  # written whole and uncompressed: the size is known
+        check_room(out, int(np.prod(geometry.size)) * dtype.itemsize + 2**20, "this output")
     job = BlockReconstruction(src.resolve(), norm, model, settings, geometry, dtype)
     print(
         f"{src.name}: {vol.shape} alpha {settings.alpha:g} -> {geometry.size} "

@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -283,6 +284,44 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _existing_folder(out: Path) -> Path:
+    """The folder ``out`` will be written in, or the nearest existing one above it."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders still to be made will be made in this one
+    return folder
+
+
+def check_writable(out: str | Path) -> None:
+    """Refuse, before any work, an output that could not be written: a parent that is a file, or a
+    folder that refuses a new file (read-only, no permission; tried with a probe file, which also
+    holds for root and read-only mounts). Creates nothing."""
+    out = Path(out)
+    folder = _existing_folder(out)
+    if not folder.is_dir():
+        raise NiivInputError(f"cannot write {out}: {folder} is a file, not a folder; choose another output path")
+    probe = folder / f".{out.name}.{uuid.uuid4().hex}.probe"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        raise NiivInputError(
+            f"cannot write {out}: the folder {folder} refuses new files ({exc.strerror or exc}); "
+            "choose another output path, or make the folder writable"
+        ) from exc
+
+
+def check_room(out: str | Path, need: int, what: str) -> None:
+    """Refuse, before any work, an output whose disk has less than ``need`` bytes free."""
+    folder = _existing_folder(Path(out))
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise NiivInputError(
+            f"{folder} has {free / 1e6:.1f} MB free; {what} needs about {need / 1e6:.1f} MB there: "
+            "free some space or choose another output path"
+        )
 
 
 def discard_partial(out: str | Path) -> bool:
