@@ -172,7 +172,11 @@ def test_cli_says_what_to_do_after_an_interruption(tmp_path, capsys, aniso_zarr,
     code = main(["reconstruct", str(aniso_zarr), str(out), "--alpha", "4", "--weights", str(weights)])
     assert code == 2 and "not an unfinished niiv run" in capsys.readouterr().err
     assert partial_path(out).exists()
-    _reconstruct(capsys, aniso_zarr, out, weights, "--restart")
+    code = main(["reconstruct", str(aniso_zarr), str(out), "--alpha", "4", "--weights", str(weights), "--restart"])
+    assert code == 2 and "move it away yourself" in capsys.readouterr().err  # --restart discards only niiv's own
+    assert partial_path(out).exists()
+    partial_path(out).rmdir()  # what the message asks the user to do
+    _reconstruct(capsys, aniso_zarr, out, weights)
     assert out.exists()
     code = main(["reconstruct", str(aniso_zarr), str(tmp_path / "x.tif"), "--alpha", "4", "--workers", "2"])
     assert code == 2 and "need a .zarr output" in capsys.readouterr().err
