@@ -1,4 +1,7 @@
+import re
+import signal
 import threading
+from dataclasses import replace
 
 import dask.array as da
 import numpy as np
@@ -8,19 +11,24 @@ import torch
 from napari_niiv.data import LateralPairSampler, Volume, open_volume
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights, shipped_dir
+from napari_niiv.model import NiivModel
 from napari_niiv.training.finetune import FineTuneRequest, fine_tune_job, weights_name
-from napari_niiv.training.regions import whole
+from napari_niiv.training.regions import volume_region, whole
 from napari_niiv.training.train import (
     HeldOutCheck,
     TrainCallback,
+    TrainingInterrupted,
     TrainResult,
     TrainSettings,
+    check_output,
     checkpoint_path,
+    held_out_min_planes,
     train,
 )
 from tests.conftest import data_path
 
 TINY = dict(alpha=4.0, batch=4, crop=32, points=512, warmup=5, device="cpu", precision="fp32", preview_every=2)
+FAST = {**TINY, "batch": 2, "points": 64}  # runs whose losses do not matter
 
 
 class Recorder(TrainCallback):
@@ -60,8 +68,6 @@ def test_training_lowers_the_loss_on_real_data(tmp_path, medulla) -> None:
     rec = Recorder()
     result = train([vol], settings, tmp_path / "w.safetensors", progress=False, callbacks=[rec])
     start = load_weights(result.weights).model
-    from napari_niiv.model import NiivModel
-
     untrained = NiivModel()  # the starting point: bilinear interpolation
     assert _l1(start, fixed) < 0.97 * _l1(untrained, fixed)
     assert len(rec.steps) == 80 and rec.previews[:2] == [2, 4]
@@ -231,3 +237,129 @@ def test_a_failing_run_reports_its_exception(cremi, user_weights) -> None:
     assert job.join(60)
     assert len(results) == 1 and isinstance(results[0], BaseException) and results[0] is job.result
     assert not (user_weights / "failing.md").exists()
+
+
+# -- faults and refusals (the Python API; tests/test_train_faults.py runs the CLI in processes) ----
+
+
+class RaiseSigint(TrainCallback):
+    """Sends this process real SIGINTs (Ctrl-C) after step ``at``."""
+
+    def __init__(self, at: int, times: int = 1) -> None:
+        self.at, self.times = at, times
+
+    def on_step(self, step, loss, lr):
+        if step == self.at:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_equals_an_uninterrupted_run(tmp_path, medulla) -> None:
+    vol = Volume(da.from_array(medulla))
+    settings = TrainSettings(steps=4, checkpoint_every=100, seed=5, **FAST)
+    straight = train([vol], settings, tmp_path / "a.safetensors", progress=False)
+    out = tmp_path / "b.safetensors"
+    with pytest.raises(TrainingInterrupted) as info:
+        train([vol], settings, out, progress=False, callbacks=[RaiseSigint(at=2)])
+    assert (info.value.step, info.value.steps, info.value.saved_now) == (2, 4, True)
+    assert info.value.checkpoint == checkpoint_path(out) and not out.exists()
+    assert load_weights(checkpoint_path(out)).train_state["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the SIGINT handler was not restored"
+    resumed = train([vol], settings, out, resume=True, progress=False)
+    assert resumed.steps_done == 4 and [h["step"] for h in resumed.history] == [1, 2, 3, 4]
+    a, b = load_weights(straight.weights).model.state_dict(), load_weights(resumed.weights).model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, medulla) -> None:
+    vol = Volume(da.from_array(medulla))
+    settings = TrainSettings(steps=6, checkpoint_every=2, **FAST)
+    out = tmp_path / "w.safetensors"
+    with pytest.raises(TrainingInterrupted) as info:
+        train([vol], settings, out, progress=False, callbacks=[RaiseSigint(at=3, times=2)])
+    assert (info.value.step, info.value.saved_now, info.value.checkpoint) == (2, False, checkpoint_path(out))
+    assert load_weights(checkpoint_path(out)).train_state["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_refuses_nothing_to_resume_and_another_run(tmp_path, medulla) -> None:
+    vol = Volume(da.from_array(medulla))
+    settings = TrainSettings(steps=2, checkpoint_every=1, **FAST)
+    out = tmp_path / "w.safetensors"
+    with pytest.raises(NiivInputError, match="nothing to resume"):
+        train([vol], settings, out, resume=True, progress=False)
+    assert not out.exists() and not checkpoint_path(out).exists()
+    train([vol], settings, out, progress=False)
+    before = checkpoint_path(out).read_bytes()
+    cases = {
+        "alpha 4 (this run: 5)": ([vol], replace(settings, alpha=5.0)),
+        "architecture v2 (this run: v1)": ([vol], replace(settings, architecture="v1")),
+        "lr 0.0005 (this run: 0.001)": ([vol], replace(settings, lr=1e-3)),
+        "seed 0 (this run: 1)": ([vol], replace(settings, seed=1)),
+        "steps 2 (this run: 3)": ([vol], replace(settings, steps=3)),
+        "shapes [(64, 64, 64)] (this run: [(40, 64, 64)])": ([Volume(da.from_array(medulla[:40]))], settings),
+        "same shapes, but other content": ([Volume(da.from_array(medulla[::-1].copy()))], settings),
+    }
+    for named, (vols, changed) in cases.items():
+        with pytest.raises(NiivInputError, match=re.escape(named)):
+            train(vols, changed, out, resume=True, progress=False)
+    several = replace(settings, alpha=5.0, batch=3)
+    with pytest.raises(NiivInputError, match=r"alpha 4 \(this run: 5\); batch 2 \(this run: 3\)"):
+        train([vol], several, out, resume=True, progress=False)
+    assert checkpoint_path(out).read_bytes() == before, "a refused resume touched the checkpoint"
+    # what may change: device, precision, time budget, reporting intervals
+    again = replace(settings, checkpoint_every=50, preview_every=1, time_budget=600.0)
+    assert train([vol], again, out, resume=True, progress=False).steps_done == 2
+
+
+def test_a_resumed_fine_tuning_keeps_its_start_weights_in_the_card(tmp_path, medulla) -> None:
+    vol = Volume(da.from_array(medulla))
+    start = resolve_weights(DEFAULT_WEIGHTS)
+    settings = TrainSettings(steps=4, **FAST)
+    out = tmp_path / "w.safetensors"
+    train([vol], settings, out, init=start, progress=False, callbacks=[Recorder(stop_at=2)])
+    train([vol], settings, out, init=out, resume=True, progress=False)  # the panel resumes from its own weights
+    assert load_weights(out).card["fine_tuned_from"] == str(start)
+
+
+def test_output_checked_before_any_work(tmp_path, medulla) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    with pytest.raises(NiivInputError, match="is a file, not a folder"):
+        check_output(blocker / "sub" / "w.safetensors")
+    with pytest.raises(NiivInputError, match="is a folder"):
+        check_output(tmp_path)
+    check_output(tmp_path / "new" / "deeper" / "w.safetensors")
+    assert not (tmp_path / "new").exists(), "the check created folders"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"], "the probe file was left behind"
+    settings = TrainSettings(steps=2, **FAST)
+    with pytest.raises(NiivInputError, match="not a folder"):
+        train([Volume(da.from_array(medulla))], settings, blocker / "w.safetensors", progress=False)
+
+
+def test_held_out_volumes_checked_before_training(medulla) -> None:
+    bad = {
+        "2D": medulla[0],
+        "z plane": medulla[:8],  # pooled by 4: 2 rows, 8 planes, less than the SSIM window
+        "px along x": medulla[:16, :, :8],
+        "NaN": np.where(medulla[:16] > 100, np.nan, medulla[:16].astype(np.float32)),
+        "constant": np.zeros((16, 32, 32), np.float32),
+    }
+    for named, vol in bad.items():
+        with pytest.raises(NiivInputError, match=named):
+            HeldOutCheck([vol], 4.0)
+    assert held_out_min_planes(4.0) == 12 and held_out_min_planes(8.0) == 16 and held_out_min_planes(1.5) == 12
+    HeldOutCheck([medulla[:12, :32, :32]], 4.0)  # the smallest that can be scored
+    narrow = HeldOutCheck([medulla[:16, :32, :12]], 4.0)
+    with pytest.raises(NiivInputError, match="receptive field"):
+        narrow.check_fits(NiivModel())
+
+
+def test_volume_region_crops_and_places(medulla) -> None:
+    vol = Volume(da.from_array(medulla), voxel_size=(2.0, 1.0, 0.5), translation=(10.0, 0.0, 0.0))
+    part = volume_region(vol, (slice(4, 20), slice(None), slice(8, None)))
+    assert part.shape == (16, 64, 56) and part.translation == (18.0, 0.0, 4.0) and part.voxel_size == vol.voxel_size
+    np.testing.assert_array_equal(np.asarray(part.data), medulla[4:20, :, 8:])
+    with pytest.raises(NiivInputError, match="not inside"):
+        volume_region(vol, (slice(0, 65), slice(None), slice(None)))
