@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.io import common_unit, ngff_unit
+from ..data.io import check_voxel_size, common_unit, ngff_unit
 from ..errors import NiivInputError
-from ..inference.geometry import check_voxel_size
 from ..inference.store import ArrayBlocks, Layout
 from ..inference.store import write_ome_zarr as write_store
 
