@@ -226,6 +226,7 @@ def test_writer_saves_ngff05_where_napari_shows_the_layer(make_napari_viewer, tm
         ({"scale": (-1.0, 1.0, 1.0)}, "needs positive voxel sizes"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # napari, on building the layer
 def test_writer_refuses_what_ome_zarr_cannot_place(tmp_path: Path, transform: dict, message: str) -> None:
     """With the state napari hands its writers (a layer outside a viewer: rotated layers upset the
     test canvas, not the writer)."""
