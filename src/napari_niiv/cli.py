@@ -76,6 +76,15 @@ def _parse_region(text: str | None) -> tuple[slice, ...] | None:
     return tuple(out)
 
 
+def _source(text: str) -> Path | str:
+    """An input: a local path, or an http(s):// / s3:// URL kept as text (a Path would mangle it)."""
+    return text if "://" in text else Path(text)
+
+
+def _resolved(src: Path | str) -> str:
+    return src if isinstance(src, str) else str(src.resolve())
+
+
 def _number(lo: float, hi: float, integer: bool = False, open_low: bool = False) -> Any:
     """An argparse type: a finite number in [lo, hi] ((lo, hi] with ``open_low``), else a message."""
 
@@ -337,8 +346,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .inference.weights import available_weights, load_weights
 
     if args.path:
-        p = Path(args.path)
-        if p.suffix == ".safetensors":
+        p = _source(args.path)
+        if str(p).endswith(".safetensors"):
             w = load_weights(p)
             print(
                 json.dumps(
@@ -387,7 +396,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .inference.store import check_output_path, check_room, check_writable
     from .inference.weights import load_weights, resolve_weights
 
-    src, out = Path(args.input), Path(args.output)
+    src, out = _source(args.input), Path(args.output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise NiivInputError(f"{out}: unknown output format; use .zarr / .ome.zarr, .tif or .npy")
     if out.suffix.lower() != ".zarr" and (args.scheduler or args.workers or args.threads != 1):
@@ -428,9 +437,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
     if out.suffix.lower() != ".zarr":  # written whole and uncompressed: the size is known
         check_room(out, int(np.prod(geometry.size)) * dtype.itemsize + 2**20, "this output")
-    job = BlockReconstruction(src.resolve(), norm, model, settings, geometry, dtype)
+    job = BlockReconstruction(_resolved(src), norm, model, settings, geometry, dtype)
     print(
-        f"{src.name}: {vol.shape} alpha {settings.alpha:g} -> {geometry.size} "
+        f"{vol.name}: {vol.shape} alpha {settings.alpha:g} -> {geometry.size} "
         f"({settings.volume_orientation}, scale {settings.scale:g})",
         file=sys.stderr,
     )
@@ -478,7 +487,7 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
                 runner=runner,
                 resume=True,
                 overwrite=args.overwrite,
-                input_id=str(Path(args.input).resolve()),
+                input_id=_resolved(_source(args.input)),
                 on_progress=progress,
             )
     except BaseException:
