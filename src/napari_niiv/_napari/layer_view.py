@@ -19,7 +19,7 @@ def check_layer(layer: Layer | None) -> Image:
     if layer is None:
         raise NiivInputError("no layer selected: open a 3D volume (File > Open, or File > Open Sample > niiv)")
     if not isinstance(layer, Image):
-        kind = type(layer).__name__
+        kind = layer.__class__.__name__  # a PublicOnlyProxy (menu commands) forwards __class__
         raise NiivInputError(f"'{layer.name}' is a {kind} layer; niiv reconstructs intensities: pick an Image layer")
     if layer.rgb:
         raise NiivInputError(f"'{layer.name}' is RGB; niiv needs a single-channel volume: split the channels first")
