@@ -11,7 +11,7 @@ import torch
 from napari_niiv.data import LateralPairSampler, Volume, open_volume
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights, shipped_dir
-from napari_niiv.model import NiivModel
+from napari_niiv.model import NiivConfig, NiivModel
 from napari_niiv.training.finetune import FineTuneRequest, fine_tune_job, weights_name
 from napari_niiv.training.regions import volume_region, whole
 from napari_niiv.training.train import (
@@ -353,7 +353,7 @@ def test_held_out_volumes_checked_before_training(medulla) -> None:
     HeldOutCheck([medulla[:12, :32, :32]], 4.0)  # the smallest that can be scored
     narrow = HeldOutCheck([medulla[:16, :32, :12]], 4.0)
     with pytest.raises(NiivInputError, match="receptive field"):
-        narrow.check_fits(NiivModel())
+        narrow.check_fits(NiivConfig())
 
 
 def test_volume_region_crops_and_places(medulla) -> None:

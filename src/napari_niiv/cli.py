@@ -599,6 +599,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.held_out:
         try:
             held = HeldOutCheck([np.asarray(open_volume(args.held_out).data)], alpha)
+            held.check_fits(start.model.config if start else NiivConfig.named(args.arch or ARCHITECTURES[0]))
         except NiivInputError as exc:
             raise NiivInputError(f"--held-out {args.held_out}: {exc}") from exc
     defaults = fine_tune_settings(alpha) if start else TrainSettings()

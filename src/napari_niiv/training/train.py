@@ -187,9 +187,9 @@ class HeldOutCheck:
         (base,) = evaluate(self.volumes, alpha, {"bilinear": interpolation("bilinear")}, cutoff)
         self.bilinear = base
 
-    def check_fits(self, model: NiivModel) -> None:
-        """Refuse, before training, volumes narrower than ``model`` can reconstruct."""
-        need = model.config.receptive_radius + 1
+    def check_fits(self, config: NiivConfig) -> None:
+        """Refuse, before training, volumes narrower than a model of ``config`` can reconstruct."""
+        need = config.receptive_radius + 1
         for v in self.volumes:
             if v.shape[2] < need:
                 raise NiivInputError(
@@ -420,7 +420,7 @@ def train(
     model = start_weights.model if start_weights else NiivModel(NiivConfig.named(settings.architecture))
     _check_room(out, model)
     if held_out is not None:
-        held_out.check_fits(model)
+        held_out.check_fits(model.config)
     model = model.to(device).train()
     sampler = LateralPairSampler(vols, settings.alpha, settings.crop, settings.points, z_ranges)
     identity = run_identity(settings, model, vols, sampler, z_ranges)

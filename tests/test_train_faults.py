@@ -1,0 +1,311 @@
+"""`niiv train` under faults, in real processes: Ctrl-C (SIGINT) and SIGKILL mid-run, then --resume
+to the same weights as an uninterrupted run; resumes of another run refused; --init by name;
+outputs that cannot be written and bad held-out volumes refused before the first step."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
+from napari_niiv.training.train import checkpoint_path
+
+from .conftest import write_tif
+
+pytestmark = pytest.mark.slow  # each test starts several Python processes that import torch
+
+STEPS = 30
+# One thread: the processes share the machine with the test run, and every run sees the same.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TIMEOUT = 300
+
+
+def train_argv(volume: Path, out: Path, *extra: str, steps: int = STEPS, alpha: float = 4) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "napari_niiv.cli",
+        "train",
+        str(volume),
+        "--out",
+        str(out),
+        "--alpha",
+        f"{alpha:g}",
+        "--steps",
+        str(steps),
+        "--batch",
+        "2",
+        "--crop",
+        "16",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+class Training:
+    """A `niiv train` process whose stderr (tqdm's progress, then messages) is read as it comes."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+        self.err = b""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := os.read(self.proc.stderr.fileno(), 4096):
+            self.err += chunk
+
+    @property
+    def text(self) -> str:
+        return self.err.decode(errors="replace")
+
+    def steps_done(self) -> int:
+        counts = re.findall(rf"(\d+)/{STEPS} \[", self.text)
+        return int(counts[-1]) if counts else 0
+
+    def wait_for(self, condition, what: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not condition():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the run ended (exit {self.proc.returncode}) before {what}:\n{self.text[-2000:]}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"no {what} within {TIMEOUT} s:\n{self.text[-2000:]}")
+            time.sleep(0.02)
+
+    def finish(self) -> tuple[int, str]:
+        code = self.proc.wait(TIMEOUT)
+        self._reader.join(10)
+        return code, self.text
+
+
+def run(argv: list[str]) -> tuple[int, str]:
+    res = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
+    return res.returncode, res.stderr
+
+
+def last_line(err: str) -> str:
+    lines = [ln for ln in re.split(r"[\r\n]", err) if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def refused(code: int, err: str, *phrases: str) -> str:
+    """Exit 2 with a one-line message holding ``phrases``, no traceback, no training started."""
+    line = last_line(err)
+    assert code == 2, err
+    assert "Traceback" not in err and line.startswith("niiv train: error: "), err
+    assert "training:" not in err, f"training started before the refusal:\n{err}"
+    for phrase in phrases:
+        assert phrase in line, line
+    return line
+
+
+def same_weights(a: Path, b: Path) -> None:
+    sa, sb = load_weights(a).model.state_dict(), load_weights(b).model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{k} differs by {(sa[k] - sb[k]).abs().max().item():.3g}"
+
+
+def ckpt_step(out: Path) -> int:
+    return int(load_weights(checkpoint_path(out)).train_state["step"])
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory, medulla) -> Path:
+    """A 64^3 crop of real FIB-SEM."""
+    path = tmp_path_factory.mktemp("data") / "medulla.tif"
+    write_tif(path, medulla)
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, volume) -> Path:
+    """Weights of an uninterrupted run: what every interrupted and resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("straight") / "w.safetensors"
+    code, err = run(train_argv(volume, out))
+    assert code == 0, err
+    return out
+
+
+def test_sigint_saves_a_checkpoint_and_resume_is_identical(tmp_path, volume, straight) -> None:
+    out = tmp_path / "w.safetensors"
+    argv = train_argv(volume, out, "--checkpoint-every", "1000")  # only Ctrl-C writes a checkpoint
+    first = Training(argv)
+    first.wait_for(lambda: first.steps_done() >= 3, "3 steps")
+    seen = first.steps_done()
+    first.proc.send_signal(signal.SIGINT)
+    code, err = first.finish()
+    assert code == 130, err
+    assert "Traceback" not in err
+    step = ckpt_step(out)
+    assert seen <= step < STEPS, f"the checkpoint holds step {step}; {seen} were done when Ctrl-C came"
+    assert last_line(err) == (
+        f"niiv train: interrupted; step {step} of {STEPS} saved in {checkpoint_path(out)}: "
+        "to continue, run the same command with --resume"
+    )
+    assert not out.exists(), "an interrupted run wrote final weights"
+    code, err = run([*argv, "--resume"])
+    assert code == 0, err
+    assert f"wrote {out} after {STEPS} steps" in err
+    same_weights(straight, out)
+    history = load_weights(checkpoint_path(out)).train_state["history"]
+    assert [h["step"] for h in history] == list(range(1, STEPS + 1))
+
+
+def test_sigkill_then_resume_is_identical_from_the_last_checkpoint(tmp_path, volume, straight) -> None:
+    out = tmp_path / "w.safetensors"
+    argv = train_argv(volume, out, "--checkpoint-every", "4")
+    killed = Training(argv)
+    killed.wait_for(lambda: checkpoint_path(out).exists() and killed.steps_done() >= 6, "a checkpoint and 6 steps")
+    killed.proc.send_signal(signal.SIGKILL)
+    code, _ = killed.finish()
+    assert code == -signal.SIGKILL
+    step = ckpt_step(out)
+    assert step % 4 == 0 and 4 <= step < STEPS
+    assert not out.exists()
+    code, err = run([*argv, "--resume"])
+    assert code == 0, err
+    same_weights(straight, out)
+    # a second resume of the finished run changes nothing
+    code, err = run([*argv, "--resume"])
+    assert code == 0, err
+    same_weights(straight, out)
+
+
+def test_resume_of_another_run_or_of_nothing_is_refused(tmp_path, volume, straight) -> None:
+    out = tmp_path / "w.safetensors"
+    shutil.copy(checkpoint_path(straight), checkpoint_path(out))  # a run stopped before its weights
+    before = checkpoint_path(out).read_bytes()
+    code, err = run(train_argv(volume, out, "--resume", alpha=5))
+    refused(code, err, "alpha 4 (this run: 5)")
+    code, err = run(train_argv(volume, out, "--resume", "--arch", "v1"))
+    refused(code, err, "architecture v2 (this run: v1)", "--overwrite")
+    code, err = run(train_argv(volume, out, "--resume", "--region", "0:40,:,:", "--lr", "1e-3"))
+    refused(
+        code, err, "lr 0.0005 (this run: 0.001)", "training volume shapes [(64, 64, 64)] (this run: [(40, 64, 64)])"
+    )
+    code, err = run(train_argv(volume, out, "--resume", steps=STEPS + 10))
+    refused(code, err, f"steps {STEPS} (this run: {STEPS + 10})")
+    assert checkpoint_path(out).read_bytes() == before and not out.exists()
+    # without --resume, the unfinished run is not silently replaced
+    code, err = run(train_argv(volume, out))
+    refused(code, err, "holds an unfinished run", "--resume")
+    code, err = run(train_argv(volume, tmp_path / "other.safetensors", "--resume"))
+    refused(code, err, "nothing to resume")
+    assert not (tmp_path / "other.safetensors").exists()
+
+
+def test_init_takes_a_registry_name_and_fine_tuning_defaults(tmp_path, volume) -> None:
+    out = tmp_path / "ft.safetensors"
+    code, err = run(train_argv(volume, out, "--init", DEFAULT_WEIGHTS, steps=2))
+    assert code == 0, err
+    assert (
+        f"fine-tuning {DEFAULT_WEIGHTS}: learning rate 0.0001 (the fine-tuning default; --lr sets another), "
+        "warm-up 20 steps" in err
+    )
+    card = load_weights(out).card
+    assert card["fine_tuned_from"] == str(resolve_weights(DEFAULT_WEIGHTS))
+    assert (card["settings"]["lr"], card["settings"]["warmup"], card["architecture"]) == (1e-4, 20, "v2")
+    start = load_weights(resolve_weights(DEFAULT_WEIGHTS)).model.state_dict()
+    tuned = load_weights(out).model.state_dict()
+    assert start.keys() == tuned.keys() and not all(torch.equal(start[k], tuned[k]) for k in start)
+    code, err = run(
+        train_argv(volume, tmp_path / "ft2.safetensors", "--init", DEFAULT_WEIGHTS, "--lr", "3e-4", steps=1)
+    )
+    assert code == 0 and "learning rate 0.0003 (given by --lr)" in err, err
+    assert load_weights(tmp_path / "ft2.safetensors").card["settings"]["lr"] == 3e-4
+    code, err = run(train_argv(volume, tmp_path / "x.safetensors", "--init", "no-such-weights"))
+    refused(code, err, "unknown weights 'no-such-weights'", DEFAULT_WEIGHTS)
+
+
+def _permissions_stop_root(folder: Path) -> bool:
+    probe = folder / "probe"
+    try:
+        probe.touch()
+    except PermissionError:
+        return True
+    probe.unlink()
+    return False
+
+
+def _in_mount(folder: Path, options: str) -> list[str] | None:
+    """A command prefix that runs a command with a fresh tmpfs (``options``) mounted on ``folder``
+    in its own user and mount namespace, or None where this machine allows none."""
+    prefix = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o {options} none "$0" && exec "$@"', str(folder)]
+    if shutil.which("unshare") is None:
+        return None
+    try:
+        res = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return prefix if res.returncode == 0 else None
+
+
+def test_read_only_output_is_refused_before_training(tmp_path, volume) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if _permissions_stop_root(folder):  # not root: the permission bits are what a user meets
+            prefix: list[str] | None = []
+        else:  # root ignores them: a read-only file system stops root too
+            prefix = _in_mount(folder, "ro,size=1m")
+        if prefix is None:
+            pytest.skip("running as root, and no read-only mount can be made here (unshare -rm)")
+        code, err = run([*prefix, *train_argv(volume, folder / "w.safetensors", "--held-out", str(volume))])
+    finally:
+        folder.chmod(0o755)
+    refused(code, err, f"cannot write {folder / 'w.safetensors'}", f"the folder {folder} refuses new files")
+    assert list(folder.iterdir()) == []
+
+
+def test_output_under_a_file_or_on_a_full_disk_is_refused_before_training(tmp_path, volume) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a folder")
+    code, err = run(train_argv(volume, blocker / "models" / "w.safetensors"))
+    refused(code, err, f"{blocker} is a file, not a folder")
+    assert blocker.read_bytes() == b"not a folder"
+    full = tmp_path / "small-disk"
+    full.mkdir()
+    prefix = _in_mount(full, "size=1m")
+    if prefix is None:
+        pytest.skip("no small tmpfs can be mounted here (unshare -rm) to fill")
+    code, err = run([*prefix, *train_argv(volume, full / "w.safetensors")])
+    refused(code, err, "MB free; training needs about", "free some space or choose another output path")
+
+
+def test_bad_held_out_volumes_are_refused_before_training(tmp_path, volume, medulla) -> None:
+    write_tif(tmp_path / "flat.tif", medulla[0])
+    write_tif(tmp_path / "thin.tif", medulla[:6])
+    write_tif(tmp_path / "narrow.tif", medulla[:16, :, :12])
+    with_nan = medulla[:16].astype(np.float32)
+    with_nan[3, 3, 3] = np.nan
+    write_tif(tmp_path / "nan.tif", with_nan)
+    cases = {
+        "missing.tif": "no such file",
+        "flat.tif": "3D",
+        "thin.tif": "at least 12 to be scored",
+        "narrow.tif": "receptive field",
+        "nan.tif": "NaN",
+    }
+    out = tmp_path / "w.safetensors"
+    for name, phrase in cases.items():
+        code, err = run(train_argv(volume, out, "--held-out", str(tmp_path / name)))
+        refused(code, err, f"--held-out {tmp_path / name}", phrase)
+        assert not out.exists() and not checkpoint_path(out).exists()
