@@ -15,7 +15,7 @@ from ..data.io import SourceError, is_url
 from ..errors import NiivInputError
 from .context_menu import register_layer_context_action
 
-_SUFFIXES = (".zarr", ".tif", ".tiff")
+_SUFFIXES = (".zarr", ".tif", ".tiff", ".czi", ".nd2", ".lif")  # the last three through bioio
 
 LayerData = tuple[Any, dict[str, Any], str]
 

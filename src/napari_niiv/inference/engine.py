@@ -8,7 +8,7 @@
   faulted back in for every chunk, and the compiled decoder sees one shape only.
 - ``compiled=True`` runs the per-point work (attention, encoding, MLP) through torch.compile,
   specialised to that one chunk shape, so it compiles once per process; inductor's on-disk cache
-  (``~/.cache/napari-niiv/torchinductor``) makes later processes reuse the compiled code.
+  (``torchinductor`` in the platform's user cache folder) makes later processes reuse the compiled code.
 - Encoder latents and the attention's keys and values are computed once per slice
   (:meth:`encode`); the caller keeps the grid and decodes any points from it.
 """

@@ -23,11 +23,9 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from ..data.pairs import LateralPairSampler
 from ..errors import NiivInputError
 from ..inference.devices import autocast_dtype, pick_device
 from ..inference.settings import InferenceSettings
+from ..inference.store import check_room, check_writable
 from ..inference.weights import Weights, load_weights, restore_optimizer, save_weights
 from ..model import NiivConfig, NiivModel
 from ..model.config import ARCHITECTURES
@@ -268,41 +267,18 @@ class _StopOnInterrupt:
 
 def check_output(out: str | Path) -> None:
     """Refuse, before any work, weights that could not be written at ``out``: a folder in the way,
-    a parent that is a file, or a folder that refuses a new file (read-only, no permission; tried
-    with a probe file, which also holds for root and read-only mounts). Creates nothing."""
+    or a folder that refuses a new file (see :func:`inference.store.check_writable`)."""
     out = Path(out)
     if out.is_dir():
         raise NiivInputError(f"{out} is a folder; give a weights file name ending in .safetensors")
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # the folders still to be made will be made in this one
-    if not folder.is_dir():
-        raise NiivInputError(f"cannot write {out}: {folder} is a file, not a folder; choose another output path")
-    probe = folder / f".{out.name}.{uuid.uuid4().hex}.probe"
-    try:
-        probe.touch(exist_ok=False)
-        probe.unlink()
-    except OSError as exc:
-        raise NiivInputError(
-            f"cannot write {out}: the folder {folder} refuses new files ({exc.strerror or exc}); "
-            "choose another output path, or make the folder writable"
-        ) from exc
+    check_writable(out)
 
 
 def _check_room(out: Path, model: NiivModel) -> None:
     """The checkpoint (weights and Adam's two moments), its temporary copy while it is replaced,
     and the weights must fit on the output's disk."""
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    need = 7 * size + 2**20
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise NiivInputError(
-            f"{folder} has {free / 1e6:.1f} MB free; training needs about {need / 1e6:.1f} MB there for its "
-            "checkpoint and weights: free some space or choose another output path"
-        )
+    check_room(out, 7 * size + 2**20, "training")
 
 
 # Settings that change what a run learns: a resumed run must share them with its checkpoint.
