@@ -4,13 +4,26 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
 import zarr
 
+from napari_niiv.data import open_volume
+from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.runners import ThreadedRunner
-from napari_niiv.inference.store import ArrayBlocks, Layout, WriteCancelled, partial_path, write_ome_zarr
+from napari_niiv.inference.store import (
+    ArrayBlocks,
+    Layout,
+    WriteCancelled,
+    WriteReport,
+    partial_path,
+    write_ome_zarr,
+)
+from napari_niiv.inference.weights import save_weights
+from napari_niiv.model import NiivConfig
+from tests.conftest import data_path, random_model
 
 
 class CountingBlocks(ArrayBlocks):
@@ -76,3 +89,134 @@ def test_a_cancelled_write_without_resume_leaves_nothing(tmp_path):
             out, Layout(data.shape, data.dtype, chunks=(4, 16, 16)), ArrayBlocks(data), cancelled=lambda: True
         )
     assert not out.exists() and not partial_path(out).exists()
+
+
+# -- the widget's background save ------------------------------------------------------------------
+
+TINY = NiivConfig(latent_dim=16, encoder_blocks=1, mlp_hidden=32, mlp_layers=2)
+
+
+@pytest.fixture
+def tiny_weights(tmp_path, monkeypatch) -> str:
+    """A small random model in the user's weights folder: the widget lists it as user/tiny."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
+    save_weights(folder / "tiny.safetensors", random_model(TINY), 10.0, None)
+    return "user/tiny"
+
+
+@pytest.fixture(scope="module")
+def cremi() -> np.ndarray:
+    """Real serial-section TEM, alpha 10: (12, 48, 48) uint8, 120 x 48 x 48 isotropic."""
+    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:12, :48, :48])
+
+
+def open_widget(viewer, weights: str):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    widget.weights_choice.reset_choices()
+    widget.weights_choice.value = weights
+    widget.save_chunks = (12, 48, 48)  # ten chunks, so a save can be cut between them
+    return widget
+
+
+def wait_for_save(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: widget.saver is None, timeout=180_000)
+
+
+@pytest.mark.slow
+def test_a_cancelled_background_save_resumes_to_the_result_of_an_uninterrupted_one(
+    qtbot, make_napari_viewer, cremi, tiny_weights, tmp_path
+):
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget = open_widget(viewer, tiny_weights)
+    assert widget.alpha_spin.value == 10.0
+
+    whole = widget.save_to(tmp_path / "whole")  # .ome.zarr is added
+    assert whole is not None, widget.status_label.value
+    wait_for_save(qtbot, widget)
+    assert isinstance(whole.job.result, WriteReport), widget.status_label.value
+    assert whole.job.out == tmp_path / "whole.ome.zarr" and "saved 'cremi'" in widget.status_label.value
+    reference = levels(whole.job.out)
+    assert reference[0].shape == (120, 48, 48) and reference[0].dtype == np.uint8
+
+    # the same as napari's File > Save of the lazy layer (which runs in napari's save call)
+    widget._reconstruct_whole()
+    lazy = viewer.layers[-1]
+    assert lazy.name == "cremi isotropic (niiv)"
+    viewer.layers.selection = {lazy}
+    viewer.layers.save(str(tmp_path / "lazy.ome.zarr"), selected=True, plugin="napari-niiv")
+    np.testing.assert_allclose(levels(tmp_path / "lazy.ome.zarr")[0], reference[0], atol=1)
+    viewer.layers.remove(lazy)
+    viewer.layers.selection = {layer}
+
+    # cut short from napari's activity dock, after its first chunk
+    out = tmp_path / "cut.ome.zarr"
+    cut = widget.save_to(out)
+    assert cut is not None and cut.bar in progress._all_instances
+    qtbot.waitUntil(lambda: cut.job.progress().done > cut.job.progress().first, timeout=120_000)
+    dock_bar = viewer.window._qt_window._activity_dialog.get_pbar_from_prog(cut.bar)
+    assert dock_bar is not None and not dock_bar.cancel_button.isHidden()  # the dock shows Cancel
+    dock_bar.cancel_button.click()
+    wait_for_save(qtbot, widget)
+    assert isinstance(cut.job.result, WriteCancelled), widget.status_label.value
+    partial = partial_path(out)
+    assert partial.is_dir() and not out.exists() and "save cancelled" in widget.status_label.value
+    written = len(list((partial / ".niiv" / "done" / "0").iterdir()))
+    assert 1 <= written < 10, "the cancel did not stop the save between chunks"
+
+    # the same save again continues it and ends where the uninterrupted one did
+    again = widget.save_to(out)
+    assert again is not None, widget.status_label.value
+    wait_for_save(qtbot, widget)
+    report = again.job.result
+    assert isinstance(report, WriteReport), widget.status_label.value
+    assert report.chunks_resumed == written and report.chunks_written == 10 - written
+    assert f"{written} resumed" in widget.status_label.value and not partial.exists()
+    for resumed, uninterrupted in zip(levels(out), reference, strict=True):
+        np.testing.assert_array_equal(resumed, uninterrupted)
+
+    # changed settings do not continue a partial store made with other ones
+    stale = widget.save_to(tmp_path / "stale.ome.zarr")
+    qtbot.waitUntil(lambda: stale.job.progress().done > stale.job.progress().first, timeout=120_000)
+    widget.cancel_save()
+    wait_for_save(qtbot, widget)
+    widget.scale_spin.value = 2.0
+    widget.save_to(tmp_path / "stale.ome.zarr")
+    wait_for_save(qtbot, widget)
+    assert isinstance(widget.last_save.job.result, NiivInputError)
+    assert "other alpha, scale" in widget.status_label.value and "--restart" not in widget.status_label.value
+
+
+@pytest.mark.slow
+def test_the_window_keeps_responding_during_a_background_save(qtbot, make_napari_viewer, cremi, tiny_weights, tmp_path):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget = open_widget(viewer, tiny_weights)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    started = time.perf_counter()
+    saver = widget.save_to(tmp_path / "r.ome.zarr")
+    assert saver is not None and saver.job.running, "the save did not run in the background"
+    assert saver.job.progress().done == 0, "save_to returned only after writing"
+    assert not widget.save_button.enabled
+    seen = []
+    qtbot.waitUntil(lambda: seen.append(widget.activity_bar.label.text()) or widget.saver is None, timeout=180_000)
+    ended = time.perf_counter()
+    timer.stop()
+    assert isinstance(saver.job.result, WriteReport), widget.status_label.value
+    during = [t for t in ticks if started <= t <= ended]
+    gaps = np.diff([started, *during, ended])
+    assert len(during) >= 20, f"the timer fired {len(during)} times in a {ended - started:.1f} s save"
+    assert gaps.max() < 0.5 * (ended - started), "the GUI thread was blocked for most of the save"
+    assert saver.yields >= 1, "no progress reached the GUI thread through the napari worker"
+    assert any(text.startswith("saving 'cremi'") and "ETA" in text for text in seen), seen[-5:]
+    assert widget.save_button.enabled

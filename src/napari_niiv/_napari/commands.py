@@ -18,6 +18,7 @@ from ..inference.lazy_volume import LazyIsotropic
 from ..inference.reconstructor import Reconstructor, check_reconstructable
 from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
+from .activity import Activity
 from .layer_view import check_layer, layer_alpha, layer_geometry, level0
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,15 @@ class TileProgress(QObject):
             if not pending:
                 self.bar.close()
                 self.bar = None
+
+    def activity(self) -> Activity | None:
+        """The tiles still to compute, for the dock's inline bar; None when there are none."""
+        pending = self.lazy.pending
+        if not pending:
+            return None
+        return Activity(
+            f"tiles of '{self.layer.name}': {self.done} computed, {pending} to go", self.done, self.done + pending
+        )
 
     def _on_write_progress(self, done: int, total: int) -> None:
         # Saving runs on the GUI thread (napari's writers do): show how far it is in the status bar.

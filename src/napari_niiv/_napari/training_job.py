@@ -1,7 +1,11 @@
-"""A :class:`~napari_niiv.training.finetune.FineTuneJob`'s callbacks as Qt signals.
+"""A :class:`~napari_niiv.training.finetune.FineTuneJob` in napari: its callbacks as Qt signals,
+and the napari thread worker and activity-dock bar that follow it.
 
 The job calls back on its training thread; emitting a signal of a QObject made on the GUI thread
-queues the call there, where the panel may touch its widgets.
+queues the call there, where the panel may touch its widgets. The job keeps its own thread (it
+lowers that thread's priority, and a run stops within one step); :func:`follow_training` puts a
+napari worker beside it (napari's task status: closing the window asks, and stops it) and a
+progress bar with Cancel in napari's activity dock.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from qtpy.QtCore import QObject, Signal
 
 from ..training.finetune import FineTuneJob
+from .activity import CancelableBar, JobWorker, follow_job
 
 
 class JobSignals(QObject):
@@ -30,3 +35,11 @@ class JobSignals(QObject):
         """Drop the signals still to come (the widgets they would update are being deleted)."""
         for signal in (self.stepped, self.checked, self.previewed, self.finished):
             signal.disconnect()
+
+
+def follow_training(job: FineTuneJob, name: str) -> tuple[JobWorker, CancelableBar]:
+    """Start ``job`` under a napari thread worker, with a bar of its steps in napari's activity dock
+    whose Cancel stops the run after the current step (resumable, like Stop)."""
+    bar = CancelableBar(total=job.settings.steps, desc=f"niiv: fine-tuning on '{name}'", cancel_callback=job.stop)
+    worker = follow_job(f"niiv fine-tuning on '{name}'", job.start, job.join, job.stop)
+    return worker, bar

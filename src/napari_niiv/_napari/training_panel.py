@@ -1,26 +1,51 @@
 """Fine-tune niiv on the open volume, inside the viewer: settings, Start / Stop / Resume, a
-progress bar, a live loss curve, a held-out check, and a live preview through the niiv view."""
+progress bar (napari's activity dock and the dock's inline bar), a loss plot with a held-out check
+and a CSV export, and a live preview through the niiv view. The run is a napari thread worker."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Shapes
-from napari.utils import progress
+from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
+from ..data.degrade import check_alpha
 from ..errors import NiivInputError
 from ..inference.weights import user_dir
 from ..training.finetune import FineTuneJob, FineTuneRequest, fine_tune_job, weights_name
 from ..training.regions import Region, box_region, visible_region, whole
 from ..training.train import checkpoint_path
+from .activity import Activity, CancelableBar, JobWorker, format_seconds
 from .layer_view import check_layer, current_grid, level0
 from .loss_plot import LossPlot
-from .training_job import JobSignals
+from .training_job import JobSignals, follow_training
 
 REGIONS = ("whole volume", "visible region", "boxes of a Shapes layer")
+T = TypeVar("T")
+
+
+def named(control: str, call: Callable[[], T]) -> T:
+    """``call()``, with a NiivInputError it raises prefixed by the control to change."""
+    try:
+        return call()
+    except NiivInputError as exc:
+        text = str(exc)
+        raise NiivInputError(text if text.startswith(control) else f"{control}: {text}") from None
+
+
+def status_label() -> Label:
+    """A status line that wraps inside the dock instead of running off it."""
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # magicgui's is Fixed
+    policy.setHeightForWidth(True)  # as tall as the wrapped text at the dock's width
+    label.native.setSizePolicy(policy)
+    return label
 
 
 class TrainingPanel(Container):
@@ -40,9 +65,9 @@ class TrainingPanel(Container):
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.resume_button = PushButton(text="Resume", enabled=False)
+        self.export_button = PushButton(text="Export CSV...")
         self.plot = LossPlot()
-        self.status_label = Label(value="")
-        self.status_label.native.setWordWrap(True)
+        self.status_label = status_label()
         self.extend(
             [
                 self.region_choice,
@@ -51,25 +76,57 @@ class TrainingPanel(Container):
                 self.minutes_spin,
                 self.lr_edit,
                 self.name_edit,
-                Container(widgets=[self.start_button, self.stop_button, self.resume_button], layout="horizontal"),
             ]
         )
-        self.native.layout().addWidget(self.plot)
-        self.append(self.status_label)
+        buttons = Container(
+            widgets=[self.start_button, self.stop_button, self.resume_button, self.export_button],
+            layout="horizontal",
+            labels=False,
+        )
+        buttons.margins = (0, 0, 0, 0)
+        layout = self.native.layout()
+        for native in (buttons.native, self.plot, self.status_label.native):
+            layout.addWidget(native)  # full width, no label column
+        self._buttons = buttons
+        self.tooltips()
         self.job: FineTuneJob | None = None
+        self.worker: JobWorker | None = None
         self._signals: JobSignals | None = None
-        self.bar: progress | None = None
+        self.bar: CancelableBar | None = None
         self.previews = 0  # live previews shown with in-training weights
         self._layer: Any = None
+        self._run_start: tuple[float, int] | None = None  # (time, step) of this run's first step
         self.start_button.changed.connect(lambda: self.start(resume=False))
         self.resume_button.changed.connect(lambda: self.start(resume=True))
         self.stop_button.changed.connect(self.stop)
+        self.export_button.changed.connect(lambda: self.export_csv())
         self.name_edit.changed.connect(self._update_buttons)
         niiv.volume_choice.changed.connect(self._default_name)
         niiv.alpha_spin.changed.connect(self._default_name)
         viewer.layers.events.removed.connect(self._layer_removed)
         viewer.layers.events.inserted.connect(lambda e: self.shapes_choice.reset_choices())
         self._default_name()
+
+    def tooltips(self) -> None:
+        self.region_choice.tooltip = (
+            "What to learn from: the whole volume, what the current 2D view shows (all of it along the sliced "
+            "axis), or the rectangles of a Shapes layer. The last fifth of the xy planes is held out for the check."
+        )
+        self.shapes_choice.tooltip = "The Shapes layer whose rectangles mark the parts to learn from (xy view: all z)."
+        self.steps_spin.tooltip = "Training steps; the learning-rate schedule runs over them (8 crops per step)."
+        self.minutes_spin.tooltip = "Stop after this many minutes even if steps remain (0: no time limit)."
+        self.lr_edit.tooltip = "Peak learning rate; 1e-4 (a fifth of training from scratch) suits fine-tuning."
+        self.name_edit.tooltip = (
+            "Name of the new weights, saved in your weights folder and listed as user/<name>; "
+            "an existing name is refused unless you Resume its run."
+        )
+        self.start_button.tooltip = (
+            "Fine-tune the widget's weights on this volume at its alpha and on its device, in the background "
+            "(the viewer stays usable)"
+        )
+        self.stop_button.tooltip = "Stop after the current step, saving the weights and a checkpoint to Resume from"
+        self.resume_button.tooltip = "Continue the stopped run saved under this name exactly where it stopped"
+        self.export_button.tooltip = "Write the loss and held-out history as CSV (one row per step)"
 
     # -- settings --------------------------------------------------------------------------------
     def _shapes_layers(self, widget: Any = None) -> list[Shapes]:
@@ -82,6 +139,7 @@ class TrainingPanel(Container):
         self._update_buttons()
 
     def learning_rate(self) -> float:
+        """The learning rate typed in (a NiivInputError names the field when it is not a number in range)."""
         try:
             lr = float(self.lr_edit.value)
         except ValueError:
@@ -91,7 +149,7 @@ class TrainingPanel(Container):
         return lr
 
     def out_path(self) -> Path:
-        return user_dir() / f"{weights_name(self.name_edit.value)}.safetensors"
+        return user_dir() / f"{named('save as', lambda: weights_name(self.name_edit.value))}.safetensors"
 
     def _update_buttons(self, value: Any = None) -> None:
         busy = self.job is not None
@@ -114,11 +172,13 @@ class TrainingPanel(Container):
         if mode == REGIONS[1]:
             grid = current_grid(self.viewer, layer, 1.0)
             if grid is None:
-                raise NiivInputError("nothing of the volume is visible in a 2D view: pan to it, or train on all")
+                raise NiivInputError(
+                    "learn from: nothing of the volume is visible in a 2D view: pan to it, or pick 'whole volume'"
+                )
             return [visible_region(grid.coords, grid.sliced_axis, shape)]
         shapes = self.shapes_choice.value
         if shapes is None or not len(shapes.data):
-            raise NiivInputError("add a Shapes layer with rectangles over the parts to learn from, and pick it")
+            raise NiivInputError("boxes: add a Shapes layer with rectangles over the parts to learn from, and pick it")
         boxes = []
         for vertices in shapes.data:
             world = np.array([shapes.data_to_world(v) for v in vertices])
@@ -135,16 +195,20 @@ class TrainingPanel(Container):
 
     def request(self, resume: bool = False) -> FineTuneRequest:
         """The run the widgets describe, for :func:`napari_niiv.training.finetune.fine_tune_job`."""
-        layer = check_layer(self.niiv.volume_choice.value)
+        layer = named("volume", lambda: check_layer(self.niiv.volume_choice.value))
+        alpha = named("alpha (z / xy)", lambda: check_alpha(self.niiv.alpha_spin.value))
+        out = self.out_path()
+        if out.exists() and not resume:
+            raise NiivInputError(f"save as: weights '{out.stem}' already exist: choose another name, or Resume its run")
         return FineTuneRequest(
             data=level0(layer),
             scale=tuple(float(s) for s in layer.scale[-3:]),  # type: ignore[arg-type]
             name=layer.name,
             source=(layer.metadata or {}).get("niiv_source"),
-            alpha=self.niiv.alpha_spin.value,
+            alpha=alpha,
             start_weights=self.niiv.weights_choice.value,
             regions=tuple(self.regions(layer)),
-            out=self.out_path(),
+            out=out,
             steps=int(self.steps_spin.value),
             minutes=float(self.minutes_spin.value),
             lr=self.learning_rate(),
@@ -162,8 +226,8 @@ class TrainingPanel(Container):
         self._signals.finished.connect(self._on_finished)
         if not resume:
             self.plot.clear()
-        self.bar = progress(total=job.settings.steps, desc=f"niiv fine-tuning on '{self._layer.name}'")
-        job.start()
+        self._run_start = None
+        self.worker, self.bar = follow_training(job, self._layer.name)
         self._update_buttons()
         held, bilinear = job.split.held_out[0], job.held_out.bilinear  # type: ignore[union-attr]
         self.set_status(
@@ -179,12 +243,41 @@ class TrainingPanel(Container):
 
     def _on_step(self, step: int, loss: float) -> None:
         self.plot.add_loss(step, loss)
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.refresh()
+        if self._run_start is None:  # a resumed run starts part-way: its speed counts from here
+            self._run_start = (time.perf_counter(), step - 1)
+            if self.bar is not None:
+                self.bar.n = self.bar.initial = step - 1
+                self.bar.start_t = time.time()
+        if self.bar is not None and step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+
+    def eta(self) -> float | None:
+        """Seconds left at this run's rate, within the time limit; None before two steps."""
+        if self.job is None or self._run_start is None or not self.plot.steps:
+            return None
+        t0, s0 = self._run_start
+        step, elapsed = self.plot.steps[-1], time.perf_counter() - t0
+        if step <= s0 + 1 or elapsed <= 0:
+            return None
+        left = (self.job.settings.steps - step) * elapsed / (step - s0)
+        budget = self.job.settings.time_budget
+        return min(left, max(0.0, budget - elapsed)) if budget else left
+
+    def activity(self) -> Activity | None:
+        """The run for the dock's inline bar."""
+        if self.job is None:
+            return None
+        step, steps = (self.plot.steps[-1] if self.plot.steps else 0), self.job.settings.steps
+        eta = self.eta()
+        text = f"fine-tuning on '{self._layer.name}': step {step} of {steps}" + (
+            f", ETA {format_seconds(eta)}" if eta is not None else ""
+        )
+        if self.job.stop_requested.is_set():
+            text = f"fine-tuning on '{self._layer.name}': stopping after this step..."
+        return Activity(text, step, steps, self.stop, "Stop after the current step (resumable, like Stop)")
 
     def _on_check(self, step: int, metrics: dict[str, float]) -> None:
-        self.plot.add_check(step, metrics["cf_psnr_gain"])
+        self.plot.add_check(step, metrics["cf_psnr_gain"], metrics.get("cf_psnr"))
         when = "start weights" if step == 0 else f"step {step}"
         gain = metrics["cf_psnr_gain"]
         self.set_status(f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({gain:+.2f} vs bilinear)")
@@ -195,8 +288,24 @@ class TrainingPanel(Container):
             live.update_weights(state)
             self.previews += 1
 
+    def export_csv(self, path: str | Path | None = None) -> Path | None:
+        """Write the loss plot's history as CSV at ``path`` (asked for with a file dialog if none)."""
+        if path is None:
+            default = Path.home() / f"{self.name_edit.value or 'niiv'}-loss.csv"
+            path, _ = QFileDialog.getSaveFileName(self.native, "Export the loss history", str(default), "CSV (*.csv)")
+            if not path:
+                return None
+        path = Path(path)
+        try:
+            rows = self.plot.write_csv(path)
+        except OSError as exc:
+            self.set_status(f"Export CSV...: could not write {path}: {exc}")
+            return None
+        self.set_status(f"wrote {rows} rows of loss history to {path}")
+        return path
+
     def _on_finished(self, result: Any) -> None:
-        self.job, self._signals = None, None
+        self.job, self._signals, self.worker = None, None, None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -227,7 +336,7 @@ class TrainingPanel(Container):
                 self._signals.disconnect_all()
             self.job.stop()
             self.job.join(timeout)
-            self.job, self._signals = None, None
+            self.job, self._signals, self.worker = None, None, None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

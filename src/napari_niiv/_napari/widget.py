@@ -1,19 +1,40 @@
-"""The niiv dock widget: pick a volume, weights and device; watch niiv follow the view live."""
+"""The niiv dock widget: pick a volume, weights and device; watch niiv follow the view live, add the
+whole volume as a lazy layer, save it in the background, fine-tune on it.
+
+The dock scrolls when the window is too short for it (napari docks do not), so no control or
+status line is ever squeezed; every control has a tooltip, "?" opens the napari guide, and error
+messages start with the control to change.
+"""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
 from napari.layers import Image
+from qtpy.QtCore import QSize, Qt, QUrl
+from qtpy.QtGui import QDesktopServices
+from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
+from ..data.degrade import ALPHA_RANGE, check_alpha
 from ..errors import NiivInputError
-from ..inference.devices import available_devices
-from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings
-from ..inference.weights import DEFAULT_WEIGHTS, available_weights, load_weights
+from ..inference.devices import available_devices, pick_device
+from ..inference.export import DEFAULT_CHUNKS
+from ..inference.reconstructor import check_reconstructable
+from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
+from ..inference.weights import DEFAULT_WEIGHTS, Weights, available_weights, load_weights
+from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
-from .layer_view import check_layer, layer_alpha
+from .layer_view import check_layer, layer_alpha, layer_geometry, level0
 from .live_view import LiveView
+from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
+from .training_panel import named, status_label
+
+GUIDE_URL = "https://github.com/napari-niiv/napari-niiv/blob/main/docs/napari.md"
+MAX_WIDTH = 480  # leave the canvas the room
 
 
 def weight_choices(widget: Any = None) -> list[str]:
@@ -21,26 +42,30 @@ def weight_choices(widget: Any = None) -> list[str]:
     return [name for name in available_weights() if not name.endswith(".ckpt")]
 
 
-class NiivWidget(Container):
+class NiivWidget(QScrollArea):
     """Settings for niiv and the live isotropic view of the visible region."""
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=True)
+        super().__init__()
         register_layer_context_action()
         self.viewer = viewer = napari_viewer
         self.volume_choice = ComboBox(label="volume", choices=self._image_layers, nullable=True)
-        self.alpha_spin = FloatSpinBox(label="alpha (z / xy)", min=1.0, max=20.0, step=0.5, value=8.0)
+        self.alpha_spin = FloatSpinBox(
+            label="alpha (z / xy)", min=ALPHA_RANGE[0], max=ALPHA_RANGE[1], step=0.5, value=8.0
+        )
         self.scale_spin = FloatSpinBox(label="output scale", min=0.5, max=2.0, step=0.25, value=1.0)
         self.weights_choice = ComboBox(label="weights", choices=weight_choices, value=DEFAULT_WEIGHTS)
         self.device_choice = ComboBox(label="device", choices=available_devices(), value="auto")
         self.precision_choice = ComboBox(label="precision", choices=PRECISIONS, value="auto")
         self.orientation_choice = ComboBox(label="orientation", choices=ORIENTATIONS, value="auto")
         self.live_check = CheckBox(text="live niiv view of the visible region", value=False)
-        self.reconstruct_button = PushButton(text="Reconstruct whole volume (lazy layer)")
-        self.status_label = Label(value="")
-        self.status_label.native.setWordWrap(True)
-        self.extend(
-            [
+        self.reconstruct_button = PushButton(text="Whole volume (lazy layer)")
+        self.save_button = PushButton(text="Save isotropic volume...")
+        self.help_button = PushButton(text="?")
+        self.help_button.native.setFixedWidth(32)
+        self.status_label = status_label()
+        self.form = Container(
+            widgets=[
                 self.volume_choice,
                 self.alpha_spin,
                 self.scale_spin,
@@ -49,37 +74,109 @@ class NiivWidget(Container):
                 self.precision_choice,
                 self.orientation_choice,
                 self.live_check,
-                self.reconstruct_button,
-                self.status_label,
-            ]
+            ],
+            labels=True,
         )
-        self.tooltips()
+        self.form.margins = (0, 0, 0, 0)
+        buttons = Container(
+            widgets=[self.reconstruct_button, self.save_button, self.help_button], layout="horizontal", labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.activity_bar = ActivityBar(self.activities)
         from .training_panel import TrainingPanel
 
-        self.append(Label(value="<b>Fine-tune on this volume</b>"))
         self.training = TrainingPanel(viewer, self)
-        self.append(self.training)
-        self.native.setMaximumWidth(460)  # leave the canvas the room
+        self.training.margins = (0, 0, 0, 0)
+        heading = QLabel("<b>Fine-tune on this volume</b>")
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.HLine)
+
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        layout.setContentsMargins(6, 4, 6, 4)
+        for w in (
+            self.form.native,
+            buttons.native,
+            self.status_label.native,
+            self.activity_bar,
+            line,
+            heading,
+            self.training.native,
+        ):
+            layout.addWidget(w)
+        layout.addStretch(1)
+        self._inner, self._buttons, self._heading = inner, buttons, heading
+        self.setWidget(inner)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setMaximumWidth(MAX_WIDTH)
+        self.tooltips()
+
         self.live_view: LiveView | None = None
+        self.saver: BackgroundSave | None = None
+        self.last_save: BackgroundSave | None = None
+        self.save_chunks: tuple[int, int, int] = DEFAULT_CHUNKS
         self.volume_choice.changed.connect(self._layer_changed)
         settings = (self.alpha_spin, self.scale_spin, self.weights_choice, self.device_choice, self.precision_choice)
         for w in (*settings, self.orientation_choice):
             w.changed.connect(self._settings_changed)
         self.live_check.changed.connect(self._toggle_live)
         self.reconstruct_button.changed.connect(self._reconstruct_whole)
+        self.save_button.changed.connect(self.save_isotropic)
+        self.help_button.changed.connect(self.open_help)
         viewer.layers.events.inserted.connect(self._layers_changed)
         viewer.layers.events.removed.connect(self._layers_changed)
-        self.native.destroyed.connect(self.close_live)  # the dock or the viewer closed
+        # The dock or the viewer closed: stop background work. Not a bound method of this widget,
+        # whose Qt side is being deleted when the signal fires.
+        self.destroyed.connect(functools.partial(NiivWidget.close_live, self))
         self._layers_changed()
 
+    def minimumSizeHint(self) -> QSize:
+        """As wide as the controls need beside a vertical scroll bar (a scroll area alone asks for
+        almost nothing, and the dock would then cut the controls off)."""
+        hint = super().minimumSizeHint()
+        inner = self.widget().minimumSizeHint().width()
+        hint.setWidth(min(MAX_WIDTH, inner + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()))
+        return hint
+
+    def sizeHint(self) -> QSize:
+        hint = self.minimumSizeHint()
+        hint.setHeight(self.widget().sizeHint().height())
+        return hint
+
     def tooltips(self) -> None:
+        self.volume_choice.tooltip = (
+            "The 3D image layer (one channel; z, y, x) to reconstruct; its z scale over its xy scale gives alpha."
+        )
         self.alpha_spin.tooltip = "How many times coarser z is than x/y; read from the layer's scale."
         self.scale_spin.tooltip = "Output voxel in in-plane voxels: 1 isotropic, 0.5 twice finer, 2 coarser."
+        self.weights_choice.tooltip = (
+            "Trained weights: the shipped ones first, then yours (user/..., from fine-tuning below or niiv train)."
+        )
+        self.device_choice.tooltip = "Where niiv runs: auto picks a CUDA GPU, then Apple MPS, then the CPU."
         self.precision_choice.tooltip = (
             "auto: bf16 where the CPU/GPU has it (about 1/1000 dB from fp32, faster); fp32: exact, slower."
         )
         self.orientation_choice.tooltip = "Slices niiv decodes: auto follows the view (xy views use xz slices)."
         self.live_check.tooltip = "Reconstruct what is on screen, at screen resolution, as you pan, zoom and scroll."
+        self.reconstruct_button.tooltip = (
+            "Add the whole isotropic volume as a lazy layer: napari asks for the tiles it shows and they are "
+            "computed in the background (also in Layers > Transform > niiv)."
+        )
+        self.save_button.tooltip = (
+            "Write the whole reconstruction with these settings as OME-Zarr, in the background with progress, "
+            "ETA and Cancel; a cancelled or failed save continues when you save to the same path again."
+        )
+        self.help_button.tooltip = f"Open the napari-niiv guide in your browser ({GUIDE_URL})"
+        self.status_label.tooltip = "What niiv did last, or what to change"
+
+    # -- layers --------------------------------------------------------------------------------
+    def reset_choices(self, event: Any = None) -> None:
+        """Refresh every layer and weights list (napari calls this when layers change, as it does
+        for magicgui widgets)."""
+        self.form.reset_choices()
+        self.training.reset_choices()
 
     def _image_layers(self, widget: Any = None) -> list[Image]:
         return [layer for layer in self.viewer.layers if isinstance(layer, Image) and layer.ndim >= 3 and not layer.rgb]
@@ -95,9 +192,16 @@ class NiivWidget(Container):
         if layer is None:
             return
         alpha = layer_alpha(layer)
+        lo, hi = ALPHA_RANGE
         if alpha is None:
             self.set_status(
-                f"'{layer.name}' has the same scale on z and x/y: set alpha, and its z scale to alpha x the xy voxel"
+                f"alpha (z / xy): '{layer.name}' has the same scale on z and x/y: set alpha here, and the layer's "
+                "z scale to alpha x its xy voxel"
+            )
+        elif not lo <= alpha <= hi:
+            self.set_status(
+                f"alpha (z / xy): '{layer.name}' has z voxels {alpha:.3g} times its xy voxels, outside {lo:g} to "
+                f"{hi:g}: check the layer's scale, or set alpha here"
             )
         else:
             self.alpha_spin.value = round(alpha, 3)
@@ -106,15 +210,41 @@ class NiivWidget(Container):
     def set_status(self, text: str) -> None:
         self.status_label.value = text
 
+    # -- settings ------------------------------------------------------------------------------
     def settings(self) -> InferenceSettings:
-        """What the controls say, validated (a NiivInputError names what to change)."""
+        """What the controls say, validated (a NiivInputError starts with the control to change)."""
         return InferenceSettings(
-            alpha=self.alpha_spin.value,
-            scale=self.scale_spin.value,
+            alpha=named("alpha (z / xy)", lambda: check_alpha(self.alpha_spin.value)),
+            scale=named("output scale", lambda: check_scale(self.scale_spin.value)),
             orientation=self.orientation_choice.value,
             device=self.device_choice.value,
             precision=self.precision_choice.value,
         )
+
+    def runnable_settings(self) -> InferenceSettings:
+        """:meth:`settings` that this machine can run: a missing GPU or precision is reported now."""
+        settings = self.settings()
+        named("device", lambda: pick_device(settings.device))
+        named("precision", settings.resolved)
+        return settings
+
+    def weights(self) -> Weights:
+        name = self.weights_choice.value
+        path = available_weights().get(name)
+        if path is None:
+            raise NiivInputError(f"weights: '{name}' is no longer in the weights folders; pick another")
+        return named("weights", lambda: load_weights(path))
+
+    def volume(self) -> Image:
+        return named("volume", lambda: check_layer(self.volume_choice.value))
+
+    # -- help ----------------------------------------------------------------------------------
+    def help_url(self) -> QUrl:
+        return QUrl(GUIDE_URL)
+
+    def open_help(self, value: Any = None) -> bool:
+        """Open the napari guide in the browser (QDesktopServices: Qt's URL handlers decide)."""
+        return bool(QDesktopServices.openUrl(self.help_url()))
 
     # -- live ----------------------------------------------------------------------------------
     def _settings_changed(self, value: Any = None) -> None:
@@ -124,7 +254,7 @@ class NiivWidget(Container):
     def _toggle_live(self, on: bool) -> None:
         if on:
             self._start_live()
-        else:
+        elif self.live_view is not None:
             self._stop_live()
             self.set_status("live view off")
 
@@ -132,13 +262,12 @@ class NiivWidget(Container):
         previous = self.live_view
         self._stop_live()
         try:
-            layer = check_layer(self.volume_choice.value)
-            settings = self.settings()
-            settings.resolved()  # a missing GPU is reported now
-            weights = load_weights(available_weights()[self.weights_choice.value])
-        except (NiivInputError, KeyError) as exc:
-            self.set_status(str(exc))
+            layer = self.volume()
+            settings = self.runnable_settings()
+            weights = self.weights()
+        except NiivInputError as exc:
             self.live_check.value = False
+            self.set_status(str(exc))
             return
         self.live_view = LiveView(
             self.viewer, layer, weights.model, settings, on_status=self.set_status, pixel_ratio=self._pixel_ratio()
@@ -152,21 +281,90 @@ class NiivWidget(Container):
             self.live_view = None
 
     def _pixel_ratio(self) -> float:
-        native = self.native
-        return float(native.devicePixelRatioF()) if hasattr(native, "devicePixelRatioF") else 1.0
+        return float(self.devicePixelRatioF()) if hasattr(self, "devicePixelRatioF") else 1.0
 
     # -- whole volume --------------------------------------------------------------------------
     def _reconstruct_whole(self, value: Any = None) -> None:
         from .commands import add_isotropic_layer
 
         try:
-            add_isotropic_layer(
-                self.viewer, check_layer(self.volume_choice.value), self.settings(), self.weights_choice.value
-            )
+            add_isotropic_layer(self.viewer, self.volume(), self.runnable_settings(), self.weights_choice.value)
         except NiivInputError as exc:
             self.set_status(str(exc))
 
+    # -- saving --------------------------------------------------------------------------------
+    def save_isotropic(self, value: Any = None) -> BackgroundSave | None:
+        """The button: ask where, then :meth:`save_to`."""
+        layer = self.volume_choice.value
+        default = default_save_path(layer) if layer is not None else Path.home() / "isotropic.ome.zarr"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save isotropic volume as OME-Zarr", str(default), "OME-Zarr (*.ome.zarr *.zarr)"
+        )
+        return self.save_to(path) if path else None
+
+    def save_to(self, path: str | Path) -> BackgroundSave | None:
+        """Write the whole reconstruction of the selected volume with the widget's settings to ``path``
+        (OME-Zarr) in the background; None, with the reason in the status line, if it cannot start."""
+        if self.saver is not None:
+            self.set_status("Save isotropic volume...: a save is running; wait for it or cancel it")
+            return None
+        try:
+            layer = self.volume()
+            settings = self.runnable_settings()
+            model = self.weights().model
+            data = level0(layer)
+            shape = tuple(int(s) for s in data.shape[-3:])
+            named("volume", lambda: check_reconstructable(shape, model, settings.volume_orientation))
+            out = as_store_path(path)
+            source = (layer.metadata or {}).get("niiv_source")
+            if source and "://" not in str(source):
+                src = Path(source).resolve()
+                if out.resolve() == src or src in out.resolve().parents:
+                    raise NiivInputError(f"Save isotropic volume...: {out} would write into the input {src}")
+            if out.exists():
+                raise NiivInputError(
+                    f"Save isotropic volume...: {out} already exists; niiv never replaces a store: choose another name"
+                )
+            geometry = layer_geometry(layer, settings)
+        except NiivInputError as exc:
+            self.set_status(str(exc))
+            return None
+        dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
+        job = SaveJob(out, data, model, settings, geometry, dtype, str(source or "a napari layer"), self.save_chunks)
+        self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
+        self.save_button.enabled = False
+        return self.saver
+
+    def cancel_save(self) -> None:
+        if self.saver is not None:
+            self.saver.cancel()
+
+    def _save_done(self, saver: BackgroundSave) -> None:
+        self.saver, self.last_save = None, saver
+        self.save_button.enabled = True
+
+    # -- what runs -----------------------------------------------------------------------------
+    def activities(self) -> list[Activity]:
+        """What the plugin is doing now, most specific first: saving, fine-tuning, lazy tiles, live."""
+        work: list[Activity] = []
+        if self.saver is not None:
+            work.append(self.saver.activity())
+        training = self.training.activity()
+        if training is not None:
+            work.append(training)
+        for layer in self.viewer.layers:
+            tiles = getattr(layer, "_niiv_progress", None)
+            a = tiles.activity() if tiles is not None else None
+            if a is not None:
+                work.append(a)
+        if self.live_view is not None and self.live_view.busy:
+            work.append(Activity(f"live view of '{self.live_view.layer.name}': computing niiv for what is on screen"))
+        return work
+
     def close_live(self) -> None:
-        """Stop background work (the viewer is closing or the widget is removed)."""
+        """Stop background work (the viewer is closing or the widget is removed); a save is
+        cancelled after its current chunk and stays resumable."""
         self._stop_live()
         self.training.shutdown()
+        if self.saver is not None:
+            self.saver.shutdown()

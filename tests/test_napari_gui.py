@@ -1,0 +1,274 @@
+"""The dock as a user meets it, in the real napari viewer under Xvfb: nothing clipped at 1500x900,
+a tooltip on every control, "?" opens the guide, errors name the control to change, the loss plot
+(axes, legend outside the data, CSV export), one inline progress bar, and fine-tuning as a napari
+thread worker that napari's activity dock can cancel."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_niiv.data import open_volume
+from napari_niiv.inference.weights import save_weights
+from napari_niiv.model import NiivConfig
+from tests.conftest import data_path, random_model
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.slow  # a napari viewer (or at least a Qt application) each
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = NiivConfig(latent_dim=16, encoder_blocks=1, mlp_hidden=32, mlp_layers=2)
+
+
+@pytest.fixture
+def user_weights(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
+    save_weights(folder / "tiny.safetensors", random_model(TINY), 10.0, None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cremi() -> np.ndarray:
+    """Real serial-section TEM, alpha 10: (32, 64, 64) uint8."""
+    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:, :64, :64])
+
+
+def open_dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    return widget
+
+
+def settle(qtbot, ms: int = 300) -> None:
+    qtbot.wait(ms)
+
+
+def label_fits(label) -> str | None:
+    """Why ``label``'s text does not show whole, or None: one line fits its width, wrapped text
+    gets the height it needs."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QTextDocument
+
+    text = label.text()
+    if not text:
+        return None
+    width = label.contentsRect().width()
+    if label.wordWrap():
+        need = label.heightForWidth(label.width())
+        return None if label.height() >= need else f"{text!r}: {label.height()} px high, needs {need}"
+    if Qt.mightBeRichText(text):
+        doc = QTextDocument()
+        doc.setDefaultFont(label.font())
+        doc.setHtml(text)
+        advance = int(np.ceil(doc.idealWidth())) - 2 * int(doc.documentMargin())
+    else:
+        advance = label.fontMetrics().horizontalAdvance(text)
+    return None if advance <= width else f"{text!r}: {width} px wide, needs {advance}"
+
+
+def controls(root):
+    """Every control a user can operate under ``root`` (not the parts inside a spin or combo box)."""
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QProgressBar
+
+    from napari_niiv._napari.loss_plot import LossPlot
+
+    kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit, QProgressBar, LossPlot)
+    found = []
+    for w in root.findChildren(kinds):
+        parent, inner = w.parentWidget(), False
+        while parent is not None and parent is not root:
+            inner = inner or isinstance(parent, (QAbstractSpinBox, QComboBox))
+            parent = parent.parentWidget()
+        if not inner:
+            found.append(w)
+    return found
+
+
+def test_the_dock_at_1500x900_clips_no_text_and_every_control_has_a_tooltip(
+    qtbot, make_napari_viewer, cremi, user_weights
+):
+    from qtpy.QtCore import QRectF
+    from qtpy.QtWidgets import QAbstractButton, QLabel
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 900)
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    panel = widget.training
+    # real messages, long ones: an isotropic layer's, a bad learning rate's, and a loss history
+    iso = viewer.add_image(cremi[:4], name="no voxel sizes")
+    widget.volume_choice.value = iso
+    assert widget.status_label.value.startswith("alpha (z / xy): 'no voxel sizes' has the same scale")
+    panel.lr_edit.value = "fast please"
+    panel.start()
+    assert panel.status_label.value.startswith("learning rate 'fast please'")
+    for step in range(1, 301):
+        panel.plot.add_loss(step, 0.05 * np.exp(-step / 100) + 0.01 * np.sin(step))
+    for step in (0, 100, 200, 300):
+        panel.plot.add_check(step, -0.3 + step / 150, 30 + step / 150)
+    settle(qtbot)
+    window = viewer.window._qt_window
+    assert (window.width(), window.height()) == (1500, 900)
+    assert widget.isVisible() and widget.width() >= widget.minimumSizeHint().width()
+
+    inner = widget.widget()
+    assert inner.width() <= widget.viewport().width(), "the dock cuts its controls off on the right"
+    labels = [lab for lab in inner.findChildren(QLabel) if lab.isVisible()]
+    assert len(labels) >= 15
+    clipped = [why for lab in labels if (why := label_fits(lab))]
+    assert not clipped, clipped
+    for status in (widget.status_label.native, panel.status_label.native):
+        assert status.wordWrap() and status.width() >= inner.width() - 20, "a status line is squeezed"
+    for button in inner.findChildren(QAbstractButton):
+        need = button.fontMetrics().horizontalAdvance(button.text())
+        assert button.width() >= min(button.sizeHint().width(), need + 8), f"{button.text()!r} is cut"
+    # the plot's text sits beside the data area, never on it, and inside the plot
+    plot = panel.plot
+    data = plot.plot_rect()
+    for rect in plot.text_rects():
+        assert not rect.intersects(data), f"text at {rect} is drawn over the curves"
+        assert QRectF(plot.rect()).contains(rect), f"text at {rect} is outside the plot"
+    assert plot.geometry().bottom() < panel.status_label.native.geometry().top(), "the status overlaps the plot"
+
+    found = controls(inner)
+    assert len(found) >= 20
+    missing = [f"{type(w).__name__} {getattr(w, 'text', lambda: '')()!r}" for w in found if not w.toolTip()]
+    assert not missing, f"controls without a tooltip: {missing}"
+    for name in ("volume_choice", "weights_choice", "device_choice", "save_button", "help_button"):
+        assert getattr(widget, name).native.toolTip(), name
+
+
+def test_the_help_button_opens_the_napari_guide(qtbot, make_napari_viewer):
+    from qtpy.QtCore import QObject, QUrl, Slot
+    from qtpy.QtGui import QDesktopServices
+
+    from napari_niiv._napari.widget import GUIDE_URL
+
+    class Catch(QObject):
+        def __init__(self) -> None:
+            super().__init__()
+            self.urls: list[str] = []
+
+        @Slot(QUrl)
+        def open(self, url: QUrl) -> None:
+            self.urls.append(url.toString())
+
+    viewer = make_napari_viewer()
+    widget = open_dock(viewer)
+    catch = Catch()
+    QDesktopServices.setUrlHandler("https", catch, "open")  # Qt's hook: no browser starts
+    try:
+        widget.help_button.native.click()
+    finally:
+        QDesktopServices.unsetUrlHandler("https")
+    assert catch.urls == [GUIDE_URL]
+    assert GUIDE_URL.endswith("/blob/main/docs/napari.md") and (ROOT / "docs" / "napari.md").is_file()
+    assert "napari.md" in widget.help_button.native.toolTip()
+
+
+def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi, user_weights, tmp_path):
+    viewer = make_napari_viewer()
+    widget = open_dock(viewer)
+    panel = widget.training
+
+    widget.live_check.value = True  # no volume yet
+    assert widget.status_label.value.startswith("volume: no layer selected") and not widget.live_check.value
+    assert widget.save_to(tmp_path / "x") is None and widget.status_label.value.startswith("volume:")
+
+    layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    assert widget.volume_choice.value is layer
+    viewer.add_image(cremi[:3], name="far", scale=(400, 2, 2))  # z voxels 200 x xy: outside alpha's range
+    widget.volume_choice.value = viewer.layers["far"]
+    assert widget.status_label.value.startswith("alpha (z / xy): 'far' has z voxels 200 times")
+    widget.volume_choice.value = layer
+
+    (tmp_path / "taken.ome.zarr").mkdir()
+    assert widget.save_to(tmp_path / "taken.ome.zarr") is None
+    assert widget.status_label.value.startswith("Save isotropic volume...:") and "already exists" in (
+        widget.status_label.value
+    )
+
+    widget.weights_choice.value = "user/tiny"
+    (user_weights / "tiny.safetensors").unlink()
+    widget.live_check.value = True
+    assert widget.status_label.value.startswith("weights: 'user/tiny'") and widget.live_view is None
+
+    panel.name_edit.value = "  "
+    panel.start()
+    assert panel.status_label.value.startswith("save as: give the new weights a name") and panel.job is None
+    panel.name_edit.value = "mine"
+    panel.region_choice.value = "boxes of a Shapes layer"
+    panel.start()
+    assert panel.status_label.value.startswith("boxes: add a Shapes layer") and panel.job is None
+    panel.region_choice.value = "whole volume"
+    panel.lr_edit.value = "0.5"
+    panel.start()
+    assert panel.status_label.value.startswith("learning rate '0.5'") and panel.job is None
+
+
+def test_the_loss_plot_exports_its_history_as_csv(qtbot, tmp_path):
+    from napari_niiv._napari.loss_plot import CSV_COLUMNS, LossPlot, log_ticks, nice_ticks
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(420, 180)
+    plot.add_check(0, -0.25, 29.5)  # the start weights, before any step
+    for step, loss in enumerate([0.08, 0.06, 0.07, 0.05, 0.04], start=1):
+        plot.add_loss(step, loss)
+    plot.add_check(5, 0.5, 30.25)
+    out = tmp_path / "history.csv"
+    assert plot.write_csv(out) == 6
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert rows[0]["loss"] == "" and float(rows[0]["heldout_gain_db"]) == -0.25
+    assert float(rows[0]["heldout_cf_psnr_db"]) == 29.5
+    assert [float(r["loss"]) for r in rows[1:]] == [0.08, 0.06, 0.07, 0.05, 0.04]
+    assert float(rows[5]["heldout_gain_db"]) == 0.5 and rows[3]["heldout_gain_db"] == ""
+    smoothed = [float(r["loss_smoothed"]) for r in rows[1:]]
+    assert smoothed[0] == 0.08 and min(smoothed) >= 0.04 - 1e-9 and max(smoothed) <= 0.08 + 1e-9
+
+    # ticks are round numbers inside the range; a log axis gets decades (and 2, 5 on short ones)
+    assert nice_ticks(0, 300, 4) == [0, 100, 200, 300]
+    assert nice_ticks(-0.3, 1.7, 3) == [0.0, 0.5, 1.0, 1.5]
+    assert log_ticks(np.log10(0.004), np.log10(0.3)) == [0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+    image = plot.grab().toImage()
+    assert image.width() == 420 and len({image.pixel(x, 90) for x in range(0, 420, 3)}) > 3  # something drawn
+
+
+def test_fine_tuning_is_a_napari_worker_that_the_activity_dock_cancels(qtbot, make_napari_viewer, cremi, user_weights):
+    from napari.qt.threading import GeneratorWorker
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    widget.weights_choice.reset_choices()
+    widget.weights_choice.value = "user/tiny"
+    panel = widget.training
+    panel.steps_spin.value = 5000
+    panel.minutes_spin.value = 0
+    panel.name_edit.value = "cancel-me"
+    assert widget.activity_bar.label.text() == "niiv: idle"
+    panel.start_button.native.click()
+    assert panel.job is not None, panel.status_label.value
+    assert isinstance(panel.worker, GeneratorWorker) and panel.bar in progress._all_instances
+    tasks = viewer.window._qt_window._window._task_status_manager
+    assert tasks.is_busy(), "napari does not know the run is going (closing would not ask)"
+    qtbot.waitUntil(lambda: len(panel.plot.losses) >= 3, timeout=120_000)
+    qtbot.waitUntil(lambda: widget.activity_bar.label.text().startswith("fine-tuning on 'cremi': step"), timeout=5000)
+    assert widget.activity_bar.bar.maximum() == 5000 and widget.activity_bar.cancel_button.isEnabled()
+    assert panel.bar.n >= 3
+
+    dock_bar = viewer.window._qt_window._activity_dialog.get_pbar_from_prog(panel.bar)
+    dock_bar.cancel_button.click()  # napari's activity dock
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    assert "stopped at step" in panel.status_label.value, panel.status_label.value
+    assert panel.plot.steps[-1] < 5000 and (user_weights / "cancel-me.ckpt.safetensors").exists()
+    qtbot.waitUntil(lambda: not tasks.is_busy(), timeout=10_000)
+    qtbot.waitUntil(lambda: widget.activity_bar.label.text() == "niiv: idle", timeout=5000)
