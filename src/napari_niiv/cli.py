@@ -658,10 +658,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
     from .inference.geometry import check_region
+    from .inference.store import check_writable
     from .inference.weights import load_weights, resolve_weights
     from .training.evaluate import cut_cubes, evaluate, format_table, intensity_range, interpolation, niiv_method
 
     alpha = check_alpha(args.alpha)
+    if args.json:
+        check_writable(Path(args.json))  # before the scoring, not after it
     if args.cube < 2 * alpha:
         raise NiivInputError(
             f"--cube {args.cube}: a cube pooled by alpha {alpha:g} needs at least {math.ceil(2 * alpha)} voxels a side"
@@ -694,7 +697,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scores = evaluate(cubes, alpha, methods, args.cutoff, args.slices, ranges)
     print(format_table(scores, args.cutoff))
     if args.json:
-        Path(args.json).write_text(json.dumps([s.__dict__ for s in scores], indent=2))
+        from .inference.weights import atomic_write
+
+        text = json.dumps([s.__dict__ for s in scores], indent=2)
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
     return 0
 
 

@@ -86,6 +86,8 @@ def check_volume(data: Any) -> None:
             "for a 2D image there is nothing to reconstruct along z, and for time series or "
             "channels select one 3D volume first"
         )
+    if min(shape) == 0:
+        raise NiivInputError(f"the volume is empty (shape {shape}: an axis of length 0); open a volume with data")
     dtype = np.dtype(data.dtype)
     if dtype.kind not in "uif" and dtype != np.bool_:
         raise NiivInputError(f"unsupported pixel type {dtype}; use an integer or floating-point volume")
@@ -298,6 +300,8 @@ def _open_tiff(path: Path) -> Volume:
                 "intensity volumes: convert to greyscale or save one channel"
             )
         voxel, unit = tiff_voxel_size(tif, path)
+        if min(shape, default=0) > 0:  # an empty one is reported as empty by check_volume
+            _check_complete(tif, path, int(np.prod(shape[:-2])) if len(shape) > 2 else 1)
     try:
         arr: Any = tifffile.memmap(path, mode="r")
     except (ValueError, OSError):
@@ -306,6 +310,27 @@ def _open_tiff(path: Path) -> Volume:
         arr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
     data = da.from_array(arr, chunks=_chunks_for(shape))
     return Volume(data, voxel or (1.0, 1.0, 1.0), volume_name(path), unit if voxel else None)
+
+
+def _check_complete(tif: Any, path: Path, planes: int) -> None:
+    """A truncated TIFF (a copy cut short) names itself instead of failing mid-reconstruction: every
+    page the series needs must exist and its pixel data must end inside the file."""
+    import warnings
+
+    size = path.stat().st_size
+    described = (tif.imagej_metadata or {}).get("images")  # ImageJ says how many planes it wrote
+    planes = max(planes, int(described) if isinstance(described, (int, float)) else 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tifffile logs each bad page offset; the message below says it once
+        ends = [
+            max((o + c for o, c in zip(p.dataoffsets, p.databytecounts, strict=False)), default=0)
+            for p in tif.pages
+        ]
+    if max(ends, default=0) > size or len(ends) < planes:
+        raise NiivInputError(
+            f"{path}: the file is truncated or damaged ({len(ends)} of {planes} planes found, pixel data "
+            f"reaching byte {max(ends, default=0)} of {size}); copy or export it again"
+        )
 
 
 # Microscope formats read through bioio's reader plugins (the ``bioio`` extra); TIFF stays with tifffile.
