@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,11 @@ class _Entry:
     rows: tuple[int, int]
     cols: tuple[int, int]
     grid: LatentGrid
+    # The encoder batch this plane's grid is a slice of, and its index there: planes encoded
+    # together are decoded from that batch as is, instead of re-concatenated (a copy of ~8 MB of
+    # latents, keys and values per plane of a tall crop).
+    batch: LatentGrid | None = field(default=None, repr=False, compare=False)
+    index: int = 0
 
     def covers(self, rows: tuple[int, int], cols: tuple[int, int]) -> bool:
         inside = self.rows[0] <= rows[0] and rows[1] <= self.rows[1]
@@ -208,7 +213,8 @@ class ViewRenderer:
             batch = planes[p0 : p0 + planes_per_batch]
             entries = self._encoded(orient, batch, plane_axis, col_axis, need_rows, need_cols, crop_rows, crop_cols)
             for group, grid_batch, r0, c0 in _batched(entries):
-                r = torch.as_tensor(rows - r0, dtype=torch.float32)
+                grid_batch, lo = _rows_for(grid_batch, rows - r0)
+                r = torch.as_tensor(rows - r0 - lo, dtype=torch.float32)
                 c = torch.as_tensor(cols - c0, dtype=torch.float32)
                 for i in range(0, rows.size, rows_per_chunk):
                     if cancelled():
@@ -248,7 +254,7 @@ class ViewRenderer:
                 for j, i in enumerate(missing[s : s + self.rec.slice_batch]):
                     kv = g.keys_values[j : j + 1] if g.keys_values is not None else None
                     one = LatentGrid(g.latents[j : j + 1], g.image[j : j + 1], kv, g.step)
-                    entry = _Entry(crop_rows, crop_cols, one)
+                    entry = _Entry(crop_rows, crop_cols, one, g, j)
                     self.cache.put(keys[i], entry)
                     found[i] = entry
         return found  # type: ignore[return-value]
@@ -262,8 +268,27 @@ def _batched(entries: list[_Entry]) -> list[tuple[list[int], LatentGrid, int, in
         groups.setdefault((e.rows, e.cols), []).append(i)
     out = []
     for (rows, cols), idx in groups.items():
+        batch = entries[idx[0]].batch
+        whole = batch is not None and batch.latents.shape[0] == len(idx)
+        if whole and all(entries[i].batch is batch and entries[i].index == k for k, i in enumerate(idx)):
+            assert batch is not None  # a new grid object: its with_image() is not kept by the cache
+            out.append((idx, LatentGrid(batch.latents, batch.image, batch.keys_values, batch.step), rows[0], cols[0]))
+            continue
         gs = [entries[i].grid for i in idx]
         kv = torch.cat([g.keys_values for g in gs]) if gs[0].keys_values is not None else None
         grid = LatentGrid(torch.cat([g.latents for g in gs]), torch.cat([g.image for g in gs]), kv, gs[0].step)
         out.append((idx, grid, rows[0], cols[0]))
     return out
+
+
+def _rows_for(grid: LatentGrid, rows: np.ndarray) -> tuple[LatentGrid, int]:
+    """The rows of ``grid`` that decoding ``rows`` reads (bilinear footprint and attention
+    neighbours, one row of margin each side; the grid's own edges kept, so border clamping is
+    unchanged), and the first row's index: an xy view decodes one z per plane, and sampling a
+    few rows instead of the whole crop skips copying and striding through the rest."""
+    h = grid.latents.shape[2]
+    lo, hi = pixel_range(rows, h, 2)
+    if (lo, hi) == (0, h):
+        return grid, 0
+    kv = grid.keys_values[:, :, lo:hi] if grid.keys_values is not None else None
+    return LatentGrid(grid.latents[:, :, lo:hi], grid.image[:, :, lo:hi], kv, grid.step), lo
