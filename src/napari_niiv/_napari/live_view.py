@@ -30,6 +30,10 @@ from .layer_view import check_layer, current_grid, level0
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
+# Lazy layer data (dask, zarr) up to this size is read into memory once, on the worker thread:
+# a view reads its region in many plane batches (an xy view: one per 16 planes), and each read of
+# a lazy array decodes whole chunks again (all z planes of a TIFF page chunking, every time).
+IN_MEMORY_BYTES = 512 * 2**20
 
 
 class LiveView(QObject):
@@ -139,7 +143,7 @@ class LiveView(QObject):
         it), all in the input's intensity scale (converting here keeps the GUI thread free)."""
         renderer, norm = self._renderer, self._norm  # the GUI thread may reset them (new data)
         if renderer is None or norm is None:
-            data = level0(self.layer)
+            data = _readable(level0(self.layer))
             norm = fit_normalisation(data)
             renderer = ViewRenderer(data, norm, self.reconstructor)
             self._renderer, self._norm = renderer, norm
@@ -245,3 +249,13 @@ class LiveView(QObject):
 
 def _size2d(grid: ViewGrid) -> tuple[int, int]:
     return tuple(n for a, n in enumerate(grid.shape) if a != grid.sliced_axis)  # type: ignore[return-value]
+
+
+def _readable(data: Any) -> Any:
+    """``data`` as the renderer reads it: a lazy array small enough for memory, read once."""
+    if isinstance(data, np.ndarray):
+        return data
+    nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+    if nbytes > IN_MEMORY_BYTES:
+        return data
+    return np.asarray(data.compute() if hasattr(data, "compute") else data)
