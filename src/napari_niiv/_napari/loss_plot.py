@@ -174,7 +174,7 @@ class LossPlot(QWidget):
             int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
             int(Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop),
         )
-        for v in log_ticks(lo, hi):
+        for v in self._loss_ticks(lo, hi):
             y = self._y(math.log10(v), lo, hi)
             out.append((QRectF(h + 2, y - h / 2, r.left() - h - 6, h), tick_text(v), AR))
         if self.checks:
@@ -217,6 +217,9 @@ class LossPlot(QWidget):
             x = label.right() + 12
         return out
 
+    def _loss_ticks(self, lo: float, hi: float) -> list[float]:
+        return log_ticks(lo, hi) if self.losses else []  # no scale to show before the first step
+
     def _y(self, value: float, lo: float, hi: float) -> float:
         r = self.plot_rect()
         return r.bottom() - (value - lo) / (hi - lo) * r.height()
@@ -235,12 +238,12 @@ class LossPlot(QWidget):
 
         # grid and frame
         p.setPen(QPen(QColor(70, 72, 80), 1))
-        for v in log_ticks(lo, hi):
+        for v in self._loss_ticks(lo, hi):
             y = self._y(math.log10(v), lo, hi)
             p.drawLine(QPointF(r.left(), y), QPointF(r.right(), y))
         p.setPen(QPen(AXIS, 1))
         p.drawRect(r)
-        for v in log_ticks(lo, hi):
+        for v in self._loss_ticks(lo, hi):
             y = self._y(math.log10(v), lo, hi)
             p.drawLine(QPointF(r.left() - 4, y), QPointF(r.left(), y))
         for s in nice_ticks(0, x1 / 1.02, 4):

@@ -181,14 +181,15 @@ class BackgroundSave:
         self._bar_started = False
         self.bar = CancelableBar(
             total=PERMILLE,
-            desc=f"niiv: saving '{name}' to {job.out.name}",
+            desc=f"niiv: saving '{name}'",
             smoothing=0,  # ETA from this run's average rate
+            bar_format="{desc}| ETA {remaining}",  # napari's activity dock shows what follows the |
             cancel_callback=self.cancel,
         )
         self.worker: JobWorker = follow_job(f"niiv save of '{name}'", job.start, job.join, job.cancel, job.progress)
         self.worker.yielded.connect(self._on_progress)
         self.worker.finished.connect(self._on_finished)
-        self.on_status(f"saving '{name}' to {job.out}: preparing (normalisation, input fingerprint)...")
+        self.on_status(f"Save isotropic volume...: writing {job.out} in the background")
 
     @property
     def running(self) -> bool:

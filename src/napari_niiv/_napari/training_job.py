@@ -40,6 +40,11 @@ class JobSignals(QObject):
 def follow_training(job: FineTuneJob, name: str) -> tuple[JobWorker, CancelableBar]:
     """Start ``job`` under a napari thread worker, with a bar of its steps in napari's activity dock
     whose Cancel stops the run after the current step (resumable, like Stop)."""
-    bar = CancelableBar(total=job.settings.steps, desc=f"niiv: fine-tuning on '{name}'", cancel_callback=job.stop)
+    bar = CancelableBar(
+        total=job.settings.steps,
+        desc=f"niiv: fine-tuning '{name}'",
+        bar_format="{desc}| ETA {remaining}",  # napari's activity dock shows what follows the |
+        cancel_callback=job.stop,
+    )
     worker = follow_job(f"niiv fine-tuning on '{name}'", job.start, job.join, job.stop)
     return worker, bar

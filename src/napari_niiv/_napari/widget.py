@@ -321,6 +321,8 @@ class NiivWidget(QScrollArea):
                 src = Path(source).resolve()
                 if out.resolve() == src or src in out.resolve().parents:
                     raise NiivInputError(f"Save isotropic volume...: {out} would write into the input {src}")
+            if not out.parent.is_dir():
+                raise NiivInputError(f"Save isotropic volume...: the folder {out.parent} does not exist; pick another")
             if out.exists():
                 raise NiivInputError(
                     f"Save isotropic volume...: {out} already exists; niiv never replaces a store: choose another name"
