@@ -12,6 +12,11 @@ Headless (run under Xvfb by scripts/main.sh), it saves screenshots to out/main/ 
 4. ``epfl_xz_niiv.png``: real anisotropic EM (EPFL hippocampus sample, alpha 8) in the live view.
 5. ``napari_fine_tuning.png``: a short fine-tuning run on that volume from the widget (loss curve,
    held-out check, live preview); its weights go to ``out/user-weights``, not your own folder.
+6. ``napari_dock.png``: the niiv dock alone after that run: the "?" help button, the inline progress
+   bar, the fine-tuning panel and its loss plot (axes, raw and mean loss, held-out gains).
+7. ``napari_save_progress.png``: Save isotropic volume... running in the background: the dock's
+   inline bar with ETA and Cancel, and the same save in napari's activity dock; the save is then
+   cancelled (its ``.partial`` store would resume) and removed.
 """
 
 from __future__ import annotations
@@ -137,6 +142,32 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fine-tuning: {panel.status_label.value}")
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "napari_fine_tuning.png")
     widget.live_check.value = False
+    wait(viewer, lambda: widget.activity_bar.current is None, timeout=60)
+    widget.grab().save(str(args.out / "napari_dock.png"))
+    print(f"saved {args.out / 'napari_dock.png'}")
+
+    # Save isotropic volume... in the background (256^3 voxels here), shown once ETA is known.
+    target = ROOT / "out" / "main-save" / f"{em.name}-isotropic.ome.zarr"
+    shutil.rmtree(target.parent, ignore_errors=True)
+    target.parent.mkdir(parents=True)
+    saver = widget.save_to(target)
+    assert saver is not None, widget.status_label.value
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for note in viewer.window._qt_window.findChildren(NapariQtNotification):
+        note.close()  # earlier info pop-ups would cover the activity dock
+    activity = viewer.window._qt_window._activity_dialog  # napari's activity dock (bottom right)
+    activity.show()
+    activity.move_to_bottom_right()
+    t0 = time.perf_counter()
+    wait(viewer, lambda: saver.job.progress().done > saver.job.progress().first, timeout=600)
+    wait(viewer, lambda: "ETA" in widget.activity_bar.label.text(), timeout=10)
+    print(f"background save: {widget.activity_bar.label.text()} ({time.perf_counter() - t0:.0f} s in)")
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "napari_save_progress.png")
+    widget.cancel_save()
+    wait(viewer, lambda: widget.saver is None, timeout=600)
+    print(f"cancelled: {widget.status_label.value}")
+    shutil.rmtree(target.parent, ignore_errors=True)
     viewer.close()
     return 0
 

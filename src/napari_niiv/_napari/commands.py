@@ -69,7 +69,10 @@ def add_isotropic_layer(
     )
     TileProgress(viewer, out, lazy)
     viewer.layers.append(out)
-    show_info(f"niiv: '{out.name}' computes the tiles you look at; File > Save Selected Layers writes it all")
+    show_info(
+        f"niiv: '{out.name}' computes the tiles you look at; to write it all, use Save isotropic volume... "
+        "in the niiv dock (background, resumable) or File > Save Selected Layers (small volumes)"
+    )
     return out
 
 
