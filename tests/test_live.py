@@ -12,7 +12,7 @@ import pytest
 from napari_niiv.data.normalise import fit_normalisation
 from napari_niiv.inference.reconstructor import Reconstructor, interpolate_planes
 from napari_niiv.inference.settings import InferenceSettings
-from napari_niiv.inference.viewport import Camera, Frame, view_grid
+from napari_niiv.inference.viewport import Camera, Frame, ViewGrid, view_grid
 from napari_niiv.inference.views import COARSE_MIN_PIXELS, ViewRenderer, coarse_grid, upsample
 from tests.conftest import random_model
 
@@ -86,6 +86,13 @@ def test_xy_view_between_planes_equals_core_decoding(renderer, volume):
     out = progressive.render(grid, coarse=frames.append)
     assert len(frames) == 1 and progressive.cache.hits > 0  # the coarse pass's latents are reused
     np.testing.assert_allclose(out, expect, atol=2e-5)
+    # planes are cached with the latent rows around z only; an xz view through one of them
+    # (same cache key) needs all rows, so it is encoded again, not decoded from the few rows kept
+    entries = list(progressive.cache._entries.values())
+    assert entries and all(e.held[1] - e.held[0] < volume.shape[0] for e in entries)
+    y = grid.coords[1][7]
+    xz = ViewGrid(((np.arange(40) + 0.5) / 4 + 1, np.array([y]), grid.coords[2]), 1, 0.25, (0, 0, 0), (1, 1, 1))
+    np.testing.assert_allclose(progressive.render(xz), reference(renderer, volume, xz, "xz"), atol=2e-5)
 
 
 def test_zoom_in_reuses_latents(volume):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,9 @@ CROP_LATTICE = (32, 128)
 # Input pixels per encoder pass over several slices (at most the reconstructor's slice_batch):
 # 4 slices of 32x320 encode ~30% faster per slice than 16 here (the activations stay in cache).
 ENCODE_PIXELS = 4 * 32 * 320
+# Latent rows kept around the decoded rows: the bilinear footprint and the attention neighbours
+# (one isotropic voxel, under one input row) need one each side; two keep border clamping exact.
+DECODE_MARGIN = 2
 
 
 def coarse_grid(grid: ViewGrid, factor: int) -> ViewGrid:
@@ -62,17 +65,26 @@ def _snap(lo: int, hi: int, n: int, lattice: int) -> tuple[int, int]:
 
 @dataclass
 class _Entry:
+    """One plane's latents, encoded over the crop ``rows`` x ``cols`` (input pixels); ``grid``
+    holds the latent rows ``held`` of it (all of them unless the view that encoded it decodes only
+    a few rows, as an xy view does: ~1/6 of the memory of a 32-row crop, so a whole view's planes
+    stay cached for its full-resolution pass after the coarse one)."""
+
     rows: tuple[int, int]
     cols: tuple[int, int]
     grid: LatentGrid
-    # The encoder batch this plane's grid is a slice of, and its index there: planes encoded
-    # together are decoded from that batch as is, instead of re-concatenated (a copy of ~8 MB of
-    # latents, keys and values per plane of a tall crop).
-    batch: LatentGrid | None = field(default=None, repr=False, compare=False)
-    index: int = 0
+    held: tuple[int, int] | None = None
 
-    def covers(self, rows: tuple[int, int], cols: tuple[int, int]) -> bool:
+    def __post_init__(self) -> None:
+        if self.held is None:
+            self.held = self.rows
+
+    def covers(self, rows: tuple[int, int], cols: tuple[int, int], decode: tuple[int, int] | None = None) -> bool:
+        """Encoded over a crop containing ``rows`` x ``cols``, and holding the latent rows
+        ``decode`` (all of the crop's when None)."""
         inside = self.rows[0] <= rows[0] and rows[1] <= self.rows[1]
+        held, want = self.held or self.rows, decode or self.rows
+        inside = inside and held[0] <= want[0] and want[1] <= held[1]
         return inside and self.cols[0] <= cols[0] and cols[1] <= self.cols[1]
 
     @property
@@ -95,9 +107,15 @@ class LatentCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, float], rows: tuple[int, int], cols: tuple[int, int]) -> _Entry | None:
+    def get(
+        self,
+        key: tuple[str, float],
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        decode: tuple[int, int] | None = None,
+    ) -> _Entry | None:
         entry = self._entries.get(key)
-        if entry is None or not entry.covers(rows, cols):
+        if entry is None or not entry.covers(rows, cols, decode):
             self.misses += 1
             return None
         self._entries.move_to_end(key)
@@ -204,6 +222,7 @@ class ViewRenderer:
         need_cols = pixel_range(cols, self.shape[col_axis], halo)
         crop_rows = _snap(*need_rows, self.shape[0], CROP_LATTICE[0])
         crop_cols = _snap(*need_cols, self.shape[col_axis], CROP_LATTICE[1])
+        decode = pixel_range(rows, self.shape[0], DECODE_MARGIN)  # the latent rows the decoder reads
         view = np.moveaxis(out, (plane_axis, 0, col_axis), (0, 1, 2))  # (planes, rows, cols), a view of out
         rows_per_chunk = max(1, DECODE_POINTS // max(1, cols.size))
         planes_per_batch = max(1, min(self.rec.slice_batch, DECODE_POINTS // max(1, rows.size * cols.size)))
@@ -214,7 +233,11 @@ class ViewRenderer:
             if cancelled():
                 return False
             batch = planes[p0 : p0 + planes_per_batch]
-            entries = self._encoded(orient, batch, plane_axis, col_axis, need_rows, need_cols, crop_rows, crop_cols)
+            # xy views decode one z per plane: their planes are cached with the latent rows around it
+            keep = decode if rows.size == 1 else None
+            entries = self._encoded(
+                orient, batch, plane_axis, col_axis, need_rows, need_cols, crop_rows, crop_cols, decode, keep
+            )
             for group, grid_batch, r0, c0 in _batched(entries, rows):
                 r = torch.as_tensor(rows - r0, dtype=torch.float32)
                 c = torch.as_tensor(cols - c0, dtype=torch.float32)
@@ -238,10 +261,18 @@ class ViewRenderer:
         need_cols: tuple[int, int],
         crop_rows: tuple[int, int],
         crop_cols: tuple[int, int],
-    ) -> list[_Entry]:
-        """Latents for each plane of ``batch``: from the cache, else encoded over the snapped crop."""
+        decode: tuple[int, int],
+        keep: tuple[int, int] | None,
+    ) -> list[tuple[_Entry, LatentGrid | None, int]]:
+        """Latents for each plane of ``batch``: from the cache, else encoded over the snapped crop
+        (and cached with the latent rows ``keep`` only, when given). An entry serves a plane if it
+        was encoded over a crop covering ``need_rows`` x ``need_cols`` and holds the rows ``decode``.
+        Each comes with the encoder batch it was just computed in and its index there, or None."""
         keys = [(orient, round(float(p), 6)) for p in batch]
-        found = [self.cache.get(k, need_rows, need_cols) for k in keys]
+        cached = [self.cache.get(k, need_rows, need_cols, decode) for k in keys]
+        found: list[tuple[_Entry, LatentGrid | None, int] | None] = [
+            None if e is None else (e, None, 0) for e in cached
+        ]
         missing = [i for i, e in enumerate(found) if e is None]
         if missing:
             coords = batch[missing]
@@ -254,33 +285,46 @@ class ViewRenderer:
             for s in range(0, len(missing), step):
                 x = torch.from_numpy(np.ascontiguousarray(low[s : s + step])).unsqueeze(1)
                 g = self.rec.engine.encode(x, self.rec.alpha)
+                a, b = (0, 0) if keep is None else (keep[0] - crop_rows[0], keep[1] - crop_rows[0])
+                narrow = keep is not None and (a, b) != (0, crop_rows[1] - crop_rows[0])
                 for j, i in enumerate(missing[s : s + step]):
-                    kv = g.keys_values[j : j + 1] if g.keys_values is not None else None
-                    one = LatentGrid(g.latents[j : j + 1], g.image[j : j + 1], kv, g.step)
-                    entry = _Entry(crop_rows, crop_cols, one, g, j)
+                    one = _plane(g, j, a, b) if narrow else _plane(g, j)
+                    entry = _Entry(crop_rows, crop_cols, one, keep if narrow else None)
                     self.cache.put(keys[i], entry)
-                    found[i] = entry
+                    found[i] = (entry, g, j)
         return found  # type: ignore[return-value]
 
 
-def _batched(entries: list[_Entry], rows: np.ndarray) -> list[tuple[list[int], LatentGrid, int, int]]:
+def _plane(g: LatentGrid, j: int, a: int | None = None, b: int | None = None) -> LatentGrid:
+    """Plane ``j`` of the batch ``g``: a view of it, or a copy of its rows ``a:b`` (so the cache
+    does not keep the whole batch alive)."""
+    if a is None:
+        kv = g.keys_values[j : j + 1] if g.keys_values is not None else None
+        return LatentGrid(g.latents[j : j + 1], g.image[j : j + 1], kv, g.step)
+    kv = g.keys_values[j : j + 1, :, a:b].clone() if g.keys_values is not None else None
+    return LatentGrid(g.latents[j : j + 1, :, a:b].clone(), g.image[j : j + 1, :, a:b].clone(), kv, g.step)
+
+
+def _batched(
+    entries: list[tuple[_Entry, LatentGrid | None, int]], rows: np.ndarray
+) -> list[tuple[list[int], LatentGrid, int, int]]:
     """Group planes encoded over the same crop into one batch each, holding only the latent rows
     that decoding ``rows`` reads (:func:`_rows_for`): (plane indices, grid, row and column offsets
     of the grid in the volume). Planes that are exactly one encoder batch are decoded from it as
     is; others are concatenated after cropping, so an xy view copies a few rows, not whole crops."""
-    groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
-    for i, e in enumerate(entries):
-        groups.setdefault((e.rows, e.cols), []).append(i)
+    groups: dict[tuple[tuple[int, int], tuple[int, int], tuple[int, int] | None], list[int]] = {}
+    for i, (e, _, _) in enumerate(entries):
+        groups.setdefault((e.rows, e.cols, e.held), []).append(i)
     out = []
-    for (crop_rows, cols), idx in groups.items():
-        batch = entries[idx[0]].batch
+    for (crop_rows, cols, held), idx in groups.items():
+        batch = entries[idx[0]][1]
         whole = batch is not None and batch.latents.shape[0] == len(idx)
-        if whole and all(entries[i].batch is batch and entries[i].index == k for k, i in enumerate(idx)):
-            assert batch is not None  # a new grid object: its with_image() is not kept by the cache
-            grids = [LatentGrid(batch.latents, batch.image, batch.keys_values, batch.step)]
+        if whole and all(entries[i][1] is batch and entries[i][2] == k for k, i in enumerate(idx)):
+            assert batch is not None  # a new grid object: its with_image() is not kept
+            grids, base = [LatentGrid(batch.latents, batch.image, batch.keys_values, batch.step)], crop_rows[0]
         else:
-            grids = [entries[i].grid for i in idx]
-        cropped = [_rows_for(g, rows - crop_rows[0]) for g in grids]
+            grids, base = [entries[i][0].grid for i in idx], (held or crop_rows)[0]
+        cropped = [_rows_for(g, rows - base) for g in grids]
         lo = cropped[0][1]
         gs = [g for g, _ in cropped]
         if len(gs) == 1:
@@ -288,7 +332,7 @@ def _batched(entries: list[_Entry], rows: np.ndarray) -> list[tuple[list[int], L
         else:
             kv = torch.cat([g.keys_values for g in gs]) if gs[0].keys_values is not None else None
             grid = LatentGrid(torch.cat([g.latents for g in gs]), torch.cat([g.image for g in gs]), kv, gs[0].step)
-        out.append((idx, grid, crop_rows[0] + lo, cols[0]))
+        out.append((idx, grid, base + lo, cols[0]))
     return out
 
 
@@ -298,7 +342,7 @@ def _rows_for(grid: LatentGrid, rows: np.ndarray) -> tuple[LatentGrid, int]:
     unchanged), and the first row's index: an xy view decodes one z per plane, and sampling a
     few rows instead of the whole crop skips copying and striding through the rest."""
     h = grid.latents.shape[2]
-    lo, hi = pixel_range(rows, h, 2)
+    lo, hi = pixel_range(rows, h, DECODE_MARGIN)
     if (lo, hi) == (0, h):
         return grid, 0
     kv = grid.keys_values[:, :, lo:hi] if grid.keys_values is not None else None
