@@ -214,7 +214,7 @@ def test_fine_tune_job_runs_on_its_thread_stops_resumes_and_writes_the_card(crem
     assert kind == "finished" and result is job.result and isinstance(result, TrainResult), result
     assert result.stopped_early and result.steps_done == 3 and checkpoint_path(out).exists()
     card = (user_weights / "cremi.md").read_text()
-    assert "steps: 3 (stopped early)" in card and "held-out xy planes: CF-PSNR" in card
+    assert "steps: 3 (stopped by the user)" in card and "held-out xy planes: CF-PSNR" in card
 
     events.clear()
     job = listen(fine_tune_job(request(cremi, out, resume=True)))

@@ -14,6 +14,7 @@ when the run ends. Callbacks run on the training thread: a GUI forwards them to 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -25,6 +26,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..data.degrade import check_alpha
 from ..data.io import Volume
@@ -33,7 +36,15 @@ from ..inference.devices import lower_thread_priority, pick_device
 from ..inference.weights import atomic_write, load_weights, read_metadata, resolve_weights, shipped_dir
 from ..model import NiivModel
 from .regions import Region, TrainingSplit, split_training
-from .train import HeldOutCheck, TrainCallback, TrainResult, TrainSettings, fine_tune_settings, train
+from .train import (
+    HeldOutCheck,
+    TrainCallback,
+    TrainResult,
+    TrainSettings,
+    checkpoint_path,
+    fine_tune_settings,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +112,51 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
     held = np.asarray(data[split.held_out])
     check = HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha)  # held-out xy planes, pooled in-plane
+    previous = previous_card(out) if request.resume else {}
     card = {
         "source_layer": request.name,
         "source": request.source,
         "regions": [[[s.start, s.stop] for s in r] for r in split.regions],
         "held_out_planes": [split.held_out[0].start, split.held_out[0].stop],
-        "started_from": request.start_weights,
+        # the first run's start weights: a resume starts from its own checkpoint, whatever is picked now
+        "started_from": previous.get("started_from", request.start_weights),
     }
-    return FineTuneJob(volumes, settings, out, split, init=start, resume=request.resume, held_out=check, card=card)
+    job = FineTuneJob(volumes, settings, out, split, init=start, resume=request.resume, held_out=check, card=card)
+    job.previous_runs = list(previous.get("runs", []))
+    return job
+
+
+def previous_card(out: Path) -> dict[str, Any]:
+    """The card of the run a resume continues: the weights it saved (with its runs and why each
+    ended), else its checkpoint; {} when neither can be read."""
+    for path in (out, checkpoint_path(out)):
+        try:
+            card = json.loads(read_metadata(path).get("card", "{}"))
+        except (NiivInputError, ValueError):
+            continue
+        if isinstance(card, dict):
+            return card
+    return {}
+
+
+def end_reason(result: TrainResult, settings: TrainSettings, stop_requested: bool) -> str:
+    """Why a run ended: all its steps done, stopped by the user, or its time limit."""
+    if result.steps_done >= settings.steps:
+        return "complete"
+    if stop_requested:
+        return "stopped by the user"
+    if settings.time_budget is not None and result.seconds >= settings.time_budget:
+        return f"time limit of {settings.time_budget / 60:g} min reached"
+    return "stopped early"
+
+
+def amend_card(path: Path, extra: dict[str, Any]) -> None:
+    """Add ``extra`` to the card in the metadata of the weights file ``path`` (rewritten atomically)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    meta["card"] = json.dumps({**json.loads(meta.get("card", "{}")), **extra})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 class _Forward(TrainCallback):
@@ -116,6 +164,8 @@ class _Forward(TrainCallback):
         self.job = job
 
     def on_step(self, step: int, loss: float, lr: float) -> None:
+        if self.job.first_step is None:
+            self.job.first_step = step - 1
         self.job.on_step(step, loss)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
@@ -142,6 +192,10 @@ class FineTuneJob:
     the in-training state dict; ``on_finished(result)`` last, with the :class:`TrainResult` (its
     model card written) or the exception that ended the run. :meth:`stop` ends the run after the
     current step with a checkpoint and weights written, so it can be resumed.
+
+    When the run ends, :attr:`ended` says why ("complete", "stopped by the user", "time limit of
+    5 min reached", or "error: ..."), and the weights' card gets ``ended`` and ``runs``: every run
+    of these weights (resumes included) with the steps it covered and why it ended.
     """
 
     def __init__(
@@ -164,6 +218,9 @@ class FineTuneJob:
         self.on_finished: Callable[[TrainResult | BaseException], None] = _ignore
         self.stop_requested = threading.Event()
         self.result: TrainResult | BaseException | None = None
+        self.ended: str | None = None
+        self.previous_runs: list[dict[str, Any]] = []  # the runs before this resume, from the card
+        self.first_step: int | None = None  # the step this run started after
         self._thread = threading.Thread(target=self._run, name="niiv-train", daemon=True)
 
     def start(self) -> None:
@@ -198,29 +255,52 @@ class FineTuneJob:
                 progress=False,
                 card=self.card,
             )
+            self.ended = end_reason(result, self.settings, self.stop_requested.is_set())
+            start = result.steps_done if self.first_step is None else self.first_step
+            runs = [*self.previous_runs, {"steps": [start, result.steps_done], "ended": self.ended}]
+            amend_card(result.weights, {"ended": self.ended, "runs": runs})
             write_card(result.weights, result)
             self.result = result
         except BaseException as exc:  # reported through on_finished
             log.error("niiv training failed", exc_info=exc)
-            self.result = exc
+            self.result, self.ended = exc, f"error: {exc}"
+            self._note_error(exc)
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         self.on_finished(self.result)
 
+    def _note_error(self, exc: BaseException) -> None:
+        """Say in the human-readable card that the last run failed (the weights file, if any, is
+        still the one of the run before)."""
+        md = self.out.with_suffix(".md")
+        try:
+            text = md.read_text() if md.exists() else f"# {self.out.stem}\n\n"
+            ckpt = checkpoint_path(self.out)
+            after = f"; resume from the checkpoint {ckpt.name}" if ckpt.exists() else ""
+            text += f"- last run ended: error: {exc}{after}\n"
+            atomic_write(md, lambda tmp: Path(tmp).write_text(text))
+        except OSError as write_error:  # the folder itself may be what failed
+            log.error("could not note the error in %s: %s", md, write_error)
+
 
 def write_card(weights: Path, result: TrainResult) -> None:
-    """A human-readable model card beside user weights (the same facts are in the file's metadata)."""
-    card = read_metadata(weights).get("card", "{}")
+    """A human-readable model card beside user weights (the same facts are in the file's metadata):
+    the weights the first run started from, every run with its steps and why it ended."""
+    card_text = read_metadata(weights).get("card", "{}")
+    card = json.loads(card_text)
     held = result.held_out or {}
+    runs = card.get("runs") or []
+    ended = card.get("ended") or ("stopped early" if result.stopped_early else "complete")
     lines = [
         f"# {weights.stem}",
         "",
         "Fine-tuned with napari-niiv.",
         "",
-        f"- card: `{card}`",
-        f"- steps: {result.steps_done} ({'stopped early' if result.stopped_early else 'complete'}), "
-        f"{result.seconds:.0f} s",
+        f"- card: `{card_text}`",
+        f"- started from: {card.get('started_from') or card.get('fine_tuned_from') or 'scratch'}",
+        f"- steps: {result.steps_done} ({ended}), {result.seconds:.0f} s",
+        *(f"- run {i}: steps {r['steps'][0]}-{r['steps'][1]}, {r['ended']}" for i, r in enumerate(runs, 1)),
         f"- final loss (mean of last 50 steps): {np.mean([h['loss'] for h in result.history[-50:]]):.4f}"
         if result.history
         else "- final loss: n/a",
