@@ -17,7 +17,8 @@ Paths (shipped ``niiv-v2-fibsem-a8`` weights; ``--quick`` uses smaller views):
   pooled by 8 along z and mirrored to the canvas' width;
 - ``xy_between_planes``: an xy view 512x512 px between two acquired planes of ``cremi_a``
   (serial-section EM, alpha 10, opened with ``data.io.open_volume``, i.e. a dask array), output
-  scale 320/512 so that the 320 px wide crop fills 512 output pixels;
+  scale 320/512 so that the 320 px wide crop fills 512 output pixels; ``_progressive`` is the
+  same view as the live view renders it (1/4-resolution pass first, then full), same limit;
 - ``lazy_canvas``: the lazy layer's niiv tiles (``LazyIsotropic``, 256^2 each) covering a 1920x1080
   xz region of level 0, computed one after the other as its worker does;
 - ``next_plane``: the live xz view after one step of the slider to the next y (the latents of the
@@ -194,7 +195,10 @@ def xy_path(model: NiivModel, settings: InferenceSettings, limits: Limits, n: in
     grid = xy_grid(n, 15.85, shape)  # between acquired planes 15 and 16
     preview = timed(lambda: ViewRenderer(vol.data, norm, rec).preview(grid), 3)
     seconds = timed(lambda: ViewRenderer(vol.data, norm, rec).render(grid), repeats)
-    return {"xy_between_planes": (seconds, limits.seconds(*view_work(grid, shape, rec)))}, preview
+    # as the live view renders it: the 1/4-resolution pass first, then the full one
+    live = timed(lambda: ViewRenderer(vol.data, norm, rec).render(grid, coarse=lambda image: None), repeats)
+    limit = limits.seconds(*view_work(grid, shape, rec))
+    return {"xy_between_planes": (seconds, limit), "xy_between_planes_progressive": (live, limit)}, preview
 
 
 def lazy_path(model: NiivModel, settings: InferenceSettings, limits: Limits, size: tuple[int, int]):
