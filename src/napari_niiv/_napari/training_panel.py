@@ -14,7 +14,6 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit,
 from napari.layers import Shapes
 from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
-from ..data.degrade import check_alpha
 from ..errors import NiivInputError
 from ..inference.weights import user_dir
 from ..training.finetune import FineTuneJob, FineTuneRequest, fine_tune_job, weights_name
@@ -46,6 +45,15 @@ def status_label() -> Label:
     policy.setHeightForWidth(True)  # as tall as the wrapped text at the dock's width
     label.native.setSizePolicy(policy)
     return label
+
+
+def finished_text(ended: str | None, stopped_early: bool) -> str:
+    """How a run ended, for the status line ("done", "stopped" by the user, "time limit ... reached")."""
+    if ended == "complete" or (ended is None and not stopped_early):
+        return "done"
+    if ended == "stopped by the user" or ended is None:
+        return "stopped"
+    return ended
 
 
 class TrainingPanel(Container):
@@ -196,7 +204,7 @@ class TrainingPanel(Container):
     def request(self, resume: bool = False) -> FineTuneRequest:
         """The run the widgets describe, for :func:`napari_niiv.training.finetune.fine_tune_job`."""
         layer = named("volume", lambda: check_layer(self.niiv.volume_choice.value))
-        alpha = named("alpha (z / xy)", lambda: check_alpha(self.niiv.alpha_spin.value))
+        alpha = self.niiv.alpha()  # refused while the layer's scale gives no alpha and none was confirmed
         out = self.out_path()
         if out.exists() and not resume:
             raise NiivInputError(f"save as: weights '{out.stem}' already exist: choose another name, or Resume its run")
@@ -305,6 +313,7 @@ class TrainingPanel(Container):
         return path
 
     def _on_finished(self, result: Any) -> None:
+        ended = self.job.ended if self.job is not None else None
         self.job, self._signals, self.worker = None, None, None
         if self.bar is not None:
             self.bar.close()
@@ -318,7 +327,7 @@ class TrainingPanel(Container):
                 self.niiv.weights_choice.value = name
             gain = (result.held_out or {}).get("cf_psnr_gain")
             self.set_status(
-                f"{'stopped' if result.stopped_early else 'done'} at step {result.steps_done}: saved '{name}'"
+                f"{finished_text(ended, result.stopped_early)} at step {result.steps_done}: saved '{name}'"
                 + (f", held-out {gain:+.2f} dB vs bilinear" if gain is not None else "")
             )
         self._update_buttons()

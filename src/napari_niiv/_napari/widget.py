@@ -9,6 +9,7 @@ messages start with the control to change.
 from __future__ import annotations
 
 import functools
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,21 @@ def weight_choices(widget: Any = None) -> list[str]:
     return [name for name in available_weights() if not name.endswith(".ckpt")]
 
 
+def is_niiv_output(layer: Any) -> bool:
+    """The plugin's own layers: the live view (metadata ``niiv_live_of``) and lazy isotropic
+    layers (metadata ``niiv``)."""
+    metadata = getattr(layer, "metadata", None) or {}
+    return "niiv_live_of" in metadata or "niiv" in metadata
+
+
+def alpha_unknown_message(layer: Any, alpha: float) -> str:
+    return (
+        f"alpha (z / xy): '{layer.name}' has the same scale on z and x/y, so how much coarser z is is unknown: "
+        f"set alpha here (or press Use this alpha to keep {alpha:g}), or set the layer's z scale to alpha x "
+        "its xy voxel; niiv does not run until then"
+    )
+
+
 class NiivWidget(QScrollArea):
     """Settings for niiv and the live isotropic view of the visible region."""
 
@@ -53,6 +69,7 @@ class NiivWidget(QScrollArea):
         self.alpha_spin = FloatSpinBox(
             label="alpha (z / xy)", min=ALPHA_RANGE[0], max=ALPHA_RANGE[1], step=0.5, value=8.0
         )
+        self.confirm_alpha_button = PushButton(text="Use this alpha", visible=False)
         self.scale_spin = FloatSpinBox(label="output scale", min=0.5, max=2.0, step=0.25, value=1.0)
         self.weights_choice = ComboBox(label="weights", choices=weight_choices, value=DEFAULT_WEIGHTS)
         self.device_choice = ComboBox(label="device", choices=available_devices(), value="auto")
@@ -68,6 +85,7 @@ class NiivWidget(QScrollArea):
             widgets=[
                 self.volume_choice,
                 self.alpha_spin,
+                self.confirm_alpha_button,
                 self.scale_spin,
                 self.weights_choice,
                 self.device_choice,
@@ -117,7 +135,15 @@ class NiivWidget(QScrollArea):
         self.saver: BackgroundSave | None = None
         self.last_save: BackgroundSave | None = None
         self.save_chunks: tuple[int, int, int] = DEFAULT_CHUNKS
+        # Layers whose alpha the user confirmed (changed the alpha box or pressed Use this alpha):
+        # a layer with the same scale on z and x/y says nothing about its anisotropy, and niiv does
+        # not run on it at a made-up alpha.
+        self._confirmed: weakref.WeakSet[Image] = weakref.WeakSet()
+        self._setting_alpha = False  # the alpha box is being set from the layer's scale, not by the user
+        self._watched: Image | None = None  # the layer whose scale events are connected
         self.volume_choice.changed.connect(self._layer_changed)
+        self.alpha_spin.changed.connect(self._alpha_edited)
+        self.confirm_alpha_button.changed.connect(self.confirm_alpha)
         settings = (self.alpha_spin, self.scale_spin, self.weights_choice, self.device_choice, self.precision_choice)
         for w in (*settings, self.orientation_choice):
             w.changed.connect(self._settings_changed)
@@ -150,6 +176,9 @@ class NiivWidget(QScrollArea):
             "The 3D image layer (one channel; z, y, x) to reconstruct; its z scale over its xy scale gives alpha."
         )
         self.alpha_spin.tooltip = "How many times coarser z is than x/y; read from the layer's scale."
+        self.confirm_alpha_button.tooltip = (
+            "The layer's scale does not say how coarse z is: run niiv on it at the alpha shown above"
+        )
         self.scale_spin.tooltip = "Output voxel in in-plane voxels: 1 isotropic, 0.5 twice finer, 2 coarser."
         self.weights_choice.tooltip = (
             "Trained weights: the shipped ones first, then yours (user/..., from fine-tuning below or niiv train)."
@@ -179,33 +208,104 @@ class NiivWidget(QScrollArea):
         self.training.reset_choices()
 
     def _image_layers(self, widget: Any = None) -> list[Image]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image) and layer.ndim >= 3 and not layer.rgb]
+        """The volumes niiv can take: 3D+ single-channel images, not the plugin's own outputs (the
+        live layer, lazy isotropic layers)."""
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and layer.ndim >= 3 and not layer.rgb and not is_niiv_output(layer)
+        ]
 
     def _layers_changed(self, event: Any = None) -> None:
+        removed = event.value if event is not None and getattr(event, "type", None) == "removed" else None
+        if removed is not None:
+            self._layer_removed(removed)
         self.volume_choice.reset_choices()
         self.weights_choice.reset_choices()
         layers = self._image_layers()
         if self.volume_choice.value is None and layers:
             self.volume_choice.value = layers[0]
 
+    def _layer_removed(self, layer: Any) -> None:
+        """A removed layer is no longer named in the status line, and its live view is off."""
+        if self.live_view is not None and self.live_view.layer is layer:
+            self._stop_live()
+            self.live_check.value = False
+            self.set_status("live view off: its volume was closed; pick a volume and tick live again")
+        elif f"'{layer.name}'" in str(self.status_label.value):
+            self.set_status("")
+        if layer is self._watched:
+            self._watch(None)
+
+    def _watch(self, layer: Image | None) -> None:
+        """Follow the scale of ``layer`` only (alpha comes from it)."""
+        if self._watched is not None:
+            self._watched.events.scale.disconnect(self._scale_changed)
+        self._watched = layer
+        if layer is not None:
+            layer.events.scale.connect(self._scale_changed)
+
+    def _scale_changed(self, event: Any = None) -> None:
+        """The layer's voxel sizes changed: alpha follows them (an alpha confirmed for the old
+        scale no longer stands)."""
+        layer = self.volume_choice.value
+        if layer is not None:
+            self._confirmed.discard(layer)
+            self._layer_changed(layer)
+
     def _layer_changed(self, layer: Image | None) -> None:
+        self._watch(layer)
         if layer is None:
+            self.confirm_alpha_button.visible = False
             return
         alpha = layer_alpha(layer)
         lo, hi = ALPHA_RANGE
-        if alpha is None:
-            self.set_status(
-                f"alpha (z / xy): '{layer.name}' has the same scale on z and x/y: set alpha here, and the layer's "
-                "z scale to alpha x its xy voxel"
-            )
+        self.confirm_alpha_button.visible = self.alpha_unknown(layer)
+        if self.alpha_unknown(layer):
+            self.set_status(alpha_unknown_message(layer, self.alpha_spin.value))
+        elif alpha is None:
+            self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, as you set it for '{layer.name}'")
         elif not lo <= alpha <= hi:
             self.set_status(
                 f"alpha (z / xy): '{layer.name}' has z voxels {alpha:.3g} times its xy voxels, outside {lo:g} to "
                 f"{hi:g}: check the layer's scale, or set alpha here"
             )
         else:
-            self.alpha_spin.value = round(alpha, 3)
+            self._setting_alpha = True
+            try:
+                self.alpha_spin.value = round(alpha, 3)
+            finally:
+                self._setting_alpha = False
+            if str(self.status_label.value).startswith("alpha (z / xy)"):  # an alpha warning no longer holds
+                self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, from the scale of '{layer.name}'")
         self._settings_changed()
+
+    # -- alpha ---------------------------------------------------------------------------------
+    def alpha_unknown(self, layer: Any) -> bool:
+        """True when ``layer``'s scale gives no anisotropy and the user has not confirmed an alpha."""
+        return isinstance(layer, Image) and layer_alpha(layer) is None and layer not in self._confirmed
+
+    def _alpha_edited(self, value: Any = None) -> None:
+        layer = self.volume_choice.value
+        if not self._setting_alpha and isinstance(layer, Image):
+            self._confirmed.add(layer)
+            self.confirm_alpha_button.visible = False
+
+    def confirm_alpha(self, value: Any = None) -> None:
+        """The user keeps the alpha shown for a layer whose scale does not give one."""
+        layer = self.volume_choice.value
+        if isinstance(layer, Image):
+            self._confirmed.add(layer)
+            self.confirm_alpha_button.visible = False
+            self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g} for '{layer.name}'")
+
+    def alpha(self) -> float:
+        """The alpha to run at (a NiivInputError says why not: out of range, or unconfirmed for a
+        layer whose scale does not give it)."""
+        layer = self.volume_choice.value
+        if self.alpha_unknown(layer):
+            raise NiivInputError(alpha_unknown_message(layer, self.alpha_spin.value))
+        return named("alpha (z / xy)", lambda: check_alpha(self.alpha_spin.value))
 
     def set_status(self, text: str) -> None:
         self.status_label.value = text
@@ -214,7 +314,7 @@ class NiivWidget(QScrollArea):
     def settings(self) -> InferenceSettings:
         """What the controls say, validated (a NiivInputError starts with the control to change)."""
         return InferenceSettings(
-            alpha=named("alpha (z / xy)", lambda: check_alpha(self.alpha_spin.value)),
+            alpha=self.alpha(),
             scale=named("output scale", lambda: check_scale(self.scale_spin.value)),
             orientation=self.orientation_choice.value,
             device=self.device_choice.value,
@@ -269,11 +369,23 @@ class NiivWidget(QScrollArea):
             self.live_check.value = False
             self.set_status(str(exc))
             return
-        self.live_view = LiveView(
-            self.viewer, layer, weights.model, settings, on_status=self.set_status, pixel_ratio=self._pixel_ratio()
+        view = LiveView(
+            self.viewer,
+            layer,
+            weights.model,
+            settings,
+            on_status=lambda text: self._live_status(view, text),
+            pixel_ratio=self._pixel_ratio(),
         )
+        self.live_view = view
         if previous is not None and previous.layer is layer:
             self.live_view.output = previous.output  # new settings, same live layer
+
+    def _live_status(self, view: LiveView, text: str) -> None:
+        """A live view's news, unless it has been replaced or stopped (its last word would
+        overwrite a newer message)."""
+        if view is self.live_view:
+            self.set_status(text)
 
     def _stop_live(self) -> None:
         if self.live_view is not None:
