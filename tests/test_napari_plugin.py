@@ -178,7 +178,12 @@ def test_layers_menu_command_adds_a_lazy_isotropic_layer(qtbot, viewer_with_volu
     from napari_niiv.inference.reconstructor import NormalisedView
 
     expect = lazy.rec.block(NormalisedView(layer.data, lazy.norm), lazy.shapes[0], index)
-    np.testing.assert_allclose(lazy._tiles[key], lazy.norm.invert(expect, np.float32), atol=1e-3)
+    # The menu command runs at the default precision: in bf16 the views' and the blocks' encoder
+    # batches round differently, so they agree to the engine's bf16 accuracy (5e-3 of the
+    # normalised range, tests/test_engine.py); in fp32 to float rounding. (test_live checks the
+    # lazy tiles equal the core's decoding in fp32.)
+    tol = 1e-3 if lazy.rec.engine.dtype is None else 5e-3 * (lazy.norm.high - lazy.norm.low)
+    np.testing.assert_allclose(lazy._tiles[key], lazy.norm.invert(expect, np.float32), atol=tol)
     # saving through the writer runs the whole reconstruction into an OME-Zarr at the right place
     out = tmp_path / "iso.ome.zarr"
     viewer.layers.selection = {iso}
