@@ -69,3 +69,63 @@ def test_a_changed_input_between_kill_and_resume_is_refused(tmp_path, capsys, we
     assert "input" in err and "content" in err and "Traceback" not in err
     assert not out.exists()  # nothing stale was published
     np.testing.assert_array_equal(zarr.open_array(str(src), mode="r")[:], reordered)  # input untouched
+
+
+def _levels(path: Path) -> list[np.ndarray]:
+    root = zarr.open_group(str(path), mode="r")
+    return [np.asarray(root[k]) for k in sorted(root.array_keys())]
+
+
+def test_ctrl_c_during_reconstruct_keeps_the_chunks_and_the_rerun_equals_an_uninterrupted_run(
+    tmp_path, capsys, weights, medulla
+) -> None:
+    src = tmp_path / "aniso.zarr"
+    vol = medulla[:64, :48, :48].reshape(16, 4, 48, 48).mean(axis=1).astype(np.uint8)
+    zarr.open_array(str(src), mode="w", shape=vol.shape, chunks=(8, 48, 48), dtype=np.uint8)[:] = vol
+    out = tmp_path / "iso.ome.zarr"
+    proc = _start(src, out, weights)
+    done = partial_path(out) / ".niiv" / "done" / "0"
+    deadline = time.monotonic() + 120
+    while not (done.exists() and len(list(done.iterdir())) >= 4):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert "run the same command again" in err.decode() and "Traceback" not in err.decode()
+    assert partial_path(out).exists() and not out.exists()
+    assert not out.with_name(out.name + ".lock").exists()  # the lock went with the run
+
+    args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights), "--chunks", "8,16,16"]
+    args += ["--orientation", "xz", "--precision", "fp32", "--levels", "1"]
+    assert main(args) == 0
+    straight = tmp_path / "straight.ome.zarr"
+    assert main([*args[:2], str(straight), *args[3:]]) == 0
+    capsys.readouterr()
+    for resumed, uninterrupted in zip(_levels(out), _levels(straight), strict=True):
+        np.testing.assert_array_equal(resumed, uninterrupted)
+
+
+def test_a_second_real_run_on_the_same_output_is_refused_while_the_first_writes(
+    tmp_path, capsys, weights, medulla
+) -> None:
+    src = tmp_path / "aniso.zarr"
+    vol = medulla[:64, :48, :48].reshape(16, 4, 48, 48).mean(axis=1).astype(np.uint8)
+    zarr.open_array(str(src), mode="w", shape=vol.shape, chunks=(8, 48, 48), dtype=np.uint8)[:] = vol
+    out = tmp_path / "iso.ome.zarr"
+    first = _start(src, out, weights)
+    lock = out.with_name(out.name + ".lock")
+    try:
+        deadline = time.monotonic() + 120
+        while not (partial_path(out) / ".niiv" / "done").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        assert lock.exists()
+        args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights), "--chunks", "8,16,16"]
+        code = main([*args, "--orientation", "xz", "--precision", "fp32", "--levels", "1"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"pid {first.pid}" in err and "another niiv run" in err
+    finally:
+        first.wait(timeout=300)
+        first.stderr.close()
+    assert first.returncode == 0 and out.exists() and not lock.exists()  # the first run was not disturbed
