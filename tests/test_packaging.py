@@ -59,7 +59,7 @@ def test_wheel_carries_licence_manifest_weights_and_cards(dists) -> None:
     version = napari_niiv.__version__
     assert f"napari_niiv-{version}-" in dists["wheel"].name
     assert zf.read(f"napari_niiv-{version}.dist-info/licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
-    assert "napari_niiv/py.typed" in infos
+    assert "napari_niiv/py.typed" in infos and "napari_niiv/icon.png" in infos
     assert "napari_niiv/cli.py" in infos
     for name in _shipped_weights():
         assert zf.read(f"napari_niiv/weights/{name}") == (ROOT / "weights" / name).read_bytes()
@@ -232,3 +232,16 @@ def test_inductor_cache_keeps_the_users_setting_else_platform(tmp_path, monkeypa
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(expected)  # torch reads it from there
     if sys.platform.startswith("linux"):
         assert expected == tmp_path / "cache" / "napari-niiv" / "torchinductor"
+
+
+def test_the_manifest_icon_is_a_packaged_square_png() -> None:
+    import importlib.resources
+
+    import yaml
+    from PIL import Image
+
+    icon = yaml.safe_load(MANIFEST.read_text())["icon"]
+    package, resource = icon.split(":")
+    path = importlib.resources.files(package) / resource
+    with Image.open(str(path)) as img:
+        assert img.format == "PNG" and img.size[0] == img.size[1] >= 128
