@@ -274,9 +274,11 @@ class FineTuneJob:
         """Say in the human-readable card that the last run failed (the weights file, if any, is
         still the one of the run before)."""
         md = self.out.with_suffix(".md")
+        ckpt = checkpoint_path(self.out)
+        if not (md.exists() or self.out.exists() or ckpt.exists()):
+            return  # nothing was written: a card alone would describe weights that do not exist
         try:
             text = md.read_text() if md.exists() else f"# {self.out.stem}\n\n"
-            ckpt = checkpoint_path(self.out)
             after = f"; resume from the checkpoint {ckpt.name}" if ckpt.exists() else ""
             text += f"- last run ended: error: {exc}{after}\n"
             atomic_write(md, lambda tmp: Path(tmp).write_text(text))
