@@ -124,7 +124,11 @@ CASES: dict[str, tuple[Callable[[dict], list], Callable[[dict], object] | None, 
         None,
         "is a file",
     ),
-    "output_under_a_file": (lambda f: ["reconstruct", f["ok"], f["weights"] / "x.npy", W, f["weights"]], None, "is a file"),
+    "output_under_a_file": (
+        lambda f: ["reconstruct", f["ok"], f["weights"] / "x.npy", W, f["weights"]],
+        None,
+        "is a file",
+    ),
     "unknown_output_format": (lambda f: ["reconstruct", f["ok"], "out.xyz"], None, "unknown output format"),
 }
 

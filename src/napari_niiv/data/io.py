@@ -323,8 +323,7 @@ def _check_complete(tif: Any, path: Path, planes: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tifffile logs each bad page offset; the message below says it once
         ends = [
-            max((o + c for o, c in zip(p.dataoffsets, p.databytecounts, strict=False)), default=0)
-            for p in tif.pages
+            max((o + c for o, c in zip(p.dataoffsets, p.databytecounts, strict=False)), default=0) for p in tif.pages
         ]
     if max(ends, default=0) > size or len(ends) < planes:
         raise NiivInputError(
