@@ -96,6 +96,7 @@ def test_info(capsys, aniso_tif, weights) -> None:
     assert code == 0 and "weights:" in out
 
 
+@pytest.mark.slow
 def test_evaluate_prints_a_table(tmp_path, capsys, medulla, weights) -> None:
     iso = tmp_path / "iso.tif"
     write_tif(iso, medulla[:32, :32, :40])
@@ -119,6 +120,7 @@ def test_evaluate_prints_a_table(tmp_path, capsys, medulla, weights) -> None:
     assert (tmp_path / "s.json").exists()
 
 
+@pytest.mark.slow
 def test_train_command(tmp_path, capsys, medulla) -> None:
     vol = tmp_path / "iso.tif"
     write_tif(vol, medulla[:8])

@@ -69,6 +69,7 @@ def test_preview_is_trilinear_and_exact_on_acquired_pixels(renderer, volume):
     np.testing.assert_allclose(renderer.preview(grid)[0], renderer.norm.apply(volume[2]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_xy_view_between_planes_equals_core_decoding(renderer, volume):
     """An xy view at a z between acquired planes, decoded in many plane batches (each from the few
     latent rows around z) and after the progressive pass (batches of cached and fresh planes),
@@ -182,6 +183,7 @@ def test_closing_the_lazy_layer_stops_its_worker(lazy):
     assert not lazy._worker.busy
 
 
+@pytest.mark.slow
 def test_saving_the_lazy_layer_keeps_its_precision(volume, tmp_path):
     """The lazy layer's File > Save reconstructs with the layer's own settings, fp32 here, not the default."""
     from napari_niiv.data import open_volume

@@ -63,6 +63,7 @@ def test_ngff05_store_from_ome_zarr_py_opens_with_its_geometry(tmp_path: Path) -
     assert [lv.shape for lv in vol.pyramid] == [(4, 16, 12)]
 
 
+@pytest.mark.slow
 def test_napari_reader_places_a_foreign_ngff05_store(make_napari_viewer, tmp_path: Path) -> None:
     data = volume()
     path = foreign_store(tmp_path / "cells.ome.zarr", data)
@@ -267,6 +268,7 @@ def test_remote_ome_zarr_reads_only_the_chunks_it_needs(served, ngff: str) -> No
     assert chunks_fetched() == [f"{chunk}1/{y}/{x}" for y in (0, 1) for x in (0, 1)]  # 4 of the 16 level-0 chunks
 
 
+@pytest.mark.slow
 def test_napari_opens_a_remote_store(make_napari_viewer, served) -> None:
     folder, base, _ = served
     data = volume((8, 16, 16))

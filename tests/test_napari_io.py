@@ -342,6 +342,7 @@ class QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_download_path_end_to_end_from_a_local_server(tmp_path: Path, monkeypatch) -> None:
     """The real download code (pooch, cache, stacking, hash check) against the slices served locally as PNGs,
     since there is no network here; then a corrupted cached slice is caught and the cache dropped."""

@@ -27,6 +27,7 @@ def _whole(rec: Reconstructor, view: NormalisedView, shape) -> np.ndarray:
         (3.0, 0.7, "both", "bf16", 1e-4),
     ],
 )
+@pytest.mark.slow
 def test_tiled_equals_untiled(model, medulla, alpha, scale, orientation, precision, atol) -> None:
     """Blocks of odd sizes, narrow encoder tiles and small plane batches reproduce one pass."""
     vol = medulla[:3, :12, :40]

@@ -187,6 +187,7 @@ def test_fine_tune_job_refuses_what_it_cannot_do(cremi, user_weights) -> None:
         weights_name(" // ")
 
 
+@pytest.mark.slow
 def test_fine_tune_job_runs_on_its_thread_stops_resumes_and_writes_the_card(cremi, user_weights) -> None:
     out = user_weights / "cremi.safetensors"
     events: list[tuple] = []
