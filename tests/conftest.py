@@ -47,3 +47,24 @@ def random_model(config: NiivConfig | None = None, seed: int = 0) -> NiivModel:
 @pytest.fixture
 def model() -> NiivModel:
     return random_model()
+
+
+TINY = NiivConfig(latent_dim=16, encoder_blocks=1, mlp_hidden=32, mlp_layers=2)
+
+
+@pytest.fixture
+def tiny_user_weights(tmp_path, monkeypatch) -> Path:
+    """A user weights folder ($NIIV_WEIGHTS_DIR) holding one tiny alpha-10 model, listed as user/tiny."""
+    from napari_niiv.inference.weights import save_weights
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
+    save_weights(folder / "tiny.safetensors", random_model(TINY), 10.0, None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cremi64() -> np.ndarray:
+    """Real serial-section TEM, alpha 10: (32, 64, 64) uint8."""
+    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:, :64, :64])

@@ -11,31 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_niiv.data import open_volume
-from napari_niiv.inference.weights import save_weights
-from napari_niiv.model import NiivConfig
-from tests.conftest import data_path, random_model
-
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer (or at least a Qt application) each
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = NiivConfig(latent_dim=16, encoder_blocks=1, mlp_hidden=32, mlp_layers=2)
-
-
-@pytest.fixture
-def user_weights(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
-    save_weights(folder / "tiny.safetensors", random_model(TINY), 10.0, None)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def cremi() -> np.ndarray:
-    """Real serial-section TEM, alpha 10: (32, 64, 64) uint8."""
-    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:, :64, :64])
 
 
 def open_dock(viewer):
@@ -89,18 +68,18 @@ def controls(root):
 
 
 def test_the_dock_at_1500x900_clips_no_text_and_every_control_has_a_tooltip(
-    qtbot, make_napari_viewer, cremi, user_weights
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
 ):
     from qtpy.QtCore import QRectF
     from qtpy.QtWidgets import QAbstractButton, QLabel
 
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1500, 900)
-    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     widget = open_dock(viewer)
     panel = widget.training
     # real messages, long ones: an isotropic layer's (in both status lines) and a loss history
-    iso = viewer.add_image(cremi[:4], name="no voxel sizes")
+    iso = viewer.add_image(cremi64[:4], name="no voxel sizes")
     widget.volume_choice.value = iso
     assert widget.status_label.value.startswith("alpha (z / xy): 'no voxel sizes' has the same scale")
     panel.lr_edit.value = "fast please"
@@ -171,7 +150,7 @@ def test_the_help_button_opens_the_napari_guide(qtbot, make_napari_viewer):
     assert "napari.md" in widget.help_button.native.toolTip()
 
 
-def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi, user_weights, tmp_path):
+def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi64, tiny_user_weights, tmp_path):
     viewer = make_napari_viewer()
     widget = open_dock(viewer)
     panel = widget.training
@@ -180,9 +159,9 @@ def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi, use
     assert widget.status_label.value.startswith("volume: no layer selected") and not widget.live_check.value
     assert widget.save_to(tmp_path / "x") is None and widget.status_label.value.startswith("volume:")
 
-    layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     assert widget.volume_choice.value is layer
-    viewer.add_image(cremi[:3], name="far", scale=(400, 2, 2))  # z voxels 200 x xy: outside alpha's range
+    viewer.add_image(cremi64[:3], name="far", scale=(400, 2, 2))  # z voxels 200 x xy: outside alpha's range
     widget.volume_choice.value = viewer.layers["far"]
     assert widget.status_label.value.startswith("alpha (z / xy): 'far' has z voxels 200 times")
     widget.volume_choice.value = layer
@@ -194,7 +173,7 @@ def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi, use
     )
 
     widget.weights_choice.value = "user/tiny"
-    (user_weights / "tiny.safetensors").unlink()
+    (tiny_user_weights / "tiny.safetensors").unlink()
     widget.live_check.value = True
     assert widget.status_label.value.startswith("weights: 'user/tiny'") and widget.live_view is None
 
@@ -242,12 +221,14 @@ def test_the_loss_plot_exports_its_history_as_csv(qtbot, tmp_path):
     assert image.width() == 420 and len({image.pixel(x, 90) for x in range(0, 420, 3)}) > 3  # something drawn
 
 
-def test_fine_tuning_is_a_napari_worker_that_the_activity_dock_cancels(qtbot, make_napari_viewer, cremi, user_weights):
+def test_fine_tuning_is_a_napari_worker_that_the_activity_dock_cancels(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
     from napari.qt.threading import GeneratorWorker
     from napari.utils import progress
 
     viewer = make_napari_viewer()
-    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     widget = open_dock(viewer)
     widget.weights_choice.reset_choices()
     widget.weights_choice.value = "user/tiny"
@@ -270,6 +251,6 @@ def test_fine_tuning_is_a_napari_worker_that_the_activity_dock_cancels(qtbot, ma
     dock_bar.cancel_button.click()  # napari's activity dock
     qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
     assert "stopped at step" in panel.status_label.value, panel.status_label.value
-    assert panel.plot.steps[-1] < 5000 and (user_weights / "cancel-me.ckpt.safetensors").exists()
+    assert panel.plot.steps[-1] < 5000 and (tiny_user_weights / "cancel-me.ckpt.safetensors").exists()
     qtbot.waitUntil(lambda: not tasks.is_busy(), timeout=10_000)
     qtbot.waitUntil(lambda: widget.activity_bar.label.text() == "niiv: idle", timeout=5000)

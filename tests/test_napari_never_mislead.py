@@ -10,30 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_niiv.data import open_volume
-from napari_niiv.inference.weights import read_metadata, save_weights
-from napari_niiv.model import NiivConfig
-from tests.conftest import data_path, random_model
+from napari_niiv.inference.weights import read_metadata
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer each
-
-TINY = NiivConfig(latent_dim=16, encoder_blocks=1, mlp_hidden=32, mlp_layers=2)
-
-
-@pytest.fixture
-def user_weights(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(folder))
-    save_weights(folder / "tiny.safetensors", random_model(TINY), 10.0, None)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def cremi() -> np.ndarray:
-    """Real serial-section TEM, alpha 10: (32, 64, 64) uint8."""
-    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:, :64, :64])
 
 
 def open_dock(viewer, weights: str = "user/tiny"):
@@ -52,9 +32,9 @@ def isotropic_layers(viewer) -> list[str]:
     return [layer.name for layer in viewer.layers if layer.name.endswith("isotropic (niiv)")]
 
 
-def test_no_niiv_at_a_made_up_alpha_until_the_user_confirms_one(qtbot, make_napari_viewer, cremi, user_weights):
+def test_no_niiv_at_a_made_up_alpha_until_the_user_confirms_one(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
     viewer = make_napari_viewer()
-    iso = viewer.add_image(cremi, name="no-voxel-sizes")  # scale (1, 1, 1): anisotropy unknown
+    iso = viewer.add_image(cremi64, name="no-voxel-sizes")  # scale (1, 1, 1): anisotropy unknown
     widget = open_dock(viewer)
     viewer.dims.order = (1, 0, 2)  # an xz view
     assert widget.volume_choice.value is iso
@@ -68,8 +48,8 @@ def test_no_niiv_at_a_made_up_alpha_until_the_user_confirms_one(qtbot, make_napa
     assert "same scale on z and x/y" in widget.status_label.value, widget.status_label.value
     widget.reconstruct_button.native.click()
     assert isotropic_layers(viewer) == [] and "same scale on z and x/y" in widget.status_label.value
-    assert widget.save_to(user_weights.parent / "out.ome.zarr") is None
-    assert not (user_weights.parent / "out.ome.zarr").exists()
+    assert widget.save_to(tiny_user_weights.parent / "out.ome.zarr") is None
+    assert not (tiny_user_weights.parent / "out.ome.zarr").exists()
     widget.training.start_button.native.click()
     assert widget.training.job is None and "same scale on z and x/y" in widget.training.status_label.value
 
@@ -81,7 +61,7 @@ def test_no_niiv_at_a_made_up_alpha_until_the_user_confirms_one(qtbot, make_napa
     widget.live_check.value = False
 
     # confirmed per layer: another isotropic layer asks again; typing an alpha confirms it
-    other = viewer.add_image(cremi[:, :, ::-1], name="other")
+    other = viewer.add_image(cremi64[:, :, ::-1], name="other")
     widget.volume_choice.value = other
     assert asks_to_confirm(widget) and "'other'" in widget.status_label.value
     widget.reconstruct_button.native.click()
@@ -100,9 +80,11 @@ def test_no_niiv_at_a_made_up_alpha_until_the_user_confirms_one(qtbot, make_napa
         add_isotropic_layer(viewer, iso)
 
 
-def test_setting_the_z_scale_gives_alpha_and_alpha_follows_the_scale(qtbot, make_napari_viewer, cremi, user_weights):
+def test_setting_the_z_scale_gives_alpha_and_alpha_follows_the_scale(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
     viewer = make_napari_viewer()
-    layer = viewer.add_image(cremi, name="cremi")
+    layer = viewer.add_image(cremi64, name="cremi")
     widget = open_dock(viewer)
     assert asks_to_confirm(widget)
     layer.scale = (40, 4, 4)
@@ -118,16 +100,16 @@ def test_setting_the_z_scale_gives_alpha_and_alpha_follows_the_scale(qtbot, make
 
     # only the selected layer's scale drives alpha
     layer.scale = (40, 4, 4)
-    other = viewer.add_image(cremi, name="other", scale=(30, 3, 3))
+    other = viewer.add_image(cremi64, name="other", scale=(30, 3, 3))
     widget.volume_choice.value = other
     assert widget.alpha_spin.value == 10.0
     layer.scale = (60, 4, 4)
     assert widget.alpha_spin.value == 10.0
 
 
-def test_an_error_stays_until_the_user_acts(qtbot, make_napari_viewer, cremi, user_weights):
+def test_an_error_stays_until_the_user_acts(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
     viewer = make_napari_viewer()
-    stack = viewer.add_image(np.stack([cremi, cremi]), name="time-series", scale=(1, 40, 4, 4))
+    stack = viewer.add_image(np.stack([cremi64, cremi64]), name="time-series", scale=(1, 40, 4, 4))
     widget = open_dock(viewer)
     widget.volume_choice.value = stack
     widget.live_check.value = True
@@ -139,7 +121,7 @@ def test_an_error_stays_until_the_user_acts(qtbot, make_napari_viewer, cremi, us
     assert widget.status_label.value == message
 
     # a live view that was running and fails on new settings says why, not just "live view off"
-    volume = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    volume = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     widget.volume_choice.value = volume
     widget.live_check.value = True
     assert widget.live_view is not None
@@ -149,10 +131,10 @@ def test_an_error_stays_until_the_user_acts(qtbot, make_napari_viewer, cremi, us
 
 
 def test_the_status_forgets_removed_layers_and_the_volume_list_offers_only_inputs(
-    qtbot, make_napari_viewer, cremi, user_weights
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
 ):
     viewer = make_napari_viewer()
-    volume = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    volume = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     widget = open_dock(viewer)
     viewer.dims.order = (1, 0, 2)
     widget.live_check.value = True
@@ -168,7 +150,7 @@ def test_the_status_forgets_removed_layers_and_the_volume_list_offers_only_input
     assert not widget.live_check.value and widget.live_view is None
     assert "'cremi'" not in widget.status_label.value and "closed" in widget.status_label.value
 
-    iso = viewer.add_image(cremi, name="flat")
+    iso = viewer.add_image(cremi64, name="flat")
     widget.volume_choice.value = iso
     assert "'flat'" in widget.status_label.value
     viewer.layers.remove(iso)
@@ -180,10 +162,10 @@ def card_of(path: Path) -> dict:
 
 
 def test_the_card_keeps_the_lineage_across_resumes_and_says_why_each_run_ended(
-    qtbot, make_napari_viewer, cremi, user_weights
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
 ):
     viewer = make_napari_viewer()
-    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     widget = open_dock(viewer)
     panel = widget.training
     panel.steps_spin.value = 5000
@@ -192,7 +174,7 @@ def test_the_card_keeps_the_lineage_across_resumes_and_says_why_each_run_ended(
     panel.start_button.native.click()
     assert panel.job is not None, panel.status_label.value
     qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
-    out = user_weights / "lineage.safetensors"
+    out = tiny_user_weights / "lineage.safetensors"
     assert "time limit of 0.02 min reached at step" in panel.status_label.value, panel.status_label.value
     first = card_of(out)
     assert first["started_from"] == "user/tiny" and first["ended"] == "time limit of 0.02 min reached"
@@ -209,13 +191,13 @@ def test_the_card_keeps_the_lineage_across_resumes_and_says_why_each_run_ended(
     assert "stopped at step" in panel.status_label.value, panel.status_label.value
     second = card_of(out)
     assert second["started_from"] == "user/tiny", "the resume forgot the first run's start weights"
-    assert second["fine_tuned_from"] == str(user_weights / "tiny.safetensors")
+    assert second["fine_tuned_from"] == str(tiny_user_weights / "tiny.safetensors")
     steps2 = second["steps"]
     assert second["ended"] == "stopped by the user" and steps2 > steps1
     assert second["runs"] == [
         {"steps": [0, steps1], "ended": "time limit of 0.02 min reached"},
         {"steps": [steps1, steps2], "ended": "stopped by the user"},
     ]
-    text = (user_weights / "lineage.md").read_text()
+    text = (tiny_user_weights / "lineage.md").read_text()
     assert "started from: user/tiny" in text and f"steps: {steps2} (stopped by the user)" in text
     assert f"run 1: steps 0-{steps1}, time limit" in text and f"run 2: steps {steps1}-{steps2}, stopped by" in text
