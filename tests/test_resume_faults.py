@@ -27,30 +27,45 @@ def weights(tmp_path: Path) -> Path:
     return save_weights(tmp_path / "tiny.safetensors", random_model(), 4.0, None)
 
 
-def _start(src: Path, out: Path, weights: Path) -> subprocess.Popen:
+def _source(tmp_path: Path, medulla: np.ndarray) -> Path:
+    """Real FIB-SEM pooled by 4 along z, as a zarr array: (16, 48, 48) uint8."""
+    src = tmp_path / "aniso.zarr"
+    vol = medulla[:64, :48, :48].reshape(16, 4, 48, 48).mean(axis=1).astype(np.uint8)
+    zarr.open_array(str(src), mode="w", shape=vol.shape, chunks=(8, 48, 48), dtype=np.uint8)[:] = vol
+    return src
+
+
+def _args(src: Path, out: Path, weights: Path) -> list[str]:
     args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights)]
-    args += ["--chunks", "8,16,16", "--orientation", "xz", "--precision", "fp32", "--levels", "1"]
+    return [*args, "--chunks", "8,16,16", "--orientation", "xz", "--precision", "fp32", "--levels", "1"]
+
+
+def _start(src: Path, out: Path, weights: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "napari_niiv.cli", *args], env=env, stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "napari_niiv.cli", *_args(src, out, weights)]
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
 
 
-def _kill_after(proc: subprocess.Popen, out: Path, chunks: int) -> None:
+def _wait_for_chunks(proc: subprocess.Popen, out: Path, chunks: int) -> None:
+    """Until the running ``proc`` has written at least ``chunks`` level-0 chunks of ``out``."""
     done = partial_path(out) / ".niiv" / "done" / "0"
     deadline = time.monotonic() + 120
     while not (done.exists() and len(list(done.iterdir())) >= chunks):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline, "no chunks written in two minutes"
         time.sleep(0.02)
+
+
+def _kill_after(proc: subprocess.Popen, out: Path, chunks: int) -> None:
+    _wait_for_chunks(proc, out, chunks)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
 
 
 def test_a_changed_input_between_kill_and_resume_is_refused(tmp_path, capsys, weights, medulla) -> None:
-    src = tmp_path / "aniso.zarr"
-    vol = medulla[:64, :48, :48].reshape(16, 4, 48, 48).mean(axis=1).astype(np.uint8)
-    arr = zarr.open_array(str(src), mode="w", shape=vol.shape, chunks=(8, 48, 48), dtype=np.uint8)
-    arr[:] = vol
+    src = _source(tmp_path, medulla)
+    vol = zarr.open_array(str(src), mode="r")[:]
     out = tmp_path / "iso.ome.zarr"
     _kill_after(_start(src, out, weights), out, 4)
     assert partial_path(out).exists() and not out.exists()
@@ -62,8 +77,7 @@ def test_a_changed_input_between_kill_and_resume_is_refused(tmp_path, capsys, we
     zarr.open_array(str(src), mode="r+")[:] = reordered
     for p, ns in times.items():
         os.utime(p, ns=(ns, ns))
-    args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights)]
-    code = main([*args, "--chunks", "8,16,16", "--orientation", "xz", "--precision", "fp32", "--levels", "1"])
+    code = main(_args(src, out, weights))
     err = capsys.readouterr().err
     assert code == 2, err
     assert "input" in err and "content" in err and "Traceback" not in err
@@ -79,16 +93,10 @@ def _levels(path: Path) -> list[np.ndarray]:
 def test_ctrl_c_during_reconstruct_keeps_the_chunks_and_the_rerun_equals_an_uninterrupted_run(
     tmp_path, capsys, weights, medulla
 ) -> None:
-    src = tmp_path / "aniso.zarr"
-    vol = medulla[:64, :48, :48].reshape(16, 4, 48, 48).mean(axis=1).astype(np.uint8)
-    zarr.open_array(str(src), mode="w", shape=vol.shape, chunks=(8, 48, 48), dtype=np.uint8)[:] = vol
+    src = _source(tmp_path, medulla)
     out = tmp_path / "iso.ome.zarr"
     proc = _start(src, out, weights)
-    done = partial_path(out) / ".niiv" / "done" / "0"
-    deadline = time.monotonic() + 120
-    while not (done.exists() and len(list(done.iterdir())) >= 4):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
+    _wait_for_chunks(proc, out, 4)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
@@ -96,11 +104,9 @@ def test_ctrl_c_during_reconstruct_keeps_the_chunks_and_the_rerun_equals_an_unin
     assert partial_path(out).exists() and not out.exists()
     assert not out.with_name(out.name + ".lock").exists()  # the lock went with the run
 
-    args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights), "--chunks", "8,16,16"]
-    args += ["--orientation", "xz", "--precision", "fp32", "--levels", "1"]
-    assert main(args) == 0
+    assert main(_args(src, out, weights)) == 0
     straight = tmp_path / "straight.ome.zarr"
-    assert main([*args[:2], str(straight), *args[3:]]) == 0
+    assert main(_args(src, straight, weights)) == 0
     capsys.readouterr()
     for resumed, uninterrupted in zip(_levels(out), _levels(straight), strict=True):
         np.testing.assert_array_equal(resumed, uninterrupted)
@@ -109,9 +115,7 @@ def test_ctrl_c_during_reconstruct_keeps_the_chunks_and_the_rerun_equals_an_unin
 def test_a_second_real_run_on_the_same_output_is_refused_while_the_first_writes(
     tmp_path, capsys, weights, medulla
 ) -> None:
-    src = tmp_path / "aniso.zarr"
-    vol = medulla[:64, :48, :48].reshape(16, 4, 48, 48).mean(axis=1).astype(np.uint8)
-    zarr.open_array(str(src), mode="w", shape=vol.shape, chunks=(8, 48, 48), dtype=np.uint8)[:] = vol
+    src = _source(tmp_path, medulla)
     out = tmp_path / "iso.ome.zarr"
     first = _start(src, out, weights)
     lock = out.with_name(out.name + ".lock")
@@ -121,8 +125,7 @@ def test_a_second_real_run_on_the_same_output_is_refused_while_the_first_writes(
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
         assert lock.exists()
-        args = ["reconstruct", str(src), str(out), "--alpha", "4", "--weights", str(weights), "--chunks", "8,16,16"]
-        code = main([*args, "--orientation", "xz", "--precision", "fp32", "--levels", "1"])
+        code = main(_args(src, out, weights))
         err = capsys.readouterr().err
         assert code == 2 and f"pid {first.pid}" in err and "another niiv run" in err
     finally:
