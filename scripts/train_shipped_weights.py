@@ -1,10 +1,18 @@
-"""Train the shipped weights: ``python scripts/train_shipped_weights.py ARCH MINUTES [THREADS]``.
+"""Train the shipped weights: ``python scripts/train_shipped_weights.py RECIPE MINUTES [THREADS]``.
 
-What produced weights/ (see the model cards): v2 and v1 ran side by side, one thread each, for
-85 minutes (the equal-budget comparison); v2 was then resumed from its checkpoint with a 110-minute
-budget on both cores. Data: medulla_a z 74-250 and medulla_b z 0-112 (xy planes); validation
-(monitoring only) medulla_a z 0-64; medulla_b z 122-250 is the untouched test set.
-Writes runs/ARCH/niiv-ARCH-fibsem-a8.safetensors and resumes from its checkpoint if present.
+Recipes (each resumes from its checkpoint in runs/RECIPE/ if present, so a run longer than one
+sitting is continued, not restarted):
+
+- ``v1``, ``v2``: the first round's alpha-8 models (thick sections, from scratch; v1 and v2 ran
+  side by side, one thread each, for 85 minutes: the equal-budget comparison in their cards).
+- ``em``: niiv-em, continued from niiv-v1-fibsem-a8 (v1 beat v2 at equal budget) over alpha 2-12
+  (uniform, fractional) with thick and thin sections mixed.
+- ``lm``: niiv-lm, continued from niiv-em on the light-microscopy volume's xy planes z 0-40
+  (z 40-60 is its held-out test), psf degradation (FWHM one section spacing), alpha 2-8.
+
+FIB-SEM split for every recipe: training medulla_a z 74-250 and medulla_b z 0-112 (xy planes);
+validation (monitoring only) medulla_a z 0-64, y 0-128, x 0-128; medulla_b z 122-250 is the
+untouched test set.
 """
 
 import json
@@ -15,39 +23,80 @@ from pathlib import Path
 import numpy as np
 
 from napari_niiv.data import open_volume
+from napari_niiv.data.degrade import Degradation
+from napari_niiv.inference.weights import resolve_weights
 from napari_niiv.training.train import HeldOutCheck, TrainSettings, train
 
+PSF = Degradation("psf")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
+FIBSEM_SPLIT = {
+    "training_data": "medulla_a z 74-250, medulla_b z 0-112 (xy planes)",
+    "validation_data": "medulla_a z 0-64, y 0-128, x 0-128",
+    "test_data": "medulla_b z 122-250 (never seen in training)",
+}
+LM_SPLIT = {
+    "training_data": "cells3d_nuclei z 0-40 (xy planes)",
+    "validation_data": "cells3d_nuclei z 40-60 xy planes (monitoring, and the held-out test)",
+    "test_data": "cells3d_nuclei z 40-60: xy planes degraded along y (never seen in training)",
+}
 
-arch, minutes = sys.argv[1], float(sys.argv[2])
+recipe, minutes = sys.argv[1], float(sys.argv[2])
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-a = open_volume(DATA / "fibsem" / "medulla_a.tif")
-b = open_volume(DATA / "fibsem" / "medulla_b.tif")
-val = np.asarray(a.data[:64, :128, :128])
-s = TrainSettings(
-    alpha=8.0,
-    architecture=arch,
-    steps=1_000_000,
-    time_budget=minutes * 60,
-    threads=threads,
-    eval_every=500,
-    checkpoint_every=250,
-    preview_every=0,
-    seed=0,
-)
+common = dict(steps=1_000_000, time_budget=minutes * 60, threads=threads, checkpoint_every=250, preview_every=0)
+init = None
+if recipe in ("v1", "v2", "em"):
+    a = open_volume(DATA / "fibsem" / "medulla_a.tif")
+    b = open_volume(DATA / "fibsem" / "medulla_b.tif")
+    volumes, z_ranges, card = [a, b], [(74, 250), (0, 112)], dict(FIBSEM_SPLIT)
+    held = HeldOutCheck([np.asarray(a.data[:64, :128, :128])], 8.0)
+if recipe in ("v1", "v2"):
+    name = f"niiv-{recipe}-fibsem-a8"
+    settings = TrainSettings(alpha=8.0, architecture=recipe, eval_every=500, seed=0, **common)
+elif recipe == "em":
+    name, init = "niiv-em", resolve_weights("niiv-v1-fibsem-a8")
+    settings = TrainSettings(
+        alpha=2.0,
+        alpha_max=12.0,
+        degradations="thick,thin",
+        architecture="v1",
+        lr=2e-4,
+        warmup=100,
+        eval_every=1000,
+        seed=1,
+        **common,
+    )
+    card["fine_tuned_from"] = "niiv-v1-fibsem-a8"
+elif recipe == "lm":
+    lm = open_volume(DATA / "lm" / "cells3d_nuclei.tif")
+    volumes, z_ranges, card = [lm], [(0, 40)], dict(LM_SPLIT)
+    name, init = "niiv-lm", ROOT / "runs" / "em" / "niiv-em.safetensors"
+    # Monitoring on the held-out xy planes, degraded along y: transpose (z, y, x) -> (y, z, x).
+    held = HeldOutCheck([np.asarray(lm.data[40:60]).transpose(1, 0, 2)[:, :, :128]], 4.0, degradation=PSF)
+    settings = TrainSettings(
+        alpha=2.0,
+        alpha_max=8.0,
+        degradations="psf",
+        architecture="v1",
+        lr=2e-4,
+        warmup=50,
+        batch=8,
+        eval_every=250,
+        seed=2,
+        **common,
+    )
+else:
+    sys.exit(f"unknown recipe {recipe!r}: v1, v2, em or lm")
+
 r = train(
-    [a, b],
-    s,
-    ROOT / "runs" / arch / f"niiv-{arch}-fibsem-a8.safetensors",
-    resume=True,
-    z_ranges=[(74, 250), (0, 112)],
-    held_out=HeldOutCheck([val], 8.0),
+    volumes,
+    settings,
+    ROOT / "runs" / recipe / f"{name}.safetensors",
+    init=init,
+    resume=(ROOT / "runs" / recipe / f"{name}.ckpt.safetensors").exists(),
+    z_ranges=z_ranges,
+    held_out=held,
     progress=False,
-    card={
-        "training_data": "medulla_a z 74-250, medulla_b z 0-112 (xy planes)",
-        "validation_data": "medulla_a z 0-64, y 0-128, x 0-128",
-        "test_data": "medulla_b z 122-250 (never seen in training)",
-    },
+    card=card,
 )
 print(json.dumps({"steps": r.steps_done, "seconds": r.seconds, "held_out": r.held_out}))

@@ -20,6 +20,8 @@ _HOMES = {
     "open_volume": "io",
     "check_alpha": "degrade",
     "pool_axis": "degrade",
+    "Degradation": "degrade",
+    "parse_degradations": "degrade",
     "pooling_matrix": "degrade",
 }
 __all__ = sorted(_HOMES)

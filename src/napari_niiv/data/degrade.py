@@ -1,6 +1,23 @@
-"""Simulated axial degradation: area-average pooling by alpha along one axis (integer or not)."""
+"""Simulated axial degradation: how a microscope turns isotropic planes into alpha-spaced sections.
+
+Three forward models, each a (n_low, n_high) matrix applied along one axis, so training, evaluation
+and the sample data share one definition. Section ``i`` is centred at ``(i + 0.5) * alpha`` in
+high-resolution pixel edges (pixel ``j`` covers ``[j, j + 1)``), the geometry convention of
+``inference.geometry``:
+
+- ``thick``: a box average over the whole section ``[i * alpha, (i + 1) * alpha)`` (serial-section
+  EM with sections as thick as their spacing; FIB-SEM milled in thick steps).
+- ``thin``: a box one xy voxel thick at the section's centre (sections, or kept planes, far thinner
+  than their spacing: every alpha-th plane of an isotropic stack).
+- ``psf``: a Gaussian axial blur of full width at half maximum ``fwhm`` xy voxels (default: one
+  section spacing, alpha), integrated over each pixel, sampled at the section centre (widefield,
+  confocal and light-sheet microscopy).
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -8,6 +25,9 @@ from ..errors import NiivInputError
 
 # Anisotropies niiv accepts: 1 (already isotropic) up to far beyond any microscope's.
 ALPHA_RANGE = (1.0, 100.0)
+DEGRADATIONS = ("thick", "thin", "psf")
+# An axial PSF wider than this many xy voxels is not a microscope niiv can help.
+FWHM_RANGE = (0.1, 200.0)
 
 
 def check_alpha(alpha: object) -> float:
@@ -23,6 +43,95 @@ def check_alpha(alpha: object) -> float:
             f"got {alpha!r}; alpha 1 means the volume is already isotropic"
         )
     return value
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One axial forward model: ``kind`` in ``DEGRADATIONS``; ``fwhm`` (xy voxels) only for ``psf``,
+    ``None`` meaning one section spacing."""
+
+    kind: str = "thick"
+    fwhm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in DEGRADATIONS:
+            raise NiivInputError(
+                f"degradation must be one of {', '.join(DEGRADATIONS)}, got {self.kind!r}: thick for sections "
+                "as thick as their spacing, thin for thin sections far apart, psf for light microscopy"
+            )
+        if self.fwhm is not None:
+            if self.kind != "psf":
+                raise NiivInputError(f"a FWHM applies only to the psf degradation, not to {self.kind!r}")
+            lo, hi = FWHM_RANGE
+            try:
+                value = float(self.fwhm)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not (math.isfinite(value) and lo <= value <= hi):
+                raise NiivInputError(
+                    f"the psf FWHM must be a number of xy voxels from {lo:g} to {hi:g}, got {self.fwhm!r}"
+                )
+            object.__setattr__(self, "fwhm", value)
+
+    @classmethod
+    def parse(cls, text: str) -> Degradation:
+        """``thick``, ``thin``, ``psf`` or ``psf:FWHM`` (the CLI's and the cards' spelling)."""
+        kind, _, fwhm = str(text).strip().partition(":")
+        if fwhm and kind != "psf":
+            raise NiivInputError(f"only psf takes a FWHM (psf:FWHM in xy voxels), got {text!r}")
+        try:
+            value = float(fwhm) if fwhm else None
+        except ValueError:
+            raise NiivInputError(f"psf:FWHM needs a number of xy voxels, got {text!r}") from None
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        return f"psf:{self.fwhm:g}" if self.kind == "psf" and self.fwhm is not None else self.kind
+
+    def matrix(self, n_high: int, alpha: float) -> np.ndarray:
+        """(n_low, n_high) weights, each row summing to 1; ``n_low = floor(n_high / alpha)``."""
+        alpha = check_alpha(alpha)
+        if self.kind == "thick":
+            return pooling_matrix(n_high, alpha)
+        n_low = int(np.floor(n_high / alpha + 1e-9))
+        centres = (np.arange(n_low, dtype=np.float64) + 0.5) * alpha
+        edges = np.arange(n_high + 1, dtype=np.float64)
+        if self.kind == "thin":
+            lo, hi = centres[:, None] - 0.5, centres[:, None] + 0.5
+            w = np.clip(np.minimum(edges[None, 1:], hi) - np.maximum(edges[None, :-1], lo), 0.0, None)
+        else:
+            sigma = (self.fwhm if self.fwhm is not None else alpha) / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+            cdf = _normal_cdf((edges[None, :] - centres[:, None]) / sigma)
+            w = cdf[:, 1:] - cdf[:, :-1]
+        # Near the volume's ends part of the kernel falls outside: the rest carries all the weight.
+        return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def apply(self, x: np.ndarray, alpha: float, axis: int = 0) -> np.ndarray:
+        """Degrade ``x`` by ``alpha`` along ``axis``."""
+        x = np.asarray(x, dtype=np.float32)
+        m = self.matrix(x.shape[axis], alpha)
+        out = np.tensordot(m, np.moveaxis(x, axis, 0), axes=(1, 0))
+        return np.moveaxis(out, 0, axis)
+
+
+THICK = Degradation("thick")  # the paper's (and the default) forward model
+
+
+def _normal_cdf(t: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return 0.5 * (1.0 + np.vectorize(erf, otypes=[np.float64])(t / math.sqrt(2.0)))
+
+
+def parse_degradations(texts: str | list[str] | tuple[str, ...]) -> tuple[Degradation, ...]:
+    """A comma-separated list (or sequence) of degradations, e.g. ``thick,thin``; duplicates refused."""
+    items = texts.split(",") if isinstance(texts, str) else list(texts)
+    out = tuple(d if isinstance(d, Degradation) else Degradation.parse(d) for d in items if str(d).strip())
+    if not out:
+        raise NiivInputError(f"give at least one degradation ({', '.join(DEGRADATIONS)})")
+    if len(set(out)) != len(out):
+        raise NiivInputError(f"each degradation once, got {','.join(map(str, out))}")
+    return out
 
 
 def pooling_matrix(n_high: int, alpha: float) -> np.ndarray:
@@ -42,8 +151,4 @@ def pooling_matrix(n_high: int, alpha: float) -> np.ndarray:
 
 def pool_axis(x: np.ndarray, alpha: float, axis: int = 0) -> np.ndarray:
     """Average-pool ``x`` by ``alpha`` along ``axis`` (what an alpha-times thicker section sees)."""
-    x = np.asarray(x, dtype=np.float32)
-    m = pooling_matrix(x.shape[axis], alpha)
-    moved = np.moveaxis(x, axis, 0)
-    out = np.tensordot(m, moved, axes=(1, 0))
-    return np.moveaxis(out, 0, axis)
+    return THICK.apply(x, alpha, axis)

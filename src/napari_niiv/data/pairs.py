@@ -1,4 +1,4 @@
-"""Self-supervised training pairs: lateral (xy) crops, pooled by alpha along one in-plane axis."""
+"""Self-supervised training pairs: lateral (xy) crops, degraded by alpha along one in-plane axis."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import NiivInputError
-from .degrade import pooling_matrix
+from .degrade import THICK, Degradation, check_alpha
 from .io import Volume
 from .normalise import Normalisation, fit_normalisation
 
@@ -19,20 +19,27 @@ _IN_MEMORY_BYTES = 2 * 1024**3
 
 @dataclass
 class Batch:
-    """Low-resolution inputs (B, 1, h, w), query coords (B, N, 2) in input pixel units, targets (B, N)."""
+    """Low-resolution inputs (B, 1, h, w), query coords (B, N, 2) in input pixel units, targets (B, N),
+    and the alpha and degradation that made the inputs."""
 
     inputs: torch.Tensor
     coords: torch.Tensor
     targets: torch.Tensor
+    alpha: float = 8.0
+    degradation: Degradation = THICK
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.inputs.to(device), self.coords.to(device), self.targets.to(device))
+        return Batch(
+            self.inputs.to(device), self.coords.to(device), self.targets.to(device), self.alpha, self.degradation
+        )
 
 
 class LateralPairSampler:
-    """Random xy crops with flips and 90-degree rotations, pooled by alpha along rows.
+    """Random xy crops with flips and 90-degree rotations, degraded by alpha along rows.
 
     Rotations make both in-plane axes play "z", which is what a real xz and yz slice needs.
+    ``alpha`` is one value or a ``(low, high)`` range, drawn uniformly (fractions included) per
+    batch; each batch uses one of ``degradations``, drawn uniformly, so one model learns them all.
     ``z_ranges`` limits which xy planes of each volume may be used (to hold data out).
     Each batch is a pure function of ``(seed, step)``, so a resumed run sees the same data.
     """
@@ -40,24 +47,29 @@ class LateralPairSampler:
     def __init__(
         self,
         volumes: Sequence[Volume],
-        alpha: float,
+        alpha: float | tuple[float, float],
         crop: int = 64,
         points: int = 2048,
         z_ranges: Sequence[tuple[int, int] | None] | None = None,
         normalisations: Sequence[Normalisation] | None = None,
+        degradations: Sequence[Degradation] = (THICK,),
     ) -> None:
-        self.alpha = float(alpha)
+        lo, hi = (alpha, alpha) if np.isscalar(alpha) else alpha  # type: ignore[misc]
+        self.alpha_range = (check_alpha(lo), check_alpha(hi))
+        if self.alpha_range[0] > self.alpha_range[1]:
+            raise NiivInputError(f"the alpha range {lo:g}-{hi:g} runs backwards; give the smaller alpha first")
+        self.alpha = self.alpha_range[0]
+        self.degradations = tuple(degradations)
+        if not self.degradations:
+            raise NiivInputError("give at least one degradation")
         self.crop = int(crop)
-        self.n_low = int(np.floor(self.crop / self.alpha + 1e-9))
-        if self.n_low < 2:
+        widest = self.alpha_range[1]
+        if int(np.floor(self.crop / widest + 1e-9)) < 2:
             raise NiivInputError(
-                f"crop {crop} is too small for alpha {alpha}: use a crop of at least {int(np.ceil(2 * alpha))}"
+                f"crop {crop} is too small for alpha {widest:g}: use a crop of at least {int(np.ceil(2 * widest))}"
             )
         self.points = int(points)
-        self.pool = torch.from_numpy(pooling_matrix(self.crop, self.alpha))
-        # Supervise only rows fully inside the pooled extent.
-        self.rows = int(np.floor(self.n_low * self.alpha + 1e-9))
-        self.points = min(self.points, self.rows * self.crop)
+        self._matrices: dict[tuple[Degradation, float], torch.Tensor] = {}
         self.volumes = []
         self.norms = []
         ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
@@ -79,17 +91,37 @@ class LateralPairSampler:
         weights = np.array([(z1 - z0) for _, z0, z1 in self.volumes], dtype=np.float64)
         self.weights = weights / weights.sum()
 
+    def draw(self, rng: np.random.Generator) -> tuple[float, Degradation]:
+        """This batch's alpha and degradation (no draw at all for a single alpha and degradation, so
+        such runs see the batches they always did)."""
+        lo, hi = self.alpha_range
+        alpha = float(rng.uniform(lo, hi)) if hi > lo else lo
+        kind = self.degradations[int(rng.integers(len(self.degradations)))] if len(self.degradations) > 1 else None
+        return alpha, kind or self.degradations[0]
+
+    def matrix(self, degradation: Degradation, alpha: float) -> torch.Tensor:
+        key = (degradation, alpha)
+        if key not in self._matrices:
+            if len(self._matrices) > 64:
+                self._matrices.clear()
+            self._matrices[key] = torch.from_numpy(degradation.matrix(self.crop, alpha))
+        return self._matrices[key]
+
     def batch(self, seed: int, step: int, size: int) -> Batch:
         rng = np.random.default_rng([seed, step])
+        alpha, degradation = self.draw(rng)
         hr = torch.from_numpy(self.crops(rng, size))  # (B, crop, crop)
-        lr = torch.einsum("lh,bhw->blw", self.pool, hr).unsqueeze(1)
-        flat = torch.from_numpy(rng.random((size, self.points)))
-        idx = (flat * (self.rows * self.crop)).long().clamp_max(self.rows * self.crop - 1)
+        lr = torch.einsum("lh,bhw->blw", self.matrix(degradation, alpha), hr).unsqueeze(1)
+        # Supervise only rows fully inside the degraded extent.
+        rows = int(np.floor(lr.shape[2] * alpha + 1e-9))
+        points = min(self.points, rows * self.crop)
+        flat = torch.from_numpy(rng.random((size, points)))
+        idx = (flat * (rows * self.crop)).long().clamp_max(rows * self.crop - 1)
         r = (idx // self.crop).float()
         c = (idx % self.crop).float()
-        coords = torch.stack(((r + 0.5) / self.alpha, c + 0.5), dim=-1)
-        targets = torch.gather(hr[:, : self.rows].reshape(size, -1), 1, idx)
-        return Batch(lr.float(), coords.float(), targets.float())
+        coords = torch.stack(((r + 0.5) / alpha, c + 0.5), dim=-1)
+        targets = torch.gather(hr[:, :rows].reshape(size, -1), 1, idx)
+        return Batch(lr.float(), coords.float(), targets.float(), alpha, degradation)
 
     def crops(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` normalised, augmented full-resolution crops (B, crop, crop); the first draws
