@@ -39,6 +39,21 @@ def test_fp32_engine_is_the_model(slices, chunk, row_step) -> None:
     torch.testing.assert_close(eng.render(grid, rows, cols), exact(model, image, rows, cols), atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("shape", ["one column", "one row", "one point"])
+def test_one_column_or_row_takes_the_shared_neighbours_path_and_is_the_model(slices, shape) -> None:
+    """A yz slice decoded for an xz view is one column per plane (an xy view: one row): the
+    shared-neighbour path, with its one-voxel rim, gives the model's result."""
+    model = random_model()
+    image, rows, cols = slices
+    rows, cols = {"one column": (rows, cols[5:6]), "one row": (rows[17:18], cols), "one point": (rows[3:4], cols[:1])}[
+        shape
+    ]
+    eng = InferenceEngine(model, InferenceSettings(device="cpu", precision="fp32", alpha=8.0), chunk=50)
+    grid = eng.encode(image, 8.0)
+    assert eng._neighbours_on_grid(grid, rows, cols)
+    torch.testing.assert_close(eng.render(grid, rows, cols), exact(model, image, rows, cols), atol=2e-6, rtol=0)
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
 def test_bf16_engine_stays_close_and_keeps_the_output_fine_grained(slices) -> None:
     model = random_model()

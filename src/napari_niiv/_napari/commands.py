@@ -14,6 +14,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
+from ..inference import confidence
 from ..inference.lazy_volume import LazyIsotropic
 from ..inference.reconstructor import Reconstructor, check_reconstructable
 from ..inference.settings import InferenceSettings
@@ -78,7 +79,8 @@ def add_isotropic_layer(
 
 class TileProgress(QObject):
     """GUI side of a lazy layer: redraw as tiles arrive, a progress bar while any are pending,
-    and the background thread stopped when the layer is removed."""
+    the background thread stopped when the layer is removed, and the layer's confidence map
+    (:meth:`show_confidence`) on the same tiles."""
 
     _tile_done = Signal()
     _failed = Signal(object)
@@ -87,6 +89,7 @@ class TileProgress(QObject):
         super().__init__()
         self.viewer, self.layer, self.lazy = viewer, layer, lazy
         self.bar: progress | None = None
+        self.confidence_layer: Image | None = None
         self.done = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -114,8 +117,40 @@ class TileProgress(QObject):
         self._bar_timer.start()
 
     def _redraw(self) -> None:
-        if self.layer in self.viewer.layers:
-            self.layer.refresh()
+        for layer in (self.layer, self.confidence_layer):
+            if layer is not None and layer in self.viewer.layers:
+                layer.refresh()
+
+    def show_confidence(self) -> Image:
+        """Add the layer's confidence map (once): a multiscale layer with the same levels, scale and
+        translate, whose tiles are computed with the niiv tiles on the same worker."""
+        if self.confidence_layer is not None and self.confidence_layer in self.viewer.layers:
+            return self.confidence_layer
+        lazy, layer = self.lazy, self.layer
+        lazy.enable_confidence(True)
+        self.confidence_layer = Image(
+            lazy.confidence_levels,
+            multiscale=True,
+            name=f"{layer.name} confidence",
+            scale=layer.scale,
+            translate=layer.translate,
+            units=layer.units,
+            axis_labels=layer.axis_labels,
+            contrast_limits=confidence.contrast_limits(lazy.norm),
+            colormap=confidence.COLORMAP,
+            blending="additive",
+            metadata={"niiv_confidence_of": layer.name},
+        )
+        self.confidence_layer.events.set_data.connect(self._schedule_bar)
+        self.viewer.layers.insert(self.viewer.layers.index(layer) + 1, self.confidence_layer)
+        return self.confidence_layer
+
+    def hide_confidence(self) -> None:
+        """Remove the confidence layer and stop computing maps (those computed stay cached)."""
+        self.lazy.enable_confidence(False)
+        layer, self.confidence_layer = self.confidence_layer, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
 
     def _schedule_bar(self, event: Any = None) -> None:
         self._bar_timer.start()
@@ -151,9 +186,13 @@ class TileProgress(QObject):
         show_error(f"niiv could not compute a tile of '{self.layer.name}': {exc}")
 
     def _removed(self, event: Any) -> None:
-        if event.value is self.layer:
+        if event.value is self.confidence_layer:
+            self.confidence_layer = None
+            self.lazy.enable_confidence(False)
+        elif event.value is self.layer:
             self.viewer.layers.events.removed.disconnect(self._removed)
             self.lazy.close()
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
+            self.hide_confidence()  # the map of a closed layer can no longer be computed

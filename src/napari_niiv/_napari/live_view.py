@@ -5,6 +5,10 @@ computed (pure, :mod:`napari_niiv.inference.viewport`) and handed to a backgroun
 (:class:`~napari_niiv.inference.worker.LatestWorker`: the newest view wins) that sends back an
 interpolated preview first and niiv after. Results come back to the GUI thread through a Qt
 signal; a result for a view that is no longer current is dropped.
+
+With ``confidence`` on, the same task then computes the view's confidence map
+(:mod:`napari_niiv.inference.confidence`, reusing the orientations niiv just decoded) and shows it
+in a second layer on exactly the live layer's grid (same scale and translate).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..data.normalise import Normalisation, fit_normalisation
 from ..errors import NiivInputError
+from ..inference import confidence
 from ..inference.reconstructor import Reconstructor
 from ..inference.settings import InferenceSettings
 from ..inference.viewport import ViewGrid
@@ -53,6 +58,7 @@ class LiveView(QObject):
         settings: InferenceSettings,
         on_status: Callable[[str], None] | None = None,
         pixel_ratio: float = 1.0,
+        confidence: bool = False,
     ) -> None:
         super().__init__()
         self.viewer = viewer
@@ -62,6 +68,8 @@ class LiveView(QObject):
         self.pixel_ratio = pixel_ratio
         self.on_status = on_status or (lambda text: None)
         self.output: Image | None = None
+        self.confidence = bool(confidence)
+        self.confidence_output: Image | None = None
         self.timings: list[dict[str, float]] = []
         self._renderer: ViewRenderer | None = None
         self._norm: Normalisation | None = None
@@ -119,6 +127,8 @@ class LiveView(QObject):
             self.close()
         elif event.value is self.output:
             self.output = None
+        elif event.value is self.confidence_output:
+            self.confidence_output = None
 
     # -- work ----------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
@@ -132,15 +142,27 @@ class LiveView(QObject):
             return
         self._grid = grid
         self._generation += 1
-        gen, asked = self._generation, self._requested_at
-        self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled))
+        gen, asked, with_map = self._generation, self._requested_at, self.confidence
+        self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled, with_map))
+
+    def set_confidence(self, on: bool) -> None:
+        """Show the confidence map of the view (computed after niiv) or remove its layer."""
+        self.confidence = bool(on)
+        if on:
+            self._requested_at = time.perf_counter()
+            self.refresh(force=True)
+        elif self.confidence_output is not None:
+            layer, self.confidence_output = self.confidence_output, None
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
 
     def _render(
-        self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool]
+        self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool], with_map: bool = False
     ) -> tuple[int, str, Any] | None:
         """On the worker thread: the preview and partial images sent to the GUI thread as they
         come, niiv returned (the worker hands it to :meth:`_ready` unless a newer view superseded
-        it), all in the input's intensity scale (converting here keeps the GUI thread free)."""
+        it), all in the input's intensity scale (converting here keeps the GUI thread free). With
+        ``with_map``, niiv is sent as soon as it is ready and the confidence map returned after it."""
         renderer, norm = self._renderer, self._norm  # the GUI thread may reset them (new data)
         if renderer is None or norm is None:
             data = _readable(level0(self.layer))
@@ -161,14 +183,22 @@ class LiveView(QObject):
         send("preview", preview)
         if cancelled():
             return None
+        parts: dict[str, np.ndarray] = {}
         niiv = renderer.render(
             grid,
             cancelled,
             partial=lambda image: send("partial", image),
             base=preview,
             coarse=lambda image: send("coarse", image),
+            parts=parts,
         )
-        return None if niiv is None else result("niiv", niiv)
+        if niiv is None or not with_map:
+            return None if niiv is None else result("niiv", niiv)
+        send("niiv", niiv)
+        uncertainty = renderer.render_confidence(grid, cancelled, parts)
+        if uncertainty is None:
+            return None
+        return gen, "confidence", (grid, confidence.to_intensity(uncertainty, norm), asked, norm)
 
     def _ready(self, result: tuple[int, str, Any] | None) -> None:
         """On the worker thread: niiv for a view that was still the newest, to the GUI thread."""
@@ -185,6 +215,9 @@ class LiveView(QObject):
             return
         if gen != self._generation or self._closed or self.layer not in self.viewer.layers:
             return  # stale, or a result still queued when the layer or viewer closed
+        if stage == "confidence":
+            self._show_confidence(*payload)
+            return
         grid, image, asked = payload
         self._show(grid, image)
         elapsed = time.perf_counter() - asked
@@ -221,6 +254,37 @@ class LiveView(QObject):
         out = self.output
         if not (np.allclose(out.scale, grid.world_step) and np.allclose(out.translate, grid.world_start)):
             # One refresh per result, not three: napari re-slices on each of scale, translate, data.
+            with out._block_refresh():
+                out.scale = grid.world_step
+                out.translate = grid.world_start
+        out.data = image
+
+    def _show_confidence(self, grid: ViewGrid, image: np.ndarray, asked: float, norm: Normalisation) -> None:
+        """The map of the view on the live layer's grid: same scale and translate."""
+        elapsed = time.perf_counter() - asked
+        if self.timings:
+            self.timings[-1]["confidence"] = elapsed
+        h, w = _size2d(grid)
+        self.on_status(f"niiv {grid.kind} view {h}x{w} px and its confidence map in {elapsed:.1f} s")
+        out = self.confidence_output
+        if out is None or out not in self.viewer.layers:
+            self.confidence_output = Image(
+                image,
+                name=f"{self.layer.name} niiv confidence",
+                scale=grid.world_step,
+                translate=grid.world_start,
+                units=tuple(str(u) for u in self.layer.units[-3:]),
+                axis_labels=tuple(self.layer.axis_labels[-3:]),
+                contrast_limits=confidence.contrast_limits(norm),
+                colormap=confidence.COLORMAP,
+                blending="additive",
+                metadata={"niiv_confidence_of": self.layer.name},
+            )
+            anchor = self.output if self.output in self.viewer.layers else self.layer
+            self.viewer.layers.insert(self.viewer.layers.index(anchor) + 1, self.confidence_output)
+            self.viewer.layers.selection.active = self.layer
+            return
+        if not (np.allclose(out.scale, grid.world_step) and np.allclose(out.translate, grid.world_start)):
             with out._block_refresh():
                 out.scale = grid.world_step
                 out.translate = grid.world_start

@@ -153,12 +153,14 @@ class InferenceEngine:
 
     def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:
         """True when the output grid is spaced exactly one isotropic voxel apart (scale 1): each
-        query's attention neighbours are then the neighbouring queries themselves."""
+        query's attention neighbours are then the neighbouring queries themselves. An axis with one
+        entry (a yz slice of an xz view, a z row of an xy view) qualifies: its neighbours are the
+        one-voxel rim the shared path samples anyway (3 samples per query instead of 9)."""
         att = self.model.attention
-        if att is None or att.radius != 1 or rows.numel() < 2 or cols.numel() < 2:
+        if att is None or att.radius != 1:
             return False
         return all(
-            torch.allclose(c.diff(), torch.full_like(c[1:], step), rtol=0, atol=1e-5)
+            c.numel() < 2 or torch.allclose(c.diff(), torch.full_like(c[1:], step), rtol=0, atol=1e-5)
             for c, step in ((rows, grid.step[0]), (cols, grid.step[1]))
         )
 

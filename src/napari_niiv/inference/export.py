@@ -79,6 +79,7 @@ def fingerprint(job: BlockReconstruction, input_id: str | None = None) -> dict[s
         "normalisation": job.norm.to_dict(),
         "weights_sha256": weights_digest(job.state),
         "dtype": job.dtype.str,
+        **({"output": "confidence map"} if job.confidence else {}),
     }
 
 

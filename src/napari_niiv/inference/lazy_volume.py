@@ -7,6 +7,12 @@ elsewhere; the missing tiles of the latest 2D requests are computed one by one o
 :class:`~.worker.LatestWorker`, and ``on_tile`` is called (from that thread) when one is ready so
 the viewer can redraw. Only 2D requests (one sliced axis) queue work: a 3D view shows the
 interpolation.
+
+With :meth:`LazyIsotropic.enable_confidence`, the same tiles also carry the confidence map
+(:mod:`.confidence`), shown by :attr:`LazyIsotropic.confidence_levels` (same shapes and placement):
+one worker and one latent cache serve both, and a tile's map comes from the same decoding as its
+image. Where a map tile is not computed yet it reads NaN (unknown), never 0 (which would read as
+"confident").
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..data.normalise import Normalisation
+from . import confidence
 from .geometry import OutputGeometry, level_coords, pyramid_shapes
 from .reconstructor import Reconstructor
 from .viewport import ViewGrid
@@ -29,12 +36,14 @@ from .worker import Cancelled, LatestWorker
 log = logging.getLogger(__name__)
 TILE = 256
 TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
+KINDS = ("niiv", "confidence")  # what a level shows: the reconstruction, or its confidence map
 
 
 class IsotropicLevel:
     """One pyramid level, or a region of it: an array-like napari can slice (dtype, shape, ndim,
     ``__getitem__``). Slicing only narrows the region; pixels are made when napari converts the
-    result to an array, so a slab napari cuts before picking the plane costs nothing."""
+    result to an array, so a slab napari cuts before picking the plane costs nothing. ``kind``
+    'confidence' shows the confidence map of the same voxels."""
 
     def __init__(
         self,
@@ -42,9 +51,13 @@ class IsotropicLevel:
         level: int,
         index: tuple[slice, slice, slice] | None = None,
         squeeze: tuple[int, ...] = (),
+        kind: str = "niiv",
     ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
         self.volume = volume
         self.level = level
+        self.kind = kind
         self.index = index or tuple(slice(0, n) for n in volume.shapes[level])
         self.squeeze = squeeze
         self.shape = tuple(s.stop - s.start for a, s in enumerate(self.index) if a not in squeeze)
@@ -77,16 +90,16 @@ class IsotropicLevel:
                 index[axis] = slice(base + start, base + max(start, stop))
             else:
                 raise IndexError(f"unsupported index {k!r}: use integers and slices")
-        return IsotropicLevel(self.volume, self.level, tuple(index), tuple(sorted(squeeze)))  # type: ignore[arg-type]
+        return IsotropicLevel(self.volume, self.level, tuple(index), tuple(sorted(squeeze)), self.kind)  # type: ignore[arg-type]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self.volume.get(self.level, self.index)
+        out = self.volume.get(self.level, self.index, self.kind)
         out = out.squeeze(axis=self.squeeze) if self.squeeze else out
         return out if dtype is None else out.astype(dtype)
 
     def write_ome_zarr(self, path: str) -> str:
-        """Save: napari's writer hands the layer's data here (full niiv, level 0)."""
-        return self.volume.write_ome_zarr(path)
+        """Save: napari's writer hands the layer's data here (full niiv, or its map, level 0)."""
+        return self.volume.write_ome_zarr(path, self.kind)
 
 
 class LazyIsotropic:
@@ -107,13 +120,17 @@ class LazyIsotropic:
         self.geometry = geometry
         self.shapes = pyramid_shapes(geometry.shape)
         self.levels = [IsotropicLevel(self, i) for i in range(len(self.shapes))]
+        self.confidence_levels = [IsotropicLevel(self, i, kind="confidence") for i in range(len(self.shapes))]
+        self.confidence = False  # tiles also compute the confidence map (enable_confidence)
         self.cache_bytes = cache_bytes
         self.out_dtype: Any = np.float32  # what a save writes
         self.on_write_progress: Callable[[int, int], None] | None = None
         self.on_tile: Callable[[TileKey], None] | None = None
         self.on_error: Callable[[BaseException], None] | None = None
         self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
-        self._recent: deque[list[TileKey]] = deque(maxlen=2)  # the display slice and the thumbnail
+        self._maps: OrderedDict[TileKey, np.ndarray] = OrderedDict()  # confidence tiles
+        # the display slice and the thumbnail, per kind of layer
+        self._recent: dict[str, deque[list[TileKey]]] = {k: deque(maxlen=2) for k in KINDS}
         self._lock = threading.Lock()  # guards _tiles and _recent: napari's thread and the worker's
         self._closed = False
         self._worker: LatestWorker[int] = LatestWorker(on_error=self._report, name="niiv-tiles")
@@ -127,32 +144,49 @@ class LazyIsotropic:
         axes = zip(self.in_shape, self.geometry.shape, index, strict=True)
         return tuple(level_coords(n_in, n_out, level, s.start, s.stop) for n_in, n_out, s in axes)  # type: ignore[return-value]
 
-    def get(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
-        """Region ``index`` of level ``level`` now: cached niiv tiles, interpolation for the rest.
-        A plane (one axis of length 1) queues its missing tiles (with those of the request before)."""
+    def enable_confidence(self, on: bool = True) -> None:
+        """Compute the confidence map with the tiles from now on (or stop: computed maps stay)."""
+        with self._lock:
+            self.confidence = bool(on)
+            if not on:
+                self._recent["confidence"].clear()
+
+    def get(self, level: int, index: tuple[slice, slice, slice], kind: str = "niiv") -> np.ndarray:
+        """Region ``index`` of level ``level`` now: cached niiv tiles, interpolation for the rest
+        (``kind`` 'confidence': cached map tiles, NaN for the rest). A plane (one axis of length 1)
+        queues its missing tiles (with those of the request before)."""
         if any(s.stop <= s.start for s in index):
             return np.zeros([s.stop - s.start for s in index], np.float32)
-        out = self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
+        if kind == "confidence":
+            out = np.full([s.stop - s.start for s in index], np.nan, np.float32)
+        else:
+            out = self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
         thin = [a for a in range(3) if index[a].stop - index[a].start == 1]
         if len(thin) == 1:
-            self._fill_and_queue(level, thin[0], index, out)
+            self._fill_and_queue(level, thin[0], index, out, kind)
         return out
 
-    def _fill_and_queue(self, level: int, axis: int, index: tuple[slice, ...], out: np.ndarray) -> None:
+    def _fill_and_queue(
+        self, level: int, axis: int, index: tuple[slice, ...], out: np.ndarray, kind: str = "niiv"
+    ) -> None:
         plane = index[axis].start
         a, b = (x for x in range(3) if x != axis)
         missing: list[TileKey] = []
         with self._lock:
+            store = self._maps if kind == "confidence" else self._tiles
             for ta in range(index[a].start // TILE, (index[a].stop - 1) // TILE + 1):
                 for tb in range(index[b].start // TILE, (index[b].stop - 1) // TILE + 1):
                     key = (level, axis, plane, ta, tb)
-                    tile = self._tiles.get(key)
+                    tile = store.get(key)
                     if tile is None:
                         missing.append(key)
                         continue
-                    self._tiles.move_to_end(key)
+                    store.move_to_end(key)
+                    if key in self._tiles:  # a map in use keeps its image (eviction goes by images)
+                        self._tiles.move_to_end(key)
                     _paste(out, index, tile, self._tile_index(key), a, b)
-            self._recent.appendleft(missing)
+            if kind == "niiv" or self.confidence:
+                self._recent[kind].appendleft(missing)
             wanted = self._wanted()
         if wanted:
             self._worker.submit(lambda cancelled: self._compute(wanted, cancelled))
@@ -174,16 +208,39 @@ class LazyIsotropic:
             return len(self._wanted())
 
     def _wanted(self) -> list[TileKey]:
-        """Missing tiles of the two latest requests, newest request first (call with the lock held)."""
-        return list(dict.fromkeys(k for keys in self._recent for k in keys if k not in self._tiles))
+        """Missing tiles of the two latest requests of each kind, newest request first, images
+        before maps (call with the lock held)."""
+        images = (k for keys in self._recent["niiv"] for k in keys if k not in self._tiles)
+        maps = (k for keys in self._recent["confidence"] for k in keys if self.confidence and k not in self._maps)
+        return list(dict.fromkeys([*images, *maps]))
+
+    def _missing(self, key: TileKey) -> bool:
+        """Call with the lock held."""
+        return key not in self._tiles or (self.confidence and key not in self._maps)
 
     # -- computing -----------------------------------------------------------------------------
     def compute_tile(self, key: TileKey, cancelled: Cancelled | None = None) -> np.ndarray | None:
         """niiv for one tile, in the input's intensity scale; None if ``cancelled`` turned true."""
+        tiles = self.compute_tiles(key, cancelled, with_confidence=False)
+        return None if tiles is None else tiles[0]
+
+    def compute_tiles(
+        self, key: TileKey, cancelled: Cancelled | None = None, with_confidence: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """niiv for one tile and, ``with_confidence``, its confidence map from the same decoding,
+        both in the input's intensity scale; None if ``cancelled`` turned true."""
+        cancelled = cancelled or (lambda: False)
         index = self._tile_index(key)
         grid = ViewGrid(self.coords(key[0], index), key[1], 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-        result = self.renderer.render(grid, cancelled or (lambda: False))
-        return None if result is None else self.norm.invert(result, np.float32)
+        parts: dict[str, np.ndarray] = {}
+        result = self.renderer.render(grid, cancelled, parts=parts)
+        if result is None:
+            return None
+        image = self.norm.invert(result, np.float32)
+        if not with_confidence:
+            return image, None
+        uncertainty = self.renderer.render_confidence(grid, cancelled, parts)
+        return None if uncertainty is None else (image, confidence.to_intensity(uncertainty, self.norm))
 
     def _compute(self, wanted: list[TileKey], cancelled: Cancelled) -> int:
         """The worker's task: the tiles in ``wanted`` one by one, until a newer request supersedes it
@@ -194,27 +251,40 @@ class LazyIsotropic:
             if cancelled():
                 break
             with self._lock:
-                if key in self._tiles:
+                if not self._missing(key):
                     continue
+                with_map = self.confidence
             try:
-                tile = self.compute_tile(key, lambda: self._closed)
+                tiles = self.compute_tiles(key, lambda: self._closed, with_confidence=with_map)
             except BaseException as exc:  # keep serving; the layer shows interpolation there
                 with self._lock:
-                    for keys in self._recent:
-                        if key in keys:
-                            keys.remove(key)
+                    for recent in self._recent.values():
+                        for keys in recent:
+                            if key in keys:
+                                keys.remove(key)
                 self._report(exc)
                 continue
-            if tile is None:  # closed
+            if tiles is None:  # closed
                 break
             with self._lock:
-                self._tiles[key] = tile
-                while sum(t.nbytes for t in self._tiles.values()) > self.cache_bytes and len(self._tiles) > 1:
-                    self._tiles.popitem(last=False)
+                self._tiles[key] = tiles[0]
+                self._tiles.move_to_end(key)
+                if tiles[1] is not None:
+                    self._maps[key] = tiles[1]
+                self._evict()
             made += 1
             if self.on_tile is not None:
                 self.on_tile(key)
         return made
+
+    def _evict(self) -> None:
+        """Least recently used tiles out past ``cache_bytes``, each image with its map (call with
+        the lock held)."""
+        total = sum(t.nbytes for t in self._tiles.values()) + sum(t.nbytes for t in self._maps.values())
+        while total > self.cache_bytes and len(self._tiles) > 1:
+            key, old = self._tiles.popitem(last=False)
+            dropped = self._maps.pop(key, None)
+            total -= old.nbytes + (0 if dropped is None else dropped.nbytes)
 
     def _report(self, exc: BaseException) -> None:
         if self.on_error is None:
@@ -228,16 +298,19 @@ class LazyIsotropic:
         self._worker.close()
 
     # -- saving --------------------------------------------------------------------------------
-    def write_ome_zarr(self, path: str) -> str:
+    def write_ome_zarr(self, path: str, kind: str = "niiv") -> str:
         """Reconstruct level 0 in full into a new OME-Zarr pyramid, with this layer's settings and
-        geometry (atomic: nothing is left under ``path`` if it fails)."""
+        geometry (atomic: nothing is left under ``path`` if it fails); ``kind`` 'confidence': its map."""
         from .export import write_isotropic
         from .reconstructor import BlockReconstruction
 
         job = BlockReconstruction(
             self.renderer.view.data, self.norm, self.rec.model, self.rec.settings, self.geometry, self.out_dtype
         )
-        write_isotropic(path, job, contrast=(self.norm.low, self.norm.high), on_progress=self.on_write_progress)
+        window = (self.norm.low, self.norm.high)
+        if kind == "confidence":
+            job, window = job.confidence_map(), confidence.contrast_limits(self.norm)
+        write_isotropic(path, job, contrast=window, on_progress=self.on_write_progress)
         return path
 
 

@@ -7,10 +7,12 @@ enough halo, reproduce the untiled volume.
 
 An xz reconstruction decodes, for each output y, the xz plane at that y (linearly interpolated
 between acquired planes when it falls between them); yz likewise along x; ``both`` averages them.
+The confidence map (:mod:`.confidence`) is the disagreement of the two, from the same decoding.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +24,7 @@ from ..data.io import as_volume, open_volume
 from ..data.normalise import Normalisation, fit_normalisation
 from ..errors import NiivInputError
 from ..model import NiivModel
+from . import confidence
 from .engine import InferenceEngine
 from .geometry import OutputGeometry, chunk_indices, output_coords, output_geometry, pixel_range
 from .settings import InferenceSettings
@@ -105,22 +108,43 @@ class Reconstructor:
     ) -> np.ndarray:
         """Normalised output block ``index`` of the isotropic volume; ``source`` is the normalised
         input (anything sliceable ZYX), read only around the block (halo included)."""
+        orients = self.settings.orientations("xz")
+        return confidence.reconstruction(self.block_parts(source, shape_out, index, orients), orients)
+
+    def block_confidence(
+        self,
+        source: Any,
+        shape_out: tuple[int, int, int],
+        index: tuple[slice, slice, slice],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`block` and the confidence map of the same voxels (:mod:`.confidence`), both
+        normalised, from one read and one decoding of each orientation."""
+        orients = confidence.orientations(self.settings, "xz", confidence=True)
+        parts = self.block_parts(source, shape_out, index, orients)
+        return confidence.reconstruction(parts, self.settings.orientations("xz")), confidence.disagreement(parts)
+
+    def block_parts(
+        self,
+        source: Any,
+        shape_out: tuple[int, int, int],
+        index: tuple[slice, slice, slice],
+        orients: tuple[str, ...],
+    ) -> dict[str, np.ndarray]:
+        """The normalised block ``index`` decoded from each of ``orients`` ('xz', 'yz')."""
         n_in = tuple(int(s) for s in source.shape)
         coords = [output_coords(n_in[a], shape_out[a], index[a].start, index[a].stop) for a in range(3)]
         ranges = [pixel_range(coords[a], n_in[a], self.halo) for a in range(3)]
         data = np.asarray(source[tuple(slice(lo, hi) for lo, hi in ranges)], dtype=np.float32)
         rows = coords[0] - ranges[0][0]
-        result = None
-        for orient in self.settings.orientations("xz"):
+        parts = {}
+        for orient in orients:
             # xz: planes are y positions, columns are x; yz: planes are x positions, columns are y.
             plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
             planes = interpolate_planes(data, coords[plane_axis], plane_axis, ranges[plane_axis][0])
             planes = np.moveaxis(planes, plane_axis, 0)  # (P, z, cols)
             dec = self.planes(planes, rows, coords[col_axis] - ranges[col_axis][0])
-            dec = np.moveaxis(dec, 0, plane_axis)
-            result = dec if result is None else (result + dec) * 0.5
-        assert result is not None
-        return result
+            parts[orient] = np.moveaxis(dec, 0, plane_axis)
+        return parts
 
 
 def _column_tiles(cols: np.ndarray, width: int, tile: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -154,7 +178,8 @@ class BlockReconstruction:
     Picklable, so a dask.distributed cluster can run it: ``source`` is a path or URL (each process
     opens it lazily itself, so workers read only the chunks they need) or an array, and the model
     travels as its architecture and CPU tensors (the model lent is not touched). Indices are in
-    the output region of ``geometry``.
+    the output region of ``geometry``. With ``confidence`` its blocks are the confidence map
+    (:mod:`.confidence`, float32 in the input's intensity units) instead of the reconstruction.
     """
 
     def __init__(
@@ -165,14 +190,16 @@ class BlockReconstruction:
         settings: InferenceSettings,
         geometry: OutputGeometry,
         dtype: Any = np.float32,
+        confidence: bool = False,
     ) -> None:
         self.source = str(source) if hasattr(source, "__fspath__") else source
+        self.confidence = bool(confidence)
         self.norm = normalisation
         self.config = model.config
         self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         self.settings = settings
         self.geometry = geometry
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(np.float32 if self.confidence else dtype)
         self._state: tuple[Reconstructor, NormalisedView] | None = None
         self._lock = threading.Lock()
 
@@ -197,8 +224,16 @@ class BlockReconstruction:
         rec, view = self._ready()
         where = tuple(slice(o + i.start, o + i.stop) for o, i in zip(self.geometry.origin, index, strict=True))
         with dask.config.set(scheduler="synchronous"):  # reading inside a task: no nested scheduler
+            if self.confidence:
+                return confidence.to_intensity(rec.block_confidence(view, self.geometry.shape, where)[1], self.norm)
             block = rec.block(view, self.geometry.shape, where)
         return self.norm.invert(block, self.dtype)
+
+    def confidence_map(self) -> BlockReconstruction:
+        """The same job writing the confidence map (what `niiv reconstruct --confidence` writes)."""
+        job = copy.copy(self)  # the same source, normalisation, weights, settings and geometry
+        job.__dict__.update(confidence=True, dtype=np.dtype(np.float32), _state=None, _lock=threading.Lock())
+        return job
 
 
 def reconstruct_volume(

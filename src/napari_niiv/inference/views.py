@@ -19,6 +19,7 @@ import torch
 
 from ..data.normalise import Normalisation
 from ..model.latent_field import LatentGrid
+from . import confidence
 from .geometry import pixel_range
 from .reconstructor import NormalisedView, Reconstructor, interpolate_planes
 from .viewport import ViewGrid
@@ -181,9 +182,12 @@ class ViewRenderer:
         partial: Callable[[np.ndarray], None] | None = None,
         base: np.ndarray | None = None,
         coarse: Callable[[np.ndarray], None] | None = None,
+        parts: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray | None:
         """niiv at the grid, or None if ``cancelled`` turned true on the way. ``partial`` receives
-        the image so far (decoded parts over ``base``, the preview) as work proceeds.
+        the image so far (decoded parts over ``base``, the preview) as work proceeds. ``parts``, if
+        given, receives the full-resolution image of each orientation decoded (for
+        :meth:`render_confidence`).
 
         With ``coarse``, a large view is first decoded at a quarter of its resolution along each
         displayed axis (1/16 of the points), interpolated to full size and handed to ``coarse``;
@@ -198,13 +202,33 @@ class ViewRenderer:
             coarse(base)
         orients = self.rec.settings.orientations(grid.kind)
         out = np.array(base if base is not None else self.preview(grid), dtype=np.float32, copy=True)
-        results = []
+        results = {}
         for orient in orients:
             part = out.copy() if len(orients) > 1 else out
             if not self._render_orientation(grid, orient, part, cancelled, partial if len(orients) == 1 else None):
                 return None
-            results.append(part)
-        return results[0] if len(results) == 1 else (results[0] + results[1]) * 0.5
+            results[orient] = part
+        if parts is not None:
+            parts.update(results)
+        return confidence.reconstruction(results, orients)
+
+    def render_confidence(
+        self,
+        grid: ViewGrid,
+        cancelled: Callable[[], bool] = lambda: False,
+        parts: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray | None:
+        """The confidence map at the grid (:func:`.confidence.disagreement`, normalised), or None
+        if ``cancelled`` turned true; orientations already decoded into ``parts`` by :meth:`render`
+        at this grid are reused, so after a render with orientation ``both`` it costs nothing."""
+        done = dict(parts or {})
+        for orient in confidence.SLICES:
+            if orient not in done:
+                out = np.empty(grid.shape, dtype=np.float32)  # every point is decoded
+                if not self._render_orientation(grid, orient, out, cancelled, None):
+                    return None
+                done[orient] = out
+        return confidence.disagreement(done)
 
     @torch.inference_mode()
     def _render_orientation(
@@ -221,7 +245,11 @@ class ViewRenderer:
         need_rows = pixel_range(rows, self.shape[0], halo)
         need_cols = pixel_range(cols, self.shape[col_axis], halo)
         crop_rows = _snap(*need_rows, self.shape[0], CROP_LATTICE[0])
-        crop_cols = _snap(*need_cols, self.shape[col_axis], CROP_LATTICE[1])
+        # A slice crossing the view (each yz slice of an xz view: one column; the other half of
+        # 'both' and of the confidence map) is encoded over its halo only: rounded out to the
+        # lattice, its ~33 columns would cost ~8x the encoding and the cache, for pans that never
+        # reuse them (panning changes the planes, not the column).
+        crop_cols = _snap(*need_cols, self.shape[col_axis], CROP_LATTICE[1]) if cols.size > 1 else need_cols
         decode = pixel_range(rows, self.shape[0], DECODE_MARGIN)  # the latent rows the decoder reads
         view = np.moveaxis(out, (plane_axis, 0, col_axis), (0, 1, 2))  # (planes, rows, cols), a view of out
         rows_per_chunk = max(1, DECODE_POINTS // max(1, cols.size))
