@@ -1,12 +1,16 @@
 """User data is never overwritten or deleted: outputs that are, contain or lie inside an input,
-foreign folders, links and other runs' outputs are refused with a message; stale locks recover."""
+foreign folders, links and other runs' outputs are refused with a message; stale locks recover, and
+a lock another run holds or has just taken is never removed."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,8 @@ import pytest
 import zarr
 
 from napari_niiv.cli import main
-from napari_niiv.inference.store import output_lock
+from napari_niiv.errors import NiivInputError
+from napari_niiv.inference.store import _take_over, output_lock
 from napari_niiv.inference.weights import save_weights
 from tests.conftest import random_model
 
@@ -91,6 +96,7 @@ def test_a_foreign_partial_folder_is_never_deleted(tmp_path, capsys, store, weig
     assert code == 2 and "not an unfinished niiv run" in err
     code, err = _reconstruct(capsys, store / "0", tmp_path / "iso.ome.zarr", weights)
     assert code == 2 and "not an unfinished niiv run" in err
+    assert "chunks written so far" not in err, "a refusal must not claim the foreign folder holds niiv's chunks"
     assert (partial / "keep.txt").read_text() == "not niiv's"
 
 
@@ -117,3 +123,64 @@ def test_the_lock_is_released_when_a_write_fails(tmp_path) -> None:
         assert out.with_name(out.name + ".lock").exists()
         raise RuntimeError("boom")
     assert not out.with_name(out.name + ".lock").exists()
+
+
+def _lock(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def test_the_holder_thread_may_take_its_lock_again_and_another_thread_is_refused(tmp_path) -> None:
+    """The CLI holds the lock around its checks and then train() takes it too: the same thread
+    nests; any other thread of the process is another writer and is refused, naming the holder."""
+    out = tmp_path / "w.safetensors"
+    refusals: list[str] = []
+
+    def other() -> None:
+        try:
+            with output_lock(out):
+                pass
+        except NiivInputError as exc:
+            refusals.append(str(exc))
+
+    with output_lock(out):
+        with output_lock(out):
+            assert _lock(out).exists()
+        assert _lock(out).exists(), "the nested release freed the outer hold"
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert len(refusals) == 1 and f"pid {os.getpid()} on {socket.gethostname()}" in refusals[0], refusals
+    assert not _lock(out).exists()
+
+
+def test_stale_and_foreign_locks(tmp_path) -> None:
+    out = tmp_path / "w.safetensors"
+    host = socket.gethostname()
+    # this process's own pid, left by an earlier process that had it (pid reuse): stale
+    _lock(out).write_text(json.dumps({"host": host, "pid": os.getpid(), "started": "before"}))
+    with output_lock(out):
+        assert json.loads(_lock(out).read_text())["started"] != "before"
+    # an empty lock (its writer killed between creating and filling it): refused while it may be
+    # in the making, taken over once old
+    _lock(out).write_text("")
+    with pytest.raises(NiivInputError, match="another niiv run"), output_lock(out):
+        pass
+    os.utime(_lock(out), (time.time() - 3600, time.time() - 3600))
+    with output_lock(out):
+        assert json.loads(_lock(out).read_text())["pid"] == os.getpid()
+    # a lock of another host cannot be checked from here: never taken over
+    _lock(out).write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "now"}))
+    with pytest.raises(NiivInputError, match="pid 1 on elsewhere"), output_lock(out):
+        pass
+    assert json.loads(_lock(out).read_text())["host"] == "elsewhere"
+
+
+def test_a_takeover_never_removes_a_lock_another_run_just_took(tmp_path) -> None:
+    """Two runs find the same stale lock; the first replaces it with its own before the second
+    moves it aside: the second must put that fresh lock back and report it, not delete it."""
+    lock = _lock(tmp_path / "w.safetensors")
+    fresh = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": "just now"})
+    lock.write_text(fresh)
+    assert not _take_over(lock, stale_text='{"pid": 999999999}')
+    assert lock.read_text() == fresh and [p.name for p in tmp_path.iterdir()] == [lock.name]
+    assert _take_over(lock, stale_text=fresh) and not lock.exists()

@@ -1,6 +1,8 @@
 """`niiv train` under faults, in real processes: Ctrl-C (SIGINT) and SIGKILL mid-run, then --resume
-to the same weights as an uninterrupted run; resumes of another run refused; --init by name;
-outputs that cannot be written and bad held-out volumes refused before the first step."""
+to the same weights as an uninterrupted run (bit for bit with --steps; with --minutes what the user
+guide promises instead); a kill during a checkpoint write; two runs on one --out; resumes of
+another run refused; --init by name; outputs that cannot be written and bad held-out volumes
+refused before the first step."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +22,7 @@ import pytest
 import torch
 
 from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
-from napari_niiv.training.train import checkpoint_path
+from napari_niiv.training.train import TrainSettings, checkpoint_path, train
 
 from .conftest import write_tif
 
@@ -126,6 +129,10 @@ def ckpt_step(out: Path) -> int:
     return int(load_weights(checkpoint_path(out)).train_state["step"])
 
 
+def lock_of(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory, medulla) -> Path:
     """A 64^3 crop of real FIB-SEM."""
@@ -179,13 +186,155 @@ def test_sigkill_then_resume_is_identical_from_the_last_checkpoint(tmp_path, vol
     step = ckpt_step(out)
     assert step % 4 == 0 and 4 <= step < STEPS
     assert not out.exists()
+    assert lock_of(out).exists(), "a killed run cannot remove its lock"
     code, err = run([*argv, "--resume"])
-    assert code == 0, err
+    assert code == 0, err  # the killed run's lock is stale: taken over
     same_weights(straight, out)
+    assert not lock_of(out).exists()
     # a second resume of the finished run changes nothing
     code, err = run([*argv, "--resume"])
     assert code == 0, err
     same_weights(straight, out)
+
+
+def test_a_second_run_on_the_same_out_is_refused_naming_the_first_which_finishes_undisturbed(
+    tmp_path, volume, straight
+) -> None:
+    out = tmp_path / "w.safetensors"
+    argv = train_argv(volume, out, "--checkpoint-every", "4")
+    first = Training(argv)
+    first.wait_for(lambda: checkpoint_path(out).exists() and first.steps_done() >= 5, "a checkpoint and 5 steps")
+    first.proc.send_signal(signal.SIGSTOP)  # hold it mid-run (alive, lock held) while the others try
+    try:
+        assert first.proc.poll() is None, "the first run ended before the second could meet it"
+        held = checkpoint_path(out).read_bytes()
+        for extra in ((), ("--resume",), ("--overwrite",)):
+            code, err = run([*argv, *extra])
+            line = refused(code, err, f"pid {first.proc.pid} on {socket.gethostname()}", "another niiv run")
+            assert str(out) in line and "wait for it to finish" in line, line
+        assert checkpoint_path(out).read_bytes() == held, "a refused run touched the first run's checkpoint"
+        assert lock_of(out).exists() and not out.exists()
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+    code, err = first.finish()
+    assert code == 0 and f"wrote {out} after {STEPS} steps" in err, err
+    same_weights(straight, out)  # undisturbed: what an uninterrupted run alone writes
+    assert not lock_of(out).exists(), "the lock outlived its run"
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, volume) -> None:
+    """A lock whose process is gone (a real pid that has exited), or one left empty by a process
+    killed while writing it (old enough not to be in the making), does not block the next run."""
+    out = tmp_path / "w.safetensors"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock_of(out).write_text(f'{{"host": "{socket.gethostname()}", "pid": {gone.pid}, "started": "earlier"}}')
+    code, err = run(train_argv(volume, out, steps=1))
+    assert code == 0 and "Traceback" not in err, err
+    assert out.exists() and not lock_of(out).exists()
+    lock_of(out).write_text("")
+    os.utime(lock_of(out), (time.time() - 3600, time.time() - 3600))
+    code, err = run(train_argv(volume, out, "--overwrite", steps=1))
+    assert code == 0 and "Traceback" not in err, err
+    assert not lock_of(out).exists()
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_a_temporary_the_next_run_removes(tmp_path, volume, straight) -> None:
+    """A real SIGKILL sent the moment the checkpoint's temporary file appears (checkpoints every
+    step; a kill that still lands after the rename is retried, up to five times). The resume
+    removes the leftover (only names the tool's atomic saves of this --out make) and is identical
+    to an uninterrupted run; files that merely look alike are left alone."""
+    out = tmp_path / "w.safetensors"
+    argv = train_argv(volume, out, "--checkpoint-every", "1")
+    stray = re.compile(r"\.w\.ckpt\.safetensors\.[0-9a-f]{32}\.tmp")
+    left: list[str] = []
+    for _ in range(5):
+        again = ["--resume"] if checkpoint_path(out).exists() else []  # none if the first write was cut
+        proc = subprocess.Popen([*argv, *again], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        deadline = time.monotonic() + TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(stray.fullmatch(name) for name in os.listdir(tmp_path)):
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.kill()
+        proc.wait(TIMEOUT)
+        assert proc.returncode == -signal.SIGKILL, f"the run ended (exit {proc.returncode}) before a checkpoint write"
+        left = [name for name in os.listdir(tmp_path) if stray.fullmatch(name)]
+        if left:
+            break
+    assert left, "no kill landed during a checkpoint write in five tries"
+    assert not checkpoint_path(out).exists() or ckpt_step(out) < STEPS
+    lookalikes = {
+        ".w.ckpt.safetensors.tmp": b"a user's file",
+        ".w.ckpt.safetensors.notes.tmp": b"a user's file",
+        ".w.ckpt.safetensors.0123456789ABCDEF0123456789ABCDEF.tmp": b"upper case: not a name niiv makes",
+        ".other.safetensors.0123456789abcdef0123456789abcdef.tmp": b"another output's: not this run's to remove",
+        "w.ckpt.safetensors.0123456789abcdef0123456789abcdef.tmp": b"no leading dot",
+    }
+    for name, data in lookalikes.items():
+        (tmp_path / name).write_bytes(data)
+    code, err = run([*argv, *(["--resume"] if checkpoint_path(out).exists() else [])])
+    assert code == 0, err
+    assert not [name for name in os.listdir(tmp_path) if stray.fullmatch(name)], "the leftover temporary stayed"
+    for name, data in lookalikes.items():
+        assert (tmp_path / name).read_bytes() == data, f"{name} was touched"
+    same_weights(straight, out)
+
+
+def test_a_new_run_removes_its_own_stray_temporaries(tmp_path, medulla) -> None:
+    """A simulated leftover of each of the run's two atomic saves (weights and checkpoint), as a
+    kill mid-write leaves them, before a new run (not a resume) on the same --out."""
+    out = tmp_path / "w.safetensors"
+    mine = [tmp_path / f".{name}.{'ab' * 16}.tmp" for name in (out.name, checkpoint_path(out).name)]
+    for path in mine:
+        path.write_bytes(b"half a safetensors file")
+    (tmp_path / "keep.tmp").write_bytes(b"user")
+    settings = TrainSettings(steps=1, batch=2, crop=16, points=64, device="cpu", precision="fp32", alpha=4.0)
+    train([medulla], settings, out, progress=False)
+    assert not any(path.exists() for path in mine) and out.exists()
+    assert (tmp_path / "keep.tmp").read_bytes() == b"user"
+
+
+def test_minutes_resume_continues_the_same_steps_and_the_time_schedule(tmp_path, volume) -> None:
+    """What the user guide promises for --minutes (the schedule follows training time, so no run,
+    resumed or not, is bit-identical to another): the resume continues at the checkpoint's step
+    with its history, its clock continues from the checkpoint's training time (the time between
+    the checkpoint and the interrupt is not counted), the run ends once the total training time
+    reaches --minutes, and resuming a run whose time is spent trains no further step."""
+    budget = 0.15  # minutes: 9 s of training in all
+    out = tmp_path / "w.safetensors"
+    argv = train_argv(volume, out, "--minutes", f"{budget}", "--checkpoint-every", "100000", steps=1_000_000)
+    first = Training(argv)
+    counted = re.compile(r"(\d+)/1000000 \[")
+
+    def steps() -> int:
+        found = counted.findall(first.text)
+        return int(found[-1]) if found else 0
+
+    first.wait_for(lambda: steps() >= 3, "3 steps")
+    time.sleep(3)  # train for a few seconds, so a restarted clock could not look like a continued one
+    first.proc.send_signal(signal.SIGINT)
+    code, err = first.finish()
+    assert code == 130 and "Traceback" not in err, err
+    state = load_weights(checkpoint_path(out)).train_state
+    step, seconds = int(state["step"]), float(state["seconds"])
+    assert step >= 3 and 2 < seconds < budget * 60, (step, seconds)
+    code, err = run([*argv, "--resume"])
+    assert code == 0, err
+    history = load_weights(checkpoint_path(out)).train_state["history"]
+    assert [h["step"] for h in history] == list(range(1, len(history) + 1)), "steps lost or repeated"
+    assert history[step - 1]["seconds"] == pytest.approx(seconds, abs=0.01)
+    assert history[step]["seconds"] >= seconds, "the resumed clock restarted from zero"
+    times = [h["seconds"] for h in history]
+    assert times == sorted(times)
+    assert times[-1] >= budget * 60 > times[-2], "the run did not end when its total time reached --minutes"
+    card = load_weights(out).card
+    assert card["steps"] == len(history) and card["seconds"] == pytest.approx(times[-1], abs=0.1)
+    done = load_weights(out).model.state_dict()
+    code, err = run([*argv, "--resume"])  # its time is spent: nothing more to train
+    assert code == 0 and f"after {len(history)} steps" in err, err
+    again = load_weights(out).model.state_dict()
+    assert all(torch.equal(done[k], again[k]) for k in done)
 
 
 def test_resume_of_another_run_or_of_nothing_is_refused(tmp_path, volume, straight) -> None:

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -213,11 +214,8 @@ def check_output_path(out: Path, overwrite: bool, source: Path | str | None = No
     input (links resolved); with ``overwrite``, replace only a plain (not linked) OME-Zarr store
     that napari-niiv wrote, or a plain file."""
     out = Path(out)
-    if source is not None and "://" not in str(source):
-        src, dst = Path(source).resolve(), out.resolve()
-        if dst == src or src in dst.parents or dst in src.parents:
-            where = "is" if dst == src else "lies inside" if src in dst.parents else "contains"
-            raise NiivInputError(f"{out}: the output {where} the input {source}; choose an output path outside it")
+    if source is not None:
+        check_outside_input(out, source)
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -229,6 +227,37 @@ def check_output_path(out: Path, overwrite: bool, source: Path | str | None = No
             f"{out} is a folder napari-niiv did not write; --overwrite replaces only niiv's own stores: "
             "choose another output path, or move it away yourself"
         )
+
+
+def check_outside_input(out: Path, source: Path | str) -> None:
+    """Refuse an output that is, contains or lies inside the input ``source`` (links resolved), or
+    lies inside the zarr store that holds it (an input ``s.zarr/0``: nothing under ``s.zarr``)."""
+    if "://" in str(source):
+        return
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        where = "is" if dst == src else "lies inside" if src in dst.parents else "contains"
+        raise NiivInputError(f"{out}: the output {where} the input {source}; choose an output path outside it")
+    root = _zarr_root(src)
+    if root != src and root in dst.parents:
+        raise NiivInputError(
+            f"{out}: the output lies inside the zarr store {root} that holds the input {source}; "
+            "niiv never writes into an input's store: choose an output path outside it"
+        )
+
+
+_ZARR_NODE = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+
+
+def _zarr_root(path: Path) -> Path:
+    """The outermost zarr group of which ``path`` (a zarr array or group) is part, or ``path``
+    itself when it is not in a zarr store."""
+    root = path
+    for folder in path.parents:
+        if not any((folder / name).is_file() for name in _ZARR_NODE):
+            break
+        root = folder
+    return root
 
 
 def written_by_niiv(path: Path) -> bool:
@@ -243,22 +272,35 @@ def written_by_niiv(path: Path) -> bool:
     return False
 
 
+_HELD: dict[str, int] = {}  # the locks this process holds: lock path -> the thread holding it
+_HELD_GUARD = threading.Lock()
+_UNREADABLE_STALE_S = 30.0  # a lock file still empty or garbled after this long: its writer died writing it
+
+
 @contextmanager
 def output_lock(out: Path) -> Iterator[None]:
     """One writer per output: ``OUT.lock`` holds the writer's host, pid and start time. Another run
-    is refused with them named; a lock left by a process that is gone (this host) is taken over."""
-    lock = out.with_name(out.name + ".lock")
+    (another process, or another thread of this one) is refused with them named; a lock left by a
+    process that is gone (this host) is taken over. The thread holding the lock may take it again
+    (the CLI holds it around its checks, then the training it starts takes it too). The output's
+    folder is made if it does not exist yet."""
+    lock = Path(out).with_name(Path(out).name + ".lock")
+    key = os.path.abspath(lock)
+    with _HELD_GUARD:
+        nested = _HELD.get(key) == threading.get_ident()
+    if nested:
+        yield
+        return
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
+    lock.parent.mkdir(parents=True, exist_ok=True)  # the output's folder, as its writer would make it
+    for _ in range(5):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                other = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                other = {}
-            if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
-                lock.unlink(missing_ok=True)  # stale: its writer is gone
+            text, other = _read_lock(lock)
+            if text is None:
+                continue  # it went away meanwhile: try again
+            if _stale(lock, other) and _take_over(lock, text):
                 continue
             raise NiivInputError(
                 f"{out} is being written by another niiv run (pid {other.get('pid', '?')} on "
@@ -268,10 +310,83 @@ def output_lock(out: Path) -> Iterator[None]:
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
+    else:  # other runs kept taking it over between our tries
+        raise NiivInputError(f"{out} is being claimed by other niiv runs right now; wait for them, then rerun")
+    with _HELD_GUARD:
+        _HELD[key] = threading.get_ident()
     try:
         yield
     finally:
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
         lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> tuple[str | None, dict[str, Any]]:
+    """The lock file's text (None: it is gone) and what it says ({} when it cannot be parsed)."""
+    try:
+        text = lock.read_text()
+    except FileNotFoundError:
+        return None, {}
+    except OSError:
+        return "", {}
+    try:
+        other = json.loads(text)
+    except ValueError:
+        other = {}
+    return text, other if isinstance(other, dict) else {}
+
+
+def _stale(lock: Path, other: dict[str, Any]) -> bool:
+    """A lock whose writer is gone: a dead pid on this host (or this process's own pid, left by an
+    earlier process that had it, when no thread here holds the lock), or a file left empty or
+    garbled by a process killed while writing it (and old enough that it is not being written now)."""
+    if not other:
+        try:
+            return time.time() - lock.stat().st_mtime > _UNREADABLE_STALE_S
+        except OSError:
+            return False
+    try:
+        pid = int(other.get("pid", -1))
+    except (TypeError, ValueError):
+        pid = -1
+    if other.get("host") != socket.gethostname():
+        return False
+    if pid == os.getpid():  # this process's pid: stale unless one of its threads holds it (pid reuse)
+        with _HELD_GUARD:
+            return os.path.abspath(lock) not in _HELD
+    return not _alive(pid)
+
+
+def _take_over(lock: Path, stale_text: str) -> bool:
+    """Remove the stale lock reading ``stale_text``, safely against another run doing the same at
+    once: the lock is moved aside atomically and removed only if it is still the stale one (if
+    another run already replaced it with its own, that lock is put back). False: it was not ours
+    to remove."""
+    aside = lock.with_name(f"{lock.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return True  # another run removed it first: try to take the lock again
+    except OSError:
+        return False
+    try:
+        moved = aside.read_text()
+    except OSError:
+        moved = None
+    if moved == stale_text:
+        aside.unlink(missing_ok=True)
+        return True
+    try:  # another run's fresh lock: put it back unless a lock is there again (a link never replaces)
+        os.link(aside, lock)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this file system
+        if not lock.exists():
+            os.replace(aside, lock)
+            return False
+    aside.unlink(missing_ok=True)
+    return False
 
 
 def _alive(pid: int) -> bool:
@@ -294,11 +409,14 @@ def _existing_folder(out: Path) -> Path:
     return folder
 
 
-def check_writable(out: str | Path) -> None:
+def check_writable(out: str | Path, file: bool = False) -> None:
     """Refuse, before any work, an output that could not be written: a parent that is a file, or a
     folder that refuses a new file (read-only, no permission; tried with a probe file, which also
-    holds for root and read-only mounts). Creates nothing."""
+    holds for root and read-only mounts); with ``file``, also a folder (or a link to one) where the
+    output file is to go. Creates nothing."""
     out = Path(out)
+    if file and out.is_dir():
+        raise NiivInputError(f"cannot write {out}: it is a folder; give a file name")
     folder = _existing_folder(out)
     if not folder.is_dir():
         raise NiivInputError(f"cannot write {out}: {folder} is a file, not a folder; choose another output path")

@@ -7,8 +7,10 @@ checkpoint is the same file plus the optimiser state and the step, so it can be 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +48,10 @@ def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: a crash or a cancel never leaves a
     half-written file under the real name."""
     path = Path(path)
+    if path.is_dir():  # a rename over a folder fails only after all the writing
+        raise NiivInputError(f"cannot write {path}: it is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # remove_stray_temporaries knows this name
     try:
         write(tmp)
         # Writers (safetensors among them) may create private 0600 files; give the file the
@@ -57,6 +61,26 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stray_temporaries(path: str | Path) -> list[Path]:
+    """Remove what :func:`atomic_write` of ``path`` leaves when its process is killed mid-write
+    (SIGKILL, power loss): files named exactly ``.NAME.<32 hex digits>.tmp`` beside ``path``,
+    which only this module makes. Nothing else is touched. Call it only while no other process
+    can be writing ``path`` (holding its ``inference.store.output_lock``). Returns what it removed."""
+    path = Path(path)
+    stray = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{32}}\.tmp")
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if stray.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def _umask() -> int:
@@ -252,7 +276,8 @@ def available_weights() -> dict[str, Path]:
     return found
 
 
-DEFAULT_WEIGHTS = "niiv-v2-fibsem-a8"
+# The default: electron microscopy, any alpha 2-12, thick or thin sections (weights/niiv-em.md says why).
+DEFAULT_WEIGHTS = "niiv-em"
 
 
 def resolve_weights(name_or_path: str | Path | None) -> Path:
