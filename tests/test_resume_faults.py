@@ -101,6 +101,11 @@ def test_ctrl_c_during_reconstruct_keeps_the_chunks_and_the_rerun_equals_an_unin
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
     assert "run the same command again" in err.decode() and "Traceback" not in err.decode()
+    said = [ln for ln in err.decode().splitlines() if ln.startswith("niiv reconstruct:")]
+    assert said == [  # one line says what happened and what to do
+        f"niiv reconstruct: interrupted; the chunks written so far are in {partial_path(out)}: run the same "
+        "command again to write only the missing ones (or pass --restart to begin anew)"
+    ], err.decode()
     assert partial_path(out).exists() and not out.exists()
     assert not out.with_name(out.name + ".lock").exists()  # the lock went with the run
 

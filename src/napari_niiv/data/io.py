@@ -8,10 +8,13 @@ OME-NGFF names ("micrometer", "nanometer", ...), which napari's ``units=`` (pint
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -288,10 +291,23 @@ def _default_options(url: str) -> dict[str, Any]:
     return {}
 
 
+@contextlib.contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """tifffile logs what it finds wrong in a damaged file (bad page offsets, corrupt ImageJ
+    metadata) on stderr, line by line; niiv's own message says it once, in one line."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _open_tiff(path: Path) -> Volume:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         shape = series.shape
         if "S" in series.axes and tif.pages[0].photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR):
