@@ -117,6 +117,11 @@ def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, use
         slice(20, 91),
     )
     assert job.settings.lr == 3e-4 and job.settings.steps == 300 and job.settings.time_budget == 120
+    # the sections (degradation) follow the weights' card and reach the run, its held-out check and card
+    assert req.degradation == "thick" == job.settings.degradations
+    panel.sections_choice.value = "psf"
+    job = fine_tune_job(panel.request())
+    assert job.settings.degradations == "psf" and str(job.held_out.degradation) == "psf"
 
     # the visible part of an xz view, and all y planes
     viewer.layers.selection.active = layer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import json
 import math
 import re
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
-from .data.degrade import ALPHA_RANGE
+from .data.degrade import ALPHA_RANGE, DEGRADATIONS
 from .errors import NiivInputError
 from .inference.settings import DEVICES, ORIENTATIONS, PRECISIONS, SCALE_RANGE, InferenceSettings
 from .model.config import ARCHITECTURES
@@ -103,6 +104,36 @@ def _number(lo: float, hi: float, integer: bool = False, open_low: bool = False)
     return parse
 
 
+def _degradations(text: str) -> str:
+    """An argparse type: comma-separated degradations (``thick``, ``thin``, ``psf`` or ``psf:FWHM``)."""
+    from .data.degrade import parse_degradations
+
+    try:
+        return ",".join(str(d) for d in parse_degradations(text))
+    except NiivInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Alphas(tuple):
+    """Parsed ``--alpha`` list of evaluate: a tuple, unlike the list argparse makes of ``--opt=--``."""
+
+
+def _alphas(text: str) -> tuple[float, ...]:
+    """An argparse type: one alpha or a comma-separated list (``3,4,6,8``), each in ``ALPHA_RANGE``."""
+    one = _number(*ALPHA_RANGE)
+    parts = [t for t in text.split(",")]
+    if not parts or any(not t.strip() for t in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give an alpha or a comma-separated list such as 4,8,10")
+    return _Alphas(one(t.strip()) for t in parts)
+
+
+DEGRADATION_HELP = (
+    "thick: sections averaged over their whole thickness (serial-section EM, thick FIB-SEM steps); "
+    "thin: thin sections far apart (every alpha-th plane); psf or psf:FWHM: a Gaussian axial blur of "
+    "FWHM xy voxels (default one section spacing), light microscopy"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes end in one line that says what to do, exit code 2 (argparse prints the whole usage)."""
 
@@ -184,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart", action="store_true", help="discard an unfinished run's OUT.partial instead of resuming it"
     )
     rec.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    rec.add_argument(
+        "--confidence",
+        metavar="PATH",
+        help="also write the confidence map to PATH (.tif or .npy, whole, OUT's voxels): |xz - yz|, how much the "
+        "reconstructions from xz and yz slices differ, in intensity units (high = unsure); one more pass",
+    )
     _add_common(rec)
     _add_speed(rec)
 
@@ -194,9 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-supervised training: xy crops of the volumes are pooled by alpha along one axis and\n"
         "the network learns to restore them. No isotropic ground truth is needed. A checkpoint is\n"
         "written beside OUT (OUT.ckpt.safetensors) every --checkpoint-every steps and on Ctrl-C\n"
-        "(exit code 130); rerun the same command with --resume to continue: the result is the same\n"
-        "as an uninterrupted run's. Everything is checked before the first step: the volumes, the\n"
-        "held-out volume, --region, and that OUT's folder is writable and has room.",
+        "(exit code 130); rerun the same command with --resume to continue: with --steps alone the\n"
+        "result is bit for bit an uninterrupted run's. With --minutes the learning-rate schedule\n"
+        "follows the training time, so no two runs are bit-identical: a resume continues the same\n"
+        "batches from the checkpoint's step and the schedule from its recorded training time, and\n"
+        "ends when the total training time reaches --minutes. One run per OUT (OUT.lock); a second\n"
+        "is refused naming the first's pid. Everything is checked before the first step: the volumes,\n"
+        "the held-out volume, --region, and that OUT's folder is writable and has room.",
     )
     tr.add_argument("volumes", nargs="+", help="training volumes (their xy planes are used)")
     tr.add_argument("--out", required=True, help="weights file to write (.safetensors)")
@@ -204,7 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--alpha",
         type=_number(*ALPHA_RANGE),
         required=True,
-        help="anisotropy to train for (z voxel size / xy voxel size)",
+        help="anisotropy to train for (z voxel size / xy voxel size); with --alpha-max the low end of a range",
+    )
+    tr.add_argument(
+        "--alpha-max",
+        type=_number(*ALPHA_RANGE),
+        help="train one model for any alpha from --alpha to this (drawn per step, fractions included)",
+    )
+    tr.add_argument(
+        "--degradation",
+        type=_degradations,
+        default="thick",
+        help=f"how sections are simulated from xy planes, comma-separated to mix ({', '.join(DEGRADATIONS)}; "
+        f"default thick). {DEGRADATION_HELP}",
     )
     tr.add_argument(
         "--arch",
@@ -221,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=_number(1, 10_000_000, integer=True), default=5000, help="training steps (default 5000)"
     )
     tr.add_argument(
-        "--minutes", type=_number(0, 100_000, open_low=True), help="stop after this many minutes (the schedule adapts)"
+        "--minutes",
+        type=_number(0, 100_000, open_low=True),
+        help="stop after this many minutes of training in all, resumes included (the learning-rate schedule "
+        "follows the time, so a run with --minutes is not bit-for-bit repeatable, resumed or not)",
     )
     tr.add_argument(
         "--lr",
@@ -271,7 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Fourier-clipped PSNR, PSNR and SSIM per slice, averaged, and seconds per volume.",
     )
     ev.add_argument("volumes", nargs="+", help="isotropic volumes (ground truth)")
-    ev.add_argument("--alpha", type=_number(*ALPHA_RANGE), default=8.0, help="anisotropy to simulate (default 8)")
+    ev.add_argument(
+        "--alpha",
+        type=_alphas,
+        default=_Alphas((8.0,)),
+        help="anisotropy to simulate (default 8); a comma-separated list (3,4,6,8) scores each and adds a "
+        "summary of the gains over bicubic",
+    )
+    ev.add_argument(
+        "--degradation",
+        type=_degradations,
+        default="thick",
+        help=f"how the sections are simulated, comma-separated for one table each (default thick). {DEGRADATION_HELP}",
+    )
     ev.add_argument("--region", help="only this part of each volume: z0:z1,y0:y1,x0:x1")
     ev.add_argument(
         "--cube",
@@ -282,7 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--weights", action="append", default=[], help="niiv weights to score (repeatable); default: the shipped model"
     )
-    ev.add_argument("--slices", choices=("xz", "yz"), default="xz", help="which slices to score (default xz)")
+    ev.add_argument(
+        "--slices",
+        choices=("xz", "yz", "xy"),
+        default="xz",
+        help="which slices to score (default xz); xy: the xy planes degraded along y, for volumes whose z is "
+        "itself blurred (light microscopy), so that the ground truth is sharp",
+    )
     ev.add_argument(
         "--both",
         action="store_true",
@@ -303,7 +377,31 @@ def build_parser() -> argparse.ArgumentParser:
 LIST_OPTIONS = ("volumes", "weights")  # options that take several values
 
 
+def _quiet_remote_cleanup() -> None:
+    """When a remote (s3://) read fails, zarr's other reads still pending are closed at exit, in
+    another context than aiobotocore entered, and each prints 'Exception ignored in: <coroutine
+    ...> ... was created in a different Context' after niiv's one-line message. That one harmless
+    report is dropped; every other unraisable exception goes to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "niiv_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if (
+            isinstance(exc, ValueError)
+            and "was created in a different Context" in str(exc)
+            and inspect.iscoroutine(unraisable.object)
+        ):
+            return
+        previous(unraisable)
+
+    hook.niiv_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_remote_cleanup()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, its one line already printed)
@@ -323,11 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NiivInputError as exc:
         print(f"niiv {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"niiv {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"niiv {args.command}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     except OSError as exc:  # the disk filled up or went away during the work: say so in one line
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+        if not _said_in_one_line(exc):
             raise
         where = f" ({exc.filename})" if exc.filename else ""
         print(
@@ -336,6 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _said_in_one_line(exc: BaseException) -> bool:
+    """An error of the file system (full, read-only, no permission, gone) that main() reports in one line."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -377,9 +480,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, path in available_weights().items():
         try:
             w = load_weights(path)
-            ho = (w.card.get("test") or {}).get("niiv") or {}
-            extra = f", test CF-PSNR {ho['cf_psnr']:.2f} dB" if "cf_psnr" in ho else ""
-            print(f"  {name}: alpha {w.alpha:g}, {w.card.get('architecture', '?')}{extra}  ({path})")
+            lo, hi = w.card.get("alpha_range") or (w.alpha, w.alpha)
+            span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g}-{hi:g}"
+            kinds = ",".join(w.card.get("degradations") or ["thick"])
+            purpose = f", {w.card['purpose']}" if w.card.get("purpose") else ""
+            print(f"  {name}: {span}, {kinds} sections, {w.card.get('architecture', '?')}{purpose}  ({path})")
         except NiivInputError as exc:
             print(f"  {name}: unusable ({exc})")
     return 0
@@ -405,6 +510,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     check_output_path(out, args.overwrite, src)
     check_writable(out)
+    conf = Path(args.confidence) if args.confidence else None
+    if conf is not None:
+        if conf.suffix.lower() not in (".tif", ".tiff", ".npy") or conf.resolve() == out.resolve():
+            raise NiivInputError(f"--confidence {conf}: give a .tif or .npy path other than OUT")
+        check_output_path(conf, args.overwrite, src)
+        check_writable(conf)
     chunks = _parse_chunks(args.chunks)
     region = _parse_region(args.region)
     vol = open_volume(src)
@@ -447,8 +558,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".zarr":
         _write_array(out, assemble(job, chunks), geometry.voxel_size, geometry.unit)
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        return 0
-    _write_pyramid(args, out, job, chunks, (norm.low, norm.high))
+    else:
+        _write_pyramid(args, out, job, chunks, (norm.low, norm.high))
+    if conf is not None:
+        check_room(conf, int(np.prod(geometry.size)) * 4 + 2**20, "the confidence map")
+        _write_array(conf, assemble(job.confidence_map(), chunks), geometry.voxel_size, geometry.unit)
+        print(f"wrote the confidence map {conf}", file=sys.stderr)
     return 0
 
 
@@ -490,15 +605,17 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
                 input_id=_resolved(_source(args.input)),
                 on_progress=progress,
             )
-    except BaseException:
+    except BaseException as exc:
         if bar is not None:
             bar.close()
-        if partial.exists():
-            print(
-                f"niiv reconstruct: stopped; the chunks written so far are in {partial}: run the same command "
-                "again to write only the missing ones (or pass --restart to begin anew)",
-                file=sys.stderr,
-            )
+        kept = (
+            f"the chunks written so far are in {partial}: run the same command again to write only the missing "
+            "ones (or pass --restart to begin anew)"
+        )
+        if isinstance(exc, KeyboardInterrupt) and partial.exists():
+            raise KeyboardInterrupt(kept) from exc  # main() says it in its one line
+        if partial.exists() and not isinstance(exc, NiivInputError) and not _said_in_one_line(exc):
+            print(f"niiv reconstruct: stopped; {kept}", file=sys.stderr)  # before the traceback
         raise
     if bar is not None:
         bar.close()
@@ -543,6 +660,20 @@ def _write_array(out: Path, result: np.ndarray, voxel: tuple[float, float, float
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .inference.store import check_outside_input, output_lock
+    from .training.train import check_output
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise NiivInputError(f"--out {out}: weights are written as .safetensors; give a name ending in .safetensors")
+    for path in [*args.volumes, *([args.held_out] if args.held_out else [])]:
+        check_outside_input(out, path)  # nothing (weights, lock) goes into an input's folder store
+    check_output(out)
+    with output_lock(out):  # one run per --out, over the checks below too (train() holds it on)
+        return _train_locked(args, out)
+
+
+def _train_locked(args: argparse.Namespace, out: Path) -> int:
     from .data.degrade import check_alpha
     from .data.io import open_volume
     from .inference.weights import load_weights, resolve_weights
@@ -552,15 +683,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         HeldOutCheck,
         TrainingInterrupted,
         TrainSettings,
-        check_output,
         checkpoint_path,
         fine_tune_settings,
         train,
     )
 
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise NiivInputError(f"--out {out}: weights are written as .safetensors; give a name ending in .safetensors")
     ckpt = checkpoint_path(out)
     if args.resume:
         if not ckpt.exists():
@@ -574,8 +701,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise NiivInputError(
             f"{ckpt} holds an unfinished run: pass --resume to continue it, or --overwrite to start anew"
         )
-    check_output(out)
     alpha = check_alpha(args.alpha)
+    if args.alpha_max is not None and args.alpha_max < alpha:
+        raise NiivInputError(
+            f"--alpha-max {args.alpha_max:g} is below --alpha {alpha:g}: give the range's low end as --alpha"
+        )
     region = _parse_region(args.region)
     init = start = None
     if args.init:
@@ -606,6 +736,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else defaults.lr
     settings = TrainSettings(
         alpha=alpha,
+        alpha_max=args.alpha_max,
+        degradations=args.degradation,
         architecture=args.arch or (start.card.get("architecture", "custom") if start else TrainSettings.architecture),
         steps=args.steps,
         lr=lr,
@@ -655,19 +787,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data.degrade import check_alpha
+    from .data.degrade import parse_degradations
     from .data.io import open_volume
     from .inference.geometry import check_region
     from .inference.store import check_writable
     from .inference.weights import load_weights, resolve_weights
-    from .training.evaluate import cut_cubes, evaluate, format_table, intensity_range, interpolation, niiv_method
+    from .training.evaluate import (
+        cut_cubes,
+        evaluate,
+        format_gains,
+        format_table,
+        intensity_range,
+        interpolation,
+        lateral_planes,
+        niiv_method,
+    )
 
-    alpha = check_alpha(args.alpha)
+    alphas = list(args.alpha)
+    degradations = parse_degradations(args.degradation)
     if args.json:
-        check_writable(Path(args.json))  # before the scoring, not after it
-    if args.cube < 2 * alpha:
+        check_writable(Path(args.json), file=True)  # before the scoring, not after it
+    widest = max(alphas)
+    if args.cube < 2 * widest:
         raise NiivInputError(
-            f"--cube {args.cube}: a cube pooled by alpha {alpha:g} needs at least {math.ceil(2 * alpha)} voxels a side"
+            f"--cube {args.cube}: a cube degraded by alpha {widest:g} needs at least {math.ceil(2 * widest)} "
+            "voxels a side"
         )
     region = _parse_region(args.region)
     cubes, ranges = [], []
@@ -675,27 +819,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         vol = open_volume(path)
         data = np.asarray(vol.data[check_region(region, vol.shape)] if region else vol.data)
         scale = intensity_range(data)  # the volume's own range, shared by its cubes
-        cut = cut_cubes(data, args.cube)
+        if args.slices == "xy":  # every plane counts, however few: blocks as deep as the volume
+            data = lateral_planes(data)
+            cut = cut_cubes(data, (args.cube, min(args.cube, data.shape[1]), args.cube))
+        else:
+            cut = cut_cubes(data, args.cube)
         cubes += cut
         ranges += [scale] * len(cut)
     settings = InferenceSettings(
-        alpha=alpha, orientation=args.slices, device=args.device, precision=args.precision, compiled=args.compile
+        alpha=alphas[0],
+        orientation="xz" if args.slices == "xy" else args.slices,
+        device=args.device,
+        precision=args.precision,
+        compiled=args.compile,
     ).resolved()
     methods = {m: interpolation(m) for m in ("nearest", "bilinear", "bicubic")}
+    trained: dict[str, tuple[float, float]] = {}
     for spec in args.weights or [None]:
         w = load_weights(resolve_weights(spec))
         name = w.card.get("name") or (Path(w.path).stem if w.path else "niiv")
-        if not math.isclose(w.alpha, alpha, rel_tol=1e-6):
-            print(
-                f"niiv evaluate: note: {name} was trained for alpha {w.alpha:g}, scored here at {alpha:g}",
-                file=sys.stderr,
-            )
+        lo, hi = w.card.get("alpha_range") or (w.alpha, w.alpha)
+        trained[name] = (float(lo), float(hi))
         methods[name] = niiv_method(w.model, settings)
         if args.both:
             methods[name + " +yz"] = niiv_method(w.model, settings.replace(orientation="both"))
-    print(f"{len(cubes)} volume(s) of {args.cube}^3, alpha {alpha:g}, {args.slices} slices", file=sys.stderr)
-    scores = evaluate(cubes, alpha, methods, args.cutoff, args.slices, ranges)
-    print(format_table(scores, args.cutoff))
+    scores = []
+    for degradation in degradations:
+        for alpha in alphas:
+            for name, (lo, hi) in trained.items():
+                if not lo - 1e-6 <= alpha <= hi + 1e-6:
+                    span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g} to {hi:g}"
+                    print(
+                        f"niiv evaluate: note: {name} was trained for {span}, scored here at {alpha:g}", file=sys.stderr
+                    )
+            print(
+                f"{len(cubes)} block(s) of {'x'.join(map(str, cubes[0].shape))}, alpha {alpha:g}, "
+                f"{degradation} degradation, "
+                + ("xy planes degraded along y" if args.slices == "xy" else f"{args.slices} slices"),
+                file=sys.stderr,
+            )
+            slices = "xz" if args.slices == "xy" else args.slices  # xy: cubes were transposed
+            part = evaluate(cubes, alpha, methods, args.cutoff, slices, ranges, degradation)
+            if len(alphas) > 1 or len(degradations) > 1:
+                print(f"\n### alpha {alpha:g}, {degradation}\n")
+            print(format_table(part, args.cutoff))
+            scores += part
+    if len(alphas) > 1 or len(degradations) > 1:
+        print("\n### gains over bicubic\n")
+        print(format_gains(scores))
     if args.json:
         from .inference.weights import atomic_write
 

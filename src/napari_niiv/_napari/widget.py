@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Image
 from qtpy.QtCore import QSize, Qt, QUrl
 from qtpy.QtGui import QDesktopServices
@@ -26,10 +26,11 @@ from ..inference.devices import available_devices, pick_device
 from ..inference.export import DEFAULT_CHUNKS
 from ..inference.reconstructor import check_reconstructable
 from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
+from ..inference.suggestion import suggest_weights
 from ..inference.weights import DEFAULT_WEIGHTS, Weights, available_weights, load_weights
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
-from .layer_view import check_layer, layer_alpha, layer_geometry, level0
+from .layer_view import check_layer, layer_alpha, layer_geometry, layer_unit, level0
 from .live_view import LiveView
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
 from .training_panel import named, status_label
@@ -44,10 +45,10 @@ def weight_choices(widget: Any = None) -> list[str]:
 
 
 def is_niiv_output(layer: Any) -> bool:
-    """The plugin's own layers: the live view (metadata ``niiv_live_of``) and lazy isotropic
-    layers (metadata ``niiv``)."""
+    """The plugin's own layers: the live view (metadata ``niiv_live_of``), lazy isotropic layers
+    (metadata ``niiv``) and confidence maps (``niiv_confidence_of``)."""
     metadata = getattr(layer, "metadata", None) or {}
-    return "niiv_live_of" in metadata or "niiv" in metadata
+    return "niiv_live_of" in metadata or "niiv" in metadata or "niiv_confidence_of" in metadata
 
 
 def alpha_unknown_message(layer: Any, alpha: float) -> str:
@@ -72,10 +73,13 @@ class NiivWidget(QScrollArea):
         self.confirm_alpha_button = PushButton(text="Use this alpha", visible=False)
         self.scale_spin = FloatSpinBox(label="output scale", min=0.5, max=2.0, step=0.25, value=1.0)
         self.weights_choice = ComboBox(label="weights", choices=weight_choices, value=DEFAULT_WEIGHTS)
+        self.weights_note = Label(label="", value="")  # why these weights were preselected
+        self.weights_note.native.setWordWrap(True)  # a long reason wraps instead of widening the dock
         self.device_choice = ComboBox(label="device", choices=available_devices(), value="auto")
         self.precision_choice = ComboBox(label="precision", choices=PRECISIONS, value="auto")
         self.orientation_choice = ComboBox(label="orientation", choices=ORIENTATIONS, value="auto")
         self.live_check = CheckBox(text="live niiv view of the visible region", value=False)
+        self.confidence_check = CheckBox(text="confidence map (where xz and yz disagree)", value=False)
         self.reconstruct_button = PushButton(text="Whole volume (lazy layer)")
         self.save_button = PushButton(text="Save isotropic volume...")
         self.help_button = PushButton(text="?")
@@ -88,10 +92,12 @@ class NiivWidget(QScrollArea):
                 self.confirm_alpha_button,
                 self.scale_spin,
                 self.weights_choice,
+                self.weights_note,
                 self.device_choice,
                 self.precision_choice,
                 self.orientation_choice,
                 self.live_check,
+                self.confidence_check,
             ],
             labels=True,
         )
@@ -141,6 +147,11 @@ class NiivWidget(QScrollArea):
         self._confirmed: weakref.WeakSet[Image] = weakref.WeakSet()
         self._setting_alpha = False  # the alpha box is being set from the layer's scale, not by the user
         self._watched: Image | None = None  # the layer whose scale events are connected
+        self._syncing = False  # confidence layers are being added or removed (_sync_confidence)
+        # Weights the user picked (kept from then on: preselection only suggests in the note).
+        self._picked_weights: str | None = None
+        self._setting_weights = False  # the weights are being preselected, not picked by the user
+        self.weights_choice.changed.connect(self._weights_edited)
         self.volume_choice.changed.connect(self._layer_changed)
         self.alpha_spin.changed.connect(self._alpha_edited)
         self.confirm_alpha_button.changed.connect(self.confirm_alpha)
@@ -148,6 +159,7 @@ class NiivWidget(QScrollArea):
         for w in (*settings, self.orientation_choice):
             w.changed.connect(self._settings_changed)
         self.live_check.changed.connect(self._toggle_live)
+        self.confidence_check.changed.connect(self._toggle_confidence)
         self.reconstruct_button.changed.connect(self._reconstruct_whole)
         self.save_button.changed.connect(self.save_isotropic)
         self.help_button.changed.connect(self.open_help)
@@ -189,6 +201,10 @@ class NiivWidget(QScrollArea):
         )
         self.orientation_choice.tooltip = "Slices niiv decodes: auto follows the view (xy views use xz slices)."
         self.live_check.tooltip = "Reconstruct what is on screen, at screen resolution, as you pan, zoom and scroll."
+        self.confidence_check.tooltip = (
+            "Add a layer over the live view and each whole-volume layer showing where niiv is unsure: how much "
+            "the reconstructions from xz and from yz slices differ (bright = unsure). Costs up to one more decoding."
+        )
         self.reconstruct_button.tooltip = (
             "Add the whole isotropic volume as a lazy layer: napari asks for the tiles it shows and they are "
             "computed in the background (also in Layers > Transform > niiv)."
@@ -220,6 +236,8 @@ class NiivWidget(QScrollArea):
         removed = event.value if event is not None and getattr(event, "type", None) == "removed" else None
         if removed is not None:
             self._layer_removed(removed)
+        elif event is not None and self.confidence_check.value:
+            self._sync_confidence()  # a new whole-volume layer (dock or menu) gets its map
         self.volume_choice.reset_choices()
         self.weights_choice.reset_choices()
         layers = self._image_layers()
@@ -258,6 +276,7 @@ class NiivWidget(QScrollArea):
         if layer is None:
             self.confirm_alpha_button.visible = False
             return
+        self._preselect_weights(layer)
         alpha = layer_alpha(layer)
         lo, hi = ALPHA_RANGE
         self.confirm_alpha_button.visible = self.alpha_unknown(layer)
@@ -279,6 +298,35 @@ class NiivWidget(QScrollArea):
             if str(self.status_label.value).startswith("alpha (z / xy)"):  # an alpha warning no longer holds
                 self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, from the scale of '{layer.name}'")
         self._settings_changed()
+
+    # -- weights -------------------------------------------------------------------------------
+    def _preselect_weights(self, layer: Image) -> None:
+        """Weights for what is known of ``layer`` (voxel size and unit, else pixel type), with the
+        reason below the list. Once the user has picked weights, they stay picked: the note then only
+        suggests others when they would suit this volume better."""
+        s = suggest_weights(tuple(layer.scale[-3:]), layer_unit(layer), layer.dtype)
+        available = s.weights in self.weights_choice.choices
+        if self._picked_weights is not None and self._picked_weights in self.weights_choice.choices:
+            hint = (
+                f"; {s.weights} suits '{layer.name}' ({s.reason})"
+                if available and s.weights != self._picked_weights
+                else ""
+            )
+            self.weights_note.value = f"{self._picked_weights}: your choice{hint}"
+        elif available:
+            self._setting_weights = True
+            try:
+                self.weights_choice.value = s.weights
+            finally:
+                self._setting_weights = False
+            self.weights_note.value = f"{s.weights}: {s.reason}"
+        else:
+            self.weights_note.value = ""
+
+    def _weights_edited(self, value: Any = None) -> None:
+        if not self._setting_weights:
+            self._picked_weights = self.weights_choice.value
+            self.weights_note.value = f"{self.weights_choice.value}: your choice"
 
     # -- alpha ---------------------------------------------------------------------------------
     def alpha_unknown(self, layer: Any) -> bool:
@@ -376,10 +424,12 @@ class NiivWidget(QScrollArea):
             settings,
             on_status=lambda text: self._live_status(view, text),
             pixel_ratio=self._pixel_ratio(),
+            confidence=self.confidence_check.value,
         )
         self.live_view = view
         if previous is not None and previous.layer is layer:
             self.live_view.output = previous.output  # new settings, same live layer
+            self.live_view.confidence_output = previous.confidence_output
 
     def _live_status(self, view: LiveView, text: str) -> None:
         """A live view's news, unless it has been replaced or stopped (its last word would
@@ -394,6 +444,42 @@ class NiivWidget(QScrollArea):
 
     def _pixel_ratio(self) -> float:
         return float(self.devicePixelRatioF()) if hasattr(self, "devicePixelRatioF") else 1.0
+
+    # -- confidence map ------------------------------------------------------------------------
+    def _toggle_confidence(self, on: bool) -> None:
+        self._sync_confidence()
+        if on and self.live_view is None and not self._lazy_layers():
+            self.set_status(
+                "confidence map: on; it appears with the live view or a whole-volume layer (bright = niiv is unsure)"
+            )
+        elif not on:
+            self.set_status("confidence map off")
+
+    def _lazy_layers(self) -> list[Image]:
+        """Whole-volume niiv layers whose tiles are still computed."""
+        return [layer for layer in self.viewer.layers if getattr(layer, "_niiv_progress", None) is not None]
+
+    def _sync_confidence(self) -> None:
+        """Confidence layers for the live view and every whole-volume layer when the box is ticked;
+        none (and no map work) when it is not."""
+        if self._syncing:  # adding a map layer fires the layers' inserted event
+            return
+        self._syncing = True
+        try:
+            on = bool(self.confidence_check.value)
+            if self.live_view is not None and self.live_view.confidence != on:
+                self.live_view.set_confidence(on)
+            for layer in self._lazy_layers():
+                bridge = layer._niiv_progress
+                if on:
+                    bridge.show_confidence()
+                else:
+                    bridge.hide_confidence()
+            if not on:  # maps of live views that ended, or of closed whole-volume layers
+                for layer in [la for la in self.viewer.layers if "niiv_confidence_of" in (la.metadata or {})]:
+                    self.viewer.layers.remove(layer)
+        finally:
+            self._syncing = False
 
     # -- whole volume --------------------------------------------------------------------------
     def _reconstruct_whole(self, value: Any = None) -> None:

@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..data.degrade import check_alpha
+from ..data.degrade import check_alpha, parse_degradations
 from ..data.io import Volume
 from ..errors import NiivInputError
 from ..inference.devices import lower_thread_priority, pick_device
@@ -65,7 +65,8 @@ class FineTuneRequest:
 
     ``data`` is the full-resolution (z, y, x) array (numpy or dask), ``scale`` its voxel size,
     ``regions`` the parts to learn from in data voxels, ``start_weights`` a registry name or a path,
-    ``out`` the new weights file; ``resume`` continues the checkpoint beside ``out``.
+    ``out`` the new weights file; ``resume`` continues the checkpoint beside ``out``;
+    ``degradation`` how this microscope's sections relate to its xy planes (``data.degrade``).
     """
 
     data: Any
@@ -81,6 +82,7 @@ class FineTuneRequest:
     lr: float = 1e-4
     device: str = "auto"
     resume: bool = False
+    degradation: str = "thick"
 
 
 def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
@@ -99,6 +101,10 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     data = request.data if isinstance(request.data, da.Array) else da.from_array(request.data, chunks="auto")
     if data.ndim != 3:
         raise NiivInputError(f"'{request.name}' is {data.ndim}D; fine-tuning needs one 3D (z, y, x) volume")
+    kinds = parse_degradations(request.degradation)
+    if len(kinds) != 1:
+        raise NiivInputError(f"fine-tuning learns one degradation (thick, thin or psf), got {request.degradation!r}")
+    degradation = kinds[0]
     settings = fine_tune_settings(
         alpha,
         steps=int(request.steps),
@@ -107,11 +113,13 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
         device=str(pick_device(request.device)),
         crop=int(min(MAX_CROP, *data.shape[1:])),
     )
+    settings = replace(settings, degradations=str(degradation))
     split = split_training(list(request.regions), settings.crop, alpha)
     scale = tuple(float(s) for s in request.scale)
     volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
     held = np.asarray(data[split.held_out])
-    check = HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha)  # held-out xy planes, pooled in-plane
+    # held-out xy planes, degraded in-plane as training degrades them
+    check = HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha, degradation=degradation)
     previous = previous_card(out) if request.resume else {}
     card = {
         "source_layer": request.name,
@@ -124,6 +132,17 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     job = FineTuneJob(volumes, settings, out, split, init=start, resume=request.resume, held_out=check, card=card)
     job.previous_runs = list(previous.get("runs", []))
     return job
+
+
+def default_degradation(start_weights: str | Path | None) -> str:
+    """The degradation to fine-tune with by default: the one the start weights learned (their card's
+    first; thick for weights that do not say, as the first round's)."""
+    try:
+        card = json.loads(read_metadata(resolve_weights(start_weights)).get("card", "{}"))
+    except (NiivInputError, ValueError, OSError):
+        return "thick"
+    kinds = card.get("degradations") if isinstance(card, dict) else None
+    return str(kinds[0]).partition(":")[0] if isinstance(kinds, list) and kinds else "thick"
 
 
 def previous_card(out: Path) -> dict[str, Any]:

@@ -35,13 +35,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.degrade import THICK, Degradation, parse_degradations
 from ..data.io import Volume, as_volume
 from ..data.pairs import LateralPairSampler
 from ..errors import NiivInputError
 from ..inference.devices import autocast_dtype, pick_device
 from ..inference.settings import InferenceSettings
-from ..inference.store import check_room, check_writable
-from ..inference.weights import Weights, load_weights, restore_optimizer, save_weights
+from ..inference.store import check_room, check_writable, output_lock
+from ..inference.weights import (
+    Weights,
+    load_weights,
+    remove_stray_temporaries,
+    restore_optimizer,
+    save_weights,
+)
 from ..model import NiivConfig, NiivModel
 from ..model.config import ARCHITECTURES
 from .evaluate import evaluate, interpolation, niiv_method
@@ -53,6 +60,10 @@ class TrainSettings:
     (seconds) can end the run earlier."""
 
     alpha: float = 8.0
+    # Train over alpha .. alpha_max (uniform per batch, fractions included) for one model of any alpha.
+    alpha_max: float | None = None
+    # Comma-separated forward models (data.degrade.DEGRADATIONS), one drawn per batch.
+    degradations: str = "thick"
     architecture: str = "v2"
     steps: int = 5000
     batch: int = 8
@@ -177,13 +188,18 @@ def check_held_out(volume: Any, alpha: float) -> np.ndarray:
 
 
 class HeldOutCheck:
-    """niiv vs bilinear on volumes kept out of training (simulated alpha, xz slices)."""
+    """niiv vs bilinear on volumes kept out of training (simulated alpha and degradation, xz slices)."""
 
-    def __init__(self, volumes: Sequence[np.ndarray], alpha: float, cutoff: float = 25.0) -> None:
+    def __init__(
+        self, volumes: Sequence[np.ndarray], alpha: float, cutoff: float = 25.0, degradation: Degradation = THICK
+    ) -> None:
         self.volumes = [check_held_out(v, alpha) for v in volumes]
         self.alpha = alpha
         self.cutoff = cutoff
-        (base,) = evaluate(self.volumes, alpha, {"bilinear": interpolation("bilinear")}, cutoff)
+        self.degradation = degradation
+        (base,) = evaluate(
+            self.volumes, alpha, {"bilinear": interpolation("bilinear")}, cutoff, degradation=degradation
+        )
         self.bilinear = base
 
     def check_fits(self, config: NiivConfig) -> None:
@@ -199,7 +215,7 @@ class HeldOutCheck:
     def __call__(self, model: NiivModel, device: torch.device | str = "cpu") -> dict[str, float]:
         was_training = model.training
         niiv = niiv_method(model, InferenceSettings(self.alpha, orientation="xz", device=str(device)))
-        (s,) = evaluate(self.volumes, self.alpha, {"niiv": niiv}, self.cutoff)
+        (s,) = evaluate(self.volumes, self.alpha, {"niiv": niiv}, self.cutoff, degradation=self.degradation)
         model.train(was_training)
         return {
             "cf_psnr": s.cf_psnr,
@@ -283,7 +299,19 @@ def _check_room(out: Path, model: NiivModel) -> None:
 
 # Settings that change what a run learns: a resumed run must share them with its checkpoint.
 # (device, precision, threads, time budget and the reporting intervals may change.)
-RUN_SETTINGS = ("alpha", "steps", "batch", "crop", "points", "lr", "final_lr_fraction", "warmup", "seed")
+RUN_SETTINGS = (
+    "alpha",
+    "alpha_max",
+    "degradations",
+    "steps",
+    "batch",
+    "crop",
+    "points",
+    "lr",
+    "final_lr_fraction",
+    "warmup",
+    "seed",
+)
 
 
 def _architecture_name(config: dict[str, Any]) -> str:
@@ -371,6 +399,42 @@ def train(
     progress: bool = True,
     card: dict[str, Any] | None = None,
 ) -> TrainResult:
+    """Train (or fine-tune from ``init``) on ``volumes`` and write weights to ``out``; see
+    :func:`_train`. One run per ``out``: ``OUT.lock`` (``inference.store.output_lock``) refuses a
+    second, naming the first's pid, and is taken over from a process that is gone; holding it, the
+    run removes the temporary files a killed run's atomic saves of ``out`` or its checkpoint left."""
+    out = Path(out)
+    check_output(out)
+    with output_lock(out):
+        for path in (out, checkpoint_path(out)):
+            remove_stray_temporaries(path)
+        return _train(
+            volumes,
+            settings,
+            out,
+            init=init,
+            resume=resume,
+            z_ranges=z_ranges,
+            held_out=held_out,
+            callbacks=callbacks,
+            progress=progress,
+            card=card,
+        )
+
+
+def _train(
+    volumes: Sequence[Any],
+    settings: TrainSettings,
+    out: str | Path,
+    *,
+    init: str | Path | None = None,
+    resume: bool = False,
+    z_ranges: Sequence[tuple[int, int] | None] | None = None,
+    held_out: HeldOutCheck | None = None,
+    callbacks: Sequence[TrainCallback] = (),
+    progress: bool = True,
+    card: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train (or fine-tune from ``init``) on ``volumes`` and write weights to ``out``.
 
     A checkpoint with the optimiser state is written atomically beside ``out`` every
@@ -398,7 +462,14 @@ def train(
     if held_out is not None:
         held_out.check_fits(model.config)
     model = model.to(device).train()
-    sampler = LateralPairSampler(vols, settings.alpha, settings.crop, settings.points, z_ranges)
+    sampler = LateralPairSampler(
+        vols,
+        (settings.alpha, settings.alpha_max or settings.alpha),
+        settings.crop,
+        settings.points,
+        z_ranges,
+        degradations=parse_degradations(settings.degradations),
+    )
     identity = run_identity(settings, model, vols, sampler, z_ranges)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     step, history, elapsed = 0, [], 0.0
@@ -419,6 +490,8 @@ def train(
         if not start_weights
         else start_weights.card.get("architecture", "custom"),
         "alpha": settings.alpha,
+        "alpha_range": list(sampler.alpha_range),
+        "degradations": [str(d) for d in sampler.degradations],
         "data": [v.name for v in vols],
         "settings": asdict(settings),
         "fine_tuned_from": started_from,
@@ -453,12 +526,15 @@ def train(
     try:
         with interrupt:
             while step < settings.steps:
+                if settings.time_budget is not None and elapsed >= settings.time_budget:
+                    stopped = True  # resumed with its time already spent: nothing more to do
+                    break
                 lr = settings.lr_at(step, time.perf_counter() - t_start)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 batch = sampler.batch(settings.seed, step, settings.batch).to(device)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    pred = model(batch.inputs, batch.coords, settings.alpha)
+                    pred = model(batch.inputs, batch.coords, batch.alpha)
                 loss = (pred.float() - batch.targets).abs().mean()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

@@ -1,0 +1,42 @@
+"""`niiv reconstruct --confidence MAP`: the confidence map written beside the output, with its voxels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_niiv.data import open_volume
+from napari_niiv.data.degrade import pool_axis
+from napari_niiv.inference.geometry import output_geometry
+from tests.conftest import write_tif
+
+ALPHA = 4.0
+
+
+@pytest.fixture(scope="module")
+def volume(medulla) -> np.ndarray:
+    """Real FIB-SEM pooled by 4 along z: (10, 40, 44) uint8."""
+    return pool_axis(medulla[:40, :40, :44].astype(np.float32), ALPHA, 0).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_cli_writes_the_map_beside_the_output(tmp_path, capsys, volume, tiny_user_weights):
+    from napari_niiv.cli import main
+
+    src = tmp_path / "aniso.tif"
+    write_tif(src, volume, imagej=True, resolution=(1.0, 1.0), metadata={"spacing": ALPHA, "unit": "um"})
+    out, cmap = tmp_path / "iso.tif", tmp_path / "iso-confidence.tif"
+    weights = tiny_user_weights / "tiny.safetensors"
+    argv = [str(src), str(out), "--weights", str(weights), "--precision", "fp32", "--confidence", str(cmap)]
+    assert main(["reconstruct", *argv]) == 0, capsys.readouterr().err
+    iso, umap = open_volume(out), open_volume(cmap)
+    assert umap.shape == iso.shape == output_geometry(volume.shape, ALPHA).shape
+    np.testing.assert_allclose(umap.voxel_size, iso.voxel_size)
+    data = np.asarray(umap.data)
+    assert data.dtype == np.float32 and np.all(np.isfinite(data)) and data.max() > 0
+    # refused: a format that is not written whole, and an existing map without --overwrite
+    bad = [str(src), str(tmp_path / "b.tif"), "--weights", str(weights), "--confidence", str(tmp_path / "m.zarr")]
+    assert main(["reconstruct", *bad]) != 0
+    assert "--confidence" in capsys.readouterr().err
+    again = [str(src), str(tmp_path / "c.tif"), "--weights", str(weights), "--confidence", str(cmap)]
+    assert main(["reconstruct", *again]) != 0 and not (tmp_path / "c.tif").exists()
