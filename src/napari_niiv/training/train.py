@@ -19,6 +19,7 @@ What a run guarantees (the CLI and the panel rely on it):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,43 +387,25 @@ def check_same_run(path: Path, saved: Weights, identity: dict[str, Any]) -> None
         )
 
 
+def _one_run_per_output(run: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """One run per ``out``: ``OUT.lock`` (``inference.store.output_lock``) refuses a second,
+    naming the first's pid, and is taken over from a process that is gone; holding it, the run
+    removes the temporary files a killed run's atomic saves of ``out`` or its checkpoint left."""
+
+    @functools.wraps(run)
+    def locked(volumes: Sequence[Any], settings: TrainSettings, out: str | Path, **options: Any) -> TrainResult:
+        out = Path(out)
+        check_output(out)
+        with output_lock(out):
+            for path in (out, checkpoint_path(out)):
+                remove_stray_temporaries(path)
+            return run(volumes, settings, out, **options)
+
+    return locked
+
+
+@_one_run_per_output
 def train(
-    volumes: Sequence[Any],
-    settings: TrainSettings,
-    out: str | Path,
-    *,
-    init: str | Path | None = None,
-    resume: bool = False,
-    z_ranges: Sequence[tuple[int, int] | None] | None = None,
-    held_out: HeldOutCheck | None = None,
-    callbacks: Sequence[TrainCallback] = (),
-    progress: bool = True,
-    card: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train (or fine-tune from ``init``) on ``volumes`` and write weights to ``out``; see
-    :func:`_train`. One run per ``out``: ``OUT.lock`` (``inference.store.output_lock``) refuses a
-    second, naming the first's pid, and is taken over from a process that is gone; holding it, the
-    run removes the temporary files a killed run's atomic saves of ``out`` or its checkpoint left."""
-    out = Path(out)
-    check_output(out)
-    with output_lock(out):
-        for path in (out, checkpoint_path(out)):
-            remove_stray_temporaries(path)
-        return _train(
-            volumes,
-            settings,
-            out,
-            init=init,
-            resume=resume,
-            z_ranges=z_ranges,
-            held_out=held_out,
-            callbacks=callbacks,
-            progress=progress,
-            card=card,
-        )
-
-
-def _train(
     volumes: Sequence[Any],
     settings: TrainSettings,
     out: str | Path,
