@@ -1,0 +1,30 @@
+"""The dock preselects weights by what it knows of the layer, says why, and keeps what the user
+picks (real napari viewer under Xvfb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_niiv.inference.weights import available_weights
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.slow  # a napari viewer
+
+
+def test_weights_follow_the_layer_until_the_user_picks(make_napari_viewer) -> None:
+    assert {"niiv-em", "niiv-lm"} <= set(available_weights())
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    lm = viewer.add_image(np.zeros((8, 32, 32), np.uint16), name="confocal", scale=(0.29, 0.26, 0.26), units="um")
+    widget.volume_choice.value = lm
+    assert widget.weights_choice.value == "niiv-lm"
+    assert "260 nm" in widget.weights_note.value and "light microscopy" in widget.weights_note.value
+    em = viewer.add_image(np.zeros((8, 32, 32), np.uint8), name="tem", scale=(40, 4, 4))  # no unit: 8-bit
+    widget.volume_choice.value = em
+    assert widget.weights_choice.value == "niiv-em" and "8-bit" in widget.weights_note.value
+    # the user's pick stays; the note names what would suit another volume
+    widget.weights_choice.value = "niiv-v1-fibsem-a8"
+    widget.volume_choice.value = lm
+    assert widget.weights_choice.value == "niiv-v1-fibsem-a8"
+    assert "your choice" in widget.weights_note.value and "niiv-lm suits 'confocal'" in widget.weights_note.value
