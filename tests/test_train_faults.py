@@ -370,7 +370,8 @@ def test_init_takes_a_registry_name_and_fine_tuning_defaults(tmp_path, volume) -
     )
     card = load_weights(out).card
     assert card["fine_tuned_from"] == str(resolve_weights(DEFAULT_WEIGHTS))
-    assert (card["settings"]["lr"], card["settings"]["warmup"], card["architecture"]) == (1e-4, 20, "v2")
+    default_arch = load_weights(resolve_weights(DEFAULT_WEIGHTS)).card["architecture"]
+    assert (card["settings"]["lr"], card["settings"]["warmup"], card["architecture"]) == (1e-4, 20, default_arch)
     start = load_weights(resolve_weights(DEFAULT_WEIGHTS)).model.state_dict()
     tuned = load_weights(out).model.state_dict()
     assert start.keys() == tuned.keys() and not all(torch.equal(start[k], tuned[k]) for k in start)

@@ -100,8 +100,12 @@ def test_registry_lists_shipped_and_user_weights(tmp_path, monkeypatch, model) -
 
 def test_shipped_default_weights_load() -> None:
     w = load_weights(resolve_weights(None))
-    assert w.alpha == 8.0 and w.normalisation is not None
-    assert w.card["architecture"] == "v2" and w.card["test"]["niiv"]["cf_psnr"] > 0
+    lo, hi = w.card["alpha_range"]
+    assert lo <= 8.0 <= hi and w.alpha == lo and w.normalisation is not None
+    assert w.card["degradations"] == ["thick", "thin"] and w.card["architecture"] == "v1"
+    (table,) = w.card["test"]["tables"]  # held-out scores, bicubic a row of each
+    assert table["command"].startswith("niiv evaluate") and "| bicubic |" in table["table"]
+    assert {s["method"] for s in table["scores"]} >= {"bicubic", "niiv-em"}
     assert all(torch.isfinite(t).all() for t in w.model.state_dict().values())
 
 
