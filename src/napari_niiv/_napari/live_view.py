@@ -234,15 +234,34 @@ class LiveView(QObject):
                 self.timings[-1]["niiv"] = elapsed
             self.on_status(f"niiv {grid.kind} view {h}x{w} px in {elapsed:.1f} s")
 
+    def _on_grid(self, grid: ViewGrid, image: np.ndarray, name: str, **style: Any) -> Image:
+        """A new layer of ``image`` placed on the view's grid, in the volume's units and axes."""
+        return Image(
+            image,
+            name=name,
+            scale=grid.world_step,
+            translate=grid.world_start,
+            units=tuple(str(u) for u in self.layer.units[-3:]),
+            axis_labels=tuple(self.layer.axis_labels[-3:]),
+            **style,
+        )
+
+    @staticmethod
+    def _move_to(out: Image, grid: ViewGrid, image: np.ndarray) -> None:
+        """Show ``image`` in the existing layer ``out``, placed on ``grid``."""
+        if not (np.allclose(out.scale, grid.world_step) and np.allclose(out.translate, grid.world_start)):
+            # One refresh per result, not three: napari re-slices on each of scale, translate, data.
+            with out._block_refresh():
+                out.scale = grid.world_step
+                out.translate = grid.world_start
+        out.data = image
+
     def _show(self, grid: ViewGrid, image: np.ndarray) -> None:
         if self.output is None or self.output not in self.viewer.layers:
-            self.output = Image(
+            self.output = self._on_grid(
+                grid,
                 image,
-                name=f"{self.layer.name} niiv live",
-                scale=grid.world_step,
-                translate=grid.world_start,
-                units=tuple(str(u) for u in self.layer.units[-3:]),
-                axis_labels=tuple(self.layer.axis_labels[-3:]),
+                f"{self.layer.name} niiv live",
                 contrast_limits=self.layer.contrast_limits,
                 colormap=self.layer.colormap,
                 metadata={"niiv_live_of": self.layer.name},
@@ -251,13 +270,7 @@ class LiveView(QObject):
             self.viewer.layers.insert(index, self.output)
             self.viewer.layers.selection.active = self.layer
             return
-        out = self.output
-        if not (np.allclose(out.scale, grid.world_step) and np.allclose(out.translate, grid.world_start)):
-            # One refresh per result, not three: napari re-slices on each of scale, translate, data.
-            with out._block_refresh():
-                out.scale = grid.world_step
-                out.translate = grid.world_start
-        out.data = image
+        self._move_to(self.output, grid, image)
 
     def _show_confidence(self, grid: ViewGrid, image: np.ndarray, asked: float, norm: Normalisation) -> None:
         """The map of the view on the live layer's grid: same scale and translate."""
@@ -268,13 +281,10 @@ class LiveView(QObject):
         self.on_status(f"niiv {grid.kind} view {h}x{w} px and its confidence map in {elapsed:.1f} s")
         out = self.confidence_output
         if out is None or out not in self.viewer.layers:
-            self.confidence_output = Image(
+            self.confidence_output = self._on_grid(
+                grid,
                 image,
-                name=f"{self.layer.name} niiv confidence",
-                scale=grid.world_step,
-                translate=grid.world_start,
-                units=tuple(str(u) for u in self.layer.units[-3:]),
-                axis_labels=tuple(self.layer.axis_labels[-3:]),
+                f"{self.layer.name} niiv confidence",
                 contrast_limits=confidence.contrast_limits(norm),
                 colormap=confidence.COLORMAP,
                 blending="additive",
@@ -284,11 +294,7 @@ class LiveView(QObject):
             self.viewer.layers.insert(self.viewer.layers.index(anchor) + 1, self.confidence_output)
             self.viewer.layers.selection.active = self.layer
             return
-        if not (np.allclose(out.scale, grid.world_step) and np.allclose(out.translate, grid.world_start)):
-            with out._block_refresh():
-                out.scale = grid.world_step
-                out.translate = grid.world_start
-        out.data = image
+        self._move_to(out, grid, image)
 
     def update_weights(self, state: dict[str, Any]) -> None:
         """Show the view with new weights (a fine-tuning preview); they are loaded on the worker

@@ -58,7 +58,6 @@ class LateralPairSampler:
         self.alpha_range = (check_alpha(lo), check_alpha(hi))
         if self.alpha_range[0] > self.alpha_range[1]:
             raise NiivInputError(f"the alpha range {lo:g}-{hi:g} runs backwards; give the smaller alpha first")
-        self.alpha = self.alpha_range[0]
         self.degradations = tuple(degradations)
         if not self.degradations:
             raise NiivInputError("give at least one degradation")
