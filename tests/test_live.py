@@ -158,8 +158,15 @@ def test_lazy_layer_computes_the_tiles_of_the_two_latest_requests(lazy):
     are computed, newest first; the tile then replaces the interpolation in what get returns."""
     done = []
     lazy.on_tile = done.append
-    gate = threading.Event()
-    lazy._worker.submit(lambda cancelled: gate.wait(120))  # busy until released below, so the requests queue
+    gate, started = threading.Event(), threading.Event()
+
+    def busy(cancelled):
+        started.set()
+        return gate.wait(120)
+
+    lazy._worker.submit(busy)  # busy until released below, so the requests queue
+    # a get submitted before the worker picks the gate up would supersede it and run at once
+    assert started.wait(30)
     region = (slice(0, 48), slice(0, 56))
     before = {z: lazy.get(0, (slice(z, z + 1), *region)) for z in (5, 6, 7)}
     assert lazy.pending == 2  # z 6 and 7: z 5's request is no longer among the latest two
