@@ -7,6 +7,8 @@ sitting is continued, not restarted):
   side by side, one thread each, for 85 minutes: the equal-budget comparison in their cards).
 - ``em``: niiv-em, continued from niiv-v1-fibsem-a8 (v1 beat v2 at equal budget) over alpha 2-12
   (uniform, fractional) with thick and thin sections mixed.
+- ``fast``: niiv-fast, the small model of the live view's first frame (architecture ``fast``),
+  distilled from niiv-em (its outputs are the targets) over alpha 2-12, thick and thin sections.
 - ``lm``: niiv-lm, continued from niiv-em on the light-microscopy volume's xy planes z 0-40
   (z 40-60 is its held-out test), psf degradation (FWHM one section spacing), alpha 2-8.
 
@@ -45,7 +47,7 @@ recipe, minutes = sys.argv[1], float(sys.argv[2])
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 common = dict(steps=1_000_000, time_budget=minutes * 60, threads=threads, checkpoint_every=250, preview_every=0)
 init = None
-if recipe in ("v1", "v2", "em"):
+if recipe in ("v1", "v2", "em", "fast"):
     a = open_volume(DATA / "fibsem" / "medulla_a.tif")
     b = open_volume(DATA / "fibsem" / "medulla_b.tif")
     volumes, z_ranges, card = [a, b], [(74, 250), (0, 112)], dict(FIBSEM_SPLIT)
@@ -85,8 +87,24 @@ elif recipe == "lm":
         seed=2,
         **common,
     )
+elif recipe == "fast":
+    name = "niiv-fast"
+    # Distilled from the shipped default (niiv-em): its outputs on the same crops are the targets.
+    settings = TrainSettings(
+        alpha=2.0,
+        alpha_max=12.0,
+        degradations="thick,thin",
+        architecture="fast",
+        teacher=str(ROOT / "weights" / "niiv-em.safetensors"),
+        lr=1e-3,
+        warmup=100,
+        eval_every=1000,
+        seed=3,
+        **common,
+    )
+    card["distilled_from"] = "niiv-em"
 else:
-    sys.exit(f"unknown recipe {recipe!r}: v1, v2, em or lm")
+    sys.exit(f"unknown recipe {recipe!r}: v1, v2, em, lm or fast")
 
 r = train(
     volumes,

@@ -141,6 +141,43 @@ def test_progressive_render_shows_a_quarter_resolution_niiv_first(renderer, volu
     renderer.render(few, coarse=lambda image: pytest.fail("no coarse pass for a small view"))
 
 
+def test_prefetched_latents_equal_fresh_ones_and_the_step_only_decodes(volume):
+    """After a view, prefetch encodes the neighbouring planes along the sliced axis; their cached
+    latents are bit-identical to those a fresh renderer computes for the next plane, and stepping
+    there decodes from them (no encoder run) to the same image."""
+    rec = Reconstructor(random_model(), InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu"))
+    norm = fit_normalisation(volume)
+    frame = frame_of(volume)
+    grid = view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame, (0, 2), 20.0, finest=0.5)
+    step = view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame, (0, 2), 21.0, finest=0.5)
+    r = ViewRenderer(volume, norm, rec)
+    r.render(grid)
+    assert r.prefetch(grid, 1.0, planes=2) == 4  # y 19, 21, 18, 22
+    misses = r.cache.misses
+    out = r.render(step)
+    assert r.cache.misses == misses  # decoder only
+    fresh = ViewRenderer(volume, norm, rec)
+    np.testing.assert_array_equal(out, fresh.render(step))
+    key = ("xz", round(float(step.coords[1][0]), 6))
+    mine, theirs = r.cache._entries[key], fresh.cache._entries[key]
+    assert (mine.rows, mine.cols) == (theirs.rows, theirs.cols)
+    np.testing.assert_array_equal(mine.grid.latents.numpy(), theirs.grid.latents.numpy())
+
+
+def test_prefetch_stops_when_cancelled_or_over_its_budget(volume):
+    rec = Reconstructor(random_model(), InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu"))
+    r = ViewRenderer(volume, fit_normalisation(volume), rec)
+    grid = view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame_of(volume), (0, 2), 20.0, finest=0.5)
+    r.render(grid)
+    assert r.prefetch(grid, 1.0, cancelled=lambda: True) == 0
+    one = next(iter(r.cache._entries.values())).nbytes
+    before = r.cache.nbytes
+    assert r.prefetch(grid, 1.0, planes=4, budget_bytes=int(2.5 * one)) == 2  # a third would pass it
+    assert r.cache.nbytes == before + 2 * one
+    xy = view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame_of(volume), (1, 2), 13.0, finest=1.0)
+    assert r.prefetch(xy, 1.0) == 0  # along z every slice's crop changes: not prefetched
+
+
 @pytest.fixture
 def lazy(volume):
     from napari_niiv.inference.geometry import output_geometry

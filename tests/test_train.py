@@ -364,3 +364,39 @@ def test_volume_region_crops_and_places(medulla) -> None:
     np.testing.assert_array_equal(np.asarray(part.data), medulla[4:20, :, 8:])
     with pytest.raises(NiivInputError, match="not inside"):
         volume_region(vol, (slice(0, 65), slice(None), slice(None)))
+
+
+@pytest.mark.slow  # trains 60 steps
+def test_distillation_learns_the_teachers_outputs_and_is_part_of_the_run(tmp_path, medulla) -> None:
+    """With a teacher, the targets are its outputs on the same crops: the student comes closer to
+    the teacher than to the true planes it never saw; the card names the teacher, and a resume
+    with another teacher is refused (another run)."""
+    from napari_niiv.inference.weights import save_weights
+    from tests.conftest import random_model
+
+    vol = Volume(da.from_array(medulla))
+    small = NiivConfig(latent_dim=16, encoder_blocks=1, mlp_hidden=32, mlp_layers=2)
+    teacher_model = random_model(small, seed=5)
+    torch.nn.init.normal_(teacher_model.decoder.net[-1].weight, std=0.5)  # far from the truth on purpose
+    teacher = tmp_path / "teacher.safetensors"
+    save_weights(teacher, teacher_model, 4.0, None)
+    fixed = LateralPairSampler([vol], 4.0, 32, 2048).batch(seed=999, step=0, size=8)
+    with torch.no_grad():
+        taught = teacher_model(fixed.inputs, fixed.coords, 4.0)
+    settings = TrainSettings(steps=60, lr=2e-3, architecture="fast", teacher=str(teacher), **TINY)
+    out = tmp_path / "student.safetensors"
+    result = train([vol], settings, out, progress=False)
+    student = load_weights(result.weights)
+    with torch.no_grad():
+        pred = student.model(fixed.inputs, fixed.coords, 4.0)
+    to_teacher, to_truth = float((pred - taught).abs().mean()), float((pred - fixed.targets).abs().mean())
+    with torch.no_grad():
+        untrained = float((NiivModel(NiivConfig.fast())(fixed.inputs, fixed.coords, 4.0) - taught).abs().mean())
+    assert to_teacher < 0.8 * untrained and to_teacher < to_truth
+    assert student.card["distilled_from"] == str(teacher) and student.model.config == NiivConfig.fast()
+
+    other = tmp_path / "other.safetensors"
+    save_weights(other, random_model(small), 4.0, None)
+    out.unlink()  # keep the run's checkpoint: resume it with another teacher
+    with pytest.raises(NiivInputError, match="teacher"):
+        train([vol], replace(settings, teacher=str(other)), out, resume=True, progress=False)

@@ -6,6 +6,12 @@ computed (pure, :mod:`napari_niiv.inference.viewport`) and handed to a backgroun
 interpolated preview first and niiv after. Results come back to the GUI thread through a Qt
 signal; a result for a view that is no longer current is dropped.
 
+With a ``fast_model`` (``niiv-fast``, on CPUs), the task shows that small model's image first and
+the full model's after; the last image is the full model's exactly (every point is decoded again).
+When the view is done, the task goes on encoding the neighbouring planes along the sliced axis
+into the latent cache (:meth:`~napari_niiv.inference.views.ViewRenderer.prefetch`), cancelled by
+the next view, so that a step of the slider runs only the decoder.
+
 With ``confidence`` on, the same task then computes the view's confidence map
 (:mod:`napari_niiv.inference.confidence`, reusing the orientations niiv just decoded) and shows it
 in a second layer on exactly the live layer's grid (same scale and translate).
@@ -59,12 +65,18 @@ class LiveView(QObject):
         on_status: Callable[[str], None] | None = None,
         pixel_ratio: float = 1.0,
         confidence: bool = False,
+        fast_model: NiivModel | None = None,
+        names: tuple[str, str] = ("niiv", "niiv-fast"),
     ) -> None:
         super().__init__()
         self.viewer = viewer
         self.layer = check_layer(layer)
         self.settings = settings
         self.reconstructor = Reconstructor(model, settings)
+        self.fast_reconstructor = Reconstructor(fast_model, settings) if fast_model is not None else None
+        self.fast_first = fast_model is not None
+        self.names = names
+        self.prefetched = 0  # planes the last finished view prefetched (status, tests, benchmark)
         self.pixel_ratio = pixel_ratio
         self.on_status = on_status or (lambda text: None)
         self.output: Image | None = None
@@ -72,6 +84,7 @@ class LiveView(QObject):
         self.confidence_output: Image | None = None
         self.timings: list[dict[str, float]] = []
         self._renderer: ViewRenderer | None = None
+        self._fast_renderer: ViewRenderer | None = None
         self._norm: Normalisation | None = None
         self._grid: ViewGrid | None = None
         self._generation = 0
@@ -83,8 +96,8 @@ class LiveView(QObject):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
         self._result.connect(self._on_result)
-        self._worker: LatestWorker[tuple[int, str, Any] | None] = LatestWorker(
-            on_ready=self._ready, on_error=lambda exc: self._result.emit(-1, "error", exc), name="niiv-live"
+        self._worker: LatestWorker[None] = LatestWorker(
+            on_error=lambda exc: self._result.emit(-1, "error", exc), name="niiv-live"
         )
         self._connections = self._watch()
         self._changed()
@@ -118,7 +131,7 @@ class LiveView(QObject):
 
     def _data_changed(self, event: Any = None) -> None:
         """New data: latents, normalisation and the last grid no longer apply."""
-        self._renderer, self._norm, self._grid = None, None, None
+        self._renderer, self._fast_renderer, self._norm, self._grid = None, None, None, None
         self._changed()
 
     def _removed(self, event: Any) -> None:
@@ -142,8 +155,20 @@ class LiveView(QObject):
             return
         self._grid = grid
         self._generation += 1
-        gen, asked, with_map = self._generation, self._requested_at, self.confidence
-        self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled, with_map))
+        gen, asked, with_map, fast = self._generation, self._requested_at, self.confidence, self.fast_first
+        step = self._slider_step(grid.sliced_axis)
+        self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled, with_map, fast, step))
+
+    def _slider_step(self, axis: int) -> float:
+        """One step of the dims slider along the layer's data ``axis``, in input pixels."""
+        dim = self.viewer.dims.ndim - 3 + axis
+        return float(self.viewer.dims.range[dim].step) / float(self.layer.scale[-3 + axis])
+
+    def set_fast_first(self, on: bool) -> None:
+        """Show niiv-fast before the full model (when a fast model was given) from the next view."""
+        on = bool(on) and self.fast_reconstructor is not None
+        if on != self.fast_first:
+            self.fast_first = on
 
     def set_confidence(self, on: bool) -> None:
         """Show the confidence map of the view (computed after niiv) or remove its layer."""
@@ -157,18 +182,30 @@ class LiveView(QObject):
                 self.viewer.layers.remove(layer)
 
     def _render(
-        self, gen: int, grid: ViewGrid, asked: float, cancelled: Callable[[], bool], with_map: bool = False
-    ) -> tuple[int, str, Any] | None:
-        """On the worker thread: the preview and partial images sent to the GUI thread as they
-        come, niiv returned (the worker hands it to :meth:`_ready` unless a newer view superseded
-        it), all in the input's intensity scale (converting here keeps the GUI thread free). With
-        ``with_map``, niiv is sent as soon as it is ready and the confidence map returned after it."""
-        renderer, norm = self._renderer, self._norm  # the GUI thread may reset them (new data)
+        self,
+        gen: int,
+        grid: ViewGrid,
+        asked: float,
+        cancelled: Callable[[], bool],
+        with_map: bool = False,
+        fast: bool = False,
+        step: float = 1.0,
+    ) -> None:
+        """On the worker thread: the preview, niiv-fast (with ``fast``), partial images and niiv
+        sent to the GUI thread as they come, all in the input's intensity scale (converting here
+        keeps the GUI thread free); with ``with_map`` the confidence map after niiv; then the
+        neighbouring planes (``step`` input pixels apart) are prefetched until a newer view
+        cancels. The GUI thread drops whatever arrives for a view that is no longer current."""
+        renderer, fast_renderer, norm = self._renderer, self._fast_renderer, self._norm  # the GUI may reset them
         if renderer is None or norm is None:
             data = _readable(level0(self.layer))
             norm = fit_normalisation(data)
             renderer = ViewRenderer(data, norm, self.reconstructor)
-            self._renderer, self._norm = renderer, norm
+            fast_renderer = None
+            self._renderer, self._fast_renderer, self._norm = renderer, None, norm
+        if fast_renderer is None and self.fast_reconstructor is not None:
+            fast_renderer = ViewRenderer(renderer.view.data, norm, self.fast_reconstructor)
+            self._fast_renderer = fast_renderer
         state, self._new_weights = self._new_weights, None
         if state is not None:  # fine-tuning preview: swap weights between renders, never during one
             renderer.load_weights(state)
@@ -179,31 +216,38 @@ class LiveView(QObject):
         def send(stage: str, image: np.ndarray) -> None:
             self._result.emit(*result(stage, image))
 
-        preview = renderer.preview(grid)
-        send("preview", preview)
+        base = renderer.preview(grid)
+        send("preview", base)
         if cancelled():
             return None
+        if fast and fast_renderer is not None:  # the small model's image first, the full one over it
+            quick = fast_renderer.render(grid, cancelled)
+            if quick is None:
+                return None
+            send("fast", quick)
+            base = quick
         parts: dict[str, np.ndarray] = {}
         niiv = renderer.render(
             grid,
             cancelled,
             partial=lambda image: send("partial", image),
-            base=preview,
-            coarse=lambda image: send("coarse", image),
+            base=base,
+            coarse=None if fast and fast_renderer is not None else (lambda image: send("coarse", image)),
             parts=parts,
         )
-        if niiv is None or not with_map:
-            return None if niiv is None else result("niiv", niiv)
-        send("niiv", niiv)
-        uncertainty = renderer.render_confidence(grid, cancelled, parts)
-        if uncertainty is None:
+        if niiv is None:
             return None
-        return gen, "confidence", (grid, confidence.to_intensity(uncertainty, norm), asked, norm)
-
-    def _ready(self, result: tuple[int, str, Any] | None) -> None:
-        """On the worker thread: niiv for a view that was still the newest, to the GUI thread."""
-        if result is not None:
-            self._result.emit(*result)
+        send("niiv", niiv)
+        if with_map:
+            uncertainty = renderer.render_confidence(grid, cancelled, parts)
+            if uncertainty is None:
+                return None
+            self._result.emit(gen, "confidence", (grid, confidence.to_intensity(uncertainty, norm), asked, norm))
+        done = renderer.prefetch(grid, step, cancelled)
+        if not cancelled():
+            self.prefetched = done
+            self._result.emit(gen, "prefetched", done)
+        return None
 
     def _on_result(self, gen: int, stage: str, payload: Any) -> None:
         """On the GUI thread: show a result if it is for the current view."""
@@ -218,21 +262,30 @@ class LiveView(QObject):
         if stage == "confidence":
             self._show_confidence(*payload)
             return
+        if stage == "prefetched":
+            if self.timings:
+                self.timings[-1]["prefetched"] = payload
+            return
         grid, image, asked = payload
         self._show(grid, image)
         elapsed = time.perf_counter() - asked
         h, w = _size2d(grid)
+        full, small = self.names
         if stage == "preview":
             self.timings.append({"preview": elapsed})
-            self.on_status(f"preview {h}x{w} px in {elapsed * 1000:.0f} ms; niiv running...")
+            self.on_status(f"preview {h}x{w} px in {elapsed * 1000:.0f} ms; {full} running...")
+        elif stage == "fast":
+            if self.timings:
+                self.timings[-1]["fast"] = elapsed
+            self.on_status(f"showing {small} ({h}x{w} px in {elapsed:.1f} s); {full} running...")
         elif stage == "coarse":
             if self.timings:
                 self.timings[-1]["coarse"] = elapsed
-            self.on_status(f"niiv at 1/4 resolution in {elapsed:.1f} s; full resolution running...")
+            self.on_status(f"{full} at 1/4 resolution in {elapsed:.1f} s; full resolution running...")
         elif stage == "niiv":
             if self.timings:
                 self.timings[-1]["niiv"] = elapsed
-            self.on_status(f"niiv {grid.kind} view {h}x{w} px in {elapsed:.1f} s")
+            self.on_status(f"showing {full}: {grid.kind} view {h}x{w} px in {elapsed:.1f} s")
 
     def _on_grid(self, grid: ViewGrid, image: np.ndarray, name: str, **style: Any) -> Image:
         """A new layer of ``image`` placed on the view's grid, in the volume's units and axes."""

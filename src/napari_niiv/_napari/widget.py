@@ -27,7 +27,7 @@ from ..inference.export import DEFAULT_CHUNKS
 from ..inference.reconstructor import check_reconstructable
 from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
 from ..inference.suggestion import suggest_weights
-from ..inference.weights import DEFAULT_WEIGHTS, Weights, available_weights, load_weights
+from ..inference.weights import DEFAULT_WEIGHTS, FAST_WEIGHTS, Weights, available_weights, load_weights
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
 from .layer_view import check_layer, layer_alpha, layer_geometry, layer_unit, level0
@@ -80,6 +80,7 @@ class NiivWidget(QScrollArea):
         self.orientation_choice = ComboBox(label="orientation", choices=ORIENTATIONS, value="auto")
         self.live_check = CheckBox(text="live niiv view of the visible region", value=False)
         self.confidence_check = CheckBox(text="confidence map (where xz and yz disagree)", value=False)
+        self.fast_check = CheckBox(text=f"{FAST_WEIGHTS} first on a CPU", value=True)
         self.reconstruct_button = PushButton(text="Whole volume (lazy layer)")
         self.save_button = PushButton(text="Save isotropic volume...")
         self.help_button = PushButton(text="?")
@@ -97,6 +98,7 @@ class NiivWidget(QScrollArea):
                 self.precision_choice,
                 self.orientation_choice,
                 self.live_check,
+                self.fast_check,
                 self.confidence_check,
             ],
             labels=True,
@@ -160,6 +162,7 @@ class NiivWidget(QScrollArea):
             w.changed.connect(self._settings_changed)
         self.live_check.changed.connect(self._toggle_live)
         self.confidence_check.changed.connect(self._toggle_confidence)
+        self.fast_check.changed.connect(self._toggle_fast)
         self.reconstruct_button.changed.connect(self._reconstruct_whole)
         self.save_button.changed.connect(self.save_isotropic)
         self.help_button.changed.connect(self.open_help)
@@ -201,6 +204,10 @@ class NiivWidget(QScrollArea):
         )
         self.orientation_choice.tooltip = "Slices niiv decodes: auto follows the view (xy views use xz slices)."
         self.live_check.tooltip = "Reconstruct what is on screen, at screen resolution, as you pan, zoom and scroll."
+        self.fast_check.tooltip = (
+            f"On a CPU, show the small {FAST_WEIGHTS} model's image of each view first (a tenth of the "
+            "arithmetic), then the chosen weights' over it; the status line says which is shown."
+        )
         self.confidence_check.tooltip = (
             "Add a layer over the live view and each whole-volume layer showing where niiv is unsure: how much "
             "the reconstructions from xz and from yz slices differ (bright = unsure). Costs up to one more decoding."
@@ -425,11 +432,31 @@ class NiivWidget(QScrollArea):
             on_status=lambda text: self._live_status(view, text),
             pixel_ratio=self._pixel_ratio(),
             confidence=self.confidence_check.value,
+            fast_model=self._fast_model(settings),
+            names=(str(self.weights_choice.value), FAST_WEIGHTS),
         )
+        view.set_fast_first(self.fast_check.value)
         self.live_view = view
         if previous is not None and previous.layer is layer:
             self.live_view.output = previous.output  # new settings, same live layer
             self.live_view.confidence_output = previous.confidence_output
+
+    def _fast_model(self, settings: InferenceSettings) -> Any:
+        """niiv-fast for the live view's first frame: on a CPU, when it is shipped and is not the
+        chosen weights already (None otherwise; a damaged file is reported, the view still runs)."""
+        path = available_weights().get(FAST_WEIGHTS)
+        if path is None or self.weights_choice.value == FAST_WEIGHTS or pick_device(settings.device).type != "cpu":
+            return None
+        try:
+            return load_weights(path).model
+        except NiivInputError as exc:
+            self.set_status(f"{FAST_WEIGHTS}: {exc}; the live view shows the chosen weights only")
+            return None
+
+    def _toggle_fast(self, on: bool) -> None:
+        if self.live_view is not None:
+            self.live_view.set_fast_first(on)
+            self.live_view.refresh(force=True)
 
     def _live_status(self, view: LiveView, text: str) -> None:
         """A live view's news, unless it has been replaced or stopped (its last word would

@@ -37,6 +37,11 @@ ENCODE_PIXELS = 4 * 32 * 320
 # Latent rows kept around the decoded rows: the bilinear footprint and the attention neighbours
 # (one isotropic voxel, under one input row) need one each side; two keep border clamping exact.
 DECODE_MARGIN = 2
+# Scrolling: when idle, the live view encodes up to PREFETCH_PLANES planes on each side of the
+# view along its sliced axis, within PREFETCH_BYTES of latents (a 1080p xz plane of v1/v2 holds
+# ~60-90 MiB), so a step of the slider runs only the decoder.
+PREFETCH_PLANES = 2
+PREFETCH_BYTES = 192 * 2**20
 
 
 def coarse_grid(grid: ViewGrid, factor: int) -> ViewGrid:
@@ -133,6 +138,10 @@ class LatentCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
 
 
 class ViewRenderer:
@@ -239,18 +248,8 @@ class ViewRenderer:
         cancelled: Callable[[], bool],
         partial: Callable[[np.ndarray], None] | None,
     ) -> bool:
-        plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
-        planes, rows, cols = grid.coords[plane_axis], grid.coords[0], grid.coords[col_axis]
-        halo = self.rec.halo
-        need_rows = pixel_range(rows, self.shape[0], halo)
-        need_cols = pixel_range(cols, self.shape[col_axis], halo)
-        crop_rows = _snap(*need_rows, self.shape[0], CROP_LATTICE[0])
-        # A slice crossing the view (each yz slice of an xz view: one column; the other half of
-        # 'both' and of the confidence map) is encoded over its halo only: rounded out to the
-        # lattice, its ~33 columns would cost ~8x the encoding and the cache, for pans that never
-        # reuse them (panning changes the planes, not the column).
-        crop_cols = _snap(*need_cols, self.shape[col_axis], CROP_LATTICE[1]) if cols.size > 1 else need_cols
-        decode = pixel_range(rows, self.shape[0], DECODE_MARGIN)  # the latent rows the decoder reads
+        lay = self._layout(grid, orient)
+        plane_axis, col_axis, planes, rows, cols = lay.plane_axis, lay.col_axis, lay.planes, lay.rows, lay.cols
         view = np.moveaxis(out, (plane_axis, 0, col_axis), (0, 1, 2))  # (planes, rows, cols), a view of out
         rows_per_chunk = max(1, DECODE_POINTS // max(1, cols.size))
         planes_per_batch = max(1, min(self.rec.slice_batch, DECODE_POINTS // max(1, rows.size * cols.size)))
@@ -262,10 +261,8 @@ class ViewRenderer:
                 return False
             batch = planes[p0 : p0 + planes_per_batch]
             # xy views decode one z per plane: their planes are cached with the latent rows around it
-            keep = decode if rows.size == 1 else None
-            entries = self._encoded(
-                orient, batch, plane_axis, col_axis, need_rows, need_cols, crop_rows, crop_cols, decode, keep
-            )
+            keep = lay.decode if rows.size == 1 else None
+            entries = self._encoded(orient, batch, lay, keep)
             for group, grid_batch, r0, c0 in _batched(entries, rows):
                 r = torch.as_tensor(rows - r0, dtype=torch.float32)
                 c = torch.as_tensor(cols - c0, dtype=torch.float32)
@@ -279,23 +276,84 @@ class ViewRenderer:
                         last = time.perf_counter()
         return True
 
+    def _layout(self, grid: ViewGrid, orient: str) -> _Layout:
+        plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
+        rows, cols = grid.coords[0], grid.coords[col_axis]
+        need_rows = pixel_range(rows, self.shape[0], self.rec.halo)
+        need_cols = pixel_range(cols, self.shape[col_axis], self.rec.halo)
+        # A slice crossing the view (each yz slice of an xz view: one column; the other half of
+        # 'both' and of the confidence map) is encoded over its halo only: rounded out to the
+        # lattice, its ~33 columns would cost ~8x the encoding and the cache, for pans that never
+        # reuse them (panning changes the planes, not the column).
+        crop_cols = _snap(*need_cols, self.shape[col_axis], CROP_LATTICE[1]) if cols.size > 1 else need_cols
+        return _Layout(
+            plane_axis,
+            col_axis,
+            grid.coords[plane_axis],
+            rows,
+            cols,
+            need_rows,
+            need_cols,
+            _snap(*need_rows, self.shape[0], CROP_LATTICE[0]),
+            crop_cols,
+            pixel_range(rows, self.shape[0], DECODE_MARGIN),  # the latent rows the decoder reads
+        )
+
+    @torch.inference_mode()
+    def prefetch(
+        self,
+        grid: ViewGrid,
+        step: float = 1.0,
+        cancelled: Callable[[], bool] = lambda: False,
+        planes: int = PREFETCH_PLANES,
+        budget_bytes: int = PREFETCH_BYTES,
+    ) -> int:
+        """Encode the planes next to ``grid`` along its sliced axis (``step`` input pixels apart,
+        nearest first, alternating sides) into the latent cache, so that rendering one of them runs
+        only the decoder; returns how many planes are cached. Stops when ``cancelled`` turns true
+        (a new view) or the next plane would pass ``budget_bytes`` of new latents (never more than
+        half the cache, so the view's own latents are not evicted). xy views (sliced along z) and
+        slices crossing the view (the yz half of 'both' on an xz view) are not prefetched: a step
+        there changes every slice's crop."""
+        axis = grid.sliced_axis
+        if axis == 0 or step <= 0:
+            return 0
+        orients = [o for o in self.rec.settings.orientations(grid.kind) if (1 if o == "xz" else 2) == axis]
+        budget = min(budget_bytes, self.cache.max_bytes // 2)
+        here, n = float(grid.coords[axis][0]), self.shape[axis]
+        spent, per_plane, done = 0, 0, 0
+        for k in range(1, planes + 1):
+            for sign in (1, -1):
+                coord = here + sign * k * step
+                if not 0 <= coord <= n:
+                    continue
+                coords = list(grid.coords)
+                coords[axis] = np.array([coord])
+                shifted = replace(grid, coords=tuple(coords))
+                for orient in orients:
+                    if cancelled() or spent + per_plane > budget:
+                        return done
+                    lay = self._layout(shifted, orient)
+                    fresh = [e.nbytes for e, g, _ in self._encoded(orient, lay.planes, lay, None) if g is not None]
+                    spent += sum(fresh)
+                    per_plane = max(per_plane, *fresh, 0)
+                done += 1
+        return done
+
     def _encoded(
         self,
         orient: str,
         batch: np.ndarray,
-        plane_axis: int,
-        col_axis: int,
-        need_rows: tuple[int, int],
-        need_cols: tuple[int, int],
-        crop_rows: tuple[int, int],
-        crop_cols: tuple[int, int],
-        decode: tuple[int, int],
+        lay: _Layout,
         keep: tuple[int, int] | None,
     ) -> list[tuple[_Entry, LatentGrid | None, int]]:
         """Latents for each plane of ``batch``: from the cache, else encoded over the snapped crop
         (and cached with the latent rows ``keep`` only, when given). An entry serves a plane if it
-        was encoded over a crop covering ``need_rows`` x ``need_cols`` and holds the rows ``decode``.
-        Each comes with the encoder batch it was just computed in and its index there, or None."""
+        was encoded over a crop covering the layout's needed rows x columns and holds the rows it
+        decodes. Each comes with the encoder batch it was just computed in and its index there, or
+        None when it came from the cache."""
+        plane_axis, col_axis, crop_rows, crop_cols = lay.plane_axis, lay.col_axis, lay.crop_rows, lay.crop_cols
+        need_rows, need_cols, decode = lay.need_rows, lay.need_cols, lay.decode
         keys = [(orient, round(float(p), 6)) for p in batch]
         cached = [self.cache.get(k, need_rows, need_cols, decode) for k in keys]
         found: list[tuple[_Entry, LatentGrid | None, int] | None] = [
@@ -321,6 +379,24 @@ class ViewRenderer:
                     self.cache.put(keys[i], entry)
                     found[i] = (entry, g, j)
         return found  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one orientation of a view is encoded and decoded: its axes, the plane, row and column
+    coordinates, the input rows/columns the encoder needs (halo included), the crop they are
+    rounded out to, and the latent rows the decoder reads."""
+
+    plane_axis: int
+    col_axis: int
+    planes: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    need_rows: tuple[int, int]
+    need_cols: tuple[int, int]
+    crop_rows: tuple[int, int]
+    crop_cols: tuple[int, int]
+    decode: tuple[int, int]
 
 
 def _plane(g: LatentGrid, j: int, a: int | None = None, b: int | None = None) -> LatentGrid:

@@ -278,6 +278,8 @@ def available_weights() -> dict[str, Path]:
 
 # The default: electron microscopy, any alpha 2-12, thick or thin sections (weights/niiv-em.md says why).
 DEFAULT_WEIGHTS = "niiv-em"
+# The small model a CPU live view shows first (distilled from the default), when it is shipped.
+FAST_WEIGHTS = "niiv-fast"
 
 
 def resolve_weights(name_or_path: str | Path | None) -> Path:

@@ -47,6 +47,7 @@ from ..inference.weights import (
     Weights,
     load_weights,
     remove_stray_temporaries,
+    resolve_weights,
     restore_optimizer,
     save_weights,
 )
@@ -81,6 +82,9 @@ class TrainSettings:
     eval_every: int = 500
     preview_every: int = 100
     time_budget: float | None = None
+    # Distillation: weights (shipped name or path) whose outputs on the same crops are the targets,
+    # instead of the true lateral planes (how niiv-fast learns from the default model).
+    teacher: str | None = None
 
     def lr_at(self, step: int, elapsed: float = 0.0) -> float:
         """Linear warm-up, then cosine decay to ``final_lr_fraction`` of ``lr``, following steps or
@@ -312,7 +316,18 @@ RUN_SETTINGS = (
     "final_lr_fraction",
     "warmup",
     "seed",
+    "teacher",
 )
+
+
+def _load_teacher(name: str | None, device: torch.device) -> NiivModel | None:
+    """The frozen model whose outputs are the targets of a distillation run (validated on load)."""
+    if not name:
+        return None
+    teacher = load_weights(resolve_weights(name)).model.to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def _architecture_name(config: dict[str, Any]) -> str:
@@ -445,6 +460,7 @@ def train(
     if held_out is not None:
         held_out.check_fits(model.config)
     model = model.to(device).train()
+    teacher = _load_teacher(settings.teacher, device)
     sampler = LateralPairSampler(
         vols,
         (settings.alpha, settings.alpha_max or settings.alpha),
@@ -478,6 +494,7 @@ def train(
         "data": [v.name for v in vols],
         "settings": asdict(settings),
         "fine_tuned_from": started_from,
+        **({"distilled_from": settings.teacher} if settings.teacher else {}),
         **(card or {}),
     }
 
@@ -517,8 +534,12 @@ def train(
                     g["lr"] = lr
                 batch = sampler.batch(settings.seed, step, settings.batch).to(device)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    targets = batch.targets
+                    if teacher is not None:
+                        with torch.no_grad():
+                            targets = teacher(batch.inputs, batch.coords, batch.alpha).float()
                     pred = model(batch.inputs, batch.coords, batch.alpha)
-                loss = (pred.float() - batch.targets).abs().mean()
+                loss = (pred.float() - targets).abs().mean()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"training diverged at step {step} (loss {loss.item()}); lower the learning rate"

@@ -1,0 +1,67 @@
+"""The live view on a CPU in the real napari viewer (Xvfb): niiv-fast's image first, the full
+model's after, ending in exactly the full model's image; then the neighbouring planes are
+prefetched, so the step to the next plane runs only the decoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_niiv.inference.settings import InferenceSettings
+from napari_niiv.model import NiivConfig
+from tests.conftest import TINY, random_model
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.slow  # a napari viewer
+
+SETTINGS = InferenceSettings(alpha=10.0, precision="fp32", device="cpu")
+FAST = NiivConfig(latent_dim=8, encoder_blocks=1, attention=False, mlp_hidden=16, mlp_layers=2)
+
+
+def finished(live, n: int = 1):
+    return lambda: len(live.timings) >= n and "prefetched" in live.timings[-1] and not live.busy
+
+
+def test_fast_first_then_the_full_models_exact_image_then_prefetch(qtbot, make_napari_viewer, cremi64):
+    from napari_niiv._napari.live_view import LiveView
+    from napari_niiv.inference.reconstructor import Reconstructor
+    from napari_niiv.inference.views import ViewRenderer
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    viewer.dims.order = (1, 0, 2)  # an xz view
+    viewer.dims.set_point(1, 4 * 21)
+    viewer.reset_view()
+    full, fast = random_model(TINY, seed=1), random_model(FAST, seed=2)
+    news: list[str] = []
+    live = LiveView(viewer, layer, full, SETTINGS, on_status=news.append, fast_model=fast, names=("tiny", "niiv-fast"))
+    try:
+        qtbot.waitUntil(finished(live), timeout=60_000)
+        t = live.timings[-1]
+        assert t["preview"] <= t["fast"] <= t["niiv"]
+        shown = [n.split(":")[0].split(" (")[0] for n in news if n.startswith("showing")]
+        assert shown == ["showing niiv-fast", "showing tiny"]
+        grid = live._grid
+        renderer = ViewRenderer(cremi64, live._norm, Reconstructor(full, SETTINGS))
+        expect = live._norm.invert(renderer.render(grid), np.float32)
+        np.testing.assert_array_equal(np.asarray(live.output.data), expect)  # the full model's, exactly
+        fast_image = live._norm.invert(ViewRenderer(cremi64, live._norm, Reconstructor(fast, SETTINGS)).render(grid))
+        assert np.abs(fast_image - expect).mean() > 0  # the first frame was another model's
+
+        assert t["prefetched"] == 4  # y 20, 22, 19, 23
+        misses = live._renderer.cache.misses
+        viewer.dims.set_point(1, 4 * 22)  # one step of the slider
+        qtbot.waitUntil(finished(live, 2), timeout=60_000)
+        assert live._grid.coords[1][0] == 22.5
+        # one miss in all: y 24, prefetched after the step; y 22 itself (and 21, 23) came from the cache
+        assert live._renderer.cache.misses == misses + 1 and live.timings[-1]["prefetched"] == 4
+        expect = live._norm.invert(ViewRenderer(cremi64, live._norm, Reconstructor(full, SETTINGS)).render(live._grid))
+        np.testing.assert_array_equal(np.asarray(live.output.data), expect)
+
+        live.set_fast_first(False)  # switched off in the widget: the full model only
+        news.clear()
+        live.refresh(force=True)
+        qtbot.waitUntil(finished(live, 3), timeout=60_000)
+        assert "fast" not in live.timings[-1] and not any("niiv-fast" in n for n in news if n.startswith("showing"))
+    finally:
+        live.close()
