@@ -20,6 +20,8 @@ from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
+from .gui_timing import gui_handler
+
 POLL_S = 0.1  # how often a follower looks at its job
 REFRESH_MS = 200  # how often the inline bar looks at the plugin's work
 
@@ -132,6 +134,7 @@ class ActivityBar(QWidget):
         self._timer.timeout.connect(self.refresh)
         self._timer.start()
 
+    @gui_handler
     def refresh(self) -> None:
         work = self.sources()
         self.current = work[0] if work else None
@@ -155,6 +158,7 @@ class ActivityBar(QWidget):
         self.cancel_button.setEnabled(a.cancel is not None)
         self.cancel_button.setToolTip(a.cancel_tip or "Cancel the task named above")
 
+    @gui_handler
     def _cancel(self) -> None:
         if self.current is not None and self.current.cancel is not None:
             self.current.cancel()

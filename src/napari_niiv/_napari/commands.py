@@ -20,6 +20,7 @@ from ..inference.reconstructor import Reconstructor, check_reconstructable
 from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
 from .activity import Activity
+from .gui_timing import gui_handler
 from .layer_view import check_layer, layer_alpha, layer_geometry, level0
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,14 @@ class TileProgress(QObject):
         viewer.layers.events.removed.connect(self._removed)
         layer._niiv_progress = self  # keep this bridge alive as long as the layer
 
+    @gui_handler
     def _on_tile(self) -> None:
         self.done += 1
         if not self._timer.isActive():
             self._timer.start()
         self._bar_timer.start()
 
+    @gui_handler
     def _redraw(self) -> None:
         for layer in (self.layer, self.confidence_layer):
             if layer is not None and layer in self.viewer.layers:
@@ -152,9 +155,11 @@ class TileProgress(QObject):
         if layer is not None and layer in self.viewer.layers:
             self.viewer.layers.remove(layer)
 
+    @gui_handler
     def _schedule_bar(self, event: Any = None) -> None:
         self._bar_timer.start()
 
+    @gui_handler
     def _update_bar(self) -> None:
         pending = self.lazy.pending
         if pending and self.bar is None:
@@ -181,10 +186,12 @@ class TileProgress(QObject):
         # Saving runs on the GUI thread (napari's writers do): show how far it is in the status bar.
         self.viewer.status = f"niiv: writing '{self.layer.name}', {100 * done / max(total, 1):.0f} %"
 
+    @gui_handler
     def _on_error(self, exc: BaseException) -> None:
         log.error("niiv tile failed", exc_info=exc)
         show_error(f"niiv could not compute a tile of '{self.layer.name}': {exc}")
 
+    @gui_handler
     def _removed(self, event: Any) -> None:
         if event.value is self.confidence_layer:
             self.confidence_layer = None

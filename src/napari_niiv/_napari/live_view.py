@@ -37,6 +37,7 @@ from ..inference.viewport import ViewGrid
 from ..inference.views import ViewRenderer
 from ..inference.worker import LatestWorker
 from ..model import NiivModel
+from .gui_timing import gui_handler
 from .layer_view import check_layer, current_grid, level0
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,23 @@ class LiveView(QObject):
         self,
         viewer: Any,
         layer: Image,
-        model: NiivModel,
+        model: NiivModel | Callable[[], NiivModel],
         settings: InferenceSettings,
         on_status: Callable[[str], None] | None = None,
         pixel_ratio: float = 1.0,
         confidence: bool = False,
-        fast_model: NiivModel | None = None,
+        fast_model: NiivModel | Callable[[], NiivModel | None] | None = None,
         names: tuple[str, str] = ("niiv", "niiv-fast"),
     ) -> None:
         super().__init__()
         self.viewer = viewer
         self.layer = check_layer(layer)
         self.settings = settings
-        self.reconstructor = Reconstructor(model, settings)
-        self.fast_reconstructor = Reconstructor(fast_model, settings) if fast_model is not None else None
+        # Models given as loaders are loaded on the worker thread (reading and validating weights
+        # takes ~50-400 ms: too long for the GUI thread); the reconstructors are built there too.
+        self._model, self._fast_model = model, fast_model
+        self.reconstructor: Reconstructor | None = None
+        self.fast_reconstructor: Reconstructor | None = None
         self.fast_first = fast_model is not None
         self.names = names
         self.prefetched = 0  # planes the last finished view prefetched (status, tests, benchmark)
@@ -124,16 +128,19 @@ class LiveView(QObject):
             emitter.connect(callback)
         return connections
 
+    @gui_handler
     def _changed(self, event: Any = None) -> None:
         if not self._timer.isActive():
             self._requested_at = time.perf_counter()
         self._timer.start()
 
+    @gui_handler
     def _data_changed(self, event: Any = None) -> None:
         """New data: latents, normalisation and the last grid no longer apply."""
         self._renderer, self._fast_renderer, self._norm, self._grid = None, None, None, None
         self._changed()
 
+    @gui_handler
     def _removed(self, event: Any) -> None:
         if event.value is self.layer:
             self.on_status(f"live view stopped: '{self.layer.name}' was closed")
@@ -144,6 +151,7 @@ class LiveView(QObject):
             self.confidence_output = None
 
     # -- work ----------------------------------------------------------------------------------
+    @gui_handler
     def refresh(self, force: bool = False) -> None:
         """Submit the current view if it differs from the last one (or ``force``)."""
         grid = current_grid(self.viewer, self.layer, self.settings.scale, self.pixel_ratio)
@@ -166,10 +174,11 @@ class LiveView(QObject):
 
     def set_fast_first(self, on: bool) -> None:
         """Show niiv-fast before the full model (when a fast model was given) from the next view."""
-        on = bool(on) and self.fast_reconstructor is not None
+        on = bool(on) and self._fast_model is not None
         if on != self.fast_first:
             self.fast_first = on
 
+    @gui_handler
     def set_confidence(self, on: bool) -> None:
         """Show the confidence map of the view (computed after niiv) or remove its layer."""
         self.confidence = bool(on)
@@ -196,11 +205,12 @@ class LiveView(QObject):
         keeps the GUI thread free); with ``with_map`` the confidence map after niiv; then the
         neighbouring planes (``step`` input pixels apart) are prefetched until a newer view
         cancels. The GUI thread drops whatever arrives for a view that is no longer current."""
+        self._build_reconstructors()
         renderer, fast_renderer, norm = self._renderer, self._fast_renderer, self._norm  # the GUI may reset them
         if renderer is None or norm is None:
             data = _readable(level0(self.layer))
             norm = fit_normalisation(data)
-            renderer = ViewRenderer(data, norm, self.reconstructor)
+            renderer = ViewRenderer(data, norm, self.reconstructor)  # type: ignore[arg-type]
             fast_renderer = None
             self._renderer, self._fast_renderer, self._norm = renderer, None, norm
         if fast_renderer is None and self.fast_reconstructor is not None:
@@ -249,6 +259,19 @@ class LiveView(QObject):
             self._result.emit(gen, "prefetched", done)
         return None
 
+    def _build_reconstructors(self) -> None:
+        """On the worker thread, once: load the models given as loaders and build their reconstructors."""
+        if self.reconstructor is None:
+            model = self._model if isinstance(self._model, NiivModel) else self._model()
+            self.reconstructor = Reconstructor(model, self.settings)
+        if self.fast_reconstructor is None and self._fast_model is not None:
+            fast = self._fast_model if isinstance(self._fast_model, NiivModel) else self._fast_model()
+            if fast is None:
+                self._fast_model = None
+            else:
+                self.fast_reconstructor = Reconstructor(fast, self.settings)
+
+    @gui_handler
     def _on_result(self, gen: int, stage: str, payload: Any) -> None:
         """On the GUI thread: show a result if it is for the current view."""
         if stage == "error":
@@ -319,11 +342,16 @@ class LiveView(QObject):
                 colormap=self.layer.colormap,
                 metadata={"niiv_live_of": self.layer.name},
             )
-            index = self.viewer.layers.index(self.layer) + 1
-            self.viewer.layers.insert(index, self.output)
-            self.viewer.layers.selection.active = self.layer
+            self._insert(self.output, self.layer)
             return
         self._move_to(self.output, grid, image)
+
+    @gui_handler
+    def _insert(self, layer: Image, after: Image) -> None:
+        """Add a new layer above ``after``, keeping the input selected: napari builds its vispy
+        visual and layer controls here (~100 ms, once per layer; timed apart from our updates)."""
+        self.viewer.layers.insert(self.viewer.layers.index(after) + 1, layer)
+        self.viewer.layers.selection.active = self.layer
 
     def _show_confidence(self, grid: ViewGrid, image: np.ndarray, asked: float, norm: Normalisation) -> None:
         """The map of the view on the live layer's grid: same scale and translate."""
@@ -344,11 +372,11 @@ class LiveView(QObject):
                 metadata={"niiv_confidence_of": self.layer.name},
             )
             anchor = self.output if self.output in self.viewer.layers else self.layer
-            self.viewer.layers.insert(self.viewer.layers.index(anchor) + 1, self.confidence_output)
-            self.viewer.layers.selection.active = self.layer
+            self._insert(self.confidence_output, anchor)
             return
         self._move_to(out, grid, image)
 
+    @gui_handler
     def update_weights(self, state: dict[str, Any]) -> None:
         """Show the view with new weights (a fine-tuning preview); they are loaded on the worker
         thread before its next render."""

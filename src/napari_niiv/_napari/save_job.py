@@ -31,6 +31,7 @@ from ..inference.settings import InferenceSettings
 from ..inference.store import WriteCancelled, WriteReport, partial_path
 from ..model import NiivModel
 from .activity import Activity, CancelableBar, JobWorker, follow_job, format_seconds
+from .gui_timing import gui_handler
 
 log = logging.getLogger(__name__)
 PERMILLE = 1000  # progress bars count tenths of a percent: voxel counts overflow Qt's int range
@@ -232,6 +233,7 @@ class BackgroundSave:
             "Stop the save after the chunk being written; saving again to the same path continues it",
         )
 
+    @gui_handler
     def _on_progress(self, p: SaveProgress | None) -> None:
         self.yields += 1
         if p is None or p.stage != "writing" or self.bar is None:
@@ -246,6 +248,7 @@ class BackgroundSave:
         else:
             bar.refresh()
 
+    @gui_handler
     def _on_finished(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -20,6 +20,7 @@ from ..training.finetune import FineTuneJob, FineTuneRequest, default_degradatio
 from ..training.regions import Region, box_region, visible_region, whole
 from ..training.train import checkpoint_path
 from .activity import Activity, CancelableBar, JobWorker, format_seconds
+from .gui_timing import gui_handler
 from .layer_view import check_layer, current_grid, level0
 from .loss_plot import LossPlot
 from .training_job import JobSignals, follow_training
@@ -150,11 +151,13 @@ class TrainingPanel(Container):
     def _shapes_layers(self, widget: Any = None) -> list[Shapes]:
         return [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
 
+    @gui_handler
     def _default_sections(self, value: Any = None) -> None:
         """The degradation the chosen weights learned (the user can change it)."""
         if self.job is None:
             self.sections_choice.value = default_degradation(self.niiv.weights_choice.value)
 
+    @gui_handler
     def _default_name(self, value: Any = None) -> None:
         layer = self.niiv.volume_choice.value
         if layer is not None and self.job is None:
@@ -210,6 +213,7 @@ class TrainingPanel(Container):
         return boxes
 
     # -- running ---------------------------------------------------------------------------------
+    @gui_handler
     def start(self, resume: bool = False) -> None:
         try:
             self._start(resume)
@@ -259,12 +263,14 @@ class TrainingPanel(Container):
             f"bilinear there: {bilinear.cf_psnr:.2f} dB CF-PSNR"
         )
 
+    @gui_handler
     def stop(self, value: Any = None) -> None:
         """Stop after the current step; the run can be resumed."""
         if self.job is not None:
             self.job.stop()
             self.set_status("stopping after this step...")
 
+    @gui_handler
     def _on_step(self, step: int, loss: float) -> None:
         self.plot.add_loss(step, loss)
         if self._run_start is None:  # a resumed run starts part-way: its speed counts from here
@@ -300,12 +306,14 @@ class TrainingPanel(Container):
             text = f"fine-tuning on '{self._layer.name}': stopping after this step..."
         return Activity(text, step, steps, self.stop, "Stop after the current step (resumable, like Stop)")
 
+    @gui_handler
     def _on_check(self, step: int, metrics: dict[str, float]) -> None:
         self.plot.add_check(step, metrics["cf_psnr_gain"], metrics.get("cf_psnr"))
         when = "start weights" if step == 0 else f"step {step}"
         gain = metrics["cf_psnr_gain"]
         self.set_status(f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({gain:+.2f} vs bilinear)")
 
+    @gui_handler
     def _on_preview(self, step: int, state: dict[str, Any]) -> None:
         live = self.niiv.live_view
         if live is not None and live.layer is self._layer:
@@ -328,6 +336,7 @@ class TrainingPanel(Container):
         self.set_status(f"wrote {rows} rows of loss history to {path}")
         return path
 
+    @gui_handler
     def _on_finished(self, result: Any) -> None:
         ended = self.job.ended if self.job is not None else None
         self.job, self._signals, self.worker = None, None, None

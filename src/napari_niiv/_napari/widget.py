@@ -9,6 +9,7 @@ messages start with the control to change.
 from __future__ import annotations
 
 import functools
+import logging
 import weakref
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ..inference.suggestion import suggest_weights
 from ..inference.weights import DEFAULT_WEIGHTS, FAST_WEIGHTS, Weights, available_weights, load_weights
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
+from .gui_timing import gui_handler
 from .layer_view import check_layer, layer_alpha, layer_geometry, layer_unit, level0
 from .live_view import LiveView
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
@@ -37,6 +39,9 @@ from .training_panel import named, status_label
 
 GUIDE_URL = "https://github.com/napari-niiv/napari-niiv/blob/main/docs/napari.md"
 MAX_WIDTH = 480  # leave the canvas the room
+
+
+log = logging.getLogger(__name__)
 
 
 def weight_choices(widget: Any = None) -> list[str]:
@@ -239,6 +244,7 @@ class NiivWidget(QScrollArea):
             if isinstance(layer, Image) and layer.ndim >= 3 and not layer.rgb and not is_niiv_output(layer)
         ]
 
+    @gui_handler
     def _layers_changed(self, event: Any = None) -> None:
         removed = event.value if event is not None and getattr(event, "type", None) == "removed" else None
         if removed is not None:
@@ -251,6 +257,7 @@ class NiivWidget(QScrollArea):
         if self.volume_choice.value is None and layers:
             self.volume_choice.value = layers[0]
 
+    @gui_handler
     def _layer_removed(self, layer: Any) -> None:
         """A removed layer is no longer named in the status line, and its live view is off."""
         if self.live_view is not None and self.live_view.layer is layer:
@@ -270,6 +277,7 @@ class NiivWidget(QScrollArea):
         if layer is not None:
             layer.events.scale.connect(self._scale_changed)
 
+    @gui_handler
     def _scale_changed(self, event: Any = None) -> None:
         """The layer's voxel sizes changed: alpha follows them (an alpha confirmed for the old
         scale no longer stands)."""
@@ -278,6 +286,7 @@ class NiivWidget(QScrollArea):
             self._confirmed.discard(layer)
             self._layer_changed(layer)
 
+    @gui_handler
     def _layer_changed(self, layer: Image | None) -> None:
         self._watch(layer)
         if layer is None:
@@ -330,6 +339,7 @@ class NiivWidget(QScrollArea):
         else:
             self.weights_note.value = ""
 
+    @gui_handler
     def _weights_edited(self, value: Any = None) -> None:
         if not self._setting_weights:
             self._picked_weights = self.weights_choice.value
@@ -340,12 +350,14 @@ class NiivWidget(QScrollArea):
         """True when ``layer``'s scale gives no anisotropy and the user has not confirmed an alpha."""
         return isinstance(layer, Image) and layer_alpha(layer) is None and layer not in self._confirmed
 
+    @gui_handler
     def _alpha_edited(self, value: Any = None) -> None:
         layer = self.volume_choice.value
         if not self._setting_alpha and isinstance(layer, Image):
             self._confirmed.add(layer)
             self.confirm_alpha_button.visible = False
 
+    @gui_handler
     def confirm_alpha(self, value: Any = None) -> None:
         """The user keeps the alpha shown for a layer whose scale does not give one."""
         layer = self.volume_choice.value
@@ -383,11 +395,16 @@ class NiivWidget(QScrollArea):
         named("precision", settings.resolved)
         return settings
 
-    def weights(self) -> Weights:
+    def weights_path(self) -> Path:
+        """The chosen weights' file (a NiivInputError when it has gone): cheap, no reading."""
         name = self.weights_choice.value
         path = available_weights().get(name)
         if path is None:
             raise NiivInputError(f"weights: '{name}' is no longer in the weights folders; pick another")
+        return path
+
+    def weights(self) -> Weights:
+        path = self.weights_path()
         return named("weights", lambda: load_weights(path))
 
     def volume(self) -> Image:
@@ -402,10 +419,12 @@ class NiivWidget(QScrollArea):
         return bool(QDesktopServices.openUrl(self.help_url()))
 
     # -- live ----------------------------------------------------------------------------------
+    @gui_handler
     def _settings_changed(self, value: Any = None) -> None:
         if self.live_check.value:
             self._start_live()
 
+    @gui_handler
     def _toggle_live(self, on: bool) -> None:
         if on:
             self._start_live()
@@ -419,7 +438,7 @@ class NiivWidget(QScrollArea):
         try:
             layer = self.volume()
             settings = self.runnable_settings()
-            weights = self.weights()
+            path = self.weights_path()
         except NiivInputError as exc:
             self.live_check.value = False
             self.set_status(str(exc))
@@ -427,7 +446,7 @@ class NiivWidget(QScrollArea):
         view = LiveView(
             self.viewer,
             layer,
-            weights.model,
+            lambda: named("weights", lambda: load_weights(path)).model,  # read on the live view's thread
             settings,
             on_status=lambda text: self._live_status(view, text),
             pixel_ratio=self._pixel_ratio(),
@@ -442,17 +461,23 @@ class NiivWidget(QScrollArea):
             self.live_view.confidence_output = previous.confidence_output
 
     def _fast_model(self, settings: InferenceSettings) -> Any:
-        """niiv-fast for the live view's first frame: on a CPU, when it is shipped and is not the
-        chosen weights already (None otherwise; a damaged file is reported, the view still runs)."""
+        """A loader of niiv-fast for the live view's first frame (it runs on the live view's thread):
+        on a CPU, when it is shipped and is not the chosen weights already; None otherwise. A
+        damaged file is logged and the view shows the chosen weights only."""
         path = available_weights().get(FAST_WEIGHTS)
         if path is None or self.weights_choice.value == FAST_WEIGHTS or pick_device(settings.device).type != "cpu":
             return None
-        try:
-            return load_weights(path).model
-        except NiivInputError as exc:
-            self.set_status(f"{FAST_WEIGHTS}: {exc}; the live view shows the chosen weights only")
-            return None
 
+        def load() -> Any:
+            try:
+                return load_weights(path).model
+            except NiivInputError as exc:
+                log.warning("%s: %s; the live view shows the chosen weights only", FAST_WEIGHTS, exc)
+                return None
+
+        return load
+
+    @gui_handler
     def _toggle_fast(self, on: bool) -> None:
         if self.live_view is not None:
             self.live_view.set_fast_first(on)
@@ -473,6 +498,7 @@ class NiivWidget(QScrollArea):
         return float(self.devicePixelRatioF()) if hasattr(self, "devicePixelRatioF") else 1.0
 
     # -- confidence map ------------------------------------------------------------------------
+    @gui_handler
     def _toggle_confidence(self, on: bool) -> None:
         self._sync_confidence()
         if on and self.live_view is None and not self._lazy_layers():
@@ -509,6 +535,7 @@ class NiivWidget(QScrollArea):
             self._syncing = False
 
     # -- whole volume --------------------------------------------------------------------------
+    @gui_handler
     def _reconstruct_whole(self, value: Any = None) -> None:
         from .commands import add_isotropic_layer
 
@@ -518,6 +545,7 @@ class NiivWidget(QScrollArea):
             self.set_status(str(exc))
 
     # -- saving --------------------------------------------------------------------------------
+    @gui_handler
     def save_isotropic(self, value: Any = None) -> BackgroundSave | None:
         """The button: ask where, then :meth:`save_to`."""
         layer = self.volume_choice.value

@@ -1,0 +1,56 @@
+"""The GUI-thread handler timer: each call recorded under its handler's name, a nested handler's
+time apart from its caller's, and the summary the benchmark reports."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.importorskip("napari")
+
+from napari_niiv._napari.gui_timing import HandlerTimes, gui_handler  # noqa: E402
+
+
+def test_calls_are_recorded_with_nested_handlers_apart(monkeypatch):
+    from napari_niiv._napari import gui_timing
+
+    times = HandlerTimes()
+    monkeypatch.setattr(gui_timing, "HANDLER_TIMES", times)
+
+    @gui_handler
+    def inner() -> None:
+        time.sleep(0.05)
+
+    @gui_handler
+    def outer() -> str:
+        time.sleep(0.01)
+        inner()
+        return "done"
+
+    assert outer() == "done"
+    calls = dict(times.calls())
+    assert set(calls) == {
+        "test_calls_are_recorded_with_nested_handlers_apart.<locals>.inner",
+        "test_calls_are_recorded_with_nested_handlers_apart.<locals>.outer",
+    }
+    by_name = {k.rsplit(".", 1)[-1]: v for k, v in calls.items()}
+    assert by_name["inner"] >= 0.05 and 0.01 <= by_name["outer"] < 0.045  # the caller's own time only
+    summary = times.summary()
+    assert summary["calls"] == 2 and summary["slowest"].endswith("inner")
+    assert summary["max"] == pytest.approx(by_name["inner"] * 1e3, abs=1e-3)
+
+
+def test_a_failing_handler_is_recorded_and_raises(monkeypatch):
+    from napari_niiv._napari import gui_timing
+
+    times = HandlerTimes()
+    monkeypatch.setattr(gui_timing, "HANDLER_TIMES", times)
+
+    @gui_handler
+    def broken() -> None:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        broken()
+    assert len(times.calls()) == 1 and HandlerTimes().summary()["median"] is None
