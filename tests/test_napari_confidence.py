@@ -77,6 +77,7 @@ def test_ticking_the_confidence_map_adds_layers_on_the_live_and_lazy_layers_and_
 
     # the whole volume: a map layer on the lazy layer, level by level, filled as tiles arrive
     widget.reconstruct_button.native.click()
+    qtbot.waitUntil(lambda: widget.preparing == 0, timeout=60_000)  # prepared on a thread
     iso = next(la for la in viewer.layers if la.name == "cremi isotropic (niiv)")
     lazy = iso.data[0].volume
     qtbot.waitUntil(lambda: len(maps(viewer)) == 2, timeout=10_000)

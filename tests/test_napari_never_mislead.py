@@ -69,6 +69,7 @@ def test_no_niiv_at_a_made_up_alpha_until_the_user_confirms_one(qtbot, make_napa
     widget.alpha_spin.value = 10.0
     assert not asks_to_confirm(widget)
     widget.reconstruct_button.native.click()
+    qtbot.waitUntil(lambda: widget.preparing == 0, timeout=60_000)  # prepared on a thread
     assert isotropic_layers(viewer) == ["other isotropic (niiv)"], widget.status_label.value
     assert viewer.layers["other isotropic (niiv)"].metadata["niiv"]["settings"]["alpha"] == 10.0
 
@@ -140,6 +141,7 @@ def test_the_status_forgets_removed_layers_and_the_volume_list_offers_only_input
     widget.live_check.value = True
     qtbot.waitUntil(lambda: any("niiv_live_of" in layer.metadata for layer in viewer.layers), timeout=60_000)
     widget.reconstruct_button.native.click()
+    qtbot.waitUntil(lambda: widget.preparing == 0, timeout=60_000)  # prepared on a thread
     assert isotropic_layers(viewer) == ["cremi isotropic (niiv)"], widget.status_label.value
     widget.reset_choices()
     offered = [layer for layer in widget.volume_choice.choices if layer is not None]

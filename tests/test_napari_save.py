@@ -145,6 +145,7 @@ def test_a_cancelled_background_save_resumes_to_the_result_of_an_uninterrupted_o
 
     # the same as napari's File > Save of the lazy layer (which runs in napari's save call)
     widget._reconstruct_whole()
+    qtbot.waitUntil(lambda: widget.preparing == 0, timeout=60_000)  # prepared on a thread
     lazy = viewer.layers[-1]
     assert lazy.name == "cremi isotropic (niiv)"
     viewer.layers.selection = {lazy}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -35,12 +35,22 @@ def reconstruct_isotropic(layer: Image, viewer: Viewer) -> None:
         show_error(str(exc))
 
 
-def add_isotropic_layer(
-    viewer: Any, layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS
-) -> Image:
-    """A multiscale layer of niiv over the whole volume: napari asks only for the tiles it shows,
-    they are computed in the background (with a progress bar) and cached. ``settings`` default to
-    the layer's own anisotropy."""
+@dataclass
+class PreparedLayer:
+    """What a whole-volume layer needs before napari sees it: made off the GUI thread (reading and
+    validating the weights, sampling the normalisation: 0.1-0.5 s)."""
+
+    source: Image
+    lazy: LazyIsotropic
+    settings: InferenceSettings
+    weights: str
+
+
+def prepare_isotropic_layer(
+    layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS
+) -> PreparedLayer:
+    """Check ``layer``, load the weights and set up the lazy volume; no napari calls (any thread).
+    ``settings`` default to the layer's own anisotropy."""
     layer = check_layer(layer)
     if settings is None:
         alpha = layer_alpha(layer)
@@ -56,6 +66,14 @@ def add_isotropic_layer(
     geometry = layer_geometry(layer, settings)
     lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
+    return PreparedLayer(layer, lazy, settings, weights)
+
+
+@gui_handler
+def show_isotropic_layer(viewer: Any, prepared: PreparedLayer) -> Image:
+    """Add the prepared lazy layer above nothing in particular (appended), on the GUI thread:
+    napari builds its visual and controls here (~100-300 ms, once per layer)."""
+    layer, lazy, geometry = prepared.source, prepared.lazy, prepared.lazy.geometry
     unit = geometry.unit or "pixel"
     out = Image(
         lazy.levels,
@@ -67,7 +85,7 @@ def add_isotropic_layer(
         axis_labels=("z", "y", "x"),
         contrast_limits=layer.contrast_limits,
         colormap=layer.colormap,
-        metadata={"niiv": {"source": layer.name, "settings": settings.to_dict(), "weights": weights}},
+        metadata={"niiv": {"source": layer.name, "settings": prepared.settings.to_dict(), "weights": prepared.weights}},
     )
     TileProgress(viewer, out, lazy)
     viewer.layers.append(out)
@@ -78,8 +96,17 @@ def add_isotropic_layer(
     return out
 
 
+def add_isotropic_layer(
+    viewer: Any, layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS
+) -> Image:
+    """A multiscale layer of niiv over the whole volume, at once (the Layers menu's command; the
+    dock prepares it on a thread): napari asks only for the tiles it shows, they are computed in
+    the background (counted in the niiv dock's activity bar) and cached."""
+    return show_isotropic_layer(viewer, prepare_isotropic_layer(layer, settings, weights))
+
+
 class TileProgress(QObject):
-    """GUI side of a lazy layer: redraw as tiles arrive, a progress bar while any are pending,
+    """GUI side of a lazy layer: redraw as tiles arrive, count them while any are pending,
     the background thread stopped when the layer is removed, and the layer's confidence map
     (:meth:`show_confidence`) on the same tiles."""
 
@@ -89,7 +116,6 @@ class TileProgress(QObject):
     def __init__(self, viewer: Any, layer: Image, lazy: LazyIsotropic) -> None:
         super().__init__()
         self.viewer, self.layer, self.lazy = viewer, layer, lazy
-        self.bar: progress | None = None
         self.confidence_layer: Image | None = None
         self.done = 0
         self._timer = QTimer(self)
@@ -161,17 +187,11 @@ class TileProgress(QObject):
 
     @gui_handler
     def _update_bar(self) -> None:
-        pending = self.lazy.pending
-        if pending and self.bar is None:
-            self.bar = progress(total=pending, desc=f"niiv tiles of '{self.layer.name}'")
+        """Count the tiles of one burst of requests: the dock's activity bar (:meth:`activity`)
+        shows them. (napari's own progress bar is not used for tiles: creating one in its
+        activity dock took 120-240 ms of the GUI thread, once per burst.)"""
+        if not self.lazy.pending:
             self.done = 0
-        if self.bar is not None:
-            self.bar.total = self.done + pending
-            self.bar.n = self.done
-            self.bar.refresh()
-            if not pending:
-                self.bar.close()
-                self.bar = None
 
     def activity(self) -> Activity | None:
         """The tiles still to compute, for the dock's inline bar; None when there are none."""
@@ -199,7 +219,4 @@ class TileProgress(QObject):
         elif event.value is self.layer:
             self.viewer.layers.events.removed.disconnect(self._removed)
             self.lazy.close()
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
             self.hide_confidence()  # the map of a closed layer can no longer be computed

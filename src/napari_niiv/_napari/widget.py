@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Image
-from qtpy.QtCore import QSize, Qt, QUrl
+from qtpy.QtCore import QSize, Qt, QUrl, Signal
 from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
@@ -66,6 +67,8 @@ def alpha_unknown_message(layer: Any, alpha: float) -> str:
 
 class NiivWidget(QScrollArea):
     """Settings for niiv and the live isotropic view of the visible region."""
+
+    _lazy_ready = Signal(object)  # a prepared whole-volume layer, or the error that stopped it
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
@@ -169,6 +172,8 @@ class NiivWidget(QScrollArea):
         self.confidence_check.changed.connect(self._toggle_confidence)
         self.fast_check.changed.connect(self._toggle_fast)
         self.reconstruct_button.changed.connect(self._reconstruct_whole)
+        self.preparing = 0  # whole-volume layers being prepared on a thread
+        self._lazy_ready.connect(self._lazy_prepared)
         self.save_button.changed.connect(self.save_isotropic)
         self.help_button.changed.connect(self.open_help)
         viewer.layers.events.inserted.connect(self._layers_changed)
@@ -537,12 +542,43 @@ class NiivWidget(QScrollArea):
     # -- whole volume --------------------------------------------------------------------------
     @gui_handler
     def _reconstruct_whole(self, value: Any = None) -> None:
-        from .commands import add_isotropic_layer
+        """The button: check the controls here, prepare the layer (weights, normalisation) on a
+        thread, add it when ready (:meth:`_lazy_prepared`)."""
+        from .commands import prepare_isotropic_layer
 
         try:
-            add_isotropic_layer(self.viewer, self.volume(), self.runnable_settings(), self.weights_choice.value)
+            layer, settings = self.volume(), self.runnable_settings()
+            self.weights_path()
         except NiivInputError as exc:
             self.set_status(str(exc))
+            return
+        weights = str(self.weights_choice.value)
+        self.preparing += 1
+        self.set_status(f"whole volume of '{layer.name}': loading {weights}...")
+
+        def prepare() -> None:
+            try:
+                self._lazy_ready.emit(prepare_isotropic_layer(layer, settings, weights))
+            except Exception as exc:  # reported on the GUI thread
+                self._lazy_ready.emit(exc)
+
+        threading.Thread(target=prepare, name="niiv-prepare-layer", daemon=True).start()
+
+    @gui_handler
+    def _lazy_prepared(self, result: Any) -> None:
+        from .commands import show_isotropic_layer
+
+        self.preparing -= 1
+        if isinstance(result, BaseException):
+            if not isinstance(result, NiivInputError):
+                log.error("preparing the whole-volume layer failed", exc_info=result)
+            self.set_status(f"whole volume: {result}")
+            return
+        if result.source not in self.viewer.layers:  # closed meanwhile
+            result.lazy.close()
+            return
+        out = show_isotropic_layer(self.viewer, result)
+        self.set_status(f"'{out.name}': tiles are computed as you look at them")
 
     # -- saving --------------------------------------------------------------------------------
     @gui_handler
