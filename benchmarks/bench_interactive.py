@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +59,13 @@ from napari_niiv.inference.reconstructor import BlockReconstruction, Reconstruct
 from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.viewport import ViewGrid
 from napari_niiv.inference.views import COARSE_FACTOR, ViewRenderer, coarse_grid
-from napari_niiv.inference.weights import load_weights, resolve_weights
+from napari_niiv.inference.weights import (
+    DEFAULT_WEIGHTS,
+    FAST_WEIGHTS,
+    available_weights,
+    load_weights,
+    resolve_weights,
+)
 from napari_niiv.model import NiivModel
 
 DATA = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -116,6 +123,10 @@ class Limits:
         self.peaks: list[float] = []
         self.remeasure()
 
+    def seconds_for(self, flops: dict[str, float], pixels: int, points: int) -> float:
+        """The limit of the same work done by another model (``model_flops`` of it), at this peak."""
+        return (pixels * flops["encoder_per_pixel"] + points * flops["decoder_per_point"]) / self.peak
+
     def remeasure(self) -> float:
         self.peaks.append(matmul_peak(self.dtype))
         self.peak = self.peaks[-1] * 1e9
@@ -163,36 +174,56 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def live_paths(model: NiivModel, settings: InferenceSettings, limits: Limits, size: tuple[int, int], repeats: int):
+def live_paths(
+    model: NiivModel,
+    fast: NiivModel | None,
+    settings: InferenceSettings,
+    limits: Limits,
+    size: tuple[int, int],
+    repeats: int,
+):
+    """The live xz view as the live view renders it on a CPU: niiv-fast's full-resolution frame
+    first (without niiv-fast: the default model's 1/4-resolution frame), then the default model
+    at full resolution; and the step to the next plane after the prefetch."""
     height, width = size
     vol = pooled_medulla(int(np.ceil(height / ALPHA)) + 1, 64, width)
     rec = Reconstructor(model, settings)
     norm = fit_normalisation(vol)
     grid = xz_grid(height, width, 32.0)
-    firsts, fulls = [], []
-    for _ in range(repeats):
-        renderer = ViewRenderer(vol, norm, rec)  # cold latent cache each time
-        stamps: dict[str, float] = {}
-        t0 = time.perf_counter()
-        renderer.render(grid, coarse=lambda image, s=stamps, t=t0: s.setdefault("coarse", time.perf_counter() - t))
-        fulls.append(time.perf_counter() - t0)
-        firsts.append(stamps["coarse"])
     pixels, points = view_work(grid, vol.shape, rec)
-    small = coarse_grid(grid, COARSE_FACTOR)
-    _, small_points = view_work(small, vol.shape, rec)
-    out = {
-        "live_xz_first": (statistics.median(firsts), limits.seconds(pixels, small_points)),
-        "live_xz_full": (statistics.median(fulls), limits.seconds(pixels, points)),
-    }
-    # the step to the next plane: the view at y is cached, y + 1 is not
-    steps = []
+    out = {}
+    if fast is not None:
+        fast_rec = Reconstructor(fast, settings)
+        first = timed(lambda: ViewRenderer(vol, norm, fast_rec).render(grid), repeats)  # cold cache each time
+        fast_pixels, _ = view_work(grid, vol.shape, fast_rec)
+        out["live_xz_first"] = (first, limits.seconds_for(model_flops(fast), fast_pixels, points))
+        full = timed(lambda: ViewRenderer(vol, norm, rec).render(grid), repeats)
+        out["live_xz_full"] = (full, limits.seconds(pixels, points))
+    else:
+        firsts, fulls = [], []
+        for _ in range(repeats):
+            renderer = ViewRenderer(vol, norm, rec)  # cold latent cache each time
+            stamps: dict[str, float] = {}
+            t0 = time.perf_counter()
+            renderer.render(grid, coarse=lambda image, s=stamps, t=t0: s.setdefault("coarse", time.perf_counter() - t))
+            fulls.append(time.perf_counter() - t0)
+            firsts.append(stamps["coarse"])
+        _, small_points = view_work(coarse_grid(grid, COARSE_FACTOR), vol.shape, rec)
+        out["live_xz_first"] = (statistics.median(firsts), limits.seconds(pixels, small_points))
+        out["live_xz_full"] = (statistics.median(fulls), limits.seconds(pixels, points))
+    # the step to the next plane: the view at y is done and its neighbours prefetched, as the
+    # live view does when idle; the step then only decodes
+    steps, prefetched = [], []
     for _ in range(repeats):
         renderer = ViewRenderer(vol, norm, rec)
         renderer.render(grid)
+        prefetched.append(renderer.prefetch(grid, 1.0))
         nxt = xz_grid(height, width, 33.0)
+        misses = renderer.cache.misses
         t0 = time.perf_counter()
         renderer.render(nxt)
         steps.append(time.perf_counter() - t0)
+        assert renderer.cache.misses == misses, "the next plane was not prefetched"
     out["next_plane"] = (statistics.median(steps), limits.seconds(0, points))
     return out
 
@@ -252,15 +283,146 @@ def save_path(model: NiivModel, settings: InferenceSettings, limits: Limits, n: 
     return {f"save_{n}": (seconds, limits.seconds(pixels, points))}
 
 
+def per_output_pixel(flops: dict[str, float], alpha: float = ALPHA) -> float:
+    """FLOPs per output pixel of an xz reconstruction: one input pixel serves ``alpha`` outputs."""
+    return flops["encoder_per_pixel"] / alpha + flops["decoder_per_point"]
+
+
+def fast_model_report(fast: NiivModel, settings: InferenceSettings, cubes: int) -> dict[str, float]:
+    """niiv-fast against v2 (``niiv-v2-fibsem-a8``): FLOPs per output pixel at alpha 8, and the
+    fraction of v2's held-out CF-PSNR gain over bilinear it keeps (alpha 8, thick sections, xz
+    slices; ``cubes`` 128^3 cubes of medulla_b z 122-250, never trained on)."""
+    from napari_niiv.training.evaluate import cut_cubes, evaluate, interpolation, niiv_method
+
+    v2 = load_weights(resolve_weights("niiv-v2-fibsem-a8")).model
+    held = np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250, :250, :250])
+    chosen = cut_cubes(held, 128)[:cubes]
+    methods = {
+        "bilinear": interpolation("bilinear"),
+        "v2": niiv_method(v2, settings),
+        "fast": niiv_method(fast, settings),
+    }
+    scores = {s.method: s for s in evaluate(chosen, ALPHA, methods, ranges=[(0.0, 255.0)] * len(chosen))}
+    gain = {k: scores[k].cf_psnr - scores["bilinear"].cf_psnr for k in ("v2", "fast")}
+    return {
+        "flop_ratio": round(per_output_pixel(model_flops(fast)) / per_output_pixel(model_flops(v2)), 4),
+        "gain_fraction": round(gain["fast"] / gain["v2"], 3),
+        "fast_gain_db": round(gain["fast"], 3),
+        "v2_gain_db": round(gain["v2"], 3),
+        "cubes": len(chosen),
+    }
+
+
+# -- the real viewer ----------------------------------------------------------------------------
+def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
+    """In napari (this process, a display needed): the niiv dock widget's live view of an xz view
+    filling ``canvas`` (h, w), started, panned ``pans`` times, stepped to the next plane twice;
+    then a whole-volume layer and the switch to 3D. Returns the plugin's GUI-thread handler times
+    (``gui_timing.HANDLER_TIMES``), the live view's timings and the 3D switch's blocking time."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_niiv._napari.gui_timing import HANDLER_TIMES
+
+    height, width = canvas
+    vol = pooled_medulla(int(np.ceil(height / ALPHA)) + 4, 64, width)
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(width + 700, height + 260)
+    viewer.add_image(vol, name="medulla", scale=(ALPHA, 1, 1))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, 32)
+    viewer.reset_view()
+    viewer.scene.camera.zoom = 1.0
+
+    def pump(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.002)
+
+    def wait(cond: Callable[[], bool], timeout: float = 600) -> None:
+        end = time.perf_counter() + timeout
+        while not cond():
+            if time.perf_counter() > end:
+                raise TimeoutError("the live view did not finish in time")
+            app.processEvents()
+            time.sleep(0.002)
+
+    pump(1.0)
+    HANDLER_TIMES.clear()
+    widget.live_check.value = True
+
+    def finished(n: int) -> Callable[[], bool]:
+        live = widget.live_view
+        return lambda: live is not None and len(live.timings) >= n and "prefetched" in live.timings[-1]
+
+    wait(finished(1))
+    changes = 1
+    for _ in range(pans):
+        center = list(viewer.scene.camera.center)
+        center[2] += 40
+        viewer.scene.camera.center = center
+        changes += 1
+        wait(finished(changes))
+    for y in (33, 34):
+        viewer.dims.set_point(1, y)
+        changes += 1
+        wait(finished(changes))
+    live_timings = list(widget.live_view.timings)
+    widget.live_check.value = False
+    widget.reconstruct_button.native.click()
+    pump(2.0)
+    t0 = time.perf_counter()
+    viewer.dims.ndisplay = 3
+    switch = time.perf_counter() - t0
+    pump(2.0)
+    summary = HANDLER_TIMES.summary()
+    canvas_size = [int(v) for v in viewer.canvas.size]
+    viewer.close()
+    return {
+        "gui_ms": summary,
+        "live_timings": live_timings,
+        "switch_3d_blocking_s": round(switch, 4),
+        "canvas": canvas_size,
+    }
+
+
+def run_gui_child(canvas: tuple[int, int], pans: int) -> dict[str, object] | None:
+    """:func:`gui_session` in a child process, under ``xvfb-run`` when there is no display."""
+    cmd = [sys.executable, __file__, "--gui-child", f"{canvas[0]}x{canvas[1]}:{pans}"]
+    if not os.environ.get("DISPLAY"):
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 3000x2000x24", *cmd]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"GUI session failed: {exc}", flush=True)
+        return None
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    if run.returncode != 0 or not lines:
+        print(f"GUI session failed ({run.returncode}): {run.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(lines[-1])
+
+
 # -- report -------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller views, one repeat of the slow paths (< 3 min)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--gui-child", help=argparse.SUPPRESS)  # HxW:PANS, run by run_gui_child
     args = parser.parse_args()
+    if args.gui_child:
+        size, pans = args.gui_child.split(":")
+        h, w = (int(v) for v in size.split("x"))
+        print(json.dumps(gui_session((h, w), int(pans))), flush=True)
+        os._exit(0)  # the lazy layer's and Qt's threads may abort a normal interpreter exit
     load_before = os.getloadavg()
     t_start = time.perf_counter()
-    model = load_weights(resolve_weights("niiv-v2-fibsem-a8")).model
+    model = load_weights(resolve_weights(DEFAULT_WEIGHTS)).model
+    fast_path = available_weights().get(FAST_WEIGHTS)
+    fast = load_weights(fast_path).model if fast_path is not None else None
     settings = InferenceSettings(alpha=ALPHA, device="cpu").resolved()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision, torch.float32)
     limits = Limits(model, dtype)
@@ -281,7 +443,7 @@ def main() -> None:
         path_peak.update(dict.fromkeys(found, limits.peaks[-1]))
         print(", ".join(f"{k} {s:.2f} s" for k, (s, _) in found.items()), flush=True)
 
-    add(live_paths(model, settings, limits, canvas, repeats))
+    add(live_paths(model, fast, settings, limits, canvas, repeats))
     limits.remeasure()
     xy, preview = xy_path(model, settings, limits, 256 if args.quick else 512, repeats)
     add(xy)
@@ -290,6 +452,13 @@ def main() -> None:
     add(lazy)
     limits.remeasure()
     add(save_path(model, settings, limits, 128 if args.quick else 256))
+    fast_report = fast_model_report(fast, settings, 1 if args.quick else 4) if fast is not None else None
+    if fast_report:
+        print(f"{FAST_WEIGHTS}: {fast_report}", flush=True)
+    gui = run_gui_child(canvas, 1 if args.quick else 3)
+    if gui:
+        g = gui["gui_ms"]
+        print(f"GUI handlers: {g['calls']} calls, median {g['median']} ms, max {g['max']} ms ({g['slowest']})")
     load_after = os.getloadavg()
     report = {
         "paths": {
@@ -301,8 +470,10 @@ def main() -> None:
             }
             for name, (s, lim) in paths.items()
         },
-        "fast_model": None,
-        "gui_ms": None,
+        "fast_model": fast_report,
+        "gui_ms": {"median": gui["gui_ms"]["median"], "max": gui["gui_ms"]["max"]} if gui else None,
+        "gui": gui,
+        "weights": DEFAULT_WEIGHTS,
         "matmul_peak_gflops": round(peak),
         "matmul_peaks_gflops": [round(p) for p in limits.peaks],
         "precision": settings.precision,

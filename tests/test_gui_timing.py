@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_niiv._napari.gui_timing import HandlerTimes, gui_handler  # noqa: E402
+from napari_niiv._napari.gui_timing import HandlerTimes, gui_handler
 
 
 def test_calls_are_recorded_with_nested_handlers_apart(monkeypatch):

@@ -246,3 +246,40 @@ def test_saving_the_lazy_layer_keeps_its_precision(volume, tmp_path):
     saved = open_volume(tmp_path / "iso.ome.zarr").data.compute()
     expect = reconstruct_volume(model, volume, InferenceSettings(alpha=ALPHA, precision="fp32"))
     np.testing.assert_allclose(saved, expect, rtol=0, atol=2e-5)
+
+
+def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_render(volume):
+    """napari's 3D view reads a whole level: the first read is the nearest input voxels (no model,
+    no interpolation of the whole level on the GUI thread) and queues the level's render with the
+    fast model; once made, reads return it, equal to the fast model's rendering of that level."""
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+    from napari_niiv.model import NiivConfig
+
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    fast = Reconstructor(
+        random_model(NiivConfig(latent_dim=8, encoder_blocks=1, attention=False, mlp_hidden=16, mlp_layers=2)), settings
+    )
+    full = Reconstructor(random_model(), settings)
+    lazy = LazyIsotropic(volume, fit_normalisation(volume), full, output_geometry(volume.shape, ALPHA), fast=fast)
+    made = []
+    lazy.on_tile = made.append
+    try:
+        level = len(lazy.shapes) - 1
+        index = tuple(slice(0, n) for n in lazy.shapes[level])
+        first = lazy.get(level, index)
+        coords = lazy.coords(level, index)
+        picks = [np.clip(np.floor(c).astype(int), 0, n - 1) for c, n in zip(coords, volume.shape, strict=True)]
+        np.testing.assert_array_equal(first, volume[np.ix_(*picks)].astype(np.float32))
+        assert lazy._worker.wait_idle(60) and made == [(level, 3, 0, 0, 0)] and lazy.pending == 0
+        rendered = lazy.get(level, index)
+        grid = ViewGrid(coords, 1, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        expect = lazy.norm.invert(ViewRenderer(volume, lazy.norm, fast).render(grid), np.float32)
+        np.testing.assert_allclose(rendered, expect, atol=1e-5)
+        assert np.abs(rendered - first).mean() > 0
+        generation = lazy._worker._generation
+        lazy.get(level, index)
+        assert lazy._worker._generation == generation  # made once: nothing queued again
+        assert np.isnan(lazy.get(level, index, "confidence")).all()  # no maps in 3D
+    finally:
+        lazy.close()

@@ -15,10 +15,11 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
 from ..inference import confidence
+from ..inference.devices import pick_device
 from ..inference.lazy_volume import LazyIsotropic
 from ..inference.reconstructor import Reconstructor, check_reconstructable
 from ..inference.settings import InferenceSettings
-from ..inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
+from ..inference.weights import DEFAULT_WEIGHTS, fast_weights, load_weights, resolve_weights
 from .activity import Activity
 from .gui_timing import gui_handler
 from .layer_view import check_layer, layer_alpha, layer_geometry, level0
@@ -49,8 +50,9 @@ class PreparedLayer:
 def prepare_isotropic_layer(
     layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS
 ) -> PreparedLayer:
-    """Check ``layer``, load the weights and set up the lazy volume; no napari calls (any thread).
-    ``settings`` default to the layer's own anisotropy."""
+    """Check ``layer``, load the weights (and niiv-fast for 3D views and coarse levels, on a CPU)
+    and set up the lazy volume; no napari calls (any thread). ``settings`` default to the layer's
+    own anisotropy."""
     layer = check_layer(layer)
     if settings is None:
         alpha = layer_alpha(layer)
@@ -64,7 +66,9 @@ def prepare_isotropic_layer(
     model = load_weights(resolve_weights(weights)).model
     check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model, settings.volume_orientation)
     geometry = layer_geometry(layer, settings)
-    lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry)
+    fast_path = fast_weights(weights, pick_device(settings.device).type)
+    fast = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
+    lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry, fast=fast)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
     return PreparedLayer(layer, lazy, settings, weights)
 

@@ -29,7 +29,14 @@ from ..inference.export import DEFAULT_CHUNKS
 from ..inference.reconstructor import check_reconstructable
 from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
 from ..inference.suggestion import suggest_weights
-from ..inference.weights import DEFAULT_WEIGHTS, FAST_WEIGHTS, Weights, available_weights, load_weights
+from ..inference.weights import (
+    DEFAULT_WEIGHTS,
+    FAST_WEIGHTS,
+    Weights,
+    available_weights,
+    fast_weights,
+    load_weights,
+)
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
 from .gui_timing import gui_handler
@@ -469,8 +476,8 @@ class NiivWidget(QScrollArea):
         """A loader of niiv-fast for the live view's first frame (it runs on the live view's thread):
         on a CPU, when it is shipped and is not the chosen weights already; None otherwise. A
         damaged file is logged and the view shows the chosen weights only."""
-        path = available_weights().get(FAST_WEIGHTS)
-        if path is None or self.weights_choice.value == FAST_WEIGHTS or pick_device(settings.device).type != "cpu":
+        path = fast_weights(self.weights_choice.value, pick_device(settings.device).type)
+        if path is None:
             return None
 
         def load() -> Any:

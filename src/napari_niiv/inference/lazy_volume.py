@@ -5,8 +5,13 @@ Level ``L`` has the shape and world placement of level ``L`` of the written pyra
 the centres of those voxels. Slicing returns immediately: niiv tiles already computed, trilinear interpolation
 elsewhere; the missing tiles of the latest 2D requests are computed one by one on the layer's
 :class:`~.worker.LatestWorker`, and ``on_tile`` is called (from that thread) when one is ready so
-the viewer can redraw. Only 2D requests (one sliced axis) queue work: a 3D view shows the
-interpolation.
+the viewer can redraw.
+
+A 3D request (napari's 3D view reads the coarsest level whole) never blocks: it is answered at
+once with the nearest input voxels (milliseconds: no interpolation of millions of voxels on the
+GUI thread), and the level is rendered on the worker with the fast model when one is given
+(``fast``: niiv-fast on CPUs, also used for the 2D tiles of levels 1 and up), else the full one;
+the next read returns it.
 
 With :meth:`LazyIsotropic.enable_confidence`, the same tiles also carry the confidence map
 (:mod:`.confidence`), shown by :attr:`LazyIsotropic.confidence_levels` (same shapes and placement):
@@ -35,6 +40,7 @@ from .worker import Cancelled, LatestWorker
 
 log = logging.getLogger(__name__)
 TILE = 256
+VOLUMES_KEPT = 2  # 3D renders kept (the coarsest level of one layer is what napari's 3D view reads)
 TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
 KINDS = ("niiv", "confidence")  # what a level shows: the reconstruction, or its confidence map
 
@@ -112,10 +118,13 @@ class LazyIsotropic:
         reconstructor: Reconstructor,
         geometry: OutputGeometry,
         cache_bytes: int = 1 << 30,
+        fast: Reconstructor | None = None,
     ) -> None:
         self.norm = normalisation
         self.rec = reconstructor
+        self.source = source
         self.renderer = ViewRenderer(source, normalisation, reconstructor)
+        self.fast_renderer = ViewRenderer(source, normalisation, fast) if fast is not None else None
         self.in_shape = tuple(int(s) for s in source.shape)
         self.geometry = geometry
         self.shapes = pyramid_shapes(geometry.shape)
@@ -129,6 +138,10 @@ class LazyIsotropic:
         self.on_error: Callable[[BaseException], None] | None = None
         self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[TileKey, np.ndarray] = OrderedDict()  # confidence tiles
+        # 3D reads: (level, bounds) -> the rendered region, and the nearest-voxel answers given meanwhile
+        self._volumes: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._nearest: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._volume_wanted: tuple | None = None
         # the display slice and the thumbnail, per kind of layer
         self._recent: dict[str, deque[list[TileKey]]] = {k: deque(maxlen=2) for k in KINDS}
         self._lock = threading.Lock()  # guards _tiles and _recent: napari's thread and the worker's
@@ -157,14 +170,81 @@ class LazyIsotropic:
         queues its missing tiles (with those of the request before)."""
         if any(s.stop <= s.start for s in index):
             return np.zeros([s.stop - s.start for s in index], np.float32)
+        thin = [a for a in range(3) if index[a].stop - index[a].start == 1]
+        if not thin:
+            return self._get_volume(level, index, kind)
         if kind == "confidence":
             out = np.full([s.stop - s.start for s in index], np.nan, np.float32)
         else:
             out = self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
-        thin = [a for a in range(3) if index[a].stop - index[a].start == 1]
         if len(thin) == 1:
             self._fill_and_queue(level, thin[0], index, out, kind)
         return out
+
+    def _get_volume(self, level: int, index: tuple[slice, slice, slice], kind: str) -> np.ndarray:
+        """A 3D read: the rendered region if made, else the nearest input voxels now and the
+        render queued (confidence maps are not made in 3D: NaN, unknown)."""
+        if kind == "confidence":
+            return np.full([s.stop - s.start for s in index], np.nan, np.float32)
+        key = (level, tuple((s.start, s.stop) for s in index))
+        with self._lock:
+            done = self._volumes.get(key)
+            if done is not None:
+                self._volumes.move_to_end(key)
+                return done
+            quick = self._nearest.get(key)
+            queue = self._volume_wanted != key
+            self._volume_wanted = key
+        if quick is None:
+            quick = self.nearest(level, index)
+            with self._lock:
+                self._nearest[key] = quick
+                while len(self._nearest) > VOLUMES_KEPT:
+                    self._nearest.popitem(last=False)
+        if queue:
+            self._worker.submit(lambda cancelled: self._compute_volume(key, cancelled))
+        return quick
+
+    def nearest(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
+        """The input voxel under each output voxel of the region: float32, input intensities."""
+        picks = [
+            np.clip(np.floor(c).astype(np.int64), 0, n - 1)
+            for c, n in zip(self.coords(level, index), self.in_shape, strict=True)
+        ]
+        unique = [np.unique(p) for p in picks]
+        data = self.source
+        if hasattr(data, "oindex"):  # zarr
+            block = np.asarray(data.oindex[tuple(unique)])
+        else:  # numpy, dask: one axis at a time
+            block = data[unique[0]][:, unique[1]][:, :, unique[2]]
+            block = np.asarray(block.compute() if hasattr(block, "compute") else block)
+        where = [np.searchsorted(u, p) for u, p in zip(unique, picks, strict=True)]
+        return np.ascontiguousarray(block[np.ix_(*where)], dtype=np.float32)
+
+    def _compute_volume(self, key: tuple, cancelled: Cancelled) -> int:
+        """The worker's task for a 3D read: render the region with the fast model (else the full
+        one) and keep it; 1 if made, 0 if cancelled by a newer request or the layer closing."""
+        level, bounds = key
+        index = tuple(slice(a, b) for a, b in bounds)
+        renderer = self.fast_renderer or self.renderer
+        grid = ViewGrid(self.coords(level, index), 1, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+        result = renderer.render(grid, lambda: cancelled() or self._closed)
+        if result is None:
+            with self._lock:
+                if self._volume_wanted == key:
+                    self._volume_wanted = None  # asked again later: queued again
+            return 0
+        image = self.norm.invert(result, np.float32)
+        with self._lock:
+            self._volumes[key] = image
+            while len(self._volumes) > VOLUMES_KEPT:
+                self._volumes.popitem(last=False)
+            self._nearest.pop(key, None)
+            if self._volume_wanted == key:
+                self._volume_wanted = None
+        if self.on_tile is not None:
+            self.on_tile((level, 3, 0, 0, 0))
+        return 1
 
     def _fill_and_queue(
         self, level: int, axis: int, index: tuple[slice, ...], out: np.ndarray, kind: str = "niiv"
@@ -187,6 +267,7 @@ class LazyIsotropic:
                     _paste(out, index, tile, self._tile_index(key), a, b)
             if kind == "niiv" or self.confidence:
                 self._recent[kind].appendleft(missing)
+            self._volume_wanted = None  # a queued 3D render is superseded by this submission
             wanted = self._wanted()
         if wanted:
             self._worker.submit(lambda cancelled: self._compute(wanted, cancelled))
@@ -205,7 +286,7 @@ class LazyIsotropic:
     def pending(self) -> int:
         """Tiles wanted by the latest requests and not computed yet."""
         with self._lock:
-            return len(self._wanted())
+            return len(self._wanted()) + (self._volume_wanted is not None)
 
     def _wanted(self) -> list[TileKey]:
         """Missing tiles of the two latest requests of each kind, newest request first, images
@@ -233,13 +314,14 @@ class LazyIsotropic:
         index = self._tile_index(key)
         grid = ViewGrid(self.coords(key[0], index), key[1], 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         parts: dict[str, np.ndarray] = {}
-        result = self.renderer.render(grid, cancelled, parts=parts)
+        renderer = self.fast_renderer if key[0] > 0 and self.fast_renderer is not None else self.renderer
+        result = renderer.render(grid, cancelled, parts=parts)
         if result is None:
             return None
         image = self.norm.invert(result, np.float32)
         if not with_confidence:
             return image, None
-        uncertainty = self.renderer.render_confidence(grid, cancelled, parts)
+        uncertainty = renderer.render_confidence(grid, cancelled, parts)
         return None if uncertainty is None else (image, confidence.to_intensity(uncertainty, self.norm))
 
     def _compute(self, wanted: list[TileKey], cancelled: Cancelled) -> int:

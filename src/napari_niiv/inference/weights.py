@@ -293,3 +293,14 @@ def resolve_weights(name_or_path: str | Path | None) -> Path:
     if str(name_or_path) in names:
         return names[str(name_or_path)]
     raise NiivInputError(f"unknown weights {name_or_path!r}; available: {', '.join(names) or 'none'} (or give a path)")
+
+
+def fast_weights(chosen: str | Path | None, device_type: str) -> Path | None:
+    """niiv-fast's file, for the live view's first frame and the 3D views of a lazy layer: on a
+    CPU (a GPU runs the full model fast enough), when it is shipped and is not the chosen weights."""
+    path = available_weights().get(FAST_WEIGHTS)
+    if path is None or device_type != "cpu" or str(chosen) == FAST_WEIGHTS:
+        return None
+    if chosen is not None and Path(chosen).exists() and Path(chosen).resolve() == path.resolve():
+        return None
+    return path
