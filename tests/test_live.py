@@ -283,3 +283,33 @@ def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_
         assert np.isnan(lazy.get(level, index, "confidence")).all()  # no maps in 3D
     finally:
         lazy.close()
+
+
+def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volume, monkeypatch):
+    """The missing tiles of one plane are encoded together over the union of their crops (one
+    encoder pass instead of one per tile); each tile equals the same tile computed on its own."""
+    from napari_niiv.inference import lazy_volume
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+
+    monkeypatch.setattr(lazy_volume, "TILE", 16)  # several tiles per plane of the small volume
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    model = random_model()
+
+    def make() -> LazyIsotropic:
+        return LazyIsotropic(
+            volume, fit_normalisation(volume), Reconstructor(model, settings), output_geometry(volume.shape, ALPHA)
+        )
+
+    together, alone = make(), make()
+    try:
+        index = (slice(0, 48), slice(20, 21), slice(0, 56))  # an xz plane: 3 x 4 tiles
+        together.get(0, index)
+        assert together._worker.wait_idle(60) and together.pending == 0
+        keys = list(together._tiles)
+        assert len(keys) == 12 and together.renderer.cache.misses == 1  # one encoder pass for the plane
+        for key in keys:
+            np.testing.assert_allclose(together._tiles[key], alone.compute_tile(key), atol=1e-4)
+    finally:
+        together.close()
+        alone.close()

@@ -329,6 +329,7 @@ class LazyIsotropic:
         (checked between tiles; a tile once started is finished, as the newer request most likely
         wants it too) or the layer closes (checked inside the tile as well). Returns tiles made."""
         made = 0
+        shared: set[tuple[int, int, int]] = set()
         for key in wanted:
             if cancelled():
                 break
@@ -336,6 +337,10 @@ class LazyIsotropic:
                 if not self._missing(key):
                     continue
                 with_map = self.confidence
+                plane = [k for k in wanted if k[:3] == key[:3] and self._missing(k)]
+            if key[:3] not in shared and len(plane) > 1:
+                shared.add(key[:3])
+                self._encode_together(plane)
             try:
                 tiles = self.compute_tiles(key, lambda: self._closed, with_confidence=with_map)
             except BaseException as exc:  # keep serving; the layer shows interpolation there
@@ -358,6 +363,17 @@ class LazyIsotropic:
             if self.on_tile is not None:
                 self.on_tile(key)
         return made
+
+    def _encode_together(self, keys: list[TileKey]) -> None:
+        """Encode the slices of several tiles of one plane at once, over the union of their crops,
+        so that neighbouring tiles share the encoder's work on their halos (each tile then runs
+        only the decoder). Not cancellable: about one tile's encoding."""
+        index = [self._tile_index(k) for k in keys]
+        union = tuple(slice(min(i[a].start for i in index), max(i[a].stop for i in index)) for a in range(3))
+        level, axis = keys[0][0], keys[0][1]
+        renderer = self.fast_renderer if level > 0 and self.fast_renderer is not None else self.renderer
+        grid = ViewGrid(self.coords(level, union), axis, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+        renderer.encode(grid)
 
     def _evict(self) -> None:
         """Least recently used tiles out past ``cache_bytes``, each image with its map (call with

@@ -330,15 +330,24 @@ class ViewRenderer:
                 coords = list(grid.coords)
                 coords[axis] = np.array([coord])
                 shifted = replace(grid, coords=tuple(coords))
-                for orient in orients:
-                    if cancelled() or spent + per_plane > budget:
-                        return done
-                    lay = self._layout(shifted, orient)
-                    fresh = [e.nbytes for e, g, _ in self._encoded(orient, lay.planes, lay, None) if g is not None]
-                    spent += sum(fresh)
-                    per_plane = max(per_plane, *fresh, 0)
+                if cancelled() or spent + per_plane > budget:
+                    return done
+                fresh = self.encode(shifted, orients)
+                spent += sum(fresh)
+                per_plane = max(per_plane, *fresh, 0)
                 done += 1
         return done
+
+    @torch.inference_mode()
+    def encode(self, grid: ViewGrid, orients: list[str] | None = None) -> list[int]:
+        """Encode the slices of ``grid`` (``orients``, default the settings') into the latent
+        cache without decoding: later renders of any grid inside it (a neighbouring plane, the
+        tiles of one lazy-layer plane) run only the decoder. Returns the bytes of each new entry."""
+        fresh = []
+        for orient in orients if orients is not None else self.rec.settings.orientations(grid.kind):
+            lay = self._layout(grid, orient)
+            fresh += [e.nbytes for e, g, _ in self._encoded(orient, lay.planes, lay, None) if g is not None]
+        return fresh
 
     def _encoded(
         self,
