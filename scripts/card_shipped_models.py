@@ -57,6 +57,23 @@ MODELS = {
             ),
         ],
     },
+    "fast": {
+        "name": "niiv-fast",
+        "purpose": "the live view's first frame on a CPU and 3D views (a tenth of v2's FLOPs), distilled from niiv-em",
+        "about": "the first frame of the live view on a CPU, the 3D view and the coarse levels of the "
+        "whole-volume layer: a small network distilled from the default niiv-em (electron microscopy, any "
+        "alpha 2-12, thick or thin sections)",
+        "tables": [
+            (
+                "FIB-SEM held out (medulla_b z 122-250, 4 cubes of 128^3, never trained on), xz slices, "
+                "thick and thin sections, alpha 4, 8 and 12; its teacher niiv-em and v2 "
+                "(niiv-v2-fibsem-a8) for comparison",
+                "evaluate {data}/fibsem/medulla_b.tif --region 122:250,0:250,0:250 --cube 128 "
+                "--alpha 4,8,12 --degradation thick,thin --weights niiv-fast --weights niiv-em "
+                "--weights niiv-v2-fibsem-a8",
+            ),
+        ],
+    },
     "lm": {
         "name": "niiv-lm",
         "purpose": "light microscopy (axial blur, psf), alpha 2-8",
@@ -86,6 +103,15 @@ MODELS = {
         ],
     },
 }
+
+WHY_V1 = """## Why v1 (no attention)
+
+The first round measured v2 (attention over the 3x3 interpolated-latent neighbourhood) below v1 at equal
+budget on this CPU (85 min each: +2.19 against +2.38 dB CF-PSNR over bilinear at alpha 8, see the history
+of `weights/niiv-v2-fibsem-a8.md`): a v2 step costs 1.65x a v1 step, and its z neighbours are 1/alpha of an
+input pixel apart, nearly the same latent. This model continues v1. Making the attention earn its place
+(neighbours one input pixel apart, more heads) was not tried in this round's CPU budget.
+"""
 
 
 def niiv(command: str) -> tuple[str, list[dict]]:
@@ -128,9 +154,74 @@ def main() -> None:
         table, scores = niiv(command)
         tables.append({"caption": caption, "command": "niiv " + command, "table": table, "scores": scores})
     card["test"] = {"tables": tables}
+    if args.model == "fast":
+        card["cost"] = cost_against_others(w.model)
     save_weights(target, w.model, w.alpha, w.normalisation, card=card)
     write_markdown(ROOT / "weights" / f"{name}.md", name, spec, card, w)
     print(f"wrote {target} and its card")
+
+
+def cost_against_others(fast) -> dict:
+    """FLOPs per output pixel (alpha 8, xz) and seconds for a 960x540 xz view (bf16, median of 3,
+    cold cache), of niiv-fast, niiv-em and v2, measured here."""
+    import statistics
+    import time
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_interactive import model_flops, per_output_pixel, pooled_medulla, xz_grid
+    from napari_niiv.data.normalise import fit_normalisation
+    from napari_niiv.inference.reconstructor import Reconstructor
+    from napari_niiv.inference.settings import InferenceSettings
+    from napari_niiv.inference.views import ViewRenderer
+    from napari_niiv.inference.weights import resolve_weights
+
+    vol = pooled_medulla(70, 64, 960)
+    norm = fit_normalisation(vol)
+    grid = xz_grid(540, 960, 32.0)
+    settings = InferenceSettings(alpha=8.0, device="cpu")
+    out: dict = {"threads": torch.get_num_threads(), "view": "960x540 xz, alpha 8"}
+    for name, model in (
+        ("niiv-fast", fast),
+        ("niiv-em", load_weights(resolve_weights("niiv-em")).model),
+        ("niiv-v2-fibsem-a8", load_weights(resolve_weights("niiv-v2-fibsem-a8")).model),
+    ):
+        rec = Reconstructor(model, settings)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            ViewRenderer(vol, norm, rec).render(grid)
+            times.append(time.perf_counter() - t0)
+        out[name] = {
+            "mflop_per_output_pixel": round(per_output_pixel(model_flops(model)) / 1e6, 4),
+            "view_s": round(statistics.median(times), 3),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+        }
+    return out
+
+
+def cost_section(card: dict) -> str:
+    cost = card.get("cost")
+    if not cost:
+        return ""
+    v2 = cost["niiv-v2-fibsem-a8"]["mflop_per_output_pixel"]
+    rows = "\n".join(
+        f"| {k} | {v['mflop_per_output_pixel']:.3f} | {v['mflop_per_output_pixel'] / v2:.3f} | {v['view_s']:.2f} "
+        f"| {v['parameters']:,} |"
+        for k, v in cost.items()
+        if isinstance(v, dict)
+    )
+    return f"""## Cost
+
+Measured when this card was written ({cost["view"]}, bf16, {cost["threads"]} threads, median of 3 with a
+cold latent cache; FLOPs counted from the layers as in `benchmarks/bench_interactive.py`):
+
+| model | MFLOP per output pixel | of v2 | view (s) | parameters |
+|---|---|---|---|---|
+{rows}
+
+"""
 
 
 def write_markdown(path: Path, name: str, spec: dict, card: dict, w) -> None:
@@ -144,14 +235,18 @@ def write_markdown(path: Path, name: str, spec: dict, card: dict, w) -> None:
     )
     text = f"""# Model card: {name}
 
-niiv for {spec["about"]}. Architecture {card["architecture"]} (no attention: see "Why v1" below),
+niiv for {spec["about"]}. Architecture {card["architecture"]} (no attention{
+        ': see "Why v1" below' if card["architecture"] == "v1" else ""
+    }),
 trained self-supervised: xy planes, degraded along one in-plane axis by a random alpha and degradation
 each step, are taught to come back. Select it with `--weights {name}` or in the widget's weights list.
 
 | | |
 |---|---|
 | architecture | `{json.dumps(w.model.config.to_dict())}` ({params:,} parameters) |
-| continued from | {card.get("fine_tuned_from")} |
+| {"distilled from" if card.get("distilled_from") else "continued from"} | {
+        card.get("distilled_from") or card.get("fine_tuned_from")
+    } |
 | training data | {card.get("training_data")} |
 | validation (monitoring only) | {card.get("validation_data")} |
 | test data | {card.get("test_data")} |
@@ -172,16 +267,9 @@ user would pick instead: the gains over it are the honest ones.
 
 {sections}
 
-{spec.get("findings", "")}
+{cost_section(card)}{spec.get("findings", "")}
 
-## Why v1 (no attention)
-
-The first round measured v2 (attention over the 3x3 interpolated-latent neighbourhood) below v1 at equal
-budget on this CPU (85 min each: +2.19 against +2.38 dB CF-PSNR over bilinear at alpha 8, see the history
-of `weights/niiv-v2-fibsem-a8.md`): a v2 step costs 1.65x a v1 step, and its z neighbours are 1/alpha of an
-input pixel apart, nearly the same latent. This model continues v1. Making the attention earn its place
-(neighbours one input pixel apart, more heads) was not tried in this round's CPU budget.
-"""
+{WHY_V1 if card["architecture"] == "v1" else ""}"""
     path.write_text(text)
     print(f"wrote {path}")
 
