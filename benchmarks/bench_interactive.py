@@ -9,27 +9,38 @@ and every decoder MLP layer per output point (gathers, interpolation, padding an
 The input pixels a view must encode are, per decoded plane, the input rows and columns within the
 reconstructor's halo (receptive radius + 2) of its output coordinates, clipped to the volume.
 
-Paths (shipped ``niiv-v2-fibsem-a8`` weights; ``--quick`` uses smaller views):
+Paths (the shipped default weights, ``niiv-em``; ``--quick`` uses smaller views):
 
-- ``live_xz_first`` / ``live_xz_full``: the live xz view of a 1920x1080 canvas at screen resolution
-  (``ViewRenderer.render`` with the progressive 1/4-resolution frame; first = that frame, whose
-  limit decodes 1/16 of the points but encodes the same slices), on real FIB-SEM (``medulla_a``)
-  pooled by 8 along z and mirrored to the canvas' width;
+- ``live_xz_first`` / ``live_xz_full``: the live xz view of a 1920x1080 canvas at screen resolution,
+  as the live view renders it on a CPU: ``niiv-fast`` at full resolution first (its limit counts
+  niiv-fast's FLOPs), then the default model (``ViewRenderer.render``, cold latent cache each
+  time); without a shipped niiv-fast, first = the default model's 1/4-resolution frame. On real
+  FIB-SEM (``medulla_a``) pooled by 8 along z and mirrored to the canvas' width;
+- ``next_plane``: the same view after one step of the slider to the next y, once the view is done
+  and its neighbours prefetched (``ViewRenderer.prefetch``, as the live view does when idle): its
+  limit is the decoder alone;
 - ``xy_between_planes``: an xy view 512x512 px between two acquired planes of ``cremi_a``
   (serial-section EM, alpha 10, opened with ``data.io.open_volume``, i.e. a dask array), output
   scale 320/512 so that the 320 px wide crop fills 512 output pixels; ``_progressive`` is the
   same view as the live view renders it (1/4-resolution pass first, then full), same limit;
 - ``lazy_canvas``: the lazy layer's niiv tiles (``LazyIsotropic``, 256^2 each) covering a 1920x1080
-  xz region of level 0, computed one after the other as its worker does;
-- ``next_plane``: the live xz view after one step of the slider to the next y (the latents of the
-  new plane are not cached today); its limit is the decoder alone, which is all a step needs when
-  the neighbouring planes' latents have been prefetched;
+  xz region of level 0, computed as its worker does (the tiles of one plane encoded together);
 - ``save_256``: ``inference.export.write_isotropic`` of a 256^3 output (OME-Zarr pyramid) from
-  ``medulla_a`` pooled by 8, as the widget's background save runs it.
+  ``medulla_a`` pooled by 8, as the widget's background save runs it;
+- ``switch_3d`` (in the real viewer, below): from ``viewer.dims.ndisplay = 3`` to the lazy layer's
+  coarsest level rendered (niiv-fast on a CPU); its limit is that model's FLOPs for the level.
+  ``gui.switch_3d.blocking_s`` is how long the switch held the GUI thread.
 
-Not measured here: the real napari viewer (``benchmarks/bench_viewer.py`` does that under Xvfb),
-GUI handler times (``gui_ms`` is null) and ``niiv-fast`` (no such model exists yet:
-``fast_model`` is null). Other jobs may share the CPU: the load average is printed and recorded.
+``fast_model``: niiv-fast's FLOPs per output pixel at alpha 8 over v2's (``flop_ratio``) and the
+fraction of v2's held-out CF-PSNR gain over bilinear it keeps (``gain_fraction``; alpha 8, thick,
+xz, 128^3 cubes of medulla_b z 122-250: 1 with ``--quick``, 4 without).
+
+``gui_ms``: the plugin's GUI-thread handler times (``_napari.gui_timing.HANDLER_TIMES``: median
+and max over every call) in a real napari viewer (a child process, under ``xvfb-run`` when there is
+no display): the dock's live view of the same xz view started, panned, stepped twice, then the
+whole-volume layer added and the switch to 3D. ``gui.gui_ms.by_handler`` names each handler.
+
+Other jobs may share the CPU: the load average is printed and recorded.
 
 Run: ``python benchmarks/bench_interactive.py [--quick] [--json PATH]``.
 """
