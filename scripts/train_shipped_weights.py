@@ -5,6 +5,8 @@ sitting is continued, not restarted):
 
 - ``v1``, ``v2``: the first round's alpha-8 models (thick sections, from scratch; v1 and v2 ran
   side by side, one thread each, for 85 minutes: the equal-budget comparison in their cards).
+- ``v2-input``: the same recipe with the attention's neighbours one input pixel apart (issue 14's
+  attention experiment; run beside ``v1`` and ``v2`` at the same budget).
 - ``em``: niiv-em, continued from niiv-v1-fibsem-a8 (v1 beat v2 at equal budget) over alpha 2-12
   (uniform, fractional) with thick and thin sections mixed.
 - ``fast``: niiv-fast, the small model of the live view's first frame (architecture ``fast``),
@@ -47,12 +49,12 @@ recipe, minutes = sys.argv[1], float(sys.argv[2])
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 common = dict(steps=1_000_000, time_budget=minutes * 60, threads=threads, checkpoint_every=250, preview_every=0)
 init = None
-if recipe in ("v1", "v2", "em", "fast"):
+if recipe in ("v1", "v2", "v2-input", "em", "fast"):
     a = open_volume(DATA / "fibsem" / "medulla_a.tif")
     b = open_volume(DATA / "fibsem" / "medulla_b.tif")
     volumes, z_ranges, card = [a, b], [(74, 250), (0, 112)], dict(FIBSEM_SPLIT)
     held = HeldOutCheck([np.asarray(a.data[:64, :128, :128])], 8.0)
-if recipe in ("v1", "v2"):
+if recipe in ("v1", "v2", "v2-input"):
     name = f"niiv-{recipe}-fibsem-a8"
     settings = TrainSettings(alpha=8.0, architecture=recipe, eval_every=500, seed=0, **common)
 elif recipe == "em":
@@ -104,7 +106,7 @@ elif recipe == "fast":
     )
     card["distilled_from"] = "niiv-em"
 else:
-    sys.exit(f"unknown recipe {recipe!r}: v1, v2, em, lm or fast")
+    sys.exit(f"unknown recipe {recipe!r}: v1, v2, v2-input, em, lm or fast")
 
 r = train(
     volumes,

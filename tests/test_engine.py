@@ -113,3 +113,21 @@ def test_wide_slices_are_encoded_in_tiles_with_the_same_latents() -> None:
         whole = model.encode(image, 8.0)
     torch.testing.assert_close(tiled.latents, whole.latents, atol=1e-5, rtol=0)
     torch.testing.assert_close(tiled.keys_values, whole.keys_values, atol=1e-5, rtol=0)
+
+
+def test_attention_one_input_pixel_apart_is_decoded_by_the_general_path_and_is_the_model(slices) -> None:
+    """With attention_spacing 'input' the neighbours are one input pixel apart (not one output
+    voxel): the engine's shared-neighbour shortcut does not apply, and its result is the model's;
+    the neighbours really are one input pixel apart, so the result differs from 'output' spacing."""
+    from napari_niiv.model import NiivConfig
+
+    image, rows, cols = slices
+    wide = random_model(NiivConfig.named("v2-input"))
+    eng = InferenceEngine(wide, InferenceSettings(device="cpu", precision="fp32", alpha=8.0))
+    grid = eng.encode(image, 8.0)
+    assert not eng._neighbours_on_grid(grid, rows, cols)
+    out = eng.render(grid, rows, cols)
+    torch.testing.assert_close(out, exact(wide, image, rows, cols), atol=2e-6, rtol=0)
+    near = random_model(NiivConfig.v2())
+    near.load_state_dict(wide.state_dict())
+    assert (exact(near, image, rows, cols) - out).abs().max() > 1e-4

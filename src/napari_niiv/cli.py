@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch",
         choices=ARCHITECTURES,
         help="v2: attention (paper 2025, default); v1: no attention (2024); fast: a tenth of v2's FLOPs "
-        "(niiv-fast, the live view's first frame); with --init: the start weights'",
+        "(niiv-fast, the live view's first frame); v2-input: v2 with its attention's neighbours one input "
+        "pixel apart; with --init: the start weights'",
     )
     tr.add_argument(
         "--teacher",

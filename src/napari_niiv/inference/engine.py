@@ -157,7 +157,7 @@ class InferenceEngine:
         entry (a yz slice of an xz view, a z row of an xy view) qualifies: its neighbours are the
         one-voxel rim the shared path samples anyway (3 samples per query instead of 9)."""
         att = self.model.attention
-        if att is None or att.radius != 1:
+        if att is None or att.radius != 1 or att.spacing != "output":
             return False
         return all(
             c.numel() < 2 or torch.allclose(c.diff(), torch.full_like(c[1:], step), rtol=0, atol=1e-5)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-ARCHITECTURES = ("v2", "v1", "fast")  # the presets of NiivConfig.named, default first
+ATTENTION_SPACINGS = ("output", "input")
+ARCHITECTURES = ("v2", "v1", "fast", "v2-input")  # the presets of NiivConfig.named, default first
 # Integer fields and their allowed ranges: generous for research, far below what breaks a machine.
 _BOUNDS = {
     "latent_dim": (1, 1024),
@@ -30,6 +31,10 @@ class NiivConfig:
     encoder_blocks: int = 6
     attention: bool = True
     attention_radius: int = 1
+    # How far apart the attention's neighbours are: "output", one isotropic output voxel (the
+    # paper's; along z that is 1/alpha of an input pixel, nearly the same latent), or "input", one
+    # input pixel on both axes (neighbours that carry other information).
+    attention_spacing: str = "output"
     mlp_hidden: int = 256
     mlp_layers: int = 5
     pe_bands: int = 2
@@ -42,6 +47,10 @@ class NiivConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"architecture field {name}={value!r} is outside {lo}..{hi}")
+        if self.attention_spacing not in ATTENTION_SPACINGS:
+            raise ValueError(
+                f"architecture field attention_spacing={self.attention_spacing!r} must be one of {ATTENTION_SPACINGS}"
+            )
         for name in ("attention", "residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"architecture field {name}={getattr(self, name)!r} must be true or false")
@@ -61,8 +70,13 @@ class NiivConfig:
         return cls(latent_dim=40, encoder_blocks=6, attention=False, mlp_hidden=64, mlp_layers=3)
 
     @classmethod
+    def v2_input(cls) -> NiivConfig:
+        """v2 with the attention's neighbours one input pixel apart (issue 14's experiment)."""
+        return cls(attention_spacing="input")
+
+    @classmethod
     def named(cls, name: str) -> NiivConfig:
-        presets = {"v1": cls.v1, "v2": cls.v2, "fast": cls.fast}
+        presets = {"v1": cls.v1, "v2": cls.v2, "fast": cls.fast, "v2-input": cls.v2_input}
         assert set(presets) == set(ARCHITECTURES)
         if name not in presets:
             raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(presets)}")

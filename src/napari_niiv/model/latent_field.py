@@ -67,10 +67,11 @@ class LocalAttention(nn.Module):
     outputs of exactly one size).
     """
 
-    def __init__(self, dim: int, radius: int = 1) -> None:
+    def __init__(self, dim: int, radius: int = 1, spacing: str = "output") -> None:
         super().__init__()
         self.dim = dim
         self.radius = radius
+        self.spacing = spacing  # "output": one isotropic voxel apart; "input": one input pixel
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -84,7 +85,8 @@ class LocalAttention(nn.Module):
     def gather(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
         """Keys and values of the neighbours of ``coords`` (B, N, 2) -> (B, N, K, 2C)."""
         assert grid.keys_values is not None
-        offsets = neighbour_offsets(self.radius, grid.step, coords.device).to(coords.dtype)
+        step = grid.step if self.spacing == "output" else (1.0, 1.0)
+        offsets = neighbour_offsets(self.radius, step, coords.device).to(coords.dtype)
         around = coords.unsqueeze(2) + offsets  # (B, N, K, 2)
         return sample_bilinear(grid.keys_values, around)
 

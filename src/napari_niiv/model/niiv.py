@@ -23,7 +23,7 @@ class NiivModel(nn.Module):
         self.config = config or NiivConfig()
         c = self.config
         self.encoder = EDSREncoder(c.latent_dim, c.encoder_blocks)
-        self.attention = LocalAttention(c.latent_dim, c.attention_radius) if c.attention else None
+        self.attention = LocalAttention(c.latent_dim, c.attention_radius, c.attention_spacing) if c.attention else None
         self.decoder = MLPDecoder(c.decoder_inputs, c.mlp_hidden, c.mlp_layers, c.residual)
 
     def encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
