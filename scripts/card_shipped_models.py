@@ -63,6 +63,19 @@ MODELS = {
         "about": "the first frame of the live view on a CPU, the 3D view and the coarse levels of the "
         "whole-volume layer: a small network distilled from the default niiv-em (electron microscopy, any "
         "alpha 2-12, thick or thin sections)",
+        "findings": """## What the tables say
+
+- niiv-fast keeps 94-98 % of its teacher's gain over bicubic at every alpha and both section kinds
+  (alpha 8, thick: +1.23 against +1.28 dB CF-PSNR; thin: +1.18 against +1.23), at 1/12 of niiv-em's
+  and 1/10 of v2's arithmetic per output pixel, and renders a 960x540 xz view ~5x faster than niiv-em
+  here (cost table above).
+- Against v2 (issue 12's yardstick): at alpha 8, thick sections, it keeps 88 % of v2's CF-PSNR gain
+  over bilinear (+1.95 against +2.22 dB; target 80 %) with 0.100 of v2's FLOPs (target 1/8). On thin
+  sections it beats v2 everywhere (v2, trained on thick sections only, loses to bicubic there).
+- Distilled, it learns niiv-em's outputs, so it cannot be better than niiv-em: where niiv-em falls
+  short (see its card), so does niiv-fast. Trained from scratch on one core for 70 minutes; the
+  validation check was flat from step ~6,000 (+2.01 dB over bilinear) to the end (+1.96 at 15,286).
+""",
         "tables": [
             (
                 "FIB-SEM held out (medulla_b z 122-250, 4 cubes of 128^3, never trained on), xz slices, "
@@ -239,7 +252,11 @@ niiv for {spec["about"]}. Architecture {card["architecture"]} (no attention{
         ': see "Why v1" below' if card["architecture"] == "v1" else ""
     }),
 trained self-supervised: xy planes, degraded along one in-plane axis by a random alpha and degradation
-each step, are taught to come back. Select it with `--weights {name}` or in the widget's weights list.
+each step, are taught to come back{
+        f" (distilled: the targets are {card['distilled_from']}'s outputs on the same degraded crops)"
+        if card.get("distilled_from")
+        else ""
+    }. Select it with `--weights {name}` or in the widget's weights list.
 
 | | |
 |---|---|

@@ -65,3 +65,26 @@ def test_fast_first_then_the_full_models_exact_image_then_prefetch(qtbot, make_n
         assert "fast" not in live.timings[-1] and not any("niiv-fast" in n for n in news if n.startswith("showing"))
     finally:
         live.close()
+
+
+def test_the_dock_shows_niiv_fast_first_on_a_cpu_and_its_box_turns_it_off(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    widget.weights_choice.reset_choices()
+    widget.weights_choice.value = "user/tiny"
+    widget.device_choice.value = "cpu"
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, 4 * 21)
+    assert widget.fast_check.value is True  # the default
+    widget.live_check.value = True
+    live = widget.live_view
+    qtbot.waitUntil(finished(live), timeout=120_000)
+    assert "fast" in live.timings[-1] and live.names == ("user/tiny", "niiv-fast")
+    assert widget.status_label.value.startswith("showing user/tiny")
+    widget.fast_check.value = False
+    qtbot.waitUntil(finished(live, 2), timeout=120_000)
+    assert "fast" not in live.timings[-1]
+    widget.live_check.value = False
