@@ -122,8 +122,16 @@ WHY_V1 = """## Why v1 (no attention)
 The first round measured v2 (attention over the 3x3 interpolated-latent neighbourhood) below v1 at equal
 budget on this CPU (85 min each: +2.19 against +2.38 dB CF-PSNR over bilinear at alpha 8, see the history
 of `weights/niiv-v2-fibsem-a8.md`): a v2 step costs 1.65x a v1 step, and its z neighbours are 1/alpha of an
-input pixel apart, nearly the same latent. This model continues v1. Making the attention earn its place
-(neighbours one input pixel apart, more heads) was not tried in this round's CPU budget.
+input pixel apart, nearly the same latent. This model continues v1.
+
+This round tried to make the attention earn its place: the same recipe (alpha 8, thick, from
+scratch, one thread each, 15 minutes) for v1, v2 and v2 with its neighbours one input pixel apart
+(`--arch v2-input`, so that they carry other latents), scored on the held-out cubes
+(`niiv evaluate ../shared/data/fibsem/medulla_b.tif --region 122:250,0:250,0:250 --cube 128 --alpha 8
+--weights ...`): over bicubic v1 +1.36 / +1.01 dB (CF-PSNR / PSNR, 1,982 steps), v2 +0.99 / +0.73
+(854 steps), v2-input +0.99 / +0.72 (1,054 steps). Wider neighbours change nothing at this budget, and
+v2's steps cost twice v1's here; v1 stays. (15 minutes is early training; the paper's +0.2 dB for
+attention came after 900 GPU epochs, which this CPU cannot test.)
 """
 
 
