@@ -237,12 +237,16 @@ class LiveView(QObject):
             send("fast", quick)
             base = quick
         parts: dict[str, np.ndarray] = {}
+        shown_fast = fast and fast_renderer is not None
         niiv = renderer.render(
             grid,
             cancelled,
-            partial=lambda image: send("partial", image),
+            # After niiv-fast's image, no partial images: each costs the GUI a layer update and a
+            # repaint (with software OpenGL, a 2 MP repaint takes the CPU from niiv for ~0.5 s),
+            # and niiv-fast's image is already close to the full model's.
+            partial=None if shown_fast else (lambda image: send("partial", image)),
             base=base,
-            coarse=None if fast and fast_renderer is not None else (lambda image: send("coarse", image)),
+            coarse=None if shown_fast else (lambda image: send("coarse", image)),
             parts=parts,
         )
         if niiv is None:
