@@ -3,7 +3,7 @@
 The limit of a path is the model's arithmetic for exactly what the path must compute, over the
 torch matmul peak measured in this run at the precision the engine uses (bf16 where the CPU has
 it): ``(encoded input pixels x encoder FLOPs per pixel + decoded points x FLOPs per point) / peak``.
-FLOPs are counted from the model's layers (:func:`model_flops`): every encoder conv and the
+FLOPs are counted from the model's layers (:func:`napari_niiv.model.flops.model_flops`): every encoder conv and the
 attention's key/value projection per input pixel; the attention query, the two attention products
 and every decoder MLP layer per output point (gathers, interpolation, padding and copies count zero).
 The input pixels a view must encode are, per decoded plane, the input rows and columns within the
@@ -78,6 +78,7 @@ from napari_niiv.inference.weights import (
     resolve_weights,
 )
 from napari_niiv.model import NiivModel
+from napari_niiv.model.flops import model_flops, per_output_pixel
 
 DATA = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ALPHA = 8.0
@@ -94,22 +95,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
         a @ b
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
-
-
-def model_flops(model: NiivModel) -> dict[str, float]:
-    """FLOPs (2 x multiply-adds) per encoded input pixel and per decoded output point, from the layers."""
-    enc = 0.0
-    for m in model.encoder.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            kh, kw = m.kernel_size
-            enc += 2 * m.in_channels // m.groups * m.out_channels * kh * kw
-    point = sum(2 * m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
-    att = model.attention
-    if att is not None:
-        enc += 2 * (att.key.in_features * att.key.out_features + att.value.in_features * att.value.out_features)
-        k = (2 * att.radius + 1) ** 2
-        point += 2 * att.query.in_features * att.query.out_features + 2 * 2 * k * att.dim  # q; q.k and w.v
-    return {"encoder_per_pixel": enc, "decoder_per_point": point}
 
 
 def view_work(grid: ViewGrid, shape: tuple[int, ...], rec: Reconstructor) -> tuple[int, int]:
@@ -297,11 +282,6 @@ def save_path(model: NiivModel, settings: InferenceSettings, limits: Limits, n: 
     pixels = orients * geometry.shape[1] * vol.shape[0] * vol.shape[2]
     points = orients * int(np.prod(geometry.shape))
     return {f"save_{n}": (seconds, limits.seconds(pixels, points))}
-
-
-def per_output_pixel(flops: dict[str, float], alpha: float = ALPHA) -> float:
-    """FLOPs per output pixel of an xz reconstruction: one input pixel serves ``alpha`` outputs."""
-    return flops["encoder_per_pixel"] / alpha + flops["decoder_per_point"]
 
 
 def fast_model_report(fast: NiivModel, settings: InferenceSettings, cubes: int) -> dict[str, float]:

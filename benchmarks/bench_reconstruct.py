@@ -22,6 +22,7 @@ from napari_niiv.inference.reconstructor import reconstruct_volume
 from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.weights import load_weights, resolve_weights
 from napari_niiv.model import NiivModel
+from napari_niiv.model.flops import attention_flops, model_flops
 from napari_niiv.training.evaluate import interpolation
 
 
@@ -40,14 +41,11 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: floa
 def flops_per_output_pixel(model: NiivModel, alpha: float) -> dict[str, float]:
     """Multiply-adds x 2 of one output pixel, by part (encoder and K/V amortised over the alpha
     output pixels each input pixel yields at scale 1)."""
-    c = model.config
-    d = c.latent_dim
-    dec = sum(2 * m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
-    enc_per_input = sum(
-        2 * m.in_channels * m.out_channels * 9 for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)
-    )
-    k = (2 * c.attention_radius + 1) ** 2
-    attn = (2 * d * d + 4 * k * d + (2 * 2 * d * d) / alpha) if c.attention else 0.0
+    flops = model_flops(model)
+    att_pixel, att_point = attention_flops(model)
+    dec = flops["decoder_per_point"] - att_point
+    enc_per_input = flops["encoder_per_pixel"] - att_pixel
+    attn = att_point + att_pixel / alpha
     return {
         "decoder": dec,
         "encoder": enc_per_input / alpha,

@@ -191,12 +191,13 @@ def cost_against_others(fast) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_interactive import model_flops, per_output_pixel, pooled_medulla, xz_grid
+    from bench_interactive import pooled_medulla, xz_grid
     from napari_niiv.data.normalise import fit_normalisation
     from napari_niiv.inference.reconstructor import Reconstructor
     from napari_niiv.inference.settings import InferenceSettings
     from napari_niiv.inference.views import ViewRenderer
     from napari_niiv.inference.weights import resolve_weights
+    from napari_niiv.model.flops import model_flops, per_output_pixel
 
     vol = pooled_medulla(70, 64, 960)
     norm = fit_normalisation(vol)

@@ -98,3 +98,18 @@ def test_cuda_matches_cpu() -> None:
     cpu = model(image, coords, 4.0)
     gpu = model.cuda()(image.cuda(), coords.cuda(), 4.0).cpu()
     torch.testing.assert_close(cpu, gpu, atol=1e-4, rtol=0)
+
+
+def test_flops_are_counted_from_the_layers_as_by_hand() -> None:
+    """v2 at alpha 8: the issue's 0.70 MFLOP per output pixel, made of (per input pixel) 6 blocks
+    of two 64x64 3x3 convolutions, the head, the body's tail conv and K/V; (per point) the 73-input
+    5x256 MLP, the query and the 3x3 attention products."""
+    from napari_niiv.model import NiivConfig, NiivModel
+    from napari_niiv.model.flops import model_flops, per_output_pixel
+
+    f = model_flops(NiivModel(NiivConfig.v2()))
+    convs = 2 * 9 * (1 * 64 + 12 * 64 * 64 + 64 * 64)
+    assert f["encoder_per_pixel"] == convs + 2 * 2 * 64 * 64
+    mlp = 2 * (73 * 256 + 4 * 256 * 256 + 256 * 1)
+    assert f["decoder_per_point"] == mlp + 2 * 64 * 64 + 4 * 9 * 64
+    assert per_output_pixel(f, 8.0) == pytest.approx(0.695e6, rel=1e-3)

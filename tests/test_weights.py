@@ -123,6 +123,7 @@ def test_shipped_fast_weights_are_a_tenth_of_v2_and_distilled_from_the_default()
     pixel (alpha 8, xz: an input pixel serves alpha outputs)."""
     from napari_niiv.inference.weights import FAST_WEIGHTS, fast_weights
     from napari_niiv.model import NiivConfig, NiivModel
+    from napari_niiv.model.flops import model_flops, per_output_pixel
 
     w = load_weights(resolve_weights(FAST_WEIGHTS))
     assert w.model.config == NiivConfig.fast() and w.card["distilled_from"] == "niiv-em"
@@ -130,20 +131,8 @@ def test_shipped_fast_weights_are_a_tenth_of_v2_and_distilled_from_the_default()
     assert {"bicubic", "niiv-fast", "niiv-em", "niiv-v2-fibsem-a8"} <= {s["method"] for s in table["scores"]}
     assert w.card["cost"]["niiv-fast"]["mflop_per_output_pixel"] > 0
 
-    def per_output_pixel(model: NiivModel) -> float:
-        enc = sum(
-            2 * m.in_channels // m.groups * m.out_channels * m.kernel_size[0] * m.kernel_size[1]
-            for m in model.encoder.modules()
-            if isinstance(m, torch.nn.Conv2d)
-        )
-        dec = sum(2 * m.in_features * m.out_features for m in model.decoder.modules() if isinstance(m, torch.nn.Linear))
-        att = model.attention
-        if att is not None:
-            enc += 4 * att.key.in_features * att.key.out_features
-            dec += 2 * att.query.in_features * att.query.out_features + 4 * (2 * att.radius + 1) ** 2 * att.dim
-        return enc / 8 + dec
-
-    assert per_output_pixel(w.model) <= per_output_pixel(NiivModel(NiivConfig.v2())) / 8
+    fast, v2 = (per_output_pixel(model_flops(m)) for m in (w.model, NiivModel(NiivConfig.v2())))
+    assert fast <= v2 / 8
     # chosen for a CPU's first frame, not on a GPU nor when it is the chosen weights itself
     assert fast_weights("niiv-em", "cpu") == resolve_weights(FAST_WEIGHTS)
     assert fast_weights("niiv-em", "cuda") is None and fast_weights(FAST_WEIGHTS, "cpu") is None
