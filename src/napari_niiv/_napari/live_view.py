@@ -80,7 +80,6 @@ class LiveView(QObject):
         self.fast_reconstructor: Reconstructor | None = None
         self.fast_first = fast_model is not None
         self.names = names
-        self.prefetched = 0  # planes the last finished view prefetched (status, tests, benchmark)
         self.pixel_ratio = pixel_ratio
         self.on_status = on_status or (lambda text: None)
         self.output: Image | None = None
@@ -174,9 +173,7 @@ class LiveView(QObject):
 
     def set_fast_first(self, on: bool) -> None:
         """Show niiv-fast before the full model (when a fast model was given) from the next view."""
-        on = bool(on) and self._fast_model is not None
-        if on != self.fast_first:
-            self.fast_first = on
+        self.fast_first = bool(on) and self._fast_model is not None
 
     @gui_handler
     def set_confidence(self, on: bool) -> None:
@@ -230,14 +227,14 @@ class LiveView(QObject):
         send("preview", base)
         if cancelled():
             return None
-        if fast and fast_renderer is not None:  # the small model's image first, the full one over it
+        shown_fast = fast and fast_renderer is not None
+        if shown_fast:  # the small model's image first, the full one over it
             quick = fast_renderer.render(grid, cancelled)
             if quick is None:
                 return None
             send("fast", quick)
             base = quick
         parts: dict[str, np.ndarray] = {}
-        shown_fast = fast and fast_renderer is not None
         niiv = renderer.render(
             grid,
             cancelled,
@@ -259,17 +256,15 @@ class LiveView(QObject):
             self._result.emit(gen, "confidence", (grid, confidence.to_intensity(uncertainty, norm), asked, norm))
         done = renderer.prefetch(grid, step, cancelled)
         if not cancelled():
-            self.prefetched = done
             self._result.emit(gen, "prefetched", done)
         return None
 
     def _build_reconstructors(self) -> None:
         """On the worker thread, once: load the models given as loaders and build their reconstructors."""
         if self.reconstructor is None:
-            model = self._model if isinstance(self._model, NiivModel) else self._model()
-            self.reconstructor = Reconstructor(model, self.settings)
+            self.reconstructor = Reconstructor(_loaded(self._model), self.settings)  # type: ignore[arg-type]
         if self.fast_reconstructor is None and self._fast_model is not None:
-            fast = self._fast_model if isinstance(self._fast_model, NiivModel) else self._fast_model()
+            fast = _loaded(self._fast_model)
             if fast is None:
                 self._fast_model = None
             else:
@@ -400,6 +395,11 @@ class LiveView(QObject):
             emitter.disconnect(callback)
         self._connections = []
         self._worker.close()
+
+
+def _loaded(model: Any) -> NiivModel | None:
+    """A model, or what its loader returns."""
+    return model if isinstance(model, NiivModel) else model()
 
 
 def _size2d(grid: ViewGrid) -> tuple[int, int]:

@@ -226,9 +226,7 @@ class LazyIsotropic:
         one) and keep it; 1 if made, 0 if cancelled by a newer request or the layer closing."""
         level, bounds = key
         index = tuple(slice(a, b) for a, b in bounds)
-        renderer = self.fast_renderer or self.renderer
-        grid = ViewGrid(self.coords(level, index), 1, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # type: ignore[arg-type]
-        result = renderer.render(grid, lambda: cancelled() or self._closed)
+        result = self._renderer(fast=True).render(self._grid(level, index, 1), lambda: cancelled() or self._closed)
         if result is None:
             with self._lock:
                 if self._volume_wanted == key:
@@ -300,6 +298,14 @@ class LazyIsotropic:
         return key not in self._tiles or (self.confidence and key not in self._maps)
 
     # -- computing -----------------------------------------------------------------------------
+    def _grid(self, level: int, index: tuple[slice, ...], sliced_axis: int) -> ViewGrid:
+        """The region ``index`` of level ``level`` as a view grid (planes along ``sliced_axis``)."""
+        return ViewGrid(self.coords(level, index), sliced_axis, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # type: ignore[arg-type]
+
+    def _renderer(self, fast: bool) -> ViewRenderer:
+        """The fast model's renderer when ``fast`` and one was given (3D reads, levels >= 1), else the full one."""
+        return self.fast_renderer if fast and self.fast_renderer is not None else self.renderer
+
     def compute_tile(self, key: TileKey, cancelled: Cancelled | None = None) -> np.ndarray | None:
         """niiv for one tile, in the input's intensity scale; None if ``cancelled`` turned true."""
         tiles = self.compute_tiles(key, cancelled, with_confidence=False)
@@ -312,9 +318,9 @@ class LazyIsotropic:
         both in the input's intensity scale; None if ``cancelled`` turned true."""
         cancelled = cancelled or (lambda: False)
         index = self._tile_index(key)
-        grid = ViewGrid(self.coords(key[0], index), key[1], 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        grid = self._grid(key[0], index, key[1])
         parts: dict[str, np.ndarray] = {}
-        renderer = self.fast_renderer if key[0] > 0 and self.fast_renderer is not None else self.renderer
+        renderer = self._renderer(fast=key[0] > 0)
         result = renderer.render(grid, cancelled, parts=parts)
         if result is None:
             return None
@@ -337,9 +343,9 @@ class LazyIsotropic:
                 if not self._missing(key):
                     continue
                 with_map = self.confidence
-                plane = [k for k in wanted if k[:3] == key[:3] and self._missing(k)]
-            if key[:3] not in shared and len(plane) > 1:
-                shared.add(key[:3])
+                plane = [] if key[:3] in shared else [k for k in wanted if k[:3] == key[:3] and self._missing(k)]
+            shared.add(key[:3])
+            if len(plane) > 1:
                 self._encode_together(plane)
             try:
                 tiles = self.compute_tiles(key, lambda: self._closed, with_confidence=with_map)
@@ -371,9 +377,7 @@ class LazyIsotropic:
         index = [self._tile_index(k) for k in keys]
         union = tuple(slice(min(i[a].start for i in index), max(i[a].stop for i in index)) for a in range(3))
         level, axis = keys[0][0], keys[0][1]
-        renderer = self.fast_renderer if level > 0 and self.fast_renderer is not None else self.renderer
-        grid = ViewGrid(self.coords(level, union), axis, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # type: ignore[arg-type]
-        renderer.encode(grid)
+        self._renderer(fast=level > 0).encode(self._grid(level, union, axis))
 
     def _evict(self) -> None:
         """Least recently used tiles out past ``cache_bytes``, each image with its map (call with

@@ -131,7 +131,7 @@ class LatentCache:
     def put(self, key: tuple[str, float], entry: _Entry) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
-        total = sum(e.nbytes for e in self._entries.values())
+        total = self.nbytes
         while total > self.max_bytes and len(self._entries) > 1:
             _, old = self._entries.popitem(last=False)
             total -= old.nbytes
