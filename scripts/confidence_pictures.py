@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from main_job import live_done, save, wait  # noqa: E402  (the main job's helpers)
+from main_job import live_done, open_demo, save, wait  # noqa: E402  (the main job's helpers)
 
 PLANE_Y = 125  # the xz plane shown
 HELD_OUT_Z = 122  # medulla_b planes from here on were never trained on
@@ -78,20 +76,9 @@ def comparison(truth: np.ndarray, pooled: np.ndarray, model, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "main")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    os.environ["NIIV_WEIGHTS_DIR"] = str(ROOT / "out" / "user-weights")  # the demo's, not yours
-
-    import napari
-
-    viewer = napari.Viewer(show=True, title="napari-niiv confidence map")
-    viewer.window._qt_window.resize(1900, 1000)
-    wait(viewer, lambda: True)
-    truth, pooled = viewer.open_sample("napari-niiv", "fibsem_anisotropic")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
-    widget.volume_choice.value = pooled
+    args, viewer, truth, pooled, widget = open_demo(
+        argv, __doc__.splitlines()[0], "napari-niiv confidence map", (1900, 1000)
+    )
     viewer.dims.order = (1, 0, 2)  # an xz view of plane y = PLANE_Y
     viewer.dims.set_point(1, 10.0 * PLANE_Y)
     viewer.reset_view()

@@ -59,8 +59,11 @@ def save(image: np.ndarray, path: Path) -> None:
     print(f"saved {path}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def open_demo(argv: list[str] | None, description: str, title: str, size: tuple[int, int]):
+    """The demo scripts' start: ``--out``, the demo's own user-weights folder, a napari window of
+    ``size`` with the FIB-SEM sample (isotropic truth and its pooled input) and the niiv dock on
+    the input. Returns (args, viewer, truth, pooled, widget)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "main")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -68,12 +71,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
 
-    viewer = napari.Viewer(show=True, title="napari-niiv main job")
-    viewer.window._qt_window.resize(1500, 900)
+    viewer = napari.Viewer(show=True, title=title)
+    viewer.window._qt_window.resize(*size)
     wait(viewer, lambda: True)  # let the window take its size before fitting the view
     truth, pooled = viewer.open_sample("napari-niiv", "fibsem_anisotropic")
     _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
     widget.volume_choice.value = pooled
+    return args, viewer, truth, pooled, widget
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, viewer, truth, pooled, widget = open_demo(argv, __doc__.splitlines()[0], "napari-niiv main job", (1500, 900))
     print(f"sample: {pooled.name} {pooled.data.shape}, scale {tuple(pooled.scale)}; alpha {widget.alpha_spin.value}")
 
     # An xz view (z down, x across) of plane y = 125, two screen pixels per isotropic voxel.
