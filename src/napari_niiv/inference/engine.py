@@ -9,6 +9,10 @@
 - ``compiled=True`` runs the per-point work (attention, encoding, MLP) through torch.compile,
   specialised to that one chunk shape, so it compiles once per process; inductor's on-disk cache
   (``torchinductor`` in the platform's user cache folder) makes later processes reuse the compiled code.
+- Attention-free models (v1, niiv-fast) decode separable grids through
+  :class:`~napari_niiv.model.separable.SeparableDecoding` (the first layer applied on the grid rows
+  read, rows interpolated by a matmul: no gathers), from a channels-last feature grid the encoder
+  writes in one pass.
 - Encoder latents and the attention's keys and values are computed once per slice
   (:meth:`encode`); the caller keeps the grid and decodes any points from it.
 """
@@ -25,6 +29,7 @@ import torch
 
 from ..model import NiivModel
 from ..model.latent_field import LatentGrid, sample_bilinear
+from ..model.separable import SeparableDecoding
 from .devices import autocast_dtype, pick_device
 from .settings import InferenceSettings
 
@@ -93,6 +98,8 @@ class InferenceEngine:
         (the activations of a tile stay in cache).
         """
         width, halo = image.shape[-1], self.model.config.receptive_radius
+        if self.model.attention is None:
+            return self._encode_features(image, alpha)
         if width <= ENCODE_TILE + 2 * halo:
             return self._encode(image, alpha)
         parts = []
@@ -104,6 +111,25 @@ class InferenceEngine:
         latents = torch.cat([lat for lat, _ in parts], dim=-1)
         kv = None if parts[0][1] is None else torch.cat([k for _, k in parts], dim=-1)
         return LatentGrid(latents, image.to(self.device), kv, g.step)
+
+    def _encode_features(self, image: torch.Tensor, alpha: float) -> LatentGrid:
+        """Attention-free models: each column tile's latents (channels-last, so (B, h, w, C) in
+        memory) are written straight into the grid's channels-last feature grid, fp32, with the
+        image as the last channel: one pass, where tiling, conversion, concatenation and the
+        decoder's layout took four."""
+        b, _, h, width = image.shape
+        halo, c = self.model.config.receptive_radius, self.model.config.latent_dim
+        image = image.to(self.device)
+        features = torch.empty(b, h, width, c + 1, dtype=torch.float32, device=self.device)
+        features[..., c] = image[:, 0]
+        tile = width if width <= ENCODE_TILE + 2 * halo else ENCODE_TILE
+        for c0 in range(0, width, tile):
+            lo, hi = max(0, c0 - halo), min(width, c0 + tile + halo)
+            with self.autocast():
+                latents = self.model.encoder(image[..., lo:hi].contiguous(memory_format=torch.channels_last))
+            n = min(tile, width - c0)
+            features[:, :, c0 : c0 + n, :c] = latents.permute(0, 2, 3, 1)[:, :, c0 - lo : c0 - lo + n]
+        return LatentGrid.from_features(features, image, None, (1.0 / float(alpha), 1.0))
 
     def _encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
         with self.autocast():
@@ -146,10 +172,26 @@ class InferenceEngine:
     def render(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Decode the separable grid ``rows`` x ``cols`` (coordinate vectors) -> (B, R, C) float32."""
         rows, cols = rows.to(self.device, torch.float32), cols.to(self.device, torch.float32)
+        if self.model.attention is None:
+            return self._render_separable(grid, rows, cols)
         if self._neighbours_on_grid(grid, rows, cols):
             return self._render_shared_neighbours(grid, rows, cols)
         coords = _grid_coords(rows, cols, grid.latents.shape[0])
         return self.query(grid, coords).reshape(-1, rows.numel(), cols.numel())
+
+    @torch.inference_mode()
+    def _render_separable(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Attention-free models: :class:`SeparableDecoding` on chunks of output rows. A
+        chunk holds as many hidden activations as ``chunk`` points of a 256-wide MLP (more points for
+        narrower ones: small matmuls run far below the peak)."""
+        b, n_cols = grid.latents.shape[0], cols.numel()
+        points = self.chunk * max(1, 256 // self.model.config.mlp_hidden)
+        per = max(1, points // (b * n_cols))
+        out = torch.empty(b, rows.numel(), n_cols, dtype=torch.float32, device=self.device)
+        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype)
+        for i in range(0, rows.numel(), per):
+            out[:, i : i + per] = decoding.decode(i, min(i + per, rows.numel()))
+        return out
 
     def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:
         """True when the output grid is spaced exactly one isotropic voxel apart (scale 1): each

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 
 from ..data.normalise import Normalisation
+from ..model.flops import model_flops
 from ..model.latent_field import LatentGrid
 from . import confidence
 from .geometry import pixel_range
 from .reconstructor import NormalisedView, Reconstructor, interpolate_planes
 from .viewport import ViewGrid
 
-# Points decoded between two cancellation checks (~0.2 s of CPU for the v2 model).
-DECODE_POINTS = 32768
+# Decoder arithmetic between two cancellation checks: 32768 points of the v2 model (~0.1-0.2 s
+# of CPU), many more of a small one (whose chunks, too small, would spend their time in overheads).
+DECODE_FLOPS = 32768 * 695_000
 # Progressive rendering: views larger than this get a niiv pass at 1/COARSE_FACTOR resolution first.
 COARSE_FACTOR = 4
 COARSE_MIN_PIXELS = 256 * 256
@@ -157,6 +159,7 @@ class ViewRenderer:
         self.norm = normalisation
         self.rec = reconstructor
         self.cache = LatentCache()
+        self.decode_points = max(1024, int(DECODE_FLOPS // model_flops(reconstructor.model)["decoder_per_point"]))
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Render with new weights of the same architecture from now on (cached latents dropped).
@@ -210,7 +213,12 @@ class ViewRenderer:
             base = upsample(low, small, grid)
             coarse(base)
         orients = self.rec.settings.orientations(grid.kind)
-        out = np.array(base if base is not None else self.preview(grid), dtype=np.float32, copy=True)
+        if base is not None:
+            out = np.array(base, dtype=np.float32, copy=True)
+        elif partial is not None:
+            out = self.preview(grid)  # what partial images show where niiv is not decoded yet
+        else:
+            out = np.empty(grid.shape, dtype=np.float32)  # every point is decoded
         results = {}
         for orient in orients:
             part = out.copy() if len(orients) > 1 else out
@@ -251,8 +259,9 @@ class ViewRenderer:
         lay = self._layout(grid, orient)
         plane_axis, col_axis, planes, rows, cols = lay.plane_axis, lay.col_axis, lay.planes, lay.rows, lay.cols
         view = np.moveaxis(out, (plane_axis, 0, col_axis), (0, 1, 2))  # (planes, rows, cols), a view of out
-        rows_per_chunk = max(1, DECODE_POINTS // max(1, cols.size))
-        planes_per_batch = max(1, min(self.rec.slice_batch, DECODE_POINTS // max(1, rows.size * cols.size)))
+        points = self.decode_points
+        rows_per_chunk = max(1, points // max(1, cols.size))
+        planes_per_batch = max(1, min(self.rec.slice_batch, points // max(1, rows.size * cols.size)))
         last = time.perf_counter()
         # Each partial image costs the GUI a layer update and a repaint: fewer for larger views.
         interval = max(0.5, 0.5 * out.size / 1e6)
@@ -412,10 +421,8 @@ def _plane(g: LatentGrid, j: int, a: int | None = None, b: int | None = None) ->
     """Plane ``j`` of the batch ``g``: a view of it, or a copy of its rows ``a:b`` (so the cache
     does not keep the whole batch alive)."""
     if a is None:
-        kv = g.keys_values[j : j + 1] if g.keys_values is not None else None
-        return LatentGrid(g.latents[j : j + 1], g.image[j : j + 1], kv, g.step)
-    kv = g.keys_values[j : j + 1, :, a:b].clone() if g.keys_values is not None else None
-    return LatentGrid(g.latents[j : j + 1, :, a:b].clone(), g.image[j : j + 1, :, a:b].clone(), kv, g.step)
+        return g.crop(slice(j, j + 1))
+    return g.crop(slice(j, j + 1), slice(a, b), copy=True)
 
 
 def _batched(
@@ -433,19 +440,14 @@ def _batched(
         batch = entries[idx[0]][1]
         whole = batch is not None and batch.latents.shape[0] == len(idx)
         if whole and all(entries[i][1] is batch and entries[i][2] == k for k, i in enumerate(idx)):
-            assert batch is not None  # a new grid object: its with_image() is not kept
-            grids, base = [LatentGrid(batch.latents, batch.image, batch.keys_values, batch.step)], crop_rows[0]
+            assert batch is not None
+            grids, base = [batch.crop()], crop_rows[0]
         else:
             grids, base = [entries[i][0].grid for i in idx], (held or crop_rows)[0]
         cropped = [_rows_for(g, rows - base) for g in grids]
         lo = cropped[0][1]
         gs = [g for g, _ in cropped]
-        if len(gs) == 1:
-            grid = gs[0]
-        else:
-            kv = torch.cat([g.keys_values for g in gs]) if gs[0].keys_values is not None else None
-            grid = LatentGrid(torch.cat([g.latents for g in gs]), torch.cat([g.image for g in gs]), kv, gs[0].step)
-        out.append((idx, grid, base + lo, cols[0]))
+        out.append((idx, LatentGrid.concat(gs), base + lo, cols[0]))
     return out
 
 
@@ -458,5 +460,4 @@ def _rows_for(grid: LatentGrid, rows: np.ndarray) -> tuple[LatentGrid, int]:
     lo, hi = pixel_range(rows, h, DECODE_MARGIN)
     if (lo, hi) == (0, h):
         return grid, 0
-    kv = grid.keys_values[:, :, lo:hi] if grid.keys_values is not None else None
-    return LatentGrid(grid.latents[:, :, lo:hi], grid.image[:, :, lo:hi], kv, grid.step), lo
+    return grid.crop(rows=slice(lo, hi)), lo

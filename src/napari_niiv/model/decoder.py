@@ -21,7 +21,7 @@ def positional_encoding(coords: torch.Tensor, bands: int) -> torch.Tensor:
     for k in range(bands):
         angle = coords * (2.0 * math.pi * 2**k)
         feats.extend((torch.sin(angle), torch.cos(angle)))
-    return torch.cat(feats, dim=-1)
+    return torch.cat(feats, dim=-1) if feats else coords.new_zeros((*coords.shape[:-1], 0))
 
 
 class MLPDecoder(nn.Module):
@@ -46,12 +46,18 @@ class MLPDecoder(nn.Module):
             nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, features: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``features`` (..., inputs), ``value`` (...) -> (...).
+        """``features`` (..., inputs), ``value`` (...) -> (...)."""
+        return self.after_first(self.net[0](features), value)
 
+    def after_first(self, first: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The decoder from the first layer's output (before its ReLU) on.
+
+        The first layer is linear, and so is bilinear interpolation: a caller may apply it before
+        interpolating (:meth:`~napari_niiv.model.niiv.NiivModel.decode_separable`) and continue here.
         The last layer (256 -> 1, negligible work) and the sigmoid run in fp32 even under bf16/fp16
         autocast: in bf16 the output itself would be rounded to steps of 1/256 near 0.5.
         """
-        hidden = self.net[:-1](features)
+        hidden = self.net[1:-1](first)  # starts with the first ReLU
         last = self.net[-1]
         with torch.autocast(hidden.device.type, enabled=False):
             out = nn.functional.linear(hidden.float(), last.weight.float(), last.bias.float()).squeeze(-1)

@@ -28,6 +28,71 @@ def sample_bilinear(grid: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return out[:, :, 0, :].transpose(1, 2).reshape(b, *lead, grid.shape[1])
 
 
+@dataclass(frozen=True)
+class AxisLerp:
+    """Linear interpolation along one axis of a grid, at 1-D coordinates (the separable half of
+    :func:`sample_bilinear`, same convention: pixel centres, border replicated).
+
+    ``need`` are the grid indices read (sorted); output ``i`` is ``lerp(x[lo[i]], x[hi[i]], weight[i])``
+    with ``lo``/``hi`` positions in ``need``. ``exact``: every output sits on a grid centre, in the
+    order of ``need``, so the selected grid *is* the output.
+    """
+
+    need: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    weight: torch.Tensor
+    exact: bool
+
+    @classmethod
+    def at(cls, coords: torch.Tensor, size: int) -> AxisLerp:
+        t = (coords.float() - 0.5).clamp(0, size - 1)
+        i0 = t.floor().long()
+        weight = t - i0
+        i1 = torch.where(weight > 0, (i0 + 1).clamp(max=size - 1), i0)
+        steps = i0.diff()
+        if i0.numel() and bool(((steps >= 0) & (steps <= 1)).all()):  # ascending, no gaps: a range
+            first = int(i0[0])
+            need = torch.arange(first, int(i1.max()) + 1, device=coords.device)
+            lo, hi = i0 - first, i1 - first
+        else:
+            need, inverse = torch.unique(torch.cat((i0, i1)), return_inverse=True)
+            lo, hi = inverse[: coords.numel()], inverse[coords.numel() :]
+        exact = bool((weight == 0).all()) and need.numel() == coords.numel() and torch.equal(need, i0)
+        return cls(need, lo, hi, weight, exact)
+
+    def select_from(self, x: torch.Tensor, positions: torch.Tensor, dim: int) -> torch.Tensor:
+        """The ``need`` entries of ``x`` along ``dim``, given where they are in ``x``: a view when
+        they are a range."""
+        first, n = int(positions[0]), positions.numel()
+        if int(positions[-1]) - first + 1 == n:
+            return x.narrow(dim, first, n)
+        return x.index_select(dim, positions)
+
+    def select(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """The ``need`` entries of a whole grid ``x`` along ``dim``."""
+        return self.select_from(x, self.need, dim)
+
+    def matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """The interpolation as a dense (outputs, need) matrix: one matmul instead of two gathers
+        and a lerp when few grid entries are read."""
+        m = torch.zeros(self.lo.numel(), self.need.numel(), device=self.weight.device)
+        rows = torch.arange(self.lo.numel(), device=self.weight.device)
+        m.index_put_((rows, self.lo), 1.0 - self.weight, accumulate=True)
+        m.index_put_((rows, self.hi), self.weight, accumulate=True)
+        return m.to(dtype)
+
+    def apply(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """``x`` holding the ``need`` entries along ``dim`` -> the interpolated outputs along ``dim``."""
+        if self.exact:
+            return x
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        return torch.lerp(
+            x.index_select(dim, self.lo), x.index_select(dim, self.hi), self.weight.view(shape).to(x.dtype)
+        )
+
+
 def neighbour_offsets(radius: int, step: tuple[float, float], device: torch.device) -> torch.Tensor:
     """(K, 2) offsets of the (2r+1)^2 neighbourhood, ``step`` apart in input pixel units."""
     r = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
@@ -49,10 +114,67 @@ class LatentGrid:
     keys_values: torch.Tensor | None
     step: tuple[float, float]
     _with_image: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _features_last: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _latents_are_features: bool = field(default=False, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_features(
+        cls, features: torch.Tensor, image: torch.Tensor, keys_values: torch.Tensor | None, step: tuple[float, float]
+    ) -> LatentGrid:
+        """A grid whose latents are held as :meth:`features_last` (B, h, w, C + 1), built by the
+        caller in one pass: ``latents`` is then a (B, C, h, w) view of it, not a second copy."""
+        grid = cls(features[..., :-1].permute(0, 3, 1, 2), image, keys_values, step)
+        grid._features_last = features
+        grid._latents_are_features = True
+        return grid
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, counting the feature grid that decoding builds once (:meth:`with_image`
+        or :meth:`features_last`) whether built yet or not."""
+        kv = 0 if self.keys_values is None else self.keys_values.numel() * self.keys_values.element_size()
+        features = (self.latents.numel() + self.image.numel()) * self.latents.element_size()
+        own = 0 if self._latents_are_features else self.latents.numel() * self.latents.element_size()
+        return kv + features + own + self.image.numel() * self.image.element_size()
+
+    def crop(self, planes: slice = slice(None), rows: slice = slice(None), copy: bool = False) -> LatentGrid:
+        """Planes and rows of the grid; a built feature grid comes along (a view of it, or with
+        ``copy`` its own copy, so that the crop does not keep the whole grid alive)."""
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            part = t[planes, :, rows]
+            return part.clone() if copy else part
+
+        kv = None if self.keys_values is None else take(self.keys_values)
+        if self._features_last is not None:
+            features = self._features_last[planes, rows]
+            return LatentGrid.from_features(features.clone() if copy else features, take(self.image), kv, self.step)
+        return LatentGrid(take(self.latents), take(self.image), kv, self.step)
+
+    @staticmethod
+    def concat(grids: list[LatentGrid]) -> LatentGrid:
+        """The grids (same crop) as one batch, feature grids included where all have them."""
+        if len(grids) == 1:
+            return grids[0]
+        kv = None if grids[0].keys_values is None else torch.cat([g.keys_values for g in grids])  # type: ignore[misc]
+        image = torch.cat([g.image for g in grids])
+        if all(g._features_last is not None for g in grids):
+            return LatentGrid.from_features(torch.cat([g._features_last for g in grids]), image, kv, grids[0].step)  # type: ignore[misc]
+        return LatentGrid(torch.cat([g.latents for g in grids]), image, kv, grids[0].step)
+
+    def features_last(self) -> torch.Tensor:
+        """Latents and input image as (B, h, w, C + 1), channels last: rows of it are what a
+        separable decoding reads, contiguous and ready for a matmul. Built once per grid."""
+        if self._features_last is None:
+            self._features_last = self.with_image().permute(0, 2, 3, 1).contiguous()
+            self._with_image = None  # one feature grid at a time: this one serves separable decoding
+        return self._features_last
 
     def with_image(self) -> torch.Tensor:
         """Latents with the input image as one more channel, so one bilinear sample gives both;
         built once per grid (a wide view is decoded in many query chunks)."""
+        if self._features_last is not None:
+            return self._features_last.permute(0, 3, 1, 2)
         if self._with_image is None:
             self._with_image = torch.cat((self.latents, self.image.to(self.latents.dtype)), dim=1)
         return self._with_image

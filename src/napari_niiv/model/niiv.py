@@ -9,6 +9,7 @@ from .config import NiivConfig
 from .decoder import MLPDecoder, positional_encoding
 from .encoder import EDSREncoder
 from .latent_field import LatentGrid, LocalAttention, sample_bilinear
+from .separable import SeparableDecoding
 
 
 class NiivModel(nn.Module):
@@ -56,6 +57,12 @@ class NiivModel(nn.Module):
         pe = positional_encoding(coords, self.config.pe_bands).to(latent.dtype)
         features = torch.cat((latent, value.unsqueeze(-1).to(latent.dtype), pe), dim=-1)
         return self.decoder(features, value)
+
+    def decode_separable(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Intensities on the grid ``rows`` x ``cols`` (1-D coordinates) -> (B, R, C): :meth:`query`
+        at every (row, col) pair for models without attention, with far fewer gathers and copies
+        (:class:`~napari_niiv.model.separable.SeparableDecoding`)."""
+        return SeparableDecoding(self, grid, rows, cols, None).decode(0, rows.numel())
 
     def forward(self, image: torch.Tensor, coords: torch.Tensor, alpha: float) -> torch.Tensor:
         return self.query(self.encode(image, alpha), coords)

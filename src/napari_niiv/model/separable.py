@@ -1,0 +1,146 @@
+"""Decoding an attention-free niiv model on a separable grid (rows x columns), as views need it.
+
+Bilinear interpolation is separable and the decoder's first layer is linear, so they commute: the
+first layer is applied where there are fewest points (the grid pixels read, after interpolating
+rows, or at the outputs), the interpolation is two 1-D passes over contiguous rows, and the
+positional encoding's share of the first layer is one term per output row plus one per output
+column (the encoding is sin/cos of each coordinate alone). The result equals
+:meth:`NiivModel.query <napari_niiv.model.niiv.NiivModel.query>` at every (row, column) pair, up
+to float rounding, for a fraction of its gathers and copies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+
+from .latent_field import AxisLerp, LatentGrid
+
+if TYPE_CHECKING:
+    from .niiv import NiivModel
+
+
+def axis_encoding(model: NiivModel, coords: torch.Tensor, axis: int) -> torch.Tensor:
+    """The first decoder layer's response to the positional encoding of one coordinate axis
+    (0: rows, 1: columns) -> (n, hidden), fp32: its columns of
+    :func:`~napari_niiv.model.decoder.positional_encoding`, which lays out [sin r, sin c, cos r, cos c]
+    per band."""
+    weight = model.decoder.net[0].weight.float()
+    base = model.config.latent_dim + 1
+    feats, columns = [], []
+    for k in range(model.config.pe_bands):
+        angle = coords.float() * (2.0 * math.pi * 2**k)
+        feats += [torch.sin(angle), torch.cos(angle)]
+        columns += [base + 4 * k + axis, base + 4 * k + 2 + axis]
+    if not feats:
+        return torch.zeros(coords.numel(), weight.shape[0], device=coords.device)
+    with torch.autocast(coords.device.type, enabled=False):
+        return torch.stack(feats, dim=-1) @ weight[:, columns].T
+
+
+# Largest projected grid kept for a whole decoding (bytes); beyond it each chunk projects its own rows.
+PROJECTED_BYTES = 64 * 2**20
+
+
+class SeparableDecoding:
+    """One latent grid decoded at the output ``rows`` x ``cols``, a range of rows at a time
+    (:meth:`decode`): a caller decodes in chunks, to cancel between them and bound memory.
+
+    What the chunks share is prepared once: the column interpolation, the encoding terms of every
+    row and column, the weights cast to ``dtype`` (bf16/fp16; None: fp32) and, in the common case
+    (outputs at the input's column spacing, more output rows than grid rows), the first layer
+    applied to every grid row the rows read.
+    """
+
+    def __init__(
+        self, model: NiivModel, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype | None
+    ) -> None:
+        if model.attention is not None:
+            raise ValueError("separable decoding needs a model without attention (it refines each point)")
+        self.dtype = dtype or torch.float32
+        feats = grid.features_last()  # (B, h, w, C + 1)
+        self.height = feats.shape[1]
+        self.rows = rows
+        self.along_c = AxisLerp.at(cols, feats.shape[2])
+        self.feats = self.along_c.select(feats, 2)
+        self.n_cols = cols.numel()
+        net = model.decoder.net
+        first = net[0]
+        self.w_first = first.weight[:, : model.config.latent_dim + 1].to(self.dtype)
+        self.row_term = axis_encoding(model, rows, 0).to(self.dtype)  # (R, hidden)
+        self.col_term = (axis_encoding(model, cols, 1) + first.bias.float()).to(self.dtype)  # (C, hidden)
+        self.layers = [
+            (m.weight.to(self.dtype), m.bias.to(self.dtype)) for m in net[2:-1] if isinstance(m, torch.nn.Linear)
+        ]
+        self.last = (net[-1].weight.float(), net[-1].bias.float())
+        self.residual = model.decoder.residual
+        # the first layer on every grid row read, once, with the column term added (interpolation
+        # weights sum to one, so a per-column constant passes through the row interpolation)
+        self.projected: torch.Tensor | None = None
+        self.projected_rows: torch.Tensor | None = None
+        if self.along_c.exact:
+            need = AxisLerp.at(rows, self.height).need
+            size = (
+                feats.shape[0]
+                * need.numel()
+                * self.feats.shape[2]
+                * self.w_first.shape[0]
+                * self.w_first.element_size()
+            )
+            if need.numel() < rows.numel() and size <= PROJECTED_BYTES:
+                sub = self.feats.index_select(1, need)
+                with torch.autocast(sub.device.type, enabled=False):
+                    self.projected = self._project(sub).add_(self.col_term)
+                self.projected_rows = need
+
+    def decode(self, start: int, stop: int) -> torch.Tensor:
+        """Intensities at output rows ``start:stop`` x the columns -> (B, stop - start, C), float32."""
+        rows = self.rows[start:stop]
+        along_r = AxisLerp.at(rows, self.height)
+        sub = along_r.select(self.feats, 1)  # (B, nr, nc, C + 1), fp32
+        nr, nc, n_rows = sub.shape[1], sub.shape[2], rows.numel()
+        with torch.autocast(sub.device.type, enabled=False):
+            if self.projected is not None:
+                assert self.projected_rows is not None
+                at = torch.searchsorted(self.projected_rows, along_r.need)
+                x = self._interpolate_rows(along_r.select_from(self.projected, at, 1), along_r, start, stop)
+            elif nr * nc <= n_rows * nc and self.along_c.exact:
+                x = self._interpolate_rows(self._project(sub).add_(self.col_term), along_r, start, stop)
+            else:
+                x = self._first_layer(sub, along_r, start, stop)
+            x = x.relu_()
+            for weight, bias in self.layers:
+                x = F.linear(x, weight, bias).relu_()
+            out = F.linear(x.float(), *self.last).squeeze(-1)
+            if self.residual:
+                value = self.along_c.apply(along_r.apply(sub[..., -1], 1), 2)
+                out = out + torch.logit(value.float().clamp(1e-3, 1.0 - 1e-3))
+            return torch.sigmoid(out)
+
+    def _interpolate_rows(self, grid: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
+        """Projected grid rows (B, nr, C, hidden), column term included -> the first layer's
+        pre-activation at the outputs: one matmul that interpolates and adds the row term."""
+        b, nr, nc, hidden = grid.shape
+        n = stop - start
+        x = self.row_term[start:stop][None, :, None].expand(b, n, nc, hidden).contiguous()
+        lerp = along_r.matrix(self.dtype).expand(b, -1, -1)
+        return x.view(b, n, -1).baddbmm_(lerp, grid.reshape(b, nr, -1)).view(b, n, nc, hidden)
+
+    def _first_layer(self, sub: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
+        """The first layer's pre-activation at the outputs, projected where fewest points are: the
+        grid read, after interpolating rows, or at the outputs."""
+        nr, nc, n_rows = sub.shape[1], sub.shape[2], stop - start
+        stage = min((nr * nc, 0), (n_rows * nc, 1), (n_rows * self.n_cols, 2))[1]
+        x = self._project(sub) if stage == 0 else sub
+        x = along_r.apply(x, 1)
+        x = self._project(x) if stage == 1 else x
+        x = self.along_c.apply(x, 2)
+        x = self._project(x) if stage == 2 else x
+        # x is a fresh tensor of self.dtype here (a projection or an interpolation of one)
+        return x.add_(self.row_term[start:stop][:, None]).add_(self.col_term)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.dtype), self.w_first)
