@@ -109,3 +109,22 @@ def test_region_maps_to_output_indices() -> None:
         slice(90, 100),
     )
     assert output_region((10, 100, 100), (55, 200, 200), (slice(1, 2), slice(3, 4), slice(0, 1)))[0] == slice(5, 11)
+
+
+def test_a_block_is_cancelled_between_batches_of_planes_and_returns_nothing(model, medulla) -> None:
+    """A save computes a column of chunks at once, which takes a while: the block asks
+    ``cancelled`` between batches of planes and gives up (None) once it is true."""
+    vol = medulla[:3, :12, :40]
+    view = NormalisedView(vol, fit_normalisation(vol))
+    shape = output_shape(vol.shape, 8.0, 1.0)
+    rec = Reconstructor(model, InferenceSettings(alpha=8.0, precision="fp32"), slice_batch=4)
+    asked = []
+
+    def after_two_batches() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    everything = tuple(slice(0, s) for s in shape)
+    assert rec.block(view, shape, everything, after_two_batches) is None
+    assert len(asked) == 3  # 12 planes in batches of 4: asked before each, stopped before the third
+    np.testing.assert_array_equal(rec.block(view, shape, everything, lambda: False), _whole(rec, view, shape))

@@ -156,3 +156,20 @@ def test_attention_free_encoding_writes_tiles_into_one_feature_grid_with_the_mod
     both = LatentGrid.concat([tiled.crop(slice(0, 1)), tiled.crop(slice(1, 2))])
     torch.testing.assert_close(both.features_last(), features, atol=0, rtol=0)
     assert both.nbytes == features.numel() * 4 + image.numel() * 4
+
+
+def test_the_fused_cpu_layers_give_f_linear_and_relu() -> None:
+    """The engine's oneDNN linear+ReLU (where the CPU has it) is F.linear then ReLU: checked by
+    the engine's fp32 results above, and here directly in both precisions."""
+    from napari_niiv.inference.devices import fused_linear_relu
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 7, 64), torch.randn(32, 64), torch.randn(32)
+    for dtype, atol in ((None, 1e-5), (torch.bfloat16, 0.1)):
+        fused = fused_linear_relu(torch.device("cpu"), dtype)
+        if fused is None:
+            pytest.skip("no oneDNN on this build")
+        dt = dtype or torch.float32
+        out = fused(x.to(dt), w.to(dt), b.to(dt))
+        assert out.shape == (3, 7, 32) and out.dtype == dt
+        torch.testing.assert_close(out.float(), F.linear(x, w, b).relu(), atol=atol, rtol=0.02)

@@ -116,8 +116,12 @@ def test_ngff04_keeps_the_zarr_v2_layout_and_round_trips(tmp_path: Path) -> None
     np.testing.assert_array_equal(vol.pyramid[0].compute(), zarr.open_array(str(path / "1"), mode="r")[:])
 
 
-def test_ngff04_resumes_like_05(tmp_path: Path) -> None:
-    """The chunk engine is format-blind: a run cut short on zarr v2 resumes with the missing chunks only."""
+def test_ngff04_resumes_like_05(tmp_path: Path, monkeypatch) -> None:
+    """The chunk engine is format-blind: a run cut short on zarr v2 resumes with the missing chunks
+    only (one chunk a task here, so that the source fails between tasks)."""
+    from napari_niiv.inference import store
+
+    monkeypatch.setattr(store, "BLOCK_VOXELS", 8 * 24 * 20)
     data = iso_volume()
     out = tmp_path / "old.ome.zarr"
     layout = Layout(data.shape, data.dtype, (8, 24, 20), levels=1, ngff="0.4")
@@ -160,3 +164,40 @@ def test_layout_refuses_what_it_cannot_write(options: dict, message: str) -> Non
 def test_layout_names_units_as_ngff_does() -> None:
     assert Layout((4, 4, 4), "uint8", unit="\u00b5m").unit == "micrometer"
     assert Layout((4, 4, 4), "uint8", unit="pixel").unit is None
+
+
+def test_a_column_of_chunks_is_computed_once_and_a_task_cut_short_resumes_with_its_missing_chunks(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """For a model's blocks, level 0 computes the chunks stacked along z in one block (a model
+    encodes each input row once, not once per chunk); a task killed after writing some of its chunks leaves markers for
+    those only, and the resumed run writes the rest, identical to an uninterrupted run."""
+    from napari_niiv.inference import store
+
+    data = iso_volume()
+    out = tmp_path / "col.ome.zarr"
+    layout = Layout(data.shape, data.dtype, (8, 24, 20), levels=1)
+    asked: list[tuple[int, int]] = []
+
+    class Counting(ArrayBlocks):
+        stacks_z = True  # as a model's blocks: a column's chunks computed together
+
+        def __call__(self, index, cancelled):
+            asked.append((index[0].start, index[0].stop))
+            return super().__call__(index)
+
+    marker = store._marker
+
+    def dies_at_the_third_chunk(partial, level, chunk):
+        if asked and level == 0 and chunk[0].start == 16:  # after computing: its marker is next
+            raise OSError("killed")
+        return marker(partial, level, chunk)
+
+    monkeypatch.setattr(store, "_marker", dies_at_the_third_chunk)
+    with pytest.raises(OSError, match="killed"):
+        write_ome_zarr(out, layout, Counting(data), resume=True, fingerprint={"run": 1})
+    assert asked == [(0, 30)]  # the four chunks of the column, from one block
+    monkeypatch.setattr(store, "_marker", marker)
+    report = write_ome_zarr(out, layout, Counting(data), resume=True, fingerprint={"run": 1})
+    assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (4, 2, 2)
+    np.testing.assert_array_equal(open_volume(out).data.compute(), data)

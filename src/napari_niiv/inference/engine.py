@@ -30,7 +30,7 @@ import torch
 from ..model import NiivModel
 from ..model.latent_field import LatentGrid, sample_bilinear
 from ..model.separable import SeparableDecoding
-from .devices import autocast_dtype, pick_device
+from .devices import autocast_dtype, fused_linear_relu, pick_device
 from .settings import InferenceSettings
 
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
@@ -68,6 +68,7 @@ class InferenceEngine:
         # per layer; ~25% off the encoder here.
         self.model.encoder.to(memory_format=torch.channels_last)
         self.dtype = autocast_dtype(self.device, settings.precision)  # None: fp32
+        self._linear_relu = fused_linear_relu(self.device, self.dtype)  # separable decoding's layers
         self.chunk = int(chunk)
         self.compiled = settings.compiled
         self._decode: Any = self.model.decode_points
@@ -188,7 +189,7 @@ class InferenceEngine:
         points = self.chunk * max(1, 256 // self.model.config.mlp_hidden)
         per = max(1, points // (b * n_cols))
         out = torch.empty(b, rows.numel(), n_cols, dtype=torch.float32, device=self.device)
-        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype)
+        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear_relu)
         for i in range(0, rows.numel(), per):
             out[:, i : i + per] = decoding.decode(i, min(i + per, rows.numel()))
         return out

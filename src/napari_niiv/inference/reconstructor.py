@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,8 @@ from . import confidence
 from .engine import InferenceEngine
 from .geometry import OutputGeometry, chunk_indices, output_coords, output_geometry, pixel_range
 from .settings import InferenceSettings
+
+Cancelled = Callable[[], bool]
 
 
 def interpolate_planes(block: np.ndarray, coords: np.ndarray, axis: int, offset: int) -> np.ndarray:
@@ -53,10 +55,11 @@ class Reconstructor:
     """A model run with one :class:`InferenceSettings`, ready to decode normalised slices and blocks.
 
     ``slice_batch`` bounds how many planes are encoded together (memory), ``tile`` how many input
-    columns one encoder pass sees.
+    columns a block is cut into before its halos are added (each cut encodes the halo twice; the
+    engine tiles wide slices itself, without repeating work).
     """
 
-    def __init__(self, model: NiivModel, settings: InferenceSettings, slice_batch: int = 16, tile: int = 256) -> None:
+    def __init__(self, model: NiivModel, settings: InferenceSettings, slice_batch: int = 16, tile: int = 1024) -> None:
         self.settings = settings
         self.engine = InferenceEngine(model, settings)
         self.slice_batch = int(slice_batch)
@@ -77,8 +80,11 @@ class Reconstructor:
         neighbourhood (one output voxel) and the bilinear footprint (one pixel)."""
         return self.model.config.receptive_radius + 2
 
-    def planes(self, low: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Decode planes ``low`` (P, h, w) (normalised) at output coordinates ``rows`` x ``cols``.
+    def planes(
+        self, low: np.ndarray, rows: np.ndarray, cols: np.ndarray, cancelled: Cancelled | None = None
+    ) -> np.ndarray | None:
+        """Decode planes ``low`` (P, h, w) (normalised) at output coordinates ``rows`` x ``cols``;
+        None if ``cancelled()`` turned true (asked between batches of planes).
 
         Columns are processed in tiles of ``tile`` input pixels with halos, so arbitrarily wide
         planes fit in memory and give the same result as one pass.
@@ -91,6 +97,8 @@ class Reconstructor:
         out = np.empty((low.shape[0], rows.size, cols.size), dtype=np.float32)
         r = torch.as_tensor(rows, dtype=torch.float32)
         for p0 in range(0, low.shape[0], self.slice_batch):
+            if cancelled is not None and cancelled():
+                return None
             for c0, c1, sel in _column_tiles(cols, low.shape[2], self.tile):
                 lo, hi = pixel_range(cols[sel], low.shape[2], self.halo)
                 lo, hi = min(lo, c0), max(hi, c1)
@@ -105,22 +113,28 @@ class Reconstructor:
         source: Any,
         shape_out: tuple[int, int, int],
         index: tuple[slice, slice, slice],
-    ) -> np.ndarray:
+        cancelled: Cancelled | None = None,
+    ) -> np.ndarray | None:
         """Normalised output block ``index`` of the isotropic volume; ``source`` is the normalised
-        input (anything sliceable ZYX), read only around the block (halo included)."""
+        input (anything sliceable ZYX), read only around the block (halo included). None if
+        ``cancelled()`` turned true on the way."""
         orients = self.settings.orientations("xz")
-        return confidence.reconstruction(self.block_parts(source, shape_out, index, orients), orients)
+        parts = self.block_parts(source, shape_out, index, orients, cancelled)
+        return None if parts is None else confidence.reconstruction(parts, orients)
 
     def block_confidence(
         self,
         source: Any,
         shape_out: tuple[int, int, int],
         index: tuple[slice, slice, slice],
-    ) -> tuple[np.ndarray, np.ndarray]:
+        cancelled: Cancelled | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`block` and the confidence map of the same voxels (:mod:`.confidence`), both
-        normalised, from one read and one decoding of each orientation."""
+        normalised, from one read and one decoding of each orientation; None if cancelled."""
         orients = confidence.orientations(self.settings, "xz", confidence=True)
-        parts = self.block_parts(source, shape_out, index, orients)
+        parts = self.block_parts(source, shape_out, index, orients, cancelled)
+        if parts is None:
+            return None
         return confidence.reconstruction(parts, self.settings.orientations("xz")), confidence.disagreement(parts)
 
     def block_parts(
@@ -129,8 +143,10 @@ class Reconstructor:
         shape_out: tuple[int, int, int],
         index: tuple[slice, slice, slice],
         orients: tuple[str, ...],
-    ) -> dict[str, np.ndarray]:
-        """The normalised block ``index`` decoded from each of ``orients`` ('xz', 'yz')."""
+        cancelled: Cancelled | None = None,
+    ) -> dict[str, np.ndarray] | None:
+        """The normalised block ``index`` decoded from each of ``orients`` ('xz', 'yz'); None if
+        ``cancelled()`` turned true on the way."""
         n_in = tuple(int(s) for s in source.shape)
         coords = [output_coords(n_in[a], shape_out[a], index[a].start, index[a].stop) for a in range(3)]
         ranges = [pixel_range(coords[a], n_in[a], self.halo) for a in range(3)]
@@ -142,7 +158,9 @@ class Reconstructor:
             plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
             planes = interpolate_planes(data, coords[plane_axis], plane_axis, ranges[plane_axis][0])
             planes = np.moveaxis(planes, plane_axis, 0)  # (P, z, cols)
-            dec = self.planes(planes, rows, coords[col_axis] - ranges[col_axis][0])
+            dec = self.planes(planes, rows, coords[col_axis] - ranges[col_axis][0], cancelled)
+            if dec is None:
+                return None
             parts[orient] = np.moveaxis(dec, 0, plane_axis)
         return parts
 
@@ -218,16 +236,21 @@ class BlockReconstruction:
                 self._state = (Reconstructor(model, self.settings), NormalisedView(data, self.norm))
             return self._state
 
-    def __call__(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+    stacks_z = True  # blocks read input rows of context: the writer computes a column's chunks at once
+
+    def __call__(self, index: tuple[slice, slice, slice], cancelled: Cancelled | None = None) -> np.ndarray | None:
+        """The block at ``index``, in the input's intensity scale (or the confidence map); None if
+        ``cancelled()`` turned true on the way."""
         import dask
 
         rec, view = self._ready()
         where = tuple(slice(o + i.start, o + i.stop) for o, i in zip(self.geometry.origin, index, strict=True))
         with dask.config.set(scheduler="synchronous"):  # reading inside a task: no nested scheduler
             if self.confidence:
-                return confidence.to_intensity(rec.block_confidence(view, self.geometry.shape, where)[1], self.norm)
-            block = rec.block(view, self.geometry.shape, where)
-        return self.norm.invert(block, self.dtype)
+                both = rec.block_confidence(view, self.geometry.shape, where, cancelled)
+                return None if both is None else confidence.to_intensity(both[1], self.norm)
+            block = rec.block(view, self.geometry.shape, where, cancelled)
+        return None if block is None else self.norm.invert(block, self.dtype)
 
     def confidence_map(self) -> BlockReconstruction:
         """The same job writing the confidence map (what `niiv reconstruct --confidence` writes)."""

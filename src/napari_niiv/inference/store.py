@@ -1,16 +1,19 @@
-"""Write volumes as OME-Zarr pyramids, one chunk per task, on any dask scheduler, resumably and atomically.
+"""Write volumes as OME-Zarr pyramids, chunk by chunk, on any dask scheduler, resumably and atomically.
 
 The format is NGFF 0.5 on zarr v3 by default (``Layout(ngff="0.4")``: NGFF 0.4 on zarr v2, for older
 readers); napari-ome-zarr, ome-zarr-py and niiv's own reader open both. The metadata is built and
 validated with ``ome-zarr-models``; where each level sits comes from ``geometry.py``.
 
-Every task writes exactly one chunk of one level, so tasks never share a chunk file, and then leaves
-a marker; a run that is killed keeps its ``OUT.partial`` store and the next run with the same
-settings (the *fingerprint*) writes only the chunks without a marker. A chunk whose write was cut
-short has no marker and is written again. The store appears under ``OUT`` only when every level is
-complete, so a failed run never leaves a store that looks complete. A run can also be *cancelled*
-cooperatively (``cancelled()``, checked between chunks): it raises :class:`WriteCancelled` and, when
-resuming, keeps ``OUT.partial`` for the next run.
+Every task writes its own chunks of one level, so tasks never share a chunk file, and leaves a
+marker after each; a run that is killed keeps its ``OUT.partial`` store and the next run with the
+same settings (the *fingerprint*) writes only the chunks without a marker. A chunk whose write was
+cut short has no marker and is written again. For a model's blocks (``BlockSource.stacks_z``) a
+level-0 task computes a column of chunks stacked along z at once (up to ``BLOCK_VOXELS``): a block
+needs input rows of context on each side, and chunks computed one by one would encode the same
+input rows again for each. The store appears
+under ``OUT`` only when every level is complete, so a failed run never leaves a store that looks
+complete. A run can also be *cancelled* cooperatively (``cancelled()``, checked between tasks): it
+raises :class:`WriteCancelled` and, when resuming, keeps ``OUT.partial`` for the next run.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ _WORK = ".niiv"  # progress markers and the job fingerprint, inside the partial 
 NGFF_VERSIONS = ("0.5", "0.4")
 DOWNSAMPLING = "local_mean"  # how level L+1 is made from level L (ome-zarr-py's name for block means)
 AXES = ("z", "y", "x")
+BLOCK_VOXELS = 1 << 24  # output voxels one level-0 task computes at once (64 MiB as float32; 256^3)
 
 
 class WriteCancelled(Exception):
@@ -50,7 +54,12 @@ class WriteCancelled(Exception):
 
 
 class BlockSource(Protocol):
-    """What fills level 0: the block at an index of the output (picklable for dask.distributed)."""
+    """What fills level 0: the block at an index of the output (picklable for dask.distributed).
+
+    A source whose blocks cost model time and read context around them sets ``stacks_z = True``:
+    the chunks of a column are then computed together, and it is called as
+    ``source(index, cancelled=...)``, returning None once ``cancelled()`` turns true (a block can
+    take a while)."""
 
     def __call__(self, index: Index) -> np.ndarray: ...
 
@@ -461,10 +470,43 @@ def partial_path(out: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class _ChunkTask:
-    """One chunk of one level: computed from the source (level 0) or from the level below."""
+    """Chunks of one level computed together: from the source in one block (level 0: chunks
+    stacked along z), or each from the level below."""
 
     level: int
-    index: Index
+    chunks: tuple[Index, ...]
+
+    @property
+    def index(self) -> Index:
+        """The region the chunks cover together."""
+        first, last = self.chunks[0], self.chunks[-1]
+        return tuple(slice(a.start, b.stop) for a, b in zip(first, last, strict=True))  # type: ignore[return-value]
+
+
+def _tasks(level: int, shape: tuple[int, int, int], chunks: tuple[int, int, int], stack: bool) -> list[_ChunkTask]:
+    """With ``stack``, level 0: the chunks of each (y, x) column stacked along z, up to
+    ``BLOCK_VOXELS`` a task; else one chunk a task (a block mean, an array read no context)."""
+    indices = chunk_indices(shape, chunks)
+    if level > 0 or not stack:
+        return [_ChunkTask(level, (i,)) for i in indices]
+    tasks = []
+    columns: dict[tuple[int, int], list[Index]] = {}
+    for i in indices:  # in z order within each column
+        columns.setdefault((i[1].start, i[2].start), []).append(i)
+    for column in columns.values():
+        group: list[Index] = []
+        for i in column:
+            voxels = sum(_size(c) for c in group) + _size(i)
+            if group and voxels > BLOCK_VOXELS:
+                tasks.append(_ChunkTask(level, tuple(group)))
+                group = []
+            group.append(i)
+        tasks.append(_ChunkTask(level, tuple(group)))
+    return tasks
+
+
+def _size(index: Index) -> int:
+    return int(np.prod([s.stop - s.start for s in index]))
 
 
 @dataclass
@@ -483,20 +525,33 @@ class _Job:
 
         if self.cancelled is not None and self.cancelled():
             return task.level, 0
-        arr = zarr.open_array(str(Path(self.store) / str(task.level)), mode="r+")
-        if task.level == 0:
-            block = np.asarray(self.source(task.index), dtype=self.dtype)
+        store = Path(self.store)
+        todo = [c for c in task.chunks if not _marker(store, task.level, c).exists()]  # a resumed task
+        if not todo:
+            return task.level, 0
+        arr = zarr.open_array(str(store / str(task.level)), mode="r+")
+        region = task.index
+        if task.level == 0 and getattr(self.source, "stacks_z", False):
+            made = self.source(region, cancelled=self.cancelled or (lambda: False))  # type: ignore[call-arg]
+            if made is None:  # cancelled while computing: nothing written
+                return task.level, 0
+            block = np.asarray(made, dtype=self.dtype)
+        elif task.level == 0:
+            block = np.asarray(self.source(region), dtype=self.dtype)
         else:
-            below = zarr.open_array(str(Path(self.store) / str(task.level - 1)), mode="r")
-            block = downsample(below[tuple(slice(2 * s.start, 2 * s.stop) for s in task.index)], self.dtype)
-        arr[task.index] = block
-        _marker(Path(self.store), task).touch()
-        return task.level, int(block.size)
+            below = zarr.open_array(str(store / str(task.level - 1)), mode="r")
+            block = downsample(below[tuple(slice(2 * s.start, 2 * s.stop) for s in region)], self.dtype)
+        for chunk in todo:
+            arr[chunk] = block[
+                tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(chunk, region, strict=True))
+            ]
+            _marker(store, task.level, chunk).touch()
+        return task.level, sum(_size(c) for c in todo)
 
 
-def _marker(store: Path, task: _ChunkTask) -> Path:
-    name = ".".join(str(s.start) for s in task.index)
-    return store / _WORK / "done" / str(task.level) / name
+def _marker(store: Path, level: int, chunk: Index) -> Path:
+    name = ".".join(str(s.start) for s in chunk)
+    return store / _WORK / "done" / str(level) / name
 
 
 def write_ome_zarr(
@@ -553,15 +608,17 @@ def _write(
     job = _Job(str(partial), layout.dtype, source, cancelled if in_process else None)
     t0 = time.perf_counter()
     shapes = layout.shapes
-    tasks = [[_ChunkTask(lv, i) for i in chunk_indices(s, layout.chunks)] for lv, s in enumerate(shapes)]
-    todo = [[t for t in level if not _marker(partial, t).exists()] for level in tasks]
+    stack = bool(getattr(source, "stacks_z", False))
+    tasks = [_tasks(lv, s, layout.chunks, stack) for lv, s in enumerate(shapes)]
+    todo = [[t for t in level if not _done(partial, t)] for level in tasks]
+    missing = [c for level in todo for t in level for c in t.chunks if not _marker(partial, t.level, c).exists()]
     total = sum(int(np.prod(s)) for s in shapes)
-    done = total - sum(_voxels(t) for level in todo for t in level)
+    done = total - sum(_size(c) for c in missing)
     if on_progress is not None:
         on_progress(done, total)
 
     def stop_if_cancelled(level_todo: list[_ChunkTask]) -> None:
-        if cancelled is not None and cancelled() and any(not _marker(partial, t).exists() for t in level_todo):
+        if cancelled is not None and cancelled() and any(not _done(partial, t) for t in level_todo):
             raise WriteCancelled(partial)
 
     try:
@@ -585,8 +642,8 @@ def _write(
         if not resume:
             shutil.rmtree(partial, ignore_errors=True)
         raise
-    n_total = sum(len(level) for level in tasks)
-    n_written = sum(len(level) for level in todo)
+    n_total = sum(len(t.chunks) for level in tasks for t in level)
+    n_written = len(missing)
     return WriteReport(
         out,
         n_total,
@@ -596,8 +653,8 @@ def _write(
     )
 
 
-def _voxels(task: _ChunkTask) -> int:
-    return int(np.prod([s.stop - s.start for s in task.index]))
+def _done(partial: Path, task: _ChunkTask) -> bool:
+    return all(_marker(partial, task.level, c).exists() for c in task.chunks)
 
 
 _REASONS = {

@@ -12,6 +12,7 @@ to float rounding, for a fraction of its gathers and copies.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,6 +22,9 @@ from .latent_field import AxisLerp, LatentGrid
 
 if TYPE_CHECKING:
     from .niiv import NiivModel
+
+# relu(x @ w.T + b): a caller may pass a fused kernel (the engine does on CPUs)
+LinearReLU = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def axis_encoding(model: NiivModel, coords: torch.Tensor, axis: int) -> torch.Tensor:
@@ -56,7 +60,13 @@ class SeparableDecoding:
     """
 
     def __init__(
-        self, model: NiivModel, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype | None
+        self,
+        model: NiivModel,
+        grid: LatentGrid,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        dtype: torch.dtype | None,
+        linear_relu: LinearReLU | None = None,
     ) -> None:
         if model.attention is not None:
             raise ValueError("separable decoding needs a model without attention (it refines each point)")
@@ -77,6 +87,7 @@ class SeparableDecoding:
         ]
         self.last = (net[-1].weight.float(), net[-1].bias.float())
         self.residual = model.decoder.residual
+        self.linear_relu = linear_relu or (lambda x, w, b: F.linear(x, w, b).relu_())
         # the first layer on every grid row read, once, with the column term added (interpolation
         # weights sum to one, so a per-column constant passes through the row interpolation)
         self.projected: torch.Tensor | None = None
@@ -113,7 +124,7 @@ class SeparableDecoding:
                 x = self._first_layer(sub, along_r, start, stop)
             x = x.relu_()
             for weight, bias in self.layers:
-                x = F.linear(x, weight, bias).relu_()
+                x = self.linear_relu(x, weight, bias)
             out = F.linear(x.float(), *self.last).squeeze(-1)
             if self.residual:
                 value = self.along_c.apply(along_r.apply(sub[..., -1], 1), 2)
