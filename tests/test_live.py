@@ -195,6 +195,7 @@ def test_lazy_layer_computes_the_tiles_of_the_two_latest_requests(lazy):
     are computed, newest first; the tile then replaces the interpolation in what get returns."""
     done = []
     lazy.on_tile = done.append
+    lazy.prefetch_3d = False  # the 3D overview rendered ahead when idle is tested on its own
     gate, started = threading.Event(), threading.Event()
 
     def busy(cancelled):
@@ -285,6 +286,46 @@ def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_
         lazy.close()
 
 
+def test_when_the_tiles_asked_for_are_done_the_3d_overview_is_rendered_ahead(volume):
+    """Idle after a 2D read, the layer renders its 3D overview (the whole coarsest level, what
+    napari's 3D view reads) so that the switch to 3D shows niiv at once; with ``prefetch_3d`` off,
+    or while tiles are wanted, nothing is rendered ahead."""
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+    from napari_niiv.model import NiivConfig
+
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    tiny = NiivConfig(latent_dim=8, encoder_blocks=1, attention=False, mlp_hidden=16, mlp_layers=2)
+    for ahead in (True, False):
+        lazy = LazyIsotropic(
+            volume,
+            fit_normalisation(volume),
+            Reconstructor(random_model(tiny, seed=1), settings),
+            output_geometry(volume.shape, ALPHA),
+            fast=Reconstructor(random_model(tiny), settings),
+        )
+        lazy.prefetch_3d = ahead
+        made = []
+        lazy.on_tile = made.append
+        try:
+            level, bounds = lazy.overview_key()
+            index = tuple(slice(a, b) for a, b in bounds)
+            assert bounds == tuple((0, n) for n in lazy.shapes[-1])
+            lazy.get(0, (slice(0, lazy.shapes[0][0]), slice(3, 4), slice(0, lazy.shapes[0][2])))  # a 2D view
+            assert lazy._worker.wait_idle(60) and lazy.pending == 0
+            assert ((level, 3, 0, 0, 0) in made) is ahead and bool(lazy._volumes) is ahead
+            if ahead:  # the 3D read returns the render at once, the fast model's, and queues nothing
+                generation = lazy._worker._generation
+                grid = ViewGrid(lazy.coords(level, index), 1, 0.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+                expect = lazy.norm.invert(
+                    ViewRenderer(volume, lazy.norm, lazy.fast_renderer.rec).render(grid), np.float32
+                )
+                np.testing.assert_allclose(lazy.get(level, index), expect, atol=1e-5)
+                assert lazy._worker._generation == generation
+        finally:
+            lazy.close()
+
+
 def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volume, monkeypatch):
     """The missing tiles of one plane are encoded together over the union of their crops (one
     encoder pass instead of one per tile); each tile equals the same tile computed on its own."""
@@ -297,9 +338,11 @@ def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volu
     model = random_model()
 
     def make() -> LazyIsotropic:
-        return LazyIsotropic(
+        lazy = LazyIsotropic(
             volume, fit_normalisation(volume), Reconstructor(model, settings), output_geometry(volume.shape, ALPHA)
         )
+        lazy.prefetch_3d = False  # counts the encoder passes of the tiles alone
+        return lazy
 
     together, alone = make(), make()
     try:

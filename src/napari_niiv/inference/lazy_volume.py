@@ -41,6 +41,7 @@ from .worker import Cancelled, LatestWorker
 log = logging.getLogger(__name__)
 TILE = 256
 VOLUMES_KEPT = 2  # 3D renders kept (the coarsest level of one layer is what napari's 3D view reads)
+PREFETCH_3D_VOXELS = 1 << 22  # a coarsest level up to this size is rendered ahead for the 3D view
 TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
 KINDS = ("niiv", "confidence")  # what a level shows: the reconstruction, or its confidence map
 
@@ -146,6 +147,7 @@ class LazyIsotropic:
         self._recent: dict[str, deque[list[TileKey]]] = {k: deque(maxlen=2) for k in KINDS}
         self._lock = threading.Lock()  # guards _tiles and _recent: napari's thread and the worker's
         self._closed = False
+        self.prefetch_3d = True  # render the 3D overview when idle (overview_key)
         self._worker: LatestWorker[int] = LatestWorker(on_error=self._report, name="niiv-tiles")
 
     def level_transform(self, level: int) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -368,7 +370,28 @@ class LazyIsotropic:
             made += 1
             if self.on_tile is not None:
                 self.on_tile(key)
+        if not cancelled() and not self._closed:
+            self._prefetch_volume(cancelled)
         return made
+
+    def overview_key(self) -> tuple | None:
+        """The 3D read napari makes when the view turns 3D (the whole coarsest level), if it is
+        small enough to render ahead (``PREFETCH_3D_VOXELS``); else None."""
+        level = len(self.shapes) - 1
+        if int(np.prod(self.shapes[level])) > PREFETCH_3D_VOXELS:
+            return None
+        return (level, tuple((0, n) for n in self.shapes[level]))
+
+    def _prefetch_volume(self, cancelled: Cancelled) -> None:
+        """When the tiles asked for are done: render the 3D overview ahead, so that switching to 3D
+        shows niiv at once instead of the nearest voxels first. Any newer request cancels it."""
+        key = self.overview_key() if self.prefetch_3d else None
+        if key is None:
+            return
+        with self._lock:
+            if key in self._volumes or self._wanted():
+                return
+        self._compute_volume(key, cancelled)
 
     def _encode_together(self, keys: list[TileKey]) -> None:
         """Encode the slices of several tiles of one plane at once, over the union of their crops,
