@@ -250,6 +250,7 @@ def lazy_path(model: NiivModel, settings: InferenceSettings, limits: Limits, siz
     rec = Reconstructor(model, settings)
     geometry = output_geometry(vol.shape, ALPHA, 1.0)
     lazy = LazyIsotropic(vol, fit_normalisation(vol), rec, geometry)
+    lazy.prefetch_3d = False  # the path is the 2D tiles; the 3D overview rendered ahead is switch_3d's
     y = 32
     keys = [(0, 1, y, a, b) for a in range(-(-height // TILE)) for b in range(-(-width // TILE))]
     try:

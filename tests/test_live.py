@@ -289,22 +289,24 @@ def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_
 def test_when_the_tiles_asked_for_are_done_the_3d_overview_is_rendered_ahead(volume):
     """Idle after a 2D read, the layer renders its 3D overview (the whole coarsest level, what
     napari's 3D view reads) so that the switch to 3D shows niiv at once; with ``prefetch_3d`` off,
-    or while tiles are wanted, nothing is rendered ahead."""
+    or on a CPU without niiv-fast (the full model's overview costs as much as a view), nothing is
+    rendered ahead."""
     from napari_niiv.inference.geometry import output_geometry
     from napari_niiv.inference.lazy_volume import LazyIsotropic
     from napari_niiv.model import NiivConfig
 
     settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
     tiny = NiivConfig(latent_dim=8, encoder_blocks=1, attention=False, mlp_hidden=16, mlp_layers=2)
-    for ahead in (True, False):
+    for prefetch, with_fast in ((True, True), (False, True), (True, False)):
+        ahead = prefetch and with_fast
         lazy = LazyIsotropic(
             volume,
             fit_normalisation(volume),
             Reconstructor(random_model(tiny, seed=1), settings),
             output_geometry(volume.shape, ALPHA),
-            fast=Reconstructor(random_model(tiny), settings),
+            fast=Reconstructor(random_model(tiny), settings) if with_fast else None,
         )
-        lazy.prefetch_3d = ahead
+        lazy.prefetch_3d = prefetch
         made = []
         lazy.on_tile = made.append
         try:

@@ -386,8 +386,8 @@ class LazyIsotropic:
         """When the tiles asked for are done: render the 3D overview ahead, so that switching to 3D
         shows niiv at once instead of the nearest voxels first. Any newer request cancels it."""
         key = self.overview_key() if self.prefetch_3d else None
-        if key is None:
-            return
+        if key is None or (self.fast_renderer is None and self.rec.engine.device.type == "cpu"):
+            return  # on a CPU only with niiv-fast: the full model's overview costs as much as a view
         with self._lock:
             if key in self._volumes or self._wanted():
                 return
