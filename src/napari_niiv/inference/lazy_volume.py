@@ -177,11 +177,20 @@ class LazyIsotropic:
             return self._get_volume(level, index, kind)
         if kind == "confidence":
             out = np.full([s.stop - s.start for s in index], np.nan, np.float32)
-        else:
-            out = self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
+        elif len(thin) == 1:
+            out = np.empty([s.stop - s.start for s in index], np.float32)  # every part is filled below
+        else:  # a line or a point: no tiles
+            return self._interpolated(level, index)
         if len(thin) == 1:
-            self._fill_and_queue(level, thin[0], index, out, kind)
+            for part in self._fill_and_queue(level, thin[0], index, out, kind):
+                if kind == "niiv":  # interpolation only where no tile is made yet: the redraws as
+                    # tiles arrive stop interpolating the whole view on napari's thread each time
+                    inside = tuple(slice(p.start - i.start, p.stop - i.start) for p, i in zip(part, index, strict=True))
+                    out[inside] = self._interpolated(level, part)
         return out
+
+    def _interpolated(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
+        return self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
 
     def _get_volume(self, level: int, index: tuple[slice, slice, slice], kind: str) -> np.ndarray:
         """A 3D read: the rendered region if made, else the nearest input voxels now and the
@@ -248,7 +257,9 @@ class LazyIsotropic:
 
     def _fill_and_queue(
         self, level: int, axis: int, index: tuple[slice, ...], out: np.ndarray, kind: str = "niiv"
-    ) -> None:
+    ) -> list[tuple[slice, slice, slice]]:
+        """Paste the cached tiles of the plane request ``index`` into ``out``, queue the missing
+        ones, and return the parts of ``index`` they cover (level coordinates), not filled."""
         plane = index[axis].start
         a, b = (x for x in range(3) if x != axis)
         missing: list[TileKey] = []
@@ -271,6 +282,7 @@ class LazyIsotropic:
             wanted = self._wanted()
         if wanted:
             self._worker.submit(lambda cancelled: self._compute(wanted, cancelled))
+        return [_overlap(index, self._tile_index(key)) for key in missing]
 
     def _tile_index(self, key: TileKey) -> tuple[slice, slice, slice]:
         level, axis, plane, ta, tb = key
@@ -437,6 +449,11 @@ class LazyIsotropic:
             job, window = job.confidence_map(), confidence.contrast_limits(self.norm)
         write_isotropic(path, job, contrast=window, on_progress=self.on_write_progress)
         return path
+
+
+def _overlap(index: tuple[slice, ...], other: tuple[slice, ...]) -> tuple[slice, slice, slice]:
+    """The part of region ``index`` inside region ``other``."""
+    return tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(index, other, strict=True))  # type: ignore[return-value]
 
 
 def _paste(out: np.ndarray, index: tuple[slice, ...], tile: np.ndarray, tile_index: tuple[slice, ...], a: int, b: int):
