@@ -112,13 +112,12 @@ class SeparableDecoding:
         rows = self.rows[start:stop]
         along_r = AxisLerp.at(rows, self.height)
         sub = along_r.select(self.feats, 1)  # (B, nr, nc, C + 1), fp32
-        nr, nc, n_rows = sub.shape[1], sub.shape[2], rows.numel()
         with torch.autocast(sub.device.type, enabled=False):
             if self.projected is not None:
                 assert self.projected_rows is not None
                 at = torch.searchsorted(self.projected_rows, along_r.need)
                 x = self._interpolate_rows(along_r.select_from(self.projected, at, 1), along_r, start, stop)
-            elif nr * nc <= n_rows * nc and self.along_c.exact:
+            elif self.along_c.exact and sub.shape[1] <= rows.numel():  # fewer grid rows than outputs: project them
                 x = self._interpolate_rows(self._project(sub).add_(self.col_term), along_r, start, stop)
             else:
                 x = self._first_layer(sub, along_r, start, stop)
