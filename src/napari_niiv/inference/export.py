@@ -99,8 +99,8 @@ def write_isotropic(
     cancelled: Callable[[], bool] | None = None,
 ) -> WriteReport:
     """Reconstruct ``job`` into an OME-Zarr pyramid at ``out`` (see :func:`.store.write_ome_zarr`
-    for resume, atomicity, runners and ``cancelled``, asked between chunks: a cancelled write raises
-    :class:`.store.WriteCancelled` and keeps ``OUT.partial`` when ``resume``)."""
+    for resume, atomicity, runners and ``cancelled``, asked between tasks and inside a block: a
+    cancelled write raises :class:`.store.WriteCancelled` and keeps ``OUT.partial`` when ``resume``)."""
     out = Path(out)
     g = job.geometry
     layout = Layout(

@@ -575,8 +575,9 @@ def write_ome_zarr(
     it a failed run removes its partial store. ``on_progress(done, total)`` counts voxels written,
     over all levels, on the calling thread; its first call gives what an earlier run wrote.
 
-    ``cancelled()`` is asked between chunks: once it is true, no further chunk starts and
-    :class:`WriteCancelled` is raised when the chunks already running have finished (on the
+    ``cancelled()`` is asked between tasks (and, by a ``stacks_z`` source, inside its block): once
+    it is true, no further task starts and :class:`WriteCancelled` is raised when the tasks already
+    running have finished or given up (on the
     threaded runner; a distributed run cancels its futures), so nothing writes into the partial
     store after this returns.
     """
