@@ -135,9 +135,9 @@ def test_replicate_conv_is_torchs_replicate_conv_with_the_same_weights_and_gradi
 
 
 def test_attention_free_encoding_writes_tiles_into_one_feature_grid_with_the_models_latents() -> None:
-    """Wide slices are encoded in column tiles straight into the channels-last feature grid: the
-    latents are the model's (one pass over the whole slice), the image is the last channel, and
-    crops and batches of the grid keep it (a view, or with copy their own)."""
+    """Wide slices are encoded in column tiles straight into the channels-last feature grid (that
+    its latents are the model's is tested with the engine's tiles, in test_engine): the image is
+    the last channel, and crops and batches of the grid keep it (a view, or with copy their own)."""
     from napari_niiv.model.latent_field import LatentGrid
 
     model = random_model(CONFIGS["fast"])
@@ -146,7 +146,6 @@ def test_attention_free_encoding_writes_tiles_into_one_feature_grid_with_the_mod
     tiled = eng.encode(image, 8.0)
     with torch.inference_mode():
         whole = model.encode(image, 8.0)
-    torch.testing.assert_close(tiled.latents, whole.latents, atol=1e-5, rtol=0)
     features = tiled.features_last()
     torch.testing.assert_close(features[..., -1], image[:, 0], atol=0, rtol=0)
     assert tiled.latents.data_ptr() == features.data_ptr()  # a view, not a second copy

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
 
 import torch
 
 from ..errors import NiivInputError
+from ..model.separable import LinearReLU
 from .settings import DEVICES
 
 
@@ -76,9 +76,6 @@ def lower_thread_priority(nice: int = 10) -> bool:
     except OSError:
         return False
     return True
-
-
-LinearReLU = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def fused_linear_relu(device: torch.device, dtype: torch.dtype | None) -> LinearReLU | None:

@@ -102,16 +102,14 @@ class InferenceEngine:
         receptive radius, which is cropped: the same latents, at ~1.5x the speed of one wide pass
         (the activations of a tile stay in cache).
         """
-        width, halo = image.shape[-1], self.model.config.receptive_radius
         if self.model.attention is None:
             return self._encode_features(image, alpha)
-        if width <= ENCODE_TILE + 2 * halo:
+        tiles = self._encode_tiles(image.shape[-1])
+        if len(tiles) == 1:
             return self._encode(image, alpha)
         parts = []
-        for c0 in range(0, width, ENCODE_TILE):
-            lo, hi = max(0, c0 - halo), min(width, c0 + ENCODE_TILE + halo)
+        for lo, hi, keep, _ in tiles:
             g = self._encode(image[..., lo:hi], alpha)
-            keep = slice(c0 - lo, c0 - lo + min(ENCODE_TILE, width - c0))
             parts.append((g.latents[..., keep], None if g.keys_values is None else g.keys_values[..., keep]))
         latents = torch.cat([lat for lat, _ in parts], dim=-1)
         kv = None if parts[0][1] is None else torch.cat([k for _, k in parts], dim=-1)
@@ -123,18 +121,26 @@ class InferenceEngine:
         image as the last channel: one pass, where tiling, conversion, concatenation and the
         decoder's layout took four."""
         b, _, h, width = image.shape
-        halo, c = self.model.config.receptive_radius, self.model.config.latent_dim
+        c = self.model.config.latent_dim
         image = image.to(self.device)
         features = torch.empty(b, h, width, c + 1, dtype=torch.float32, device=self.device)
         features[..., c] = image[:, 0]
-        tile = width if width <= ENCODE_TILE + 2 * halo else ENCODE_TILE
-        for c0 in range(0, width, tile):
-            lo, hi = max(0, c0 - halo), min(width, c0 + tile + halo)
+        for lo, hi, keep, out in self._encode_tiles(width):
             with self.autocast():
                 latents = self.model.encoder(image[..., lo:hi].contiguous(memory_format=torch.channels_last))
-            n = min(tile, width - c0)
-            features[:, :, c0 : c0 + n, :c] = latents.permute(0, 2, 3, 1)[:, :, c0 - lo : c0 - lo + n]
+            features[:, :, out, :c] = latents.permute(0, 2, 3, 1)[:, :, keep]
         return LatentGrid.from_features(features, image, None, (1.0 / float(alpha), 1.0))
+
+    def _encode_tiles(self, width: int) -> list[tuple[int, int, slice, slice]]:
+        """Column tiles of a slice ``width`` wide: (first, last input column encoded, the latents
+        kept of that pass, where they go); one tile when the slice is narrow enough."""
+        halo = self.model.config.receptive_radius
+        tile = width if width <= ENCODE_TILE + 2 * halo else ENCODE_TILE
+        tiles = []
+        for c0 in range(0, width, tile):
+            lo, hi, n = max(0, c0 - halo), min(width, c0 + tile + halo), min(tile, width - c0)
+            tiles.append((lo, hi, slice(c0 - lo, c0 - lo + n), slice(c0, c0 + n)))
+        return tiles
 
     def _encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
         with self.autocast():

@@ -495,12 +495,13 @@ def _tasks(level: int, shape: tuple[int, int, int], chunks: tuple[int, int, int]
         columns.setdefault((i[1].start, i[2].start), []).append(i)
     for column in columns.values():
         group: list[Index] = []
+        voxels = 0
         for i in column:
-            voxels = sum(_size(c) for c in group) + _size(i)
-            if group and voxels > BLOCK_VOXELS:
+            if group and voxels + _size(i) > BLOCK_VOXELS:
                 tasks.append(_ChunkTask(level, tuple(group)))
-                group = []
+                group, voxels = [], 0
             group.append(i)
+            voxels += _size(i)
         tasks.append(_ChunkTask(level, tuple(group)))
     return tasks
 
@@ -611,8 +612,11 @@ def _write(
     shapes = layout.shapes
     stack = bool(getattr(source, "stacks_z", False))
     tasks = [_tasks(lv, s, layout.chunks, stack) for lv, s in enumerate(shapes)]
-    todo = [[t for t in level if not _done(partial, t)] for level in tasks]
-    missing = [c for level in todo for t in level for c in t.chunks if not _marker(partial, t.level, c).exists()]
+    unmarked = [[[c for c in t.chunks if not _marker(partial, t.level, c).exists()] for t in level] for level in tasks]
+    todo = [
+        [t for t, left in zip(level, lefts, strict=True) if left] for level, lefts in zip(tasks, unmarked, strict=True)
+    ]
+    missing = [c for lefts in unmarked for left in lefts for c in left]
     total = sum(int(np.prod(s)) for s in shapes)
     done = total - sum(_size(c) for c in missing)
     if on_progress is not None:

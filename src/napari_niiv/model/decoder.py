@@ -47,17 +47,16 @@ class MLPDecoder(nn.Module):
 
     def forward(self, features: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """``features`` (..., inputs), ``value`` (...) -> (...)."""
-        return self.after_first(self.net[0](features), value)
+        return self.output(self.net[:-1](features), value)
 
-    def after_first(self, first: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """The decoder from the first layer's output (before its ReLU) on.
+    def output(self, hidden: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's activations (..., hidden) -> intensities (...): the last layer,
+        the residual and the sigmoid (also the end of
+        :class:`~napari_niiv.model.separable.SeparableDecoding`, which runs the layers before itself).
 
-        The first layer is linear, and so is bilinear interpolation: a caller may apply it before
-        interpolating (:meth:`~napari_niiv.model.niiv.NiivModel.decode_separable`) and continue here.
         The last layer (256 -> 1, negligible work) and the sigmoid run in fp32 even under bf16/fp16
         autocast: in bf16 the output itself would be rounded to steps of 1/256 near 0.5.
         """
-        hidden = self.net[1:-1](first)  # starts with the first ReLU
         last = self.net[-1]
         with torch.autocast(hidden.device.type, enabled=False):
             out = nn.functional.linear(hidden.float(), last.weight.float(), last.bias.float()).squeeze(-1)

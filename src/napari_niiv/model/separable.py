@@ -11,13 +11,13 @@ to float rounding, for a fraction of its gathers and copies.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
+from .decoder import positional_encoding
 from .latent_field import AxisLerp, LatentGrid
 
 if TYPE_CHECKING:
@@ -32,17 +32,12 @@ def axis_encoding(model: NiivModel, coords: torch.Tensor, axis: int) -> torch.Te
     (0: rows, 1: columns) -> (n, hidden), fp32: its columns of
     :func:`~napari_niiv.model.decoder.positional_encoding`, which lays out [sin r, sin c, cos r, cos c]
     per band."""
-    weight = model.decoder.net[0].weight.float()
-    base = model.config.latent_dim + 1
-    feats, columns = [], []
-    for k in range(model.config.pe_bands):
-        angle = coords.float() * (2.0 * math.pi * 2**k)
-        feats += [torch.sin(angle), torch.cos(angle)]
-        columns += [base + 4 * k + axis, base + 4 * k + 2 + axis]
-    if not feats:
-        return torch.zeros(coords.numel(), weight.shape[0], device=coords.device)
+    bands, base = model.config.pe_bands, model.config.latent_dim + 1
+    mine = [4 * k + j + axis for k in range(bands) for j in (0, 2)]  # this axis' sin and cos
+    pe = positional_encoding(coords.float()[:, None].expand(-1, 2), bands)[:, mine]
+    weight = model.decoder.net[0].weight.float()[:, [base + i for i in mine]]
     with torch.autocast(coords.device.type, enabled=False):
-        return torch.stack(feats, dim=-1) @ weight[:, columns].T
+        return pe @ weight.T
 
 
 # Largest projected grid kept for a whole decoding (bytes); beyond it each chunk projects its own rows.
@@ -85,27 +80,20 @@ class SeparableDecoding:
         self.layers = [
             (m.weight.to(self.dtype), m.bias.to(self.dtype)) for m in net[2:-1] if isinstance(m, torch.nn.Linear)
         ]
-        self.last = (net[-1].weight.float(), net[-1].bias.float())
-        self.residual = model.decoder.residual
+        self.decoder = model.decoder
         self.linear_relu = linear_relu or (lambda x, w, b: F.linear(x, w, b).relu_())
         # the first layer on every grid row read, once, with the column term added (interpolation
         # weights sum to one, so a per-column constant passes through the row interpolation)
         self.projected: torch.Tensor | None = None
         self.projected_rows: torch.Tensor | None = None
         if self.along_c.exact:
-            need = AxisLerp.at(rows, self.height).need
-            size = (
-                feats.shape[0]
-                * need.numel()
-                * self.feats.shape[2]
-                * self.w_first.shape[0]
-                * self.w_first.element_size()
-            )
-            if need.numel() < rows.numel() and size <= PROJECTED_BYTES:
-                sub = self.feats.index_select(1, need)
-                with torch.autocast(sub.device.type, enabled=False):
-                    self.projected = self._project(sub).add_(self.col_term)
-                self.projected_rows = need
+            whole = AxisLerp.at(rows, self.height)
+            n = whole.need.numel()
+            size = feats.shape[0] * n * self.feats.shape[2] * self.w_first.shape[0] * self.w_first.element_size()
+            if n < rows.numel() and size <= PROJECTED_BYTES:
+                with torch.autocast(feats.device.type, enabled=False):
+                    self.projected = self._project(whole.select(self.feats, 1)).add_(self.col_term)
+                self.projected_rows = whole.need
 
     def decode(self, start: int, stop: int) -> torch.Tensor:
         """Intensities at output rows ``start:stop`` x the columns -> (B, stop - start, C), float32."""
@@ -124,11 +112,7 @@ class SeparableDecoding:
             x = x.relu_()
             for weight, bias in self.layers:
                 x = self.linear_relu(x, weight, bias)
-            out = F.linear(x.float(), *self.last).squeeze(-1)
-            if self.residual:
-                value = self.along_c.apply(along_r.apply(sub[..., -1], 1), 2)
-                out = out + torch.logit(value.float().clamp(1e-3, 1.0 - 1e-3))
-            return torch.sigmoid(out)
+            return self.decoder.output(x, self.along_c.apply(along_r.apply(sub[..., -1], 1), 2))
 
     def _interpolate_rows(self, grid: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
         """Projected grid rows (B, nr, C, hidden), column term included -> the first layer's
