@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,7 @@ from . import confidence
 from .engine import InferenceEngine
 from .geometry import OutputGeometry, chunk_indices, output_coords, output_geometry, pixel_range
 from .settings import InferenceSettings
-
-Cancelled = Callable[[], bool]
+from .worker import Cancelled
 
 
 def interpolate_planes(block: np.ndarray, coords: np.ndarray, axis: int, offset: int) -> np.ndarray:
