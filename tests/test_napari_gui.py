@@ -254,3 +254,44 @@ def test_fine_tuning_is_a_napari_worker_that_the_activity_dock_cancels(
     assert panel.plot.steps[-1] < 5000 and (tiny_user_weights / "cancel-me.ckpt.safetensors").exists()
     qtbot.waitUntil(lambda: not tasks.is_busy(), timeout=10_000)
     qtbot.waitUntil(lambda: widget.activity_bar.label.text() == "niiv: idle", timeout=5000)
+
+
+def test_the_inline_bar_repaints_with_the_window_not_inside_its_refresh(qtbot):
+    """QProgressBar.setValue repaints at once, which beside napari's OpenGL canvas flushes the
+    whole window (25-80 ms under software OpenGL); the bar's refresh leaves its paint to the next
+    ordinary repaint, and still shows every value."""
+    from qtpy.QtCore import QEvent, QObject
+
+    from napari_niiv._napari.activity import Activity, ActivityBar
+
+    work = [Activity("saving", 1, 10)]
+    bar = ActivityBar(lambda: list(work))
+    qtbot.addWidget(bar)
+    bar.show()
+    qtbot.waitExposed(bar)
+    qtbot.wait(50)
+
+    class Paints(QObject):
+        count = 0
+
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint:
+                self.count += 1
+            return False
+
+    paints = Paints()
+    bar.bar.installEventFilter(paints)
+    for done in (2, 3, 7):
+        work[0] = Activity("saving", done, 10)
+        bar.refresh()
+        assert paints.count == 0 and bar.bar.value() == done and bar.bar.updatesEnabled()
+    qtbot.waitUntil(lambda: paints.count > 0, timeout=2000)  # painted in the next event loop pass
+
+    def broken() -> list[Activity]:
+        raise RuntimeError("source failed")
+
+    bar.sources = broken
+    with pytest.raises(RuntimeError):
+        bar.refresh()
+    assert bar.bar.updatesEnabled()
+    bar.stop()

@@ -162,6 +162,7 @@ def test_layers_menu_command_adds_a_lazy_isotropic_layer(qtbot, viewer_with_volu
     action.trigger()
     iso = viewer.layers[-1]
     assert iso.name == "em isotropic (niiv)" and iso.multiscale
+    assert viewer.layers.selection.active is layer  # the input stays selected
     assert iso.data[0].shape == (64, 64, 64)
     assert iso.scale[0] == pytest.approx(10) and iso.contrast_limits == layer.contrast_limits
 
@@ -256,3 +257,23 @@ def test_closing_the_viewer_during_live_reconstruction(qtbot, make_napari_viewer
     worker = widget.live_view._worker
     viewer.close()
     qtbot.waitUntil(lambda: worker.stopped, timeout=10_000)
+
+
+def test_new_niiv_layers_leave_the_selection_as_it_was_without_selection_events(make_napari_viewer):
+    """insert_layer puts the selection back inside an event blocker: the layer list, the layer
+    controls and the dock never see the new layer selected (no controls rebuilt twice)."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_niiv._napari.layer_view import insert_layer
+
+    viewer = make_napari_viewer()
+    a, b = viewer.add_image(np.zeros((4, 8, 8)), name="a"), viewer.add_image(np.zeros((4, 8, 8)), name="b")
+    seen: list[str] = []
+    viewer.layers.selection.events.connect(lambda event: seen.append(event.type))
+    for selected in ({a}, {a, b}, set()):
+        viewer.layers.selection = selected
+        seen.clear()
+        new = napari.layers.Image(np.ones((4, 8, 8)), name=f"new {len(viewer.layers)}")
+        insert_layer(PublicOnlyProxy(viewer), 1, new)  # as a plugin's widget gets the viewer
+        assert viewer.layers[1] is new and set(viewer.layers.selection) == selected and not seen
+        assert viewer.layers.selection.active is (a if selected == {a} else None)

@@ -136,7 +136,17 @@ class ActivityBar(QWidget):
 
     @gui_handler
     def refresh(self) -> None:
-        work = self.sources()
+        # QProgressBar.setValue and setRange repaint at once, and a synchronous repaint of a widget
+        # beside napari's OpenGL canvas flushes the whole window (25-80 ms each under software
+        # OpenGL, the slowest call of the plugin's handlers); with updates off while it is set, the
+        # bar is repainted once in the window's next ordinary paint instead.
+        self.bar.setUpdatesEnabled(False)
+        try:
+            self._show(self.sources())
+        finally:
+            self.bar.setUpdatesEnabled(True)
+
+    def _show(self, work: list[Activity]) -> None:
         self.current = work[0] if work else None
         a = self.current
         if a is None:

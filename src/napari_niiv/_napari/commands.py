@@ -22,7 +22,7 @@ from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, fast_weights, load_weights, resolve_weights
 from .activity import Activity
 from .gui_timing import gui_handler
-from .layer_view import check_layer, layer_alpha, layer_geometry, level0
+from .layer_view import check_layer, insert_layer, layer_alpha, layer_geometry, level0
 
 log = logging.getLogger(__name__)
 REFRESH_MS = 250
@@ -76,7 +76,7 @@ def prepare_isotropic_layer(
 @gui_handler
 def show_isotropic_layer(viewer: Any, prepared: PreparedLayer) -> Image:
     """Add the prepared lazy layer above nothing in particular (appended), on the GUI thread:
-    napari builds its visual and controls here (~100-300 ms, once per layer)."""
+    napari builds its visual and controls here (once per layer); the input stays selected."""
     layer, lazy, geometry = prepared.source, prepared.lazy, prepared.lazy.geometry
     unit = geometry.unit or "pixel"
     out = Image(
@@ -92,7 +92,7 @@ def show_isotropic_layer(viewer: Any, prepared: PreparedLayer) -> Image:
         metadata={"niiv": {"source": layer.name, "settings": prepared.settings.to_dict(), "weights": prepared.weights}},
     )
     TileProgress(viewer, out, lazy)
-    viewer.layers.append(out)
+    insert_layer(viewer, len(viewer.layers), out)  # on top; the input stays selected
     show_info(
         f"niiv: '{out.name}' computes the tiles you look at; to write it all, use Save isotropic volume... "
         "in the niiv dock (background, resumable) or File > Save Selected Layers (small volumes)"
@@ -175,7 +175,7 @@ class TileProgress(QObject):
             metadata={"niiv_confidence_of": layer.name},
         )
         self.confidence_layer.events.set_data.connect(self._schedule_bar)
-        self.viewer.layers.insert(self.viewer.layers.index(layer) + 1, self.confidence_layer)
+        insert_layer(self.viewer, self.viewer.layers.index(layer) + 1, self.confidence_layer)
         return self.confidence_layer
 
     def hide_confidence(self) -> None:

@@ -38,7 +38,7 @@ from ..inference.views import ViewRenderer
 from ..inference.worker import LatestWorker
 from ..model import NiivModel
 from .gui_timing import gui_handler
-from .layer_view import check_layer, current_grid, level0
+from .layer_view import check_layer, current_grid, insert_layer, level0
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
@@ -347,10 +347,10 @@ class LiveView(QObject):
 
     @gui_handler
     def _insert(self, layer: Image, after: Image) -> None:
-        """Add a new layer above ``after``, keeping the input selected: napari builds its vispy
-        visual and layer controls here (~100 ms, once per layer; timed apart from our updates)."""
-        self.viewer.layers.insert(self.viewer.layers.index(after) + 1, layer)
-        self.viewer.layers.selection.active = self.layer
+        """Add a new layer above ``after``, the selection unchanged (the input stays selected):
+        napari builds its vispy visual and layer controls here (once per layer; timed apart from
+        our updates)."""
+        insert_layer(self.viewer, self.viewer.layers.index(after) + 1, layer)
 
     def _show_confidence(self, grid: ViewGrid, image: np.ndarray, asked: float, norm: Normalisation) -> None:
         """The map of the view on the live layer's grid: same scale and translate."""
