@@ -54,3 +54,27 @@ def test_a_failing_handler_is_recorded_and_raises(monkeypatch):
     with pytest.raises(ValueError):
         broken()
     assert len(times.calls()) == 1 and HandlerTimes().summary()["median"] is None
+
+
+def test_napari_work_is_in_the_max_and_reported_apart(monkeypatch):
+    from napari_niiv._napari import gui_timing
+
+    times = HandlerTimes()
+    monkeypatch.setattr(gui_timing, "HANDLER_TIMES", times)
+
+    @gui_timing.napari_work
+    def hand_to_napari() -> None:
+        time.sleep(0.04)
+
+    @gui_handler
+    def ours() -> None:
+        time.sleep(0.01)
+        hand_to_napari()
+
+    ours()
+    summary = times.summary()
+    assert summary["slowest"].endswith("hand_to_napari") and summary["max"] >= 40
+    assert summary["slowest_plugin"].endswith("ours") and 10 <= summary["max_plugin"] < 35
+    from napari_niiv._napari.layer_view import insert_layer
+
+    assert insert_layer.__qualname__ in gui_timing.NAPARI_WORK  # the plugin's one hand-over to napari

@@ -9,7 +9,7 @@ from napari.layers import Image, Layer
 
 from ..errors import NiivInputError
 from ..inference.viewport import Camera, Frame, ViewGrid, finest_spacing, view_grid
-from .gui_timing import gui_handler
+from .gui_timing import napari_work
 
 # Work cap for one view: a 4K HiDPI screen would otherwise ask for 30+ megapixels.
 MAX_VIEW_PIXELS = 4_000_000
@@ -43,14 +43,15 @@ def level0(layer: Image) -> Any:
     return layer.data[0] if layer.multiscale else layer.data
 
 
-@gui_handler
+@napari_work
 def insert_layer(viewer: Any, index: int, layer: Layer) -> None:
     """Insert ``layer`` at ``index`` and leave the selection as it was: the user's volume stays the
     selected layer (the one the dock and napari's menus act on). napari's insert selects the new
     layer, and each change of the selected layer rebuilds the layer-controls panel (~50-100 ms of
     the GUI thread, twice when the input is then selected again); here the selection's events are
     held while it is put back, so nothing sees a change that did not happen. Timed as a handler of
-    its own: what remains is napari building the layer's visual and controls."""
+    its own (:func:`~.gui_timing.napari_work`): what remains is napari building the layer's
+    visual and controls."""
     selection = viewer.layers.selection
     selected, active = set(selection), selection.active
     with selection.events.blocker_all():
