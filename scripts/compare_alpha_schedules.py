@@ -1,0 +1,116 @@
+"""One model for every alpha, or one per alpha? Trained at equal budget and scored held out.
+
+Three runs continue niiv-v1-fibsem-a8 (the first round's alpha-8 thick model, niiv-em's own
+start) for the same minutes on one thread each, with niiv-em's recipe (lr 2e-4, thick and thin
+sections mixed) and only the alpha schedule changed:
+
+- ``mixed``: alpha uniform in 2-12 per step, fractions included (niiv-em's schedule);
+- ``a4``: alpha 4 only; ``a12``: alpha 12 only.
+
+Each is scored at alpha 4 and 12, thick and thin sections, on held-out FIB-SEM (medulla_b z
+122-250, 128^3 cubes, xz slices, never trained on), with bicubic as a row. The question is how
+much of a per-alpha model's gain at its own alpha the single model keeps at the same budget per
+model (the per-alpha set costs one budget per alpha).
+
+Runs resume from their checkpoints in runs/alpha-schedules/NAME/ (a run already finished is
+scored, not retrained). Prints the tables and writes out/alpha-schedules.json.
+
+Run: ``.venv/bin/python scripts/compare_alpha_schedules.py [--minutes 15] [--cubes 2] [--only mixed,a4,a12]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from napari_niiv.data import open_volume
+from napari_niiv.data.degrade import Degradation
+from napari_niiv.inference.weights import load_weights, resolve_weights
+from napari_niiv.training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
+from napari_niiv.training.train import TrainSettings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
+INIT = "niiv-v1-fibsem-a8"
+SCHEDULES = {"mixed": (2.0, 12.0), "a4": (4.0, None), "a12": (12.0, None)}
+SCORED = (4.0, 12.0)
+
+
+def run_schedule(name: str, minutes: float, threads: int) -> Path:
+    """Train (or resume) one schedule; its weights file."""
+    out = ROOT / "runs" / "alpha-schedules" / name / f"{name}.safetensors"
+    alpha, alpha_max = SCHEDULES[name]
+    settings = TrainSettings(
+        alpha=alpha,
+        alpha_max=alpha_max,
+        degradations="thick,thin",
+        architecture="v1",
+        lr=2e-4,
+        warmup=100,
+        eval_every=1000,
+        seed=1,
+        steps=1_000_000,
+        time_budget=minutes * 60,
+        threads=threads,
+        checkpoint_every=250,
+        preview_every=0,
+    )
+    a = open_volume(DATA / "fibsem" / "medulla_a.tif")
+    b = open_volume(DATA / "fibsem" / "medulla_b.tif")
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = out.with_name(f"{name}.ckpt.safetensors")
+    r = train(
+        [a, b],
+        settings,
+        out,
+        init=resolve_weights(INIT),
+        resume=ckpt.exists(),
+        z_ranges=[(74, 250), (0, 112)],
+        progress=False,
+        card={"schedule": name},
+    )
+    print(f"{name}: {r.steps_done} steps in {r.seconds:.0f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=15.0, help="training budget of each run")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cubes", type=int, default=2, help="held-out 128^3 cubes scored (4 cover the planes)")
+    p.add_argument("--only", default=",".join(SCHEDULES), help="schedules to train and score")
+    p.add_argument("--json", type=Path, default=ROOT / "out" / "alpha-schedules.json")
+    args = p.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = set(names) - set(SCHEDULES)
+    if unknown:
+        raise SystemExit(f"unknown schedules {sorted(unknown)}; choose from {sorted(SCHEDULES)}")
+    weights = {n: run_schedule(n, args.minutes, args.threads) for n in names}
+    steps = {n: (load_weights(w).card or {}).get("steps") for n, w in weights.items()}
+    cubes = cut_cubes(np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250]), 128)[: args.cubes]
+    methods = {"bicubic": interpolation("bicubic")}
+    methods |= {n: niiv_method(load_weights(w).model) for n, w in weights.items()}
+    result: dict = {"minutes": args.minutes, "init": INIT, "steps": steps, "cubes": len(cubes), "scores": {}}
+    for degradation in ("thick", "thin"):
+        for alpha in SCORED:
+            scores = evaluate(cubes, alpha, methods, degradation=Degradation(degradation))
+            print(f"\nalpha {alpha:g}, {degradation}, {len(cubes)} held-out cubes, xz slices:")
+            print(format_table(scores))
+            base = next(s for s in scores if s.method == "bicubic")
+            result["scores"][f"{degradation} a{alpha:g}"] = {
+                s.method: {"cf_psnr_vs_bicubic": s.cf_psnr - base.cf_psnr, "psnr_vs_bicubic": s.psnr - base.psnr}
+                for s in scores
+            }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
