@@ -222,7 +222,7 @@ class NiivWidget(QScrollArea):
         self.orientation_choice.tooltip = "Slices niiv decodes: auto follows the view (xy views use xz slices)."
         self.live_check.tooltip = "Reconstruct what is on screen, at screen resolution, as you pan, zoom and scroll."
         self.fast_check.tooltip = (
-            f"On a CPU, show the small {FAST_WEIGHTS} model's image of each view first (a tenth of the "
+            f"On a CPU, show the small {FAST_WEIGHTS} model's image of each view first (6 % of v2's "
             "arithmetic), then the chosen weights' over it; the status line says which is shown."
         )
         self.confidence_check.tooltip = (
