@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from fibsem_recipes import EM_INIT, EM_RECIPE, FIBSEM_Z_RANGES, budget, fibsem_volumes
 
 from napari_niiv.data import open_volume
 from napari_niiv.data.degrade import Degradation
@@ -35,43 +36,26 @@ from napari_niiv.training.train import TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
-INIT = "niiv-v1-fibsem-a8"
 SCHEDULES = {"mixed": (2.0, 12.0), "a4": (4.0, None), "a12": (12.0, None)}
 SCORED = (4.0, 12.0)
 
 
 def run_schedule(name: str, minutes: float, threads: int) -> Path:
-    """Train (or resume) one schedule; its weights file."""
+    """Train (or resume) one schedule: niiv-em's recipe and start with its alpha range replaced;
+    its weights file (a finished run is kept as it is)."""
     out = ROOT / "runs" / "alpha-schedules" / name / f"{name}.safetensors"
-    alpha, alpha_max = SCHEDULES[name]
-    settings = TrainSettings(
-        alpha=alpha,
-        alpha_max=alpha_max,
-        degradations="thick,thin",
-        architecture="v1",
-        lr=2e-4,
-        warmup=100,
-        eval_every=1000,
-        seed=1,
-        steps=1_000_000,
-        time_budget=minutes * 60,
-        threads=threads,
-        checkpoint_every=250,
-        preview_every=0,
-    )
-    a = open_volume(DATA / "fibsem" / "medulla_a.tif")
-    b = open_volume(DATA / "fibsem" / "medulla_b.tif")
     if out.exists():
         return out
+    alpha, alpha_max = SCHEDULES[name]
+    settings = TrainSettings(**{**EM_RECIPE, "alpha": alpha, "alpha_max": alpha_max}, **budget(minutes, threads))
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = out.with_name(f"{name}.ckpt.safetensors")
     r = train(
-        [a, b],
+        fibsem_volumes(DATA),
         settings,
         out,
-        init=resolve_weights(INIT),
-        resume=ckpt.exists(),
-        z_ranges=[(74, 250), (0, 112)],
+        init=resolve_weights(EM_INIT),
+        resume=out.with_name(f"{name}.ckpt.safetensors").exists(),
+        z_ranges=FIBSEM_Z_RANGES,
         progress=False,
         card={"schedule": name},
     )
@@ -91,12 +75,12 @@ def main() -> None:
     unknown = set(names) - set(SCHEDULES)
     if unknown:
         raise SystemExit(f"unknown schedules {sorted(unknown)}; choose from {sorted(SCHEDULES)}")
-    weights = {n: run_schedule(n, args.minutes, args.threads) for n in names}
-    steps = {n: (load_weights(w).card or {}).get("steps") for n, w in weights.items()}
+    trained = {n: load_weights(run_schedule(n, args.minutes, args.threads)) for n in names}
+    steps = {n: (w.card or {}).get("steps") for n, w in trained.items()}
     cubes = cut_cubes(np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250]), 128)[: args.cubes]
     methods = {"bicubic": interpolation("bicubic")}
-    methods |= {n: niiv_method(load_weights(w).model) for n, w in weights.items()}
-    result: dict = {"minutes": args.minutes, "init": INIT, "steps": steps, "cubes": len(cubes), "scores": {}}
+    methods |= {n: niiv_method(w.model) for n, w in trained.items()}
+    result: dict = {"minutes": args.minutes, "init": EM_INIT, "steps": steps, "cubes": len(cubes), "scores": {}}
     for degradation in ("thick", "thin"):
         for alpha in SCORED:
             scores = evaluate(cubes, alpha, methods, degradation=Degradation(degradation))

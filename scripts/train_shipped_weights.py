@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from fibsem_recipes import EM_INIT, EM_RECIPE, FIBSEM_SPLIT, FIBSEM_Z_RANGES, budget, fibsem_volumes
 
 from napari_niiv.data import open_volume
 from napari_niiv.data.degrade import Degradation
@@ -34,11 +35,6 @@ from napari_niiv.training.train import HeldOutCheck, TrainSettings, train
 PSF = Degradation("psf")
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
-FIBSEM_SPLIT = {
-    "training_data": "medulla_a z 74-250, medulla_b z 0-112 (xy planes)",
-    "validation_data": "medulla_a z 0-64, y 0-128, x 0-128",
-    "test_data": "medulla_b z 122-250 (never seen in training)",
-}
 LM_SPLIT = {
     "training_data": "cells3d_nuclei z 0-40 (xy planes)",
     "validation_data": "cells3d_nuclei z 40-60 xy planes (monitoring, and the held-out test)",
@@ -47,30 +43,18 @@ LM_SPLIT = {
 
 recipe, minutes = sys.argv[1], float(sys.argv[2])
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
-common = dict(steps=1_000_000, time_budget=minutes * 60, threads=threads, checkpoint_every=250, preview_every=0)
+common = budget(minutes, threads)
 init = None
 if recipe in ("v1", "v2", "v2-input", "em", "fast"):
-    a = open_volume(DATA / "fibsem" / "medulla_a.tif")
-    b = open_volume(DATA / "fibsem" / "medulla_b.tif")
-    volumes, z_ranges, card = [a, b], [(74, 250), (0, 112)], dict(FIBSEM_SPLIT)
-    held = HeldOutCheck([np.asarray(a.data[:64, :128, :128])], 8.0)
+    volumes, z_ranges, card = fibsem_volumes(DATA), FIBSEM_Z_RANGES, dict(FIBSEM_SPLIT)
+    held = HeldOutCheck([np.asarray(volumes[0].data[:64, :128, :128])], 8.0)
 if recipe in ("v1", "v2", "v2-input"):
     name = f"niiv-{recipe}-fibsem-a8"
     settings = TrainSettings(alpha=8.0, architecture=recipe, eval_every=500, seed=0, **common)
 elif recipe == "em":
-    name, init = "niiv-em", resolve_weights("niiv-v1-fibsem-a8")
-    settings = TrainSettings(
-        alpha=2.0,
-        alpha_max=12.0,
-        degradations="thick,thin",
-        architecture="v1",
-        lr=2e-4,
-        warmup=100,
-        eval_every=1000,
-        seed=1,
-        **common,
-    )
-    card["fine_tuned_from"] = "niiv-v1-fibsem-a8"
+    name, init = "niiv-em", resolve_weights(EM_INIT)
+    settings = TrainSettings(**EM_RECIPE, **common)
+    card["fine_tuned_from"] = EM_INIT
 elif recipe == "lm":
     lm = open_volume(DATA / "lm" / "cells3d_nuclei.tif")
     volumes, z_ranges, card = [lm], [(0, 40)], dict(LM_SPLIT)
