@@ -44,9 +44,7 @@ class PreparedLayer:
 
     source: Image
     lazy: LazyIsotropic
-    settings: InferenceSettings
-    weights: str
-    output: Image
+    output: Image  # its metadata records the settings and weights
 
 
 def prepare_isotropic_layer(
@@ -85,7 +83,7 @@ def prepare_isotropic_layer(
         colormap=layer.colormap,
         metadata={"niiv": {"source": layer.name, "settings": settings.to_dict(), "weights": weights}},
     )
-    return PreparedLayer(layer, lazy, settings, weights, out)
+    return PreparedLayer(layer, lazy, out)
 
 
 @gui_handler

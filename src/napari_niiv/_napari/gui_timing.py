@@ -49,15 +49,15 @@ class HandlerTimes:
         for name, s in calls:
             by.setdefault(name, []).append(s * 1e3)
         worst = max(range(len(calls)), key=ms.__getitem__)
-        own = [(m, name) for m, (name, _) in zip(ms, calls, strict=True) if name not in NAPARI_WORK]
+        own = max(((m, name) for m, (name, _) in zip(ms, calls, strict=True) if name not in NAPARI_WORK), default=None)
         return {
             "calls": len(calls),
             "median": round(statistics.median(ms), 3),
             "max": round(max(ms), 3),
             "slowest": calls[worst][0],
             # the same without the handlers that only hand a layer to napari (its visual and controls)
-            "max_plugin": round(max(own)[0], 3) if own else None,
-            "slowest_plugin": max(own)[1] if own else None,
+            "max_plugin": None if own is None else round(own[0], 3),
+            "slowest_plugin": None if own is None else own[1],
             "by_handler": {
                 k: {"calls": len(v), "median": round(statistics.median(v), 3), "max": round(max(v), 3)}
                 for k, v in sorted(by.items())

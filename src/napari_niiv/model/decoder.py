@@ -62,8 +62,7 @@ class MLPDecoder(nn.Module):
         """
         last = self.net[-1]
         with torch.autocast(hidden.device.type, enabled=False):
-            weight = last.weight if hidden.dtype == torch.float32 else last.weight.to(hidden.dtype)
-            out = nn.functional.linear(hidden, weight).squeeze(-1).float() + last.bias.float()
+            out = nn.functional.linear(hidden, last.weight.to(hidden.dtype)).squeeze(-1).float() + last.bias.float()
             if self.residual:
                 out = out + torch.logit(value.float().clamp(1e-3, 1.0 - 1e-3))
             return torch.sigmoid(out)
