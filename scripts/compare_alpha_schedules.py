@@ -5,7 +5,11 @@ start) for the same minutes on one thread each, with niiv-em's recipe (lr 2e-4, 
 sections mixed) and only the alpha schedule changed:
 
 - ``mixed``: alpha uniform in 2-12 per step, fractions included (niiv-em's schedule);
-- ``a4``: alpha 4 only; ``a12``: alpha 12 only.
+- ``a4``: alpha 4 only; ``a12``: alpha 12 only;
+- ``mixed-acq``: ``mixed`` with alpha and the sections' thickness given to the encoder
+  (``NiivConfig.acquisition_embedding``, a learned shift of its features, zero at the start so it
+  starts from the same model), trained for exactly the steps ``mixed`` took (same seed, so the same
+  batches): the one difference is what the model is told.
 
 Each is scored at alpha 4 and 12, thick and thin sections, on held-out FIB-SEM (medulla_b z
 122-250, 128^3 cubes, xz slices, never trained on), with bicubic as a row. The question is how
@@ -15,7 +19,7 @@ model (the per-alpha set costs one budget per alpha).
 Runs resume from their checkpoints in runs/alpha-schedules/NAME/ (a run already finished is
 scored, not retrained). Prints the tables and writes out/alpha-schedules.json.
 
-Run: ``.venv/bin/python scripts/compare_alpha_schedules.py [--minutes 15] [--cubes 2] [--only mixed,a4,a12]``
+Run: ``.venv/bin/python scripts/compare_alpha_schedules.py [--minutes 15] [--cubes 2] [--only mixed,a4,a12,mixed-acq]``
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from fibsem_recipes import EM_INIT, EM_RECIPE, FIBSEM_Z_RANGES, budget, fibsem_volumes
+from fibsem_recipes import EM_INIT, EM_RECIPE, FIBSEM_Z_RANGES, budget, fibsem_volumes, with_acquisition_embedding
 
 from napari_niiv.data import open_volume
 from napari_niiv.data.degrade import Degradation
@@ -36,7 +40,8 @@ from napari_niiv.training.train import TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
-SCHEDULES = {"mixed": (2.0, 12.0), "a4": (4.0, None), "a12": (12.0, None)}
+SCHEDULES = {"mixed": (2.0, 12.0), "a4": (4.0, None), "a12": (12.0, None), "mixed-acq": (2.0, 12.0)}
+EMBEDDED = {"mixed-acq": "mixed"}  # schedules with alpha given to the encoder: the run whose steps they take
 SCORED = (4.0, 12.0)
 
 
@@ -47,13 +52,19 @@ def run_schedule(name: str, minutes: float, threads: int) -> Path:
     if out.exists():
         return out
     alpha, alpha_max = SCHEDULES[name]
-    settings = TrainSettings(**{**EM_RECIPE, "alpha": alpha, "alpha_max": alpha_max}, **budget(minutes, threads))
+    run_budget = budget(minutes, threads)
+    init = resolve_weights(EM_INIT)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if name in EMBEDDED:
+        twin = load_weights(run_schedule(EMBEDDED[name], minutes, threads))
+        run_budget |= {"steps": int(twin.card["steps"]), "time_budget": None}
+        init = with_acquisition_embedding(init, out.with_name("init.safetensors"))
+    settings = TrainSettings(**{**EM_RECIPE, "alpha": alpha, "alpha_max": alpha_max}, **run_budget)
     r = train(
         fibsem_volumes(DATA),
         settings,
         out,
-        init=resolve_weights(EM_INIT),
+        init=init,
         resume=out.with_name(f"{name}.ckpt.safetensors").exists(),
         z_ranges=FIBSEM_Z_RANGES,
         progress=False,

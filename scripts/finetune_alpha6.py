@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_niiv.data import open_volume
+from napari_niiv.data.degrade import THICK
 from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights
 from napari_niiv.training.evaluate import (
     cut_cubes,
@@ -97,7 +98,7 @@ def paired_slices(cubes: list[np.ndarray], alpha: float, shipped, tuned) -> dict
     for iso in cubes:
         lo, hi = intensity_range(iso)
         low, gt = simulate((np.asarray(iso, np.float32) - lo) / (hi - lo), alpha)
-        a, b = shipped(low, alpha, gt.shape), tuned(low, alpha, gt.shape)
+        a, b = shipped(low, alpha, gt.shape, THICK), tuned(low, alpha, gt.shape, THICK)
         for y in range(gt.shape[1]):
             diffs.append(cf_psnr(gt[:, y], b[:, y]) - cf_psnr(gt[:, y], a[:, y]))
     d = np.asarray(diffs)

@@ -9,6 +9,9 @@ sitting is continued, not restarted):
   attention experiment; run beside ``v1`` and ``v2`` at the same budget).
 - ``em``: niiv-em, continued from niiv-v1-fibsem-a8 (v1 beat v2 at equal budget) over alpha 2-12
   (uniform, fractional) with thick and thin sections mixed.
+- ``em-told``: niiv-em continued from itself with the acquisition embedding added (the encoder
+  is told alpha and the sections' thickness: ``NiivConfig.acquisition_embedding``), same data and
+  schedule, new seed.
 - ``fast``: niiv-fast, the small model of the live view's first frame (architecture ``fast``),
   distilled from niiv-em (its outputs are the targets) over alpha 2-12, thick and thin sections.
 - ``lm``: niiv-lm, continued from niiv-em on the light-microscopy volume's xy planes z 0-40
@@ -25,7 +28,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from fibsem_recipes import EM_INIT, EM_RECIPE, FIBSEM_SPLIT, FIBSEM_Z_RANGES, budget, fibsem_volumes
+from fibsem_recipes import (
+    EM_INIT,
+    EM_RECIPE,
+    FIBSEM_SPLIT,
+    FIBSEM_Z_RANGES,
+    budget,
+    fibsem_volumes,
+    with_acquisition_embedding,
+)
 
 from napari_niiv.data import open_volume
 from napari_niiv.data.degrade import Degradation
@@ -45,7 +56,7 @@ recipe, minutes = sys.argv[1], float(sys.argv[2])
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 common = budget(minutes, threads)
 init = None
-if recipe in ("v1", "v2", "v2-input", "em", "fast"):
+if recipe in ("v1", "v2", "v2-input", "em", "em-told", "fast"):
     volumes, z_ranges, card = fibsem_volumes(DATA), FIBSEM_Z_RANGES, dict(FIBSEM_SPLIT)
     held = HeldOutCheck([np.asarray(volumes[0].data[:64, :128, :128])], 8.0)
 if recipe in ("v1", "v2", "v2-input"):
@@ -55,6 +66,13 @@ elif recipe == "em":
     name, init = "niiv-em", resolve_weights(EM_INIT)
     settings = TrainSettings(**EM_RECIPE, **common)
     card["fine_tuned_from"] = EM_INIT
+elif recipe == "em-told":
+    name = "niiv-em"
+    init = with_acquisition_embedding(
+        ROOT / "weights" / "niiv-em.safetensors", ROOT / "runs" / recipe / "init.safetensors"
+    )
+    settings = TrainSettings(**{**EM_RECIPE, "seed": 4}, **common)
+    card["fine_tuned_from"] = "niiv-em (acquisition embedding added)"
 elif recipe == "lm":
     lm = open_volume(DATA / "lm" / "cells3d_nuclei.tif")
     volumes, z_ranges, card = [lm], [(0, 40)], dict(LM_SPLIT)
@@ -90,7 +108,7 @@ elif recipe == "fast":
     )
     card["distilled_from"] = "niiv-em"
 else:
-    sys.exit(f"unknown recipe {recipe!r}: v1, v2, v2-input, em, lm or fast")
+    sys.exit(f"unknown recipe {recipe!r}: v1, v2, v2-input, em, em-told, lm or fast")
 
 r = train(
     volumes,

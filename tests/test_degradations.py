@@ -56,6 +56,14 @@ def test_degradations_preserve_a_constant_and_refuse_nonsense() -> None:
     assert str(Degradation.parse("psf:2.5")) == "psf:2.5"
 
 
+def test_section_thickness_each_degradation_tells_a_model() -> None:
+    """What an acquisition embedding is told: thick sections span their spacing, thin ones one
+    voxel, a PSF its FWHM (default: one spacing)."""
+    assert THICK.thickness(6.5) == 6.5
+    assert Degradation("thin").thickness(6.5) == 1.0
+    assert Degradation("psf", 3.0).thickness(6.5) == 3.0 and Degradation("psf").thickness(6.5) == 6.5
+
+
 def test_evaluation_uses_the_degradation_and_scores_lateral_planes(medulla) -> None:
     iso = medulla[:32, :40, :40].astype(np.float32) / 255
     low_thick, gt = simulate(iso, 8.0)

@@ -137,3 +137,28 @@ def test_attention_one_input_pixel_apart_is_decoded_by_the_general_path_and_is_t
     near = random_model(NiivConfig.v2())
     near.load_state_dict(wide.state_dict())
     assert (exact(near, image, rows, cols) - out).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["v2", "fast"], ids=["with attention", "attention-free: into the feature grid"])
+def test_engine_tells_the_acquisition_embedding_its_alpha_and_thickness(slices, arch) -> None:
+    """Both of the engine's encoding paths tell the encoder the settings' alpha and the section
+    thickness their degradation gives: the engine's result is the model's for each, and they differ."""
+    from napari_niiv.model import NiivConfig
+
+    model = random_model(NiivConfig(**{**NiivConfig.named(arch).to_dict(), "acquisition_embedding": True}))
+    torch.nn.init.normal_(model.encoder.acquisition.alpha)
+    torch.nn.init.normal_(model.encoder.acquisition.thickness)
+    image, _, cols = slices
+    rows = torch.arange(0.2, 11.9, 0.3)
+    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
+    coords = torch.stack((rr, cc), dim=-1).reshape(1, -1, 2).expand(image.shape[0], -1, -1)
+    outs = []
+    for alpha, degradation, thickness in ((3.0, "thick", 3.0), (8.0, "thick", 8.0), (8.0, "thin", 1.0)):
+        settings = InferenceSettings(device="cpu", precision="fp32", alpha=alpha, degradation=degradation)
+        assert settings.thickness == thickness
+        eng = InferenceEngine(model, settings)
+        with torch.inference_mode():
+            ref = model.query(model.encode(image, alpha, thickness), coords).reshape(-1, rows.numel(), cols.numel())
+        outs.append(eng.render(eng.encode(image, alpha), rows, cols))
+        torch.testing.assert_close(outs[-1], ref, atol=2e-6, rtol=0)
+    assert (outs[0] - outs[1]).abs().max() > 1e-3 and (outs[1] - outs[2]).abs().max() > 1e-3

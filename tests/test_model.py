@@ -113,3 +113,24 @@ def test_flops_are_counted_from_the_layers_as_by_hand() -> None:
     mlp = 2 * (73 * 256 + 4 * 256 * 256 + 256 * 1)
     assert f["decoder_per_point"] == mlp + 2 * 64 * 64 + 4 * 9 * 64
     assert per_output_pixel(f, 8.0) == pytest.approx(0.695e6, rel=1e-3)
+
+
+def test_acquisition_embedding_starts_as_the_same_model_and_then_depends_on_what_it_is_told() -> None:
+    """A zero embedding added to trained weights changes nothing; once learned, the latents depend
+    on the alpha and the section thickness given, which a plain model's do not."""
+    plain = random_model(NiivConfig.fast())
+    embedded = NiivModel(NiivConfig(**{**NiivConfig.fast().to_dict(), "acquisition_embedding": True})).eval()
+    missing, unexpected = embedded.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["encoder.acquisition.alpha", "encoder.acquisition.thickness"] and not unexpected
+    image = torch.rand(2, 1, 6, 30)
+    coords = torch.rand(2, 200, 2) * torch.tensor([6.0, 30.0])
+    with torch.no_grad():
+        for alpha, thickness in ((3.0, None), (11.0, 1.0)):
+            assert torch.equal(embedded(image, coords, alpha, thickness), plain(image, coords, alpha, thickness))
+        embedded.encoder.acquisition.alpha.normal_()
+        embedded.encoder.acquisition.thickness.normal_()
+        latents = {told: embedded.encode(image, *told).latents for told in ((3.0, None), (11.0, None), (11.0, 1.0))}
+        assert (latents[3.0, None] - latents[11.0, None]).abs().max() > 1e-2
+        assert (latents[11.0, None] - latents[11.0, 1.0]).abs().max() > 1e-2
+        assert torch.equal(embedded.encode(image, 11.0, 11.0).latents, latents[11.0, None])  # None: as thick as alpha
+        assert torch.equal(plain.encode(image, 3.0).latents, plain.encode(image, 11.0, 1.0).latents)

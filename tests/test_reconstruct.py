@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from napari_niiv.data import fit_normalisation
+from napari_niiv.data.degrade import THICK
 from napari_niiv.inference.geometry import chunk_indices, output_geometry, output_region, output_shape
 from napari_niiv.inference.reconstructor import NormalisedView, Reconstructor, reconstruct_volume
 from napari_niiv.inference.settings import InferenceSettings
@@ -50,7 +51,7 @@ def test_untrained_model_reconstructs_like_bilinear(medulla) -> None:
     low, gt = simulate(iso, 8.0)
     ours = reconstruct_volume(NiivModel(), low, InferenceSettings(alpha=8.0, orientation="xz"))
     norm = fit_normalisation(low)
-    ref = interpolation("bilinear")(norm.apply(low), 8.0, gt.shape)
+    ref = interpolation("bilinear")(norm.apply(low), 8.0, gt.shape, THICK)
     np.testing.assert_allclose(norm.apply(ours), ref, atol=2e-3)
 
 

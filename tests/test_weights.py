@@ -39,6 +39,16 @@ def test_v1_round_trip(tmp_path) -> None:
     assert w.model.attention is None and w.model.config.encoder_blocks == 16
 
 
+def test_acquisition_embedding_round_trip(tmp_path) -> None:
+    """The embedding's vectors are saved and restored with its architecture field."""
+    m = random_model(NiivConfig(**{**NiivConfig.fast().to_dict(), "acquisition_embedding": True}))
+    torch.nn.init.normal_(m.encoder.acquisition.alpha)
+    torch.nn.init.normal_(m.encoder.acquisition.thickness)
+    w = load_weights(save_weights(tmp_path / "a.safetensors", m, 6.0, None))
+    assert w.model.config.acquisition_embedding
+    torch.testing.assert_close(w.model.state_dict(), m.state_dict(), atol=0, rtol=0)
+
+
 def test_corrupt_and_truncated_files(tmp_path, model) -> None:
     path = save_weights(tmp_path / "w.safetensors", model, 8.0, None)
     data = path.read_bytes()

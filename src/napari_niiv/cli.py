@@ -134,6 +134,16 @@ DEGRADATION_HELP = (
 )
 
 
+def _degradation(text: str) -> str:
+    """An argparse type: one degradation (``thick``, ``thin``, ``psf`` or ``psf:FWHM``)."""
+    from .data.degrade import Degradation
+
+    try:
+        return str(Degradation.parse(text))
+    except NiivInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes end in one line that says what to do, exit code 2 (argparse prints the whole usage)."""
 
@@ -179,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument(
         "--weights", help="weights name (see `niiv info`) or .safetensors path; default: the shipped model"
+    )
+    rec.add_argument(
+        "--degradation",
+        type=_degradation,
+        default="thick",
+        help="how the input's sections were made; weights with an acquisition embedding (niiv-em) are told "
+        f"it, others ignore it (default thick). {DEGRADATION_HELP}",
     )
     rec.add_argument(
         "--region", help="only this part of the input, in input voxels: z0:z1,y0:y1,x0:x1 (e.g. 0:16,0:512,0:512)"
@@ -537,6 +554,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         compiled=args.compile,
+        degradation=args.degradation,
     )
     settings.resolved()  # a missing GPU is reported here, not by every worker
     norm = fit_normalisation(vol.data)  # also rejects NaNs before any model work

@@ -88,6 +88,15 @@ class Degradation:
     def __str__(self) -> str:
         return f"psf:{self.fwhm:g}" if self.kind == "psf" and self.fwhm is not None else self.kind
 
+    def thickness(self, alpha: float) -> float:
+        """How many xy voxels thick one section is (what a model with an acquisition embedding is
+        told): the spacing ``alpha`` for thick sections, one voxel for thin ones, the FWHM for psf."""
+        if self.kind == "thick":
+            return float(alpha)
+        if self.kind == "thin":
+            return 1.0
+        return float(self.fwhm if self.fwhm is not None else alpha)
+
     def matrix(self, n_high: int, alpha: float) -> np.ndarray:
         """(n_low, n_high) weights, each row summing to 1; ``n_low = floor(n_high / alpha)``."""
         alpha = check_alpha(alpha)

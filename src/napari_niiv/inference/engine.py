@@ -127,9 +127,15 @@ class InferenceEngine:
         features[..., c] = image[:, 0]
         for lo, hi, keep, out in self._encode_tiles(width):
             with self.autocast():
-                latents = self.model.encoder(image[..., lo:hi].contiguous(memory_format=torch.channels_last))
+                latents = self.model.encoder(
+                    image[..., lo:hi].contiguous(memory_format=torch.channels_last), alpha, self._thickness(alpha)
+                )
             features[:, :, out, :c] = latents.permute(0, 2, 3, 1)[:, :, keep]
         return LatentGrid.from_features(features, image, None, (1.0 / float(alpha), 1.0))
+
+    def _thickness(self, alpha: float) -> float:
+        """The sections' thickness (xy voxels) the settings' degradation gives at ``alpha``."""
+        return self.settings.replace(alpha=alpha).thickness
 
     def _encode_tiles(self, width: int) -> list[tuple[int, int, slice, slice]]:
         """Column tiles of a slice ``width`` wide: (first, last input column encoded, the latents
@@ -144,7 +150,9 @@ class InferenceEngine:
 
     def _encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
         with self.autocast():
-            grid = self.model.encode(image.to(self.device).contiguous(memory_format=torch.channels_last), alpha)
+            grid = self.model.encode(
+                image.to(self.device).contiguous(memory_format=torch.channels_last), alpha, self._thickness(alpha)
+            )
         # Sampling the grid is a gather, not arithmetic: on CPU grid_sample is ~3x slower on bf16
         # than on fp32, so the grid is kept in fp32 (and NCHW) and only the matmuls run in reduced precision.
         kv = None if grid.keys_values is None else grid.keys_values.float().contiguous()

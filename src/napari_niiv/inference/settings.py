@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..data.degrade import ALPHA_RANGE, check_alpha
+from ..data.degrade import ALPHA_RANGE, Degradation, check_alpha
 from ..errors import NiivInputError
 
 ORIENTATIONS = ("auto", "xz", "yz", "both")
@@ -46,7 +46,12 @@ def check_scale(scale: Any) -> float:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """alpha (anisotropy), output scale, slice orientation, device, precision, compiled decoder.
+    """alpha (anisotropy), the sections' axial profile, output scale, slice orientation, device,
+    precision, compiled decoder.
+
+    ``degradation`` is how the input's sections were made, in ``data.degrade``'s spelling
+    (``thick``, ``thin``, ``psf[:FWHM]``): models with an acquisition embedding are told the
+    sections' thickness it implies; the others ignore it.
 
     Construction validates every field; ``resolved()`` turns ``device`` and ``precision`` "auto"
     into what this machine gives, and :meth:`orientations` is the one place where orientation
@@ -59,9 +64,11 @@ class InferenceSettings:
     device: str = "auto"
     precision: str = "auto"
     compiled: bool = False
+    degradation: str = "thick"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", check_alpha(self.alpha))
+        object.__setattr__(self, "degradation", str(Degradation.parse(str(self.degradation))))
         object.__setattr__(self, "scale", check_scale(self.scale))
         if self.orientation not in ORIENTATIONS:
             raise NiivInputError(f"orientation must be one of {', '.join(ORIENTATIONS)}; got {self.orientation!r}")
@@ -96,6 +103,11 @@ class InferenceSettings:
         dtype = autocast_dtype(device, self.precision)
         names = {None: "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
         return replace(self, device=str(device), precision=names[None if dtype is None else str(dtype)])
+
+    @property
+    def thickness(self) -> float:
+        """The sections' thickness in xy voxels at this alpha (what an acquisition embedding is told)."""
+        return Degradation.parse(self.degradation).thickness(self.alpha)
 
     def replace(self, **changes: Any) -> InferenceSettings:
         return replace(self, **changes)

@@ -665,7 +665,7 @@ def _done(partial: Path, task: _ChunkTask) -> bool:
 _REASONS = {
     "input_content": "the input's content changed since that run",
     "input": "another input",
-    "settings": "other alpha, scale, orientation, device or precision",
+    "settings": "other alpha, scale, orientation, device, precision or sections (degradation)",
     "weights_sha256": "other weights",
     "normalisation": "another intensity normalisation",
 }

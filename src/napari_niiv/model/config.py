@@ -39,6 +39,10 @@ class NiivConfig:
     mlp_layers: int = 5
     pe_bands: int = 2
     residual: bool = True
+    # Tell the encoder alpha and the sections' thickness (a learned shift of its features,
+    # model.encoder.AcquisitionShift), for models trained over a range of both; off in the first
+    # round's weights.
+    acquisition_embedding: bool = False
 
     def __post_init__(self) -> None:
         """Every field within sane bounds, so a weights file cannot ask for a model that would
@@ -51,7 +55,7 @@ class NiivConfig:
             raise ValueError(
                 f"architecture field attention_spacing={self.attention_spacing!r} must be one of {ATTENTION_SPACINGS}"
             )
-        for name in ("attention", "residual"):
+        for name in ("attention", "residual", "acquisition_embedding"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"architecture field {name}={getattr(self, name)!r} must be true or false")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -51,15 +53,51 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-class EDSREncoder(nn.Module):
-    """EDSR without upsampler and mean shift: head conv, residual blocks, tail conv, global skip."""
+# The acquisition codes: log2(alpha / ALPHA_CENTRE), 0 in the middle of the 2-12 range a model is
+# trained over and +-1.3 at its ends (linear in log alpha beyond); and the section's thickness as a
+# fraction of its spacing, minus one half: +0.5 for thick sections, about -0.4 for thin ones.
+ALPHA_CENTRE = math.sqrt(2.0 * 12.0)
 
-    def __init__(self, channels: int = 64, blocks: int = 6) -> None:
+
+def acquisition_codes(alpha: float, thickness: float | None) -> tuple[float, float]:
+    """The two numbers :class:`AcquisitionShift` scales its vectors by; ``thickness`` in xy voxels
+    (None: as thick as the spacing, ``alpha``)."""
+    alpha = float(alpha)
+    extent = alpha if thickness is None else float(thickness)
+    return math.log2(alpha / ALPHA_CENTRE), extent / alpha - 0.5
+
+
+class AcquisitionShift(nn.Module):
+    """A learned per-channel shift of the head's features by how the input was acquired: alpha (how
+    far apart its rows are) and the sections' thickness (box-averaged thick sections or thin ones
+    far apart), which a model trained over a range of both otherwise has to guess from the image.
+    Zero at initialisation, so adding it to trained weights changes nothing."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(channels))
+        self.thickness = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, alpha: float, thickness: float | None) -> torch.Tensor:
+        a, t = acquisition_codes(alpha, thickness)
+        return x + (self.alpha * a + self.thickness * t).to(x.dtype).view(1, -1, 1, 1)
+
+
+class EDSREncoder(nn.Module):
+    """EDSR without upsampler and mean shift: head conv, residual blocks, tail conv, global skip;
+    with ``acquisition_embedding`` the head's features are shifted by :class:`AcquisitionShift`,
+    so both the body and (through the global skip) the decoder know how the input was acquired."""
+
+    def __init__(self, channels: int = 64, blocks: int = 6, acquisition_embedding: bool = False) -> None:
         super().__init__()
         self.head = _conv(1, channels)
+        self.acquisition = AcquisitionShift(channels) if acquisition_embedding else None
         self.body = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)], _conv(channels, channels))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) intensities in [0, 1] -> (B, C, h, w) latents."""
+    def forward(self, image: torch.Tensor, alpha: float, thickness: float | None = None) -> torch.Tensor:
+        """(B, 1, h, w) intensities in [0, 1], ``alpha`` isotropic voxels per input row, sections
+        ``thickness`` xy voxels thick (None: ``alpha``) -> (B, C, h, w) latents."""
         head = self.head(image)
+        if self.acquisition is not None:
+            head = self.acquisition(head, alpha, thickness)
         return head + self.body(head)

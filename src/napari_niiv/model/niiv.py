@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -16,20 +18,22 @@ class NiivModel(nn.Module):
     """Neural implicit isotropic volume model (Troidl et al.), device-agnostic pure torch.
 
     Inputs are normalised intensities in [0, 1]; rows of a slice are the anisotropic axis, and
-    ``alpha`` is how many isotropic voxels one input row spans.
+    ``alpha`` is how many isotropic voxels one input row spans, ``thickness`` how many xy voxels
+    thick its sections are (None: as thick as their spacing; used by models with
+    ``acquisition_embedding``, ignored by the others).
     """
 
     def __init__(self, config: NiivConfig | None = None) -> None:
         super().__init__()
         self.config = config or NiivConfig()
         c = self.config
-        self.encoder = EDSREncoder(c.latent_dim, c.encoder_blocks)
+        self.encoder = EDSREncoder(c.latent_dim, c.encoder_blocks, c.acquisition_embedding)
         self.attention = LocalAttention(c.latent_dim, c.attention_radius, c.attention_spacing) if c.attention else None
         self.decoder = MLPDecoder(c.decoder_inputs, c.mlp_hidden, c.mlp_layers, c.residual)
 
-    def encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
+    def encode(self, image: torch.Tensor, alpha: float, thickness: float | None = None) -> LatentGrid:
         """(B, 1, h, w) low-resolution slices -> latent grid ready for queries."""
-        latents = self.encoder(image)
+        latents = self.encoder(image, alpha, thickness)
         kv = self.attention.project_grid(latents) if self.attention is not None else None
         return LatentGrid(latents=latents, image=image, keys_values=kv, step=(1.0 / float(alpha), 1.0))
 
@@ -64,5 +68,17 @@ class NiivModel(nn.Module):
         (:class:`~napari_niiv.model.separable.SeparableDecoding`)."""
         return SeparableDecoding(self, grid, rows, cols, None).decode(0, rows.numel())
 
-    def forward(self, image: torch.Tensor, coords: torch.Tensor, alpha: float) -> torch.Tensor:
-        return self.query(self.encode(image, alpha), coords)
+    def with_acquisition_embedding(self) -> NiivModel:
+        """A copy that is also told alpha and the section thickness, with the embedding at zero: the
+        same outputs until it is trained (how a model trained without it is continued with it)."""
+        if self.config.acquisition_embedding:
+            raise ValueError("this model already has an acquisition embedding")
+        model = NiivModel(replace(self.config, acquisition_embedding=True))
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and sorted(missing) == ["encoder.acquisition.alpha", "encoder.acquisition.thickness"]
+        return model.to(next(self.parameters()).device).train(self.training)
+
+    def forward(
+        self, image: torch.Tensor, coords: torch.Tensor, alpha: float, thickness: float | None = None
+    ) -> torch.Tensor:
+        return self.query(self.encode(image, alpha, thickness), coords)

@@ -20,9 +20,10 @@ from ..inference.settings import InferenceSettings
 from ..model import NiivModel
 from .metrics import slice_metrics
 
-# A method maps a pooled volume (in eval intensity scale, [0, 1]) and alpha to a volume of the
-# ground truth's shape.
-Method = Callable[[np.ndarray, float, tuple[int, int, int]], np.ndarray]
+# A method maps a degraded volume (in eval intensity scale, [0, 1]), alpha, the ground truth's shape
+# and the degradation that made the volume (which a user would know of their data) to a volume of
+# that shape.
+Method = Callable[[np.ndarray, float, tuple[int, int, int], Degradation], np.ndarray]
 
 
 def intensity_range(volume: Any) -> tuple[float, float]:
@@ -74,7 +75,7 @@ def simulate(iso: np.ndarray, alpha: float, degradation: Degradation = THICK) ->
 def interpolation(mode: str) -> Method:
     """Classical interpolation along z only (x and y are already fully sampled)."""
 
-    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int]) -> np.ndarray:
+    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32)).permute(1, 0, 2).unsqueeze(1)  # (Y,1,z,X)
         kw = {} if mode == "nearest" else {"align_corners": False}
         up = F.interpolate(t, size=(shape[0], shape[2]), mode=mode, **kw)
@@ -84,12 +85,12 @@ def interpolation(mode: str) -> Method:
 
 
 def niiv_method(model: NiivModel, settings: InferenceSettings | None = None) -> Method:
-    """niiv with ``settings`` (default: xz slices, auto device and precision); their alpha is
-    replaced by each evaluation's."""
+    """niiv with ``settings`` (default: xz slices, auto device and precision); their alpha and
+    degradation are replaced by each evaluation's."""
     settings = settings or InferenceSettings(alpha=1.0, orientation="xz")
 
-    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int]) -> np.ndarray:
-        out = reconstruct_volume(model, low, settings.replace(alpha=alpha))
+    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation) -> np.ndarray:
+        out = reconstruct_volume(model, low, settings.replace(alpha=alpha, degradation=str(degradation)))
         return out[: shape[0]]
 
     return run
@@ -129,7 +130,7 @@ def evaluate(
         seconds = 0.0
         for low, gt in sims:
             t0 = time.perf_counter()
-            pred = method(low, alpha, gt.shape)
+            pred = method(low, alpha, gt.shape, degradation)
             seconds += time.perf_counter() - t0
             axis = 1 if slices == "xz" else 2
             per_volume.append(slice_metrics(np.moveaxis(gt, axis, 0), np.moveaxis(pred, axis, 0), cutoff))

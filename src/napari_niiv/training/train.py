@@ -533,12 +533,13 @@ def train(
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 batch = sampler.batch(settings.seed, step, settings.batch).to(device)
+                thickness = batch.degradation.thickness(batch.alpha)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     targets = batch.targets
                     if teacher is not None:
                         with torch.no_grad():
-                            targets = teacher(batch.inputs, batch.coords, batch.alpha).float()
-                    pred = model(batch.inputs, batch.coords, batch.alpha)
+                            targets = teacher(batch.inputs, batch.coords, batch.alpha, thickness).float()
+                    pred = model(batch.inputs, batch.coords, batch.alpha, thickness)
                 loss = (pred.float() - targets).abs().mean()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
