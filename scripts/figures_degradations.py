@@ -60,9 +60,10 @@ def panel(tiles: list[tuple[str, np.ndarray]], lo: float, hi: float, path: Path)
     print(f"wrote {path}")
 
 
-def niiv_xz(weights: str, vol: np.ndarray, alpha: float, y: int) -> np.ndarray:
+def niiv_xz(weights: str, vol: np.ndarray, alpha: float, y: int, kind: str) -> np.ndarray:
+    """The xz slice ``y``, reconstructed with the model told the volume's sections (``kind``)."""
     w = load_weights(resolve_weights(weights))
-    settings = InferenceSettings(alpha=alpha, orientation="xz", device="cpu", precision="fp32")
+    settings = InferenceSettings(alpha=alpha, orientation="xz", device="cpu", precision="fp32", degradation=kind)
     region = (slice(0, vol.shape[0]), slice(y, y + 1), slice(0, vol.shape[2]))
     out = reconstruct_volume(w.model, vol, settings, region=region, normalisation=fit_normalisation(vol))
     return out[:, 0]
@@ -88,7 +89,7 @@ def main() -> None:
         tiles = [
             (f"input ({kind} sections)", nearest_rows(xz, rows)),
             ("bicubic", bicubic_rows(xz, rows)),
-            ("niiv-em", niiv_xz("niiv-em", vol, alpha, y)[crop]),
+            (f"niiv-em (told {kind})", niiv_xz("niiv-em", vol, alpha, y, kind)[crop]),
         ]
         panel(tiles, *np.percentile(xz, [0.5, 99.5]), OUT / f"degradation_{name}.png")
 
@@ -99,7 +100,7 @@ def main() -> None:
     norm = fit_normalisation(lm[None])
     for weights in ("niiv-em", "niiv-lm"):
         w = load_weights(resolve_weights(weights))
-        settings = InferenceSettings(alpha=4.0, orientation="xz", device="cpu", precision="fp32")
+        settings = InferenceSettings(alpha=4.0, orientation="xz", device="cpu", precision="fp32", degradation="psf")
         rec = reconstruct_volume(w.model, low[:, None, :], settings, normalisation=norm)[:, 0]
         tiles.append((weights, rec[:128]))
     tiles.append(("truth", lm))

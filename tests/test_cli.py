@@ -62,6 +62,25 @@ def test_reconstruct_to_tiff_at_coarser_scale(tmp_path, capsys, aniso_tif, weigh
     assert vol.shape == (20, 12, 10) and vol.voxel_size == pytest.approx((8.0, 8.0, 8.0))
 
 
+def test_reconstruct_tells_a_told_model_the_degradation(tmp_path, capsys, aniso_tif) -> None:
+    """--degradation reaches a model with an acquisition embedding (thin and thick differ), and a
+    bad one is a usage error that says what to give."""
+    from napari_niiv.model import NiivConfig
+
+    model = random_model(NiivConfig(**{**NiivConfig.fast().to_dict(), "acquisition_embedding": True}))
+    torch.nn.init.normal_(model.encoder.acquisition.thickness, std=0.5)
+    told = save_weights(tmp_path / "told.safetensors", model, 8.0, None)
+    outs = {}
+    for kind in ("thick", "thin"):
+        out = tmp_path / f"{kind}.npy"
+        code, _, err = _run(capsys, "reconstruct", aniso_tif, out, "--weights", told, "--degradation", kind)
+        assert code == 0, err
+        outs[kind] = np.load(out).astype(int)
+    assert np.abs(outs["thick"] - outs["thin"]).max() > 0
+    code, _, err = _run(capsys, "reconstruct", aniso_tif, tmp_path / "x.npy", "--weights", told, "--degradation", "box")
+    assert code == 2 and "thick" in err and not (tmp_path / "x.npy").exists()
+
+
 def test_reconstruct_region_to_npy(tmp_path, capsys, aniso_tif, weights) -> None:
     out = tmp_path / "part.npy"
     code, _, err = _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--region", "1:3,0:10,5:")

@@ -96,7 +96,7 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
 def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, user_weights):
     viewer = make_napari_viewer()
     layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4), metadata={"niiv_source": "/x/cremi_a.tif"})
-    _, panel = open_panel(viewer)
+    widget, panel = open_panel(viewer)
     panel.steps_spin.value, panel.minutes_spin.value, panel.lr_edit.value = 300, 2, "3e-4"
     req = panel.request()
     assert req.data is layer.data and req.scale == (40.0, 4.0, 4.0) and req.alpha == 10.0
@@ -117,11 +117,13 @@ def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, use
         slice(20, 91),
     )
     assert job.settings.lr == 3e-4 and job.settings.steps == 300 and job.settings.time_budget == 120
-    # the sections (degradation) follow the weights' card and reach the run, its held-out check and card
+    # the widget's sections (degradation) follow the weights' card and reach the run, its held-out
+    # check and card, and the settings the reconstruction is told
     assert req.degradation == "thick" == job.settings.degradations
-    panel.sections_choice.value = "psf"
+    widget.sections_choice.value = "psf"
     job = fine_tune_job(panel.request())
     assert job.settings.degradations == "psf" and str(job.held_out.degradation) == "psf"
+    assert widget.settings().degradation == "psf"
 
     # the visible part of an xz view, and all y planes
     viewer.layers.selection.active = layer

@@ -28,3 +28,21 @@ def test_weights_follow_the_layer_until_the_user_picks(make_napari_viewer) -> No
     widget.volume_choice.value = lm
     assert widget.weights_choice.value == "niiv-v1-fibsem-a8"
     assert "your choice" in widget.weights_note.value and "niiv-lm suits 'confocal'" in widget.weights_note.value
+
+
+def test_sections_follow_the_weights_until_the_user_picks_and_reach_the_settings(make_napari_viewer) -> None:
+    """The sections control (how the data's sections were made) preselects what the weights
+    learned (niiv-lm: psf), keeps the user's pick when the weights change, and is what the
+    reconstruction's settings carry (a model with an acquisition embedding is told it)."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    lm = viewer.add_image(np.zeros((8, 32, 32), np.uint16), name="confocal", scale=(0.29, 0.26, 0.26), units="um")
+    widget.volume_choice.value = lm
+    assert widget.weights_choice.value == "niiv-lm" and widget.sections_choice.value == "psf"
+    em = viewer.add_image(np.zeros((8, 32, 32), np.uint8), name="tem", scale=(40, 4, 4))
+    widget.volume_choice.value = em
+    assert widget.weights_choice.value == "niiv-em" and widget.sections_choice.value == "thick"
+    assert widget.settings().degradation == "thick"
+    widget.sections_choice.value = "thin"
+    widget.weights_choice.value = "niiv-lm"
+    assert widget.sections_choice.value == "thin" and widget.settings().degradation == "thin"

@@ -507,8 +507,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             lo, hi = w.card.get("alpha_range") or (w.alpha, w.alpha)
             span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g}-{hi:g}"
             kinds = ",".join(w.card.get("degradations") or ["thick"])
+            told = " (told which: --degradation)" if w.model.config.acquisition_embedding else ""
             purpose = f", {w.card['purpose']}" if w.card.get("purpose") else ""
-            print(f"  {name}: {span}, {kinds} sections, {w.card.get('architecture', '?')}{purpose}  ({path})")
+            arch = w.card.get("architecture", "?")
+            print(f"  {name}: {span}, {kinds} sections{told}, {arch}{purpose}  ({path})")
         except NiivInputError as exc:
             print(f"  {name}: unusable ({exc})")
     return 0

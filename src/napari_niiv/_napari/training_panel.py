@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ..errors import NiivInputError
 from ..inference.weights import user_dir
-from ..training.finetune import FineTuneJob, FineTuneRequest, default_degradation, fine_tune_job, weights_name
+from ..training.finetune import FineTuneJob, FineTuneRequest, fine_tune_job, weights_name
 from ..training.regions import Region, box_region, visible_region, whole
 from ..training.train import checkpoint_path
 from .activity import Activity, CancelableBar, JobWorker, format_seconds
@@ -26,7 +26,6 @@ from .loss_plot import LossPlot
 from .training_job import JobSignals, follow_training
 
 REGIONS = ("whole volume", "visible region", "boxes of a Shapes layer")
-SECTIONS = (("thick (EM)", "thick"), ("thin", "thin"), ("psf (light)", "psf"))
 T = TypeVar("T")
 
 
@@ -67,7 +66,6 @@ class TrainingPanel(Container):
         self.viewer = viewer
         self.niiv = niiv
         self.region_choice = ComboBox(label="learn from", choices=REGIONS, value=REGIONS[0])
-        self.sections_choice = ComboBox(label="sections", choices=SECTIONS, value="thick")
         self.shapes_choice = ComboBox(label="boxes", choices=self._shapes_layers, nullable=True)
         self.steps_spin = SpinBox(label="steps", min=10, max=200_000, step=100, value=1000)
         self.minutes_spin = FloatSpinBox(label="time limit (min, 0: none)", min=0, max=24 * 60, step=1, value=5)
@@ -82,7 +80,6 @@ class TrainingPanel(Container):
         self.extend(
             [
                 self.region_choice,
-                self.sections_choice,
                 self.shapes_choice,
                 self.steps_spin,
                 self.minutes_spin,
@@ -115,21 +112,14 @@ class TrainingPanel(Container):
         self.name_edit.changed.connect(self._update_buttons)
         niiv.volume_choice.changed.connect(self._default_name)
         niiv.alpha_spin.changed.connect(self._default_name)
-        niiv.weights_choice.changed.connect(self._default_sections)
         viewer.layers.events.removed.connect(self._layer_removed)
         viewer.layers.events.inserted.connect(lambda e: self.shapes_choice.reset_choices())
         self._default_name()
-        self._default_sections()
 
     def tooltips(self) -> None:
         self.region_choice.tooltip = (
             "What to learn from: the whole volume, what the current 2D view shows (all of it along the sliced "
             "axis), or the rectangles of a Shapes layer. The last fifth of the xy planes is held out for the check."
-        )
-        self.sections_choice.tooltip = (
-            "How this microscope's sections relate to its xy planes, simulated on the xy planes to learn from: "
-            "thick for serial-section EM or FIB-SEM (each section averages its thickness), thin for thin sections "
-            "far apart, psf for light microscopy (a Gaussian axial blur one section wide). Follows the weights."
         )
         self.shapes_choice.tooltip = "The Shapes layer whose rectangles mark the parts to learn from (xy view: all z)."
         self.steps_spin.tooltip = "Training steps; the learning-rate schedule runs over them (8 crops per step)."
@@ -150,12 +140,6 @@ class TrainingPanel(Container):
     # -- settings --------------------------------------------------------------------------------
     def _shapes_layers(self, widget: Any = None) -> list[Shapes]:
         return [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
-
-    @gui_handler
-    def _default_sections(self, value: Any = None) -> None:
-        """The degradation the chosen weights learned (the user can change it)."""
-        if self.job is None:
-            self.sections_choice.value = default_degradation(self.niiv.weights_choice.value)
 
     @gui_handler
     def _default_name(self, value: Any = None) -> None:
@@ -241,7 +225,7 @@ class TrainingPanel(Container):
             lr=self.learning_rate(),
             device=self.niiv.device_choice.value,
             resume=resume,
-            degradation=self.sections_choice.value,
+            degradation=self.niiv.sections_choice.value,  # simulated on the xy planes learnt from
         )
 
     def _start(self, resume: bool) -> None:

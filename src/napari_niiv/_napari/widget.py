@@ -35,6 +35,7 @@ from ..inference.weights import (
     Weights,
     available_weights,
     fast_weights,
+    learned_degradation,
     load_weights,
 )
 from .activity import Activity, ActivityBar
@@ -44,6 +45,9 @@ from .layer_view import check_layer, layer_alpha, layer_geometry, layer_unit, le
 from .live_view import LiveView
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
 from .training_panel import named, status_label
+
+# The sections control's choices (shown, value): data.degrade's degradations, psf at one spacing.
+SECTIONS = (("thick (EM)", "thick"), ("thin", "thin"), ("psf (light)", "psf"))
 
 GUIDE_URL = "https://github.com/napari-niiv/napari-niiv/blob/main/docs/napari.md"
 MAX_WIDTH = 480  # leave the canvas the room
@@ -86,6 +90,7 @@ class NiivWidget(QScrollArea):
             label="alpha (z / xy)", min=ALPHA_RANGE[0], max=ALPHA_RANGE[1], step=0.5, value=8.0
         )
         self.confirm_alpha_button = PushButton(text="Use this alpha", visible=False)
+        self.sections_choice = ComboBox(label="sections", choices=SECTIONS, value="thick")
         self.scale_spin = FloatSpinBox(label="output scale", min=0.5, max=2.0, step=0.25, value=1.0)
         self.weights_choice = ComboBox(label="weights", choices=weight_choices, value=DEFAULT_WEIGHTS)
         self.weights_note = Label(label="", value="")  # why these weights were preselected
@@ -106,6 +111,7 @@ class NiivWidget(QScrollArea):
                 self.volume_choice,
                 self.alpha_spin,
                 self.confirm_alpha_button,
+                self.sections_choice,
                 self.scale_spin,
                 self.weights_choice,
                 self.weights_note,
@@ -168,12 +174,16 @@ class NiivWidget(QScrollArea):
         # Weights the user picked (kept from then on: preselection only suggests in the note).
         self._picked_weights: str | None = None
         self._setting_weights = False  # the weights are being preselected, not picked by the user
+        self._picked_sections = False  # the user picked the sections (from then on they stay)
+        self._setting_sections = False
         self.weights_choice.changed.connect(self._weights_edited)
+        self.weights_choice.changed.connect(self._default_sections)
+        self.sections_choice.changed.connect(self._sections_edited)
         self.volume_choice.changed.connect(self._layer_changed)
         self.alpha_spin.changed.connect(self._alpha_edited)
         self.confirm_alpha_button.changed.connect(self.confirm_alpha)
         settings = (self.alpha_spin, self.scale_spin, self.weights_choice, self.device_choice, self.precision_choice)
-        for w in (*settings, self.orientation_choice):
+        for w in (*settings, self.orientation_choice, self.sections_choice):
             w.changed.connect(self._settings_changed)
         self.live_check.changed.connect(self._toggle_live)
         self.confidence_check.changed.connect(self._toggle_confidence)
@@ -189,6 +199,7 @@ class NiivWidget(QScrollArea):
         # whose Qt side is being deleted when the signal fires.
         self.destroyed.connect(functools.partial(NiivWidget.close_live, self))
         self._layers_changed()
+        self._default_sections()
 
     def minimumSizeHint(self) -> QSize:
         """As wide as the controls need beside a vertical scroll bar (a scroll area alone asks for
@@ -210,6 +221,12 @@ class NiivWidget(QScrollArea):
         self.alpha_spin.tooltip = "How many times coarser z is than x/y; read from the layer's scale."
         self.confirm_alpha_button.tooltip = (
             "The layer's scale does not say how coarse z is: run niiv on it at the alpha shown above"
+        )
+        self.sections_choice.tooltip = (
+            "How this microscope's sections relate to its xy planes: thick for serial-section EM or FIB-SEM "
+            "(each section averages its thickness), thin for thin sections far apart, psf for light microscopy "
+            "(a Gaussian axial blur one section wide). Weights with an acquisition embedding (niiv-em) are told "
+            "it; fine-tuning simulates it. Follows the weights until you pick it."
         )
         self.scale_spin.tooltip = "Output voxel in in-plane voxels: 1 isotropic, 0.5 twice finer, 2 coarser."
         self.weights_choice.tooltip = (
@@ -357,6 +374,20 @@ class NiivWidget(QScrollArea):
             self._picked_weights = self.weights_choice.value
             self.weights_note.value = f"{self.weights_choice.value}: your choice"
 
+    @gui_handler
+    def _default_sections(self, value: Any = None) -> None:
+        """The sections the chosen weights learned first (niiv-lm: psf), until the user picks them."""
+        if not self._picked_sections:
+            self._setting_sections = True
+            try:
+                self.sections_choice.value = learned_degradation(self.weights_choice.value)
+            finally:
+                self._setting_sections = False
+
+    def _sections_edited(self, value: Any = None) -> None:
+        if not self._setting_sections:
+            self._picked_sections = True
+
     # -- alpha ---------------------------------------------------------------------------------
     def alpha_unknown(self, layer: Any) -> bool:
         """True when ``layer``'s scale gives no anisotropy and the user has not confirmed an alpha."""
@@ -398,6 +429,7 @@ class NiivWidget(QScrollArea):
             orientation=self.orientation_choice.value,
             device=self.device_choice.value,
             precision=self.precision_choice.value,
+            degradation=self.sections_choice.value,
         )
 
     def runnable_settings(self) -> InferenceSettings:

@@ -153,6 +153,18 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
+def learned_degradation(weights: str | Path | None) -> str:
+    """The sections the weights ``weights`` (a name or path) learned first, by their card's
+    degradations: what the widget preselects for them; thick for weights that do not say (the
+    first round's) or cannot be read."""
+    try:
+        card = json.loads(read_metadata(resolve_weights(weights)).get("card", "{}"))
+    except (NiivInputError, ValueError, OSError):
+        return "thick"
+    kinds = card.get("degradations") if isinstance(card, dict) else None
+    return str(kinds[0]).partition(":")[0] if isinstance(kinds, list) and kinds else "thick"
+
+
 def load_weights(path: str | Path, device: str | torch.device = "cpu", with_optimizer: bool = False) -> Weights:
     """Load weights safely (safetensors never executes code) and validate them before use: the
     metadata parses, the architecture is within bounds, the tensors fit it and are finite."""

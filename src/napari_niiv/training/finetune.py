@@ -134,17 +134,6 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     return job
 
 
-def default_degradation(start_weights: str | Path | None) -> str:
-    """The degradation to fine-tune with by default: the one the start weights learned (their card's
-    first; thick for weights that do not say, as the first round's)."""
-    try:
-        card = json.loads(read_metadata(resolve_weights(start_weights)).get("card", "{}"))
-    except (NiivInputError, ValueError, OSError):
-        return "thick"
-    kinds = card.get("degradations") if isinstance(card, dict) else None
-    return str(kinds[0]).partition(":")[0] if isinstance(kinds, list) and kinds else "thick"
-
-
 def previous_card(out: Path) -> dict[str, Any]:
     """The card of the run a resume continues: the weights it saved (with its runs and why each
     ended), else its checkpoint; {} when neither can be read."""
