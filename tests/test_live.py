@@ -286,14 +286,16 @@ def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_
         lazy.close()
 
 
-def test_a_plane_read_interpolates_only_where_no_tile_is_made(lazy, monkeypatch):
-    """A 2D read pastes the cached tiles and interpolates the rest, part by part: the same image
-    as interpolating the whole view and pasting over it, without interpolating under the tiles."""
+def test_a_plane_read_interpolates_only_where_no_tile_is_made_and_once(lazy, monkeypatch):
+    """A 2D read pastes the cached tiles and interpolates the rest, tile by tile: the same image as
+    interpolating the whole view and pasting over it, without interpolating under the tiles; the
+    next read (a redraw as a tile arrives) interpolates nothing again, and a tile once made
+    replaces its stand-in."""
     from napari_niiv.inference import lazy_volume
 
     monkeypatch.setattr(lazy_volume, "TILE", 16)  # 3 x 4 tiles in one xz plane
     lazy.prefetch_3d = False
-    index = (slice(0, 48), slice(5, 6), slice(0, 56))
+    index = (slice(0, 48), slice(5, 6), slice(3, 56))
     key = (0, 1, 5, 1, 2)  # rows 16-32, columns 32-48
     lazy._tiles[key] = tile = lazy.compute_tile(key)
     asked = []
@@ -301,10 +303,17 @@ def test_a_plane_read_interpolates_only_where_no_tile_is_made(lazy, monkeypatch)
     monkeypatch.setattr(lazy, "_interpolated", lambda level, part: asked.append(part) or interpolate(level, part))
     out = lazy.get(0, index)
     expect = interpolate(0, index)
-    expect[16:32, :, 32:48] = tile
+    expect[16:32, :, 29:45] = tile
     np.testing.assert_allclose(out, expect, atol=1e-6)
     assert len(asked) == 11 and (slice(16, 32), slice(5, 6), slice(32, 48)) not in asked
+    assert (slice(0, 16), slice(5, 6), slice(0, 16)) in asked  # whole tiles, kept for the next read
+    asked.clear()
+    np.testing.assert_array_equal(lazy.get(0, index), out)
+    assert asked == []
     assert lazy._worker.wait_idle(60)
+    made = lazy._tiles[(0, 1, 5, 0, 0)]  # the worker made the missing tiles meanwhile
+    np.testing.assert_array_equal(lazy.get(0, index)[:16, :, :13], made[:, :, 3:])
+    assert (0, 1, 5, 0, 0) not in lazy._previews
 
 
 def test_when_the_tiles_asked_for_are_done_the_3d_overview_is_rendered_ahead(volume):

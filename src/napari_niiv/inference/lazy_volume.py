@@ -40,6 +40,7 @@ from .worker import Cancelled, LatestWorker
 
 log = logging.getLogger(__name__)
 TILE = 256
+PREVIEWS_KEPT = 128  # interpolated stand-ins of missing tiles kept (at most 32 MiB of 256^2 float32)
 VOLUMES_KEPT = 2  # 3D renders kept (the coarsest level of one layer is what napari's 3D view reads)
 PREFETCH_3D_VOXELS = 1 << 22  # a coarsest level up to this size is rendered ahead for the 3D view
 TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
@@ -139,6 +140,7 @@ class LazyIsotropic:
         self.on_error: Callable[[BaseException], None] | None = None
         self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[TileKey, np.ndarray] = OrderedDict()  # confidence tiles
+        self._previews: OrderedDict[TileKey, np.ndarray] = OrderedDict()  # interpolated, until made
         # 3D reads: (level, bounds) -> the rendered region, and the nearest-voxel answers given meanwhile
         self._volumes: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._nearest: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -182,12 +184,28 @@ class LazyIsotropic:
         else:  # a line or a point: no tiles
             return self._interpolated(level, index)
         if len(thin) == 1:
-            for part in self._fill_and_queue(level, thin[0], index, out, kind):
-                if kind == "niiv":  # interpolation only where no tile is made yet: the redraws as
-                    # tiles arrive stop interpolating the whole view on napari's thread each time
-                    inside = tuple(slice(p.start - i.start, p.stop - i.start) for p, i in zip(part, index, strict=True))
-                    out[inside] = self._interpolated(level, part)
+            a, b = (x for x in range(3) if x != thin[0])
+            for key in self._fill_and_queue(level, thin[0], index, out, kind):
+                if kind == "niiv":  # interpolation only where no tile is made yet
+                    _paste(out, index, self._preview(key), self._tile_index(key), a, b)
         return out
+
+    def _preview(self, key: TileKey) -> np.ndarray:
+        """The interpolated stand-in of a tile not made yet, kept until the tile is: the input does
+        not change, so the redraws as tiles arrive paste it instead of interpolating the rest of the
+        view again on napari's thread each time (41 parts, 28 of a redraw's 43 ms beside a
+        1920x1080 view)."""
+        with self._lock:
+            tile = self._previews.get(key)
+            if tile is not None:
+                self._previews.move_to_end(key)
+                return tile
+        tile = self._interpolated(key[0], self._tile_index(key))
+        with self._lock:
+            self._previews[key] = tile
+            while len(self._previews) > PREVIEWS_KEPT:
+                self._previews.popitem(last=False)
+        return tile
 
     def _interpolated(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
         return self.norm.invert(self.renderer.interpolate(self.coords(level, index)), np.float32)
@@ -257,9 +275,9 @@ class LazyIsotropic:
 
     def _fill_and_queue(
         self, level: int, axis: int, index: tuple[slice, ...], out: np.ndarray, kind: str = "niiv"
-    ) -> list[tuple[slice, slice, slice]]:
+    ) -> list[TileKey]:
         """Paste the cached tiles of the plane request ``index`` into ``out``, queue the missing
-        ones, and return the parts of ``index`` they cover (level coordinates), not filled."""
+        ones, and return their keys (the parts of ``out`` they cover are not filled)."""
         plane = index[axis].start
         a, b = (x for x in range(3) if x != axis)
         missing: list[TileKey] = []
@@ -282,7 +300,7 @@ class LazyIsotropic:
             wanted = self._wanted()
         if wanted:
             self._worker.submit(lambda cancelled: self._compute(wanted, cancelled))
-        return [_overlap(index, self._tile_index(key)) for key in missing]
+        return missing
 
     def _tile_index(self, key: TileKey) -> tuple[slice, slice, slice]:
         level, axis, plane, ta, tb = key
@@ -376,6 +394,7 @@ class LazyIsotropic:
             with self._lock:
                 self._tiles[key] = tiles[0]
                 self._tiles.move_to_end(key)
+                self._previews.pop(key, None)
                 if tiles[1] is not None:
                     self._maps[key] = tiles[1]
                 self._evict()
@@ -449,11 +468,6 @@ class LazyIsotropic:
             job, window = job.confidence_map(), confidence.contrast_limits(self.norm)
         write_isotropic(path, job, contrast=window, on_progress=self.on_write_progress)
         return path
-
-
-def _overlap(index: tuple[slice, ...], other: tuple[slice, ...]) -> tuple[slice, slice, slice]:
-    """The part of region ``index`` inside region ``other``."""
-    return tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(index, other, strict=True))  # type: ignore[return-value]
 
 
 def _paste(out: np.ndarray, index: tuple[slice, ...], tile: np.ndarray, tile_index: tuple[slice, ...], a: int, b: int):
