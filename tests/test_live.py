@@ -64,6 +64,29 @@ def test_niiv_view_equals_core_decoding(renderer, volume, displayed, point, orie
     assert 0 < np.abs(renderer.preview(grid) - out).mean() < 0.1
 
 
+def test_a_block_of_planes_decoded_one_at_a_time_equals_the_core_decoding(renderer, volume, monkeypatch):
+    """The lazy layer's 3D overview (several planes, one region): with planes too large to copy
+    into one batch each plane is decoded on its own, and the result is the core's all the same."""
+    from napari_niiv.inference import views
+    from napari_niiv.inference.viewport import ViewGrid
+
+    coords = ((np.arange(40) + 0.5) / ALPHA, np.arange(2.0, 48, 6), np.arange(1.5, 56, 4))
+    grid = ViewGrid(coords, 1, 0.0, (0, 0, 0), (1, 1, 1))
+    rec = Reconstructor(renderer.rec.model, renderer.rec.settings, slice_batch=8)
+    monkeypatch.setattr(views, "ENCODE_PIXELS", 1)  # one plane per encoder pass, 8 per decoding
+    groups: list[int] = []
+    batched = views._batched
+    monkeypatch.setattr(views, "_batched", lambda e, r: [groups.append(len(g[0])) or g for g in batched(e, r)])
+    one_batch = ViewRenderer(volume, renderer.norm, rec).render(grid)
+    assert groups == [8]
+    groups.clear()
+    monkeypatch.setattr(views, "CONCAT_BYTES", 0)
+    out = ViewRenderer(volume, renderer.norm, rec).render(grid)
+    assert groups == [1] * 8
+    np.testing.assert_allclose(out, reference(renderer, volume, grid, "xz"), atol=2e-5)
+    np.testing.assert_allclose(out, one_batch, atol=1e-6)
+
+
 def test_preview_is_trilinear_and_exact_on_acquired_pixels(renderer, volume):
     grid = view_grid(Camera((24.0, 28.0), 1.0, (100, 100)), frame_of(volume), (1, 2), 2 * ALPHA, finest=1.0)
     np.testing.assert_allclose(renderer.preview(grid)[0], renderer.norm.apply(volume[2]), atol=1e-6)
