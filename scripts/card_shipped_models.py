@@ -45,8 +45,26 @@ model is below bicubic two steps of alpha away. So one model is what a user with
 unusual alpha should get, and it is the default. For one known alpha a short run at that alpha
 alone is better there (the per-alpha columns are such runs: 15 minutes from the same start; the
 viewer's fine-tune panel or `niiv train --init niiv-em --alpha A` does the same from niiv-em, which
-was not measured here). The network is not told alpha (a conditioning input was not tried this
-round); the gap at alpha 4 says where it could help.
+was not measured here).
+
+### Telling the network alpha and the sections
+
+The mixed model above is not told which alpha or sections made its input. `mixed-acq` in the same
+script is `mixed` with the encoder told both (`NiivConfig.acquisition_embedding`: a learned shift of
+the encoder head's features by log alpha and by section thickness over spacing; zero at the start,
+so it starts as the same model), trained for exactly mixed's 1,557 steps with the same seed, so the
+same batches (`scripts/compare_alpha_schedules.py --only mixed,mixed-acq`):
+
+| scored at | mixed 2-12 | mixed 2-12, told | alpha 4 only | alpha 12 only |
+|---|---|---|---|---|
+| thick, alpha 4 | +1.69 / +0.71 | **+2.44 / +1.03** | +2.19 / +0.95 | -0.59 / -0.51 |
+| thick, alpha 12 | +0.65 / +0.56 | **+0.85 / +0.74** | +0.45 / +0.40 | +0.62 / +0.54 |
+| thin, alpha 4 | +0.93 / +0.62 | +1.12 / +0.75 | **+1.13 / +0.73** | -0.66 / -0.35 |
+| thin, alpha 12 | +0.69 / +0.65 | +0.93 / +0.87 | -0.03 / -0.00 | **+1.01 / +0.95** |
+
+Told, the one model gains 0.2-0.75 dB everywhere and matches or beats each per-alpha model at its
+own alpha except alpha 12 thin (92 %). That is why niiv-em is told (`--degradation`, the widget's
+*sections*).
 
 """
 
@@ -103,6 +121,9 @@ MODELS = {
   recipe and minutes) kept 94-98 % of niiv-em's gain, but its 1920x1080 first frame needed 0.41 s of
   arithmetic at this CPU's matmul peak, so it could not be shown in under 0.5 s; this one (32
   channels, 4 blocks) needs 0.24 s, for 0.11 dB less at alpha 8 (thick, over bicubic).
+- Its teacher, and the `niiv-em` rows of the table above, are the niiv-em before it was continued
+  with its acquisition embedding (told alpha and the sections: see niiv-em's card, which now beats
+  those rows). niiv-fast is not told; distilling it again from the told niiv-em is still to do.
 - Distilled, it learns niiv-em's outputs, so it cannot be better than niiv-em: where niiv-em falls
   short (see its card), so does niiv-fast. Trained from scratch on one core for 70 minutes
   (16,657 steps); the validation check reached +1.88 dB over bilinear by step 5,000 and ended at

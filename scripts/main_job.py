@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.layers.clear()
     (em,) = viewer.open_sample("napari-niiv", "epfl_hippocampus")
     widget.volume_choice.value = em
+    widget.sections_choice.value = "thin"  # every 8th plane kept: thin sections, which niiv-em is told
     viewer.dims.order = (1, 0, 2)
     viewer.dims.set_point(1, float(em.scale[1] * em.data.shape[1] / 2))
     viewer.reset_view()
