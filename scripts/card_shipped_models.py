@@ -93,6 +93,10 @@ MODELS = {
   thin at alpha 3 (+0.54) and 4 (+1.10). Thin sections at small alpha are exact point samples only a
   few voxels apart, where bicubic is already good; at alpha 12 thick little of the z detail survives
   averaging over 12 planes.
+- On real thin sections (the EPFL crop, every 8th plane kept; `docs/images/degradation_epfl_hippocampus.png`)
+  the told model draws a regular lattice of small bright dots in flat cytoplasm, one row per
+  section, which the untold model did not, although it scores higher on simulated thin sections:
+  see the user guide.
 - The validation check (medulla_a, alpha 8, thick) rose from +1.99 dB over bilinear (the untold
   model's end) to +2.34 within 1,000 steps of being told, then stayed at +2.3 to +2.4 for the rest of
   the 9,732 steps: most of the gain is the telling; more CPU time here adds little.
