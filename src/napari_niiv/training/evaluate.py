@@ -21,8 +21,8 @@ from ..model import NiivModel
 from .metrics import slice_metrics
 
 # A method maps a degraded volume (in eval intensity scale, [0, 1]), alpha, the ground truth's shape
-# and the degradation that made the volume (which a user would know of their data) to a volume of
-# that shape.
+# and the degradation that made the volume (which a user would know of their data; thick when not
+# given) to a volume of that shape.
 Method = Callable[[np.ndarray, float, tuple[int, int, int], Degradation], np.ndarray]
 
 
@@ -75,7 +75,7 @@ def simulate(iso: np.ndarray, alpha: float, degradation: Degradation = THICK) ->
 def interpolation(mode: str) -> Method:
     """Classical interpolation along z only (x and y are already fully sampled)."""
 
-    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation) -> np.ndarray:
+    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation = THICK) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32)).permute(1, 0, 2).unsqueeze(1)  # (Y,1,z,X)
         kw = {} if mode == "nearest" else {"align_corners": False}
         up = F.interpolate(t, size=(shape[0], shape[2]), mode=mode, **kw)
@@ -89,7 +89,7 @@ def niiv_method(model: NiivModel, settings: InferenceSettings | None = None) -> 
     degradation are replaced by each evaluation's."""
     settings = settings or InferenceSettings(alpha=1.0, orientation="xz")
 
-    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation) -> np.ndarray:
+    def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation = THICK) -> np.ndarray:
         out = reconstruct_volume(model, low, settings.replace(alpha=alpha, degradation=str(degradation)))
         return out[: shape[0]]
 
