@@ -175,7 +175,6 @@ class NiivWidget(QScrollArea):
         self._picked_weights: str | None = None
         self._setting_weights = False  # the weights are being preselected, not picked by the user
         self._picked_sections = False  # the user picked the sections (from then on they stay)
-        self._setting_sections = False
         self.weights_choice.changed.connect(self._weights_edited)
         self.weights_choice.changed.connect(self._default_sections)
         self.sections_choice.changed.connect(self._sections_edited)
@@ -376,17 +375,15 @@ class NiivWidget(QScrollArea):
 
     @gui_handler
     def _default_sections(self, value: Any = None) -> None:
-        """The sections the chosen weights learned first (niiv-lm: psf), until the user picks them."""
+        """The sections the chosen weights learned first (niiv-lm: psf), until the user picks them.
+        Set silently: the weights' own change already restarts the live view with them, and only
+        the user's edits count as picks."""
         if not self._picked_sections:
-            self._setting_sections = True
-            try:
+            with self.sections_choice.changed.blocked():
                 self.sections_choice.value = learned_degradation(self.weights_choice.value)
-            finally:
-                self._setting_sections = False
 
     def _sections_edited(self, value: Any = None) -> None:
-        if not self._setting_sections:
-            self._picked_sections = True
+        self._picked_sections = True
 
     # -- alpha ---------------------------------------------------------------------------------
     def alpha_unknown(self, layer: Any) -> bool:

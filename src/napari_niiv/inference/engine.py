@@ -64,6 +64,7 @@ class InferenceEngine:
 
     def __init__(self, model: NiivModel, settings: InferenceSettings, chunk: int = CHUNK_POINTS) -> None:
         self.settings = settings
+        self.sections = settings.sections  # what an acquisition embedding is told, parsed once
         self.device = pick_device(settings.device)
         self.model = copy.deepcopy(model).to(self.device).eval()
         for p in self.model.parameters():
@@ -125,17 +126,14 @@ class InferenceEngine:
         image = image.to(self.device)
         features = torch.empty(b, h, width, c + 1, dtype=torch.float32, device=self.device)
         features[..., c] = image[:, 0]
+        thickness = self.sections.thickness(alpha)
         for lo, hi, keep, out in self._encode_tiles(width):
             with self.autocast():
                 latents = self.model.encoder(
-                    image[..., lo:hi].contiguous(memory_format=torch.channels_last), alpha, self._thickness(alpha)
+                    image[..., lo:hi].contiguous(memory_format=torch.channels_last), alpha, thickness
                 )
             features[:, :, out, :c] = latents.permute(0, 2, 3, 1)[:, :, keep]
         return LatentGrid.from_features(features, image, None, (1.0 / float(alpha), 1.0))
-
-    def _thickness(self, alpha: float) -> float:
-        """The sections' thickness (xy voxels) the settings' degradation gives at ``alpha``."""
-        return self.settings.replace(alpha=alpha).thickness
 
     def _encode_tiles(self, width: int) -> list[tuple[int, int, slice, slice]]:
         """Column tiles of a slice ``width`` wide: (first, last input column encoded, the latents
@@ -151,7 +149,9 @@ class InferenceEngine:
     def _encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
         with self.autocast():
             grid = self.model.encode(
-                image.to(self.device).contiguous(memory_format=torch.channels_last), alpha, self._thickness(alpha)
+                image.to(self.device).contiguous(memory_format=torch.channels_last),
+                alpha,
+                self.sections.thickness(alpha),
             )
         # Sampling the grid is a gather, not arithmetic: on CPU grid_sample is ~3x slower on bf16
         # than on fp32, so the grid is kept in fp32 (and NCHW) and only the matmuls run in reduced precision.

@@ -105,9 +105,14 @@ class InferenceSettings:
         return replace(self, device=str(device), precision=names[None if dtype is None else str(dtype)])
 
     @property
+    def sections(self) -> Degradation:
+        """``degradation`` as the forward model it names."""
+        return Degradation.parse(self.degradation)
+
+    @property
     def thickness(self) -> float:
         """The sections' thickness in xy voxels at this alpha (what an acquisition embedding is told)."""
-        return Degradation.parse(self.degradation).thickness(self.alpha)
+        return self.sections.thickness(self.alpha)
 
     def replace(self, **changes: Any) -> InferenceSettings:
         return replace(self, **changes)
