@@ -551,7 +551,7 @@ def train(
                 step += 1
                 elapsed = time.perf_counter() - t_start
                 value = float(loss.item())
-                history.append({"step": step, "loss": value, "seconds": round(elapsed, 2)})
+                history.append({"step": step, "loss": value, "seconds": elapsed})
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}")
                 for cb in callbacks:
