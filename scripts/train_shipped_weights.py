@@ -13,7 +13,8 @@ sitting is continued, not restarted):
   is told alpha and the sections' thickness: ``NiivConfig.acquisition_embedding``), same data and
   schedule, new seed.
 - ``fast``: niiv-fast, the small model of the live view's first frame (architecture ``fast``),
-  distilled from niiv-em (its outputs are the targets) over alpha 2-12, thick and thin sections.
+  distilled from niiv-em (its outputs are the targets) over alpha 2-12, thick and thin sections,
+  told alpha and the sections like its teacher (``TrainSettings.acquisition_embedding``).
 - ``lm``: niiv-lm, continued from niiv-em on the light-microscopy volume's xy planes z 0-40
   (z 40-60 is its held-out test), psf degradation (FWHM one section spacing), alpha 2-8.
 
@@ -100,6 +101,7 @@ elif recipe == "fast":
         degradations="thick,thin",
         architecture="fast",
         teacher=str(ROOT / "weights" / "niiv-em.safetensors"),
+        acquisition_embedding=True,  # told alpha and the sections, like its teacher
         lr=1e-3,
         warmup=100,
         eval_every=1000,

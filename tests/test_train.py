@@ -400,3 +400,29 @@ def test_distillation_learns_the_teachers_outputs_and_is_part_of_the_run(tmp_pat
     out.unlink()  # keep the run's checkpoint: resume it with another teacher
     with pytest.raises(NiivInputError, match="teacher"):
         train([vol], replace(settings, teacher=str(other)), out, resume=True, progress=False)
+
+
+def test_acquisition_embedding_from_scratch_or_added_to_init_weights_and_trained(tmp_path, medulla) -> None:
+    """``acquisition_embedding`` builds a told model from scratch, adds the embedding (at zero) to
+    start weights that lack it, trains it (its vectors leave zero), and is part of the run: a resume
+    without it is refused."""
+    from napari_niiv.inference.weights import save_weights
+    from tests.conftest import random_model
+
+    vol = Volume(da.from_array(medulla))
+    settings = TrainSettings(
+        steps=3, architecture="fast", alpha_max=8.0, degradations="thick,thin", acquisition_embedding=True, **FAST
+    )
+    scratch = load_weights(train([vol], settings, tmp_path / "a.safetensors", progress=False).weights).model
+    assert scratch.config == replace(NiivConfig.fast(), acquisition_embedding=True)
+    assert float(scratch.encoder.acquisition.alpha.detach().abs().sum()) > 0, "the embedding was not trained"
+
+    small = NiivConfig(latent_dim=16, encoder_blocks=1, mlp_hidden=32, mlp_layers=2)
+    init = tmp_path / "init.safetensors"
+    save_weights(init, random_model(small), 4.0, None)
+    out = tmp_path / "b.safetensors"
+    told = load_weights(train([vol], settings, out, init=init, progress=False).weights).model
+    assert told.config == replace(small, acquisition_embedding=True)
+    out.unlink()  # keep the checkpoint: resume it untold
+    with pytest.raises(NiivInputError, match="architecture"):
+        train([vol], replace(settings, acquisition_embedding=False), out, init=init, resume=True, progress=False)

@@ -289,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of the true planes, e.g. --arch fast --teacher niiv-em",
     )
     tr.add_argument(
+        "--acquisition-embedding",
+        action="store_true",
+        help="tell the network alpha and the kind of sections (a learned shift of the encoder's features, added "
+        "at zero to --init weights that lack it): for one model of an alpha range or several --degradation",
+    )
+    tr.add_argument(
         "--init",
         help="start from these weights (fine-tuning) instead of random: a name (see `niiv info`) or a "
         "path, as --weights of reconstruct; fine-tuning defaults to the viewer panel's learning rate "
@@ -781,6 +787,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         checkpoint_every=args.checkpoint_every,
         time_budget=args.minutes * 60 if args.minutes else None,
         teacher=args.teacher,
+        acquisition_embedding=args.acquisition_embedding,
     )
     if start:
         chosen = "given by --lr" if args.lr is not None else "the fine-tuning default; --lr sets another"

@@ -85,6 +85,9 @@ class TrainSettings:
     # Distillation: weights (shipped name or path) whose outputs on the same crops are the targets,
     # instead of the true lateral planes (how niiv-fast learns from the default model).
     teacher: str | None = None
+    # Tell the network alpha and the sections' thickness (NiivConfig.acquisition_embedding), for a
+    # model of a range of alphas or degradations; added at zero to init weights that lack it.
+    acquisition_embedding: bool = False
 
     def lr_at(self, step: int, elapsed: float = 0.0) -> float:
         """Linear warm-up, then cosine decay to ``final_lr_fraction`` of ``lr``, following steps or
@@ -456,6 +459,8 @@ def train(
     torch.manual_seed(settings.seed)
     start_weights = load_weights(init) if init else None
     model = start_weights.model if start_weights else NiivModel(NiivConfig.named(settings.architecture))
+    if settings.acquisition_embedding and not model.config.acquisition_embedding:
+        model = model.with_acquisition_embedding()
     _check_room(out, model)
     if held_out is not None:
         held_out.check_fits(model.config)
