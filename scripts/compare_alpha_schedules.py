@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from fibsem_recipes import EM_INIT, EM_RECIPE, FIBSEM_Z_RANGES, budget, fibsem_volumes, with_acquisition_embedding
+from fibsem_recipes import EM_INIT, EM_RECIPE, FIBSEM_Z_RANGES, budget, fibsem_volumes
 
 from napari_niiv.data import open_volume
 from napari_niiv.data.degrade import Degradation
@@ -58,8 +58,11 @@ def run_schedule(name: str, minutes: float, threads: int) -> Path:
     if name in EMBEDDED:
         twin = load_weights(run_schedule(EMBEDDED[name], minutes, threads))
         run_budget |= {"steps": int(twin.card["steps"]), "time_budget": None}
-        init = with_acquisition_embedding(init, out.with_name("init.safetensors"))
-    settings = TrainSettings(**{**EM_RECIPE, "alpha": alpha, "alpha_max": alpha_max}, **run_budget)
+    settings = TrainSettings(
+        **{**EM_RECIPE, "alpha": alpha, "alpha_max": alpha_max},
+        acquisition_embedding=name in EMBEDDED,
+        **run_budget,
+    )
     r = train(
         fibsem_volumes(DATA),
         settings,

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from napari_niiv.data import open_volume
-from napari_niiv.inference.weights import load_weights, save_weights
 
 # medulla_a z 74-250 and medulla_b z 0-112 train; medulla_a z 0-64 monitors; medulla_b z 122-250 is the test.
 FIBSEM_Z_RANGES = [(74, 250), (0, 112)]
@@ -39,14 +38,3 @@ def budget(minutes: float, threads: int) -> dict[str, Any]:
 def fibsem_volumes(data: Path) -> list[Any]:
     """medulla_a and medulla_b, in the order of :data:`FIBSEM_Z_RANGES`."""
     return [open_volume(data / "fibsem" / "medulla_a.tif"), open_volume(data / "fibsem" / "medulla_b.tif")]
-
-
-def with_acquisition_embedding(path: Path, out: Path) -> Path:
-    """The weights at ``path`` with a zero acquisition embedding added, written to ``out``: the
-    same model until trained, which a run then starts from (a finished ``out`` is kept)."""
-    if out.exists():
-        return out
-    start = load_weights(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    card = {**start.card, "acquisition_embedding": "added at zero to these weights"}
-    return save_weights(out, start.model.with_acquisition_embedding(), start.alpha, start.normalisation, card=card)

@@ -9,9 +9,9 @@ sitting is continued, not restarted):
   attention experiment; run beside ``v1`` and ``v2`` at the same budget).
 - ``em``: niiv-em, continued from niiv-v1-fibsem-a8 (v1 beat v2 at equal budget) over alpha 2-12
   (uniform, fractional) with thick and thin sections mixed.
-- ``em-told``: niiv-em continued from itself with the acquisition embedding added (the encoder
-  is told alpha and the sections' thickness: ``NiivConfig.acquisition_embedding``), same data and
-  schedule, new seed.
+- ``em-told``: the shipped niiv-em: the ``em`` recipe's model continued with the acquisition
+  embedding added (the encoder is told alpha and the sections' thickness:
+  ``TrainSettings.acquisition_embedding``), same data and schedule, new seed.
 - ``fast``: niiv-fast, the small model of the live view's first frame (architecture ``fast``),
   distilled from niiv-em (its outputs are the targets) over alpha 2-12, thick and thin sections,
   told alpha and the sections like its teacher (``TrainSettings.acquisition_embedding``).
@@ -36,7 +36,6 @@ from fibsem_recipes import (
     FIBSEM_Z_RANGES,
     budget,
     fibsem_volumes,
-    with_acquisition_embedding,
 )
 
 from napari_niiv.data import open_volume
@@ -68,11 +67,8 @@ elif recipe == "em":
     settings = TrainSettings(**EM_RECIPE, **common)
     card["fine_tuned_from"] = EM_INIT
 elif recipe == "em-told":
-    name = "niiv-em"
-    init = with_acquisition_embedding(
-        ROOT / "weights" / "niiv-em.safetensors", ROOT / "runs" / recipe / "init.safetensors"
-    )
-    settings = TrainSettings(**{**EM_RECIPE, "seed": 4}, **common)
+    name, init = "niiv-em", ROOT / "runs" / "em" / "niiv-em.safetensors"  # the ``em`` recipe's output
+    settings = TrainSettings(**{**EM_RECIPE, "seed": 4}, acquisition_embedding=True, **common)
     card["fine_tuned_from"] = "niiv-em (acquisition embedding added)"
 elif recipe == "lm":
     lm = open_volume(DATA / "lm" / "cells3d_nuclei.tif")
