@@ -87,4 +87,9 @@ def test_the_dock_shows_niiv_fast_first_on_a_cpu_and_its_box_turns_it_off(
     widget.fast_check.value = False
     qtbot.waitUntil(finished(live, 2), timeout=120_000)
     assert "fast" not in live.timings[-1]
+    widget.fast_check.value = True
+    widget.sections_choice.value = "psf"  # light microscopy: sections niiv-fast never learned
+    live = widget.live_view
+    qtbot.waitUntil(finished(live), timeout=120_000)
+    assert live.settings.degradation == "psf" and "fast" not in live.timings[-1]
     widget.live_check.value = False

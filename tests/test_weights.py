@@ -146,3 +146,6 @@ def test_shipped_fast_weights_are_under_an_eighth_of_v2_and_distilled_from_the_d
     # chosen for a CPU's first frame, not on a GPU nor when it is the chosen weights itself
     assert fast_weights("niiv-em", "cpu") == resolve_weights(FAST_WEIGHTS)
     assert fast_weights("niiv-em", "cuda") is None and fast_weights(FAST_WEIGHTS, "cpu") is None
+    # only for the sections it learned: thin yes, light microscopy's psf (niiv-lm's) no
+    assert fast_weights("niiv-em", "cpu", "thin") == resolve_weights(FAST_WEIGHTS)
+    assert fast_weights("niiv-lm", "cpu", "psf:3") is None and fast_weights("niiv-lm", "cpu", "psf") is None

@@ -239,7 +239,8 @@ class NiivWidget(QScrollArea):
         self.live_check.tooltip = "Reconstruct what is on screen, at screen resolution, as you pan, zoom and scroll."
         self.fast_check.tooltip = (
             f"On a CPU, show the small {FAST_WEIGHTS} model's image of each view first (6 % of v2's "
-            "arithmetic), then the chosen weights' over it; the status line says which is shown."
+            "arithmetic), then the chosen weights' over it; the status line says which is shown. Only for the "
+            "sections it learned (thick and thin: electron microscopy), not for psf (light microscopy)."
         )
         self.confidence_check.tooltip = (
             "Add a layer over the live view and each whole-volume layer showing where niiv is unsure: how much "
@@ -505,7 +506,7 @@ class NiivWidget(QScrollArea):
         """A loader of niiv-fast for the live view's first frame (it runs on the live view's thread):
         on a CPU, when it is shipped and is not the chosen weights already; None otherwise. A
         damaged file is logged and the view shows the chosen weights only."""
-        path = fast_weights(self.weights_choice.value, pick_device(settings.device).type)
+        path = fast_weights(self.weights_choice.value, pick_device(settings.device).type, settings.degradation)
         if path is None:
             return None
 

@@ -153,16 +153,23 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
-def learned_degradation(weights: str | Path | None) -> str:
-    """The sections the weights ``weights`` (a name or path) learned first, by their card's
-    degradations: what the widget preselects for them; thick for weights that do not say (the
+def learned_degradations(weights: str | Path | None) -> tuple[str, ...]:
+    """The kinds of sections the weights ``weights`` (a name or path) learned, by their card's
+    degradations (``psf:2`` is ``psf``), first first; thick for weights that do not say (the
     first round's) or cannot be read."""
     try:
         card = json.loads(read_metadata(resolve_weights(weights)).get("card", "{}"))
     except (NiivInputError, ValueError, OSError):
-        return "thick"
+        return ("thick",)
     kinds = card.get("degradations") if isinstance(card, dict) else None
-    return str(kinds[0]).partition(":")[0] if isinstance(kinds, list) and kinds else "thick"
+    if not isinstance(kinds, list) or not kinds:
+        return ("thick",)
+    return tuple(dict.fromkeys(str(k).partition(":")[0] for k in kinds))
+
+
+def learned_degradation(weights: str | Path | None) -> str:
+    """The sections the weights learned first: what the widget preselects for them."""
+    return learned_degradations(weights)[0]
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu", with_optimizer: bool = False) -> Weights:
@@ -307,12 +314,16 @@ def resolve_weights(name_or_path: str | Path | None) -> Path:
     raise NiivInputError(f"unknown weights {name_or_path!r}; available: {', '.join(names) or 'none'} (or give a path)")
 
 
-def fast_weights(chosen: str | Path | None, device_type: str) -> Path | None:
+def fast_weights(chosen: str | Path | None, device_type: str, sections: str = "thick") -> Path | None:
     """niiv-fast's file, for the live view's first frame and the 3D views of a lazy layer: on a
-    CPU (a GPU runs the full model fast enough), when it is shipped and is not the chosen weights."""
+    CPU (a GPU runs the full model fast enough), when it is shipped, is not the chosen weights and
+    learned the ``sections`` (an InferenceSettings degradation) being reconstructed: distilled from
+    the EM default, it would show light microscopy (psf) as it shows EM sections."""
     path = available_weights().get(FAST_WEIGHTS)
     if path is None or device_type != "cpu" or str(chosen) == FAST_WEIGHTS:
         return None
     if chosen is not None and Path(chosen).exists() and Path(chosen).resolve() == path.resolve():
+        return None
+    if sections.partition(":")[0] not in learned_degradations(path):
         return None
     return path
