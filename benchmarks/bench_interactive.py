@@ -30,7 +30,10 @@ Paths (the shipped default weights, ``niiv-em``; ``--quick`` uses smaller views)
 - ``switch_3d`` (in the real viewer, below): from ``viewer.dims.ndisplay = 3`` to the lazy layer's
   coarsest level rendered (niiv-fast on a CPU), cold: nothing rendered ahead; its limit is that
   model's FLOPs for the level. ``gui.switch_3d.blocking_s`` is how long the switch held the GUI
-  thread; ``gui.switch_3d.prefetched_s`` the same switch as a user gets it once the layer has been
+  thread; ``gl_cpu_s`` the CPU seconds napari's software OpenGL threads (Mesa llvmpipe: this
+  machine has no GPU) used meanwhile, on the same cores as the model, and ``napari_alone_gl_cpu_s``
+  theirs for napari's own switch of the input layer alone;
+  ``gui.switch_3d.prefetched_s`` the same switch as a user gets it once the layer has been
   idle for a few seconds (the overview rendered ahead, ``LazyIsotropic.prefetch_3d``).
 
 ``fast_model``: niiv-fast's FLOPs per output pixel at alpha 8 over v2's (``flop_ratio``) and the
@@ -315,6 +318,31 @@ def fast_model_report(fast: NiivModel, settings: InferenceSettings, cubes: int) 
 
 
 # -- the real viewer ----------------------------------------------------------------------------
+def thread_cpu_seconds() -> dict[tuple[str, str], float]:
+    """CPU seconds each thread of this process has used, by (thread id, name) (Linux /proc; empty
+    elsewhere): how much of a path's time went to software OpenGL's threads (Mesa llvmpipe)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[tuple[str, str], float] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        out[(tid, name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def gl_cpu_since(before: dict[tuple[str, str], float]) -> float:
+    """CPU seconds the software OpenGL threads (llvmpipe) used since ``before``."""
+    now = thread_cpu_seconds()
+    return sum(v - before.get(k, 0.0) for k, v in now.items() if k[1].startswith("llvmpipe"))
+
+
 def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     """In napari (this process, a display needed): the niiv dock widget's live view of an xz view
     filling ``canvas`` (h, w), started, panned ``pans`` times, stepped to the next plane twice;
@@ -352,6 +380,13 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
             time.sleep(0.002)
 
     pump(1.0)
+    # napari alone: the CPU its software OpenGL spends on the same switch with only the input layer
+    before = thread_cpu_seconds()
+    viewer.dims.ndisplay = 3
+    pump(6.0)
+    napari_alone = gl_cpu_since(before)
+    viewer.dims.ndisplay = 2
+    pump(2.0)
     HANDLER_TIMES.clear()
     widget.live_check.value = True
 
@@ -393,11 +428,13 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     wait(lambda: not lazy._worker.busy)
     with lazy._lock:
         lazy._volumes.clear()
+    before = thread_cpu_seconds()
     t0 = time.perf_counter()
     viewer.dims.ndisplay = 3
     blocking = time.perf_counter() - t0
     wait(lambda: bool(lazy._volumes))
     shown = time.perf_counter() - t0
+    gl_cpu = gl_cpu_since(before)
     pump(1.0)
     level, bounds = next(iter(lazy._volumes))
     coords = lazy.coords(level, tuple(slice(a, b) for a, b in bounds))
@@ -418,6 +455,8 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
             "limit_s": round(limit, 3),
             "blocking_s": round(blocking, 4),
             "prefetched_s": round(prefetched, 3),
+            "gl_cpu_s": round(gl_cpu, 3),
+            "napari_alone_gl_cpu_s": round(napari_alone, 3),
             "level_shape": [int(c.size) for c in coords],
             "model": "niiv-fast" if lazy.fast_renderer is not None else "full",
             "peak_gflops": round(peak / 1e9),
@@ -501,6 +540,10 @@ def main() -> None:
         print(
             f"GUI handlers: {g['calls']} calls, median {g['median']} ms, max {g['max']} ms ({g['slowest']}); "
             f"without napari's layer insertion: max {g['max_plugin']} ms ({g['slowest_plugin']})"
+        )
+        print(
+            f"switch to 3D: {s3['seconds']} s, while napari's software OpenGL (llvmpipe) used {s3['gl_cpu_s']} "
+            f"CPU s of the 2 cores; napari switching the input alone to 3D: {s3['napari_alone_gl_cpu_s']} CPU s"
         )
     load_after = os.getloadavg()
     report = {

@@ -1,0 +1,60 @@
+"""Is niiv-em's shortfall at one alpha and degradation a budget problem or a data limit? Continue the
+shipped niiv-em at that alpha and degradation only, then score both on the held-out cubes.
+
+``python scripts/probe_specialist.py DEGRADATION ALPHA MINUTES [CUBES]``: continues
+``weights/niiv-em.safetensors`` (told) for MINUTES on one thread with niiv-em's recipe, the alpha
+range replaced by ALPHA +- 0.5 and the degradations by DEGRADATION, into runs/probe-DEG-aALPHA/;
+then prints bicubic, niiv-em and the specialist at ALPHA and DEGRADATION on CUBES held-out 128^3
+cubes of medulla_b z 122-250 (xz slices). If even the specialist does not reach a target there,
+more training of the one model will not either."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from fibsem_recipes import EM_RECIPE, FIBSEM_Z_RANGES, budget, fibsem_volumes
+
+from napari_niiv.data import open_volume
+from napari_niiv.data.degrade import Degradation
+from napari_niiv.inference.weights import load_weights
+from napari_niiv.training.evaluate import cut_cubes, evaluate, format_table, interpolation, niiv_method
+from napari_niiv.training.train import TrainSettings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+kind, alpha, minutes = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+cubes_n = int(sys.argv[4]) if len(sys.argv) > 4 else 4
+shipped = ROOT / "weights" / "niiv-em.safetensors"
+out = ROOT / "runs" / f"probe-{kind}-a{alpha:g}" / "specialist.safetensors"
+if not out.exists():
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = TrainSettings(
+        **{**EM_RECIPE, "alpha": max(2.0, alpha - 0.5), "alpha_max": alpha + 0.5, "degradations": kind},
+        **budget(minutes, 1),
+    )
+    train(
+        fibsem_volumes(DATA),
+        settings,
+        out,
+        init=shipped,
+        resume=out.with_name("specialist.ckpt.safetensors").exists(),
+        z_ranges=FIBSEM_Z_RANGES,
+        progress=False,
+    )
+cubes = cut_cubes(np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250]), 128)[:cubes_n]
+methods = {
+    "bicubic": interpolation("bicubic"),
+    "niiv-em": niiv_method(load_weights(shipped).model),
+    "specialist": niiv_method(load_weights(out).model),
+}
+scores = evaluate(cubes, alpha, methods, degradation=Degradation(kind))
+steps = load_weights(out).card["steps"]
+print(f"alpha {alpha:g}, {kind}, {len(cubes)} held-out cubes, xz slices; specialist: {steps} steps")
+print(format_table(scores))
+base = next(s for s in scores if s.method == "bicubic")
+print(json.dumps({s.method: round(s.cf_psnr - base.cf_psnr, 3) for s in scores}))
