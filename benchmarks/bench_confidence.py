@@ -20,6 +20,9 @@ Run: ``python benchmarks/bench_confidence.py`` (one thread, about 1 minute per c
 
 from __future__ import annotations
 
+import napari_niiv  # noqa: F401  first, as in the plugin and the CLI: it sets torch's OpenMP wait policy
+
+# isort: split
 import argparse
 import json
 import os

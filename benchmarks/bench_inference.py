@@ -15,6 +15,9 @@ Run: ``python benchmarks/bench_inference.py``; writes ``out/bench/inference.json
 
 from __future__ import annotations
 
+import napari_niiv  # noqa: F401  first, as in the plugin and the CLI: it sets torch's OpenMP wait policy
+
+# isort: split
 import argparse
 import json
 import os

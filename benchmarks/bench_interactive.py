@@ -54,6 +54,9 @@ Run: ``python benchmarks/bench_interactive.py [--quick] [--json PATH]``.
 
 from __future__ import annotations
 
+import napari_niiv  # noqa: F401  first, as in the plugin and the CLI: it sets torch's OpenMP wait policy
+
+# isort: split
 import argparse
 import json
 import os
@@ -563,6 +566,7 @@ def main() -> None:
         "matmul_peak_gflops": round(peak),
         "matmul_peaks_gflops": [round(p) for p in limits.peaks],
         "precision": settings.precision,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "flops": limits.flops,
         "xy_preview_s": round(preview, 4),
         "lazy_tiles": n_tiles,

@@ -8,6 +8,9 @@ accuracy are in bench_inference.py. Run: ``python benchmarks/bench_reconstruct.p
 
 from __future__ import annotations
 
+import napari_niiv  # noqa: F401  first, as in the plugin and the CLI: it sets torch's OpenMP wait policy
+
+# isort: split
 import argparse
 import json
 import os
