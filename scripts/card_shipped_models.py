@@ -92,7 +92,10 @@ MODELS = {
 - Still below this issue's target of 1.2 dB CF-PSNR at every alpha: thick at alpha 12 (+1.04) and
   thin at alpha 3 (+0.54) and 4 (+1.10). Thin sections at small alpha are exact point samples only a
   few voxels apart, where bicubic is already good; at alpha 12 thick little of the z detail survives
-  averaging over 12 planes.
+  averaging over 12 planes. More of the same training does not close the thin alpha-3 gap: niiv-em
+  continued for 25 minutes on thin sections at alpha 2.5-3.5 only (`python scripts/probe_specialist.py
+  thin 3 25`, 2,505 steps, one core beside other work) reached +0.66 dB over bicubic there, against
+  +0.54 before, on the same four cubes.
 - On real thin sections (the EPFL crop, every 8th plane kept; `docs/images/degradation_epfl_hippocampus.png`)
   the told model draws a regular lattice of small bright dots in flat cytoplasm, one row per
   section, which the untold model did not, although it scores higher on simulated thin sections:
@@ -120,24 +123,25 @@ MODELS = {
         "alpha 2-12, thick or thin sections)",
         "findings": """## What the tables say
 
-- niiv-fast keeps 84-93 % of its teacher's gain over bicubic at every alpha and both section kinds
-  (alpha 8, thick: +1.12 against +1.28 dB CF-PSNR; thin: +1.07 against +1.23), at 1/20 of niiv-em's
-  and 6 % of v2's arithmetic per output pixel, and renders a 960x540 xz view ~8x faster than niiv-em
-  here (cost table above).
-- Against v2 (issue 12's yardstick): at alpha 8, thick sections, it keeps 83 % of v2's CF-PSNR gain
-  over bilinear (+1.84 against +2.22 dB; target 80 %) with 0.061 of v2's FLOPs (target 1/8). On thin
-  sections it beats v2 everywhere (v2, trained on thick sections only, loses to bicubic there).
-- This is the second niiv-fast. The first (40 channels, 6 encoder blocks, 0.100 of v2's FLOPs, same
-  recipe and minutes) kept 94-98 % of niiv-em's gain, but its 1920x1080 first frame needed 0.41 s of
-  arithmetic at this CPU's matmul peak, so it could not be shown in under 0.5 s; this one (32
-  channels, 4 blocks) needs 0.24 s, for 0.11 dB less at alpha 8 (thick, over bicubic).
-- Its teacher, and the `niiv-em` rows of the table above, are the niiv-em before it was continued
-  with its acquisition embedding (told alpha and the sections: see niiv-em's card, which now beats
-  those rows). niiv-fast is not told; distilling it again from the told niiv-em is still to do.
+- niiv-fast keeps 88-96 % of its teacher's gain over bicubic at every alpha and both section kinds
+  (alpha 8, thick: +1.53 against +1.67 dB CF-PSNR; thin: +1.17 against +1.32), at 1/20 of niiv-em's
+  and 6 % of v2's arithmetic per output pixel, and renders a 960x540 xz view ~11x faster than
+  niiv-em here (cost table above).
+- Against v2 (issue 12's yardstick): at alpha 8, thick sections, it keeps **101 %** of v2's CF-PSNR
+  gain over bilinear (+2.24 against +2.22 dB; target 80 %) with 0.061 of v2's FLOPs (target 1/8). It
+  is above v2 at every alpha here, and on thin sections by 1.1-1.9 dB (v2, trained on thick sections
+  only, loses to bicubic there).
+- This is the third niiv-fast: the second's architecture and recipe, distilled from the told
+  niiv-em and told alpha and the sections itself (`TrainSettings.acquisition_embedding`), 70 minutes
+  from scratch on one core (27,935 steps; the validation check ended at +2.24 dB over bilinear). The
+  second (untold, distilled from the untold niiv-em) kept 84-93 % of its teacher's gain and 83 % of
+  v2's: +1.12 dB over bicubic at alpha 8 thick, against +1.53 now.
+- The first (40 channels, 6 encoder blocks, 0.100 of v2's FLOPs) kept 94-98 % of its teacher's gain,
+  but its 1920x1080 first frame needed 0.41 s of arithmetic at this CPU's matmul peak, so it could
+  not be shown in under 0.5 s; this architecture (32 channels, 4 blocks) needs 0.24 s.
 - Distilled, it learns niiv-em's outputs, so it cannot be better than niiv-em: where niiv-em falls
-  short (see its card), so does niiv-fast. Trained from scratch on one core for 70 minutes
-  (16,657 steps); the validation check reached +1.88 dB over bilinear by step 5,000 and ended at
-  +1.87.
+  short (see its card), so does niiv-fast. It is shown first only for the sections it learned
+  (thick, thin): with psf (light microscopy) the viewer uses the chosen weights alone.
 """,
         "tables": [
             (
