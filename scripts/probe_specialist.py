@@ -47,14 +47,14 @@ if not out.exists():
         progress=False,
     )
 cubes = cut_cubes(np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250]), 128)[:cubes_n]
+specialist = load_weights(out)
 methods = {
     "bicubic": interpolation("bicubic"),
     "niiv-em": niiv_method(load_weights(shipped).model),
-    "specialist": niiv_method(load_weights(out).model),
+    "specialist": niiv_method(specialist.model),
 }
 scores = evaluate(cubes, alpha, methods, degradation=Degradation(kind))
-steps = load_weights(out).card["steps"]
-print(f"alpha {alpha:g}, {kind}, {len(cubes)} held-out cubes, xz slices; specialist: {steps} steps")
+print(f"alpha {alpha:g}, {kind}, {len(cubes)} held-out cubes, xz slices; specialist: {specialist.card['steps']} steps")
 print(format_table(scores))
 base = next(s for s in scores if s.method == "bicubic")
 print(json.dumps({s.method: round(s.cf_psnr - base.cf_psnr, 3) for s in scores}))

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from napari_niiv.data import Normalisation
+from napari_niiv.data.degrade import Degradation
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.weights import available_weights, load_weights, resolve_weights, save_weights
 from napari_niiv.model import NiivConfig
@@ -149,5 +150,6 @@ def test_shipped_fast_weights_are_under_an_eighth_of_v2_and_distilled_from_the_d
     assert fast_weights("niiv-em", "cpu") == resolve_weights(FAST_WEIGHTS)
     assert fast_weights("niiv-em", "cuda") is None and fast_weights(FAST_WEIGHTS, "cpu") is None
     # only for the sections it learned: thin yes, light microscopy's psf (niiv-lm's) no
-    assert fast_weights("niiv-em", "cpu", "thin") == resolve_weights(FAST_WEIGHTS)
-    assert fast_weights("niiv-lm", "cpu", "psf:3") is None and fast_weights("niiv-lm", "cpu", "psf") is None
+    thin, psf3, psf = (Degradation.parse(s) for s in ("thin", "psf:3", "psf"))
+    assert fast_weights("niiv-em", "cpu", thin) == resolve_weights(FAST_WEIGHTS)
+    assert fast_weights("niiv-lm", "cpu", psf3) is None and fast_weights("niiv-lm", "cpu", psf) is None

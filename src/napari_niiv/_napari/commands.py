@@ -66,7 +66,7 @@ def prepare_isotropic_layer(
     model = load_weights(resolve_weights(weights)).model
     check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model, settings.volume_orientation)
     geometry = layer_geometry(layer, settings)
-    fast_path = fast_weights(weights, pick_device(settings.device).type, settings.degradation)
+    fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections)
     fast = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
     lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry, fast=fast)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32

@@ -504,9 +504,10 @@ class NiivWidget(QScrollArea):
 
     def _fast_model(self, settings: InferenceSettings) -> Any:
         """A loader of niiv-fast for the live view's first frame (it runs on the live view's thread):
-        on a CPU, when it is shipped and is not the chosen weights already; None otherwise. A
+        on a CPU, when it is shipped, is not the chosen weights already and learned the settings'
+        sections (:func:`~napari_niiv.inference.weights.fast_weights`); None otherwise. A
         damaged file is logged and the view shows the chosen weights only."""
-        path = fast_weights(self.weights_choice.value, pick_device(settings.device).type, settings.degradation)
+        path = fast_weights(self.weights_choice.value, pick_device(settings.device).type, settings.sections)
         if path is None:
             return None
 

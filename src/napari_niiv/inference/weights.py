@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..data.degrade import THICK, Degradation
 from ..data.normalise import Normalisation
 from ..errors import NiivInputError
 from ..model import NiivConfig, NiivModel
@@ -314,16 +315,16 @@ def resolve_weights(name_or_path: str | Path | None) -> Path:
     raise NiivInputError(f"unknown weights {name_or_path!r}; available: {', '.join(names) or 'none'} (or give a path)")
 
 
-def fast_weights(chosen: str | Path | None, device_type: str, sections: str = "thick") -> Path | None:
+def fast_weights(chosen: str | Path | None, device_type: str, sections: Degradation = THICK) -> Path | None:
     """niiv-fast's file, for the live view's first frame and the 3D views of a lazy layer: on a
     CPU (a GPU runs the full model fast enough), when it is shipped, is not the chosen weights and
-    learned the ``sections`` (an InferenceSettings degradation) being reconstructed: distilled from
+    learned the ``sections`` being reconstructed (``InferenceSettings.sections``): distilled from
     the EM default, it would show light microscopy (psf) as it shows EM sections."""
     path = available_weights().get(FAST_WEIGHTS)
     if path is None or device_type != "cpu" or str(chosen) == FAST_WEIGHTS:
         return None
     if chosen is not None and Path(chosen).exists() and Path(chosen).resolve() == path.resolve():
         return None
-    if sections.partition(":")[0] not in learned_degradations(path):
+    if sections.kind not in learned_degradations(path):
         return None
     return path
