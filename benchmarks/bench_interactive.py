@@ -9,7 +9,8 @@ and every decoder MLP layer per output point (gathers, interpolation, padding an
 The input pixels a view must encode are, per decoded plane, the input rows and columns within the
 reconstructor's halo (receptive radius + 2) of its output coordinates, clipped to the volume.
 
-Paths (the shipped default weights, ``niiv-em``; ``--quick`` uses smaller views):
+Paths (the shipped default weights, ``niiv-em``; ``--quick`` uses smaller views: a 960x540
+canvas, a 128x128 xy view, a 128^3 save, one repeat, one median of 3 per peak measurement):
 
 - ``live_xz_first`` / ``live_xz_full``: the live xz view of a 1920x1080 canvas at screen resolution,
   as the live view renders it on a CPU: ``niiv-fast`` at full resolution first (its limit counts
@@ -123,9 +124,12 @@ class Limits:
     """Seconds of arithmetic at the matmul peak; :meth:`remeasure` before each path, so that a
     path's limit uses the peak of the moment it runs (other jobs may share the cores)."""
 
-    def __init__(self, model: NiivModel, dtype: torch.dtype) -> None:
+    def __init__(self, model: NiivModel, dtype: torch.dtype, quick: bool = False) -> None:
         self.flops = model_flops(model)
         self.dtype = dtype
+        # --quick: one median of 3 (on a CPU without bf16, ~100 GFLOP/s, the best of two medians
+        # of 5 takes 17 s, five times a run)
+        self.medians, self.repeats = (1, 3) if quick else (2, 5)
         self.peaks: list[float] = []
         self.remeasure()
 
@@ -136,7 +140,7 @@ class Limits:
     def remeasure(self) -> float:
         """The peak now: the better of two medians (a momentary dip would make every limit of the
         next path too lax, and its ratio look better than it is)."""
-        self.peaks.append(max(matmul_peak(self.dtype), matmul_peak(self.dtype)))
+        self.peaks.append(max(matmul_peak(self.dtype, repeats=self.repeats) for _ in range(self.medians)))
         self.peak = self.peaks[-1] * 1e9
         return self.peaks[-1]
 
@@ -504,11 +508,14 @@ def main() -> None:
     fast = load_weights(fast_path).model if fast_path is not None else None
     settings = InferenceSettings(alpha=ALPHA, device="cpu").resolved()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision, torch.float32)
-    limits = Limits(model, dtype)
+    limits = Limits(model, dtype, args.quick)
     peak = limits.peaks[0]
     canvas = (540, 960) if args.quick else (1080, 1920)
     repeats = 1 if args.quick else 3
-    print(f"matmul peak ({settings.precision}, 4096^2, median of 5; again before each path): {peak:.0f} GFLOP/s")
+    print(
+        f"matmul peak ({settings.precision}, 4096^2, median of {limits.repeats}; again before each path): "
+        f"{peak:.0f} GFLOP/s"
+    )
     print(
         f"model: {limits.flops['encoder_per_pixel'] / 1e6:.3f} MFLOP per encoded pixel, "
         f"{limits.flops['decoder_per_point'] / 1e6:.3f} MFLOP per decoded point",
@@ -520,11 +527,12 @@ def main() -> None:
     def add(found: dict[str, tuple[float, float]]) -> None:
         paths.update(found)
         path_peak.update(dict.fromkeys(found, limits.peaks[-1]))
-        print(", ".join(f"{k} {s:.2f} s" for k, (s, _) in found.items()), flush=True)
+        done = ", ".join(f"{k} {s:.2f} s" for k, (s, _) in found.items())
+        print(f"{done}  [{time.perf_counter() - t_start:.0f} s into the run]", flush=True)
 
     add(live_paths(model, fast, settings, limits, canvas, repeats))
     limits.remeasure()
-    xy, preview = xy_path(model, settings, limits, 256 if args.quick else 512, repeats)
+    xy, preview = xy_path(model, settings, limits, 128 if args.quick else 512, repeats)
     add(xy)
     limits.remeasure()
     lazy, n_tiles = lazy_path(model, settings, limits, canvas)
@@ -533,7 +541,7 @@ def main() -> None:
     add(save_path(model, settings, limits, 128 if args.quick else 256))
     fast_report = fast_model_report(fast, settings, 1 if args.quick else 4) if fast is not None else None
     if fast_report:
-        print(f"{FAST_WEIGHTS}: {fast_report}", flush=True)
+        print(f"{FAST_WEIGHTS}: {fast_report}  [{time.perf_counter() - t_start:.0f} s into the run]", flush=True)
     gui = run_gui_child(canvas, 1 if args.quick else 3)
     if gui:
         s3 = gui["switch_3d"]
