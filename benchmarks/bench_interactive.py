@@ -10,7 +10,7 @@ The input pixels a view must encode are, per decoded plane, the input rows and c
 reconstructor's halo (receptive radius + 2) of its output coordinates, clipped to the volume.
 
 Paths (the shipped default weights, ``niiv-em``; ``--quick`` uses smaller views: a 960x540
-canvas, a 128x128 xy view, a 128^3 save, one repeat, one median of 3 per peak measurement):
+canvas, a 64x64 xy view, a 128^3 save, one repeat, one median of 3 per peak measurement):
 
 - ``live_xz_first`` / ``live_xz_full``: the live xz view of a 1920x1080 canvas at screen resolution,
   as the live view renders it on a CPU: ``niiv-fast`` at full resolution first (its limit counts
@@ -22,8 +22,10 @@ canvas, a 128x128 xy view, a 128^3 save, one repeat, one median of 3 per peak me
   limit is the decoder alone;
 - ``xy_between_planes``: an xy view 512x512 px between two acquired planes of ``cremi_a``
   (serial-section EM, alpha 10, opened with ``data.io.open_volume``, i.e. a dask array), output
-  scale 320/512 so that the 320 px wide crop fills 512 output pixels; ``_progressive`` is the
-  same view as the live view renders it (1/4-resolution pass first, then full), same limit;
+  scale 320/512 so that the 320 px wide crop fills 512 output pixels; ``_first`` is niiv-fast's
+  image of it, which the live view shows first on a CPU (its limit counts niiv-fast's FLOPs);
+  ``_progressive`` the same view as the live view renders it without niiv-fast (a GPU, or
+  niiv-fast switched off in the widget): a 1/4-resolution pass first, then full, same limit;
 - ``lazy_canvas``: the lazy layer's niiv tiles (``LazyIsotropic``, 256^2 each) covering a 1920x1080
   xz region of level 0, computed as its worker does (the tiles of one plane encoded together);
 - ``save_256``: ``inference.export.write_isotropic`` of a 256^3 output (OME-Zarr pyramid) from
@@ -240,18 +242,28 @@ def live_paths(
     return out
 
 
-def xy_path(model: NiivModel, settings: InferenceSettings, limits: Limits, n: int, repeats: int):
+def xy_path(
+    model: NiivModel, fast: NiivModel | None, settings: InferenceSettings, limits: Limits, n: int, repeats: int
+):
     vol = open_volume(DATA / "anisotropic_em" / "cremi_a.tif")  # a dask array, as the reader gives napari
     shape = tuple(int(s) for s in vol.shape)
-    rec = Reconstructor(model, settings.replace(alpha=10.0, scale=shape[1] / n))
+    xy_settings = settings.replace(alpha=10.0, scale=shape[1] / n)
+    rec = Reconstructor(model, xy_settings)
     norm = fit_normalisation(vol.data)
     grid = xy_grid(n, 15.85, shape)  # between acquired planes 15 and 16
     preview = timed(lambda: ViewRenderer(vol.data, norm, rec).preview(grid), 3)
     seconds = timed(lambda: ViewRenderer(vol.data, norm, rec).render(grid), repeats)
-    # as the live view renders it: the 1/4-resolution pass first, then the full one
-    live = timed(lambda: ViewRenderer(vol.data, norm, rec).render(grid, coarse=lambda image: None), repeats)
     limit = limits.seconds(*view_work(grid, shape, rec))
-    return {"xy_between_planes": (seconds, limit), "xy_between_planes_progressive": (live, limit)}, preview
+    out = {"xy_between_planes": (seconds, limit)}
+    if fast is not None:  # what the live view shows first on a CPU: niiv-fast's image of the view
+        fast_rec = Reconstructor(fast, xy_settings)
+        first = timed(lambda: ViewRenderer(vol.data, norm, fast_rec).render(grid), repeats)
+        fast_limit = limits.seconds_for(model_flops(fast), *view_work(grid, shape, fast_rec))
+        out["xy_between_planes_first"] = (first, fast_limit)
+    # without niiv-fast (a GPU, or niiv-fast switched off): the 1/4-resolution pass first, then the full one
+    live = timed(lambda: ViewRenderer(vol.data, norm, rec).render(grid, coarse=lambda image: None), repeats)
+    out["xy_between_planes_progressive"] = (live, limit)
+    return out, preview
 
 
 def lazy_path(model: NiivModel, settings: InferenceSettings, limits: Limits, size: tuple[int, int]):
@@ -532,7 +544,7 @@ def main() -> None:
 
     add(live_paths(model, fast, settings, limits, canvas, repeats))
     limits.remeasure()
-    xy, preview = xy_path(model, settings, limits, 128 if args.quick else 512, repeats)
+    xy, preview = xy_path(model, fast, settings, limits, 64 if args.quick else 512, repeats)
     add(xy)
     limits.remeasure()
     lazy, n_tiles = lazy_path(model, settings, limits, canvas)
