@@ -16,6 +16,9 @@ three times the model work, so it is not used. Learned maps did not reach the ta
 in-plane gradients, |niiv - bilinear|, intensity and the position between sections, each
 smoothed at 1-4 voxels, ranked it at 1.57 (against 1.46 for |xz - yz| alone on those cubes); a
 small CNN on xz slices of [xz, yz, bilinear, section phase], 8 minutes of training, at 1.43.
+Other models as an ensemble did not either (two held-out cubes, alpha 8: |xz - yz| 1.51): the
+disagreement of niiv-em with niiv-fast or with niiv-v1-fibsem-a8 alone 1.35-1.36, added to
+|xz - yz| 1.53-1.54, the spread of all six (three models, xz and yz) 1.53, for three times the work.
 ``benchmarks/bench_confidence.py`` measures how well the map ranks the real error on held-out data.
 
 Used by :class:`.reconstructor.Reconstructor` (blocks, ``niiv reconstruct --confidence``),
