@@ -300,6 +300,8 @@ def test_fibsem_sample_is_pooled_real_data_over_its_ground_truth(make_napari_vie
     assert not truth.visible and pooled.visible
     np.testing.assert_allclose(pooled.contrast_limits, truth.contrast_limits)
     assert pooled.metadata["unit"] == "nanometer" and "Creative Commons Attribution" in pooled.metadata["licence"]
+    # napari's own units too (the scale bar, and every layer niiv makes from it agrees)
+    assert [str(u) for u in truth.units] == [str(u) for u in pooled.units] == ["nanometer"] * 3
     # Pooled plane i is the mean of isotropic planes 8i..8i+7 and sits at their centre in world space.
     iso = np.asarray(truth.data, dtype=np.float32)
     np.testing.assert_allclose(pooled.data[3], iso[24:32].mean(0), atol=1e-4)
@@ -314,6 +316,7 @@ def test_epfl_sample_is_anisotropic_em(make_napari_viewer, monkeypatch) -> None:
     [layer] = viewer.layers
     assert layer.data.shape == (32, 256, 256) and layer.data.dtype == np.uint8
     np.testing.assert_allclose(layer.scale, (40, 5, 5))
+    assert [str(u) for u in layer.units] == ["nanometer"] * 3
     norm = fit_normalisation(layer.data)
     np.testing.assert_allclose(layer.contrast_limits, (norm.low, norm.high))
     assert layer.metadata["licence"] == "terms not stated by the distributor; for evaluation only"

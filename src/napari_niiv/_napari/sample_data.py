@@ -92,9 +92,13 @@ def fibsem_anisotropic() -> list[LayerData]:
         "attribution": FIBSEM_ATTRIBUTION,
         "licence": FIBSEM_LICENCE,
     }
+    # napari's units and axes as the reader gives them, so that every layer made from these (live,
+    # lazy, saved) agrees with them and napari's scale bar says nm
     truth = {
         "name": "medulla_b isotropic (ground truth)",
         "scale": (10.0, 10.0, 10.0),
+        "units": ("nanometer",) * 3,
+        "axis_labels": ("z", "y", "x"),
         "contrast_limits": limits,
         "visible": False,
         "metadata": metadata,
@@ -102,6 +106,8 @@ def fibsem_anisotropic() -> list[LayerData]:
     low = {
         "name": f"medulla_b pooled x{FIBSEM_ALPHA}",
         "scale": (10.0 * FIBSEM_ALPHA, 10.0, 10.0),
+        "units": ("nanometer",) * 3,
+        "axis_labels": ("z", "y", "x"),
         "translate": (10.0 * (FIBSEM_ALPHA - 1) / 2, 0.0, 0.0),
         "contrast_limits": limits,
         "metadata": dict(metadata),
@@ -130,6 +136,8 @@ def epfl_hippocampus() -> list[LayerData]:
     meta = {
         "name": "epfl_hippocampus",
         "scale": (40.0, 5.0, 5.0),
+        "units": ("nanometer",) * 3,
+        "axis_labels": ("z", "y", "x"),
         "contrast_limits": contrast_limits(data),
         "metadata": {"unit": "nanometer", "niiv_source": str(local), "attribution": EPFL_SOURCE, "licence": EPFL_TERMS},
     }
