@@ -182,7 +182,7 @@ def test_a_column_of_chunks_is_computed_once_and_a_task_cut_short_resumes_with_i
     class Counting(ArrayBlocks):
         stacks_z = True  # as a model's blocks: a column's chunks computed together
 
-        def __call__(self, index, cancelled):
+        def __call__(self, index, cancelled, progress=None):
             asked.append((index[0].start, index[0].stop))
             return super().__call__(index)
 
@@ -201,3 +201,31 @@ def test_a_column_of_chunks_is_computed_once_and_a_task_cut_short_resumes_with_i
     report = write_ome_zarr(out, layout, Counting(data), resume=True, fingerprint={"run": 1})
     assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (4, 2, 2)
     np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+
+
+def test_a_save_of_one_column_reports_its_progress_as_its_planes_are_decoded(tmp_path: Path) -> None:
+    """A model's column of chunks is one task, minutes on a CPU: the progress moves with its planes
+    (never backwards, ending at the total), and the store is what a save without listening writes."""
+    from napari_niiv.data.normalise import fit_normalisation
+    from napari_niiv.inference.reconstructor import BlockReconstruction
+    from napari_niiv.inference.settings import InferenceSettings
+    from tests.conftest import TINY, random_model
+
+    low = np.random.default_rng(1).random((3, 12, 10), dtype=np.float32)
+    geometry = output_geometry(low.shape, 4.0)
+    settings = InferenceSettings(alpha=4.0, orientation="both", precision="fp32", device="cpu")
+    job = BlockReconstruction(low, fit_normalisation(low), random_model(TINY), settings, geometry)
+    job_reconstructor, _ = job._ready()
+    job_reconstructor.slice_batch = 2  # several batches of planes in the one block
+    layout = Layout(geometry.size, np.float32, geometry.size, levels=1)  # one chunk: one task
+    seen: list[tuple[int, int]] = []
+    write_ome_zarr(tmp_path / "heard.ome.zarr", layout, job, on_progress=lambda d, t: seen.append((d, t)))
+    total = int(np.prod(geometry.size))
+    done = [d for d, _ in seen]
+    assert seen[0] == (0, total) and done[-1] == total and all(t == total for _, t in seen)
+    assert done == sorted(done)
+    assert len([d for d in done if 0 < d < total]) >= 4  # xz (12 planes) and yz (10), 2 at a time
+    write_ome_zarr(tmp_path / "quiet.ome.zarr", layout, job)
+    np.testing.assert_array_equal(
+        open_volume(tmp_path / "heard.ome.zarr").data.compute(), open_volume(tmp_path / "quiet.ome.zarr").data.compute()
+    )

@@ -54,7 +54,7 @@ class SaveProgress:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left at this run's average rate; None until a chunk is written."""
+        """Seconds left at this run's average rate; None until some of this run's work is done."""
         new = self.done - self.first
         return None if new <= 0 or self.elapsed <= 0 else (self.total - self.done) * self.elapsed / new
 
@@ -220,7 +220,7 @@ class BackgroundSave:
         eta = p.eta
         resumed = f", {100 * p.first / p.total:.0f} % from an earlier run" if p.first and p.total else ""
         return f"saving '{self.name}' to {self.job.out.name}: {p.permille / 10:.1f} %{resumed}, " + (
-            f"ETA {format_seconds(eta)}" if eta is not None else "ETA after the first chunk"
+            f"ETA {format_seconds(eta)}" if eta is not None else "ETA after the first planes"
         )
 
     def activity(self) -> Activity:

@@ -28,7 +28,7 @@ from . import confidence
 from .engine import InferenceEngine
 from .geometry import OutputGeometry, chunk_indices, output_coords, output_geometry, pixel_range
 from .settings import InferenceSettings
-from .worker import Cancelled
+from .worker import Cancelled, Progress
 
 
 def interpolate_planes(block: np.ndarray, coords: np.ndarray, axis: int, offset: int) -> np.ndarray:
@@ -80,10 +80,16 @@ class Reconstructor:
         return self.model.config.receptive_radius + 2
 
     def planes(
-        self, low: np.ndarray, rows: np.ndarray, cols: np.ndarray, cancelled: Cancelled | None = None
+        self,
+        low: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        cancelled: Cancelled | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray | None:
         """Decode planes ``low`` (P, h, w) (normalised) at output coordinates ``rows`` x ``cols``;
-        None if ``cancelled()`` turned true (asked between batches of planes).
+        None if ``cancelled()`` turned true (asked between batches of planes). ``progress`` gets
+        the fraction of the planes decoded after each batch.
 
         Columns are processed in tiles of ``tile`` input pixels with halos, so arbitrarily wide
         planes fit in memory and give the same result as one pass.
@@ -105,6 +111,8 @@ class Reconstructor:
                 grid = self.engine.encode(x, self.alpha)
                 c = torch.as_tensor(cols[sel] - lo, dtype=torch.float32)
                 out[p0 : p0 + self.slice_batch, :, sel] = self.engine.render(grid, r, c).cpu().numpy()
+            if progress is not None:
+                progress(min(p0 + self.slice_batch, low.shape[0]) / low.shape[0])
         return out
 
     def block(
@@ -113,12 +121,13 @@ class Reconstructor:
         shape_out: tuple[int, int, int],
         index: tuple[slice, slice, slice],
         cancelled: Cancelled | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray | None:
         """Normalised output block ``index`` of the isotropic volume; ``source`` is the normalised
         input (anything sliceable ZYX), read only around the block (halo included). None if
-        ``cancelled()`` turned true on the way."""
+        ``cancelled()`` turned true on the way; ``progress``: as :meth:`block_parts`."""
         orients = self.settings.orientations("xz")
-        parts = self.block_parts(source, shape_out, index, orients, cancelled)
+        parts = self.block_parts(source, shape_out, index, orients, cancelled, progress)
         return None if parts is None else confidence.reconstruction(parts, orients)
 
     def block_confidence(
@@ -127,11 +136,12 @@ class Reconstructor:
         shape_out: tuple[int, int, int],
         index: tuple[slice, slice, slice],
         cancelled: Cancelled | None = None,
+        progress: Progress | None = None,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`block` and the confidence map of the same voxels (:mod:`.confidence`), both
         normalised, from one read and one decoding of each orientation; None if cancelled."""
         orients = confidence.orientations(self.settings, "xz", confidence=True)
-        parts = self.block_parts(source, shape_out, index, orients, cancelled)
+        parts = self.block_parts(source, shape_out, index, orients, cancelled, progress)
         if parts is None:
             return None
         return confidence.reconstruction(parts, self.settings.orientations("xz")), confidence.disagreement(parts)
@@ -143,21 +153,24 @@ class Reconstructor:
         index: tuple[slice, slice, slice],
         orients: tuple[str, ...],
         cancelled: Cancelled | None = None,
+        progress: Progress | None = None,
     ) -> dict[str, np.ndarray] | None:
         """The normalised block ``index`` decoded from each of ``orients`` ('xz', 'yz'); None if
-        ``cancelled()`` turned true on the way."""
+        ``cancelled()`` turned true on the way. ``progress`` gets the fraction of the block's
+        decoding done (all orientations) as it goes: a block can take minutes on a CPU."""
         n_in = tuple(int(s) for s in source.shape)
         coords = [output_coords(n_in[a], shape_out[a], index[a].start, index[a].stop) for a in range(3)]
         ranges = [pixel_range(coords[a], n_in[a], self.halo) for a in range(3)]
         data = np.asarray(source[tuple(slice(lo, hi) for lo, hi in ranges)], dtype=np.float32)
         rows = coords[0] - ranges[0][0]
         parts = {}
-        for orient in orients:
+        for k, orient in enumerate(orients):
             # xz: planes are y positions, columns are x; yz: planes are x positions, columns are y.
             plane_axis, col_axis = (1, 2) if orient == "xz" else (2, 1)
             planes = interpolate_planes(data, coords[plane_axis], plane_axis, ranges[plane_axis][0])
             planes = np.moveaxis(planes, plane_axis, 0)  # (P, z, cols)
-            dec = self.planes(planes, rows, coords[col_axis] - ranges[col_axis][0], cancelled)
+            step = None if progress is None else (lambda f, k=k: progress((k + f) / len(orients)))
+            dec = self.planes(planes, rows, coords[col_axis] - ranges[col_axis][0], cancelled, step)
             if dec is None:
                 return None
             parts[orient] = np.moveaxis(dec, 0, plane_axis)
@@ -237,18 +250,20 @@ class BlockReconstruction:
 
     stacks_z = True  # blocks read input rows of context: the writer computes a column's chunks at once
 
-    def __call__(self, index: tuple[slice, slice, slice], cancelled: Cancelled | None = None) -> np.ndarray | None:
+    def __call__(
+        self, index: tuple[slice, slice, slice], cancelled: Cancelled | None = None, progress: Progress | None = None
+    ) -> np.ndarray | None:
         """The block at ``index``, in the input's intensity scale (or the confidence map); None if
-        ``cancelled()`` turned true on the way."""
+        ``cancelled()`` turned true on the way; ``progress``: the fraction of it decoded."""
         import dask
 
         rec, view = self._ready()
         where = tuple(slice(o + i.start, o + i.stop) for o, i in zip(self.geometry.origin, index, strict=True))
         with dask.config.set(scheduler="synchronous"):  # reading inside a task: no nested scheduler
             if self.confidence:
-                both = rec.block_confidence(view, self.geometry.shape, where, cancelled)
+                both = rec.block_confidence(view, self.geometry.shape, where, cancelled, progress)
                 return None if both is None else confidence.to_intensity(both[1], self.norm)
-            block = rec.block(view, self.geometry.shape, where, cancelled)
+            block = rec.block(view, self.geometry.shape, where, cancelled, progress)
         return None if block is None else self.norm.invert(block, self.dtype)
 
     def confidence_map(self) -> BlockReconstruction:

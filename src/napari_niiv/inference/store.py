@@ -58,8 +58,8 @@ class BlockSource(Protocol):
 
     A source whose blocks cost model time and read context around them sets ``stacks_z = True``:
     the chunks of a column are then computed together, and it is called as
-    ``source(index, cancelled=...)``, returning None once ``cancelled()`` turns true (a block can
-    take a while)."""
+    ``source(index, cancelled=..., progress=...)``, returning None once ``cancelled()`` turns true
+    and telling ``progress`` the fraction of the block done (a block can take minutes)."""
 
     def __call__(self, index: Index) -> np.ndarray: ...
 
@@ -514,12 +514,14 @@ def _size(index: Index) -> int:
 class _Job:
     """Everything a worker needs to write chunks into the partial store (shipped once per worker).
     ``cancelled`` (in-process runners only: it does not pickle) makes a task that starts after a
-    cancel return at once, writing nothing."""
+    cancel return at once, writing nothing; ``partial`` (in-process only too) hears how many
+    voxels of a stacked task are computed so far, by its first chunk's corner, None once it ends."""
 
     store: str
     dtype: str
     source: BlockSource
     cancelled: Callable[[], bool] | None = None
+    partial: Callable[[tuple[int, ...], int | None], None] | None = None
 
     def __call__(self, task: _ChunkTask) -> tuple[int, int]:
         import zarr
@@ -533,7 +535,13 @@ class _Job:
         arr = zarr.open_array(str(store / str(task.level)), mode="r+")
         region = task.index
         if task.level == 0 and getattr(self.source, "stacks_z", False):
-            made = self.source(region, cancelled=self.cancelled or (lambda: False))  # type: ignore[call-arg]
+            key, voxels, tell = tuple(s.start for s in task.chunks[0]), sum(_size(c) for c in todo), self.partial
+            progress = None if tell is None else (lambda f: tell(key, int(f * voxels)))
+            try:
+                made = self.source(region, cancelled=self.cancelled or (lambda: False), progress=progress)  # type: ignore[call-arg]
+            finally:
+                if tell is not None:
+                    tell(key, None)
             if made is None:  # cancelled while computing: nothing written
                 return task.level, 0
             block = np.asarray(made, dtype=self.dtype)
@@ -573,8 +581,10 @@ def write_ome_zarr(
 
     ``resume``: continue an earlier ``out.partial`` with the same ``fingerprint`` (any other one is
     refused) and keep the partial store if this run fails, so that it can be continued too. Without
-    it a failed run removes its partial store. ``on_progress(done, total)`` counts voxels written,
-    over all levels, on the calling thread; its first call gives what an earlier run wrote.
+    it a failed run removes its partial store. ``on_progress(done, total)`` counts voxels over all
+    levels, never decreasing: those written, plus (in-process runners) those computed so far by
+    the columns being computed, so that a save of one column moves too; calls come one at a time,
+    from the calling thread or a worker thread. Its first call gives what an earlier run wrote.
 
     ``cancelled()`` is asked between tasks (and, by a ``stacks_z`` source, inside its block): once
     it is true, no further task starts and :class:`WriteCancelled` is raised when the tasks already
@@ -607,7 +617,28 @@ def _write(
     resumed = _prepare(partial, layout, job_record, resume)
     runner = runner or ThreadedRunner()
     in_process = isinstance(runner, ThreadedRunner)
-    job = _Job(str(partial), layout.dtype, source, cancelled if in_process else None)
+    computing: dict[tuple[int, ...], int] = {}  # voxels computed so far by the stacked tasks running
+    lock = threading.Lock()
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        with lock:  # one call at a time, never backwards
+            reported = max(reported, done + sum(computing.values()))
+            if on_progress is not None:
+                on_progress(reported, total)
+
+    def partial_voxels(key: tuple[int, ...], voxels: int | None) -> None:
+        with lock:
+            if voxels is None:
+                computing.pop(key, None)
+            else:
+                computing[key] = voxels
+        if voxels is not None:
+            report()
+
+    track = in_process and on_progress is not None
+    job = _Job(str(partial), layout.dtype, source, cancelled if in_process else None, partial_voxels if track else None)
     t0 = time.perf_counter()
     shapes = layout.shapes
     stack = bool(getattr(source, "stacks_z", False))
@@ -619,8 +650,7 @@ def _write(
     missing = [c for lefts in unmarked for left in lefts for c in left]
     total = sum(int(np.prod(s)) for s in shapes)
     done = total - sum(_size(c) for c in missing)
-    if on_progress is not None:
-        on_progress(done, total)
+    report()
 
     def stop_if_cancelled(level_todo: list[_ChunkTask]) -> None:
         if cancelled is not None and cancelled() and any(not _done(partial, t) for t in level_todo):
@@ -634,9 +664,10 @@ def _write(
 
             def advance(result: tuple[int, int]) -> None:
                 nonlocal done
-                done += result[1]
-                if on_progress is not None and result[1]:
-                    on_progress(done, total)
+                with lock:
+                    done += result[1]
+                if result[1]:
+                    report()
                 if not in_process and cancelled is not None and cancelled():
                     raise WriteCancelled(partial)  # a cluster's futures are cancelled by its runner
 

@@ -30,7 +30,8 @@ from .devices import lower_thread_priority
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Cancelled = Callable[[], bool]
-__all__ = ["Cancelled", "LatestWorker"]
+Progress = Callable[[float], None]  # the fraction of a long computation done, 0 to 1
+__all__ = ["Cancelled", "LatestWorker", "Progress"]
 
 
 class LatestWorker(Generic[T]):
