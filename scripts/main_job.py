@@ -15,7 +15,7 @@ Headless (run under Xvfb by scripts/main.sh), it saves screenshots to out/main/ 
 6. ``napari_dock.png``: the niiv dock alone after that run: the "?" help button, the inline progress
    bar, the fine-tuning panel and its loss plot (axes, raw and mean loss, held-out gains).
 7. ``napari_save_progress.png``: Save isotropic volume... running in the background: the dock's
-   inline bar and Cancel, and the same save in napari's activity dock; the save is then
+   inline bar with ETA and Cancel, and the same save in napari's activity dock; the save is then
    cancelled (its ``.partial`` store would resume) and removed.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
@@ -169,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     activity.show()
     activity.move_to_bottom_right()
     t0 = time.perf_counter()
-    # the sample is one column of chunks, so its bar moves only when it is done: shown while it runs
-    # (under load the dock's bar may show other work for a while first)
-    wait(viewer, lambda: saver.job.progress().stage == "writing", timeout=600)
-    wait(viewer, lambda: "saving" in widget.activity_bar.label.text(), timeout=120)
+    # the sample is one column of chunks: the bar moves with its planes, the ETA follows the first
+    wait(viewer, lambda: saver.job.progress().done > saver.job.progress().first, timeout=600)
+    # under load the dock's bar may show other work for a while before the save's ETA
+    wait(viewer, lambda: re.search(r"ETA \d", widget.activity_bar.label.text()) is not None, timeout=120)
     print(f"background save: {widget.activity_bar.label.text()} ({time.perf_counter() - t0:.0f} s in)")
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "napari_save_progress.png")
     widget.cancel_save()
