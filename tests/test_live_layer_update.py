@@ -65,3 +65,18 @@ def test_a_result_of_another_shape_dtype_or_a_read_only_layer_replaces_the_array
     assert out.data is again
     np.testing.assert_array_equal(frozen, result((7, 1, 9), 4))  # never written into
     np.testing.assert_array_equal(shown(out), again[0])
+
+
+def test_with_naparis_asynchronous_slicing_a_result_replaces_the_array(monkeypatch):
+    """napari would slice the array on its own thread while the next result is copied in."""
+    from napari.settings import get_settings
+
+    from napari_niiv._napari import live_view
+
+    assert live_view._async_slicing() is bool(get_settings().experimental.async_)  # napari's own setting
+    monkeypatch.setattr(live_view, "_async_slicing", lambda: True)  # not napari's settings: they save to disk
+    out = Image(np.zeros((6, 1, 5), np.float32), scale=STEP)
+    own = out.data
+    image = result((6, 1, 5), 6)
+    LiveView._move_to(out, grid((6, 1, 5), (0.0, 3.0, 2.0)), image)
+    assert out.data is image and not own.any()

@@ -338,6 +338,7 @@ class LiveView(QObject):
             and data.shape == image.shape
             and data.dtype == image.dtype
             and data.flags.writeable
+            and not _async_slicing()  # napari's slicing thread could read the array while it is written
         )
         # One refresh per result, not three: napari re-slices on each of scale, translate, data.
         with out._block_refresh():
@@ -421,6 +422,13 @@ class LiveView(QObject):
 def _loaded(model: Any) -> NiivModel | None:
     """A model, or what its loader returns."""
     return model if isinstance(model, NiivModel) else model()
+
+
+def _async_slicing() -> bool:
+    """napari's experimental asynchronous slicing (off by default) slices layers on another thread."""
+    from napari.settings import get_settings
+
+    return bool(get_settings().experimental.async_)
 
 
 def _size2d(grid: ViewGrid) -> tuple[int, int]:
