@@ -514,14 +514,14 @@ def _size(index: Index) -> int:
 class _Job:
     """Everything a worker needs to write chunks into the partial store (shipped once per worker).
     ``cancelled`` (in-process runners only: it does not pickle) makes a task that starts after a
-    cancel return at once, writing nothing; ``partial`` (in-process only too) hears how many
+    cancel return at once, writing nothing; ``computed`` (in-process only too) hears how many
     voxels of a stacked task are computed so far, by its first chunk's corner, None once it ends."""
 
     store: str
     dtype: str
     source: BlockSource
     cancelled: Callable[[], bool] | None = None
-    partial: Callable[[tuple[int, ...], int | None], None] | None = None
+    computed: Callable[[tuple[int, ...], int | None], None] | None = None
 
     def __call__(self, task: _ChunkTask) -> tuple[int, int]:
         import zarr
@@ -535,7 +535,7 @@ class _Job:
         arr = zarr.open_array(str(store / str(task.level)), mode="r+")
         region = task.index
         if task.level == 0 and getattr(self.source, "stacks_z", False):
-            key, voxels, tell = tuple(s.start for s in task.chunks[0]), sum(_size(c) for c in todo), self.partial
+            key, voxels, tell = tuple(s.start for s in task.chunks[0]), sum(_size(c) for c in todo), self.computed
             progress = None if tell is None else (lambda f: tell(key, int(f * voxels)))
             try:
                 made = self.source(region, cancelled=self.cancelled or (lambda: False), progress=progress)  # type: ignore[call-arg]
@@ -617,28 +617,6 @@ def _write(
     resumed = _prepare(partial, layout, job_record, resume)
     runner = runner or ThreadedRunner()
     in_process = isinstance(runner, ThreadedRunner)
-    computing: dict[tuple[int, ...], int] = {}  # voxels computed so far by the stacked tasks running
-    lock = threading.Lock()
-    reported = 0
-
-    def report() -> None:
-        nonlocal reported
-        with lock:  # one call at a time, never backwards
-            reported = max(reported, done + sum(computing.values()))
-            if on_progress is not None:
-                on_progress(reported, total)
-
-    def partial_voxels(key: tuple[int, ...], voxels: int | None) -> None:
-        with lock:
-            if voxels is None:
-                computing.pop(key, None)
-            else:
-                computing[key] = voxels
-        if voxels is not None:
-            report()
-
-    track = in_process and on_progress is not None
-    job = _Job(str(partial), layout.dtype, source, cancelled if in_process else None, partial_voxels if track else None)
     t0 = time.perf_counter()
     shapes = layout.shapes
     stack = bool(getattr(source, "stacks_z", False))
@@ -650,6 +628,28 @@ def _write(
     missing = [c for lefts in unmarked for left in lefts for c in left]
     total = sum(int(np.prod(s)) for s in shapes)
     done = total - sum(_size(c) for c in missing)
+    computing: dict[tuple[int, ...], int] = {}  # voxels computed so far by the stacked tasks running
+    lock = threading.Lock()
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        with lock:  # one call at a time, never backwards
+            reported = max(reported, done + sum(computing.values()))
+            if on_progress is not None:
+                on_progress(reported, total)
+
+    def computed(key: tuple[int, ...], voxels: int | None) -> None:
+        with lock:
+            if voxels is None:
+                computing.pop(key, None)
+            else:
+                computing[key] = voxels
+        if voxels is not None:
+            report()
+
+    track = in_process and on_progress is not None
+    job = _Job(str(partial), layout.dtype, source, cancelled if in_process else None, computed if track else None)
     report()
 
     def stop_if_cancelled(level_todo: list[_ChunkTask]) -> None:
