@@ -22,7 +22,7 @@ from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, fast_weights, load_weights, resolve_weights
 from .activity import Activity
 from .gui_timing import gui_handler
-from .layer_view import check_layer, insert_layer, layer_alpha, layer_geometry, level0
+from .layer_view import check_layer, insert_layer, layer_alpha, layer_geometry, layer_units, level0
 
 log = logging.getLogger(__name__)
 REFRESH_MS = 250
@@ -70,14 +70,13 @@ def prepare_isotropic_layer(
     fast = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
     lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry, fast=fast)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
-    unit = geometry.unit or "pixel"
     out = Image(
         lazy.levels,
         multiscale=True,
         name=f"{layer.name} isotropic (niiv)",
         scale=geometry.voxel_size,
         translate=geometry.translation,
-        units=(unit, unit, unit),
+        units=layer_units(layer),  # geometry.unit is layer_unit(layer) too
         axis_labels=("z", "y", "x"),
         contrast_limits=layer.contrast_limits,
         colormap=layer.colormap,

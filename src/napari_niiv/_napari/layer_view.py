@@ -78,6 +78,12 @@ def layer_unit(layer: Image) -> str | None:
     return name
 
 
+def layer_units(layer: Image) -> tuple[str, str, str]:
+    """napari units for a layer niiv makes from ``layer`` (live, whole-volume): :func:`layer_unit`
+    on all three axes, "pixel" when none is known, so that napari sees them agree."""
+    return (layer_unit(layer) or "pixel",) * 3
+
+
 def layer_geometry(layer: Image, settings: Any) -> Any:
     """Where the isotropic output of ``layer`` goes in the world (:func:`output_geometry` of its
     scale, translate and unit): what the lazy layer, its save and the live layer all use."""

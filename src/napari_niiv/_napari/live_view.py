@@ -38,7 +38,7 @@ from ..inference.views import ViewRenderer
 from ..inference.worker import LatestWorker
 from ..model import NiivModel
 from .gui_timing import gui_handler
-from .layer_view import check_layer, current_grid, insert_layer, layer_unit, level0
+from .layer_view import check_layer, current_grid, insert_layer, layer_units, level0
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
@@ -316,7 +316,7 @@ class LiveView(QObject):
             name=name,
             scale=grid.world_step,
             translate=grid.world_start,
-            units=(layer_unit(self.layer) or "pixel",) * 3,  # as the lazy layer's (layer_geometry)
+            units=layer_units(self.layer),
             axis_labels=tuple(self.layer.axis_labels[-3:]),
             **style,
         )

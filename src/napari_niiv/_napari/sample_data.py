@@ -30,6 +30,9 @@ FIBSEM_ATTRIBUTION = (
 )
 FIBSEM_LICENCE = "Creative Commons Attribution (LICENSE.txt in janelia-flyem/neuroproof_examples)"
 FIBSEM_ALPHA = 8
+# napari's units and axes, as the reader gives them, so that every layer made from a sample (live,
+# lazy, saved) agrees with it and napari's scale bar says nm
+NANOMETRE_ZYX = {"units": ("nanometer",) * 3, "axis_labels": ("z", "y", "x")}
 
 # One 8-bit PNG per z slice, stacked in name order into medulla_b (250^3, 10 nm isotropic).
 _FIBSEM_BASE = (
@@ -92,13 +95,10 @@ def fibsem_anisotropic() -> list[LayerData]:
         "attribution": FIBSEM_ATTRIBUTION,
         "licence": FIBSEM_LICENCE,
     }
-    # napari's units and axes as the reader gives them, so that every layer made from these (live,
-    # lazy, saved) agrees with them and napari's scale bar says nm
     truth = {
         "name": "medulla_b isotropic (ground truth)",
         "scale": (10.0, 10.0, 10.0),
-        "units": ("nanometer",) * 3,
-        "axis_labels": ("z", "y", "x"),
+        **NANOMETRE_ZYX,
         "contrast_limits": limits,
         "visible": False,
         "metadata": metadata,
@@ -106,8 +106,7 @@ def fibsem_anisotropic() -> list[LayerData]:
     low = {
         "name": f"medulla_b pooled x{FIBSEM_ALPHA}",
         "scale": (10.0 * FIBSEM_ALPHA, 10.0, 10.0),
-        "units": ("nanometer",) * 3,
-        "axis_labels": ("z", "y", "x"),
+        **NANOMETRE_ZYX,
         "translate": (10.0 * (FIBSEM_ALPHA - 1) / 2, 0.0, 0.0),
         "contrast_limits": limits,
         "metadata": dict(metadata),
@@ -136,8 +135,7 @@ def epfl_hippocampus() -> list[LayerData]:
     meta = {
         "name": "epfl_hippocampus",
         "scale": (40.0, 5.0, 5.0),
-        "units": ("nanometer",) * 3,
-        "axis_labels": ("z", "y", "x"),
+        **NANOMETRE_ZYX,
         "contrast_limits": contrast_limits(data),
         "metadata": {"unit": "nanometer", "niiv_source": str(local), "attribution": EPFL_SOURCE, "licence": EPFL_TERMS},
     }
