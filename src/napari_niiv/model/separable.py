@@ -75,7 +75,8 @@ class SeparableDecoding:
         net = model.decoder.net
         first = net[0]
         self.w_first = first.weight[:, : model.config.latent_dim + 1].to(self.dtype)
-        self.row_term = axis_encoding(model, rows, 0).to(self.dtype)  # (R, hidden)
+        self.row_term32 = axis_encoding(model, rows, 0)  # (R, hidden), fp32
+        self.row_term = self.row_term32.to(self.dtype)
         self.col_term = (axis_encoding(model, cols, 1) + first.bias.float()).to(self.dtype)  # (C, hidden)
         self.layers = [
             (m.weight.to(self.dtype), m.bias.to(self.dtype)) for m in net[2:-1] if isinstance(m, torch.nn.Linear)
@@ -109,19 +110,25 @@ class SeparableDecoding:
                 x = self._interpolate_rows(self._project(sub).add_(self.col_term), along_r, start, stop)
             else:
                 x = self._first_layer(sub, along_r, start, stop)
-            x = x.relu_()
+            x = x.relu_().to(self.dtype)
             for weight, bias in self.layers:
                 x = self.linear_relu(x, weight, bias)
             return self.decoder.output(x, self.along_c.apply(along_r.apply(sub[..., -1], 1), 2))
 
     def _interpolate_rows(self, grid: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
         """Projected grid rows (B, nr, C, hidden), column term included -> the first layer's
-        pre-activation at the outputs: one matmul that interpolates and adds the row term."""
+        pre-activation at the outputs: one matmul that interpolates, then the row term added.
+
+        The matmul is fp32 whatever ``dtype``: its inner size is the few grid rows read (about 3),
+        where oneDNN's bf16 batched matmul ran 4x slower than fp32 here (2.6 ms against 0.6 ms for
+        17 rows of a 1920-wide view, hidden 64); the grid rows read are few, so their cast is cheap.
+        The result is cast back to ``dtype`` after the ReLU in :meth:`decode`."""
         b, nr, nc, hidden = grid.shape
         n = stop - start
-        x = self.row_term[start:stop][None, :, None].expand(b, n, nc, hidden).contiguous()
-        lerp = along_r.matrix(self.dtype).expand(b, -1, -1)
-        return x.view(b, n, -1).baddbmm_(lerp, grid.reshape(b, nr, -1)).view(b, n, nc, hidden)
+        lerp = along_r.matrix(torch.float32)
+        with torch.autocast(grid.device.type, enabled=False):
+            x = torch.matmul(lerp, grid.reshape(b, nr, -1).float()).view(b, n, nc, hidden)
+            return x.add_(self.row_term32[start:stop][None, :, None])
 
     def _first_layer(self, sub: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
         """The first layer's pre-activation at the outputs, projected where fewest points are: the
