@@ -42,6 +42,8 @@ def axis_encoding(model: NiivModel, coords: torch.Tensor, axis: int) -> torch.Te
 
 # Largest projected grid kept for a whole decoding (bytes); beyond it each chunk projects its own rows.
 PROJECTED_BYTES = 64 * 2**20
+# Widest first layer whose row interpolation runs in fp32 (see SeparableDecoding._interpolate_rows).
+FP32_LERP_MAX_HIDDEN = 128
 
 
 class SeparableDecoding:
@@ -117,18 +119,24 @@ class SeparableDecoding:
 
     def _interpolate_rows(self, grid: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
         """Projected grid rows (B, nr, C, hidden), column term included -> the first layer's
-        pre-activation at the outputs: one matmul that interpolates, then the row term added.
+        pre-activation at the outputs: one matmul that interpolates and adds the row term.
 
-        The matmul is fp32 whatever ``dtype``: its inner size is the few grid rows read (about 3),
-        where oneDNN's bf16 batched matmul ran 4x slower than fp32 here (2.6 ms against 0.6 ms for
-        17 rows of a 1920-wide view, hidden 64); the grid rows read are few, so their cast is cheap.
-        The result is cast back to ``dtype`` after the ReLU in :meth:`decode`."""
+        Its inner size is the few grid rows read (about 3). For narrow layers the matmul runs in
+        fp32 whatever ``dtype``: oneDNN's bf16 batched matmul of that shape ran 4x slower than fp32
+        on an AMX CPU (2.6 ms against 0.6 ms for 17 rows of a 1920-wide view, hidden 64), and the
+        rows read are few, so their cast is cheap. For wider ones (niiv-em's 256) the fp32 result
+        is 2x the bytes to pass over and that was 10 % slower, so they stay in ``dtype``. The
+        result is cast to ``dtype`` after the ReLU in :meth:`decode`."""
         b, nr, nc, hidden = grid.shape
         n = stop - start
-        lerp = along_r.matrix(torch.float32)
         with torch.autocast(grid.device.type, enabled=False):
-            x = torch.matmul(lerp, grid.reshape(b, nr, -1).float()).view(b, n, nc, hidden)
-            return x.add_(self.row_term32[start:stop][None, :, None])
+            if hidden <= FP32_LERP_MAX_HIDDEN:
+                lerp = along_r.matrix(torch.float32)
+                x = torch.matmul(lerp, grid.reshape(b, nr, -1).float()).view(b, n, nc, hidden)
+                return x.add_(self.row_term32[start:stop][None, :, None])
+            x = self.row_term[start:stop][None, :, None].expand(b, n, nc, hidden).contiguous()
+            lerp = along_r.matrix(self.dtype).expand(b, -1, -1)
+            return x.view(b, n, -1).baddbmm_(lerp, grid.reshape(b, nr, -1)).view(b, n, nc, hidden)
 
     def _first_layer(self, sub: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
         """The first layer's pre-activation at the outputs, projected where fewest points are: the
