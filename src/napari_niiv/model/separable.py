@@ -119,7 +119,8 @@ class SeparableDecoding:
 
     def _interpolate_rows(self, grid: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
         """Projected grid rows (B, nr, C, hidden), column term included -> the first layer's
-        pre-activation at the outputs: one matmul that interpolates and adds the row term.
+        pre-activation at the outputs: one matmul that interpolates, and the row term. Called
+        inside :meth:`decode`'s autocast-free block.
 
         Its inner size is the few grid rows read (about 3). For narrow layers the matmul runs in
         fp32 whatever ``dtype``: oneDNN's bf16 batched matmul of that shape ran 4x slower than fp32
@@ -129,14 +130,13 @@ class SeparableDecoding:
         result is cast to ``dtype`` after the ReLU in :meth:`decode`."""
         b, nr, nc, hidden = grid.shape
         n = stop - start
-        with torch.autocast(grid.device.type, enabled=False):
-            if hidden <= FP32_LERP_MAX_HIDDEN:
-                lerp = along_r.matrix(torch.float32)
-                x = torch.matmul(lerp, grid.reshape(b, nr, -1).float()).view(b, n, nc, hidden)
-                return x.add_(self.row_term32[start:stop][None, :, None])
-            x = self.row_term[start:stop][None, :, None].expand(b, n, nc, hidden).contiguous()
-            lerp = along_r.matrix(self.dtype).expand(b, -1, -1)
-            return x.view(b, n, -1).baddbmm_(lerp, grid.reshape(b, nr, -1)).view(b, n, nc, hidden)
+        if hidden <= FP32_LERP_MAX_HIDDEN:
+            lerp = along_r.matrix(torch.float32)
+            x = torch.matmul(lerp, grid.reshape(b, nr, -1).float()).view(b, n, nc, hidden)
+            return x.add_(self.row_term32[start:stop][None, :, None])
+        x = self.row_term[start:stop][None, :, None].expand(b, n, nc, hidden).contiguous()
+        lerp = along_r.matrix(self.dtype).expand(b, -1, -1)
+        return x.view(b, n, -1).baddbmm_(lerp, grid.reshape(b, nr, -1)).view(b, n, nc, hidden)
 
     def _first_layer(self, sub: torch.Tensor, along_r: AxisLerp, start: int, stop: int) -> torch.Tensor:
         """The first layer's pre-activation at the outputs, projected where fewest points are: the
