@@ -12,6 +12,9 @@ sitting is continued, not restarted):
 - ``em-told``: the shipped niiv-em: the ``em`` recipe's model continued with the acquisition
   embedding added (the encoder is told alpha and the sections' thickness:
   ``TrainSettings.acquisition_embedding``), same data and schedule, new seed.
+- ``em-focus``: the shipped niiv-em continued with half of its batches on where it was weakest
+  against bicubic (thick sections at alpha 10-12, thin at 2-4.5; ``TrainSettings.focus``), the
+  other half uniform as before so the rest is not forgotten; a third of the peak lr, new seed.
 - ``fast``: niiv-fast, the small model of the live view's first frame (architecture ``fast``),
   distilled from niiv-em (its outputs are the targets) over alpha 2-12, thick and thin sections,
   told alpha and the sections like its teacher (``TrainSettings.acquisition_embedding``).
@@ -56,7 +59,7 @@ recipe, minutes = sys.argv[1], float(sys.argv[2])
 threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 common = budget(minutes, threads)
 init = None
-if recipe in ("v1", "v2", "v2-input", "em", "em-told", "fast"):
+if recipe in ("v1", "v2", "v2-input", "em", "em-told", "em-focus", "fast"):
     volumes, z_ranges, card = fibsem_volumes(DATA), FIBSEM_Z_RANGES, dict(FIBSEM_SPLIT)
     held = HeldOutCheck([np.asarray(volumes[0].data[:64, :128, :128])], 8.0)
 if recipe in ("v1", "v2", "v2-input"):
@@ -70,6 +73,13 @@ elif recipe == "em-told":
     name, init = "niiv-em", ROOT / "runs" / "em" / "niiv-em.safetensors"  # the ``em`` recipe's output
     settings = TrainSettings(**{**EM_RECIPE, "seed": 4}, acquisition_embedding=True, **common)
     card["fine_tuned_from"] = "niiv-em (acquisition embedding added)"
+elif recipe == "em-focus":
+    name, init = "niiv-em", ROOT / "weights" / "niiv-em.safetensors"  # the shipped (told) niiv-em
+    focus = dict(focus="thick@10-12,thin@2-4.5", focus_fraction=0.5)
+    settings = TrainSettings(
+        **{**EM_RECIPE, "seed": 5, "lr": 7e-5, "warmup": 50}, acquisition_embedding=True, **focus, **common
+    )
+    card["fine_tuned_from"] = "niiv-em (told; continued with focus on its weakest cases)"
 elif recipe == "lm":
     lm = open_volume(DATA / "lm" / "cells3d_nuclei.tif")
     volumes, z_ranges, card = [lm], [(0, 40)], dict(LM_SPLIT)
@@ -106,7 +116,7 @@ elif recipe == "fast":
     )
     card["distilled_from"] = "niiv-em"
 else:
-    sys.exit(f"unknown recipe {recipe!r}: v1, v2, v2-input, em, em-told, lm or fast")
+    sys.exit(f"unknown recipe {recipe!r}: v1, v2, v2-input, em, em-told, em-focus, lm or fast")
 
 r = train(
     volumes,

@@ -57,6 +57,12 @@ NEW_OPTIONS = [
     ("--degradation", ["evaluate", MISSING], st.lists(DEGRADATION_PARTS, max_size=6).map("".join)),
     ("--degradation", ["train", MISSING, "--alpha", "4"], st.one_of(SPECS, st.lists(DEGRADATION_PARTS).map("".join))),
     ("--alpha-max", ["train", MISSING, "--alpha", "4"], SPECS),
+    (
+        "--focus",
+        ["train", MISSING, "--alpha", "4"],
+        st.lists(st.one_of(DEGRADATION_PARTS, SPEC_CHARS, st.just("@"))).map("".join),
+    ),
+    ("--focus-fraction", ["train", MISSING, "--alpha", "4"], SPECS),
 ]
 
 
@@ -92,3 +98,19 @@ def test_a_parsed_region_is_either_inside_the_volume_or_refused(spec, shape) -> 
         return
     for r, n in zip(checked, shape, strict=True):
         assert 0 <= r.start < r.stop <= n
+
+
+def test_a_focus_outside_the_run_is_refused_before_anything_is_written(tmp_path, capsys) -> None:
+    import numpy as np
+    import tifffile
+
+    vol = tmp_path / "v.tif"
+    tifffile.imwrite(vol, np.random.default_rng(0).integers(0, 255, (8, 64, 64), dtype=np.uint8))
+    out = tmp_path / "out" / "w.safetensors"
+    out.parent.mkdir()
+    argv = ["train", str(vol), "--out", str(out), "--alpha", "2", "--alpha-max", "8", "--degradation", "thick,thin"]
+    line = _one_line_error(capsys, [*argv, "--focus", "thick@6-12", "--device", "cpu"])
+    assert "focus thick@6-12 lies outside" in line and "alpha range 2-8" in line, line
+    line = _one_line_error(capsys, [*argv, "--focus", "psf@2-4", "--device", "cpu"])
+    assert "outside the run's degradations (thick,thin)" in line, line
+    assert not list(out.parent.iterdir())

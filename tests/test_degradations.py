@@ -10,6 +10,7 @@ import torch
 
 from napari_niiv.data import LateralPairSampler, Volume
 from napari_niiv.data.degrade import THICK, Degradation, parse_degradations
+from napari_niiv.data.pairs import parse_focus
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.weights import load_weights
 from napari_niiv.model import NiivModel
@@ -99,6 +100,37 @@ def test_mixed_sampler_draws_alpha_and_degradation_per_batch(medulla) -> None:
     assert single.batch(0, 3, 2).alpha == 4.0
     with pytest.raises(NiivInputError, match="crop 16 is too small for alpha 12"):
         LateralPairSampler([vol], (2.0, 12.0), 16, 256)
+
+
+def test_focus_sends_its_fraction_of_batches_to_the_weak_cases(medulla) -> None:
+    vol = Volume(da.from_array(medulla))
+    focus = parse_focus("thick@10-12, thin@2-3.5")
+    assert focus == ((THICK, 10.0, 12.0), (Degradation("thin"), 2.0, 3.5))
+    kinds = parse_degradations("thick,thin")
+    s = LateralPairSampler([vol], (2.0, 12.0), 48, 64, degradations=kinds, focus=focus, focus_fraction=0.5)
+    draws = [s.draw(np.random.default_rng([0, step])) for step in range(2000)]
+    hits = [(str(d), a) for a, d in draws if (d == THICK and a >= 10.0) or (str(d) == "thin" and a <= 3.5)]
+    # half the batches are focused; a uniform draw lands in those ranges with p = (2/10 + 1.5/10) / 2
+    expected = 0.5 + 0.5 * (0.2 + 0.15) / 2
+    assert abs(len(hits) / len(draws) - expected) < 0.04, len(hits) / len(draws)
+    assert {d for d, _ in hits} == {"thick", "thin"}
+    assert all(2.0 <= a <= 12.0 for a, _ in draws)
+    # no focus fraction: exactly the draws of a run without a focus (older runs resume unchanged)
+    plain = LateralPairSampler([vol], (2.0, 12.0), 48, 64, degradations=kinds)
+    off = LateralPairSampler([vol], (2.0, 12.0), 48, 64, degradations=kinds, focus=focus, focus_fraction=0.0)
+    for step in range(20):
+        assert off.draw(np.random.default_rng([0, step])) == plain.draw(np.random.default_rng([0, step]))
+    for bad, message in (
+        ("thick:10-12", "not DEGRADATION@LO-HI"),
+        ("thick@12-10", "runs backwards"),
+        ("thick@ten-12", "not DEGRADATION@LO-HI"),
+    ):
+        with pytest.raises(NiivInputError, match=message):
+            parse_focus(bad)
+    with pytest.raises(NiivInputError, match="outside the run's degradations"):
+        LateralPairSampler([vol], (2.0, 12.0), 48, 64, degradations=(THICK,), focus=focus, focus_fraction=0.5)
+    with pytest.raises(NiivInputError, match="outside the run's degradations"):
+        LateralPairSampler([vol], (2.0, 8.0), 48, 64, degradations=kinds, focus=focus[:1], focus_fraction=0.5)
 
 
 @pytest.mark.slow  # trains 60 steps

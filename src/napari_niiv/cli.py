@@ -104,6 +104,16 @@ def _number(lo: float, hi: float, integer: bool = False, open_low: bool = False)
     return parse
 
 
+def _focus(text: str) -> str:
+    """An argparse type: ``DEGRADATION@LO-HI`` items, comma-separated (data.pairs.parse_focus)."""
+    from .data.pairs import parse_focus
+
+    try:
+        return ",".join(f"{d}@{lo:g}-{hi:g}" for d, lo, hi in parse_focus(text))
+    except NiivInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _degradations(text: str) -> str:
     """An argparse type: comma-separated degradations (``thick``, ``thin``, ``psf`` or ``psf:FWHM``)."""
     from .data.degrade import parse_degradations
@@ -275,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="thick",
         help=f"how sections are simulated from xy planes, comma-separated to mix ({', '.join(DEGRADATIONS)}; "
         f"default thick). {DEGRADATION_HELP}",
+    )
+    tr.add_argument(
+        "--focus",
+        type=_focus,
+        default="",
+        help="extra batches where a model is weakest, e.g. thick@10-12,thin@2-4 (DEGRADATION@LO-HI, inside "
+        "--alpha..--alpha-max and --degradation); --focus-fraction of the batches go there",
+    )
+    tr.add_argument(
+        "--focus-fraction",
+        type=_number(0.0, 1.0),
+        default=0.5,
+        help="with --focus: the fraction of batches drawn from it, the rest uniform (default 0.5)",
     )
     tr.add_argument(
         "--arch",
@@ -776,6 +799,8 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         alpha=alpha,
         alpha_max=args.alpha_max,
         degradations=args.degradation,
+        focus=args.focus,
+        focus_fraction=args.focus_fraction if args.focus else 0.0,
         architecture=args.arch or (start.card.get("architecture", "custom") if start else TrainSettings.architecture),
         steps=args.steps,
         lr=lr,

@@ -40,6 +40,8 @@ class LateralPairSampler:
     Rotations make both in-plane axes play "z", which is what a real xz and yz slice needs.
     ``alpha`` is one value or a ``(low, high)`` range, drawn uniformly (fractions included) per
     batch; each batch uses one of ``degradations``, drawn uniformly, so one model learns them all.
+    ``focus`` (see :func:`parse_focus`) sends a ``focus_fraction`` of the batches to the
+    degradations and alpha sub-ranges a model is weakest at, the rest staying uniform.
     ``z_ranges`` limits which xy planes of each volume may be used (to hold data out).
     Each batch is a pure function of ``(seed, step)``, so a resumed run sees the same data.
     """
@@ -53,6 +55,8 @@ class LateralPairSampler:
         z_ranges: Sequence[tuple[int, int] | None] | None = None,
         normalisations: Sequence[Normalisation] | None = None,
         degradations: Sequence[Degradation] = (THICK,),
+        focus: Sequence[tuple[Degradation, float, float]] = (),
+        focus_fraction: float = 0.0,
     ) -> None:
         lo, hi = (alpha, alpha) if np.isscalar(alpha) else alpha  # type: ignore[misc]
         self.alpha_range = (check_alpha(lo), check_alpha(hi))
@@ -61,6 +65,17 @@ class LateralPairSampler:
         self.degradations = tuple(degradations)
         if not self.degradations:
             raise NiivInputError("give at least one degradation")
+        self.focus = tuple(focus)
+        self.focus_fraction = float(focus_fraction)
+        if not 0.0 <= self.focus_fraction <= 1.0:
+            raise NiivInputError(f"the focus fraction {focus_fraction:g} must lie between 0 and 1")
+        for kind, f_lo, f_hi in self.focus:
+            if kind not in self.degradations or not (self.alpha_range[0] <= f_lo <= f_hi <= self.alpha_range[1]):
+                raise NiivInputError(
+                    f"focus {kind}@{f_lo:g}-{f_hi:g} lies outside the run's degradations "
+                    f"({','.join(map(str, self.degradations))}) or alpha range "
+                    f"{self.alpha_range[0]:g}-{self.alpha_range[1]:g}; focus on part of what the run trains"
+                )
         self.crop = int(crop)
         widest = self.alpha_range[1]
         if int(np.floor(self.crop / widest + 1e-9)) < 2:
@@ -92,7 +107,10 @@ class LateralPairSampler:
 
     def draw(self, rng: np.random.Generator) -> tuple[float, Degradation]:
         """This batch's alpha and degradation (no draw at all for a single alpha and degradation, so
-        such runs see the batches they always did)."""
+        such runs see the batches they always did; likewise no focus draw without a focus)."""
+        if self.focus and self.focus_fraction > 0 and rng.random() < self.focus_fraction:
+            kind, f_lo, f_hi = self.focus[int(rng.integers(len(self.focus)))]
+            return (float(rng.uniform(f_lo, f_hi)) if f_hi > f_lo else f_lo), kind
         lo, hi = self.alpha_range
         alpha = float(rng.uniform(lo, hi)) if hi > lo else lo
         kind = self.degradations[int(rng.integers(len(self.degradations)))] if len(self.degradations) > 1 else None
@@ -140,3 +158,26 @@ class LateralPairSampler:
         if rng.random() < 0.5:
             tile = tile[:, ::-1]
         return np.ascontiguousarray(tile, dtype=np.float32)
+
+
+def parse_focus(text: str) -> tuple[tuple[Degradation, float, float], ...]:
+    """``DEGRADATION@LO-HI`` items, comma-separated (e.g. ``thick@10-12,thin@2-4``): where a
+    run's extra batches go. ``@`` because ``psf:FWHM`` already uses the colon."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        kind, at, span = item.partition("@")
+        lo, dash, hi = span.partition("-")
+        try:
+            if not (at and dash):
+                raise ValueError
+            entry = (Degradation.parse(kind), float(lo), float(hi))
+        except ValueError:
+            raise NiivInputError(
+                f"focus {item!r} is not DEGRADATION@LO-HI; write for example thick@10-12,thin@2-4"
+            ) from None
+        if entry[1] > entry[2]:
+            raise NiivInputError(f"focus {item!r} runs backwards; give the smaller alpha first")
+        out.append(entry)
+    return tuple(out)

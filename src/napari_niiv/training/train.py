@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..data.degrade import THICK, Degradation, parse_degradations
 from ..data.io import Volume, as_volume
-from ..data.pairs import LateralPairSampler
+from ..data.pairs import LateralPairSampler, parse_focus
 from ..errors import NiivInputError
 from ..inference.devices import autocast_dtype, pick_device
 from ..inference.settings import InferenceSettings
@@ -66,6 +66,10 @@ class TrainSettings:
     alpha_max: float | None = None
     # Comma-separated forward models (data.degrade.DEGRADATIONS), one drawn per batch.
     degradations: str = "thick"
+    # Extra batches where a model is weakest: DEGRADATION@LO-HI items (data.pairs.parse_focus),
+    # drawn for focus_fraction of the batches; the rest stay uniform over the whole range.
+    focus: str = ""
+    focus_fraction: float = 0.0
     architecture: str = "v2"
     steps: int = 5000
     batch: int = 8
@@ -311,6 +315,8 @@ RUN_SETTINGS = (
     "alpha",
     "alpha_max",
     "degradations",
+    "focus",
+    "focus_fraction",
     "steps",
     "batch",
     "crop",
@@ -473,6 +479,8 @@ def train(
         settings.points,
         z_ranges,
         degradations=parse_degradations(settings.degradations),
+        focus=parse_focus(settings.focus),
+        focus_fraction=settings.focus_fraction,
     )
     identity = run_identity(settings, model, vols, sampler, z_ranges)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
