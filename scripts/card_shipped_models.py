@@ -109,9 +109,10 @@ MODELS = {
             (
                 "FIB-SEM held out (medulla_b z 122-250, 4 cubes of 128^3, never trained on), xz slices, "
                 "thick and thin sections, alpha 3 to 12; niiv-v1-fibsem-a8 (the first round's alpha-8 "
-                "thick-only model) for comparison",
+                "thick-only model) for comparison; rows marked +yz: reconstructed from xz and yz slices "
+                "averaged (`niiv reconstruct`'s default orientation, `both`)",
                 "evaluate {data}/fibsem/medulla_b.tif --region 122:250,0:250,0:250 --cube 128 "
-                "--alpha 3,4,6,8,10,12 --degradation thick,thin --weights niiv-em --weights {v1}",
+                "--alpha 3,4,6,8,10,12 --degradation thick,thin --weights niiv-em --weights {v1} --both",
             ),
         ],
     },
@@ -344,7 +345,12 @@ each step, are taught to come back{
 | validation (monitoring only) | {card.get("validation_data")} |
 | test data | {card.get("test_data")} |
 | degradations | {", ".join(card.get("degradations") or ["thick"])} (one drawn per step) |
-| alpha range | {lo:g} to {hi:g}, uniform per step, fractions included |
+| alpha range | {lo:g} to {hi:g}, uniform per step, fractions included{
+        f"; {s['focus_fraction']:.0%} of the steps instead on {s['focus']} (degradation@alpha range: "
+        "where the model it continued was weakest)"
+        if s.get("focus") and s.get("focus_fraction")
+        else ""
+    } |
 | budget | {card.get("budget")} |
 | steps | {card["steps"]:,} ({batch}) |
 | time | {card["seconds"] / 60:.0f} min of training on this 2-core CPU (no GPU), bf16 autocast |
