@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import inspect
 import json
 import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -104,24 +105,34 @@ def _number(lo: float, hi: float, integer: bool = False, open_low: bool = False)
     return parse
 
 
+def _usage_type(convert: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type from a converter that refuses with :class:`NiivInputError`: its message
+    becomes the one-line usage error."""
+
+    @functools.wraps(convert)
+    def parse(text: str) -> str:
+        try:
+            return convert(text)
+        except NiivInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+@_usage_type
 def _focus(text: str) -> str:
     """An argparse type: ``DEGRADATION@LO-HI`` items, comma-separated (data.pairs.parse_focus)."""
     from .data.pairs import parse_focus
 
-    try:
-        return ",".join(f"{d}@{lo:g}-{hi:g}" for d, lo, hi in parse_focus(text))
-    except NiivInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return ",".join(f"{d}@{lo:g}-{hi:g}" for d, lo, hi in parse_focus(text))
 
 
+@_usage_type
 def _degradations(text: str) -> str:
     """An argparse type: comma-separated degradations (``thick``, ``thin``, ``psf`` or ``psf:FWHM``)."""
     from .data.degrade import parse_degradations
 
-    try:
-        return ",".join(str(d) for d in parse_degradations(text))
-    except NiivInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return ",".join(str(d) for d in parse_degradations(text))
 
 
 class _Alphas(tuple):
@@ -144,14 +155,12 @@ DEGRADATION_HELP = (
 )
 
 
+@_usage_type
 def _degradation(text: str) -> str:
     """An argparse type: one degradation (``thick``, ``thin``, ``psf`` or ``psf:FWHM``)."""
     from .data.degrade import Degradation
 
-    try:
-        return str(Degradation.parse(text))
-    except NiivInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return str(Degradation.parse(text))
 
 
 class _Parser(argparse.ArgumentParser):
