@@ -106,7 +106,7 @@ MODELS = {
   +0.01 to +0.02 dB on two cubes, so niiv's output is already consistent with its input.
 - It beats the thick-only alpha-8 model `niiv-v1-fibsem-a8` on thick sections at every alpha (xz:
   by 0.04 dB at alpha 8, up to 0.38 at alpha 3); that model still loses to bicubic on every thin
-  case, and +yz does not rescue it.
+  case from xz slices, and with +yz beats it only at thin alpha 4 and 6 (+0.36, +0.27).
 - On real thin sections (the EPFL crop, every 8th plane kept; `docs/images/degradation_epfl_hippocampus.png`)
   the told model draws a regular lattice of small bright dots in flat cytoplasm, one row per
   section, which the untold model did not, although it scores higher on simulated thin sections:
