@@ -24,7 +24,7 @@ CONFIGS = {
 ROWS = (torch.arange(90) + 0.5) / 8  # an xz view at scale 1, alpha 8
 # (rows, cols) cases and the branch they take
 CASES = {
-    "dense rows, input columns (projected once)": (ROWS, torch.arange(40) + 0.5),
+    "dense rows, input columns": (ROWS, torch.arange(40) + 0.5),
     "sub-view of the columns": (ROWS[5:60], torch.arange(7, 31) + 0.5),
     "one row, fractional columns (an xy view)": (torch.tensor([5.85]), torch.linspace(0.1, 39.9, 64)),
     "sparse rows (coarse view), input columns": (torch.arange(0.5, 12, 4.0), torch.arange(40) + 0.5),
@@ -54,13 +54,17 @@ def test_separable_decoding_is_the_query(name, case) -> None:
         )
 
 
-def test_chunks_of_rows_equal_one_pass_and_the_grid_is_projected_once() -> None:
+@pytest.mark.parametrize("points", [None, 40 * 3, 1])
+def test_chunks_and_runs_of_rows_equal_one_pass_and_each_grid_row_is_read_once(points) -> None:
+    """Chunks of rows cut the runs of rows between two grid rows, ``points`` splits them (3 rows
+    of 40 columns, or one row at a time): the same result as one pass. The grid rows read are
+    the 12 of the slice, once, whatever the 90 output rows."""
     model = random_model(CONFIGS["fast"])
     cols = torch.arange(40) + 0.5
     with torch.inference_mode():
         grid = model.encode(torch.rand(1, 1, 12, 40), 8.0)
-        decoding = SeparableDecoding(model, grid, ROWS, cols, None)
-        assert decoding.projected is not None and decoding.projected.shape[1] == 12
+        decoding = SeparableDecoding(model, grid, ROWS, cols, None, points=points)
+        assert decoding.inputs.shape[:3] == (1, 12, 40)
         chunks = torch.cat([decoding.decode(i, min(i + 7, ROWS.numel())) for i in range(0, ROWS.numel(), 7)], dim=1)
         torch.testing.assert_close(chunks, exact(model, grid, ROWS, cols), atol=3e-6, rtol=0)
 
@@ -82,7 +86,7 @@ def test_bf16_separable_decoding_stays_close_and_keeps_the_output_fine_grained()
     model = random_model(CONFIGS["fast"])
     eng = InferenceEngine(model, InferenceSettings(device="cpu", precision="auto", alpha=8.0))
     grid = eng.encode(torch.rand(2, 1, 12, 40), 8.0)
-    rows, cols = CASES["dense rows, input columns (projected once)"]
+    rows, cols = CASES["dense rows, input columns"]
     out = eng.render(grid, rows, cols)
     with torch.inference_mode():
         ref = exact(eng.model, grid, rows, cols)

@@ -10,9 +10,9 @@
   specialised to that one chunk shape, so it compiles once per process; inductor's on-disk cache
   (``torchinductor`` in the platform's user cache folder) makes later processes reuse the compiled code.
 - Attention-free models (v1, niiv-fast) decode separable grids through
-  :class:`~napari_niiv.model.separable.SeparableDecoding` (the first layer applied on the grid rows
-  read, rows interpolated by a matmul: no gathers), from a channels-last feature grid the encoder
-  writes in one pass.
+  :class:`~napari_niiv.model.separable.SeparableDecoding` (the first layer is one matmul per pair
+  of grid rows, for all the output rows between them: no gathers, no fp32 pre-activations), from a
+  channels-last feature grid the encoder writes in one pass.
 - Encoder latents and the attention's keys and values are computed once per slice
   (:meth:`encode`); the caller keeps the grid and decodes any points from it.
 """
@@ -36,9 +36,9 @@ from .settings import InferenceSettings
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
 # in fp32, the MLP activations 4 MB; measured as fast as larger chunks, without the churn.
 CHUNK_POINTS = 4096
-# Points per chunk of separable decoding (no neighbours' keys and values to hold): niiv-em's
-# 1920x1080 view decodes in 4.1 s with 16384, 4.3 s with 8192, 5.0 s with 4096 here; niiv-fast
-# (64 wide) is fastest with twice as many.
+# Most points in one run of separable decoding (the output rows between two grid rows: alpha
+# rows of a view at scale 1, more when zoomed in) for a 256-wide MLP, twice as many for narrower
+# ones: a run's activations stay at a few MB.
 SEPARABLE_POINTS = 16384
 # Input columns per encoder pass for wide slices (live views): measured fastest here.
 ENCODE_TILE = 512
@@ -191,6 +191,8 @@ class InferenceEngine:
     def render(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Decode the separable grid ``rows`` x ``cols`` (coordinate vectors) -> (B, R, C) float32."""
         rows, cols = rows.to(self.device, torch.float32), cols.to(self.device, torch.float32)
+        if rows.numel() == 0 or cols.numel() == 0:
+            return torch.empty(grid.latents.shape[0], rows.numel(), cols.numel(), device=self.device)
         if self.model.attention is None:
             return self._render_separable(grid, rows, cols)
         if self._neighbours_on_grid(grid, rows, cols):
@@ -200,16 +202,11 @@ class InferenceEngine:
 
     @torch.inference_mode()
     def _render_separable(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Attention-free models: :class:`SeparableDecoding` on chunks of output rows, of about
-        ``SEPARABLE_POINTS`` points for a 256-wide MLP (twice as many for narrower ones)."""
-        b, n_cols = grid.latents.shape[0], cols.numel()
+        """Attention-free models: :class:`SeparableDecoding`, in runs of at most ``SEPARABLE_POINTS``
+        points for a 256-wide MLP (twice as many for narrower ones)."""
         points = SEPARABLE_POINTS * 256 // max(128, self.model.config.mlp_hidden)
-        per = max(1, points // (b * n_cols))
-        out = torch.empty(b, rows.numel(), n_cols, dtype=torch.float32, device=self.device)
-        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear_relu)
-        for i in range(0, rows.numel(), per):
-            out[:, i : i + per] = decoding.decode(i, min(i + per, rows.numel()))
-        return out
+        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear_relu, points)
+        return decoding.decode(0, rows.numel())
 
     def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:
         """True when the output grid is spaced exactly one isotropic voxel apart (scale 1): each
