@@ -162,17 +162,21 @@ def test_attention_free_encoding_writes_tiles_into_one_feature_grid_with_the_mod
 
 
 def test_the_fused_cpu_layers_give_f_linear_and_relu() -> None:
-    """The engine's oneDNN linear+ReLU (where the CPU has it) is F.linear then ReLU: checked by
-    the engine's fp32 results above, and here directly in both precisions."""
-    from napari_niiv.inference.devices import fused_linear_relu
+    """The engine's oneDNN linear (+ReLU) (where the CPU has it) is F.linear (then ReLU): checked
+    by the engine's fp32 results above, and here directly in both precisions, with and without
+    bias and ReLU."""
+    from napari_niiv.inference.devices import fused_linear
 
     torch.manual_seed(0)
     x, w, b = torch.randn(3, 7, 64), torch.randn(32, 64), torch.randn(32)
     for dtype, atol in ((None, 1e-5), (torch.bfloat16, 0.1)):
-        fused = fused_linear_relu(torch.device("cpu"), dtype)
+        fused = fused_linear(torch.device("cpu"), dtype)
         if fused is None:
             pytest.skip("no oneDNN on this build")
         dt = dtype or torch.float32
-        out = fused(x.to(dt), w.to(dt), b.to(dt))
+        out = fused(x.to(dt), w.to(dt), b.to(dt), True)
         assert out.shape == (3, 7, 32) and out.dtype == dt
         torch.testing.assert_close(out.float(), F.linear(x, w, b).relu(), atol=atol, rtol=0.02)
+        plain = fused(x.to(dt), w[:1].to(dt), None, False)
+        assert plain.shape == (3, 7, 1) and (plain < 0).any()
+        torch.testing.assert_close(plain.float(), F.linear(x, w[:1]), atol=atol, rtol=0.02)

@@ -30,7 +30,7 @@ import torch
 from ..model import NiivModel
 from ..model.latent_field import LatentGrid, sample_bilinear
 from ..model.separable import SeparableDecoding
-from .devices import autocast_dtype, fused_linear_relu, pick_device
+from .devices import autocast_dtype, fused_linear, pick_device
 from .settings import InferenceSettings
 
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
@@ -73,7 +73,7 @@ class InferenceEngine:
         # per layer; ~25% off the encoder here.
         self.model.encoder.to(memory_format=torch.channels_last)
         self.dtype = autocast_dtype(self.device, settings.precision)  # None: fp32
-        self._linear_relu = fused_linear_relu(self.device, self.dtype)  # separable decoding's layers
+        self._linear = fused_linear(self.device, self.dtype)  # separable decoding's layers
         self.chunk = int(chunk)
         self.compiled = settings.compiled
         self._decode: Any = self.model.decode_points
@@ -205,7 +205,7 @@ class InferenceEngine:
         """Attention-free models: :class:`SeparableDecoding`, in runs of at most ``SEPARABLE_POINTS``
         points for a 256-wide MLP (twice as many for narrower ones)."""
         points = SEPARABLE_POINTS * 256 // max(128, self.model.config.mlp_hidden)
-        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear_relu, points)
+        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear, points)
         return decoding.decode(0, rows.numel())
 
     def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:

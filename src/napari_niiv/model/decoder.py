@@ -51,18 +51,24 @@ class MLPDecoder(nn.Module):
 
     def output(self, hidden: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """The last hidden layer's activations (..., hidden) -> intensities (...): the last layer,
-        the residual and the sigmoid (also the end of
-        :class:`~napari_niiv.model.separable.SeparableDecoding`, which runs the layers before itself).
+        then :meth:`finish`.
 
         Under bf16/fp16 the last layer's products are summed in fp32 by the matmul and rounded
-        once, to the correction's own precision (relative 2^-9 in bf16); the bias, the residual and
-        the sigmoid are fp32, because in bf16 the output itself would be rounded to steps of 1/256
-        near 0.5. Casting the activations to fp32 first, as before, copied them all and then ran
-        an fp32 matmul: a tenth of a small model's decoding time.
+        once, to the correction's own precision (relative 2^-9 in bf16). Casting the activations
+        to fp32 first, as before, copied them all and then ran an fp32 matmul: a tenth of a small
+        model's decoding time.
         """
         last = self.net[-1]
         with torch.autocast(hidden.device.type, enabled=False):
-            out = nn.functional.linear(hidden, last.weight.to(hidden.dtype)).squeeze(-1).float() + last.bias.float()
+            return self.finish(nn.functional.linear(hidden, last.weight.to(hidden.dtype)).squeeze(-1), value)
+
+    def finish(self, correction: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The last layer's products without its bias (...) -> intensities (...): the bias, the
+        residual and the sigmoid, in fp32, because in bf16 the output itself would be rounded to
+        steps of 1/256 near 0.5 (also the end of
+        :class:`~napari_niiv.model.separable.SeparableDecoding`, which runs the layers before it)."""
+        with torch.autocast(correction.device.type, enabled=False):
+            out = correction.float() + self.net[-1].bias.float()
             if self.residual:
                 out = out + torch.logit(value.float().clamp(1e-3, 1.0 - 1e-3))
             return torch.sigmoid(out)

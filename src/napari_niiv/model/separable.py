@@ -27,8 +27,14 @@ from .latent_field import AxisLerp, LatentGrid
 if TYPE_CHECKING:
     from .niiv import NiivModel
 
-# relu(x @ w.T + b): a caller may pass a fused kernel (the engine does on CPUs)
-LinearReLU = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# x @ w.T (+ b when given), then the ReLU when asked: a caller may pass a fused kernel (the engine
+# does on CPUs)
+Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, bool], torch.Tensor]
+
+
+def plain_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    y = F.linear(x, w, b)
+    return y.relu_() if relu else y
 
 
 def axis_encoding(model: NiivModel, coords: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +65,7 @@ class SeparableDecoding:
         rows: torch.Tensor,
         cols: torch.Tensor,
         dtype: torch.dtype | None,
-        linear_relu: LinearReLU | None = None,
+        linear: Linear | None = None,
         points: int | None = None,
     ) -> None:
         if model.attention is not None:
@@ -84,7 +90,8 @@ class SeparableDecoding:
             if isinstance(m, torch.nn.Linear)
         ]
         self.decoder = model.decoder
-        self.linear_relu = linear_relu or (lambda x, w, b: F.linear(x, w, b).relu_())
+        self.w_out = model.decoder.net[-1].weight.to(self.dtype)
+        self.linear = linear or plain_linear
         self.run_rows = max(1, points // (self.inputs.shape[0] * cols.numel())) if points else rows.numel()
 
     def decode(self, start: int, stop: int) -> torch.Tensor:
@@ -112,9 +119,10 @@ class SeparableDecoding:
         t = self.weight[start:stop, None, None]
         w = torch.cat(((1 - t) * self.w_lat, t * self.w_lat, self.w_col.expand(n, -1, -1)), dim=-1)
         bias = self.row_bias[start:stop].reshape(-1).to(self.dtype)
-        x = self.linear_relu(x, w.reshape(n * self.hidden, -1).to(self.dtype), bias).reshape(-1, self.hidden)
+        x = self.linear(x, w.reshape(n * self.hidden, -1).to(self.dtype), bias, True).reshape(-1, self.hidden)
         for weight, layer_bias in self.layers:
-            x = self.linear_relu(x, weight, layer_bias)
+            x = self.linear(x, weight, layer_bias, True)
+        correction = self.linear(x, self.w_out, None, False).view(b, n_cols, n)
         t = self.weight[start:stop].view(1, 1, n)
         value = torch.lerp(self.values[:, lo, :, None], self.values[:, hi, :, None], t)  # (B, C, rows)
-        return self.decoder.output(x.reshape(b, n_cols, n, self.hidden), value)
+        return self.decoder.finish(correction, value)
