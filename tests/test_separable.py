@@ -180,3 +180,24 @@ def test_the_fused_cpu_layers_give_f_linear_and_relu() -> None:
         plain = fused(x.to(dt), w[:1].to(dt), None, False)
         assert plain.shape == (3, 7, 1) and (plain < 0).any()
         torch.testing.assert_close(plain.float(), F.linear(x, w[:1]), atol=atol, rtol=0.02)
+
+
+def test_the_fused_cpu_convolutions_run_the_encoders_own_network() -> None:
+    """The engine's oneDNN convolutions with their ReLU and skip fused (where the CPU has them)
+    give the encoder's own forward: exactly in fp32, to bf16 rounding in bf16; and a kernel asked
+    to add and apply the ReLU at once refuses rather than guess the order."""
+    from napari_niiv.inference.devices import fused_conv
+
+    model = random_model(CONFIGS["fast"])
+    image = torch.rand(2, 1, 12, 40)
+    with torch.inference_mode():
+        ref = model.encoder(image, 8.0, None)
+        for dtype, atol in ((None, 1e-4), (torch.bfloat16, 0.1)):
+            conv = fused_conv(torch.device("cpu"), dtype)
+            if conv is None:
+                pytest.skip("no oneDNN on this build")
+            out = model.encoder(image, 8.0, None, conv)
+            assert out.dtype == (dtype or torch.float32)
+            torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0.02)
+        with pytest.raises(ValueError, match="not both"):
+            conv(image, model.encoder.head, True, ref)

@@ -30,7 +30,7 @@ import torch
 from ..model import NiivModel
 from ..model.latent_field import LatentGrid, sample_bilinear
 from ..model.separable import SeparableDecoding
-from .devices import autocast_dtype, fused_linear, pick_device
+from .devices import autocast_dtype, fused_conv, fused_linear, pick_device
 from .settings import InferenceSettings
 
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
@@ -74,6 +74,7 @@ class InferenceEngine:
         self.model.encoder.to(memory_format=torch.channels_last)
         self.dtype = autocast_dtype(self.device, settings.precision)  # None: fp32
         self._linear = fused_linear(self.device, self.dtype)  # separable decoding's layers
+        self._conv = fused_conv(self.device, self.dtype)  # attention-free models' encoder
         self.chunk = int(chunk)
         self.compiled = settings.compiled
         self._decode: Any = self.model.decode_points
@@ -120,7 +121,8 @@ class InferenceEngine:
         """Attention-free models: each column tile's latents (channels-last, so (B, h, w, C) in
         memory) are written straight into the grid's channels-last feature grid, fp32, with the
         image as the last channel: one pass, where tiling, conversion, concatenation and the
-        decoder's layout took four."""
+        decoder's layout took four. On CPUs the convolutions carry their ReLU and skip
+        (:func:`~napari_niiv.inference.devices.fused_conv`)."""
         b, _, h, width = image.shape
         c = self.model.config.latent_dim
         image = image.to(self.device)
@@ -128,9 +130,10 @@ class InferenceEngine:
         features[..., c] = image[:, 0]
         thickness = self.sections.thickness(alpha)
         for lo, hi, keep, out in self._encode_tiles(width):
-            with self.autocast():
+            # the fused kernel runs in the engine's precision itself (autocast would recast its arguments)
+            with self.autocast() if self._conv is None else nullcontext():
                 latents = self.model.encoder(
-                    image[..., lo:hi].contiguous(memory_format=torch.channels_last), alpha, thickness
+                    image[..., lo:hi].contiguous(memory_format=torch.channels_last), alpha, thickness, self._conv
                 )
             features[:, :, out, :c] = latents.permute(0, 2, 3, 1)[:, :, keep]
         return LatentGrid.from_features(features, image, None, (1.0 / float(alpha), 1.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -24,6 +25,12 @@ def replicate_pad(x: torch.Tensor) -> torch.Tensor:
     out[:, :, :, :1] = out[:, :, :, 1:2]
     out[:, :, :, -1:] = out[:, :, :, -2:-1]
     return out
+
+
+# A replicate-padded 3x3 convolution by a layer's weights, plus ``add`` when given, then the ReLU
+# when asked: a caller may pass a fused kernel (the engine does on CPUs) to run the encoder with
+# each block's ReLU and skip riding on its convolutions (inference only).
+Conv = Callable[[torch.Tensor, nn.Conv2d, bool, "torch.Tensor | None"], torch.Tensor]
 
 
 class ReplicateConv(nn.Conv2d):
@@ -94,10 +101,27 @@ class EDSREncoder(nn.Module):
         self.acquisition = AcquisitionShift(channels) if acquisition_embedding else None
         self.body = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)], _conv(channels, channels))
 
-    def forward(self, image: torch.Tensor, alpha: float, thickness: float | None = None) -> torch.Tensor:
+    def forward(
+        self, image: torch.Tensor, alpha: float, thickness: float | None = None, conv: Conv | None = None
+    ) -> torch.Tensor:
         """(B, 1, h, w) intensities in [0, 1], ``alpha`` isotropic voxels per input row, sections
-        ``thickness`` xy voxels thick (None: ``alpha``) -> (B, C, h, w) latents."""
+        ``thickness`` xy voxels thick (None: ``alpha``) -> (B, C, h, w) latents. With ``conv`` the
+        same network runs through that kernel (:data:`Conv`), in its precision."""
+        if conv is not None:
+            return self._forward_with(conv, image, alpha, thickness)
         head = self.head(image)
         if self.acquisition is not None:
             head = self.acquisition(head, alpha, thickness)
         return head + self.body(head)
+
+    def _forward_with(self, conv: Conv, image: torch.Tensor, alpha: float, thickness: float | None) -> torch.Tensor:
+        """:meth:`forward` with each ReLU fused into the convolution before it and each skip
+        into the convolution that ends its block: a pass over the activations fewer per layer."""
+        head = conv(image, self.head, False, None)
+        if self.acquisition is not None:
+            head = self.acquisition(head, alpha, thickness)
+        x = head
+        for block in self.body[:-1]:
+            assert isinstance(block, ResBlock)
+            x = conv(conv(x, block.body[0], True, None), block.body[2], False, x)
+        return conv(x, self.body[-1], False, head)
