@@ -411,3 +411,28 @@ def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volu
     finally:
         together.close()
         alone.close()
+
+
+def test_the_latent_cache_counts_its_bytes_through_replacements_and_evictions():
+    """The cache keeps a running total: replacing a plane's entry counts only the new one, the
+    least recently used go first past the budget, and the total is always the entries' sum."""
+    import torch
+
+    from napari_niiv.inference.views import LatentCache, _Entry
+
+    model = random_model()
+    with torch.inference_mode():
+        grids = [model.encode(torch.rand(1, 1, 4, w), 8.0) for w in (8, 16, 8)]
+    size = [_Entry((0, 4), (0, g.image.shape[-1]), g).nbytes for g in grids]
+    cache = LatentCache(max_bytes=size[0] + size[1])
+    cache.put(("xz", 0.0), _Entry((0, 4), (0, 8), grids[0]))
+    cache.put(("xz", 1.0), _Entry((0, 4), (0, 16), grids[1]))
+    assert cache.nbytes == size[0] + size[1]
+    cache.put(("xz", 0.0), _Entry((0, 4), (0, 8), grids[2]))  # replaced, not added
+    assert cache.nbytes == size[2] + size[1]
+    assert cache.get(("xz", 1.0), (0, 4), (0, 16)) is not None  # plane 1 now the most recent
+    cache.put(("xz", 2.0), _Entry((0, 4), (0, 8), grids[0]))  # over budget: plane 0 goes
+    assert cache.get(("xz", 0.0), (0, 4), (0, 8)) is None
+    assert cache.nbytes == size[1] + size[0] == sum(e.nbytes for e in cache._entries.values())
+    cache.clear()
+    assert cache.nbytes == 0

@@ -115,6 +115,10 @@ class LatentCache:
     def __init__(self, max_bytes: int = 512 * 2**20) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[str, float], _Entry] = OrderedDict()
+        # each entry's size, counted once when it is put: an xy view puts hundreds of planes, and
+        # summing them all at every put took an eighth of its niiv-fast pass
+        self._sizes: dict[tuple[str, float], int] = {}
+        self.nbytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -134,19 +138,19 @@ class LatentCache:
         return entry
 
     def put(self, key: tuple[str, float], entry: _Entry) -> None:
+        self.nbytes -= self._sizes.get(key, 0)
         self._entries[key] = entry
         self._entries.move_to_end(key)
-        total = self.nbytes
-        while total > self.max_bytes and len(self._entries) > 1:
-            _, old = self._entries.popitem(last=False)
-            total -= old.nbytes
+        self._sizes[key] = entry.nbytes
+        self.nbytes += self._sizes[key]
+        while self.nbytes > self.max_bytes and len(self._entries) > 1:
+            old, _ = self._entries.popitem(last=False)
+            self.nbytes -= self._sizes.pop(old)
 
     def clear(self) -> None:
         self._entries.clear()
-
-    @property
-    def nbytes(self) -> int:
-        return sum(e.nbytes for e in self._entries.values())
+        self._sizes.clear()
+        self.nbytes = 0
 
 
 class ViewRenderer:
