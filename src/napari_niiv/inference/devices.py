@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -80,14 +81,22 @@ def lower_thread_priority(nice: int = 10) -> bool:
     return True
 
 
+def _cpu_onednn_op(device: torch.device, name: str) -> Any | None:
+    """torch's oneDNN operator ``name`` where ``device`` is a CPU and this build has oneDNN, else None."""
+    op = getattr(getattr(torch.ops, "mkldnn", None), name, None)
+    if device.type != "cpu" or op is None or not torch.backends.mkldnn.is_available():
+        return None
+    return op
+
+
 def fused_linear(device: torch.device, dtype: torch.dtype | None) -> Linear | None:
     """``x @ w.T + b``, then the ReLU if asked, as one oneDNN call on CPUs (what torch.compile
     emits there): the bias and the ReLU ride on the matmul instead of two more passes over its
     output, ~1.4x faster for the decoder's layers here, and its one-output last layer is ~1.3x
     faster than F.linear's. None where it does not apply or does not give F.linear's result
     (checked once on a small case), so callers fall back to F.linear and relu_."""
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if device.type != "cpu" or op is None or not torch.backends.mkldnn.is_available():
+    op = _cpu_onednn_op(device, "_linear_pointwise")
+    if op is None:
         return None
     dt = dtype or torch.float32
 
@@ -111,8 +120,8 @@ def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
     oneDNN call on CPUs (channels-last, in ``dtype``): ~20 % off niiv-fast's encoder here (a pass
     over the activations fewer per layer). None where it does not apply or does not give
     F.conv2d's result (checked once on a small case)."""
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
-    if device.type != "cpu" or op is None or not torch.backends.mkldnn.is_available():
+    op = _cpu_onednn_op(device, "_convolution_pointwise")
+    if op is None:
         return None
     dt = dtype or torch.float32
     geometry = ([0, 0], [1, 1], [1, 1], 1)  # padding (done by replicate_pad), stride, dilation, groups

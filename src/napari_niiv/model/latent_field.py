@@ -73,15 +73,6 @@ class AxisLerp:
         """The ``need`` entries of a whole grid ``x`` along ``dim``."""
         return self.select_from(x, self.need, dim)
 
-    def matrix(self, dtype: torch.dtype) -> torch.Tensor:
-        """The interpolation as a dense (outputs, need) matrix: one matmul instead of two gathers
-        and a lerp when few grid entries are read."""
-        m = torch.zeros(self.lo.numel(), self.need.numel(), device=self.weight.device)
-        rows = torch.arange(self.lo.numel(), device=self.weight.device)
-        m.index_put_((rows, self.lo), 1.0 - self.weight, accumulate=True)
-        m.index_put_((rows, self.hi), self.weight, accumulate=True)
-        return m.to(dtype)
-
     def apply(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         """``x`` holding the ``need`` entries along ``dim`` -> the interpolated outputs along ``dim``."""
         if self.exact:

@@ -74,7 +74,8 @@ class SeparableDecoding:
         feats = grid.features_last()  # (B, h, w, C + 1)
         along_r, along_c = AxisLerp.at(rows, feats.shape[1]), AxisLerp.at(cols, feats.shape[2])
         read = along_c.apply(along_c.select(along_r.select(feats, 1), 2), 2)  # (B, rows read, cols, C + 1)
-        self.values = read[..., -1]  # fp32: the residual's bilinear value
+        # fp32, contiguous: the residual's bilinear value, without holding the fp32 grid read
+        self.values = read[..., -1].contiguous()
         self.inputs = read.to(self.dtype)
         self.lo, self.hi, self.weight = along_r.lo.tolist(), along_r.hi.tolist(), along_r.weight
         first = model.decoder.net[0]
