@@ -168,8 +168,10 @@ def test_the_fused_cpu_layers_give_f_linear_and_relu() -> None:
     x, w, b = torch.randn(3, 7, 64), torch.randn(32, 64), torch.randn(32)
     for dtype, atol in ((None, 1e-5), (torch.bfloat16, 0.1)):
         fused = fused_linear(torch.device("cpu"), dtype)
-        if fused is None:
+        if fused is None and dtype is None:
             pytest.skip("no oneDNN on this build")
+        if fused is None:
+            continue  # no bf16 kernel on this CPU (AVX2 without AVX-512 BF16): the engine runs fp32 here
         dt = dtype or torch.float32
         out = fused(x.to(dt), w.to(dt), b.to(dt), True)
         assert out.shape == (3, 7, 32) and out.dtype == dt
@@ -191,10 +193,13 @@ def test_the_fused_cpu_convolutions_run_the_encoders_own_network() -> None:
         ref = model.encoder(image, 8.0, None)
         for dtype, atol in ((None, 1e-4), (torch.bfloat16, 0.1)):
             conv = fused_conv(torch.device("cpu"), dtype)
-            if conv is None:
+            if conv is None and dtype is None:
                 pytest.skip("no oneDNN on this build")
+            if conv is None:
+                continue  # no bf16 kernel on this CPU: the engine runs fp32 here
             out = model.encoder(image, 8.0, None, conv)
             assert out.dtype == (dtype or torch.float32)
             torch.testing.assert_close(out.float(), ref, atol=atol, rtol=0.02)
+        conv = fused_conv(torch.device("cpu"), None)
         with pytest.raises(ValueError, match="not both"):
             conv(image, model.encoder.head, True, ref)
