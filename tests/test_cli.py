@@ -139,6 +139,23 @@ def test_evaluate_prints_a_table(tmp_path, capsys, medulla, weights) -> None:
     assert (tmp_path / "s.json").exists()
 
 
+def test_evaluate_keeps_a_row_for_each_weights_file_of_the_same_name(tmp_path, capsys, medulla) -> None:
+    """A retrained copy carries its original's card name; scored beside it, each keeps its own row
+    (one used to overwrite the other's scores); the same file given twice is refused."""
+    iso = tmp_path / "iso.tif"
+    write_tif(iso, medulla[:16, :16, :16])
+    first, copy = (
+        save_weights(tmp_path / f"{n}.safetensors", random_model(), 8.0, None, card={"name": "niiv-x"})
+        for n in ("first", "copy")
+    )
+    args = ("evaluate", iso, "--cube", "16", "--alpha", "4", "--weights", first)
+    code, out, err = _run(capsys, *args, "--weights", copy)
+    assert code == 0, err
+    assert "| niiv-x |" in out and f"| niiv-x ({copy}) |" in out
+    code, _, err = _run(capsys, *args, "--weights", first)
+    assert code == 2 and "given twice" in err
+
+
 @pytest.mark.slow
 def test_train_command(tmp_path, capsys, medulla) -> None:
     vol = tmp_path / "iso.tif"

@@ -909,9 +909,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ).resolved()
     methods = {m: interpolation(m) for m in ("nearest", "bilinear", "bicubic")}
     trained: dict[str, tuple[float, float]] = {}
+    seen: set[Path] = set()
     for spec in args.weights or [None]:
-        w = load_weights(resolve_weights(spec))
-        name = w.card.get("name") or (Path(w.path).stem if w.path else "niiv")
+        path = Path(resolve_weights(spec)).resolve()
+        if path in seen:
+            raise NiivInputError(f"--weights {spec} is given twice; give each weights file once")
+        seen.add(path)
+        w = load_weights(path)
+        name = w.card.get("name") or path.stem
+        if name in methods:  # two files with the same card name (a retrained copy): one row each
+            name = f"{name} ({spec})"
         lo, hi = w.card.get("alpha_range") or (w.alpha, w.alpha)
         trained[name] = (float(lo), float(hi))
         methods[name] = niiv_method(w.model, settings)
