@@ -506,6 +506,7 @@ def train(
         "degradations": [str(d) for d in sampler.degradations],
         "data": [v.name for v in vols],
         "settings": asdict(settings),
+        "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32"),  # what it ran in
         "fine_tuned_from": started_from,
         **({"distilled_from": settings.teacher} if settings.teacher else {}),
         **(card or {}),
