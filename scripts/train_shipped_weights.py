@@ -17,7 +17,8 @@ sitting is continued, not restarted):
   other half uniform as before so the rest is not forgotten; a third of the peak lr, new seed.
 - ``fast``: niiv-fast, the small model of the live view's first frame (architecture ``fast``),
   distilled from niiv-em (its outputs are the targets) over alpha 2-12, thick and thin sections,
-  told alpha and the sections like its teacher (``TrainSettings.acquisition_embedding``).
+  told alpha and the sections like its teacher (``TrainSettings.acquisition_embedding``); the
+  shipped one: 60 minutes from scratch on one core.
 - ``fast-again``: the shipped niiv-fast distilled further from the shipped niiv-em, for when the
   default's weights change (issue 12: niiv-fast follows its teacher); a third of the peak lr.
 - ``lm``: niiv-lm, continued from niiv-em on the light-microscopy volume's xy planes z 0-40
