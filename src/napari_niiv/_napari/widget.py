@@ -238,7 +238,7 @@ class NiivWidget(QScrollArea):
         self.orientation_choice.tooltip = "Slices niiv decodes: auto follows the view (xy views use xz slices)."
         self.live_check.tooltip = "Reconstruct what is on screen, at screen resolution, as you pan, zoom and scroll."
         self.fast_check.tooltip = (
-            f"On a CPU, show the small {FAST_WEIGHTS} model's image of each view first (6 % of v2's "
+            f"On a CPU, show the small {FAST_WEIGHTS} model's image of each view first (3.5 % of v2's "
             "arithmetic), then the chosen weights' over it; the status line says which is shown. Only for the "
             "sections it learned (thick and thin: electron microscopy), not for psf (light microscopy)."
         )
