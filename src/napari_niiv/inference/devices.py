@@ -68,6 +68,12 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     return None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The name of an autocast dtype from :func:`autocast_dtype` ('fp32' for None), as settings,
+    engines and weights cards write it."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 def lower_thread_priority(nice: int = 10) -> bool:
     """Make the calling background thread yield the CPU to napari's GUI thread (Linux: its nice value;
     the OpenMP threads torch starts from it inherit it). False where the platform has no per-thread

@@ -30,7 +30,7 @@ import torch
 from ..model import NiivModel
 from ..model.latent_field import LatentGrid, sample_bilinear
 from ..model.separable import SeparableDecoding
-from .devices import autocast_dtype, fused_conv, fused_linear, pick_device
+from .devices import autocast_dtype, fused_conv, fused_linear, pick_device, precision_name
 from .settings import InferenceSettings
 
 # Points per decoded chunk: the neighbours' keys and values (points x 9 x 128 values) are 19 MB
@@ -89,7 +89,7 @@ class InferenceEngine:
 
     @property
     def precision_name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return precision_name(self.dtype)
 
     def autocast(self) -> AbstractContextManager[Any]:
         if self.dtype is None:

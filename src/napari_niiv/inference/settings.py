@@ -97,12 +97,10 @@ class InferenceSettings:
 
     def resolved(self) -> InferenceSettings:
         """The same settings with device and precision as this machine runs them (never "auto")."""
-        from .devices import autocast_dtype, pick_device
+        from .devices import autocast_dtype, pick_device, precision_name
 
         device = pick_device(self.device)
-        dtype = autocast_dtype(device, self.precision)
-        names = {None: "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
-        return replace(self, device=str(device), precision=names[None if dtype is None else str(dtype)])
+        return replace(self, device=str(device), precision=precision_name(autocast_dtype(device, self.precision)))
 
     @property
     def sections(self) -> Degradation:

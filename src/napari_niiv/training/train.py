@@ -40,7 +40,7 @@ from ..data.degrade import THICK, Degradation, parse_degradations
 from ..data.io import Volume, as_volume
 from ..data.pairs import LateralPairSampler, parse_focus
 from ..errors import NiivInputError
-from ..inference.devices import autocast_dtype, pick_device
+from ..inference.devices import autocast_dtype, pick_device, precision_name
 from ..inference.settings import InferenceSettings
 from ..inference.store import check_room, check_writable, output_lock
 from ..inference.weights import (
@@ -506,7 +506,7 @@ def train(
         "degradations": [str(d) for d in sampler.degradations],
         "data": [v.name for v in vols],
         "settings": asdict(settings),
-        "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32"),  # what it ran in
+        "precision": precision_name(amp),  # what it ran in
         "fine_tuned_from": started_from,
         **({"distilled_from": settings.teacher} if settings.teacher else {}),
         **(card or {}),
