@@ -911,7 +911,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained: dict[str, tuple[float, float]] = {}
     seen: set[Path] = set()
     for spec in args.weights or [None]:
-        path = Path(resolve_weights(spec)).resolve()
+        path = resolve_weights(spec).resolve()
         if path in seen:
             raise NiivInputError(f"--weights {spec} is given twice; give each weights file once")
         seen.add(path)
