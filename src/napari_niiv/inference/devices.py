@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +16,7 @@ from torch.nn import functional as F
 
 from ..errors import NiivInputError
 from ..model.encoder import Conv, replicate_pad
-from ..model.separable import Linear
+from ..model.separable import Linear, Parallel
 from .settings import DEVICES
 
 
@@ -152,3 +156,97 @@ def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
     except RuntimeError:
         return None
     return conv if ok else None
+
+
+def _omp_set_num_threads() -> Callable[[int], None] | None:
+    """``omp_set_num_threads`` of the OpenMP runtime torch ships (libgomp on Linux, libomp on macOS,
+    libiomp5md on Windows), or None where none is found. It sets the team size of the calling
+    thread alone; ``torch.set_num_threads`` would also change the count that every thread started
+    later takes (torch keeps it process-wide)."""
+    for pattern in ("libgomp*.so*", "libomp*.so*", "libomp*.dylib", "libiomp5md.dll"):
+        for path in sorted((Path(torch.__file__).parent / "lib").glob(pattern)):
+            try:
+                return ctypes.CDLL(str(path)).omp_set_num_threads
+            except (OSError, AttributeError):
+                continue
+    return None
+
+
+class CoreWorkers:
+    """One thread per core torch computes on, each running its operations on one thread: for many
+    small independent pieces of work, such as the runs of rows of separable decoding (a 1080p view
+    has ~135, of a dozen operations each).
+
+    Split across torch's OpenMP threads instead, every operation wakes the other threads and waits
+    for them; with torch's threads told not to spin (``OMP_WAIT_POLICY=PASSIVE``, which napari_niiv
+    sets so that they leave the cores to other work when idle) those wake-ups cost ~20 % of a
+    1080p niiv-fast frame on a 2-core CPU. Here each worker keeps its own run's activations in its
+    core's cache, and a worker slowed by other work on its core only leaves more runs to the
+    other. The workers run at a lower priority (:func:`lower_thread_priority`): decoding is
+    background work beside napari's GUI thread.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.pid = os.getpid()  # a forked child starts its own: threads do not survive a fork
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="niiv-core", initializer=self._one_thread)
+        self._ready = threading.Barrier(threads)
+        self.ok = all(f.result() for f in [self._pool.submit(self._check) for _ in range(threads)])
+
+    @staticmethod
+    def _one_thread() -> None:
+        torch.get_num_threads()  # torch sets a new thread's team size at its first use: now, not later
+        set_threads = _omp_set_num_threads()
+        if set_threads is not None:
+            set_threads(1)
+        lower_thread_priority()
+
+    def _check(self) -> bool:
+        """True on a worker that computes on one thread (each worker runs one check: they wait
+        for each other)."""
+        try:
+            self._ready.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            return False
+        return torch.get_num_threads() == 1
+
+    def __call__(self, fn: Callable[[Any], None], items: Sequence[Any]) -> None:
+        """``fn(item)`` for every item, the workers taking the next item as each is free; the
+        caller's grad and inference modes hold on the workers too. Raises the first error."""
+        if len(items) < 2:
+            for item in items:
+                fn(item)
+            return
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+        todo, lock = iter(items), threading.Lock()
+
+        def work() -> None:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                while True:
+                    with lock:
+                        item = next(todo, todo)
+                    if item is todo:
+                        return
+                    fn(item)
+
+        futures = [self._pool.submit(work) for _ in range(min(self.threads, len(items)))]
+        for future in futures:
+            future.result()
+
+
+_core_workers: CoreWorkers | None = None
+_core_lock = threading.Lock()
+
+
+def core_workers(device: torch.device) -> Parallel | None:
+    """The process's :class:`CoreWorkers` for a CPU engine, one per core torch computes on (made at
+    the first call); None on other devices, with a single core, or where a worker could not be
+    limited to one thread (no OpenMP runtime found: callers then run their pieces in turn)."""
+    global _core_workers
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2:
+        return None
+    with _core_lock:
+        if _core_workers is None or _core_workers.pid != os.getpid():
+            _core_workers = CoreWorkers(threads)
+        return _core_workers if _core_workers.ok else None

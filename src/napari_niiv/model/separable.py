@@ -15,8 +15,8 @@ to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
@@ -30,11 +30,19 @@ if TYPE_CHECKING:
 # x @ w.T (+ b when given), then the ReLU when asked: a caller may pass a fused kernel (the engine
 # does on CPUs)
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, bool], torch.Tensor]
+# fn(item) for every item, in any order, possibly at once on several threads (the engine's core
+# workers on CPUs); returns when all are done
+Parallel = Callable[[Callable[[Any], None], Sequence[Any]], None]
 
 
 def plain_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
     y = F.linear(x, w, b)
     return y.relu_() if relu else y
+
+
+def in_turn(fn: Callable[[Any], None], items: Sequence[Any]) -> None:
+    for item in items:
+        fn(item)
 
 
 def axis_encoding(model: NiivModel, coords: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +63,8 @@ class SeparableDecoding:
     Prepared once: the grid rows the outputs read, interpolated to the output columns (in latent
     space, where there are fewest channels) and cast to ``dtype`` (bf16/fp16; None: fp32); each
     row's encoding term; the weights in ``dtype``. A run of rows decoded at once holds at most
-    ``points`` points (at least one row), to bound its activations.
+    ``points`` points (at least one row), to bound its activations. The runs are independent:
+    ``parallel`` may decode them at once (each writes its own rows of the output).
     """
 
     def __init__(
@@ -67,6 +76,7 @@ class SeparableDecoding:
         dtype: torch.dtype | None,
         linear: Linear | None = None,
         points: int | None = None,
+        parallel: Parallel | None = None,
     ) -> None:
         if model.attention is not None:
             raise ValueError("separable decoding needs a model without attention (it refines each point)")
@@ -93,22 +103,31 @@ class SeparableDecoding:
         self.decoder = model.decoder
         self.w_out = model.decoder.net[-1].weight.to(self.dtype)
         self.linear = linear or plain_linear
+        self.parallel = parallel or in_turn
         self.run_rows = max(1, points // (self.inputs.shape[0] * cols.numel())) if points else rows.numel()
 
     def decode(self, start: int, stop: int) -> torch.Tensor:
         """Intensities at output rows ``start:stop`` x the columns -> (B, stop - start, C), float32."""
         b, n_cols = self.inputs.shape[0], self.inputs.shape[2]
         out = torch.empty(b, stop - start, n_cols, dtype=torch.float32, device=self.inputs.device)
-        with torch.autocast(self.inputs.device.type, enabled=False):
-            s = start
-            while s < stop:  # runs of rows between the same two grid rows
-                e, end = s + 1, min(stop, s + self.run_rows)
-                while e < end and self.lo[e] == self.lo[s] and self.hi[e] == self.hi[s]:
-                    e += 1
-                res = self._decode_run(s, e)  # (B, C, e - s)
-                out[:, s - start : e - start] = res.transpose(1, 2)
-                s = e
+
+        def run(rows: tuple[int, int]) -> None:
+            s, e = rows
+            with torch.autocast(self.inputs.device.type, enabled=False):
+                out[:, s - start : e - start] = self._decode_run(s, e).transpose(1, 2)
+
+        self.parallel(run, list(self._runs(start, stop)))
         return out
+
+    def _runs(self, start: int, stop: int) -> Iterator[tuple[int, int]]:
+        """(start, stop) of each run: rows between the same two grid rows, at most ``run_rows``."""
+        s = start
+        while s < stop:
+            e, end = s + 1, min(stop, s + self.run_rows)
+            while e < end and self.lo[e] == self.lo[s] and self.hi[e] == self.hi[s]:
+                e += 1
+            yield s, e
+            s = e
 
     def _decode_run(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop``, all between grid rows ``lo`` and ``hi`` -> (B, C, rows): points in
