@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -85,12 +86,28 @@ def test_the_callers_modes_hold_on_the_workers_and_errors_reach_the_caller() -> 
         workers(mode, [0, 1, 2, 3])
     assert modes[:4] == [(True, False)] * 4 and modes[4:] == [(False, False)] * 4
 
+    done: list[int] = []
+
     def fail(i: int) -> None:
         if i == 5:
             raise ValueError("item 5")
+        time.sleep(0.001)
+        done.append(i)
 
     with pytest.raises(ValueError, match="item 5"):
-        workers(fail, list(range(10)))
+        workers(fail, list(range(1000)))
+    assert len(done) < 999  # the items not yet taken were left
+
+    nested: list[int] = []
+
+    def outer(i: int) -> None:  # a piece that asks for pieces of its own runs them in turn
+        workers(nested.append, [i * 10 + j for j in range(3)])
+
+    caller = threading.Thread(target=workers, args=(outer, [0, 1, 2, 3]))
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive()  # waiting on workers from a worker would hang here
+    assert sorted(nested) == [i * 10 + j for i in range(4) for j in range(3)]
 
 
 def test_the_engine_decodes_a_narrow_mlp_run_by_run_on_the_workers_exactly() -> None:

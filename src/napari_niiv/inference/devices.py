@@ -212,28 +212,40 @@ class CoreWorkers:
 
     def __call__(self, fn: Callable[[Any], None], items: Sequence[Any]) -> None:
         """``fn(item)`` for every item, the workers taking the next item as each is free; the
-        caller's grad and inference modes hold on the workers too. Raises the first error."""
-        if len(items) < 2:
+        caller's grad and inference modes hold on the workers too. The first error stops the
+        items not yet taken and is raised here. Called from a worker itself (``fn`` asking for
+        more pieces), the pieces run in turn there: waiting for the others could deadlock."""
+        if len(items) < 2 or getattr(_on_worker, "active", False):
             for item in items:
                 fn(item)
             return
         inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-        todo, lock = iter(items), threading.Lock()
+        todo, lock, failed = iter(items), threading.Lock(), threading.Event()
 
         def work() -> None:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                while True:
-                    with lock:
-                        item = next(todo, todo)
-                    if item is todo:
-                        return
-                    fn(item)
+            _on_worker.active = True
+            try:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                    while not failed.is_set():
+                        with lock:
+                            item = next(todo, todo)
+                        if item is todo:
+                            return
+                        fn(item)
+            except BaseException:
+                failed.set()
+                raise
+            finally:
+                _on_worker.active = False
 
         futures = [self._pool.submit(work) for _ in range(min(self.threads, len(items)))]
+        for future in futures:
+            future.exception()  # all finished: no worker still writes the caller's output
         for future in futures:
             future.result()
 
 
+_on_worker = threading.local()
 _core_workers: CoreWorkers | None = None
 _core_lock = threading.Lock()
 
