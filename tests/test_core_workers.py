@@ -5,6 +5,7 @@ through them is still the model's query."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -68,7 +69,10 @@ def test_each_worker_computes_on_one_thread_and_every_other_thread_keeps_torchs_
         "workers(lambda i: torch.ones(8) + i, list(range(8)))\n"
         "print(before, fresh(), torch.get_num_threads())\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # two threads, whatever earlier tests left in the environment
+    env.pop("MKL_NUM_THREADS", None)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
     before, after, main = run.stdout.split()
     assert before == after == main
 
