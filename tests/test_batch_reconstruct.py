@@ -72,11 +72,13 @@ def test_output_is_the_same_on_threads_a_local_cluster_and_other_chunkings(tmp_p
         "LocalCluster of 2 processes": ("--chunks", "12,16,20", "--workers", "2"),
     }
     results = {}
+    environ = dict(os.environ)
     for name, extra in runs.items():
         out = tmp_path / f"{name.replace(' ', '_').replace(',', '')}.ome.zarr"
         err = _reconstruct(capsys, aniso_zarr, out, weights, *extra)
         assert ("dask.distributed" in err) == ("--workers" in extra)
         results[name] = _levels(out)
+    assert dict(os.environ) == environ  # the cluster's thread settings for its workers stay theirs
     reference = results.pop("one thread")
     tol = 1e-5 * 255  # float32 rounding on intensities in 0..255 (block sizes change summation order)
     assert [lv.shape for lv in reference] == [(32, 44, 40), (16, 22, 20)]

@@ -104,18 +104,28 @@ def open_runner(scheduler: str | None = None, workers: int | None = None, thread
             raise NiivInputError(f"--workers {workers}: give at least 1")
         per_worker = max(1, (os.cpu_count() or 1) // workers)
         env = {name: str(per_worker) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        with (
-            LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-                env=env,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            yield DistributedRunner(client)
+        # distributed's nannies set the variables its workers start with (these, and its own
+        # pre-spawn ones: OPENBLAS_NUM_THREADS, MALLOC_TRIM_THRESHOLD_, PYTHONHASHSEED...) in this
+        # process' own environment before each spawn and leave them there: every process started
+        # from it later (a napari session's next job) would inherit them. Put back at the close.
+        kept = dict(os.environ)
+        try:
+            with (
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                    env=env,
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                yield DistributedRunner(client)
+        finally:
+            for name in set(os.environ) - set(kept):
+                del os.environ[name]
+            os.environ.update(kept)
         return
     if threads < 1:
         raise NiivInputError(f"--threads {threads}: give at least 1")
