@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from napari_niiv.inference.devices import CoreWorkers, _omp_set_num_threads, core_workers
+from napari_niiv.inference.devices import CoreWorkers, _omp_set_num_threads, core_workers, lower_thread_priority
 from napari_niiv.inference.engine import PARALLEL_RUNS_HIDDEN, InferenceEngine
 from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.model import NiivConfig
@@ -114,6 +114,56 @@ def test_the_callers_modes_hold_on_the_workers_and_errors_reach_the_caller() -> 
     assert sorted(nested) == [i * 10 + j for i in range(4) for j in range(3)]
 
 
+def _on_a_thread(target) -> None:
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+def test_a_call_uses_as_many_workers_as_its_caller_has_threads_at_its_callers_priority() -> None:
+    """A caller on one torch thread (a dask thread of a threaded batch run, say) runs its pieces
+    itself; the workers run a background caller's pieces at its lowered priority."""
+    workers = _workers()
+    names: list[str] = []
+
+    def one_thread_caller() -> None:
+        torch.get_num_threads()
+        _omp_set_num_threads()(1)  # this thread alone, as torch's thread settings of a dask thread
+        workers(lambda i: names.append(threading.current_thread().name), list(range(8)))
+
+    _on_a_thread(one_thread_caller)
+    assert names == [names[0]] * 8 and not names[0].startswith("niiv-core")
+    if not sys.platform.startswith("linux"):
+        return
+    nice: list[int] = []
+
+    def background_caller() -> None:
+        lower_thread_priority(7)
+        workers(lambda i: nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())), list(range(8)))
+
+    _on_a_thread(background_caller)
+    assert nice == [7] * 8
+
+
+def test_a_failing_call_returns_only_when_no_worker_still_writes() -> None:
+    workers = _workers()
+    for _ in range(4):  # which worker takes the failing piece varies
+        written: list[int] = []
+        together = threading.Barrier(2)
+
+        def piece(i: int, written=written, together=together) -> None:
+            together.wait(timeout=30)
+            if i == 0:
+                raise ValueError("piece 0")
+            time.sleep(0.2)
+            written.append(i)
+
+        with pytest.raises(ValueError, match="piece 0"):
+            workers(piece, [0, 1])
+        assert written == [1]
+
+
 def test_the_engine_decodes_a_narrow_mlp_run_by_run_on_the_workers_exactly() -> None:
     """niiv-fast's configuration takes the workers (in fp32 here, to compare to the query exactly);
     the 256-wide v1 does not."""
@@ -139,7 +189,4 @@ def test_the_engine_decodes_a_narrow_mlp_run_by_run_on_the_workers_exactly() -> 
     wide = InferenceEngine(
         random_model(NiivConfig.named("v1")), InferenceSettings(device="cpu", precision="fp32", alpha=8.0)
     )
-    wide._parallel = counted
-    calls.clear()
-    wide.render(wide.encode(torch.rand(1, 1, 12, 40), 8.0), *CASES["dense rows, input columns"])
-    assert calls == []
+    assert wide._parallel is None

@@ -160,35 +160,57 @@ def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
 
 def _omp_set_num_threads() -> Callable[[int], None] | None:
     """``omp_set_num_threads`` of the OpenMP runtime torch ships (libgomp on Linux, libomp on macOS,
-    libiomp5md on Windows), or None where none is found. It sets the team size of the calling
-    thread alone; ``torch.set_num_threads`` would also change the count that every thread started
-    later takes (torch keeps it process-wide)."""
-    for pattern in ("libgomp*.so*", "libomp*.so*", "libomp*.dylib", "libiomp5md.dll"):
-        for path in sorted((Path(torch.__file__).parent / "lib").glob(pattern)):
-            try:
-                return ctypes.CDLL(str(path)).omp_set_num_threads
-            except (OSError, AttributeError):
-                continue
+    libiomp5md on Windows; in ``torch/lib``, or ``torch.libs`` beside it in some wheels), or None
+    where none is found. It sets the team size of the calling thread alone; ``torch.set_num_threads``
+    would also change the count that every thread started later takes (torch keeps it process-wide)."""
+    here = Path(torch.__file__).parent
+    for folder in (here / "lib", here.parent / "torch.libs"):
+        for pattern in ("libgomp*.so*", "libomp*.so*", "libomp*.dylib", "libiomp5md.dll"):
+            for path in sorted(folder.glob(pattern)):
+                try:
+                    return ctypes.CDLL(str(path)).omp_set_num_threads
+                except (OSError, AttributeError):
+                    continue
     return None
 
 
+def _thread_priority() -> int | None:
+    """The calling thread's nice value (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except OSError:
+        return None
+
+
+def _set_thread_priority(nice: int | None) -> None:
+    """Give the calling thread ``nice`` where allowed (raising a priority may need privileges)."""
+    if nice is None:
+        return
+    try:
+        if os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != nice:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError:
+        pass
+
+
 class CoreWorkers:
-    """One thread per core torch computes on, each running its operations on one thread: for many
-    small independent pieces of work, such as the runs of rows of separable decoding (a 1080p view
-    has ~135, of a dozen operations each).
+    """Threads that each run their operations on one torch thread: for many small independent
+    pieces of work, such as the runs of rows of separable decoding (a 1080p view has ~135, of a
+    dozen operations each). A call uses as many workers as its caller has torch threads.
 
     Split across torch's OpenMP threads instead, every operation wakes the other threads and waits
     for them; with torch's threads told not to spin (``OMP_WAIT_POLICY=PASSIVE``, which napari_niiv
     sets so that they leave the cores to other work when idle) those wake-ups cost ~20 % of a
     1080p niiv-fast frame on a 2-core CPU. Here each worker keeps its own run's activations in its
     core's cache, and a worker slowed by other work on its core only leaves more runs to the
-    other. The workers run at a lower priority (:func:`lower_thread_priority`): decoding is
-    background work beside napari's GUI thread.
+    other. Workers take their caller's priority (:func:`lower_thread_priority`: background work
+    stays behind napari's GUI thread).
     """
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
-        self.pid = os.getpid()  # a forked child starts its own: threads do not survive a fork
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="niiv-core", initializer=self._one_thread)
         self._ready = threading.Barrier(threads)
         self.ok = all(f.result() for f in [self._pool.submit(self._check) for _ in range(threads)])
@@ -199,7 +221,6 @@ class CoreWorkers:
         set_threads = _omp_set_num_threads()
         if set_threads is not None:
             set_threads(1)
-        lower_thread_priority()
 
     def _check(self) -> bool:
         """True on a worker that computes on one thread (each worker runs one check: they wait
@@ -211,19 +232,23 @@ class CoreWorkers:
         return torch.get_num_threads() == 1
 
     def __call__(self, fn: Callable[[Any], None], items: Sequence[Any]) -> None:
-        """``fn(item)`` for every item, the workers taking the next item as each is free; the
-        caller's grad and inference modes hold on the workers too. The first error stops the
-        items not yet taken and is raised here. Called from a worker itself (``fn`` asking for
-        more pieces), the pieces run in turn there: waiting for the others could deadlock."""
-        if len(items) < 2 or getattr(_on_worker, "active", False):
+        """``fn(item)`` for every item, on as many workers as the caller has torch threads, each
+        taking the next item as it is free; the caller's grad and inference modes and priority hold
+        on the workers too. The first error (or an interrupt of the caller) stops the items not yet
+        taken; the call returns when no worker still runs one, and raises that error. Called from a
+        worker itself (``fn`` asking for more pieces), the pieces run in turn there: waiting for
+        the others could deadlock."""
+        workers = min(self.threads, torch.get_num_threads(), len(items))
+        if workers < 2 or getattr(_on_worker, "active", False):
             for item in items:
                 fn(item)
             return
-        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+        inference, grad, nice = torch.is_inference_mode_enabled(), torch.is_grad_enabled(), _thread_priority()
         todo, lock, failed = iter(items), threading.Lock(), threading.Event()
 
         def work() -> None:
             _on_worker.active = True
+            _set_thread_priority(nice)
             try:
                 with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                     while not failed.is_set():
@@ -238,9 +263,19 @@ class CoreWorkers:
             finally:
                 _on_worker.active = False
 
-        futures = [self._pool.submit(work) for _ in range(min(self.threads, len(items)))]
-        for future in futures:
-            future.exception()  # all finished: no worker still writes the caller's output
+        try:
+            futures = [self._pool.submit(work) for _ in range(workers)]
+        except RuntimeError:  # the interpreter is shutting down: no new threads
+            futures = []
+        try:
+            if not futures:
+                work()
+            for future in futures:
+                future.exception()  # all finished: no worker still writes the caller's output
+        finally:
+            failed.set()  # an interrupt while waiting: the workers take no more items
+            for future in futures:
+                future.exception()
         for future in futures:
             future.result()
 
@@ -250,15 +285,25 @@ _core_workers: CoreWorkers | None = None
 _core_lock = threading.Lock()
 
 
+def _forget_core_workers() -> None:
+    """In a forked child: the parent's workers are not there (threads do not survive a fork)."""
+    global _core_workers, _core_lock
+    _core_workers, _core_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_core_workers)
+
+
 def core_workers(device: torch.device) -> Parallel | None:
-    """The process's :class:`CoreWorkers` for a CPU engine, one per core torch computes on (made at
-    the first call); None on other devices, with a single core, or where a worker could not be
-    limited to one thread (no OpenMP runtime found: callers then run their pieces in turn)."""
+    """The process's :class:`CoreWorkers` for a CPU engine whose thread has at least two torch
+    threads (one worker per CPU, made at the first call; each call uses as many as its caller has
+    torch threads); None on other devices, with one thread, or where a worker could not be limited
+    to one thread (no OpenMP runtime found: callers then run their pieces in turn)."""
     global _core_workers
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2:
+    if device.type != "cpu" or torch.get_num_threads() < 2:
         return None
     with _core_lock:
-        if _core_workers is None or _core_workers.pid != os.getpid():
-            _core_workers = CoreWorkers(threads)
+        if _core_workers is None:
+            _core_workers = CoreWorkers(max(2, os.cpu_count() or 2))
         return _core_workers if _core_workers.ok else None

@@ -77,7 +77,11 @@ class InferenceEngine:
         self.dtype = autocast_dtype(self.device, settings.precision)  # None: fp32
         self._linear = fused_linear(self.device, self.dtype)  # separable decoding's layers
         self._conv = fused_conv(self.device, self.dtype)  # attention-free models' encoder
-        self._parallel = core_workers(self.device)  # separable decoding's runs, one per core at once
+        # Separable decoding's runs of a narrow MLP (niiv-fast's 48) are many small operations: one
+        # run per core at once (1080p niiv-fast frame ~25 % faster on 2 cores). A 256-wide run's
+        # operations are long enough to split across the cores themselves (niiv-em's frame 3-8 %
+        # slower run by run).
+        self._parallel = core_workers(self.device) if model.config.mlp_hidden <= PARALLEL_RUNS_HIDDEN else None
         self.chunk = int(chunk)
         self.compiled = settings.compiled
         self._decode: Any = self.model.decode_points
@@ -210,13 +214,8 @@ class InferenceEngine:
     def _render_separable(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Attention-free models: :class:`SeparableDecoding`, in runs of at most ``SEPARABLE_POINTS``
         points for a 256-wide MLP (twice as many for narrower ones)."""
-        hidden = self.model.config.mlp_hidden
-        points = SEPARABLE_POINTS * 256 // max(128, hidden)
-        # Runs of a narrow MLP (niiv-fast's 48) are many small operations: one run per core at once
-        # (1080p niiv-fast frame ~25 % faster on 2 cores). A 256-wide run's operations are long
-        # enough to split across the cores themselves (niiv-em's frame 3-8 % slower run by run).
-        parallel = self._parallel if hidden <= PARALLEL_RUNS_HIDDEN else None
-        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear, points, parallel)
+        points = SEPARABLE_POINTS * 256 // max(128, self.model.config.mlp_hidden)
+        decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear, points, self._parallel)
         return decoding.decode(0, rows.numel())
 
     def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:
