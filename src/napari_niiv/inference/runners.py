@@ -107,8 +107,9 @@ def open_runner(scheduler: str | None = None, workers: int | None = None, thread
         # distributed's nannies set the variables its workers start with (these, and its own
         # pre-spawn ones: OPENBLAS_NUM_THREADS, MALLOC_TRIM_THRESHOLD_, PYTHONHASHSEED...) in this
         # process' own environment before each spawn and leave them there: every process started
-        # from it later (a napari session's next job) would inherit them. Put back at the close.
-        kept = dict(os.environ)
+        # from it later (a napari session's next job) would inherit them. Those the cluster set are
+        # put back at its close, unless something else changed them since.
+        before, leaked = dict(os.environ), {}
         try:
             with (
                 LocalCluster(
@@ -121,11 +122,16 @@ def open_runner(scheduler: str | None = None, workers: int | None = None, thread
                 ) as cluster,
                 Client(cluster) as client,
             ):
+                leaked = {k: v for k, v in os.environ.items() if before.get(k) != v}
                 yield DistributedRunner(client)
         finally:
-            for name in set(os.environ) - set(kept):
-                del os.environ[name]
-            os.environ.update(kept)
+            for name, value in leaked.items():
+                if os.environ.get(name) != value:
+                    continue
+                if name in before:
+                    os.environ[name] = before[name]
+                else:
+                    del os.environ[name]
         return
     if threads < 1:
         raise NiivInputError(f"--threads {threads}: give at least 1")
