@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -16,7 +17,7 @@ from torch.nn import functional as F
 
 from ..errors import NiivInputError
 from ..model.encoder import Conv, replicate_pad
-from ..model.separable import Linear, Parallel
+from ..model.separable import Linear, Parallel, in_turn
 from .settings import DEVICES
 
 
@@ -91,6 +92,16 @@ def lower_thread_priority(nice: int = 10) -> bool:
     return True
 
 
+def thread_priority() -> int | None:
+    """The calling thread's nice value (Linux), else None: what :func:`lower_thread_priority` sets."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except OSError:
+        return None
+
+
 def _cpu_onednn_op(device: torch.device, name: str) -> Any | None:
     """torch's oneDNN operator ``name`` where ``device`` is a CPU and this build has oneDNN, else None."""
     op = getattr(getattr(torch.ops, "mkldnn", None), name, None)
@@ -158,6 +169,7 @@ def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
     return conv if ok else None
 
 
+@functools.cache
 def _omp_set_num_threads() -> Callable[[int], None] | None:
     """``omp_set_num_threads`` of the OpenMP runtime torch ships (libgomp on Linux, libomp on macOS,
     libiomp5md on Windows; in ``torch/lib``, or ``torch.libs`` beside it in some wheels), or None
@@ -172,27 +184,6 @@ def _omp_set_num_threads() -> Callable[[int], None] | None:
                 except (OSError, AttributeError):
                     continue
     return None
-
-
-def _thread_priority() -> int | None:
-    """The calling thread's nice value (Linux), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    except OSError:
-        return None
-
-
-def _set_thread_priority(nice: int | None) -> None:
-    """Give the calling thread ``nice`` where allowed (raising a priority may need privileges)."""
-    if nice is None:
-        return
-    try:
-        if os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != nice:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except OSError:
-        pass
 
 
 class CoreWorkers:
@@ -240,15 +231,15 @@ class CoreWorkers:
         the others could deadlock."""
         workers = min(self.threads, torch.get_num_threads(), len(items))
         if workers < 2 or getattr(_on_worker, "active", False):
-            for item in items:
-                fn(item)
+            in_turn(fn, items)
             return
-        inference, grad, nice = torch.is_inference_mode_enabled(), torch.is_grad_enabled(), _thread_priority()
+        inference, grad, nice = torch.is_inference_mode_enabled(), torch.is_grad_enabled(), thread_priority()
         todo, lock, failed = iter(items), threading.Lock(), threading.Event()
 
         def work() -> None:
             _on_worker.active = True
-            _set_thread_priority(nice)
+            if nice is not None:  # the caller's (back up to a higher one only where allowed)
+                lower_thread_priority(nice)
             try:
                 with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                     while not failed.is_set():
@@ -263,19 +254,22 @@ class CoreWorkers:
             finally:
                 _on_worker.active = False
 
+        futures = []
+        for _ in range(workers):
+            try:
+                futures.append(self._pool.submit(work))
+            except RuntimeError:  # the interpreter is shutting down: no new threads
+                break
+        if not futures:
+            work()
         try:
-            futures = [self._pool.submit(work) for _ in range(workers)]
-        except RuntimeError:  # the interpreter is shutting down: no new threads
-            futures = []
-        try:
-            if not futures:
-                work()
             for future in futures:
                 future.exception()  # all finished: no worker still writes the caller's output
-        finally:
-            failed.set()  # an interrupt while waiting: the workers take no more items
+        except BaseException:  # interrupted while waiting: the workers take no more items
+            failed.set()
             for future in futures:
                 future.exception()
+            raise
         for future in futures:
             future.result()
 
