@@ -119,6 +119,32 @@ def test_xy_view_between_planes_equals_core_decoding(renderer, volume):
     np.testing.assert_allclose(progressive.render(xz), reference(renderer, volume, xz, "xz"), atol=2e-5)
 
 
+def test_an_xy_view_encodes_only_the_rows_within_its_halo(medulla):
+    """An xy view keeps only the latent rows around its z, so its slices are encoded over the
+    halo's rows, not a crop rounded out to the row lattice (which no other z could reuse), and
+    still equal the core's decoding of whole slices."""
+    from napari_niiv.data.degrade import pool_axis
+    from napari_niiv.inference.geometry import pixel_range
+    from tests.conftest import TINY
+
+    tall = pool_axis(medulla[:, :40, :40].astype(np.float32), ALPHA, 0).astype(np.uint8)  # 16 rows
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    rec = Reconstructor(random_model(TINY), settings, slice_batch=4)
+    r = ViewRenderer(tall, fit_normalisation(tall), rec)
+    frame = Frame(tall.shape, (ALPHA, 1.0, 1.0))
+    grid = view_grid(Camera((20.0, 20.0), 1.0, (40, 40)), frame, (1, 2), 30.0, finest=1.0)
+    z = grid.coords[0]
+    need = pixel_range(z, tall.shape[0], rec.halo)
+    assert grid.kind == "xy" and need[0] > 0 and need[1] < tall.shape[0]  # the halo is inside the volume
+    out = r.render(grid)
+    entries = list(r.cache._entries.values())
+    assert entries and all(e.rows == need for e in entries)
+    norm = r.norm.apply(tall)
+    planes = np.moveaxis(interpolate_planes(norm, grid.coords[1], 1, 0), 1, 0)
+    whole = Reconstructor(rec.model, settings, tile=10_000).planes(planes, z, grid.coords[2])
+    np.testing.assert_allclose(out, np.moveaxis(whole, (0, 1, 2), (1, 0, 2)), atol=2e-5)
+
+
 def test_zoom_in_reuses_latents(volume):
     rec = Reconstructor(random_model(), InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu"))
     r = ViewRenderer(volume, fit_normalisation(volume), rec)

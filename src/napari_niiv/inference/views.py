@@ -302,6 +302,10 @@ class ViewRenderer:
         # lattice, its ~33 columns would cost ~8x the encoding and the cache, for pans that never
         # reuse them (panning changes the planes, not the column).
         crop_cols = _snap(*need_cols, self.shape[col_axis], CROP_LATTICE[1]) if cols.size > 1 else need_cols
+        # An xy view (one output z) caches only the latent rows around its z (``decode``), so a
+        # crop rounded out to the row lattice would never serve another z: it is encoded over its
+        # halo only (niiv-fast's xy view of the 32-plane EM sample: 25 rows instead of 32).
+        crop_rows = _snap(*need_rows, self.shape[0], CROP_LATTICE[0]) if rows.size > 1 else need_rows
         return _Layout(
             plane_axis,
             col_axis,
@@ -310,7 +314,7 @@ class ViewRenderer:
             cols,
             need_rows,
             need_cols,
-            _snap(*need_rows, self.shape[0], CROP_LATTICE[0]),
+            crop_rows,
             crop_cols,
             pixel_range(rows, self.shape[0], DECODE_MARGIN),  # the latent rows the decoder reads
         )
