@@ -203,3 +203,28 @@ def test_the_fused_cpu_convolutions_run_the_encoders_own_network() -> None:
         conv = fused_conv(torch.device("cpu"), None)
         with pytest.raises(ValueError, match="not both"):
             conv(image, model.encoder.head, True, ref)
+
+
+def test_the_fused_skip_accumulates_into_what_the_encoder_gives_up_and_never_into_its_head() -> None:
+    """The fused kernel adds a block's skip into the skip's own tensor (no new output); the encoder
+    gives it each block's input but a copy of its head, which the global skip still needs, whatever
+    layout the kernel returns the head in."""
+    from napari_niiv.inference.devices import fused_conv
+
+    fused = fused_conv(torch.device("cpu"), None)
+    if fused is None:
+        pytest.skip("no oneDNN on this build")
+    model = random_model(CONFIGS["fast"])
+    image = torch.rand(2, 1, 12, 40)
+    with torch.inference_mode():
+        x = torch.rand(2, 24, 12, 40).contiguous(memory_format=torch.channels_last)
+        add = torch.rand(2, 24, 12, 40).contiguous(memory_format=torch.channels_last)
+        out = fused(x, model.encoder.body[0].body[0], False, add)
+        assert out.data_ptr() == add.data_ptr()  # summed into the skip itself
+
+        def channels_last_head(x, layer, relu, add):  # a kernel whose head comes back channels-last
+            out = fused(x, layer, relu, add)
+            return out.contiguous(memory_format=torch.channels_last) if layer is model.encoder.head else out
+
+        ref = model.encoder(image, 8.0, None)
+        torch.testing.assert_close(model.encoder(image, 8.0, None, channels_last_head), ref, atol=1e-4, rtol=0.02)

@@ -139,10 +139,14 @@ def fused_linear(device: torch.device, dtype: torch.dtype | None) -> Linear | No
 def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
     """The encoder's replicate-padded 3x3 convolution with its ReLU or its block's skip as one
     oneDNN call on CPUs (channels-last, in ``dtype``): ~20 % off niiv-fast's encoder here (a pass
-    over the activations fewer per layer). None where it does not apply or does not give
-    F.conv2d's result (checked once on a small case)."""
+    over the activations fewer per layer). The skip is accumulated into ``add`` itself (oneDNN's
+    sum into the destination), which the caller gives up (:data:`~napari_niiv.model.encoder.Conv`):
+    for 24 channels that runs at the plain convolution's speed, where adding into a new tensor
+    took ~25 % longer. None where it does not apply or does not give F.conv2d's result (checked
+    once on a small case)."""
     op = _cpu_onednn_op(device, "_convolution_pointwise")
-    if op is None:
+    into = _cpu_onednn_op(device, "_convolution_pointwise_")
+    if op is None or into is None:
         return None
     dt = dtype or torch.float32
     geometry = ([0, 0], [1, 1], [1, 1], 1)  # padding (done by replicate_pad), stride, dilation, groups
@@ -154,7 +158,8 @@ def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
             return op(x, w, b, *geometry, "relu" if relu else "none", [], "")
         if relu:
             raise ValueError("a fused convolution adds or applies the ReLU, not both")
-        return op.binary(x, add.to(dt), w, b, *geometry, "add", None, None, [], None)
+        into_add = add.to(dt).contiguous(memory_format=torch.channels_last)
+        return into.binary(into_add, x, w, b, *geometry, "add", None, None, [], None)
 
     try:
         gen = torch.Generator().manual_seed(0)
@@ -163,7 +168,7 @@ def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
         with torch.no_grad():
             ref = layer(F.pad(x, (1, 1, 1, 1), mode="replicate"))
             ok = torch.allclose(conv(x, layer, True, None).float(), ref.relu(), atol=0.1)
-            ok = ok and torch.allclose(conv(x, layer, False, add).float(), ref + add, atol=0.1)
+            ok = ok and torch.allclose(conv(x, layer, False, add.clone()).float(), ref + add, atol=0.1)
     except RuntimeError:
         return None
     return conv if ok else None

@@ -29,7 +29,8 @@ def replicate_pad(x: torch.Tensor) -> torch.Tensor:
 
 # A replicate-padded 3x3 convolution by a layer's weights, plus ``add`` when given, then the ReLU
 # when asked: a caller may pass a fused kernel (the engine does on CPUs) to run the encoder with
-# each block's ReLU and skip riding on its convolutions (inference only).
+# each block's ReLU and skip riding on its convolutions (inference only). ``add`` is given up: the
+# kernel may write its result into it.
 Conv = Callable[[torch.Tensor, nn.Conv2d, bool, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -123,5 +124,7 @@ class EDSREncoder(nn.Module):
         x = head
         for block in self.body[:-1]:
             assert isinstance(block, ResBlock)
-            x = conv(conv(x, block.body[0], True, None), block.body[2], False, x)
+            # each block's input is given up to its skip, but the head's is kept for the global one
+            skip = x.clone(memory_format=torch.channels_last) if x is head else x
+            x = conv(conv(x, block.body[0], True, None), block.body[2], False, skip)
         return conv(x, self.body[-1], False, head)
