@@ -23,6 +23,9 @@ sitting is continued, not restarted):
   default's weights change (issue 12: niiv-fast follows its teacher); a third of the peak lr.
 - ``lm``: niiv-lm, continued from niiv-em on the light-microscopy volume's xy planes z 0-40
   (z 40-60 is its held-out test), psf degradation (FWHM one section spacing), alpha 2-8.
+- ``lm-split``: not shipped: a twin of ``lm`` for the fine-tune test, continued from the shipped
+  (told) niiv-em on z 0-20 only, so that z 20-40 stay unseen as a user's own planes for
+  ``scripts/finetune_lm.py --planes 20:40`` and z 40-60 the held-out test of both.
 
 FIB-SEM split for every recipe: training medulla_a z 74-250 and medulla_b z 0-112 (xy planes);
 validation (monitoring only) medulla_a z 0-64, y 0-128, x 0-128; medulla_b z 122-250 is the
@@ -83,10 +86,13 @@ elif recipe == "em-focus":
         **{**EM_RECIPE, "seed": 5, "lr": 7e-5, "warmup": 50}, acquisition_embedding=True, **focus, **common
     )
     card["fine_tuned_from"] = "niiv-em (told; continued with focus on its weakest cases)"
-elif recipe == "lm":
+elif recipe in ("lm", "lm-split"):
     lm = open_volume(DATA / "lm" / "cells3d_nuclei.tif")
     volumes, z_ranges, card = [lm], [(0, 40)], dict(LM_SPLIT)
     name, init = "niiv-lm", ROOT / "runs" / "em" / "niiv-em.safetensors"
+    if recipe == "lm-split":
+        z_ranges, init = [(0, 20)], ROOT / "weights" / "niiv-em.safetensors"
+        card["training_data"] = "cells3d_nuclei z 0-20 (xy planes; z 20-40 kept for the fine-tune test)"
     # Monitoring on the held-out xy planes, degraded along y: transpose (z, y, x) -> (y, z, x).
     held = HeldOutCheck([np.asarray(lm.data[40:60]).transpose(1, 0, 2)[:, :, :128]], 4.0, degradation=PSF)
     settings = TrainSettings(
@@ -99,6 +105,7 @@ elif recipe == "lm":
         batch=8,
         eval_every=250,
         seed=2,
+        acquisition_embedding=recipe == "lm-split",  # the told niiv-em it continues
         **common,
     )
 elif recipe in ("fast", "fast-again"):
@@ -123,7 +130,7 @@ elif recipe in ("fast", "fast-again"):
     )
     card["distilled_from"] = "niiv-em"
 else:
-    sys.exit(f"unknown recipe {recipe!r}: v1, v2, v2-input, em, em-told, em-focus, lm, fast or fast-again")
+    sys.exit(f"unknown recipe {recipe!r}: v1, v2, v2-input, em, em-told, em-focus, lm, lm-split, fast or fast-again")
 
 r = train(
     volumes,
