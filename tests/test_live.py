@@ -409,12 +409,15 @@ def test_when_the_tiles_asked_for_are_done_the_3d_overview_is_rendered_ahead(vol
 
 def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volume, monkeypatch):
     """The missing tiles of one plane are encoded together over the union of their crops (one
-    encoder pass instead of one per tile); each tile equals the same tile computed on its own."""
+    encoder pass instead of one per tile) and decoded up to ROW_TILES neighbours of a row at a
+    time (rows of 4 tiles with 3 at a time: 3 + 1); each tile equals the same tile computed on
+    its own."""
     from napari_niiv.inference import lazy_volume
     from napari_niiv.inference.geometry import output_geometry
     from napari_niiv.inference.lazy_volume import LazyIsotropic
 
     monkeypatch.setattr(lazy_volume, "TILE", 16)  # several tiles per plane of the small volume
+    monkeypatch.setattr(lazy_volume, "ROW_TILES", 3)  # a row of 4 tiles in two decodings
     settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
     model = random_model()
 
@@ -426,12 +429,24 @@ def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volu
         return lazy
 
     together, alone = make(), make()
+    decoded: list[tuple[int, ...]] = []
+    render = together.renderer.render
+
+    def counted(grid, *args, **kwargs):
+        decoded.append(tuple(len(c) for c in grid.coords))
+        return render(grid, *args, **kwargs)
+
+    together.renderer.render = counted
     try:
         index = (slice(0, 48), slice(20, 21), slice(0, 56))  # an xz plane: 3 x 4 tiles
         together.get(0, index)
         assert together._worker.wait_idle(60) and together.pending == 0
         keys = list(together._tiles)
         assert len(keys) == 12 and together.renderer.cache.misses == 1  # one encoder pass for the plane
+        widths = sorted(shape[2] for shape in decoded)
+        assert len(decoded) == 6 and all(shape[0] == 16 for shape in decoded), decoded
+        last = together.shapes[0][2] - 48  # the last tile of a row is cut by the volume's edge
+        assert widths == sorted([48, last] * 3), decoded
         for key in keys:
             np.testing.assert_allclose(together._tiles[key], alone.compute_tile(key), atol=1e-4)
     finally:

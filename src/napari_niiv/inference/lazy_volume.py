@@ -3,9 +3,9 @@
 Level ``L`` has the shape and world placement of level ``L`` of the written pyramid
 (:mod:`.geometry`: ``2**L`` level-0 voxels per voxel); a continuous model renders it directly at
 the centres of those voxels. Slicing returns immediately: niiv tiles already computed, trilinear interpolation
-elsewhere; the missing tiles of the latest 2D requests are computed one by one on the layer's
-:class:`~.worker.LatestWorker`, and ``on_tile`` is called (from that thread) when one is ready so
-the viewer can redraw.
+elsewhere; the missing tiles of the latest 2D requests are computed a few neighbours of a row at
+a time on the layer's :class:`~.worker.LatestWorker`, and ``on_tile`` is called (from that thread)
+for each tile ready so the viewer can redraw.
 
 A 3D request (napari's 3D view reads the coarsest level whole) never blocks: it is answered at
 once with the nearest input voxels (milliseconds: no interpolation of millions of voxels on the
@@ -40,6 +40,9 @@ from .worker import Cancelled, LatestWorker
 
 log = logging.getLogger(__name__)
 TILE = 256
+# neighbouring tiles of a row decoded as one region: most of the speed of a whole view (on an AMX
+# CPU, 1080p: 1.3 s against 2.7 s one by one and 1.0 s whole), a quarter of a 1920-wide canvas per wait
+ROW_TILES = 4
 PREVIEWS_KEPT = 128  # interpolated stand-ins of missing tiles kept (at most 32 MiB of 256^2 float32)
 VOLUMES_KEPT = 2  # 3D renders kept (the coarsest level of one layer is what napari's 3D view reads)
 PREFETCH_3D_VOXELS = 1 << 22  # a coarsest level up to this size is rendered ahead for the 3D view
@@ -348,26 +351,47 @@ class LazyIsotropic:
     ) -> tuple[np.ndarray, np.ndarray | None] | None:
         """niiv for one tile and, ``with_confidence``, its confidence map from the same decoding,
         both in the input's intensity scale; None if ``cancelled`` turned true."""
+        made = self.compute_row([key], cancelled, with_confidence)
+        return None if made is None else made[0]
+
+    def compute_row(
+        self, keys: list[TileKey], cancelled: Cancelled | None = None, with_confidence: bool = True
+    ) -> list[tuple[np.ndarray, np.ndarray | None]] | None:
+        """:meth:`compute_tiles` for neighbouring tiles of one row of one plane (``keys`` left to
+        right, adjacent), decoded as one region and cut into tiles: the decoder's runs of output
+        rows are then as wide as the row, not one tile (with AMX, 40 tiles one by one decoded at
+        half the speed of 10 rows of four). Pointwise, so each tile equals the tile made alone."""
         cancelled = cancelled or (lambda: False)
-        index = self._tile_index(key)
-        grid = self._grid(key[0], index, key[1])
+        indices = [self._tile_index(k) for k in keys]
+        union = tuple(slice(min(i[a].start for i in indices), max(i[a].stop for i in indices)) for a in range(3))
+        grid = self._grid(keys[0][0], union, keys[0][1])
         parts: dict[str, np.ndarray] = {}
-        renderer = self._renderer(fast=key[0] > 0)
+        renderer = self._renderer(fast=keys[0][0] > 0)
         result = renderer.render(grid, cancelled, parts=parts)
         if result is None:
             return None
         image = self.norm.invert(result, np.float32)
-        if not with_confidence:
-            return image, None
-        uncertainty = renderer.render_confidence(grid, cancelled, parts)
-        return None if uncertainty is None else (image, confidence.to_intensity(uncertainty, self.norm))
+        uncertainty = None
+        if with_confidence:
+            uncertainty = renderer.render_confidence(grid, cancelled, parts)
+            if uncertainty is None:
+                return None
+            uncertainty = confidence.to_intensity(uncertainty, self.norm)
+
+        def cut(region: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
+            within = tuple(slice(i.start - u.start, i.stop - u.start) for i, u in zip(index, union, strict=True))
+            return np.ascontiguousarray(region[within])  # a tile of its own: evicted alone
+
+        return [(cut(image, i), None if uncertainty is None else cut(uncertainty, i)) for i in indices]
 
     def _compute(self, wanted: list[TileKey], cancelled: Cancelled) -> int:
-        """The worker's task: the tiles in ``wanted`` one by one, until a newer request supersedes it
-        (checked between tiles; a tile once started is finished, as the newer request most likely
-        wants it too) or the layer closes (checked inside the tile as well). Returns tiles made."""
+        """The worker's task: the tiles in ``wanted`` in order, up to ``ROW_TILES`` neighbours of one
+        row at a time (:meth:`compute_row`), until a newer request supersedes it (checked between
+        rows; a row once started is finished, as the newer request most likely wants it too) or the
+        layer closes (checked inside the row as well). Returns tiles made."""
         made = 0
         shared: set[tuple[int, int, int]] = set()
+        asked = set(wanted)
         for key in wanted:
             if cancelled():
                 break
@@ -376,31 +400,40 @@ class LazyIsotropic:
                     continue
                 with_map = self.confidence
                 plane = [] if key[:3] in shared else [k for k in wanted if k[:3] == key[:3] and self._missing(k)]
+                row = [key]
+                while len(row) < ROW_TILES:
+                    right = (*key[:4], row[-1][4] + 1)
+                    if right not in asked or not self._missing(right):
+                        break
+                    row.append(right)
             shared.add(key[:3])
             if len(plane) > 1:
                 self._encode_together(plane)
             try:
-                tiles = self.compute_tiles(key, lambda: self._closed, with_confidence=with_map)
+                tiles = self.compute_row(row, lambda: self._closed, with_confidence=with_map)
             except BaseException as exc:  # keep serving; the layer shows interpolation there
                 with self._lock:
                     for recent in self._recent.values():
                         for keys in recent:
-                            if key in keys:
-                                keys.remove(key)
+                            for k in row:
+                                if k in keys:
+                                    keys.remove(k)
                 self._report(exc)
                 continue
             if tiles is None:  # closed
                 break
             with self._lock:
-                self._tiles[key] = tiles[0]
-                self._tiles.move_to_end(key)
-                self._previews.pop(key, None)
-                if tiles[1] is not None:
-                    self._maps[key] = tiles[1]
+                for k, (image, umap) in zip(row, tiles, strict=True):
+                    self._tiles[k] = image
+                    self._tiles.move_to_end(k)
+                    self._previews.pop(k, None)
+                    if umap is not None:
+                        self._maps[k] = umap
                 self._evict()
-            made += 1
+            made += len(row)
             if self.on_tile is not None:
-                self.on_tile(key)
+                for k in row:
+                    self.on_tile(k)
         if not cancelled() and not self._closed:
             self._prefetch_volume(cancelled)
         return made
