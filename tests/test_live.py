@@ -73,7 +73,7 @@ def test_a_block_of_planes_decoded_one_at_a_time_equals_the_core_decoding(render
     coords = ((np.arange(40) + 0.5) / ALPHA, np.arange(2.0, 48, 6), np.arange(1.5, 56, 4))
     grid = ViewGrid(coords, 1, 0.0, (0, 0, 0), (1, 1, 1))
     rec = Reconstructor(renderer.rec.model, renderer.rec.settings, slice_batch=8)
-    monkeypatch.setattr(views, "ENCODE_PIXELS", 1)  # one plane per encoder pass, 8 per decoding
+    monkeypatch.setattr(views, "ENCODE_VALUES", 1)  # one plane per encoder pass, 8 per decoding
     groups: list[int] = []
     batched = views._batched
     monkeypatch.setattr(views, "_batched", lambda e, r: [groups.append(len(g[0])) or g for g in batched(e, r)])

@@ -33,9 +33,16 @@ COARSE_FACTOR = 4
 COARSE_MIN_PIXELS = 256 * 256
 # Encoded crops are rounded out to these lattices (rows, columns) so small pans reuse them.
 CROP_LATTICE = (32, 128)
-# Input pixels per encoder pass over several slices (at most the reconstructor's slice_batch):
-# 4 slices of 32x320 encode ~30% faster per slice than 16 here (the activations stay in cache).
-ENCODE_PIXELS = 4 * 32 * 320
+# Latent values (input pixels x channels) per encoder pass over several slices, at most the
+# reconstructor's slice_batch (16) slices: each oneDNN convolution has a fixed cost that small
+# passes pay often, and passes too large for the caches slow down and vary. On an AMX CPU (G), the
+# 512^2 xy view of cremi_a (320 slices of 25x320), medians of 3-5 whole renders: niiv-em (64
+# channels) 10.2 s with 5 slices per pass, 9.2 with 10, 12.5 with 16 (8.3-16 s); niiv-fast (24)
+# 1.64 s with 5, 1.30 with 10, 1.10 with 16, whose encoder alone with 16 against 5 also gained
+# without AMX (AVX-512 bf16: 3.06 against 3.41 s) and in fp32 on AVX2 (2.85 against 3.02), oneDNN
+# limited to each ISA. (On 12-01, before the fused channels-last encoder, 4 slices of niiv-em per
+# pass were the faster on A; this budget gives it 10 of 25 rows.)
+ENCODE_VALUES = 10 * 25 * 320 * 64
 # Planes decoded as one batch are copied into it (LatentGrid.concat) only up to this many bytes:
 # small planes gain from one decoding, large ones are decoded one at a time instead.
 CONCAT_BYTES = 32 * 2**20
@@ -396,7 +403,8 @@ class ViewRenderer:
             ranges[plane_axis], ranges[col_axis] = prange, crop_cols
             block = self._read(ranges)
             low = np.moveaxis(interpolate_planes(block, coords, plane_axis, prange[0]), plane_axis, 0)
-            step = max(1, min(self.rec.slice_batch, ENCODE_PIXELS // max(1, low.shape[1] * low.shape[2])))
+            per_slice = low.shape[1] * low.shape[2] * self.rec.model.config.latent_dim
+            step = max(1, min(self.rec.slice_batch, ENCODE_VALUES // max(1, per_slice)))
             for s in range(0, len(missing), step):
                 x = torch.from_numpy(np.ascontiguousarray(low[s : s + step])).unsqueeze(1)
                 g = self.rec.engine.encode(x, self.rec.alpha)
