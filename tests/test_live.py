@@ -454,6 +454,98 @@ def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volu
         alone.close()
 
 
+def _lazy_of(volume, monkeypatch):
+    """A lazy layer of the small volume with 16^2 tiles: an xz plane of it is one row of 4 tiles
+    (the last 8 wide), 4 at a time."""
+    from napari_niiv.inference import lazy_volume
+    from napari_niiv.inference.geometry import output_geometry
+
+    monkeypatch.setattr(lazy_volume, "TILE", 16)
+    monkeypatch.setattr(lazy_volume, "ROW_TILES", 4)
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    rec = Reconstructor(random_model(), settings)
+    lazy = lazy_volume.LazyIsotropic(volume, fit_normalisation(volume), rec, output_geometry(volume.shape, ALPHA))
+    lazy.prefetch_3d = False
+    return lazy
+
+
+def test_a_tile_that_fails_costs_only_itself_not_its_row(volume, monkeypatch):
+    """A row whose decoding fails (an unreadable chunk under one of its tiles) is made again tile
+    by tile: its healthy tiles are made, the bad one is reported once and left interpolated."""
+    lazy = _lazy_of(volume, monkeypatch)
+    errors: list[BaseException] = []
+    lazy.on_error = errors.append
+    render = lazy.renderer.render
+
+    def unreadable_right_edge(grid, *args, **kwargs):
+        if grid.coords[2].max() > 48:  # the last tile's columns
+            raise OSError("unreadable chunk")
+        return render(grid, *args, **kwargs)
+
+    lazy.renderer.render = unreadable_right_edge
+    try:
+        lazy.get(0, (slice(0, 16), slice(20, 21), slice(0, 56)))
+        assert lazy._worker.wait_idle(60) and lazy.pending == 0
+        assert sorted(k[4] for k in lazy._tiles) == [0, 1, 2]
+        assert len(errors) == 1 and isinstance(errors[0], OSError)
+    finally:
+        lazy.close()
+
+
+def test_a_row_skips_tiles_already_made(volume, monkeypatch):
+    """Rows are made of missing neighbours only: a tile already made splits the row around it."""
+    lazy = _lazy_of(volume, monkeypatch)
+    widths: list[int] = []
+    render = lazy.renderer.render
+
+    def counted(grid, *args, **kwargs):
+        widths.append(len(grid.coords[2]))
+        return render(grid, *args, **kwargs)
+
+    try:
+        made = (0, 1, 20, 0, 1)
+        lazy._tiles[made] = lazy.compute_tile(made)
+        lazy.renderer.render = counted
+        lazy.get(0, (slice(0, 16), slice(20, 21), slice(0, 56)))
+        assert lazy._worker.wait_idle(60) and lazy.pending == 0
+        assert sorted(widths) == [16, 24] and len(lazy._tiles) == 4
+    finally:
+        lazy.close()
+
+
+@pytest.mark.parametrize("user", ["scrolls on", "pans"])
+def test_a_row_gives_way_to_requests_that_no_longer_want_it(volume, monkeypatch, user):
+    """While a row is being made the user asks for more: two other planes (scrolling on), and the
+    row is given up for them; or the same tiles again (a pan), and the row is finished."""
+    lazy = _lazy_of(volume, monkeypatch)
+    render = lazy.renderer.render
+    first: list[np.ndarray | None] = []
+
+    def meanwhile(grid, *args, **kwargs):
+        if not first:
+            if user == "scrolls on":
+                lazy.get(0, (slice(0, 16), slice(30, 31), slice(0, 56)))
+                lazy.get(0, (slice(0, 16), slice(31, 32), slice(0, 56)))
+            else:
+                lazy.get(0, (slice(0, 16), slice(20, 21), slice(8, 56)))
+        result = render(grid, *args, **kwargs)
+        if not first:
+            first.append(result)
+        return result
+
+    lazy.renderer.render = meanwhile
+    try:
+        lazy.get(0, (slice(0, 16), slice(20, 21), slice(0, 56)))
+        assert lazy._worker.wait_idle(60) and lazy.pending == 0
+        planes = sorted({k[2] for k in lazy._tiles})
+        if user == "scrolls on":
+            assert first[0] is None and planes == [30, 31] and len(lazy._tiles) == 8
+        else:
+            assert first[0] is not None and planes == [20] and len(lazy._tiles) == 4
+    finally:
+        lazy.close()
+
+
 def test_the_latent_cache_counts_its_bytes_through_replacements_and_evictions():
     """The cache keeps a running total: replacing a plane's entry counts only the new one, the
     least recently used go first past the budget, and the total is always the entries' sum."""

@@ -40,8 +40,9 @@ from .worker import Cancelled, LatestWorker
 
 log = logging.getLogger(__name__)
 TILE = 256
-# neighbouring tiles of a row decoded as one region: most of the speed of a whole view (on an AMX
-# CPU, 1080p: 1.3 s against 2.7 s one by one and 1.0 s whole), a quarter of a 1920-wide canvas per wait
+# Neighbouring tiles of a row decoded as one region: most of the speed of a whole view (on an AMX
+# CPU, decoding a 1080p canvas's 40 tiles: 1.3 s four at a time, 2.7 s one by one, 1.0 s whole), and
+# a row is what a newer request for the same tiles waits behind
 ROW_TILES = 4
 PREVIEWS_KEPT = 128  # interpolated stand-ins of missing tiles kept (at most 32 MiB of 256^2 float32)
 VOLUMES_KEPT = 2  # 3D renders kept (the coarsest level of one layer is what napari's 3D view reads)
@@ -303,7 +304,7 @@ class LazyIsotropic:
             wanted = self._wanted()
         if wanted:
             self._worker.submit(lambda cancelled: self._compute(wanted, cancelled))
-        return missing
+        return list(missing)  # the worker may drop failed keys from its own list meanwhile
 
     def _tile_index(self, key: TileKey) -> tuple[slice, slice, slice]:
         level, axis, plane, ta, tb = key
@@ -361,6 +362,8 @@ class LazyIsotropic:
         right, adjacent), decoded as one region and cut into tiles: the decoder's runs of output
         rows are then as wide as the row, not one tile (with AMX, 40 tiles one by one decoded at
         half the speed of 10 rows of four). Pointwise, so each tile equals the tile made alone."""
+        if any(k[:4] != keys[0][:4] or k[4] != keys[0][4] + i for i, k in enumerate(keys)):
+            raise ValueError(f"compute_row takes neighbouring tiles of one row, left to right; got {keys}")
         cancelled = cancelled or (lambda: False)
         indices = [self._tile_index(k) for k in keys]
         union = tuple(slice(min(i[a].start for i in indices), max(i[a].stop for i in indices)) for a in range(3))
@@ -386,41 +389,47 @@ class LazyIsotropic:
 
     def _compute(self, wanted: list[TileKey], cancelled: Cancelled) -> int:
         """The worker's task: the tiles in ``wanted`` in order, up to ``ROW_TILES`` neighbours of one
-        row at a time (:meth:`compute_row`), until a newer request supersedes it (checked between
-        rows; a row once started is finished, as the newer request most likely wants it too) or the
-        layer closes (checked inside the row as well). Returns tiles made."""
+        row at a time (:meth:`compute_row`), until a newer request supersedes it: checked between
+        rows, and inside a row once neither of the two latest requests wants any of its tiles (a pan
+        most likely still wants them; scrolling on to other planes does not). The layer closing
+        stops it anywhere. A row that fails is made again tile by tile, so that a bad tile costs only
+        itself. Returns tiles made."""
         made = 0
         shared: set[tuple[int, int, int]] = set()
         asked = set(wanted)
-        for key in wanted:
-            if cancelled():
-                break
+        alone: set[TileKey] = set()  # tiles of a failed row: made one by one
+        queue = deque(wanted)
+        while queue and not cancelled():
+            key = queue.popleft()
             with self._lock:
                 if not self._missing(key):
                     continue
                 with_map = self.confidence
                 plane = [] if key[:3] in shared else [k for k in wanted if k[:3] == key[:3] and self._missing(k)]
                 row = [key]
-                while len(row) < ROW_TILES:
+                while len(row) < ROW_TILES and key not in alone:
                     right = (*key[:4], row[-1][4] + 1)
-                    if right not in asked or not self._missing(right):
+                    if right not in asked or right in alone or not self._missing(right):
                         break
                     row.append(right)
             shared.add(key[:3])
             if len(plane) > 1:
                 self._encode_together(plane)
             try:
-                tiles = self.compute_row(row, lambda: self._closed, with_confidence=with_map)
+                tiles = self.compute_row(row, lambda r=row: self._superseded(r, cancelled), with_confidence=with_map)
             except BaseException as exc:  # keep serving; the layer shows interpolation there
+                if len(row) > 1:
+                    alone.update(row)
+                    queue.appendleft(key)
+                    continue
                 with self._lock:
                     for recent in self._recent.values():
                         for keys in recent:
-                            for k in row:
-                                if k in keys:
-                                    keys.remove(k)
+                            if key in keys:
+                                keys.remove(key)
                 self._report(exc)
                 continue
-            if tiles is None:  # closed
+            if tiles is None:  # closed, or superseded
                 break
             with self._lock:
                 for k, (image, umap) in zip(row, tiles, strict=True):
@@ -429,7 +438,7 @@ class LazyIsotropic:
                     self._previews.pop(k, None)
                     if umap is not None:
                         self._maps[k] = umap
-                self._evict()
+                self._evict(keep=len(row))
             made += len(row)
             if self.on_tile is not None:
                 for k in row:
@@ -437,6 +446,17 @@ class LazyIsotropic:
         if not cancelled() and not self._closed:
             self._prefetch_volume(cancelled)
         return made
+
+    def _superseded(self, row: list[TileKey], cancelled: Cancelled) -> bool:
+        """Whether to give up the row being made: the layer closed, or a newer request came and
+        neither of the two latest requests wants any of its tiles."""
+        if self._closed:
+            return True
+        if not cancelled():
+            return False
+        with self._lock:
+            wanted = set(self._wanted())
+        return not any(k in wanted for k in row)
 
     def overview_key(self) -> tuple | None:
         """The 3D read napari makes when the view turns 3D (the whole coarsest level), if it is
@@ -466,11 +486,11 @@ class LazyIsotropic:
         level, axis = keys[0][0], keys[0][1]
         self._renderer(fast=level > 0).encode(self._grid(level, union, axis))
 
-    def _evict(self) -> None:
-        """Least recently used tiles out past ``cache_bytes``, each image with its map (call with
-        the lock held)."""
+    def _evict(self, keep: int = 1) -> None:
+        """Least recently used tiles out past ``cache_bytes``, each image with its map, but never
+        the ``keep`` most recent (the row just made; call with the lock held)."""
         total = sum(t.nbytes for t in self._tiles.values()) + sum(t.nbytes for t in self._maps.values())
-        while total > self.cache_bytes and len(self._tiles) > 1:
+        while total > self.cache_bytes and len(self._tiles) > keep:
             key, old = self._tiles.popitem(last=False)
             dropped = self._maps.pop(key, None)
             total -= old.nbytes + (0 if dropped is None else dropped.nbytes)

@@ -40,8 +40,8 @@ CROP_LATTICE = (32, 128)
 # channels) 10.2 s with 5 slices per pass, 9.2 with 10, 12.5 with 16 (8.3-16 s); niiv-fast (24)
 # 1.64 s with 5, 1.30 with 10, 1.10 with 16, whose encoder alone with 16 against 5 also gained
 # without AMX (AVX-512 bf16: 3.06 against 3.41 s) and in fp32 on AVX2 (2.85 against 3.02), oneDNN
-# limited to each ISA. (On 12-01, before the fused channels-last encoder, 4 slices of niiv-em per
-# pass were the faster on A; this budget gives it 10 of 25 rows.)
+# limited to each ISA. (On 2026-12-01, before the fused channels-last encoder, 4 slices of niiv-em
+# per pass were the faster on A; this budget gives it 10 slices of 25 rows.)
 ENCODE_VALUES = 10 * 25 * 320 * 64
 # Planes decoded as one batch are copied into it (LatentGrid.concat) only up to this many bytes:
 # small planes gain from one decoding, large ones are decoded one at a time instead.
