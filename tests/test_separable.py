@@ -205,6 +205,34 @@ def test_the_fused_cpu_convolutions_run_the_encoders_own_network() -> None:
             conv(image, model.encoder.head, True, ref)
 
 
+@pytest.mark.parametrize("thickness", [None, 1.0])
+def test_a_told_encoders_acquisition_shift_rides_on_the_fused_heads_bias(thickness) -> None:
+    """The acquisition shift (per channel, after the head) is folded into the head's bias in the
+    fused encoder: the same latents as the encoder's own forward, told thick or thin sections,
+    for a head with and without a bias."""
+    from dataclasses import replace
+
+    from napari_niiv.inference.devices import fused_conv
+
+    conv = fused_conv(torch.device("cpu"), None)
+    if conv is None:
+        pytest.skip("no oneDNN on this build")
+    model = random_model(replace(CONFIGS["fast"], acquisition_embedding=True))
+    shift = model.encoder.acquisition
+    with torch.no_grad():
+        torch.nn.init.normal_(shift.alpha, std=0.5)  # zero at initialisation: make it count
+        torch.nn.init.normal_(shift.thickness, std=0.5)
+    image = torch.rand(2, 1, 12, 40)
+    with torch.inference_mode():
+        for head_bias in (True, False):
+            if not head_bias:
+                model.encoder.head.bias = None
+            ref = model.encoder(image, 5.0, thickness)
+            untold = model.encoder(image, 8.0, None)
+            assert (ref - untold).abs().max() > 0.05  # the shift changes the latents
+            torch.testing.assert_close(model.encoder(image, 5.0, thickness, conv), ref, atol=1e-4, rtol=1e-4)
+
+
 def test_the_fused_skip_accumulates_into_what_the_encoder_gives_up_and_never_into_its_head() -> None:
     """The fused kernel adds a block's skip into the skip's own tensor (no new output); the encoder
     gives it each block's input but a copy of its head, which the global skip still needs, whatever

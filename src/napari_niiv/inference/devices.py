@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ..errors import NiivInputError
-from ..model.encoder import Conv, replicate_pad
+from ..model.encoder import Conv, ConvWeights, replicate_pad
 from ..model.separable import Linear, Parallel, in_turn
 from .settings import DEVICES
 
@@ -151,7 +152,7 @@ def fused_conv(device: torch.device, dtype: torch.dtype | None) -> Conv | None:
     dt = dtype or torch.float32
     geometry = ([0, 0], [1, 1], [1, 1], 1)  # padding (done by replicate_pad), stride, dilation, groups
 
-    def conv(x: torch.Tensor, layer: torch.nn.Conv2d, relu: bool, add: torch.Tensor | None) -> torch.Tensor:
+    def conv(x: torch.Tensor, layer: nn.Conv2d | ConvWeights, relu: bool, add: torch.Tensor | None) -> torch.Tensor:
         x = replicate_pad(x.to(dt).contiguous(memory_format=torch.channels_last))
         w, b = layer.weight.to(dt), None if layer.bias is None else layer.bias.to(dt)
         if add is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,11 +28,19 @@ def replicate_pad(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class ConvWeights(NamedTuple):
+    """A 3x3 convolution's weight and bias, as a layer has them (the head's bias with the
+    acquisition shift folded in)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
 # A replicate-padded 3x3 convolution by a layer's weights, plus ``add`` when given, then the ReLU
 # when asked: a caller may pass a fused kernel (the engine does on CPUs) to run the encoder with
 # each block's ReLU and skip riding on its convolutions (inference only). ``add`` is given up: the
 # kernel may write its result into it.
-Conv = Callable[[torch.Tensor, nn.Conv2d, bool, "torch.Tensor | None"], torch.Tensor]
+Conv = Callable[[torch.Tensor, "nn.Conv2d | ConvWeights", bool, "torch.Tensor | None"], torch.Tensor]
 
 
 class ReplicateConv(nn.Conv2d):
@@ -86,9 +95,13 @@ class AcquisitionShift(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.thickness = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor, alpha: float, thickness: float | None) -> torch.Tensor:
+    def shift(self, alpha: float, thickness: float | None) -> torch.Tensor:
+        """The per-channel shift, (C,)."""
         a, t = acquisition_codes(alpha, thickness)
-        return x + (self.alpha * a + self.thickness * t).to(x.dtype).view(1, -1, 1, 1)
+        return self.alpha * a + self.thickness * t
+
+    def forward(self, x: torch.Tensor, alpha: float, thickness: float | None) -> torch.Tensor:
+        return x + self.shift(alpha, thickness).to(x.dtype).view(1, -1, 1, 1)
 
 
 class EDSREncoder(nn.Module):
@@ -118,9 +131,12 @@ class EDSREncoder(nn.Module):
     def _forward_with(self, conv: Conv, image: torch.Tensor, alpha: float, thickness: float | None) -> torch.Tensor:
         """:meth:`forward` with each ReLU fused into the convolution before it and each skip
         into the convolution that ends its block: a pass over the activations fewer per layer."""
-        head = conv(image, self.head, False, None)
-        if self.acquisition is not None:
-            head = self.acquisition(head, alpha, thickness)
+        head_layer: nn.Conv2d | ConvWeights = self.head
+        if self.acquisition is not None:  # per channel, so it rides on the head's bias: no pass over the head
+            shift = self.acquisition.shift(alpha, thickness)
+            bias = shift if self.head.bias is None else self.head.bias + shift
+            head_layer = ConvWeights(self.head.weight, bias)
+        head = conv(image, head_layer, False, None)
         x = head
         for block in self.body[:-1]:
             assert isinstance(block, ResBlock)
