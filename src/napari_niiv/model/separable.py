@@ -15,6 +15,8 @@ to float rounding.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,8 @@ Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, bool], torch
 # fn(item) for every item, in any order, possibly at once on several threads (the engine's core
 # workers on CPUs); returns when all are done
 Parallel = Callable[[Callable[[Any], None], Sequence[Any]], None]
+# Stacked first-layer weights kept per decoding, by the rows' interpolation fractions
+STACKS_KEPT = 8
 
 
 def plain_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, relu: bool) -> torch.Tensor:
@@ -105,6 +109,8 @@ class SeparableDecoding:
         self.linear = linear or plain_linear
         self.parallel = parallel or in_turn
         self.run_rows = max(1, points // (self.inputs.shape[0] * cols.numel())) if points else rows.numel()
+        self._stacks: OrderedDict[tuple[float, ...], torch.Tensor] = OrderedDict()
+        self._stacks_lock = threading.Lock()  # runs may be decoded on several threads at once
 
     def decode(self, start: int, stop: int) -> torch.Tensor:
         """Intensities at output rows ``start:stop`` x the columns -> (B, stop - start, C), float32."""
@@ -129,6 +135,26 @@ class SeparableDecoding:
             yield s, e
             s = e
 
+    def _stacked(self, start: int, stop: int) -> torch.Tensor:
+        """The first layer's weights for rows ``start:stop``, stacked: each row's interpolation
+        weights folded into the latent weights. Runs between other grid rows at the same fractions
+        (every interval of an xz view at an integer alpha) share them: made once, kept for the
+        last ``STACKS_KEPT`` fractions."""
+        t = self.weight[start:stop]
+        key = tuple(t.tolist())
+        with self._stacks_lock:
+            w = self._stacks.get(key)
+        if w is None:
+            t = t[:, None, None]
+            n = stop - start
+            w = torch.cat(((1 - t) * self.w_lat, t * self.w_lat, self.w_col.expand(n, -1, -1)), dim=-1)
+            w = w.reshape(n * self.hidden, -1).to(self.dtype)
+            with self._stacks_lock:
+                self._stacks[key] = w
+                while len(self._stacks) > STACKS_KEPT:
+                    self._stacks.popitem(last=False)
+        return w
+
     def _decode_run(self, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop``, all between grid rows ``lo`` and ``hi`` -> (B, C, rows): points in
         (column, row) order, the order the stacked first layer writes them."""
@@ -136,10 +162,8 @@ class SeparableDecoding:
         b, n_cols = self.inputs.shape[0], self.inputs.shape[2]
         cols_pe = self.col_pe.expand(b, n_cols, -1)
         x = torch.cat((self.inputs[:, lo], self.inputs[:, hi], cols_pe), dim=-1).reshape(b * n_cols, -1)
-        t = self.weight[start:stop, None, None]
-        w = torch.cat(((1 - t) * self.w_lat, t * self.w_lat, self.w_col.expand(n, -1, -1)), dim=-1)
         bias = self.row_bias[start:stop].reshape(-1).to(self.dtype)
-        x = self.linear(x, w.reshape(n * self.hidden, -1).to(self.dtype), bias, True).reshape(-1, self.hidden)
+        x = self.linear(x, self._stacked(start, stop), bias, True).reshape(-1, self.hidden)
         for weight, layer_bias in self.layers:
             x = self.linear(x, weight, layer_bias, True)
         correction = self.linear(x, self.w_out, None, False).view(b, n_cols, n)
