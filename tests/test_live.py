@@ -407,36 +407,44 @@ def test_when_the_tiles_asked_for_are_done_the_3d_overview_is_rendered_ahead(vol
             lazy.close()
 
 
+def _lazy_of(volume, monkeypatch):
+    """A lazy layer of the small volume with 16^2 tiles: an xz plane of it is one row of 4 tiles
+    (the last 8 wide), 4 at a time."""
+    from napari_niiv.inference import lazy_volume
+    from napari_niiv.inference.geometry import output_geometry
+
+    monkeypatch.setattr(lazy_volume, "TILE", 16)
+    monkeypatch.setattr(lazy_volume, "ROW_TILES", 4)
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    rec = Reconstructor(random_model(), settings)
+    lazy = lazy_volume.LazyIsotropic(volume, fit_normalisation(volume), rec, output_geometry(volume.shape, ALPHA))
+    lazy.prefetch_3d = False
+    return lazy
+
+
+def _recorded_renders(lazy) -> list[tuple[int, ...]]:
+    """The grid shape of every region the layer's renderer is asked for from now on."""
+    shapes: list[tuple[int, ...]] = []
+    render = lazy.renderer.render
+
+    def recorded(grid, *args, **kwargs):
+        shapes.append(tuple(len(c) for c in grid.coords))
+        return render(grid, *args, **kwargs)
+
+    lazy.renderer.render = recorded
+    return shapes
+
+
 def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volume, monkeypatch):
     """The missing tiles of one plane are encoded together over the union of their crops (one
     encoder pass instead of one per tile) and decoded up to ROW_TILES neighbours of a row at a
     time (rows of 4 tiles with 3 at a time: 3 + 1); each tile equals the same tile computed on
     its own."""
     from napari_niiv.inference import lazy_volume
-    from napari_niiv.inference.geometry import output_geometry
-    from napari_niiv.inference.lazy_volume import LazyIsotropic
 
-    monkeypatch.setattr(lazy_volume, "TILE", 16)  # several tiles per plane of the small volume
+    together, alone = _lazy_of(volume, monkeypatch), _lazy_of(volume, monkeypatch)  # the same weights
     monkeypatch.setattr(lazy_volume, "ROW_TILES", 3)  # a row of 4 tiles in two decodings
-    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
-    model = random_model()
-
-    def make() -> LazyIsotropic:
-        lazy = LazyIsotropic(
-            volume, fit_normalisation(volume), Reconstructor(model, settings), output_geometry(volume.shape, ALPHA)
-        )
-        lazy.prefetch_3d = False  # counts the encoder passes of the tiles alone
-        return lazy
-
-    together, alone = make(), make()
-    decoded: list[tuple[int, ...]] = []
-    render = together.renderer.render
-
-    def counted(grid, *args, **kwargs):
-        decoded.append(tuple(len(c) for c in grid.coords))
-        return render(grid, *args, **kwargs)
-
-    together.renderer.render = counted
+    decoded = _recorded_renders(together)
     try:
         index = (slice(0, 48), slice(20, 21), slice(0, 56))  # an xz plane: 3 x 4 tiles
         together.get(0, index)
@@ -452,21 +460,6 @@ def test_tiles_of_one_plane_share_their_encoding_and_equal_tiles_made_alone(volu
     finally:
         together.close()
         alone.close()
-
-
-def _lazy_of(volume, monkeypatch):
-    """A lazy layer of the small volume with 16^2 tiles: an xz plane of it is one row of 4 tiles
-    (the last 8 wide), 4 at a time."""
-    from napari_niiv.inference import lazy_volume
-    from napari_niiv.inference.geometry import output_geometry
-
-    monkeypatch.setattr(lazy_volume, "TILE", 16)
-    monkeypatch.setattr(lazy_volume, "ROW_TILES", 4)
-    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
-    rec = Reconstructor(random_model(), settings)
-    lazy = lazy_volume.LazyIsotropic(volume, fit_normalisation(volume), rec, output_geometry(volume.shape, ALPHA))
-    lazy.prefetch_3d = False
-    return lazy
 
 
 def test_a_tile_that_fails_costs_only_itself_not_its_row(volume, monkeypatch):
@@ -495,20 +488,13 @@ def test_a_tile_that_fails_costs_only_itself_not_its_row(volume, monkeypatch):
 def test_a_row_skips_tiles_already_made(volume, monkeypatch):
     """Rows are made of missing neighbours only: a tile already made splits the row around it."""
     lazy = _lazy_of(volume, monkeypatch)
-    widths: list[int] = []
-    render = lazy.renderer.render
-
-    def counted(grid, *args, **kwargs):
-        widths.append(len(grid.coords[2]))
-        return render(grid, *args, **kwargs)
-
     try:
         made = (0, 1, 20, 0, 1)
         lazy._tiles[made] = lazy.compute_tile(made)
-        lazy.renderer.render = counted
+        decoded = _recorded_renders(lazy)
         lazy.get(0, (slice(0, 16), slice(20, 21), slice(0, 56)))
         assert lazy._worker.wait_idle(60) and lazy.pending == 0
-        assert sorted(widths) == [16, 24] and len(lazy._tiles) == 4
+        assert sorted(shape[2] for shape in decoded) == [16, 24] and len(lazy._tiles) == 4
     finally:
         lazy.close()
 

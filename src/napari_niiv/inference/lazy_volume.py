@@ -366,7 +366,7 @@ class LazyIsotropic:
             raise ValueError(f"compute_row takes neighbouring tiles of one row, left to right; got {keys}")
         cancelled = cancelled or (lambda: False)
         indices = [self._tile_index(k) for k in keys]
-        union = tuple(slice(min(i[a].start for i in indices), max(i[a].stop for i in indices)) for a in range(3))
+        union = _union(indices)
         grid = self._grid(keys[0][0], union, keys[0][1])
         parts: dict[str, np.ndarray] = {}
         renderer = self._renderer(fast=keys[0][0] > 0)
@@ -482,7 +482,7 @@ class LazyIsotropic:
         so that neighbouring tiles share the encoder's work on their halos (each tile then runs
         only the decoder). Not cancellable: about one tile's encoding."""
         index = [self._tile_index(k) for k in keys]
-        union = tuple(slice(min(i[a].start for i in index), max(i[a].stop for i in index)) for a in range(3))
+        union = _union(index)
         level, axis = keys[0][0], keys[0][1]
         self._renderer(fast=level > 0).encode(self._grid(level, union, axis))
 
@@ -521,6 +521,11 @@ class LazyIsotropic:
             job, window = job.confidence_map(), confidence.contrast_limits(self.norm)
         write_isotropic(path, job, contrast=window, on_progress=self.on_write_progress)
         return path
+
+
+def _union(indices: list[tuple[slice, slice, slice]]) -> tuple[slice, slice, slice]:
+    """The smallest region holding every region of ``indices``."""
+    return tuple(slice(min(i[a].start for i in indices), max(i[a].stop for i in indices)) for a in range(3))  # type: ignore[return-value]
 
 
 def _paste(out: np.ndarray, index: tuple[slice, ...], tile: np.ndarray, tile_index: tuple[slice, ...], a: int, b: int):
