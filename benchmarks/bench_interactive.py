@@ -48,7 +48,9 @@ and max over every call) in a real napari viewer (a child process, under ``xvfb-
 no display): the dock's live view of the same xz view started, panned, stepped twice, then the
 whole-volume layer added and the switch to 3D. ``gui.gui_ms.by_handler`` names each handler;
 ``max_plugin`` is the max without the handlers that only hand napari a new layer
-(``gui_timing.NAPARI_WORK``: napari building its visual and controls, once per layer).
+(``gui_timing.NAPARI_WORK``: napari building its visual and controls, once per layer), and
+``gui.napari_insert_ms`` what napari alone takes to insert a layer in the same viewer (an 8x8
+image appended to ``viewer.layers``, median of 3): the floor of any handler that adds a layer.
 
 Other jobs may share the CPU: the load average is printed and recorded.
 
@@ -465,9 +467,19 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     limit = (pixels * flops["encoder_per_pixel"] + points * flops["decoder_per_point"]) / peak
     summary = HANDLER_TIMES.summary()
     canvas_size = [int(v) for v in viewer.canvas.size]
+    viewer.dims.ndisplay = 2
+    pump(1.0)
+    inserts = []
+    for i in range(3):  # napari alone: a tiny layer, none of the plugin's data or settings
+        tiny = napari.layers.Image(np.zeros((8, 8), np.float32), name=f"napari insert {i}", contrast_limits=(0, 1))
+        t0 = time.perf_counter()
+        viewer.layers.append(tiny)
+        inserts.append((time.perf_counter() - t0) * 1000)
+        pump(0.5)
     viewer.close()
     return {
         "gui_ms": summary,
+        "napari_insert_ms": round(statistics.median(inserts), 1),
         "live_timings": live_timings,
         "switch_3d": {
             "seconds": round(shown, 3),
@@ -562,7 +574,8 @@ def main() -> None:
         g = gui["gui_ms"]
         print(
             f"GUI handlers: {g['calls']} calls, median {g['median']} ms, max {g['max']} ms ({g['slowest']}); "
-            f"without napari's layer insertion: max {g['max_plugin']} ms ({g['slowest_plugin']})"
+            f"without napari's layer insertion: max {g['max_plugin']} ms ({g['slowest_plugin']}); "
+            f"napari alone inserting an 8x8 image: {gui.get('napari_insert_ms')} ms"
         )
         print(
             f"switch to 3D: {s3['seconds']} s, while napari's software OpenGL (llvmpipe) used {s3['gl_cpu_s']} "
