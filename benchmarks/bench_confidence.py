@@ -1,8 +1,9 @@
 """Does the confidence map point at the errors? Measured on held-out FIB-SEM with the shipped weights.
 
 Protocol (issue 14, Done-when): ``medulla_b`` z 122-250 (never used in training), cut into 128^3
-cubes, each pooled by alpha (8) along z with the training degradation (thick sections:
-``training.evaluate.simulate``), reconstructed with the shipped default weights, and scored against
+cubes, each degraded by alpha (8) along z (thick sections by default, ``--degradation thin`` for
+exact samples: ``training.evaluate.simulate``), reconstructed with the shipped default weights
+(told the sections), and scored against
 the original. The map is the product's own (:mod:`napari_niiv.inference.confidence`, from the same
 block decoding `niiv reconstruct --confidence` uses). The figure of merit is
 
@@ -15,7 +16,8 @@ and two ceilings no map can pass: the error ranked by itself, and by itself blur
 of one voxel (a map that knew the error exactly but one voxel blurred).
 
 Run: ``python benchmarks/bench_confidence.py`` (one thread, about 1 minute per cube on the
-2-core CPU; ``--cubes 2`` for a quicker look, ``--json PATH`` to keep the numbers).
+2-core CPU; ``--cubes 2`` for a quicker look, ``--alpha`` and ``--degradation`` for other
+sections, ``--threads 2`` to use both cores, ``--json PATH`` to keep the numbers).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from napari_niiv.data.degrade import Degradation
 from napari_niiv.data.io import open_volume
 from napari_niiv.data.normalise import fit_normalisation
 from napari_niiv.inference import confidence
@@ -51,9 +54,9 @@ def data_dir() -> Path:
     return Path(os.environ.get("NIIV_DATA_DIR", default))
 
 
-def cube_maps(rec: Reconstructor, iso: np.ndarray, alpha: float) -> dict[str, np.ndarray]:
+def cube_maps(rec: Reconstructor, iso: np.ndarray, alpha: float, degradation: Degradation) -> dict[str, np.ndarray]:
     """Ground truth, the xz and 'both' reconstructions and the map of one cube, in [0, 1] units."""
-    low, gt = simulate(iso.astype(np.float32) / 255.0, alpha)
+    low, gt = simulate(iso.astype(np.float32) / 255.0, alpha, degradation)
     norm = fit_normalisation(low)  # as `niiv reconstruct` and reconstruct_volume do
     shape = output_geometry(low.shape, alpha).shape
     whole = tuple(slice(0, n) for n in shape)
@@ -80,6 +83,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cubes", type=int, default=4, help="128^3 cubes of the held-out planes (4 cover them)")
     p.add_argument("--alpha", type=float, default=8.0)
+    p.add_argument("--degradation", default="thick", help="how the sections are simulated: thick, thin or psf[:FWHM]")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS)
     p.add_argument("--precision", default="auto", help="auto (bf16 where the CPU has it) or fp32")
     p.add_argument("--threads", type=int, default=1)
@@ -88,16 +92,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = load_weights(resolve_weights(args.weights)).model
-    rec = Reconstructor(model, InferenceSettings(alpha=args.alpha, precision=args.precision))
+    degradation = Degradation.parse(args.degradation)
+    settings = InferenceSettings(alpha=args.alpha, precision=args.precision, degradation=str(degradation))
+    rec = Reconstructor(model, settings)
     z0, z1 = HELD_OUT
     iso = np.asarray(open_volume(data_dir() / "fibsem" / "medulla_b.tif").data[z0:z1])
     cubes = cut_cubes(iso, 128)[: args.cubes]
-    print(f"weights {args.weights}, alpha {args.alpha:g} (thick), {len(cubes)} cube(s) of medulla_b z {z0}-{z1}")
+    where = f"{len(cubes)} cube(s) of medulla_b z {z0}-{z1}"
+    print(f"weights {args.weights}, alpha {args.alpha:g} ({degradation}), {where}")
 
     per_cube, pooled = [], {"map": [], "xz": [], "both": [], "blur": []}
     t0 = time.perf_counter()
     for i, cube in enumerate(cubes):
-        m = cube_maps(rec, cube, args.alpha)
+        m = cube_maps(rec, cube, args.alpha, degradation)
         row = {"cube": i}
         for name in ("xz", "both"):
             err = np.abs(m[name] - m["gt"])
@@ -113,7 +120,8 @@ def main() -> None:
         )
 
     umap = np.concatenate(pooled["map"])
-    result: dict = {"weights": args.weights, "alpha": args.alpha, "cubes": len(cubes), "per_cube": per_cube}
+    result: dict = {"weights": args.weights, "alpha": args.alpha, "degradation": str(degradation)}
+    result |= {"cubes": len(cubes), "per_cube": per_cube}
     head = "| reconstruction | top 10 % | top 5 % | top 1 % | MAE | ceiling: the error | ceiling: error, 1-voxel blur |"
     print("\n" + head)
     print("|---|---|---|---|---|---|---|")
