@@ -104,23 +104,24 @@ MODELS = {
   thin 3 25`) reached +0.66 dB over bicubic there (xz). Nor does enforcing consistency with the
   input (projecting each reconstruction onto the volumes whose sections give exactly the input):
   +0.01 to +0.02 dB on two cubes, so niiv's output is already consistent with its input.
-- Nothing at inference closes thin alpha 3 (`python scripts/thin_section_views.py --alpha 3
+- No inference-time treatment widens niiv's margin at thin alpha 3 (`python scripts/thin_section_views.py --alpha 3
   --degradation thin --sigma 0.3,0.5`, the same four cubes; nothing of it is in the product). Over
   plain bicubic, the cube turned 45 degrees in xy, reconstructed from its xz and yz slices (the two
   diagonal slice families) and turned back reaches +1.31 dB CF-PSNR (PSNR +1.05), the mean of all
   four slice families +1.24 / +1.11, and `+yz` of the input after an in-plane Gaussian of 0.5 px
-  +1.49 / +1.16, against +1.09 / +1.05 for `+yz`. But each treatment gives **bicubic** as much:
-  bicubic of the turned cube +0.24, of four families +0.13, of the 0.5 px smoothed input **+0.82**
-  / +0.56 over plain bicubic. Against bicubic given the same treatment, niiv's margin is +1.07
-  (diagonals), +1.10 (four families), +0.68 (0.5 px), never above `+yz`'s +1.09: what they add is
+  +1.49 / +1.16, against +1.09 / +1.05 for `+yz`, so the smoothed input passes 1.2 dB over plain
+  bicubic. But each treatment gives **bicubic** nearly as much or more: bicubic of the turned cube
+  +0.24 (niiv +0.22), of four families +0.13 (niiv +0.15), of the 0.5 px smoothed input **+0.82**
+  / +0.56 (niiv +0.40). Against bicubic given the same treatment, niiv's margin is +1.07
+  (diagonals), +1.10 (four families), +0.68 (0.5 px), against `+yz`'s +1.09: what they add is
   less noise in the input (a thin section is one noisy plane; a thick one averages alpha of them),
   which any interpolation gains from, not niiv. On the validation planes (medulla_a z 0-64, four
   64x128x128 cubes, never trained on) the same: at thin 3 the 0.5 px Gaussian lifts bicubic by
   +0.80 and niiv `+yz` from +1.13 to +1.54, and at thin 4 it lifts bicubic by +0.15 and lowers
   niiv `+yz` (+1.56 to +1.49). At thick alpha 8 and thin alpha 6 none of these moves niiv more than
   0.07 dB, and at thick 12 four families add +0.04. So the thin-3 shortfall is niiv-em's own margin
-  over interpolation where sections are exact samples 3 planes apart; closing it needs a better
-  model (training), not another way to run this one.
+  over interpolation where sections are exact samples 3 planes apart; so we read closing it as a
+  better model's job (training), not another way to run this one, and ship none of these.
 - It beats the thick-only alpha-8 model `niiv-v1-fibsem-a8` on thick sections at every alpha (xz:
   by 0.04 dB at alpha 8, up to 0.38 at alpha 3); that model still loses to bicubic on every thin
   case from xz slices, and with +yz beats it only at thin alpha 4 and 6 (+0.36, +0.27).
