@@ -22,10 +22,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from bench_interactive import ALPHA, matmul_peak, pooled_medulla, view_work, xz_grid
+from bench_interactive import ALPHA, engine_dtype, live_volume, matmul_peak, view_work, xz_grid
 from napari_niiv.data.normalise import fit_normalisation
 from napari_niiv.inference.engine import InferenceEngine
 from napari_niiv.inference.reconstructor import Reconstructor
@@ -71,12 +70,12 @@ def main() -> None:
     model = load_weights(resolve_weights(args.weights)).model
     settings = InferenceSettings(alpha=ALPHA, device="cpu").resolved()
     rec = Reconstructor(model, settings)
-    vol = pooled_medulla(int(np.ceil(HEIGHT / ALPHA)) + 1, 64, WIDTH)
+    vol = live_volume(HEIGHT, WIDTH)
     norm = fit_normalisation(vol)
     grid = xz_grid(HEIGHT, WIDTH, 32.0)
     pixels, points = view_work(grid, vol.shape, rec)
     flops = model_flops(model)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision, torch.float32)
+    dtype = engine_dtype(settings)
 
     ViewRenderer(vol, norm, rec).render(grid)  # warm-up: weights cast, kernels chosen
     spent, undo = timed_phases(("encode", "render"))

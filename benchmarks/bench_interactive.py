@@ -81,6 +81,7 @@ import torch
 from napari_niiv.data.degrade import pool_axis
 from napari_niiv.data.io import open_volume
 from napari_niiv.data.normalise import fit_normalisation
+from napari_niiv.inference.devices import autocast_dtype
 from napari_niiv.inference.geometry import output_geometry, pixel_range
 from napari_niiv.inference.reconstructor import BlockReconstruction, Reconstructor
 from napari_niiv.inference.settings import InferenceSettings
@@ -111,6 +112,11 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
         a @ b
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def engine_dtype(settings: InferenceSettings) -> torch.dtype:
+    """The dtype the engine computes in for resolved ``settings`` (the peak's precision)."""
+    return autocast_dtype(torch.device(settings.device), settings.precision) or torch.float32
 
 
 def view_work(grid: ViewGrid, shape: tuple[int, ...], rec: Reconstructor) -> tuple[int, int]:
@@ -168,6 +174,11 @@ def pooled_medulla(planes: int, height: int, width: int) -> np.ndarray:
     return pool_axis(block.astype(np.float32), ALPHA, 0).astype(np.uint8)
 
 
+def live_volume(height: int, width: int) -> np.ndarray:
+    """The pooled volume whose xz view at ``ALPHA`` fills a ``height`` x ``width`` canvas (64 planes of y)."""
+    return pooled_medulla(int(np.ceil(height / ALPHA)) + 1, 64, width)
+
+
 def xz_grid(height: int, width: int, y: float) -> ViewGrid:
     """An xz view at screen resolution: one output pixel per isotropic voxel, plane at data y."""
     coords = ((np.arange(height) + 0.5) / ALPHA, np.array([y + 0.5]), np.arange(width) + 0.5)
@@ -203,7 +214,7 @@ def live_paths(
     first (without niiv-fast: the default model's 1/4-resolution frame), then the default model
     at full resolution; and the step to the next plane after the prefetch."""
     height, width = size
-    vol = pooled_medulla(int(np.ceil(height / ALPHA)) + 1, 64, width)
+    vol = live_volume(height, width)
     rec = Reconstructor(model, settings)
     norm = fit_normalisation(vol)
     grid = xz_grid(height, width, 32.0)
@@ -273,7 +284,7 @@ def lazy_path(model: NiivModel, settings: InferenceSettings, limits: Limits, siz
     from napari_niiv.inference.lazy_volume import TILE, LazyIsotropic
 
     height, width = size
-    vol = pooled_medulla(int(np.ceil(height / ALPHA)) + 1, 64, width)
+    vol = live_volume(height, width)
     rec = Reconstructor(model, settings)
     geometry = output_geometry(vol.shape, ALPHA, 1.0)
     lazy = LazyIsotropic(vol, fit_normalisation(vol), rec, geometry)
@@ -365,18 +376,21 @@ def gl_cpu_since(before: dict[tuple[str, str], float]) -> float:
     return sum(v - before.get(k, 0.0) for k, v in now.items() if k[1].startswith("llvmpipe"))
 
 
+def pump(app, seconds: float) -> None:
+    """Run Qt's events for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.002)
+
+
 def napari_insert_ms(viewer, app, repeats: int = 3) -> list[float]:
     """napari alone inserting a layer, before the plugin is docked (none of its handlers run): an
     8x8 image inserted as the plugin's ``insert_layer`` does, the selection kept (its events held),
     then removed; milliseconds of each insertion."""
     import napari
 
-    def settle() -> None:
-        for _ in range(50):
-            app.processEvents()
-            time.sleep(0.01)
-
-    settle()
+    pump(app, 0.5)
     times = []
     for i in range(repeats):
         tiny = napari.layers.Image(np.zeros((8, 8), np.float32), name=f"napari insert {i}", contrast_limits=(0, 1))
@@ -387,9 +401,9 @@ def napari_insert_ms(viewer, app, repeats: int = 3) -> list[float]:
             viewer.layers.append(tiny)
             selection.active = active
         times.append((time.perf_counter() - t0) * 1000)
-        settle()
+        pump(app, 0.5)
         viewer.layers.remove(tiny)
-        settle()
+        pump(app, 0.5)
     return times
 
 
@@ -416,12 +430,6 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     viewer.reset_view()
     viewer.scene.camera.zoom = 1.0
 
-    def pump(seconds: float) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            app.processEvents()
-            time.sleep(0.002)
-
     def wait(cond: Callable[[], bool], timeout: float = 600) -> None:
         end = time.perf_counter() + timeout
         while not cond():
@@ -430,14 +438,14 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
             app.processEvents()
             time.sleep(0.002)
 
-    pump(1.0)
+    pump(app, 1.0)
     # napari alone: the CPU its software OpenGL spends on the same switch with only the input layer
     before = thread_cpu_seconds()
     viewer.dims.ndisplay = 3
-    pump(6.0)
+    pump(app, 6.0)
     napari_alone = gl_cpu_since(before)
     viewer.dims.ndisplay = 2
-    pump(2.0)
+    pump(app, 2.0)
     HANDLER_TIMES.clear()
     widget.live_check.value = True
 
@@ -462,7 +470,7 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     widget.reconstruct_button.native.click()
     wait(lambda: widget.preparing == 0 and any(la.name.endswith("isotropic (niiv)") for la in viewer.layers))
     lazy = next(la for la in viewer.layers if la.name.endswith("isotropic (niiv)")).data[0].volume
-    pump(1.0)
+    pump(app, 1.0)
     # as a user gets it: the 2D tiles of the view done, the layer idle, so the 3D overview was
     # rendered ahead (LazyIsotropic.prefetch_3d)
     wait(lambda: not lazy._worker.busy)
@@ -470,9 +478,9 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     viewer.dims.ndisplay = 3
     wait(lambda: bool(lazy._volumes))
     prefetched = time.perf_counter() - t0
-    pump(1.0)
+    pump(app, 1.0)
     viewer.dims.ndisplay = 2
-    pump(1.0)
+    pump(app, 1.0)
     # cold, the measured path: nothing rendered ahead, from the switch to the coarsest level
     # rendered on the worker (niiv-fast on a CPU)
     lazy.prefetch_3d = False
@@ -486,14 +494,14 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     wait(lambda: bool(lazy._volumes))
     shown = time.perf_counter() - t0
     gl_cpu = gl_cpu_since(before)
-    pump(1.0)
+    pump(app, 1.0)
     level, bounds = next(iter(lazy._volumes))
     coords = lazy.coords(level, tuple(slice(a, b) for a, b in bounds))
     renderer = lazy.fast_renderer or lazy.renderer
     pixels, points = view_work(ViewGrid(coords, 1, 0.0, (0, 0, 0), (1, 1, 1)), lazy.in_shape, renderer.rec)  # type: ignore[arg-type]
     flops = model_flops(renderer.rec.model)
     settings = renderer.rec.settings.resolved()
-    peak = matmul_peak({"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision, torch.float32)) * 1e9
+    peak = matmul_peak(engine_dtype(settings)) * 1e9
     limit = (pixels * flops["encoder_per_pixel"] + points * flops["decoder_per_point"]) / peak
     summary = HANDLER_TIMES.summary()
     canvas_size = [int(v) for v in viewer.canvas.size]
@@ -552,8 +560,7 @@ def main() -> None:
     fast_path = available_weights().get(FAST_WEIGHTS)
     fast = load_weights(fast_path).model if fast_path is not None else None
     settings = InferenceSettings(alpha=ALPHA, device="cpu").resolved()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision, torch.float32)
-    limits = Limits(model, dtype, args.quick)
+    limits = Limits(model, engine_dtype(settings), args.quick)
     peak = limits.peaks[0]
     canvas = (540, 960) if args.quick else (1080, 1920)
     repeats = 1 if args.quick else 3
