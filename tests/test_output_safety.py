@@ -19,7 +19,15 @@ import zarr
 
 from napari_niiv.cli import main
 from napari_niiv.errors import NiivInputError
-from napari_niiv.inference.store import _take_over, output_lock
+from napari_niiv.inference.store import (
+    ArrayBlocks,
+    Layout,
+    OutputTaken,
+    _take_over,
+    output_lock,
+    partial_path,
+    write_ome_zarr,
+)
 from napari_niiv.inference.weights import save_weights
 from tests.conftest import random_model
 
@@ -86,6 +94,34 @@ def test_overwrite_replaces_only_niivs_own_stores(tmp_path, capsys, store, weigh
     link.symlink_to(ours, target_is_directory=True)
     code, err = _reconstruct(capsys, store / "0", link, weights, "--overwrite")
     assert code == 2 and "is a link" in err and (ours / "zarr.json").exists()
+
+
+@pytest.mark.parametrize(("what", "overwrite"), [("file", False), ("folder", False), ("folder", True)])
+def test_an_output_that_appears_during_the_write_is_left_alone(tmp_path, what, overwrite) -> None:
+    """The output path is checked when the write starts, and again before the finished store is
+    renamed onto it: whatever the user put there meanwhile (a file, or a folder of their own, which
+    --overwrite never replaces either) stays, the write says so, and the finished store waits in
+    OUT.partial."""
+    data = np.arange(8 * 12 * 10, dtype=np.uint16).reshape(8, 12, 10)
+    out = tmp_path / "iso.ome.zarr"
+
+    class UserMeanwhile(ArrayBlocks):
+        def __call__(self, index):
+            if what == "file":
+                out.write_text("my notes")
+            else:
+                out.mkdir(exist_ok=True)
+                (out / "mine.txt").write_text("my notes")
+            return super().__call__(index)
+
+    layout = Layout(data.shape, data.dtype, (8, 12, 10), levels=1)
+    with pytest.raises(OutputTaken, match="appeared while") as caught:
+        write_ome_zarr(out, layout, UserMeanwhile(data), overwrite=overwrite)
+    assert (out.read_text() if what == "file" else (out / "mine.txt").read_text()) == "my notes"
+    kept = caught.value.partial
+    assert kept == partial_path(out) and str(kept) in str(caught.value)
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(kept), mode="r")["0"][:]), data)
+    assert not out.with_name(out.name + ".lock").exists()
 
 
 def test_a_foreign_partial_folder_is_never_deleted(tmp_path, capsys, store, weights) -> None:

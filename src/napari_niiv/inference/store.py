@@ -53,6 +53,19 @@ class WriteCancelled(Exception):
         self.partial = partial
 
 
+class OutputTaken(NiivInputError):
+    """Something appeared at the output path while the store was being written (it was free, or
+    ours to replace, when the write began): it is left alone, and the finished store is kept at
+    ``partial`` for the user to move."""
+
+    def __init__(self, out: Path, partial: Path, why: str) -> None:
+        super().__init__(
+            f"{why}; napari-niiv left it alone: the finished reconstruction is kept at {partial}, "
+            f"rename that yourself once {out} is out of the way"
+        )
+        self.partial = partial
+
+
 class BlockSource(Protocol):
     """What fills level 0: the block at an index of the output (picklable for dask.distributed).
 
@@ -595,7 +608,7 @@ def write_ome_zarr(
     out = Path(out)
     check_output_path(out, overwrite, input_path)
     with output_lock(out):
-        return _write(out, layout, source, runner, fingerprint, resume, on_progress, cancelled)
+        return _write(out, layout, source, runner, fingerprint, resume, on_progress, cancelled, overwrite)
 
 
 def _write(
@@ -607,6 +620,7 @@ def _write(
     resume: bool,
     on_progress: Callable[[int, int], None] | None,
     cancelled: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> WriteReport:
     from .runners import ThreadedRunner
 
@@ -673,9 +687,9 @@ def _write(
 
             runner.run(job, level_todo, advance)
             stop_if_cancelled(level_todo)
-        _finish(partial, out, layout, fingerprint)
-    except BaseException:
-        if not resume:
+        _finish(partial, out, layout, fingerprint, overwrite)
+    except BaseException as exc:
+        if not resume and not isinstance(exc, OutputTaken):
             shutil.rmtree(partial, ignore_errors=True)
         raise
     n_total = sum(len(t.chunks) for level in tasks for t in level)
@@ -747,14 +761,21 @@ def _create_store(path: Path, layout: Layout) -> None:
         root.create_array(str(level), shape=shape, chunks=chunks, dtype=layout.dtype, fill_value=0, **extra)
 
 
-def _finish(partial: Path, out: Path, layout: Layout, fingerprint: dict[str, Any] | None) -> None:
+def _finish(
+    partial: Path, out: Path, layout: Layout, fingerprint: dict[str, Any] | None, overwrite: bool = False
+) -> None:
     """Metadata last (validated against the arrays written), progress markers removed, then one
-    rename makes the store appear whole."""
+    rename makes the store appear whole. What is at ``out`` now is checked again (a write can take
+    hours): only what :func:`check_output_path` lets ``overwrite`` replace is replaced."""
     import zarr
 
     root = zarr.open_group(str(partial), mode="r+")
     root.attrs.update(ome_attributes(layout, root) | ({"niiv": fingerprint} if fingerprint else {}))
-    if out.exists():
+    if out.exists() or out.is_symlink():
+        try:
+            check_output_path(out, overwrite)
+        except NiivInputError as exc:
+            raise OutputTaken(out, partial, f"{out} appeared while the store was being written") from exc
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     partial.rename(out)
     shutil.rmtree(out / _WORK, ignore_errors=True)  # a kill just before this leaves only stale markers
