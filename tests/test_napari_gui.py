@@ -190,6 +190,39 @@ def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi64, t
     assert panel.status_label.value.startswith("learning rate '0.5'") and panel.job is None
 
 
+def test_closing_the_dock_stops_its_work_and_reopening_gives_one_dock(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """napari's close button on a dock only takes the widget out of it (remove_dock_widget): the
+    live view must stop with the dock, the closed dock must not answer the viewer's layer events,
+    and Plugins > niiv then opens one working dock, not a second one beside a hidden first."""
+    from qtpy import sip
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    widget.weights_choice.value = "user/tiny"
+    widget.precision_choice.value = "fp32"
+    viewer.dims.order = (1, 0, 2)  # an xz view
+    widget.live_check.value = True
+    qtbot.waitUntil(lambda: widget.live_view is not None and bool(widget.live_view.timings), timeout=60_000)
+    live = widget.live_view
+    worker = live._worker._thread
+    assert list(viewer.window.dock_widgets.values()) == [widget]
+    dock = widget.parent()  # napari's dock around it
+
+    dock.title.close_button.click()  # what the user clicks
+    qtbot.waitUntil(lambda: sip.isdeleted(widget), timeout=10_000)
+    assert live._closed and not worker.is_alive()
+    assert not viewer.window.dock_widgets
+
+    viewer.add_image(cremi64[:, :32], name="second", scale=(40, 4, 4))  # the closed dock hears nothing
+    viewer.layers.remove("second")
+    again = open_dock(viewer)
+    assert list(viewer.window.dock_widgets.values()) == [again] and again is not widget
+    assert again.volume_choice.value is viewer.layers["cremi"]
+
+
 def test_the_loss_plot_exports_its_history_as_csv(qtbot, tmp_path):
     from napari_niiv._napari.loss_plot import CSV_COLUMNS, LossPlot, log_ticks, nice_ticks
 

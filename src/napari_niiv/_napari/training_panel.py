@@ -113,7 +113,7 @@ class TrainingPanel(Container):
         niiv.volume_choice.changed.connect(self._default_name)
         niiv.alpha_spin.changed.connect(self._default_name)
         viewer.layers.events.removed.connect(self._layer_removed)
-        viewer.layers.events.inserted.connect(lambda e: self.shapes_choice.reset_choices())
+        viewer.layers.events.inserted.connect(self._layer_inserted)
         self._default_name()
 
     def tooltips(self) -> None:
@@ -345,6 +345,14 @@ class TrainingPanel(Container):
         if self.job is not None and event.value is self._layer:
             self.job.stop()
             self.set_status(f"'{self._layer.name}' was closed: training stops after this step")
+
+    def _layer_inserted(self, event: Any = None) -> None:
+        self.shapes_choice.reset_choices()
+
+    def disconnect_viewer(self) -> None:
+        """The dock was closed: stop listening to the viewer's layers."""
+        self.viewer.layers.events.removed.disconnect(self._layer_removed)
+        self.viewer.layers.events.inserted.disconnect(self._layer_inserted)
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """The viewer or dock is closing: stop training and wait for the thread (one step). Its

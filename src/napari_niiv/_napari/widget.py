@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Image
-from qtpy.QtCore import QSize, Qt, QUrl, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, QUrl, Signal
 from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
@@ -194,11 +194,33 @@ class NiivWidget(QScrollArea):
         self.help_button.changed.connect(self.open_help)
         viewer.layers.events.inserted.connect(self._layers_changed)
         viewer.layers.events.removed.connect(self._layers_changed)
-        # The dock or the viewer closed: stop background work. Not a bound method of this widget,
-        # whose Qt side is being deleted when the signal fires.
+        # The viewer closed: stop background work. Not a bound method of this widget, whose Qt side
+        # is being deleted when the signal fires. (The dock's own close button: see event.)
         self.destroyed.connect(functools.partial(NiivWidget.close_live, self))
+        self._docked = False  # in a dock (napari's close button takes it out: event)
         self._layers_changed()
         self._default_sections()
+
+    def event(self, e: QEvent) -> bool:
+        """napari's close button on the dock (``remove_dock_widget``) takes this widget out of its
+        dock and deletes the dock, not the widget: without this its live view, training and save
+        would go on computing for a dock no one sees, and a reopened dock would be a second one."""
+        if e.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                self.close_live()
+                self._disconnect_viewer()
+                self.deleteLater()
+        return super().event(e)
+
+    def _disconnect_viewer(self) -> None:
+        """Stop listening to the viewer's layers (napari would call a deleted widget)."""
+        self.viewer.layers.events.inserted.disconnect(self._layers_changed)
+        self.viewer.layers.events.removed.disconnect(self._layers_changed)
+        self._watch(None)
+        self.training.disconnect_viewer()
 
     def minimumSizeHint(self) -> QSize:
         """As wide as the controls need beside a vertical scroll bar (a scroll area alone asks for
