@@ -223,3 +223,25 @@ def test_the_window_keeps_responding_during_a_background_save(qtbot, make_napari
     assert saver.yields >= 1, "no progress reached the GUI thread through the napari worker"
     assert any(text.startswith("saving 'cremi'") and "ETA" in text for text in seen), seen[-5:]
     assert widget.save_button.enabled
+
+
+@pytest.mark.slow
+def test_file_save_of_a_whole_volume_layer_reports_progress_only_on_the_gui_thread(
+    qtbot, make_napari_viewer, cremi, tiny_weights, tmp_path
+):
+    """napari's File > Save writes on the GUI thread, while the store computes its columns on a
+    pool of threads that also report progress: only the GUI thread may set the status bar (Qt
+    widgets must not be touched from other threads)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget = open_widget(viewer, tiny_weights)
+    widget.reconstruct_button.native.click()
+    qtbot.waitUntil(lambda: widget.preparing == 0, timeout=60_000)
+    iso = viewer.layers["cremi isotropic (niiv)"]
+    seen: list[tuple[threading.Thread, str]] = []
+    viewer.events.status.connect(lambda e: seen.append((threading.current_thread(), str(e.value))))
+    out = tmp_path / "iso.ome.zarr"
+    assert iso.save(str(out), plugin="napari-niiv") == [str(out)]
+    assert all(t is threading.main_thread() for t, _ in seen), {t.name for t, _ in seen}
+    assert any("writing 'cremi isotropic (niiv)', 100 %" in text for _, text in seen), seen
+    np.testing.assert_array_equal(levels(out)[0].shape, iso.data[0].shape)

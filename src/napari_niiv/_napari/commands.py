@@ -10,7 +10,7 @@ import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, QThread, QTimer, Signal
 
 from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
@@ -206,7 +206,11 @@ class TileProgress(QObject):
         )
 
     def _on_write_progress(self, done: int, total: int) -> None:
-        # Saving runs on the GUI thread (napari's writers do): show how far it is in the status bar.
+        """napari's File > Save writes on the GUI thread: show how far it is in the status bar. The
+        store's worker threads report too; Qt must not be touched from them, and the GUI thread's
+        next report includes what they did."""
+        if QThread.currentThread() != self.thread():
+            return
         self.viewer.status = f"niiv: writing '{self.layer.name}', {100 * done / max(total, 1):.0f} %"
 
     @gui_handler
