@@ -277,6 +277,31 @@ def test_closing_the_lazy_layer_stops_its_worker(lazy):
     assert not lazy._worker.busy
 
 
+def test_a_volume_with_nan_gets_an_interpolated_view_and_one_error_not_one_per_tile(volume):
+    """NaN in a float input: napari's reads of the layer answer (interpolation carries the NaN, as
+    napari shows the input itself), and the tiles niiv cannot compute are reported once."""
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+
+    holed = volume.astype(np.float32)
+    norm = fit_normalisation(holed)
+    holed[:, 10:14, 20:24] = np.nan  # a gap left by registration, through every plane
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    lazy = LazyIsotropic(holed, norm, Reconstructor(random_model(), settings), output_geometry(holed.shape, ALPHA))
+    lazy.prefetch_3d = False
+    errors: list[BaseException] = []
+    lazy.on_error = errors.append
+    try:
+        for z in (5, 6, 7):
+            plane = lazy.get(0, (slice(z, z + 1), slice(0, 48), slice(0, 56)))
+            assert np.isnan(plane[0, 11, 21]) and np.isfinite(plane[0, 30:, 30:]).all()
+            assert lazy._worker.wait_idle(60)
+        assert lazy.pending == 0
+    finally:
+        lazy.close()
+    assert len(errors) == 1 and "NaN" in str(errors[0])
+
+
 @pytest.mark.slow
 def test_saving_the_lazy_layer_keeps_its_precision(volume, tmp_path):
     """The lazy layer's File > Save reconstructs with the layer's own settings, fp32 here, not the default."""

@@ -142,6 +142,7 @@ class LazyIsotropic:
         self.on_write_progress: Callable[[int, int], None] | None = None
         self.on_tile: Callable[[TileKey], None] | None = None
         self.on_error: Callable[[BaseException], None] | None = None
+        self._reported: set[str] = set()  # failures already reported (_report)
         self._tiles: OrderedDict[TileKey, np.ndarray] = OrderedDict()
         self._maps: OrderedDict[TileKey, np.ndarray] = OrderedDict()  # confidence tiles
         self._previews: OrderedDict[TileKey, np.ndarray] = OrderedDict()  # interpolated, until made
@@ -496,7 +497,15 @@ class LazyIsotropic:
             total -= old.nbytes + (0 if dropped is None else dropped.nbytes)
 
     def _report(self, exc: BaseException) -> None:
-        if self.on_error is None:
+        """Each distinct failure once (every tile of a NaN region fails alike: one message, not
+        one per tile); repeats only to the log."""
+        message = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            repeat = message in self._reported
+            self._reported.add(message)
+        if repeat:
+            log.debug("niiv tile failed again: %s", message)
+        elif self.on_error is None:
             log.error("niiv tile failed", exc_info=exc)
         else:
             self.on_error(exc)

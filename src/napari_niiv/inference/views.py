@@ -181,9 +181,11 @@ class ViewRenderer:
         self.rec.engine.load_state(state)
         self.cache.clear()
 
-    def _read(self, ranges: list[tuple[int, int]]) -> np.ndarray:
+    def _read(self, ranges: list[tuple[int, int]], finite: bool = True) -> np.ndarray:
+        """The input block at ``ranges``; with ``finite``, refused if it holds NaN or inf (the
+        model's input; interpolation passes them on, as any viewer shows them)."""
         block = self.view[tuple(slice(lo, hi) for lo, hi in ranges)]
-        if not np.all(np.isfinite(block)):
+        if finite and not np.all(np.isfinite(block)):
             from ..errors import NiivInputError
 
             raise NiivInputError("the visible region contains NaN or infinite values; replace them first")
@@ -196,7 +198,7 @@ class ViewRenderer:
     def interpolate(self, coords: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         """Trilinear interpolation of the volume at the separable grid ``coords`` (one vector per axis)."""
         ranges = [pixel_range(c, n, 1) for c, n in zip(coords, self.shape, strict=True)]
-        out = self._read(ranges)
+        out = self._read(ranges, finite=False)
         for axis in range(3):
             out = interpolate_planes(out, coords[axis], axis, ranges[axis][0])
         return np.ascontiguousarray(out, dtype=np.float32)
