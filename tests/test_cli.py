@@ -39,6 +39,13 @@ def test_entry_point_help() -> None:
     assert "reconstruct" in res.stdout and "alpha" in res.stdout
 
 
+@pytest.mark.parametrize("command", ["info", "reconstruct", "train", "evaluate"])
+def test_every_command_prints_its_help(capsys, command) -> None:
+    """argparse formats help with %: a stray one in a help text turned `niiv train --help` into a traceback."""
+    out = capsys.readouterr
+    assert main([command, "--help"]) == 0 and f"niiv {command}" in out().out
+
+
 def test_reconstruct_to_ome_zarr_with_voxel_sizes(tmp_path, capsys, aniso_tif, weights) -> None:
     out = tmp_path / "iso.ome.zarr"
     code, _, err = _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--chunks", "16,16,16")
