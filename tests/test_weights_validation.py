@@ -66,6 +66,13 @@ CASES = {
     "bad_normalisation": ({"normalisation": "{not json"}, "normalisation metadata"),
     "inverted_normalisation": ({"normalisation": json.dumps({"low": 5, "high": 1})}, "normalisation metadata"),
     "bad_card": ({"card": "[1, 2"}, "model card"),
+    "alpha_range_number": ({"card": json.dumps({"alpha_range": 3})}, "alpha_range 3 is not usable"),
+    "alpha_range_text": ({"card": json.dumps({"alpha_range": "oops"})}, "alpha_range 'oops'"),
+    "alpha_range_three": ({"card": json.dumps({"alpha_range": [2, 4, 8]})}, "not two values"),
+    "alpha_range_inverted": ({"card": json.dumps({"alpha_range": [8, 2]})}, "low above high"),
+    "alpha_range_zero": ({"card": json.dumps({"alpha_range": [0, 8]})}, "alpha_range"),
+    "degradations_number": ({"card": json.dumps({"degradations": 4})}, "degradations 4"),
+    "degradations_unknown": ({"card": json.dumps({"degradations": ["thick", "fog"]})}, "degradations"),
 }
 
 
@@ -77,9 +84,11 @@ def test_bad_weights_are_refused_with_a_reason(good, tmp_path, case) -> None:
         load_weights(bad)
 
 
-def test_good_weights_still_load(good) -> None:
+def test_good_weights_still_load(good, tmp_path) -> None:
     w = load_weights(good)
-    assert w.alpha == 8.0 and w.card["name"] == "good"
+    assert w.alpha == 8.0 and w.card["name"] == "good" and w.alpha_range == (8.0, 8.0)
+    card = json.dumps({"alpha_range": ["2", 12], "degradations": ["thick", "psf:3"]})  # text alphas are read
+    assert load_weights(_variant(good, tmp_path, "ranged", card=card)).alpha_range == (2.0, 12.0)
 
 
 def test_one_bad_file_is_listed_as_unusable_by_niiv_info(good, tmp_path, monkeypatch, capsys) -> None:

@@ -542,7 +542,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, path in available_weights().items():
         try:
             w = load_weights(path)
-            lo, hi = w.card.get("alpha_range") or (w.alpha, w.alpha)
+            lo, hi = w.alpha_range
             span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g}-{hi:g}"
             kinds = ",".join(w.card.get("degradations") or ["thick"])
             told = " (told which: --degradation)" if w.model.config.acquisition_embedding else ""
@@ -919,8 +919,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name = w.card.get("name") or path.stem
         if name in methods:  # two files with the same card name (a retrained copy): one row each
             name = f"{name} ({spec})"
-        lo, hi = w.card.get("alpha_range") or (w.alpha, w.alpha)
-        trained[name] = (float(lo), float(hi))
+        trained[name] = w.alpha_range
         methods[name] = niiv_method(w.model, settings)
         if args.both:
             methods[name + " +yz"] = niiv_method(w.model, settings.replace(orientation="both"))

@@ -44,6 +44,12 @@ class Weights:
     optimizer_tensors: dict[str, torch.Tensor] | None = None
     optimizer_groups: list[dict[str, Any]] | None = None
 
+    @property
+    def alpha_range(self) -> tuple[float, float]:
+        """The alphas it was trained over: its card's range, else its one alpha."""
+        lo, hi = self.card.get("alpha_range") or (self.alpha, self.alpha)
+        return float(lo), float(hi)
+
 
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: a crash or a cancel never leaves a
@@ -250,7 +256,40 @@ def _checked_metadata(path: Path, meta: dict[str, str]) -> tuple[float, Normalis
             raise ValueError(f"a {type(card).__name__}, not an object")
     except ValueError as exc:
         raise NiivInputError(f"{path}: its model card metadata is not valid JSON ({exc}); the file is damaged") from exc
-    return alpha, norm, card
+    return alpha, norm, _checked_card(path, card)
+
+
+def _checked_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """The card's fields that code reads (``alpha_range``, ``degradations``) checked, or a
+    message naming the bad one: a card is text anyone can edit."""
+    from ..data.degrade import Degradation, check_alpha
+
+    if card.get("alpha_range") is not None:
+        given = card["alpha_range"]
+        try:
+            if isinstance(given, str) or len(given) != 2:
+                raise ValueError("not two values")
+            lo, hi = (check_alpha(v) for v in given)
+            if lo > hi:
+                raise ValueError("low above high")
+        except (TypeError, ValueError) as exc:
+            raise NiivInputError(
+                f"{path}: its model card's alpha_range {given!r} is not usable ({exc}); it needs [low, high] alphas"
+            ) from None
+        card["alpha_range"] = [lo, hi]
+    if card.get("degradations") is not None:
+        given = card["degradations"]
+        try:
+            if isinstance(given, str) or not all(isinstance(k, str) for k in given):
+                raise ValueError("not a list of names")
+            for kind in given:
+                Degradation.parse(kind)
+        except (TypeError, ValueError) as exc:
+            raise NiivInputError(
+                f"{path}: its model card's degradations {given!r} are not usable ({exc}); it needs names such as "
+                '["thick", "thin"]'
+            ) from None
+    return card
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, weights: Weights) -> None:
