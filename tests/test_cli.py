@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +146,26 @@ def test_evaluate_prints_a_table(tmp_path, capsys, medulla, weights) -> None:
     for method in ("nearest", "bilinear", "bicubic", "tiny", "tiny +yz"):
         assert f"| {method} |" in out
     assert (tmp_path / "s.json").exists()
+
+
+def test_evaluate_never_writes_its_json_over_an_input_weights_or_an_existing_file(
+    tmp_path, capsys, medulla, weights
+) -> None:
+    """--json used to replace whatever was at its path: the volume scored, the weights, notes."""
+    iso = tmp_path / "iso.tif"
+    write_tif(iso, medulla[:16, :16, :16])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    kept = {p: p.read_bytes() for p in (iso, Path(weights), notes)}
+    args = ("evaluate", iso, "--cube", "16", "--alpha", "4", "--weights", weights)
+    for target, message in ((iso, "the input"), (weights, "the input"), (notes, "--overwrite")):
+        for extra in ((), ("--overwrite",)) if target != notes else ((),):
+            code, _, err = _run(capsys, *args, "--json", target, *extra)
+            assert code == 2 and message in err and "Traceback" not in err, err
+    assert {p: p.read_bytes() for p in kept} == kept
+    code, _, err = _run(capsys, *args, "--json", notes, "--overwrite")  # asked for: replaced
+    assert code == 0, err
+    assert json.loads(notes.read_text())[0]["alpha"] == 4.0
 
 
 def test_evaluate_keeps_a_row_for_each_weights_file_of_the_same_name(tmp_path, capsys, medulla) -> None:

@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=25.0,
         help="CF-PSNR cutoff radius in DFT bins at 128x128 (default 25)",
     )
-    ev.add_argument("--json", help="also write the scores to this JSON file")
+    ev.add_argument("--json", help="also write the scores to this JSON file (never an input or weights file)")
+    ev.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     _add_common(ev)
     _add_speed(ev)
     return parser
@@ -864,7 +865,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.degrade import parse_degradations
     from .data.io import open_volume
     from .inference.geometry import check_region
-    from .inference.store import check_writable
+    from .inference.store import check_output_path, check_outside_input, check_writable
     from .inference.weights import load_weights, resolve_weights
     from .training.evaluate import (
         cut_cubes,
@@ -879,8 +880,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     alphas = list(args.alpha)
     degradations = parse_degradations(args.degradation)
-    if args.json:
-        check_writable(Path(args.json), file=True)  # before the scoring, not after it
+    if args.json:  # before the scoring, not after it
+        out = Path(args.json)
+        for source in [*args.volumes, *(resolve_weights(spec) for spec in args.weights or [None])]:
+            check_outside_input(out, source)
+        check_output_path(out, args.overwrite)
+        check_writable(out, file=True)
     widest = max(alphas)
     if args.cube < 2 * widest:
         raise NiivInputError(
