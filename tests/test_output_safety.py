@@ -153,6 +153,41 @@ def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, c
     assert out.exists() and not lock.exists()
 
 
+def test_restart_never_discards_a_running_jobs_store(tmp_path, capsys, store, weights) -> None:
+    """--restart discards OUT.partial only once this run holds OUT's lock: while another run
+    writes it, its store stays whole and the restart is refused."""
+    out = tmp_path / "iso.ome.zarr"
+    assert _reconstruct(capsys, store / "0", out, weights)[0] == 0
+    out.rename(partial_path(out))  # a store in the making, as the other run has it
+    (partial_path(out) / ".niiv").mkdir(exist_ok=True)
+    (partial_path(out) / ".niiv" / "job.json").write_text("{}")
+    before = _tree(partial_path(out))
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = out.with_name(out.name + ".lock")
+        lock.write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "started": "now"}))
+        code, err = _reconstruct(capsys, store / "0", out, weights, "--restart")
+        assert code == 2 and "another niiv run" in err
+        assert _tree(partial_path(out)) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_input_inside_the_outputs_unfinished_store_is_refused(tmp_path, capsys, store, weights) -> None:
+    """OUT.partial is what --restart and a failed write remove: an input inside it is refused
+    before anything is removed."""
+    out = tmp_path / "iso.ome.zarr"
+    store.rename(partial_path(out))
+    (partial_path(out) / ".niiv").mkdir()
+    (partial_path(out) / ".niiv" / "job.json").write_text("{}")
+    before = _tree(partial_path(out))
+    for extra in ((), ("--restart",)):
+        code, err = _reconstruct(capsys, partial_path(out) / "0", out, weights, *extra)
+        assert code == 2 and "unfinished store of the output" in err, err
+        assert _tree(partial_path(out)) == before
+
+
 def test_the_lock_is_released_when_a_write_fails(tmp_path) -> None:
     out = tmp_path / "x.ome.zarr"
     with pytest.raises(RuntimeError), output_lock(out):

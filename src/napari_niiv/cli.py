@@ -641,11 +641,9 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
     from .inference.export import write_isotropic
     from .inference.geometry import pyramid_shapes
     from .inference.runners import open_runner
-    from .inference.store import discard_partial, partial_path
+    from .inference.store import partial_path
 
     partial = partial_path(out)
-    if args.restart:
-        discard_partial(out)
     bar: Any = None
 
     def progress(done: int, total: int) -> None:
@@ -667,6 +665,7 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
                 contrast=window,
                 runner=runner,
                 resume=True,
+                restart=args.restart,
                 overwrite=args.overwrite,
                 input_id=_resolved(_source(args.input)),
                 on_progress=progress,

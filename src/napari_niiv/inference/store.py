@@ -260,6 +260,12 @@ def check_outside_input(out: Path, source: Path | str) -> None:
     if dst == src or src in dst.parents or dst in src.parents:
         where = "is" if dst == src else "lies inside" if src in dst.parents else "contains"
         raise NiivInputError(f"{out}: the output {where} the input {source}; choose an output path outside it")
+    partial = partial_path(out).resolve()
+    if src == partial or partial in src.parents:  # what --restart or a failed write removes
+        raise NiivInputError(
+            f"{source}: the input lies inside {partial}, the unfinished store of the output {out}; "
+            "copy the input out of it, or choose another output path"
+        )
     root = _zarr_root(src)
     if root != src and root in dst.parents:
         raise NiivInputError(
@@ -584,6 +590,7 @@ def write_ome_zarr(
     runner: Any = None,
     fingerprint: dict[str, Any] | None = None,
     resume: bool = False,
+    restart: bool = False,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     input_path: Path | str | None = None,
@@ -593,8 +600,9 @@ def write_ome_zarr(
     chunks over threads or a dask cluster (default: one chunk at a time on dask's threaded scheduler).
 
     ``resume``: continue an earlier ``out.partial`` with the same ``fingerprint`` (any other one is
-    refused) and keep the partial store if this run fails, so that it can be continued too. Without
-    it a failed run removes its partial store. ``on_progress(done, total)`` counts voxels over all
+    refused; ``restart`` discards it first, once this run holds the output's lock) and keep the
+    partial store if this run fails, so that it can be continued too. Without it a failed run
+    removes its partial store. ``on_progress(done, total)`` counts voxels over all
     levels, never decreasing: those written, plus (in-process runners) those computed so far by
     the columns being computed, so that a save of one column moves too; calls come one at a time,
     from the calling thread or a worker thread. Its first call gives what an earlier run wrote.
@@ -608,6 +616,8 @@ def write_ome_zarr(
     out = Path(out)
     check_output_path(out, overwrite, input_path)
     with output_lock(out):
+        if restart:  # under the lock: never a running job's store
+            discard_partial(out)
         return _write(out, layout, source, runner, fingerprint, resume, on_progress, cancelled, overwrite)
 
 
