@@ -119,7 +119,10 @@ MODELS = {
   64x128x128 cubes, never trained on) the same: at thin 3 the 0.5 px Gaussian lifts bicubic by
   +0.80 and niiv `+yz` from +1.13 to +1.54, and at thin 4 it lifts bicubic by +0.15 and lowers
   niiv `+yz` (+1.56 to +1.49). At thick alpha 8 and thin alpha 6 none of these moves niiv more than
-  0.07 dB, and at thick 12 four families add +0.04. So the thin-3 shortfall is niiv-em's own margin
+  0.07 dB, and at thick 12 four families add +0.04. Nor does super-resolution's self-ensemble
+  (EDSR's "+": `+yz` of the input as it is, flipped in x and y, in z, and both, each flipped back
+  and averaged; four times the work): +1.09 / +1.05 at thin 3, exactly `+yz`'s, the flipped
+  reconstructions differing by about a tenth of niiv's error. So the thin-3 shortfall is niiv-em's own margin
   over interpolation where sections are exact samples 3 planes apart; so we read closing it as a
   better model's job (training), not another way to run this one, and ship none of these.
 - It beats the thick-only alpha-8 model `niiv-v1-fibsem-a8` on thick sections at every alpha (xz:
