@@ -409,9 +409,10 @@ def napari_insert_ms(viewer, app, repeats: int = 3) -> list[float]:
 
 def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     """In napari (this process, a display needed): the niiv dock widget's live view of an xz view
-    filling ``canvas`` (h, w), started, panned ``pans`` times, stepped to the next plane twice;
-    then a whole-volume layer and the switch to 3D. Returns the plugin's GUI-thread handler times
-    (``gui_timing.HANDLER_TIMES``), the live view's timings and the 3D switch's blocking time."""
+    filling ``canvas`` (h, w), started, panned ``pans`` times, stepped to the next plane twice,
+    a setting changed twice while it computes; then a whole-volume layer and the switch to 3D.
+    Returns the plugin's GUI-thread handler times (``gui_timing.HANDLER_TIMES``), the live view's
+    timings and the 3D switch's blocking time."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -466,6 +467,14 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
         changes += 1
         wait(finished(changes))
     live_timings = list(widget.live_view.timings)
+    # a setting changed twice while the live view computes: each change replaces the live view
+    # (its handler must not wait for the old view's thread)
+    precision = widget.precision_choice.value
+    for value in ("fp32", precision):
+        viewer.dims.set_point(1, 35 if value == "fp32" else 36)
+        pump(app, 0.5)
+        widget.precision_choice.value = value
+    wait(finished(1))
     widget.live_check.value = False
     widget.reconstruct_button.native.click()
     wait(lambda: widget.preparing == 0 and any(la.name.endswith("isotropic (niiv)") for la in viewer.layers))

@@ -190,6 +190,18 @@ def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi64, t
     assert panel.status_label.value.startswith("learning rate '0.5'") and panel.job is None
 
 
+def live_xz_view(qtbot, viewer, volume):
+    """The dock's live view (tiny user weights, fp32) of an xz view of ``volume``, first image shown."""
+    viewer.add_image(volume, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    widget.weights_choice.value = "user/tiny"
+    widget.precision_choice.value = "fp32"
+    viewer.dims.order = (1, 0, 2)  # an xz view
+    widget.live_check.value = True
+    qtbot.waitUntil(lambda: widget.live_view is not None and bool(widget.live_view.timings), timeout=60_000)
+    return widget
+
+
 def test_closing_the_dock_stops_its_work_and_reopening_gives_one_dock(
     qtbot, make_napari_viewer, cremi64, tiny_user_weights
 ):
@@ -199,13 +211,7 @@ def test_closing_the_dock_stops_its_work_and_reopening_gives_one_dock(
     from qtpy import sip
 
     viewer = make_napari_viewer(show=True)
-    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
-    widget = open_dock(viewer)
-    widget.weights_choice.value = "user/tiny"
-    widget.precision_choice.value = "fp32"
-    viewer.dims.order = (1, 0, 2)  # an xz view
-    widget.live_check.value = True
-    qtbot.waitUntil(lambda: widget.live_view is not None and bool(widget.live_view.timings), timeout=60_000)
+    widget = live_xz_view(qtbot, viewer, cremi64)
     live = widget.live_view
     worker = live._worker._thread
     assert list(viewer.window.dock_widgets.values()) == [widget]
@@ -221,6 +227,38 @@ def test_closing_the_dock_stops_its_work_and_reopening_gives_one_dock(
     again = open_dock(viewer)
     assert list(viewer.window.dock_widgets.values()) == [again] and again is not widget
     assert again.volume_choice.value is viewer.layers["cremi"]
+
+
+def test_a_settings_change_never_waits_for_the_old_live_view(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """A new setting replaces the live view while it computes: the GUI thread must not wait for
+    the old view's thread to finish its step (on a CPU up to a second or more; a join here
+    stalled the window for 0.1-1 s per change). The old thread, held in a step, asks the GUI
+    thread for an answer only an event loop that is free can give; its late results are dropped."""
+    import threading
+
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, cremi64)
+    old = widget.live_view
+    started, answered, verdict = threading.Event(), threading.Event(), []
+
+    def one_long_step(cancelled):
+        started.set()
+        verdict.append(answered.wait(5))  # the old code's join waited 10 s
+        raise RuntimeError("a late failure of the replaced view")  # must not reach the status
+
+    old._worker.submit(one_long_step)
+    assert started.wait(30)
+    QTimer.singleShot(0, answered.set)  # runs once the GUI thread is back in its event loop
+    widget.orientation_choice.value = "yz"  # replaces the live view
+    qtbot.waitUntil(lambda: bool(verdict), timeout=20_000)
+    assert verdict == [True], "the GUI thread waited for the old live view's step"
+    qtbot.waitUntil(lambda: old._worker.stopped, timeout=10_000)
+    new = widget.live_view
+    assert new is not old and new.settings.orientation == "yz"
+    qtbot.waitUntil(lambda: bool(new.timings) and "niiv" in new.timings[-1], timeout=60_000)
+    assert "failed" not in str(widget.status_label.value)
 
 
 def test_the_loss_plot_exports_its_history_as_csv(qtbot, tmp_path):

@@ -273,13 +273,15 @@ class LiveView(QObject):
     @gui_handler
     def _on_result(self, gen: int, stage: str, payload: Any) -> None:
         """On the GUI thread: show a result if it is for the current view."""
+        if self._closed:
+            return  # a result, or an error, still on its way when the view was closed
         if stage == "error":
             msg = str(payload) if isinstance(payload, NiivInputError) else f"{type(payload).__name__}: {payload}"
             if not isinstance(payload, NiivInputError):
                 log.error("live niiv failed", exc_info=payload)
             self.on_status(f"live view failed: {msg}")
             return
-        if gen != self._generation or self._closed or self.layer not in self.viewer.layers:
+        if gen != self._generation or self.layer not in self.viewer.layers:
             return  # stale, or a result still queued when the layer or viewer closed
         if stage == "confidence":
             self._show_confidence(*payload)
@@ -409,14 +411,16 @@ class LiveView(QObject):
     def busy(self) -> bool:
         return self._timer.isActive() or self._worker.busy
 
-    def close(self) -> None:
-        """Stop listening and computing (within one decoding step); the last image stays."""
+    def close(self, wait: bool = False) -> None:
+        """Stop listening and computing; the last image stays. Its thread ends within one decoding
+        step (up to a second or so on a CPU) and whatever it still sends is dropped: the GUI thread
+        waits for it only with ``wait`` (the viewer closing), not when the view is replaced."""
         self._closed = True
         self._timer.stop()
         for emitter, callback in self._connections:
             emitter.disconnect(callback)
         self._connections = []
-        self._worker.close()
+        self._worker.close(timeout=10.0 if wait else 0.0)
 
 
 def _loaded(model: Any) -> NiivModel | None:

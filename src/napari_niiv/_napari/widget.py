@@ -554,9 +554,10 @@ class NiivWidget(QScrollArea):
         if view is self.live_view:
             self.set_status(text)
 
-    def _stop_live(self) -> None:
+    def _stop_live(self, wait: bool = False) -> None:
+        """Close the live view; the GUI thread waits for its thread to end only with ``wait``."""
         if self.live_view is not None:
-            self.live_view.close()
+            self.live_view.close(wait)
             self.live_view = None
 
     def _pixel_ratio(self) -> float:
@@ -715,7 +716,7 @@ class NiivWidget(QScrollArea):
     def close_live(self) -> None:
         """Stop background work (the viewer is closing or the widget is removed); a save is
         cancelled after its current chunk and stays resumable."""
-        self._stop_live()
+        self._stop_live(wait=True)
         self.training.shutdown()
         if self.saver is not None:
             self.saver.shutdown()
