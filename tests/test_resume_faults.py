@@ -137,3 +137,23 @@ def test_a_second_real_run_on_the_same_output_is_refused_while_the_first_writes(
         first.wait(timeout=300)
         first.stderr.close()
     assert first.returncode == 0 and out.exists() and not lock.exists()  # the first run was not disturbed
+
+
+def test_a_nan_found_while_writing_says_how_to_rerun_once_fixed(tmp_path, capsys) -> None:
+    """One NaN that the checks' sample of the volume misses is found by the block that reads it:
+    the run stops with one line saying that the kept OUT.partial needs --restart once the input is
+    fixed, and the corrected input then reconstructs."""
+    vol = np.random.default_rng(0).random((8, 512, 512)).astype(np.float32)
+    vol[1, 1, 101] = np.nan
+    src, out = tmp_path / "a.npy", tmp_path / "iso.zarr"
+    np.save(src, vol)
+    weights = save_weights(tmp_path / "tiny.safetensors", random_model(), 2.0, None)
+    args = ["reconstruct", str(src), str(out), "--alpha", "2", "--weights", str(weights)]
+    args += ["--region", "0:4,0:48,0:96", "--chunks", "8,48,48", "--levels", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and str(partial_path(out)) in err and "--restart" in err and "Traceback" not in err
+    vol[1, 1, 101] = 0.5
+    np.save(src, vol)
+    assert main(args) == 2 and "--restart" in capsys.readouterr().err  # the kept chunks would be stale
+    assert main([*args, "--restart"]) == 0 and out.exists() and not partial_path(out).exists()

@@ -679,6 +679,12 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
         )
         if isinstance(exc, KeyboardInterrupt) and partial.exists():
             raise KeyboardInterrupt(kept) from exc  # main() says it in its one line
+        if isinstance(exc, NiivInputError) and bar is not None and partial.exists():
+            # found while writing (a NaN the checks' sample missed): a fixed input makes the kept
+            # chunks stale, and a rerun then refuses them until told to discard them
+            raise NiivInputError(
+                f"{exc}; {partial} keeps the chunks written before: once the input is fixed, rerun with --restart"
+            ) from exc
         if partial.exists() and not isinstance(exc, NiivInputError) and not _said_in_one_line(exc):
             print(f"niiv reconstruct: stopped; {kept}", file=sys.stderr)  # before the traceback
         raise
