@@ -889,8 +889,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = Path(args.json)
         for source in [*args.volumes, *(resolve_weights(spec) for spec in args.weights or [None])]:
             check_outside_input(out, source)
+        check_writable(out, file=True)  # a folder is refused here, with --overwrite too
         check_output_path(out, args.overwrite)
-        check_writable(out, file=True)
     widest = max(alphas)
     if args.cube < 2 * widest:
         raise NiivInputError(
