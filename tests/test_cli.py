@@ -48,6 +48,15 @@ def test_every_command_prints_its_help(capsys, command) -> None:
     assert main([command, "--help"]) == 0 and f"niiv {command}" in out().out
 
 
+def test_reconstruct_notes_an_alpha_outside_the_weights_training(tmp_path, capsys, aniso_tif, weights) -> None:
+    """The file says alpha 10 (40 nm sections, 4 nm pixels); these weights learned alpha 8 only."""
+    code, _, err = _run(capsys, "reconstruct", aniso_tif, tmp_path / "iso.tif", "--weights", weights)
+    assert code == 0, err
+    assert "note: tiny was trained for alpha 8, used here at 10" in err
+    code, _, err = _run(capsys, "reconstruct", aniso_tif, tmp_path / "at8.tif", "--weights", weights, "--alpha", "8")
+    assert code == 0 and "note:" not in err
+
+
 def test_reconstruct_to_ome_zarr_with_voxel_sizes(tmp_path, capsys, aniso_tif, weights) -> None:
     out = tmp_path / "iso.ome.zarr"
     code, _, err = _run(capsys, "reconstruct", aniso_tif, out, "--weights", weights, "--chunks", "16,16,16")

@@ -51,6 +51,21 @@ def _inf(state):
     return state
 
 
+def _missing(state):
+    state.pop(next(k for k in state if k.endswith("bias")))
+    return state
+
+
+def _extra(state):
+    return {**state, "model.decoder.spare.weight": torch.zeros(3)}
+
+
+def _reshaped(state):
+    key = next(k for k in state if k.endswith("weight") and state[k].ndim == 2)
+    state[key] = torch.zeros(state[key].shape[0] + 1, state[key].shape[1])
+    return state
+
+
 def _config(**changes):
     return json.dumps({**random_model().config.to_dict(), **changes})
 
@@ -58,6 +73,9 @@ def _config(**changes):
 CASES = {
     "nan_tensor": ({"tensors": _nan}, "NaN or infinite"),
     "inf_tensor": ({"tensors": _inf}, "NaN or infinite"),
+    "missing_tensor": ({"tensors": _missing}, r"1 tensor\(s\) missing, e\.g\. \S+bias"),
+    "extra_tensor": ({"tensors": _extra}, "1 unexpected, e.g. decoder.spare.weight"),
+    "reshaped_tensor": ({"tensors": _reshaped}, r"1 of another shape, e\.g\. \S+: \(\d+, \d+\) in the file"),
     "million_blocks": ({"config": _config(encoder_blocks=1_000_000)}, "encoder_blocks"),
     "negative_dim": ({"config": _config(latent_dim=-4)}, "latent_dim"),
     "config_not_json": ({"config": "{oops"}, "architecture description is invalid"),

@@ -600,8 +600,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     settings.resolved()  # a missing GPU is reported here, not by every worker
     norm = fit_normalisation(vol.data)  # also rejects NaNs before any model work
     weights = resolve_weights(args.weights)
-    model = load_weights(weights).model
+    loaded = load_weights(weights)
+    model = loaded.model
     check_reconstructable(vol.shape, model, settings.volume_orientation)
+    note = _untrained_alpha_note(loaded.alpha_range, settings.alpha)
+    if note:
+        print(f"niiv reconstruct: note: {loaded.card.get('name') or weights.stem} {note}", file=sys.stderr)
     geometry = output_geometry(
         vol.shape,
         settings.alpha,
@@ -697,6 +701,15 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
         f"written now{resumed}, in {report.seconds:.1f} s",
         file=sys.stderr,
     )
+
+
+def _untrained_alpha_note(trained: tuple[float, float], alpha: float) -> str | None:
+    """What to say when weights run at an alpha outside the range they were trained over."""
+    lo, hi = trained
+    if lo - 1e-6 <= alpha <= hi + 1e-6:
+        return None
+    span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g} to {hi:g}"
+    return f"was trained for {span}, used here at {alpha:g}: expect less than its card says"
 
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
@@ -936,12 +949,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     scores = []
     for degradation in degradations:
         for alpha in alphas:
-            for name, (lo, hi) in trained.items():
-                if not lo - 1e-6 <= alpha <= hi + 1e-6:
-                    span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g} to {hi:g}"
-                    print(
-                        f"niiv evaluate: note: {name} was trained for {span}, scored here at {alpha:g}", file=sys.stderr
-                    )
+            for name, trained_range in trained.items():
+                note = _untrained_alpha_note(trained_range, alpha)
+                if note:
+                    print(f"niiv evaluate: note: {name} {note}", file=sys.stderr)
             print(
                 f"{len(cubes)} block(s) of {'x'.join(map(str, cubes[0].shape))}, alpha {alpha:g}, "
                 f"{degradation} degradation, "

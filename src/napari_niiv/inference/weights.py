@@ -205,13 +205,13 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
             f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); the training "
             "diverged or the file is damaged: use other weights, or train again with a lower learning rate"
         )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
         raise NiivInputError(
-            f"{path}: these weights belong to another architecture than the one they describe "
-            f"({str(exc).splitlines()[0]}); the file is damaged or was edited"
-        ) from exc
+            f"{path}: these weights belong to another architecture than the one they describe ({mismatch}); "
+            "the file is damaged or was edited"
+        )
+    model.load_state_dict(state, strict=True)
     try:
         train_state = json.loads(meta["train_state"]) if "train_state" in meta else None
         groups = json.loads(meta["optimizer_groups"]) if with_optimizer and "optimizer_groups" in meta else None
@@ -229,6 +229,25 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
         optimizer_tensors=opt,
         optimizer_groups=groups,
     )
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """How the tensors ``found`` differ from the ``expected`` ones, in words ('' if they fit)."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    shaped = sorted(k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing, e.g. {missing[0]}")
+    if extra:
+        parts.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
+    if shaped:
+        k = shaped[0]
+        parts.append(
+            f"{len(shaped)} of another shape, e.g. {k}: {tuple(found[k].shape)} in the file, "
+            f"{tuple(expected[k].shape)} in the architecture"
+        )
+    return "; ".join(parts)
 
 
 def _checked_metadata(path: Path, meta: dict[str, str]) -> tuple[float, Normalisation | None, dict[str, Any]]:
