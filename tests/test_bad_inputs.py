@@ -34,7 +34,7 @@ def _files(tmp: Path, medulla: np.ndarray) -> dict[str, Path]:
     whole = f["ok"].read_bytes()
     (tmp / "trunc.tif").write_bytes(whole[: len(whole) // 2])
     f["trunc"] = tmp / "trunc.tif"
-    for name, spacing in (("zero_voxel", 0.0), ("negative_voxel", -16.0), ("nan_voxel", float("nan"))):
+    for name, spacing in (("zero_voxel", 0.0), ("negative_voxel", -16.0), ("nan_voxel", float("nan")), ("thin_z", 2)):
         write_tif(tmp / f"{name}.tif", vol, imagej=True, resolution=(1 / 4, 1 / 4), metadata={"spacing": spacing})
         f[name] = tmp / f"{name}.tif"
     write_tif(tmp / "iso.tif", medulla[:32, :32, :32])
@@ -67,6 +67,12 @@ CASES: dict[str, tuple[Callable[[dict], list], Callable[[dict], object] | None, 
     ),
     "zero_length_npy": (lambda f: ["info", f["empty_npy"]], lambda f: open_volume(f["empty_npy"]), "empty"),
     "truncated_tiff": (lambda f: ["info", f["trunc"]], lambda f: open_volume(f["trunc"]), "truncated"),
+    "alpha_from_the_file_out_of_range": (  # z voxels half the xy ones: a mistake in the file, not in --alpha
+        lambda f: ["reconstruct", f["thin_z"], OUT, W, f["weights"]],
+        None,
+        "its voxel sizes (z 2, x 4) give alpha 0.5, outside 1 to 100; if they are wrong, pass the anisotropy "
+        "with --alpha",
+    ),
     "two_d": (lambda f: ["reconstruct", f["flat"], OUT, "--alpha", "4"], lambda f: open_volume(f["flat"]), "3D"),
     "nan_values": (
         lambda f: ["reconstruct", f["nan"], OUT, "--alpha", "4"],

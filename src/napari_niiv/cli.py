@@ -588,8 +588,21 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise NiivInputError(
             f"{src} gives no voxel sizes, so its anisotropy is unknown: pass --alpha (z voxel size / xy voxel size)"
         )
+    alpha = args.alpha
+    if alpha is None:
+        from .data.degrade import check_alpha
+
+        try:
+            alpha = check_alpha(vol.alpha)
+        except NiivInputError:
+            z, _, x = vol.voxel_size
+            unit = f" {vol.unit}" if vol.unit else ""
+            raise NiivInputError(
+                f"{src}: its voxel sizes (z {z:g}{unit}, x {x:g}{unit}) give alpha {vol.alpha:g}, outside "
+                f"{ALPHA_RANGE[0]:g} to {ALPHA_RANGE[1]:g}; if they are wrong, pass the anisotropy with --alpha"
+            ) from None
     settings = InferenceSettings(
-        alpha=args.alpha if args.alpha is not None else vol.alpha,
+        alpha=alpha,
         scale=args.scale,
         orientation=args.orientation,
         device=args.device,
