@@ -67,6 +67,10 @@ def test_fast_first_then_the_full_models_exact_image_then_prefetch(qtbot, make_n
         live.close()
 
 
+def isotropic(viewer) -> list:
+    return [layer for layer in viewer.layers if "isotropic (niiv)" in layer.name]
+
+
 def test_the_dock_shows_niiv_fast_first_on_a_cpu_and_its_box_turns_it_off(
     qtbot, make_napari_viewer, cremi64, tiny_user_weights
 ):
@@ -93,3 +97,14 @@ def test_the_dock_shows_niiv_fast_first_on_a_cpu_and_its_box_turns_it_off(
     qtbot.waitUntil(finished(live), timeout=120_000)
     assert live.settings.degradation == "psf" and "fast" not in live.timings[-1]
     widget.live_check.value = False
+
+    # whole-volume layers: niiv-fast renders their 3D and zoomed-out views only while the box is ticked
+    widget.sections_choice.value = "thick"
+    lazies = []
+    for ticked in (True, False):
+        widget.fast_check.value = ticked
+        widget.reconstruct_button.native.click()
+        count = len(lazies) + 1
+        qtbot.waitUntil(lambda: widget.preparing == 0 and len(isotropic(viewer)) == count, timeout=60_000)  # noqa: B023
+        lazies.append(isotropic(viewer)[-1].data[0].volume)
+    assert [lazy.fast_renderer is not None for lazy in lazies] == [True, False]

@@ -48,11 +48,11 @@ class PreparedLayer:
 
 
 def prepare_isotropic_layer(
-    layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS
+    layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS, fast: bool = True
 ) -> PreparedLayer:
-    """Check ``layer``, load the weights (and niiv-fast for 3D views and coarse levels, on a CPU)
-    and set up the lazy volume; no napari calls (any thread). ``settings`` default to the layer's
-    own anisotropy."""
+    """Check ``layer``, load the weights (and, with ``fast``, niiv-fast for 3D views and coarse
+    levels on a CPU; without it the weights render those too, slower) and set up the lazy volume;
+    no napari calls (any thread). ``settings`` default to the layer's own anisotropy."""
     layer = check_layer(layer)
     if settings is None:
         alpha = layer_alpha(layer)
@@ -66,9 +66,9 @@ def prepare_isotropic_layer(
     model = load_weights(resolve_weights(weights)).model
     check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model, settings.volume_orientation)
     geometry = layer_geometry(layer, settings)
-    fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections)
-    fast = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
-    lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry, fast=fast)
+    fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections) if fast else None
+    small = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
+    lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry, fast=small)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
     out = Image(
         lazy.levels,

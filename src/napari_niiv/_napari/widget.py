@@ -261,8 +261,10 @@ class NiivWidget(QScrollArea):
         self.live_check.tooltip = "Reconstruct what is on screen, at screen resolution, as you pan, zoom and scroll."
         self.fast_check.tooltip = (
             f"On a CPU, show the small {FAST_WEIGHTS} model's image of each view first (3.5 % of v2's "
-            "arithmetic), then the chosen weights' over it; the status line says which is shown. Only for the "
-            "sections it learned (thick and thin: electron microscopy), not for psf (light microscopy)."
+            "arithmetic), then the chosen weights' over it; the status line says which is shown. Whole-volume "
+            "layers made while it is ticked use it for their 3D and zoomed-out views (a save always uses the "
+            "chosen weights). Only for the sections it learned (thick and thin: electron microscopy), not for psf "
+            "(light microscopy)."
         )
         self.confidence_check.tooltip = (
             "Add a layer over the live view and each whole-volume layer showing where niiv is unsure: how much "
@@ -613,13 +615,13 @@ class NiivWidget(QScrollArea):
         except NiivInputError as exc:
             self.set_status(str(exc))
             return
-        weights = str(self.weights_choice.value)
+        weights, fast = str(self.weights_choice.value), bool(self.fast_check.value)
         self.preparing += 1
         self.set_status(f"whole volume of '{layer.name}': loading {weights}...")
 
         def prepare() -> None:
             try:
-                self._lazy_ready.emit(prepare_isotropic_layer(layer, settings, weights))
+                self._lazy_ready.emit(prepare_isotropic_layer(layer, settings, weights, fast))
             except Exception as exc:  # reported on the GUI thread
                 self._lazy_ready.emit(exc)
 
