@@ -360,6 +360,46 @@ def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_
         lazy.close()
 
 
+def test_a_3d_read_of_a_large_lazy_input_reads_none_of_it_on_the_calling_thread(volume, monkeypatch):
+    """The nearest voxels of a whole level lie in every chunk of the input: for a large lazy input
+    (a big or remote store) the first 3D answer is empty (NaN), and only the worker reads."""
+    import dask.array as da
+
+    from napari_niiv.inference import lazy_volume
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+
+    readers: list[str] = []
+
+    def noted(block):
+        readers.append(threading.current_thread().name)
+        return block
+
+    lazy_input = da.from_array(volume, chunks=(4, 16, 16)).map_blocks(noted, meta=np.empty((0, 0, 0), volume.dtype))
+    monkeypatch.setattr(lazy_volume, "NEAREST_BYTES", volume.nbytes - 1)  # this one counts as large
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    rec, geometry = Reconstructor(random_model(), settings), output_geometry(volume.shape, ALPHA)
+    lazy = LazyIsotropic(lazy_input, fit_normalisation(volume), rec, geometry)
+    try:
+        level = len(lazy.shapes) - 1
+        index = tuple(slice(0, n) for n in lazy.shapes[level])
+        gate, started = threading.Event(), threading.Event()
+        lazy._worker.submit(lambda cancelled: started.set() or gate.wait(60))  # the worker is busy
+        assert started.wait(30)
+        readers.clear()  # what setting up the layer read
+        assert np.isnan(lazy.get(level, index)).all() and readers == []  # get read nothing
+        gate.set()
+        assert lazy._worker.wait_idle(60) and readers  # the worker read it and rendered the level
+        assert np.isfinite(lazy.get(level, index)).all()
+        monkeypatch.setattr(lazy_volume, "NEAREST_BYTES", volume.nbytes)  # small: nearest voxels at once
+        lazy._nearest.clear()
+        lazy._volumes.clear()
+        lazy._volume_wanted = None
+        assert np.isfinite(lazy.get(level, index)).all()
+    finally:
+        lazy.close()
+
+
 def test_a_plane_read_interpolates_only_where_no_tile_is_made_and_once(lazy, monkeypatch):
     """A 2D read pastes the cached tiles and interpolates the rest, tile by tile: the same image as
     interpolating the whole view and pasting over it, without interpolating under the tiles; the

@@ -9,9 +9,10 @@ for each tile ready so the viewer can redraw.
 
 A 3D request (napari's 3D view reads the coarsest level whole) never blocks: it is answered at
 once with the nearest input voxels (milliseconds: no interpolation of millions of voxels on the
-GUI thread), and the level is rendered on the worker with the fast model when one is given
-(``fast``: niiv-fast on CPUs, also used for the 2D tiles of levels 1 and up), else the full one;
-the next read returns it.
+GUI thread) when the input is in memory or small; a large lazy input (a big or remote store,
+whose every chunk those voxels would touch) is answered with an empty (NaN) block instead. The
+level is rendered on the worker with the fast model when one is given (``fast``: niiv-fast on
+CPUs, also used for the 2D tiles of levels 1 and up), else the full one; the next read returns it.
 
 With :meth:`LazyIsotropic.enable_confidence`, the same tiles also carry the confidence map
 (:mod:`.confidence`), shown by :attr:`LazyIsotropic.confidence_levels` (same shapes and placement):
@@ -45,6 +46,9 @@ TILE = 256
 # a row is what a newer request for the same tiles waits behind
 ROW_TILES = 4
 PREVIEWS_KEPT = 128  # interpolated stand-ins of missing tiles kept (at most 32 MiB of 256^2 float32)
+# A 3D read's nearest voxels come from a lazy input only up to this size: they are spread over
+# the whole volume, so they touch every chunk of it (on napari's GUI thread)
+NEAREST_BYTES = 64 << 20
 VOLUMES_KEPT = 2  # 3D renders kept (the coarsest level of one layer is what napari's 3D view reads)
 PREFETCH_3D_VOXELS = 1 << 22  # a coarsest level up to this size is rendered ahead for the 3D view
 TileKey = tuple[int, int, int, int, int]  # level, sliced axis, plane index, tile row, tile column
@@ -240,13 +244,16 @@ class LazyIsotropic:
         return quick
 
     def nearest(self, level: int, index: tuple[slice, slice, slice]) -> np.ndarray:
-        """The input voxel under each output voxel of the region: float32, input intensities."""
+        """The input voxel under each output voxel of the region: float32, input intensities; NaN
+        (nothing shown yet) for a lazy input over ``NEAREST_BYTES``."""
+        data = self.source
+        if not isinstance(data, np.ndarray) and int(np.prod(data.shape)) * data.dtype.itemsize > NEAREST_BYTES:
+            return np.full([s.stop - s.start for s in index], np.nan, np.float32)
         picks = [
             np.clip(np.floor(c).astype(np.int64), 0, n - 1)
             for c, n in zip(self.coords(level, index), self.in_shape, strict=True)
         ]
         unique = [np.unique(p) for p in picks]
-        data = self.source
         if hasattr(data, "oindex"):  # zarr
             block = np.asarray(data.oindex[tuple(unique)])
         else:  # numpy, dask: one axis at a time
