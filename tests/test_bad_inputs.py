@@ -46,6 +46,8 @@ def _files(tmp: Path, medulla: np.ndarray) -> dict[str, Path]:
         bad[1, 3, 3] = np.nan
         w.write(bad, photometric="minisblack")
     f["nan"] = tmp / "nan.tif"
+    np.save(tmp / "huge.npy", vol.astype(np.float64) * 1e300)  # finite, beyond float32
+    f["huge"] = tmp / "huge.npy"
     import zarr
 
     group = zarr.open_group(str(tmp / "s.zarr"), mode="w")  # a user's store: its array 0 is an input
@@ -74,6 +76,11 @@ CASES: dict[str, tuple[Callable[[dict], list], Callable[[dict], object] | None, 
         "with --alpha",
     ),
     "two_d": (lambda f: ["reconstruct", f["flat"], OUT, "--alpha", "4"], lambda f: open_volume(f["flat"]), "3D"),
+    "values_beyond_float32": (
+        lambda f: ["reconstruct", f["huge"], OUT, "--alpha", "4"],
+        lambda f: reconstruct_volume(random_model(), f["huge"], InferenceSettings(alpha=4)),
+        "beyond float32",
+    ),
     "nan_values": (
         lambda f: ["reconstruct", f["nan"], OUT, "--alpha", "4"],
         lambda f: reconstruct_volume(random_model(), f["nan"], InferenceSettings(alpha=4)),
@@ -93,6 +100,11 @@ CASES: dict[str, tuple[Callable[[dict], list], Callable[[dict], object] | None, 
         lambda f: ["reconstruct", f["ok"], OUT, W, f["weights"], "--region", "0:9,:,:"],
         None,
         "not inside",
+    ),
+    "region_negative_start": (  # argparse alone read "-1:4,:,:" as an option: "expected one argument"
+        lambda f: ["reconstruct", f["ok"], OUT, W, f["weights"], "--region", "-1:4,:,:"],
+        None,
+        "'-1:4' is not a range",
     ),
     "chunks_count": (
         lambda f: ["reconstruct", f["ok"].with_suffix(".zarr"), "o.zarr", "--chunks", "8,8"],

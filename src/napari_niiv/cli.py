@@ -463,10 +463,22 @@ def _quiet_remote_cleanup() -> None:
     sys.unraisablehook = hook
 
 
+def _joined_regions(argv: list[str]) -> list[str]:
+    """``--region -1:4,:,:`` as ``--region=-1:4,:,:``: argparse reads a value that starts with '-'
+    as an option, and would answer 'expected one argument' instead of checking the region."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] == "--region" and arg.startswith("-") and out and out[-1] == "--region":
+            out[-1] = f"--region={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_remote_cleanup()
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_joined_regions(sys.argv[1:] if argv is None else list(argv)))
     except SystemExit as exc:  # --help (0) or a usage error (2, its one line already printed)
         return int(exc.code or 0)
     for name, value in vars(args).items():  # argparse turns "--opt=--" into a list, unchecked

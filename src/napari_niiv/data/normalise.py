@@ -90,6 +90,10 @@ def _sample(arr: da.Array) -> np.ndarray:
     return np.asarray(arr[(slice(None, None, step),) * arr.ndim].compute(), dtype=np.float64).ravel()
 
 
+# Inputs are normalised in float32; values near its largest (3.4e38) overflow on the way
+_FLOAT32_SAFE = float(np.finfo(np.float32).max) / 16
+
+
 def fit_normalisation(data: Any, percentiles: tuple[float, float] = (0.01, 99.99)) -> Normalisation:
     """Percentile normalisation from a sample spread over the whole volume (never loads it all).
 
@@ -102,6 +106,12 @@ def fit_normalisation(data: Any, percentiles: tuple[float, float] = (0.01, 99.99
         raise NiivInputError(
             "the volume contains NaN or infinite values; replace them (e.g. with 0 or the "
             "background level) before reconstruction or training"
+        )
+    largest = float(np.abs(sample).max()) if sample.size else 0.0
+    if largest > _FLOAT32_SAFE:
+        raise NiivInputError(
+            f"the volume holds values up to {largest:.3g}, beyond float32 (about 3.4e38), in which niiv "
+            "computes; rescale the volume (divide it by a constant) first"
         )
     low, high = (float(v) for v in np.percentile(sample, percentiles))
     if high <= low:
