@@ -261,6 +261,66 @@ def test_a_settings_change_never_waits_for_the_old_live_view(qtbot, make_napari_
     assert "failed" not in str(widget.status_label.value)
 
 
+def test_a_new_setting_reuses_the_volume_the_live_view_read(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """A lazy layer is read once (into memory, when it fits) and normalised once: a new setting
+    replaces the live view, and the new one starts from what the old one read."""
+    import dask.array as da
+
+    blocks_read = []
+
+    def counted(block):
+        blocks_read.append(block.shape)
+        return block
+
+    lazy = da.from_array(cremi64, chunks=(4, 32, 32)).map_blocks(counted, meta=np.empty((0, 0, 0), cremi64.dtype))
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, lazy)
+    old = widget.live_view
+    assert blocks_read, "the live view never read the layer"
+    blocks_read.clear()
+    widget.orientation_choice.value = "yz"
+    new = widget.live_view
+    qtbot.waitUntil(lambda: bool(new.timings) and "niiv" in new.timings[-1], timeout=60_000)
+    assert new is not old and blocks_read == []
+    assert new._norm == old._norm
+
+
+def test_data_replaced_during_the_first_read_is_the_data_rendered(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights, monkeypatch
+):
+    """The layer's data replaced while the live view's thread is still reading the old data: that
+    render must not keep the old data for the views after it."""
+    import threading
+
+    from napari_niiv._napari import live_view
+
+    reading, release = threading.Event(), threading.Event()
+    readable = live_view._readable
+
+    def slow_first_read(data):
+        if not reading.is_set():
+            reading.set()
+            release.wait(30)
+        return readable(data)
+
+    monkeypatch.setattr(live_view, "_readable", slow_first_read)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    widget.weights_choice.value = "user/tiny"
+    widget.precision_choice.value = "fp32"
+    viewer.dims.order = (1, 0, 2)  # an xz view
+    widget.live_check.value = True
+    qtbot.waitUntil(reading.is_set, timeout=30_000)  # the event loop runs the live view's timer
+    inverted = (255 - cremi64).astype(cremi64.dtype)
+    layer.data = inverted  # the user (or a plugin) replaces the data meanwhile
+    release.set()
+    live = widget.live_view
+    qtbot.waitUntil(lambda: len(live.timings) >= 1 and not live.busy, timeout=60_000)
+    qtbot.wait(200)
+    assert live._renderer is not None and live._renderer.view.data is inverted
+
+
 def test_the_loss_plot_exports_its_history_as_csv(qtbot, tmp_path):
     from napari_niiv._napari.loss_plot import CSV_COLUMNS, LossPlot, log_ticks, nice_ticks
 

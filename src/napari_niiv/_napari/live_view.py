@@ -89,6 +89,10 @@ class LiveView(QObject):
         self._renderer: ViewRenderer | None = None
         self._fast_renderer: ViewRenderer | None = None
         self._norm: Normalisation | None = None
+        # the layer's data as read and its normalisation, handed over by the view this one replaced
+        # (reuse_input), and a count of data changes, so a render that read old data keeps nothing
+        self._input: tuple[Any, Normalisation] | None = None
+        self._data_version = 0
         self._grid: ViewGrid | None = None
         self._generation = 0
         self._closed = False
@@ -137,6 +141,8 @@ class LiveView(QObject):
     def _data_changed(self, event: Any = None) -> None:
         """New data: latents, normalisation and the last grid no longer apply."""
         self._renderer, self._fast_renderer, self._norm, self._grid = None, None, None, None
+        self._input = None
+        self._data_version += 1
         self._changed()
 
     @gui_handler
@@ -203,16 +209,22 @@ class LiveView(QObject):
         neighbouring planes (``step`` input pixels apart) are prefetched until a newer view
         cancels. The GUI thread drops whatever arrives for a view that is no longer current."""
         self._build_reconstructors()
+        version = self._data_version
         renderer, fast_renderer, norm = self._renderer, self._fast_renderer, self._norm  # the GUI may reset them
         if renderer is None or norm is None:
-            data = _readable(level0(self.layer))
-            norm = fit_normalisation(data)
+            given = self._input
+            if given is None:
+                data = _readable(level0(self.layer))
+                given = (data, fit_normalisation(data))
+            data, norm = given
             renderer = ViewRenderer(data, norm, self.reconstructor)  # type: ignore[arg-type]
             fast_renderer = None
-            self._renderer, self._fast_renderer, self._norm = renderer, None, norm
+            if self._data_version == version:  # else the data changed meanwhile: the next render reads it
+                self._renderer, self._fast_renderer, self._norm = renderer, None, norm
         if fast_renderer is None and self.fast_reconstructor is not None:
             fast_renderer = ViewRenderer(renderer.view.data, norm, self.fast_reconstructor)
-            self._fast_renderer = fast_renderer
+            if self._data_version == version:
+                self._fast_renderer = fast_renderer
         state, self._new_weights = self._new_weights, None
         if state is not None:  # fine-tuning preview: swap weights between renders, never during one
             renderer.load_weights(state)
@@ -410,6 +422,13 @@ class LiveView(QObject):
     @property
     def busy(self) -> bool:
         return self._timer.isActive() or self._worker.busy
+
+    def reuse_input(self, previous: LiveView) -> None:
+        """Start from the data ``previous`` (the view this one replaces, on the same layer) read and
+        normalised: a new setting does not read a lazy volume (up to 512 MiB) again."""
+        renderer, norm = previous._renderer, previous._norm
+        if previous.layer is self.layer and renderer is not None and norm is not None:
+            self._input = (renderer.view.data, norm)
 
     def close(self, wait: bool = False) -> None:
         """Stop listening and computing; the last image stays. Its thread ends within one decoding

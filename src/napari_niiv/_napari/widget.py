@@ -523,6 +523,7 @@ class NiivWidget(QScrollArea):
         view.set_fast_first(self.fast_check.value)
         self.live_view = view
         if previous is not None and previous.layer is layer:
+            self.live_view.reuse_input(previous)  # the data as read and normalised
             self.live_view.output = previous.output  # new settings, same live layer
             self.live_view.confidence_output = previous.confidence_output
 
