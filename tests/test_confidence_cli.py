@@ -40,3 +40,36 @@ def test_cli_writes_the_map_beside_the_output(tmp_path, capsys, volume, tiny_use
     assert "--confidence" in capsys.readouterr().err
     again = [str(src), str(tmp_path / "c.tif"), "--weights", str(weights), "--confidence", str(cmap)]
     assert main(["reconstruct", *again]) != 0 and not (tmp_path / "c.tif").exists()
+
+
+@pytest.mark.slow
+def test_a_map_cut_short_is_written_by_the_same_command_without_redoing_the_store(
+    tmp_path, capsys, volume, tiny_user_weights, monkeypatch
+):
+    """Ctrl-C while the map is written, after OUT.zarr was published: the same command again
+    writes only the map (OUT is checked to be this very reconstruction, by its recorded input,
+    settings and weights, and left untouched); another reconstruction at OUT is refused."""
+    from napari_niiv import cli
+
+    src = tmp_path / "aniso.tif"
+    write_tif(src, volume, imagej=True, resolution=(1.0, 1.0), metadata={"spacing": ALPHA, "unit": "um"})
+    out, cmap = tmp_path / "iso.ome.zarr", tmp_path / "iso-confidence.tif"
+    weights = tiny_user_weights / "tiny.safetensors"
+    argv = ["reconstruct", str(src), str(out), "--weights", str(weights), "--precision", "fp32", "--levels", "1"]
+    write_array = cli._write_array
+
+    def interrupted(path, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_write_array", interrupted)
+    assert cli.main([*argv, "--confidence", str(cmap)]) == 130
+    assert out.exists() and not cmap.exists()
+    monkeypatch.setattr(cli, "_write_array", write_array)
+    published = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main([*argv, "--confidence", str(cmap)]) == 0
+    assert "writing only the confidence map" in capsys.readouterr().err
+    assert cmap.exists() and {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == published
+    other = tmp_path / "other-confidence.tif"
+    assert cli.main([*argv, "--alpha", "5", "--confidence", str(other)]) == 2  # not the same reconstruction
+    assert "already exists" in capsys.readouterr().err and not other.exists()

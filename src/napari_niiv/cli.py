@@ -575,7 +575,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.normalise import fit_normalisation
     from .inference.geometry import output_geometry
     from .inference.reconstructor import BlockReconstruction, assemble, check_reconstructable
-    from .inference.store import check_output_path, check_room, check_writable
+    from .inference.store import check_output_path, check_outside_input, check_room, check_writable
     from .inference.weights import load_weights, resolve_weights
 
     src, out = _source(args.input), Path(args.output)
@@ -585,9 +585,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise NiivInputError(
             "--scheduler, --workers and --threads need a .zarr output; .tif and .npy are written whole"
         )
-    check_output_path(out, args.overwrite, src)
-    check_writable(out)
     conf = Path(args.confidence) if args.confidence else None
+    # an OME-Zarr OUT already there may be this very reconstruction, finished by a run that was
+    # stopped during its confidence map: checked against the job once it is made (_finished_store)
+    done_before = conf is not None and out.suffix.lower() == ".zarr" and out.is_dir() and not args.overwrite
+    if done_before:
+        check_outside_input(out, src)
+    else:
+        check_output_path(out, args.overwrite, src)
+    check_writable(out)
     if conf is not None:
         if conf.suffix.lower() not in (".tif", ".tiff", ".npy") or conf.resolve() == out.resolve():
             raise NiivInputError(f"--confidence {conf}: give a .tif or .npy path other than OUT")
@@ -650,7 +656,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     t0 = time.perf_counter()
-    if out.suffix.lower() != ".zarr":
+    if done_before:
+        _finished_store(out, job, _resolved(_source(args.input)))
+        print(
+            f"{out} is already this reconstruction (same input and settings): writing only the confidence map",
+            file=sys.stderr,
+        )
+    elif out.suffix.lower() != ".zarr":
         _write_array(out, assemble(job, chunks), geometry.voxel_size, geometry.unit)
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     else:
@@ -660,6 +672,21 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         _write_array(conf, assemble(job.confidence_map(), chunks), geometry.voxel_size, geometry.unit)
         print(f"wrote the confidence map {conf}", file=sys.stderr)
     return 0
+
+
+def _finished_store(out: Path, job: Any, input_id: str) -> None:
+    """Refuse ``out`` unless it is niiv's finished store of exactly ``job`` (its recorded
+    fingerprint: input content, settings, geometry, weights)."""
+    import zarr
+
+    from .inference.export import fingerprint
+
+    try:
+        recorded = dict(zarr.open_group(str(out), mode="r").attrs).get("niiv")
+    except Exception:  # not a zarr group at all
+        recorded = None
+    if recorded != json.loads(json.dumps(fingerprint(job, input_id))):
+        raise NiivInputError(f"{out} already exists; choose another output path or pass --overwrite")
 
 
 def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[int, int, int], window: Any) -> None:
