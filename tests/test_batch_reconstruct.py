@@ -153,8 +153,16 @@ def test_a_failed_run_never_looks_complete_and_other_settings_do_not_resume(tmp_
         write_ome_zarr(out, layout, _failing_source(1), resume=True, fingerprint={"alpha": 8})
     assert not out.exists() and partial_path(out).exists()
     kept = len(list((partial_path(out) / ".niiv" / "done" / "0").iterdir()))  # chunk 0, if it ran first
-    with pytest.raises(NiivInputError, match=r"differs from this one \(alpha\).*--restart"):
+    with pytest.raises(NiivInputError, match=r"differs from this one \(another alpha\).*--restart"):
         write_ome_zarr(out, layout, _failing_source(99), resume=True, fingerprint={"alpha": 6})
+    # the store's layout too, named in the options' words (it once read 'chunking or output shape')
+    for other, why in (
+        (Layout((12, 8, 8), "uint16", chunks=(2, 8, 8)), r"other chunks \(--chunks\)"),
+        (Layout((12, 8, 8), "uint16", chunks=(4, 8, 8), ngff="0.4"), r"another NGFF version \(--ngff\)"),
+        (Layout((12, 8, 8), "uint16", chunks=(4, 8, 8), levels=1), r"pyramid levels \(--levels\)"),
+    ):
+        with pytest.raises(NiivInputError, match=why):
+            write_ome_zarr(out, other, _failing_source(99), resume=True, fingerprint={"alpha": 8})
     report = write_ome_zarr(out, layout, _failing_source(99), resume=True, fingerprint={"alpha": 8})
     assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (3, kept, 3 - kept)
     np.testing.assert_array_equal(open_volume(out).data.compute(), np.arange(768).reshape(12, 8, 8))

@@ -723,7 +723,36 @@ _REASONS = {
     "settings": "other alpha, scale, orientation, device, precision or sections (degradation)",
     "weights_sha256": "other weights",
     "normalisation": "another intensity normalisation",
+    "output_shape": "another output shape (alpha, scale or region)",
+    "region": "another region (--region)",
+    "voxel_size": "other voxel sizes",
+    "translation": "another position of the output in the world",
+    "unit": "another unit",
+    "dtype": "another pixel type",
+    "output": "the confidence map, not the reconstruction (or the other way round)",
 }
+# what the store's layout (not the reconstruction) differs in, by Layout field
+_LAYOUT_REASONS = {
+    "chunks": "other chunks (--chunks)",
+    "levels": "another number of pyramid levels (--levels)",
+    "shapes": "another number of pyramid levels (--levels)",
+    "ngff": "another NGFF version (--ngff)",
+    "contrast": "another display window",
+    "name": "another output name",
+}
+
+
+def _differences(earlier: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    """How an unfinished run's job record differs from this run's, in the user's words."""
+    found: list[str] = []
+    for part, reasons in (("fingerprint", _REASONS), ("layout", _LAYOUT_REASONS)):
+        old, new = earlier.get(part) or {}, record.get(part) or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                reason = reasons.get(key, f"another {key.replace('_', ' ')}")
+                if reason not in found:
+                    found.append(reason)
+    return found
 
 
 def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool) -> bool:
@@ -734,12 +763,7 @@ def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool
             earlier = json.loads(job_file.read_text())
             if earlier == record:
                 return True
-            changed = sorted(
-                k
-                for k in set(earlier.get("fingerprint", {})) | set(record["fingerprint"])
-                if earlier.get("fingerprint", {}).get(k) != record["fingerprint"].get(k)
-            ) or ["chunking or output shape"]
-            why = ", ".join(_REASONS.get(k, k) for k in changed)
+            why = ", ".join(_differences(earlier, record)) or "its record could not be read"
             raise NiivInputError(
                 f"{partial} holds an unfinished run that differs from this one ({why}): its chunks would be "
                 "stale; rerun with the same input and settings to finish it, or pass --restart to discard it"
