@@ -48,6 +48,8 @@ def _files(tmp: Path, medulla: np.ndarray) -> dict[str, Path]:
     f["nan"] = tmp / "nan.tif"
     np.save(tmp / "huge.npy", vol.astype(np.float64) * 1e300)  # finite, beyond float32
     f["huge"] = tmp / "huge.npy"
+    (tmp / "garbage.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)  # a TIFF header, then nonsense
+    f["garbage"] = tmp / "garbage.tif"
     import zarr
 
     group = zarr.open_group(str(tmp / "s.zarr"), mode="w")  # a user's store: its array 0 is an input
@@ -74,6 +76,11 @@ CASES: dict[str, tuple[Callable[[dict], list], Callable[[dict], object] | None, 
         None,
         "its voxel sizes (z 2, x 4) give alpha 0.5, outside 1 to 100; if they are wrong, pass the anisotropy "
         "with --alpha",
+    ),
+    "garbage_tiff": (
+        lambda f: ["info", f["garbage"]],
+        lambda f: open_volume(f["garbage"]),
+        "check that it opens in Fiji or napari",
     ),
     "two_d": (lambda f: ["reconstruct", f["flat"], OUT, "--alpha", "4"], lambda f: open_volume(f["flat"]), "3D"),
     "values_beyond_float32": (

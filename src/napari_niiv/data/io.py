@@ -257,7 +257,10 @@ def _open_any(p: Path) -> Volume:
     except NiivInputError:
         raise
     except Exception as exc:
-        raise NiivInputError(f"{p}: could not read it as a volume ({type(exc).__name__}: {exc})") from exc
+        raise NiivInputError(
+            f"{p}: could not read it as a volume ({type(exc).__name__}: {exc}); the file may be damaged or "
+            "not what its name says: check that it opens in Fiji or napari, or export it again"
+        ) from exc
     raise NiivInputError(
         f"{p}: unknown format; niiv reads .tif/.tiff, .npy, .zarr and OME-Zarr, and {'/'.join(BIOIO_SUFFIXES)} "
         'with the bioio extra (pip install "napari-niiv[bioio]")'
