@@ -77,6 +77,7 @@ CASES: dict[str, tuple[Callable[[dict], list], Callable[[dict], object] | None, 
         "its voxel sizes (z 2, x 4) give alpha 0.5, outside 1 to 100; if they are wrong, pass the anisotropy "
         "with --alpha",
     ),
+    "folder_not_a_store": (lambda f: ["info", f["folder"]], lambda f: open_volume(f["folder"]), "not a zarr"),
     "garbage_tiff": (
         lambda f: ["info", f["garbage"]],
         lambda f: open_volume(f["garbage"]),

@@ -253,6 +253,11 @@ def _open_any(p: Path) -> Volume:
         if p.is_dir() or p.suffix.lower() == ".zarr":
             import zarr
 
+            if p.is_dir() and not any((p / marker).exists() for marker in ("zarr.json", ".zgroup", ".zarray")):
+                raise NiivInputError(
+                    f"{p}: a folder, but not a zarr or OME-Zarr store (no zarr.json, .zgroup or .zarray in it): "
+                    "give the store's own folder, or a file"
+                )
             return _open_zarr(zarr.open(str(p), mode="r"), p, volume_name(p))
     except NiivInputError:
         raise
