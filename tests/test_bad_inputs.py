@@ -78,6 +78,7 @@ CASES: dict[str, tuple[Callable[[dict], list], Callable[[dict], object] | None, 
         "with --alpha",
     ),
     "folder_not_a_store": (lambda f: ["info", f["folder"]], lambda f: open_volume(f["folder"]), "not a zarr"),
+    "output_only_an_extension": (lambda f: ["reconstruct", f["ok"], ".zarr", "--alpha", "4"], None, "e.g. iso.zarr"),
     "garbage_tiff": (
         lambda f: ["info", f["garbage"]],
         lambda f: open_volume(f["garbage"]),

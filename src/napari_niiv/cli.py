@@ -580,6 +580,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     src, out = _source(args.input), Path(args.output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
+        if out.name.lower() in OUTPUT_FORMATS:  # ".zarr": a name that is only an extension
+            raise NiivInputError(f"{out}: give the output a name before its extension, e.g. iso{out.name}")
         raise NiivInputError(f"{out}: unknown output format; use .zarr / .ome.zarr, .tif or .npy")
     if out.suffix.lower() != ".zarr" and (args.scheduler or args.workers or args.threads != 1):
         raise NiivInputError(
