@@ -208,7 +208,7 @@ class NiivWidget(QScrollArea):
         if e.type() == QEvent.Type.ParentChange:
             if self.parent() is not None:
                 self._docked = True
-            elif self._docked:
+            elif getattr(self, "_docked", False):  # (events can come before __init__ sets it)
                 self._docked = False
                 self.close_live()
                 self._disconnect_viewer()
