@@ -309,6 +309,26 @@ def test_fibsem_sample_is_pooled_real_data_over_its_ground_truth(make_napari_vie
 
 
 @pytest.mark.slow  # a napari viewer
+def test_the_dock_offers_the_samples_pooled_layer_not_its_hidden_ground_truth(make_napari_viewer, monkeypatch) -> None:
+    """Docked before or after the sample opens, the dock's volume is the layer to reconstruct (the
+    active, visible one), until the user picks another: then new layers leave the choice alone."""
+    monkeypatch.setenv("NIIV_DATA_DIR", str(DATA_DIR))
+    for dock_first in (True, False):
+        viewer = make_napari_viewer()
+        if dock_first:
+            _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "niiv isotropic view")
+        viewer.open_sample(PLUGIN, "fibsem_anisotropic")
+        if not dock_first:
+            _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "niiv isotropic view")
+        truth, pooled = viewer.layers["medulla_b isotropic (ground truth)"], viewer.layers["medulla_b pooled x8"]
+        assert widget.volume_choice.value is pooled
+        assert "ground truth" not in str(widget.status_label.value)
+    widget.volume_choice.value = truth  # the user's choice stays when a layer is added
+    viewer.add_image(np.zeros((4, 16, 16), np.uint8), name="another", scale=(8, 1, 1))
+    assert widget.volume_choice.value is truth
+
+
+@pytest.mark.slow  # a napari viewer
 def test_epfl_sample_is_anisotropic_em(make_napari_viewer, monkeypatch) -> None:
     monkeypatch.setenv("NIIV_DATA_DIR", str(DATA_DIR))
     viewer = make_napari_viewer()

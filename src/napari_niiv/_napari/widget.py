@@ -174,10 +174,13 @@ class NiivWidget(QScrollArea):
         # Weights the user picked (kept from then on: preselection only suggests in the note).
         self._picked_weights: str | None = None
         self._setting_weights = False  # the weights are being preselected, not picked by the user
+        self._volume_picked = False  # the user chose the volume (else it follows new layers: _layers_changed)
+        self._setting_volume = False
         self._picked_sections = False  # the user picked the sections (from then on they stay)
         self.weights_choice.changed.connect(self._weights_edited)
         self.weights_choice.changed.connect(self._default_sections)
         self.sections_choice.changed.connect(self._sections_edited)
+        self.volume_choice.changed.connect(self._volume_edited)
         self.volume_choice.changed.connect(self._layer_changed)
         self.alpha_spin.changed.connect(self._alpha_edited)
         self.confirm_alpha_button.changed.connect(self.confirm_alpha)
@@ -304,11 +307,36 @@ class NiivWidget(QScrollArea):
             self._layer_removed(removed)
         elif event is not None and self.confidence_check.value:
             self._sync_confidence()  # a new whole-volume layer (dock or menu) gets its map
-        self.volume_choice.reset_choices()
+        self._setting_volume = True  # a removed layer's entry goes: not the user's choice
+        try:
+            self.volume_choice.reset_choices()
+        finally:
+            self._setting_volume = False
         self.weights_choice.reset_choices()
         layers = self._image_layers()
-        if self.volume_choice.value is None and layers:
-            self.volume_choice.value = layers[0]
+        follow = not self._volume_picked and self.live_view is None  # never moves a running live view
+        if layers and (self.volume_choice.value is None or follow):
+            added = event.value if event is not None and removed is None else None
+            pick = self._default_volume(layers, added)
+            if pick is not self.volume_choice.value:
+                self._setting_volume = True
+                try:
+                    self.volume_choice.value = pick
+                finally:
+                    self._setting_volume = False
+
+    def _volume_edited(self, layer: Image | None) -> None:
+        if not self._setting_volume:
+            self._volume_picked = layer is not None
+
+    def _default_volume(self, layers: list[Image], added: Any = None) -> Image:
+        """The volume to offer until the user picks one: a layer just added, else the active one, if
+        niiv can take it and it is shown; else the topmost shown one (a sample's ground truth is
+        added hidden)."""
+        for layer in (added, self.viewer.layers.selection.active):
+            if layer in layers and layer.visible:
+                return layer
+        return next((layer for layer in reversed(layers) if layer.visible), layers[-1])
 
     @gui_handler
     def _layer_removed(self, layer: Any) -> None:
