@@ -164,6 +164,13 @@ def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi64, t
     viewer.add_image(cremi64[:3], name="far", scale=(400, 2, 2))  # z voxels 200 x xy: outside alpha's range
     widget.volume_choice.value = viewer.layers["far"]
     assert widget.status_label.value.startswith("alpha (z / xy): 'far' has z voxels 200 times")
+    assert not widget.confirm_alpha_button.native.isHidden()  # asks, as for a layer with no anisotropy
+    widget.live_check.value = True  # refused: never run at the alpha box's leftover value
+    assert widget.live_view is None and not widget.live_check.value
+    assert "200 times" in widget.status_label.value and "niiv does not run until then" in widget.status_label.value
+    widget.alpha_spin.value = 50  # the user sets alpha: the waiting message goes
+    assert widget.status_label.value == "alpha (z / xy): 50, as you set it for 'far'"
+    assert widget.confirm_alpha_button.native.isHidden() and widget.runnable_settings().alpha == 50
     widget.volume_choice.value = layer
 
     (tmp_path / "taken.ome.zarr").mkdir()

@@ -69,10 +69,16 @@ def is_niiv_output(layer: Any) -> bool:
 
 
 def alpha_unknown_message(layer: Any, alpha: float) -> str:
+    """Why niiv waits for an alpha for ``layer``: its scale gives none, or one out of range."""
+    ratio = layer_alpha(layer)
+    if ratio is None:
+        why = "has the same scale on z and x/y, so how much coarser z is is unknown"
+    else:
+        lo, hi = ALPHA_RANGE
+        why = f"has z voxels {ratio:.3g} times its xy voxels, outside {lo:g} to {hi:g} (is its scale right?)"
     return (
-        f"alpha (z / xy): '{layer.name}' has the same scale on z and x/y, so how much coarser z is is unknown: "
-        f"set alpha here (or press Use this alpha to keep {alpha:g}), or set the layer's z scale to alpha x "
-        "its xy voxel; niiv does not run until then"
+        f"alpha (z / xy): '{layer.name}' {why}: set alpha here (or press Use this alpha to keep {alpha:g}), or "
+        "set the layer's z scale to alpha x its xy voxel; niiv does not run until then"
     )
 
 
@@ -379,13 +385,8 @@ class NiivWidget(QScrollArea):
         self.confirm_alpha_button.visible = self.alpha_unknown(layer)
         if self.alpha_unknown(layer):
             self.set_status(alpha_unknown_message(layer, self.alpha_spin.value))
-        elif alpha is None:
+        elif alpha is None or not lo <= alpha <= hi:
             self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, as you set it for '{layer.name}'")
-        elif not lo <= alpha <= hi:
-            self.set_status(
-                f"alpha (z / xy): '{layer.name}' has z voxels {alpha:.3g} times its xy voxels, outside {lo:g} to "
-                f"{hi:g}: check the layer's scale, or set alpha here"
-            )
         else:
             self._setting_alpha = True
             try:
@@ -440,8 +441,12 @@ class NiivWidget(QScrollArea):
 
     # -- alpha ---------------------------------------------------------------------------------
     def alpha_unknown(self, layer: Any) -> bool:
-        """True when ``layer``'s scale gives no anisotropy and the user has not confirmed an alpha."""
-        return isinstance(layer, Image) and layer_alpha(layer) is None and layer not in self._confirmed
+        """True when ``layer``'s scale gives no usable anisotropy (none, or outside ``ALPHA_RANGE``)
+        and the user has not confirmed an alpha."""
+        if not isinstance(layer, Image) or layer in self._confirmed:
+            return False
+        alpha = layer_alpha(layer)
+        return alpha is None or not ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1]
 
     @gui_handler
     def _alpha_edited(self, value: Any = None) -> None:
@@ -449,6 +454,8 @@ class NiivWidget(QScrollArea):
         if not self._setting_alpha and isinstance(layer, Image):
             self._confirmed.add(layer)
             self.confirm_alpha_button.visible = False
+            if str(self.status_label.value).startswith("alpha (z / xy)"):  # the waiting message no longer holds
+                self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, as you set it for '{layer.name}'")
 
     @gui_handler
     def confirm_alpha(self, value: Any = None) -> None:
