@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -162,3 +163,23 @@ def test_the_thread_yields_to_the_gui_thread(worker):
     nice = worker.submit(lambda cancelled: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(5)
     assert nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_a_process_that_exits_while_a_worker_computes_exits_cleanly() -> None:
+    """Daemon threads are stopped wherever they are at interpreter exit; one inside a torch
+    operation aborted the process ('terminate called without an active exception', exit 134: a
+    script closing the viewer while the live view computed). Workers are stopped at exit."""
+    script = """
+import threading, torch
+from napari_niiv.inference.worker import LatestWorker
+started = threading.Event()
+def busy(cancelled):
+    a = torch.randn(512, 512)
+    started.set()
+    while not cancelled():
+        a = torch.tanh(a @ a)
+LatestWorker(name="niiv-test").submit(busy)
+assert started.wait(60)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "terminate called" not in run.stderr, run.stderr[-2000:]

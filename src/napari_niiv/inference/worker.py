@@ -19,8 +19,10 @@ Knows nothing of Qt or napari: callers hop back to their GUI thread themselves (
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
@@ -32,6 +34,17 @@ T = TypeVar("T")
 Cancelled = Callable[[], bool]
 Progress = Callable[[float], None]  # the fraction of a long computation done, 0 to 1
 __all__ = ["Cancelled", "LatestWorker", "Progress"]
+_RUNNING: weakref.WeakSet[LatestWorker] = weakref.WeakSet()  # workers whose thread may still run
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    """At interpreter exit daemon threads are stopped wherever they are, and one inside a torch
+    operation then aborts the process ("terminate called without an active exception": a script
+    that closes the viewer while a live view computes, then ends). Each worker is asked to stop
+    and waited for (within one of its steps)."""
+    for worker in list(_RUNNING):
+        worker.close(timeout=10.0)
 
 
 class LatestWorker(Generic[T]):
@@ -55,6 +68,7 @@ class LatestWorker(Generic[T]):
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+        _RUNNING.add(self)
 
     # -- the caller's side ---------------------------------------------------------------------
     def submit(self, task: Callable[[Cancelled], T]) -> Future[T]:
