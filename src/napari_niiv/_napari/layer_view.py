@@ -31,11 +31,49 @@ def check_layer(layer: Layer | None) -> Image:
             f"'{layer.name}' is {layer.ndim}D; niiv works on one 3D (z, y, x) volume: "
             "split time points or channels into separate layers first"
         )
-    if not (np.allclose(layer.affine.affine_matrix, np.eye(4)) and np.allclose(layer.rotate, np.eye(3))):
-        raise NiivInputError(f"'{layer.name}' is rotated or has an affine transform; niiv needs an axis-aligned layer")
-    if not np.allclose(layer.shear, 0):
-        raise NiivInputError(f"'{layer.name}' is sheared; niiv needs an axis-aligned layer")
+    placement = _placement(layer)
+    if placement is None:
+        raise NiivInputError(
+            f"'{layer.name}' is rotated or sheared (its rotate, shear or affine); niiv needs an axis-aligned "
+            "layer: reset them (Layer > Transform)"
+        )
+    flipped = [axis for axis, size in zip("zyx", placement[0], strict=True) if not size > 0]
+    if flipped:
+        raise NiivInputError(
+            f"'{layer.name}' has a negative or zero scale on {', '.join(flipped)} (a flip); niiv needs positive "
+            "voxel sizes: flip the data itself instead (e.g. numpy.flip) and make the scale positive"
+        )
     return layer
+
+
+def axis_aligned_placement(
+    scale: Any, translate: Any, affine: Any, rotate: Any = None, shear: Any = None
+) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    """(voxel size, translation) in the world of the last three axes, from napari's data-to-world
+    map ``affine(rotate/shear(scale * index) + translate)`` with a diagonal affine folded in
+    (``scale * d``, ``translate * d + shift``); None when it rotates or shears."""
+    affine = np.asarray(affine, dtype=np.float64)
+    linear, shift = affine[-4:-1, -4:-1], affine[-4:-1, -1]
+    if rotate is not None and not np.allclose(np.asarray(rotate)[-3:, -3:], np.eye(3)):
+        return None
+    if shear is not None and not np.allclose(shear, 0):
+        return None
+    if not np.allclose(linear, np.diag(np.diag(linear))):
+        return None
+    d = np.diag(linear)
+    voxel = np.asarray(scale, dtype=np.float64)[-3:] * d
+    origin = np.asarray(translate, dtype=np.float64)[-3:] * d + shift
+    return tuple(float(v) for v in voxel), tuple(float(t) for t in origin)  # type: ignore[return-value]
+
+
+def _placement(layer: Image) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    return axis_aligned_placement(layer.scale, layer.translate, layer.affine.affine_matrix, layer.rotate, layer.shear)
+
+
+def layer_voxel_size(layer: Image) -> tuple[float, float, float]:
+    """The layer's voxel size in the world (z, y, x), its diagonal affine included."""
+    placement = _placement(layer)
+    return placement[0] if placement is not None else tuple(float(s) for s in layer.scale[-3:])  # type: ignore[return-value]
 
 
 def level0(layer: Image) -> Any:
@@ -64,8 +102,12 @@ def insert_layer(viewer: Any, index: int, layer: Layer) -> None:
 
 
 def layer_frame(layer: Image) -> Frame:
+    """The layer's grid in the world (a diagonal affine folded into scale and translate)."""
     shape = tuple(int(s) for s in level0(layer).shape[-3:])
-    return Frame(shape, tuple(float(s) for s in layer.scale[-3:]), tuple(float(t) for t in layer.translate[-3:]))  # type: ignore[arg-type]
+    placement = _placement(layer)
+    if placement is None:  # not axis-aligned: check_layer refuses it before any view is made
+        placement = (tuple(float(s) for s in layer.scale[-3:]), tuple(float(t) for t in layer.translate[-3:]))
+    return Frame(shape, *placement)  # type: ignore[arg-type]
 
 
 def layer_unit(layer: Image) -> str | None:
@@ -96,7 +138,7 @@ def layer_geometry(layer: Image, settings: Any) -> Any:
 def layer_alpha(layer: Image) -> float | None:
     """z voxel over in-plane voxel from the layer's scale; None when the scale is isotropic
     (usually: the file gave no voxel sizes)."""
-    sz, _, sx = (float(s) for s in layer.scale[-3:])
+    sz, _, sx = layer_voxel_size(layer)
     return None if np.isclose(sz, sx) else sz / sx
 
 

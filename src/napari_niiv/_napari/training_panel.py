@@ -21,7 +21,7 @@ from ..training.regions import Region, box_region, visible_region, whole
 from ..training.train import checkpoint_path
 from .activity import Activity, CancelableBar, JobWorker, format_seconds
 from .gui_timing import gui_handler
-from .layer_view import check_layer, current_grid, level0
+from .layer_view import check_layer, current_grid, layer_voxel_size, level0
 from .loss_plot import LossPlot
 from .training_job import JobSignals, follow_training
 
@@ -213,7 +213,7 @@ class TrainingPanel(Container):
             raise NiivInputError(f"save as: weights '{out.stem}' already exist: choose another name, or Resume its run")
         return FineTuneRequest(
             data=level0(layer),
-            scale=tuple(float(s) for s in layer.scale[-3:]),  # type: ignore[arg-type]
+            scale=layer_voxel_size(layer),
             name=layer.name,
             source=(layer.metadata or {}).get("niiv_source"),
             alpha=alpha,

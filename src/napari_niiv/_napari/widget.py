@@ -41,7 +41,7 @@ from ..inference.weights import (
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
 from .gui_timing import gui_handler
-from .layer_view import check_layer, layer_alpha, layer_geometry, layer_unit, level0
+from .layer_view import check_layer, layer_alpha, layer_geometry, layer_unit, layer_voxel_size, level0
 from .live_view import LiveView
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
 from .training_panel import named, status_label
@@ -402,7 +402,7 @@ class NiivWidget(QScrollArea):
         """Weights for what is known of ``layer`` (voxel size and unit, else pixel type), with the
         reason below the list. Once the user has picked weights, they stay picked: the note then only
         suggests others when they would suit this volume better."""
-        s = suggest_weights(tuple(layer.scale[-3:]), layer_unit(layer), layer.dtype)
+        s = suggest_weights(layer_voxel_size(layer), layer_unit(layer), layer.dtype)
         available = s.weights in self.weights_choice.choices
         if self._picked_weights is not None and self._picked_weights in self.weights_choice.choices:
             hint = (

@@ -12,6 +12,7 @@ from ..data.io import check_voxel_size, common_unit, ngff_unit
 from ..errors import NiivInputError
 from ..inference.store import ArrayBlocks, Layout
 from ..inference.store import write_ome_zarr as write_store
+from .layer_view import axis_aligned_placement
 
 
 def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -70,25 +71,22 @@ def layer_placement(meta: dict[str, Any]) -> tuple[tuple[float, float, float], t
     rotation or shear is refused. Per-axis units are brought to one unit (NGFF names); napari's
     "pixel" means none, and then the unit niiv's reader kept in the layer metadata is used.
     """
-    scale = np.asarray(meta.get("scale", (1.0,) * 3), dtype=np.float64)[-3:]
-    translate = np.asarray(meta.get("translate", (0.0,) * 3), dtype=np.float64)[-3:]
     rotate = np.asarray(meta.get("rotate", np.eye(3)), dtype=np.float64)[-3:, -3:]
     shear = np.asarray(meta.get("shear", (0.0,) * 3), dtype=np.float64)
-    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
-    linear, shift = affine[-4:-1, -4:-1], affine[-4:-1, -1]
     if not np.allclose(rotate, np.eye(3)) or not np.allclose(shear, 0):
         raise NiivInputError(
             "this layer is rotated or sheared, which OME-Zarr (scale and translation only) cannot store: "
             "reset its rotate and shear (Layer > Transform) or save it with napari's built-in writers"
         )
-    if not np.allclose(linear, np.diag(np.diag(linear))):
+    placement = axis_aligned_placement(
+        meta.get("scale", (1.0,) * 3), meta.get("translate", (0.0,) * 3), meta.get("affine", np.eye(4))
+    )
+    if placement is None:
         raise NiivInputError(
             "this layer's affine transform rotates or shears it, which OME-Zarr (scale and translation only) "
             "cannot store: use a diagonal affine (scale and translation) or save it with napari's built-in writers"
         )
-    d = np.diag(linear)
-    voxel = [float(v) for v in scale * d]
-    origin = [float(t) for t in translate * d + shift]
+    voxel, origin = list(placement[0]), list(placement[1])
     try:
         check_voxel_size(voxel)
     except NiivInputError:
