@@ -171,6 +171,10 @@ def test_errors_name_the_control_to_change(qtbot, make_napari_viewer, cremi64, t
     widget.alpha_spin.value = 50  # the user sets alpha: the waiting message goes
     assert widget.status_label.value == "alpha (z / xy): 50, as you set it for 'far'"
     assert widget.confirm_alpha_button.native.isHidden() and widget.runnable_settings().alpha == 50
+    viewer.add_image(cremi64, name="mirrored", scale=(40, 4, -4))  # a flip: said on selection, not as alpha -10
+    widget.volume_choice.value = viewer.layers["mirrored"]
+    assert widget.status_label.value.startswith("volume: 'mirrored' has a negative or zero scale on x (a flip)")
+    assert widget.confirm_alpha_button.native.isHidden()
     widget.volume_choice.value = layer
 
     (tmp_path / "taken.ome.zarr").mkdir()

@@ -379,6 +379,13 @@ class NiivWidget(QScrollArea):
         if layer is None:
             self.confirm_alpha_button.visible = False
             return
+        try:
+            self.volume()  # a flip, a rotation, 4D...: said at once, not as an odd alpha
+        except NiivInputError as exc:
+            self.confirm_alpha_button.visible = False
+            self.set_status(str(exc))
+            self._settings_changed()  # a live view stops here, with the same message
+            return
         self._preselect_weights(layer)
         alpha = layer_alpha(layer)
         lo, hi = ALPHA_RANGE
