@@ -15,7 +15,7 @@ import zarr
 
 from napari_niiv._napari import sample_data
 from napari_niiv._napari.reader import contrast_limits, get_reader
-from napari_niiv._napari.writer import write_ome_zarr
+from napari_niiv._napari.writer import WriterRefused, write_ome_zarr
 from napari_niiv.data import fit_normalisation, open_volume
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.store import ArrayBlocks, Layout
@@ -233,7 +233,7 @@ def test_writer_refuses_what_ome_zarr_cannot_place(tmp_path: Path, transform: di
     from napari.layers import Image
 
     data, state, _ = Image(volume((4, 8, 8)), **transform).as_layer_data_tuple()
-    with pytest.raises(NiivInputError, match=message):
+    with pytest.raises(WriterRefused, match=message):
         write_ome_zarr(str(tmp_path / "turned.ome.zarr"), data, state)
     assert not list(tmp_path.iterdir())
 
@@ -242,9 +242,12 @@ def test_writer_rejects_2d_and_rgb(make_napari_viewer, tmp_path: Path) -> None:
     viewer = make_napari_viewer()
     viewer.layers.selection = {viewer.add_image(np.zeros((16, 16), np.uint8))}
     # What the Save dialog does (the private _writer is how it passes the chosen format).
-    with pytest.raises(NiivInputError, match=r"3D \(z, y, x\).*shape \(16, 16\)"):
+    with pytest.raises(WriterRefused, match=r"3D \(z, y, x\).*shape \(16, 16\)"):
         viewer.layers.save(str(tmp_path / "plane.ome.zarr"), selected=True, _writer=niiv_writer())
-    with pytest.raises(NiivInputError, match=r"\(RGB\)"):
+    # naming the plugin: napari turns a writer's ValueError into "not a valid writer", losing why
+    with pytest.raises(WriterRefused, match=r"3D \(z, y, x\).*shape \(16, 16\)"):
+        viewer.layers.save(str(tmp_path / "plane.ome.zarr"), selected=True, plugin="napari-niiv")
+    with pytest.raises(WriterRefused, match=r"\(RGB\)"):
         write_ome_zarr(str(tmp_path / "rgb.ome.zarr"), np.zeros((16, 16, 3), np.uint8), {"rgb": True})
     assert not list(tmp_path.iterdir())
 

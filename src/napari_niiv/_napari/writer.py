@@ -15,17 +15,29 @@ from ..inference.store import write_ome_zarr as write_store
 from .layer_view import axis_aligned_placement
 
 
+class WriterRefused(RuntimeError):
+    """Why the writer refused a layer. Not a ValueError (as :class:`NiivInputError` is): napari's
+    ``layers.save(..., plugin=...)`` turns a writer's ValueError into a vague "not a valid writer"
+    warning, and this message must reach the user."""
+
+
 def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Save one image layer at ``path`` with its scale, translate, units and contrast limits (what
     napari's layer state gives; a diagonal ``affine`` is folded into scale and translate).
 
     A multiscale layer whose first level knows how to write itself (niiv's lazy isotropic layer runs the
     full reconstruction) is delegated to it; any other multiscale layer is saved at its finest level.
-    An existing path is never replaced, and a failed write leaves no store behind. That refusal is a
-    FileExistsError, not a NiivInputError: napari's ``layers.save(..., plugin=...)`` turns a writer's
-    ValueError into a vague "not a valid writer" warning, and this message must reach the user.
+    An existing path is never replaced (a FileExistsError), and a failed write leaves no store behind;
+    every other refusal is a :class:`WriterRefused`.
     """
-    out = Path(path)
+    try:
+        return _write(Path(path), data, meta)
+    except NiivInputError as exc:
+        raise WriterRefused(str(exc)) from exc
+
+
+def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
+    path = str(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; napari-niiv never overwrites a store: save under another name")
     if meta.get("multiscale") or isinstance(data, (list, tuple)):  # napari passes its MultiScaleData
