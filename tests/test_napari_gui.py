@@ -332,6 +332,20 @@ def test_data_replaced_during_the_first_read_is_the_data_rendered(
     assert live._renderer is not None and live._renderer.view.data is inverted
 
 
+def test_a_live_view_that_cannot_start_unticks_its_box_and_says_why(qtbot, make_napari_viewer, tiny_user_weights):
+    """A constant volume fails in the live view's first step (its normalisation): the box unticks
+    and the message stays (it stayed ticked, over a live view that could never show anything)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((8, 32, 32), 7, np.uint8), name="flat", scale=(8, 1, 1))
+    widget = open_dock(viewer)
+    widget.weights_choice.value = "user/tiny"
+    viewer.dims.order = (1, 0, 2)
+    widget.live_check.value = True
+    qtbot.waitUntil(lambda: not widget.live_check.value, timeout=60_000)
+    assert widget.status_label.value.startswith("live view failed: the volume is constant"), widget.status_label.value
+    assert widget.live_view is None
+
+
 def test_the_loss_plot_exports_its_history_as_csv(qtbot, tmp_path):
     from napari_niiv._napari.loss_plot import CSV_COLUMNS, LossPlot, log_ticks, nice_ticks
 

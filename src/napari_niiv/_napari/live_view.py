@@ -420,6 +420,12 @@ class LiveView(QObject):
         self.refresh(force=True)
 
     @property
+    def failed_to_start(self) -> bool:
+        """Nothing could be set up for the layer (its data, normalisation): a failure then is the
+        volume's (constant, NaN in the sample), not one view's."""
+        return self._renderer is None
+
+    @property
     def busy(self) -> bool:
         return self._timer.isActive() or self._worker.busy
 

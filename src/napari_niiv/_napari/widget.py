@@ -596,8 +596,11 @@ class NiivWidget(QScrollArea):
     def _live_status(self, view: LiveView, text: str) -> None:
         """A live view's news, unless it has been replaced or stopped (its last word would
         overwrite a newer message)."""
-        if view is self.live_view:
-            self.set_status(text)
+        if view is not self.live_view:
+            return
+        if text.startswith("live view failed") and view.failed_to_start:
+            self.live_check.value = False  # the volume itself cannot be shown live: the box says so
+        self.set_status(text)
 
     def _stop_live(self, wait: bool = False) -> None:
         """Close the live view; the GUI thread waits for its thread to end only with ``wait``."""
