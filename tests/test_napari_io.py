@@ -329,6 +329,9 @@ def test_the_dock_offers_the_samples_pooled_layer_not_its_hidden_ground_truth(ma
     widget.volume_choice.value = truth  # the user's choice stays when a layer is added
     viewer.add_image(np.zeros((4, 16, 16), np.uint8), name="another", scale=(8, 1, 1))
     assert widget.volume_choice.value is truth
+    viewer.layers.remove(truth)  # ...until it is closed: then new layers are offered again
+    late = viewer.add_image(np.zeros((4, 16, 16), np.uint8), name="late", scale=(8, 1, 1))
+    assert widget.volume_choice.value is late
 
 
 @pytest.mark.slow  # a napari viewer

@@ -318,6 +318,8 @@ class NiivWidget(QScrollArea):
             self.volume_choice.reset_choices()
         finally:
             self._setting_volume = False
+        if self.volume_choice.value is None:  # the user's volume was closed: offer one again
+            self._volume_picked = False
         self.weights_choice.reset_choices()
         layers = self._image_layers()
         follow = not self._volume_picked and self.live_view is None  # never moves a running live view
