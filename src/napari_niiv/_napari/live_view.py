@@ -86,6 +86,7 @@ class LiveView(QObject):
         self.confidence = bool(confidence)
         self.confidence_output: Image | None = None
         self.timings: list[dict[str, float]] = []
+        self.failed = False  # a render failed (its message went to on_status)
         self._renderer: ViewRenderer | None = None
         self._fast_renderer: ViewRenderer | None = None
         self._norm: Normalisation | None = None
@@ -291,6 +292,7 @@ class LiveView(QObject):
             msg = str(payload) if isinstance(payload, NiivInputError) else f"{type(payload).__name__}: {payload}"
             if not isinstance(payload, NiivInputError):
                 log.error("live niiv failed", exc_info=payload)
+            self.failed = True
             self.on_status(f"live view failed: {msg}")
             return
         if gen != self._generation or self.layer not in self.viewer.layers:
@@ -420,10 +422,10 @@ class LiveView(QObject):
         self.refresh(force=True)
 
     @property
-    def failed_to_start(self) -> bool:
-        """Nothing could be set up for the layer (its data, normalisation): a failure then is the
-        volume's (constant, NaN in the sample), not one view's."""
-        return self._renderer is None
+    def cannot_start(self) -> bool:
+        """It failed before anything could be set up for the layer (weights, data, normalisation):
+        the volume's failure (constant, NaN in the sample), not one view's."""
+        return self.failed and self._renderer is None
 
     @property
     def busy(self) -> bool:

@@ -68,6 +68,12 @@ def is_niiv_output(layer: Any) -> bool:
     return "niiv_live_of" in metadata or "niiv" in metadata or "niiv_confidence_of" in metadata
 
 
+def scale_alpha(layer: Image) -> float | None:
+    """The alpha ``layer``'s scale gives, when niiv can use it (within ``ALPHA_RANGE``); else None."""
+    alpha = layer_alpha(layer)
+    return alpha if alpha is not None and ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1] else None
+
+
 def alpha_unknown_message(layer: Any, alpha: float) -> str:
     """Why niiv waits for an alpha for ``layer``: its scale gives none, or one out of range."""
     ratio = layer_alpha(layer)
@@ -389,13 +395,13 @@ class NiivWidget(QScrollArea):
             self._settings_changed()  # a live view stops here, with the same message
             return
         self._preselect_weights(layer)
-        alpha = layer_alpha(layer)
-        lo, hi = ALPHA_RANGE
-        self.confirm_alpha_button.visible = self.alpha_unknown(layer)
-        if self.alpha_unknown(layer):
+        alpha = scale_alpha(layer)
+        unknown = self.alpha_unknown(layer)
+        self.confirm_alpha_button.visible = unknown
+        if unknown:
             self.set_status(alpha_unknown_message(layer, self.alpha_spin.value))
-        elif alpha is None or not lo <= alpha <= hi:
-            self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, as you set it for '{layer.name}'")
+        elif alpha is None:  # the user set or confirmed it
+            self._say_alpha_set_by_user(layer)
         else:
             self._setting_alpha = True
             try:
@@ -452,10 +458,7 @@ class NiivWidget(QScrollArea):
     def alpha_unknown(self, layer: Any) -> bool:
         """True when ``layer``'s scale gives no usable anisotropy (none, or outside ``ALPHA_RANGE``)
         and the user has not confirmed an alpha."""
-        if not isinstance(layer, Image) or layer in self._confirmed:
-            return False
-        alpha = layer_alpha(layer)
-        return alpha is None or not ALPHA_RANGE[0] <= alpha <= ALPHA_RANGE[1]
+        return isinstance(layer, Image) and scale_alpha(layer) is None and layer not in self._confirmed
 
     @gui_handler
     def _alpha_edited(self, value: Any = None) -> None:
@@ -464,7 +467,10 @@ class NiivWidget(QScrollArea):
             self._confirmed.add(layer)
             self.confirm_alpha_button.visible = False
             if str(self.status_label.value).startswith("alpha (z / xy)"):  # the waiting message no longer holds
-                self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, as you set it for '{layer.name}'")
+                self._say_alpha_set_by_user(layer)
+
+    def _say_alpha_set_by_user(self, layer: Image) -> None:
+        self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, as you set it for '{layer.name}'")
 
     @gui_handler
     def confirm_alpha(self, value: Any = None) -> None:
@@ -600,7 +606,7 @@ class NiivWidget(QScrollArea):
         overwrite a newer message)."""
         if view is not self.live_view:
             return
-        if text.startswith("live view failed") and view.failed_to_start:
+        if view.cannot_start:
             self.live_check.value = False  # the volume itself cannot be shown live: the box says so
         self.set_status(text)
 

@@ -247,7 +247,8 @@ class LazyIsotropic:
         """The input voxel under each output voxel of the region: float32, input intensities; NaN
         (nothing shown yet) for a lazy input over ``NEAREST_BYTES``."""
         data = self.source
-        if not isinstance(data, np.ndarray) and int(np.prod(data.shape)) * data.dtype.itemsize > NEAREST_BYTES:
+        nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+        if not isinstance(data, np.ndarray) and nbytes > NEAREST_BYTES:
             return np.full([s.stop - s.start for s in index], np.nan, np.float32)
         picks = [
             np.clip(np.floor(c).astype(np.int64), 0, n - 1)
