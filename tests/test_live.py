@@ -119,6 +119,38 @@ def test_xy_view_between_planes_equals_core_decoding(renderer, volume):
     np.testing.assert_allclose(progressive.render(xz), reference(renderer, volume, xz, "xz"), atol=2e-5)
 
 
+def test_a_lazy_input_is_read_ahead_in_few_reads_to_the_same_image(renderer, volume, monkeypatch):
+    """A dask input is read a block of planes at a time ahead of the encoder batches (each read
+    has a fixed cost and decompresses every chunk it touches), not once per batch of 4 planes;
+    the image is the one rendered from the array in memory, and nothing is held after the render."""
+    import dask.array as da
+
+    from napari_niiv.inference import views
+    from napari_niiv.inference.reconstructor import NormalisedView
+
+    reads = []
+    original = NormalisedView.__getitem__
+    monkeypatch.setattr(NormalisedView, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    grid = view_grid(Camera((24.0, 28.0), 6.0, (60, 80)), frame_of(volume), (1, 2), 13.0, finest=0.1)
+    rec = Reconstructor(renderer.rec.model, renderer.rec.settings, slice_batch=4)
+    expect = ViewRenderer(volume, renderer.norm, rec).render(grid)
+    in_memory = len(reads)
+    assert in_memory > 4  # one read per batch of 4 planes
+    reads.clear()
+    lazy = ViewRenderer(da.from_array(volume, chunks=(4, 16, 16)), renderer.norm, rec)
+    np.testing.assert_array_equal(lazy.render(grid), expect)
+    assert len(reads) == 1 and lazy._ahead is None
+    reads.clear()
+    monkeypatch.setattr(views, "READ_AHEAD_BYTES", 4 * 12 * 56 * 10)  # 10 planes at a time
+    np.testing.assert_array_equal(ViewRenderer(da.from_array(volume), renderer.norm, rec).render(grid), expect)
+    assert 1 < len(reads) < in_memory
+    # a NaN in a plane the view needs later is still refused, read ahead or not
+    bad = volume.astype(np.float32)
+    bad[:, 29, 26] = np.nan  # in the last planes the view reads
+    with pytest.raises(Exception, match="NaN"):
+        ViewRenderer(da.from_array(bad), renderer.norm, rec).render(grid)
+
+
 def test_an_xy_view_encodes_only_the_rows_within_its_halo(medulla):
     """An xy view keeps only the latent rows around its z, so its slices are encoded over the
     halo's rows, not a crop rounded out to the row lattice (which no other z could reuse), and

@@ -54,6 +54,10 @@ DECODE_MARGIN = 2
 # ~60-90 MiB), so a step of the slider runs only the decoder.
 PREFETCH_PLANES = 2
 PREFETCH_BYTES = 192 * 2**20
+# A lazy source (dask, zarr) is read ahead for the next encoder batches of a view, up to this
+# many bytes (float32) at a time: each read has a fixed cost (a dask graph, ~3 ms) and decompresses
+# every chunk it touches, which batches of a few planes each would decompress again and again.
+READ_AHEAD_BYTES = 64 * 2**20
 
 
 def coarse_grid(grid: ViewGrid, factor: int) -> ViewGrid:
@@ -174,6 +178,9 @@ class ViewRenderer:
         self.rec = reconstructor
         self.cache = LatentCache()
         self.decode_points = max(1024, int(DECODE_FLOPS // model_flops(reconstructor.model)["decoder_per_point"]))
+        self._lazy = not isinstance(source, np.ndarray)
+        # the input read ahead during one orientation of a render: (its ranges, the block)
+        self._ahead: tuple[list[tuple[int, int]], np.ndarray] | None = None
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Render with new weights of the same architecture from now on (cached latents dropped).
@@ -190,6 +197,24 @@ class ViewRenderer:
 
             raise NiivInputError("the visible region contains NaN or infinite values; replace them first")
         return block
+
+    def _read_ahead(self, ranges: list[tuple[int, int]], axis: int, upto: int) -> np.ndarray:
+        """The input block at ``ranges`` (finite), from a lazy source together with the planes
+        after it along ``axis`` up to ``upto`` that the view will need next (within
+        ``READ_AHEAD_BYTES``), kept until the render ends."""
+        held = self._ahead
+        if held is not None and all(h0 <= lo and hi <= h1 for (lo, hi), (h0, h1) in zip(ranges, held[0], strict=True)):
+            return held[1][tuple(slice(lo - h0, hi - h0) for (lo, hi), (h0, _) in zip(ranges, held[0], strict=True))]
+        if not self._lazy or upto <= ranges[axis][1]:
+            return self._read(ranges)
+        plane_bytes = 4 * int(np.prod([hi - lo for i, (lo, hi) in enumerate(ranges) if i != axis]))
+        wide = list(ranges)
+        wide[axis] = (
+            ranges[axis][0],
+            min(upto, max(ranges[axis][1], ranges[axis][0] + READ_AHEAD_BYTES // max(1, plane_bytes))),
+        )
+        self._ahead = (wide, self._read(wide))
+        return self._read_ahead(ranges, axis, upto)
 
     def preview(self, grid: ViewGrid) -> np.ndarray:
         """Trilinear interpolation at the grid (what niiv refines): milliseconds, shape ``grid.shape``."""
@@ -278,27 +303,31 @@ class ViewRenderer:
         points = self.decode_points
         rows_per_chunk = max(1, points // max(1, cols.size))
         planes_per_batch = max(1, min(self.rec.slice_batch, points // max(1, rows.size * cols.size)))
+        upto = pixel_range(planes, self.shape[plane_axis], 1)[1]  # the input planes this orientation reads
         last = time.perf_counter()
         # Each partial image costs the GUI a layer update and a repaint: fewer for larger views.
         interval = max(0.5, 0.5 * out.size / 1e6)
-        for p0 in range(0, planes.size, planes_per_batch):
-            if cancelled():
-                return False
-            batch = planes[p0 : p0 + planes_per_batch]
-            # xy views decode one z per plane: their planes are cached with the latent rows around it
-            keep = lay.decode if rows.size == 1 else None
-            entries = self._encoded(orient, batch, lay, keep)
-            for group, grid_batch, r0, c0 in _batched(entries, rows):
-                r = torch.as_tensor(rows - r0, dtype=torch.float32)
-                c = torch.as_tensor(cols - c0, dtype=torch.float32)
-                for i in range(0, rows.size, rows_per_chunk):
-                    if cancelled():
-                        return False
-                    dec = self.rec.engine.render(grid_batch, r[i : i + rows_per_chunk], c)
-                    view[[p0 + g for g in group], i : i + rows_per_chunk, :] = dec.cpu().numpy()
-                    if partial is not None and time.perf_counter() - last > interval:
-                        partial(out.copy())
-                        last = time.perf_counter()
+        try:
+            for p0 in range(0, planes.size, planes_per_batch):
+                if cancelled():
+                    return False
+                batch = planes[p0 : p0 + planes_per_batch]
+                # xy views decode one z per plane: their planes are cached with the latent rows around it
+                keep = lay.decode if rows.size == 1 else None
+                entries = self._encoded(orient, batch, lay, keep, upto)
+                for group, grid_batch, r0, c0 in _batched(entries, rows):
+                    r = torch.as_tensor(rows - r0, dtype=torch.float32)
+                    c = torch.as_tensor(cols - c0, dtype=torch.float32)
+                    for i in range(0, rows.size, rows_per_chunk):
+                        if cancelled():
+                            return False
+                        dec = self.rec.engine.render(grid_batch, r[i : i + rows_per_chunk], c)
+                        view[[p0 + g for g in group], i : i + rows_per_chunk, :] = dec.cpu().numpy()
+                        if partial is not None and time.perf_counter() - last > interval:
+                            partial(out.copy())
+                            last = time.perf_counter()
+        finally:
+            self._ahead = None  # read again by the next render: the data may change between renders
         return True
 
     def _layout(self, grid: ViewGrid, orient: str) -> _Layout:
@@ -384,12 +413,13 @@ class ViewRenderer:
         batch: np.ndarray,
         lay: _Layout,
         keep: tuple[int, int] | None,
+        upto: int = 0,
     ) -> list[tuple[_Entry, LatentGrid | None, int]]:
         """Latents for each plane of ``batch``: from the cache, else encoded over the snapped crop
         (and cached with the latent rows ``keep`` only, when given). An entry serves a plane if it
         was encoded over a crop covering the layout's needed rows x columns and holds the rows it
         decodes. Each comes with the encoder batch it was just computed in and its index there, or
-        None when it came from the cache."""
+        None when it came from the cache. The input is read ahead up to plane ``upto`` (exclusive)."""
         plane_axis, col_axis, crop_rows, crop_cols = lay.plane_axis, lay.col_axis, lay.crop_rows, lay.crop_cols
         need_rows, need_cols, decode = lay.need_rows, lay.need_cols, lay.decode
         keys = [(orient, round(float(p), 6)) for p in batch]
@@ -403,7 +433,7 @@ class ViewRenderer:
             prange = pixel_range(coords, self.shape[plane_axis], 1)
             ranges = [crop_rows, (0, 0), (0, 0)]
             ranges[plane_axis], ranges[col_axis] = prange, crop_cols
-            block = self._read(ranges)
+            block = self._read_ahead(ranges, plane_axis, upto)
             low = np.moveaxis(interpolate_planes(block, coords, plane_axis, prange[0]), plane_axis, 0)
             per_slice = low.shape[1] * low.shape[2] * self.rec.model.config.latent_dim
             step = max(1, min(self.rec.slice_batch, ENCODE_VALUES // max(1, per_slice)))
