@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "napari_niiv"
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
-LAYERS = "Layers: _napari and cli over training over inference over data over model"
+LAYERS = "Layers: console > _napari | cli > training > inference > data > model"
 GUI = "Only _napari imports the GUI toolkits"
 
 if not LINT_IMPORTS.exists():

@@ -41,6 +41,25 @@ def test_entry_point_help() -> None:
     assert "reconstruct" in res.stdout and "alpha" in res.stdout
 
 
+def test_ctrl_c_while_the_command_is_still_importing_ends_in_one_line() -> None:
+    """The ``niiv`` entry point (what the installed script runs) with a real SIGINT delivered while
+    it imports the command-line interface (~0.15 s of numpy and settings): one line, exit 130."""
+    script = (
+        "import importlib.abc, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'napari_niiv.cli':\n"
+        "            signal.raise_signal(signal.SIGINT)\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "from napari_niiv.console import main\n"
+        "sys.argv = ['niiv', 'info']\n"
+        "sys.exit(main())\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stderr) == (130, "niiv: interrupted\n")
+
+
 @pytest.mark.parametrize("command", ["info", "reconstruct", "train", "evaluate"])
 def test_every_command_prints_its_help(capsys, command) -> None:
     """argparse formats help with %: a stray one in a help text turned `niiv train --help` into a traceback."""

@@ -70,7 +70,7 @@ def test_wheel_carries_licence_manifest_weights_and_cards(dists) -> None:
     (entry_points,) = [n for n in infos if n.endswith(".dist-info/entry_points.txt")]
     text = zf.read(entry_points).decode()
     assert "napari-niiv = napari_niiv:napari.yaml" in text
-    assert "niiv = napari_niiv.cli:main" in text
+    assert "niiv = napari_niiv.console:main" in text
 
 
 @pytest.mark.slow
