@@ -227,6 +227,28 @@ def test_train_command(tmp_path, capsys, medulla) -> None:
     assert code == 2 and "already exists" in err
 
 
+def test_train_never_writes_over_its_start_weights_a_checkpoint_or_the_shipped_weights(
+    tmp_path, capsys, medulla, weights
+) -> None:
+    """--out that is the --init or --teacher weights is refused with --overwrite too (the run would
+    replace the weights it starts from); so is a checkpoint's name and the shipped weights' folder."""
+    from napari_niiv.inference.weights import shipped_dir
+
+    vol = tmp_path / "iso.tif"
+    write_tif(vol, medulla[:8])
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(weights.read_bytes())
+    base = ["train", vol, "--alpha", "4", "--steps", "1", "--batch", "2", "--device", "cpu", "--overwrite"]
+    for option in ("--init", "--teacher"):
+        code, _, err = _run(capsys, *base, "--out", mine, option, mine)
+        assert code == 2 and f"is the {option} weights" in err, err
+    assert mine.read_bytes() == weights.read_bytes()
+    code, _, err = _run(capsys, *base, "--out", tmp_path / "w.ckpt.safetensors")
+    assert code == 2 and "training checkpoints" in err and not (tmp_path / "w.ckpt.safetensors").exists()
+    code, _, err = _run(capsys, *base, "--out", shipped_dir() / "mine.safetensors")
+    assert code == 2 and "shipped weights' folder" in err and not (shipped_dir() / "mine.safetensors").exists()
+
+
 def _bad_input_cases(tmp_path, medulla):
     cases = {}
     write_tif(tmp_path / "flat.tif", medulla[0])

@@ -10,7 +10,7 @@ import torch
 
 from napari_niiv.data import LateralPairSampler, Volume, open_volume
 from napari_niiv.errors import NiivInputError
-from napari_niiv.inference.weights import DEFAULT_WEIGHTS, load_weights, resolve_weights, shipped_dir
+from napari_niiv.inference.weights import DEFAULT_WEIGHTS, available_weights, load_weights, resolve_weights, shipped_dir
 from napari_niiv.model import NiivConfig, NiivModel
 from napari_niiv.training.finetune import FineTuneRequest, fine_tune_job, weights_name
 from napari_niiv.training.regions import volume_region, whole
@@ -181,10 +181,22 @@ def test_fine_tune_job_refuses_what_it_cannot_do(cremi, user_weights) -> None:
     out.write_bytes(b"")
     with pytest.raises(NiivInputError, match="already exist"):
         fine_tune_job(request(cremi, out))
+    with pytest.raises(NiivInputError, match="no unfinished run to resume"):
+        fine_tune_job(request(cremi, out, resume=True))
+    checkpoint_path(out).write_bytes(b"")
     assert fine_tune_job(request(cremi, out, resume=True)).resume
+    # an unfinished run (its checkpoint alone, as a crash leaves it) is not replaced by a new one
+    out.unlink()
+    with pytest.raises(NiivInputError, match=r"holds an unfinished run .* Resume it"):
+        fine_tune_job(request(cremi, out))
+    assert checkpoint_path(out).exists()
+    assert "user/cremi.ckpt" not in available_weights()  # a checkpoint is not weights to pick (niiv info, widget)
     assert weights_name(" cremi a/10 ") == "cremi-a-10"
     with pytest.raises(NiivInputError, match="name"):
         weights_name(" // ")
+    # a name ending in .ckpt is a run's checkpoint: hidden from the weights lists, then replaced
+    with pytest.raises(NiivInputError, match="checkpoints"):
+        weights_name("cremi.ckpt")
 
 
 @pytest.mark.slow

@@ -804,11 +804,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise NiivInputError(f"--out {out}: weights are written as .safetensors; give a name ending in .safetensors")
+    if out.stem.lower().endswith(".ckpt"):
+        raise NiivInputError(
+            f"--out {out}: names ending in .ckpt.safetensors are those of training checkpoints (a run of "
+            f"{out.name.removesuffix('.ckpt.safetensors')} would replace it); choose another --out"
+        )
     for path in [*args.volumes, *([args.held_out] if args.held_out else [])]:
         check_outside_input(out, path)  # nothing (weights, lock) goes into an input's folder store
+    from .inference.weights import shipped_dir
+
+    if out.parent.resolve() == shipped_dir().resolve():
+        raise NiivInputError(f"--out {out}: the shipped weights' folder is never written to; choose another --out")
+    for option in ("init", "teacher"):  # the start weights, with --overwrite too
+        given = getattr(args, option)
+        if given and _same_file(out, _weights_path(given)):
+            raise NiivInputError(
+                f"--out {out} is the --{option} weights: training would replace them; choose another --out"
+            )
     check_output(out)
     with output_lock(out):  # one run per --out, over the checks below too (train() holds it on)
         return _train_locked(args, out)
+
+
+def _weights_path(name_or_path: str) -> Path | None:
+    """The file a weights name or path stands for, None when there is none (refused later)."""
+    from .inference.weights import resolve_weights
+
+    try:
+        return resolve_weights(name_or_path)
+    except NiivInputError:
+        return None
+
+
+def _same_file(a: Path, b: Path | None) -> bool:
+    return b is not None and a.resolve() == b.resolve()
 
 
 def _train_locked(args: argparse.Namespace, out: Path) -> int:

@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ..errors import NiivInputError
 from ..inference.weights import user_dir
-from ..training.finetune import FineTuneJob, FineTuneRequest, fine_tune_job, weights_name
+from ..training.finetune import FineTuneJob, FineTuneRequest, check_new_weights, fine_tune_job, weights_name
 from ..training.regions import Region, box_region, visible_region, whole
 from ..training.train import checkpoint_path
 from .activity import Activity, CancelableBar, JobWorker, format_seconds
@@ -209,8 +209,7 @@ class TrainingPanel(Container):
         layer = named("volume", lambda: check_layer(self.niiv.volume_choice.value))
         alpha = self.niiv.alpha()  # refused while the layer's scale gives no alpha and none was confirmed
         out = self.out_path()
-        if out.exists() and not resume:
-            raise NiivInputError(f"save as: weights '{out.stem}' already exist: choose another name, or Resume its run")
+        named("save as", lambda: check_new_weights(out, resume))
         return FineTuneRequest(
             data=level0(layer),
             scale=layer_voxel_size(layer),

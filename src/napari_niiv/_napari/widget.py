@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 def weight_choices(widget: Any = None) -> list[str]:
     """Shipped weights first, then the user's (trained in the viewer or with ``niiv train``)."""
-    return [name for name in available_weights() if not name.endswith(".ckpt")]
+    return list(available_weights())
 
 
 def is_niiv_output(layer: Any) -> bool:

@@ -345,12 +345,14 @@ def user_dir() -> Path:
 
 
 def available_weights() -> dict[str, Path]:
-    """Name -> path of every weights file: shipped first, then the user's."""
+    """Name -> path of every weights file: shipped first, then the user's; not the checkpoints
+    (``NAME.ckpt.safetensors``) that runs keep to be resumed."""
     found: dict[str, Path] = {}
     for d, prefix in ((shipped_dir(), ""), (user_dir(), "user/")):
         if d.is_dir():
             for p in sorted(d.glob("*.safetensors")):
-                found[prefix + p.stem] = p
+                if not p.stem.lower().endswith(".ckpt"):
+                    found[prefix + p.stem] = p
     return found
 
 

@@ -52,11 +52,29 @@ MAX_CROP = 64  # lateral training crop (px); smaller volumes train on their whol
 
 
 def weights_name(text: str) -> str:
-    """A file-safe weights name."""
+    """A file-safe weights name; not one ending in ``.ckpt``, which is how a run's checkpoint is
+    named (``NAME.ckpt.safetensors``): such weights would be hidden, then overwritten by a run of NAME."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
     if not name:
         raise NiivInputError("give the new weights a name")
+    if name.lower().endswith(".ckpt"):
+        raise NiivInputError(f"'{name}': names ending in .ckpt are those of training checkpoints; choose another")
     return name
+
+
+def check_new_weights(out: Path, resume: bool) -> None:
+    """Refuse to start a new run over weights or over a run's unfinished checkpoint at ``out``
+    (a new run would replace them); a resume needs the checkpoint."""
+    if resume:
+        if not checkpoint_path(out).exists():
+            raise NiivInputError(f"weights '{out.stem}' have no unfinished run to resume; Start a new run instead")
+    elif out.exists():
+        raise NiivInputError(f"weights '{out.stem}' already exist: choose another name, or Resume its run")
+    elif checkpoint_path(out).exists():
+        raise NiivInputError(
+            f"'{out.stem}' holds an unfinished run (its checkpoint {checkpoint_path(out).name}): Resume it, "
+            "or choose another name"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,8 +113,7 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     out = Path(request.out)
     if out.parent.resolve() == shipped_dir().resolve():
         raise NiivInputError("the shipped weights are never overwritten: choose another name")
-    if out.exists() and not request.resume:
-        raise NiivInputError(f"weights '{out.stem}' already exist: choose another name, or Resume its run")
+    check_new_weights(out, request.resume)
     start = resolve_weights(request.start_weights)
     data = request.data if isinstance(request.data, da.Array) else da.from_array(request.data, chunks="auto")
     if data.ndim != 3:
