@@ -124,6 +124,41 @@ def test_an_output_that_appears_during_the_write_is_left_alone(tmp_path, what, o
     assert not out.with_name(out.name + ".lock").exists()
 
 
+@pytest.mark.parametrize("name", ["iso.tif", "iso.npy"])
+def test_a_whole_file_output_that_appears_while_computed_is_kept(tmp_path, capsys, store, weights, monkeypatch, name):
+    """A .tif/.npy output is published only if its name is still free (with --overwrite it
+    replaces): a file written there meanwhile by another program is kept, and the run says so."""
+    from napari_niiv.inference import reconstructor
+
+    out = tmp_path / name
+    original = reconstructor.assemble
+
+    def user_meanwhile(*args, **kwargs):
+        out.write_text("my notes")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(reconstructor, "assemble", user_meanwhile)
+    code, err = _reconstruct(capsys, store / "0", out, weights)
+    assert code == 2 and "appeared while niiv computed it" in err and "left as it is" in err
+    assert out.read_text() == "my notes" and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    code, err = _reconstruct(capsys, store / "0", out, weights, "--overwrite")
+    assert code == 0 and out.read_bytes() != b"my notes"
+
+
+def test_a_second_run_on_the_same_whole_file_output_is_refused(tmp_path, capsys, store, weights) -> None:
+    out = tmp_path / "iso.tif"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = out.with_name(out.name + ".lock")
+        lock.write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "started": "now"}))
+        code, err = _reconstruct(capsys, store / "0", out, weights)
+        assert code == 2 and f"pid {holder.pid}" in err and "another niiv run" in err
+        assert not out.exists() and lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_foreign_partial_folder_is_never_deleted(tmp_path, capsys, store, weights) -> None:
     partial = tmp_path / "iso.ome.zarr.partial"
     partial.mkdir()

@@ -575,7 +575,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.normalise import fit_normalisation
     from .inference.geometry import output_geometry
     from .inference.reconstructor import BlockReconstruction, assemble, check_reconstructable
-    from .inference.store import check_output_path, check_outside_input, check_room, check_writable
+    from .inference.store import check_output_path, check_outside_input, check_room, check_writable, output_lock
     from .inference.weights import load_weights, resolve_weights
 
     src, out = _source(args.input), Path(args.output)
@@ -665,13 +665,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     elif out.suffix.lower() != ".zarr":
-        _write_array(out, assemble(job, chunks), geometry.voxel_size, geometry.unit)
+        with output_lock(out):  # one run per output (a .zarr one takes it in write_isotropic)
+            _write_array(out, assemble(job, chunks), geometry.voxel_size, geometry.unit, args.overwrite)
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     else:
         _write_pyramid(args, out, job, chunks, (norm.low, norm.high))
     if conf is not None:
         check_room(conf, int(np.prod(geometry.size)) * 4 + 2**20, "the confidence map")
-        _write_array(conf, assemble(job.confidence_map(), chunks), geometry.voxel_size, geometry.unit)
+        with output_lock(conf):
+            _write_array(
+                conf, assemble(job.confidence_map(), chunks), geometry.voxel_size, geometry.unit, args.overwrite
+            )
         print(f"wrote the confidence map {conf}", file=sys.stderr)
     return 0
 
@@ -776,8 +780,11 @@ def _parse_chunks(text: str) -> tuple[int, int, int]:
     return chunks  # type: ignore[return-value]
 
 
-def _write_array(out: Path, result: np.ndarray, voxel: tuple[float, float, float], unit: str | None) -> None:
-    """Whole-array outputs (.tif with ImageJ voxel sizes, .npy), written atomically."""
+def _write_array(
+    out: Path, result: np.ndarray, voxel: tuple[float, float, float], unit: str | None, overwrite: bool
+) -> None:
+    """Whole-array outputs (.tif with ImageJ voxel sizes, .npy), written atomically; without
+    ``overwrite`` a file that appeared at ``out`` while it was computed is kept."""
     import tifffile
 
     from .inference.weights import atomic_write
@@ -794,7 +801,13 @@ def _write_array(out: Path, result: np.ndarray, voxel: tuple[float, float, float
             with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a path
                 np.save(f, result, allow_pickle=False)
 
-    atomic_write(out, write)
+    try:
+        atomic_write(out, write, replace=overwrite)
+    except FileExistsError:
+        raise NiivInputError(
+            f"{out} appeared while niiv computed it (another program or run wrote it) and was left as it is; "
+            "choose another output path, or pass --overwrite"
+        ) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ checkpoint is the same file plus the optimiser state and the step, so it can be 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -51,9 +52,10 @@ class Weights:
         return float(lo), float(hi)
 
 
-def atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any, replace: bool = True) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: a crash or a cancel never leaves a
-    half-written file under the real name."""
+    half-written file under the real name. With ``replace=False`` a file that appeared at ``path``
+    meanwhile (another program, another run) is kept and :class:`FileExistsError` raised."""
     path = Path(path)
     if path.is_dir():  # a rename over a folder fails only after all the writing
         raise NiivInputError(f"cannot write {path}: it is a folder; give a file name")
@@ -64,10 +66,25 @@ def atomic_write(path: Path, write: Any) -> None:
         # Writers (safetensors among them) may create private 0600 files; give the file the
         # mode any file the user saves gets.
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_new(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if no file has it: a hard link fails on an existing
+    name atomically; where the file system has no hard links, a check just before the rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
         raise
+    except OSError:  # no hard links here (FAT, some network shares)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.replace(tmp, path)
 
 
 def remove_stray_temporaries(path: str | Path) -> list[Path]:
