@@ -145,20 +145,6 @@ def test_a_whole_file_output_that_appears_while_computed_is_kept(tmp_path, capsy
     assert code == 0 and out.read_bytes() != b"my notes"
 
 
-def test_a_second_run_on_the_same_whole_file_output_is_refused(tmp_path, capsys, store, weights) -> None:
-    out = tmp_path / "iso.tif"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        lock = out.with_name(out.name + ".lock")
-        lock.write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid, "started": "now"}))
-        code, err = _reconstruct(capsys, store / "0", out, weights)
-        assert code == 2 and f"pid {holder.pid}" in err and "another niiv run" in err
-        assert not out.exists() and lock.exists()
-    finally:
-        holder.kill()
-        holder.wait()
-
-
 def test_a_foreign_partial_folder_is_never_deleted(tmp_path, capsys, store, weights) -> None:
     partial = tmp_path / "iso.ome.zarr.partial"
     partial.mkdir()
@@ -171,8 +157,9 @@ def test_a_foreign_partial_folder_is_never_deleted(tmp_path, capsys, store, weig
     assert (partial / "keep.txt").read_text() == "not niiv's"
 
 
-def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, capsys, store, weights) -> None:
-    out = tmp_path / "iso.ome.zarr"
+@pytest.mark.parametrize("name", ["iso.ome.zarr", "iso.tif"])
+def test_a_second_run_on_the_same_output_is_refused_naming_the_first(tmp_path, capsys, store, weights, name) -> None:
+    out = tmp_path / name
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock = out.with_name(out.name + ".lock")
