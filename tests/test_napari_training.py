@@ -93,6 +93,32 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
     assert layer in viewer.layers
 
 
+def test_the_preview_goes_only_to_a_live_view_of_the_start_weights(qtbot, make_napari_viewer, cremi, user_weights):
+    """Picking other weights during a run shows them as they are: the run's in-training weights
+    were pushed into the live view anyway, under the other name (or failed to load into another
+    architecture)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget, panel = open_panel(viewer)
+    viewer.dims.order = (1, 0, 2)
+    widget.live_check.value = True
+    panel.steps_spin.value = 2000
+    panel.minutes_spin.value = 0
+    panel.start_button.native.click()
+    assert panel.job is not None, panel.status_label.value
+    state = {k: v.clone() for k, v in load_weights(panel.job.init).model.state_dict().items()}
+    panel._on_preview(1, state)
+    assert panel.previews == 1
+    others = [w for w in widget.weights_choice.choices if w != widget.weights_choice.value]
+    widget.weights_choice.value = others[0]
+    qtbot.waitUntil(lambda: widget.live_view is not None and not widget.live_view.busy, timeout=60_000)
+    panel._on_preview(2, state)
+    assert panel.previews == 1 and "failed" not in widget.status_label.value
+    panel.stop_button.native.click()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    widget.live_check.value = False
+
+
 def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, user_weights):
     viewer = make_napari_viewer()
     layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4), metadata={"niiv_source": "/x/cremi_a.tif"})

@@ -104,6 +104,7 @@ class TrainingPanel(Container):
         self.bar: CancelableBar | None = None
         self.previews = 0  # live previews shown with in-training weights
         self._layer: Any = None
+        self._weights: str | None = None  # the weights chosen when the run started
         self._run_start: tuple[float, int] | None = None  # (time, step) of this run's first step
         self.start_button.changed.connect(lambda: self.start(resume=False))
         self.resume_button.changed.connect(lambda: self.start(resume=True))
@@ -230,6 +231,7 @@ class TrainingPanel(Container):
     def _start(self, resume: bool) -> None:
         job = fine_tune_job(self.request(resume))
         self.job, self._layer = job, self.niiv.volume_choice.value
+        self._weights = self.niiv.weights_choice.value  # the live view previews the run while it shows these
         self._signals = JobSignals(job)
         self._signals.stepped.connect(self._on_step)
         self._signals.checked.connect(self._on_check)
@@ -299,7 +301,9 @@ class TrainingPanel(Container):
     @gui_handler
     def _on_preview(self, step: int, state: dict[str, Any]) -> None:
         live = self.niiv.live_view
-        if live is not None and live.layer is self._layer:
+        # only over the weights the run started from: picked other weights (another architecture,
+        # or the same one) are shown as they are, not replaced by the run's under their name
+        if live is not None and live.layer is self._layer and self.niiv.weights_choice.value == self._weights:
             live.update_weights(state)
             self.previews += 1
 
