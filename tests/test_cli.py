@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,39 @@ def test_train_never_writes_over_its_start_weights_a_checkpoint_or_the_shipped_w
     assert code == 2 and "training checkpoints" in err and not (tmp_path / "w.ckpt.safetensors").exists()
     code, _, err = _run(capsys, *base, "--out", shipped_dir() / "mine.safetensors")
     assert code == 2 and "shipped weights' folder" in err and not (shipped_dir() / "mine.safetensors").exists()
+
+
+def test_train_scores_its_held_out_volume_with_its_own_sections(tmp_path, capsys, medulla) -> None:
+    """--held-out is degraded as the run trains (--degradation), not always as thick sections."""
+    from napari_niiv.data.degrade import Degradation
+    from napari_niiv.training.train import HeldOutCheck
+
+    vol, held = tmp_path / "iso.tif", tmp_path / "held.tif"
+    write_tif(vol, medulla[:16])
+    write_tif(held, medulla[16:48, :48, :48])
+    out = tmp_path / "w.safetensors"
+    args = ["--out", out, "--alpha", "4", "--steps", "2", "--batch", "2", "--crop", "16", "--device", "cpu"]
+    code, _, err = _run(capsys, "train", vol, *args, "--degradation", "psf", "--held-out", held, "--arch", "fast")
+    assert code == 0, err
+    niiv, gain = (float(v) for v in re.search(r"held-out CF-PSNR ([\d.]+) dB \(([+-][\d.]+) vs bilinear", err).groups())
+    assert "psf sections, alpha 4" in err
+    psf = HeldOutCheck([medulla[16:48, :48, :48]], 4.0, degradation=Degradation.parse("psf")).bilinear.cf_psnr
+    thick = HeldOutCheck([medulla[16:48, :48, :48]], 4.0).bilinear.cf_psnr
+    assert abs(niiv - gain - psf) < 0.011 and abs(psf - thick) > 0.1
+
+
+def test_train_refuses_nan_in_its_volume_instead_of_blaming_the_learning_rate(tmp_path, capsys, medulla) -> None:
+    """Planes the normalisation's sample skips (it reads every other one here) used to reach the
+    loss: 'training diverged ...; lower the learning rate' for NaN, silent training on inf."""
+    bad = np.tile(medulla[:40].astype(np.float32), (1, 4, 4))  # (40, 256, 256)
+    bad[1], bad[3] = np.nan, np.inf
+    vol = tmp_path / "nan.npy"
+    np.save(vol, bad)
+    code, _, err = _run(
+        capsys, "train", vol, "--out", tmp_path / "w.safetensors", "--alpha", "4", "--steps", "30", "--batch", "4",
+        "--crop", "16", "--device", "cpu", "--arch", "fast",
+    )  # fmt: skip
+    assert code == 2 and "contains NaN or infinite values" in err and "learning rate" not in err, err
 
 
 def _bad_input_cases(tmp_path, medulla):

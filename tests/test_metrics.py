@@ -71,3 +71,19 @@ def test_slice_metrics_average_over_slices() -> None:
     assert m["psnr"] == pytest.approx(np.mean([psnr(g, p) for g, p in zip(gt, pred, strict=True)]))
     with pytest.raises(ValueError):
         cf_psnr(gt[0], pred[0, :10])
+
+
+def test_a_blank_slice_is_left_out_of_the_means_and_only_blank_slices_are_refused() -> None:
+    """A blank plane (any interpolation gets it exactly) made every mean infinite: the fine-tune's
+    held-out check then said 'bilinear there: inf dB' and wrote -Infinity into the card."""
+    from napari_niiv.errors import NiivInputError
+
+    rng = np.random.default_rng(0)
+    gt = rng.random((3, 32, 32)).astype(np.float32)
+    pred = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1).astype(np.float32)
+    with_blank_gt, with_blank_pred = gt.copy(), pred.copy()
+    with_blank_gt[1] = with_blank_pred[1] = 0.0
+    kept = slice_metrics(gt[[0, 2]], pred[[0, 2]])
+    assert slice_metrics(with_blank_gt, with_blank_pred) == kept and all(np.isfinite(v) for v in kept.values())
+    with pytest.raises(NiivInputError, match="constant"):
+        slice_metrics(np.zeros((2, 16, 16)), np.zeros((2, 16, 16)))

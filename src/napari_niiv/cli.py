@@ -854,7 +854,7 @@ def _same_file(a: Path, b: Path | None) -> bool:
 
 
 def _train_locked(args: argparse.Namespace, out: Path) -> int:
-    from .data.degrade import check_alpha
+    from .data.degrade import check_alpha, parse_degradations
     from .data.io import open_volume
     from .inference.weights import load_weights, resolve_weights
     from .model import NiivConfig
@@ -913,7 +913,9 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     held = None
     if args.held_out:
         try:
-            held = HeldOutCheck([np.asarray(open_volume(args.held_out).data)], alpha)
+            # scored as the run trains: its (first) degradation, at --alpha
+            scored = parse_degradations(args.degradation)[0]
+            held = HeldOutCheck([np.asarray(open_volume(args.held_out).data)], alpha, degradation=scored)
             held.check_fits(start.model.config if start else NiivConfig.named(args.arch or ARCHITECTURES[0]))
         except NiivInputError as exc:
             raise NiivInputError(f"--held-out {args.held_out}: {exc}") from exc
@@ -968,9 +970,12 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     except FloatingPointError as exc:  # the loss diverged
         raise NiivInputError(f"{exc} with --lr") from exc
     msg = f"wrote {result.weights} after {result.steps_done} steps in {result.seconds / 60:.1f} min"
-    if result.held_out:
+    if result.held_out and held is not None:
         ho = result.held_out
-        msg += f"; held-out CF-PSNR {ho['cf_psnr']:.2f} dB ({ho['cf_psnr_gain']:+.2f} vs bilinear)"
+        msg += (
+            f"; held-out CF-PSNR {ho['cf_psnr']:.2f} dB ({ho['cf_psnr_gain']:+.2f} vs bilinear; {held.degradation} "
+            f"sections, alpha {alpha:g})"
+        )
     print(msg, file=sys.stderr)
     return 0
 

@@ -153,6 +153,12 @@ class LateralPairSampler:
         y0 = int(rng.integers(0, y - self.crop + 1))
         x0 = int(rng.integers(0, x - self.crop + 1))
         tile = np.asarray(data[z, y0 : y0 + self.crop, x0 : x0 + self.crop])
+        if tile.dtype.kind == "f" and not np.isfinite(tile).all():  # the loss would turn NaN a step later
+            raise NiivInputError(
+                f"the training volume contains NaN or infinite values (plane z {z}, y {y0}-{y0 + self.crop - 1}, "
+                f"x {x0}-{x0 + self.crop - 1}); replace them (e.g. with 0 or the background level) or leave "
+                "that part out"
+            )
         tile = self.norms[v].apply(tile)
         tile = np.rot90(tile, int(rng.integers(0, 4)))
         if rng.random() < 0.5:

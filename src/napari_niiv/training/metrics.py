@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..errors import NiivInputError
+
 REFERENCE_SIZE = 128
 
 
@@ -79,14 +81,21 @@ def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float = 1.0, sigma: float
 
 
 def slice_metrics(gt: np.ndarray, pred: np.ndarray, cutoff: float = 25.0, data_range: float = 1.0) -> dict[str, float]:
-    """Mean CF-PSNR, PSNR and SSIM over a stack of 2D slices (S, H, W), as the paper reports."""
+    """Mean CF-PSNR, PSNR and SSIM over a stack of 2D slices (S, H, W), as the paper reports.
+    Constant ground-truth slices (a blank plane) are left out: any interpolation gets them exactly,
+    and their infinite PSNR would make every mean infinite; a stack of only those is refused."""
     gt = np.asarray(gt)
     pred = np.asarray(pred)
     if gt.ndim == 2:
         gt, pred = gt[None], pred[None]
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
     rows = [
         (cf_psnr(g, p, cutoff, data_range), psnr(g, p, data_range), ssim(g, p, data_range))
         for g, p in zip(gt, pred, strict=True)
+        if g.min() != g.max()
     ]
+    if not rows:
+        raise NiivInputError(f"all {len(gt)} slices to score are constant (blank): there is nothing to score on them")
     cf, ps, ss = (float(np.mean(v)) for v in zip(*rows, strict=True))
     return {"cf_psnr": cf, "psnr": ps, "ssim": ss}
