@@ -119,6 +119,23 @@ def test_the_preview_goes_only_to_a_live_view_of_the_start_weights(qtbot, make_n
     widget.live_check.value = False
 
 
+def test_a_refusal_found_on_the_training_thread_reads_as_one(qtbot, make_napari_viewer, cremi, user_weights):
+    """What the training thread refuses (here: blank held-out planes; also a resume of another
+    run) is said as what to do, not as 'training failed' with a traceback, and no card is written."""
+    blank = cremi.copy()
+    blank[26:] = 0
+    viewer = make_napari_viewer()
+    viewer.add_image(blank, name="cremi", scale=(40, 4, 4))
+    _, panel = open_panel(viewer)
+    panel.start_button.native.click()
+    assert panel.job is not None and "scoring the start weights" in panel.status_label.value
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    assert panel.status_label.value == (
+        "the part held out to check the run (planes z 26-31) is constant: there is nothing to score on it"
+    )
+    assert not user_weights.exists() or not any(user_weights.iterdir())
+
+
 def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, user_weights):
     viewer = make_napari_viewer()
     layer = viewer.add_image(cremi, name="cremi", scale=(40, 4, 4), metadata={"niiv_source": "/x/cremi_a.tif"})
@@ -148,7 +165,7 @@ def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, use
     assert req.degradation == "thick" == job.settings.degradations
     widget.sections_choice.value = "psf"
     job = fine_tune_job(panel.request())
-    assert job.settings.degradations == "psf" and str(job.held_out.degradation) == "psf"
+    assert job.settings.degradations == "psf" and str(job.held_out().degradation) == "psf"
     assert widget.settings().degradation == "psf"
 
     # the visible part of an xz view, and all y planes

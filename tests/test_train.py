@@ -154,8 +154,10 @@ def test_fine_tune_job_holds_planes_out_and_describes_itself(cremi, user_weights
     (vol,) = job.volumes
     assert vol.shape == (32, 96, 96) and vol.voxel_size == (40.0, 4.0, 4.0) and vol.name == "cremi"
     # the held-out check scores the held-out xy planes only, pooled in-plane
-    assert [v.shape for v in job.held_out.volumes] == [(96, 6, 96)]
-    np.testing.assert_array_equal(job.held_out.volumes[0][:, 0], cremi[26])
+    assert not isinstance(job._held_out, HeldOutCheck)  # read and scored on the training thread, not the caller's
+    held_out = job.held_out()
+    assert [v.shape for v in held_out.volumes] == [(96, 6, 96)]
+    np.testing.assert_array_equal(held_out.volumes[0][:, 0], cremi[26])
     assert job.card == {
         "source_layer": "cremi",
         "source": "/data/cremi_a.tif",

@@ -105,6 +105,7 @@ class TrainingPanel(Container):
         self.previews = 0  # live previews shown with in-training weights
         self._layer: Any = None
         self._weights: str | None = None  # the weights chosen when the run started
+        self._held_text = ""  # which planes the run holds out, for the status line
         self._run_start: tuple[float, int] | None = None  # (time, step) of this run's first step
         self.start_button.changed.connect(lambda: self.start(resume=False))
         self.resume_button.changed.connect(lambda: self.start(resume=True))
@@ -242,10 +243,10 @@ class TrainingPanel(Container):
         self._run_start = None
         self.worker, self.bar = follow_training(job, self._layer.name)
         self._update_buttons()
-        held, bilinear = job.split.held_out[0], job.held_out.bilinear  # type: ignore[union-attr]
+        held = job.split.held_out[0]
+        self._held_text = f"held-out planes z {held.start}-{held.stop - 1}"
         self.set_status(
-            f"training on {len(job.split.regions)} region(s); held-out planes z {held.start}-{held.stop - 1}; "
-            f"bilinear there: {bilinear.cf_psnr:.2f} dB CF-PSNR"
+            f"training on {len(job.split.regions)} region(s); scoring the start weights on the {self._held_text}..."
         )
 
     @gui_handler
@@ -296,7 +297,10 @@ class TrainingPanel(Container):
         self.plot.add_check(step, metrics["cf_psnr_gain"], metrics.get("cf_psnr"))
         when = "start weights" if step == 0 else f"step {step}"
         gain = metrics["cf_psnr_gain"]
-        self.set_status(f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({gain:+.2f} vs bilinear)")
+        text = f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({gain:+.2f} vs bilinear)"
+        if step == 0:
+            text += f" on the {self._held_text} (bilinear there: {metrics['bilinear_cf_psnr']:.2f} dB); training..."
+        self.set_status(text)
 
     @gui_handler
     def _on_preview(self, step: int, state: dict[str, Any]) -> None:
@@ -330,7 +334,9 @@ class TrainingPanel(Container):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if isinstance(result, BaseException):
+        if isinstance(result, NiivInputError):  # a refusal found on the training thread: what to do
+            self.set_status(str(result))
+        elif isinstance(result, BaseException):
             self.set_status(f"training failed: {result}")
         else:
             self.niiv.weights_choice.reset_choices()

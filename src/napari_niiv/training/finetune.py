@@ -134,9 +134,16 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     split = split_training(list(request.regions), settings.crop, alpha)
     scale = tuple(float(s) for s in request.scale)
     volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
-    held = np.asarray(data[split.held_out])
-    # held-out xy planes, degraded in-plane as training degrades them
-    check = HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha, degradation=degradation)
+    held_planes = data[split.held_out]
+
+    def check() -> HeldOutCheck:  # read and scored on the training thread: up to seconds for large volumes
+        # held-out xy planes, degraded in-plane as training degrades them
+        planes = split.held_out[0]
+        what = f"the part held out to check the run (planes z {planes.start}-{planes.stop - 1})"
+        return HeldOutCheck(
+            [np.transpose(np.asarray(held_planes), (1, 0, 2))], alpha, degradation=degradation, what=what
+        )
+
     previous = previous_card(out) if request.resume else {}
     card = {
         "source_layer": request.name,
@@ -213,10 +220,12 @@ class FineTuneJob:
 
     Set the callbacks before :meth:`start`; they run on the training thread:
     ``on_step(step, loss)``; ``on_check(step, metrics)`` with the held-out scores (step 0: the
-    start weights, the bar fine-tuning must clear); ``on_preview(step, state)`` with a CPU copy of
-    the in-training state dict; ``on_finished(result)`` last, with the :class:`TrainResult` (its
-    model card written) or the exception that ended the run. :meth:`stop` ends the run after the
-    current step with a checkpoint and weights written, so it can be resumed.
+    start weights, the bar fine-tuning must clear; ``bilinear_cf_psnr`` is bilinear's there);
+    ``on_preview(step, state)`` with a CPU copy of the in-training state dict;
+    ``on_finished(result)`` last, with the :class:`TrainResult` (its model card written) or the
+    exception that ended the run (a :class:`NiivInputError`: a refusal, which says what to do).
+    :meth:`stop` ends the run after the current step with a checkpoint and weights written, so it
+    can be resumed.
 
     When the run ends, :attr:`ended` says why ("complete", "stopped by the user", "time limit of
     5 min reached", or "error: ..."), and the weights' card gets ``ended`` and ``runs``: every run
@@ -232,11 +241,12 @@ class FineTuneJob:
         *,
         init: Path | None,
         resume: bool,
-        held_out: HeldOutCheck | None,
+        held_out: HeldOutCheck | Callable[[], HeldOutCheck] | None,
         card: dict[str, Any],
     ) -> None:
         self.volumes, self.settings, self.out, self.split = list(volumes), settings, Path(out), split
-        self.init, self.resume, self.held_out, self.card = init, resume, held_out, card
+        self.init, self.resume, self.card = init, resume, card
+        self._held_out = held_out  # a check, or how to make it (on the training thread: it reads and scores)
         self.on_step: Callable[[int, float], None] = _ignore
         self.on_check: Callable[[int, dict[str, float]], None] = _ignore
         self.on_preview: Callable[[int, dict[str, torch.Tensor]], None] = _ignore
@@ -263,11 +273,18 @@ class FineTuneJob:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def held_out(self) -> HeldOutCheck | None:
+        """The held-out check, made on first use (the training thread's)."""
+        if callable(self._held_out) and not isinstance(self._held_out, HeldOutCheck):
+            self._held_out = self._held_out()
+        return self._held_out
+
     def _run(self) -> None:
         lower_thread_priority()
         try:
-            if self.held_out is not None and self.init is not None and not self.resume:
-                self.on_check(0, self.held_out(load_weights(self.init).model))
+            held_out = self.held_out()
+            if held_out is not None and self.init is not None and not self.resume:
+                self.on_check(0, held_out(load_weights(self.init).model))
             result = train(
                 self.volumes,
                 self.settings,
@@ -275,7 +292,7 @@ class FineTuneJob:
                 init=self.init,
                 resume=self.resume,
                 z_ranges=self.split.z_ranges,
-                held_out=self.held_out,
+                held_out=held_out,
                 callbacks=[_Forward(self)],
                 progress=False,
                 card=self.card,
@@ -286,6 +303,9 @@ class FineTuneJob:
             amend_card(result.weights, {"ended": self.ended, "runs": runs})
             write_card(result.weights, result)
             self.result = result
+        except NiivInputError as exc:  # a refusal (data, a resume of another run): it says what to do
+            log.info("niiv training refused: %s", exc)
+            self.result, self.ended = exc, f"refused: {exc}"
         except BaseException as exc:  # reported through on_finished
             log.error("niiv training failed", exc_info=exc)
             self.result, self.ended = exc, f"error: {exc}"

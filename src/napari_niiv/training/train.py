@@ -168,34 +168,31 @@ def held_out_min_planes(alpha: float) -> int:
     return math.ceil(rows * alpha - 1e-9)
 
 
-def check_held_out(volume: Any, alpha: float) -> np.ndarray:
-    """A held-out volume as an array, or a message saying why it cannot be scored."""
+def check_held_out(volume: Any, alpha: float, what: str = "the held-out volume") -> np.ndarray:
+    """A held-out volume as an array, or a message saying why it cannot be scored (``what`` names it)."""
     v = np.asarray(volume)
     if v.ndim != 3:
-        raise NiivInputError(
-            f"the held-out volume is {v.ndim}D (shape {v.shape}); give one isotropic 3D (z, y, x) volume"
-        )
+        raise NiivInputError(f"{what} is {v.ndim}D (shape {v.shape}); give one isotropic 3D (z, y, x) volume")
     if v.dtype.kind not in "uif":
-        raise NiivInputError(f"the held-out volume has pixel type {v.dtype}; use an integer or floating-point volume")
+        raise NiivInputError(f"{what} has pixel type {v.dtype}; use an integer or floating-point volume")
     z, y, x = v.shape
     need = held_out_min_planes(alpha)
     if z < need:
         raise NiivInputError(
-            f"the held-out volume has {z} z plane(s) (shape {v.shape}); pooled by alpha {alpha:g} it needs "
+            f"{what} has {z} z plane(s) (shape {v.shape}); pooled by alpha {alpha:g} it needs "
             f"at least {need} to be scored: give a larger one"
         )
     if x < SSIM_SIDE or y < 1:
         raise NiivInputError(
-            f"the held-out volume is {y}x{x} px in y and x (shape {v.shape}); its xz slices need at least "
+            f"{what} is {y}x{x} px in y and x (shape {v.shape}); its xz slices need at least "
             f"{SSIM_SIDE} px along x to be scored: give a larger one"
         )
     if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
         raise NiivInputError(
-            "the held-out volume contains NaN or infinite values; replace them (e.g. with 0 or the "
-            "background level) or hold out another volume"
+            f"{what} contains NaN or infinite values; replace them (e.g. with 0 or the background level)"
         )
     if v.min() == v.max():
-        raise NiivInputError("the held-out volume is constant: there is nothing to score on it")
+        raise NiivInputError(f"{what} is constant: there is nothing to score on it")
     return v
 
 
@@ -203,9 +200,14 @@ class HeldOutCheck:
     """niiv vs bilinear on volumes kept out of training (simulated alpha and degradation, xz slices)."""
 
     def __init__(
-        self, volumes: Sequence[np.ndarray], alpha: float, cutoff: float = 25.0, degradation: Degradation = THICK
+        self,
+        volumes: Sequence[np.ndarray],
+        alpha: float,
+        cutoff: float = 25.0,
+        degradation: Degradation = THICK,
+        what: str = "the held-out volume",
     ) -> None:
-        self.volumes = [check_held_out(v, alpha) for v in volumes]
+        self.volumes = [check_held_out(v, alpha, what) for v in volumes]
         self.alpha = alpha
         self.cutoff = cutoff
         self.degradation = degradation
@@ -407,7 +409,7 @@ def check_same_run(path: Path, saved: Weights, identity: dict[str, Any]) -> None
         raise NiivInputError(
             f"cannot resume {path}: this run differs from the checkpoint's in {'; '.join(diffs)}. "
             "Resume with the checkpoint's settings and data, or start a new run instead "
-            "(niiv train: without --resume, with --overwrite)"
+            "(niiv train: without --resume, with --overwrite; in the viewer: Start under another name)"
         )
 
 
