@@ -165,6 +165,11 @@ def test_fine_tune_job_holds_planes_out_and_describes_itself(cremi, user_weights
         "held_out_planes": [26, 32],
         "started_from": DEFAULT_WEIGHTS,
     }
+    # a layer in memory is read where it is, neither copied (a second volume) nor hashed by dask
+    mine = cremi.copy()
+    job = fine_tune_job(request(mine, user_weights / "cremi.safetensors"))
+    mine[0, 0, 0] = 255 - mine[0, 0, 0]
+    assert job.volumes[0].data[0, 0, 0].compute() == mine[0, 0, 0]
     small = fine_tune_job(request(cremi, user_weights / "c.safetensors", data=da.from_array(cremi)[:, :50, :50]))
     assert small.settings.crop == 50  # a small volume trains on its whole width
 
