@@ -35,3 +35,19 @@ def test_small_regions_are_skipped_and_none_left_is_an_error():
         split_training([small], crop=64, alpha=8)
     with pytest.raises(NiivInputError, match="plane"):
         split_training([whole((2, 80, 80))], crop=64, alpha=8)
+
+
+def test_overlapping_boxes_never_train_on_the_held_out_planes():
+    """A second box over the held-out voxels trained on them (found by the training audit: box B
+    inside box A trained on z 0-16 while A held out z 13-16)."""
+    a = whole((16, 128, 128))
+    b = (slice(0, 16), slice(10, 81), slice(10, 81))  # inside a: drawn in an xy view, all z
+    c = (slice(13, 16), slice(0, 128), slice(0, 128))  # only the held-out planes
+    d = (slice(4, 16), slice(0, 64), slice(0, 64))  # below them in part
+    split = split_training([a, b, c, d], crop=64, alpha=4)
+    assert split.held_out[0] == slice(13, 16)
+    trained = {(r[0].start + lo, r[0].start + hi) for r, (lo, hi) in zip(split.regions, split.z_ranges, strict=True)}
+    assert trained == {(0, 13), (4, 13)} and len(split.regions) == 3  # c had nothing left and is dropped
+    beside = (slice(0, 16), slice(0, 64), slice(0, 64))  # no overlap in y, x with a held box elsewhere
+    split = split_training([(slice(0, 16), slice(64, 128), slice(0, 128)), beside], crop=64, alpha=4)
+    assert split.z_ranges == [(0, 13), (0, 16)]

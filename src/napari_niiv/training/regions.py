@@ -103,4 +103,18 @@ def split_training(
     z_ranges[big] = (0, z1 - n_held - z0)
     if held[1].stop - held[1].start < 2 * alpha:
         raise NiivInputError(f"the held-out region is too small for alpha {alpha}")
-    return TrainingSplit(list(usable), z_ranges, held)  # type: ignore[arg-type]
+    # another region over the held-out voxels (overlapping boxes) trains on its planes below or
+    # above them, whichever are more, never on them; one with none left is dropped
+    kept = []
+    for i, r in enumerate(usable):
+        if i != big and all(_overlap(r[a], held[a]) for a in range(3)):
+            a, b = r[0].start, r[0].stop
+            below, above = (0, max(0, held[0].start - a)), (min(b, held[0].stop) - a, b - a)
+            z_ranges[i] = max(below, above, key=lambda zr: zr[1] - zr[0])
+        if z_ranges[i][1] > z_ranges[i][0]:
+            kept.append(i)
+    return TrainingSplit([usable[i] for i in kept], [z_ranges[i] for i in kept], held)  # type: ignore[arg-type]
+
+
+def _overlap(a: slice, b: slice) -> bool:
+    return max(a.start, b.start) < min(a.stop, b.stop)
