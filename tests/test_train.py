@@ -172,6 +172,10 @@ def test_fine_tune_job_holds_planes_out_and_describes_itself(cremi, user_weights
     assert job.volumes[0].data[0, 0, 0].compute() == mine[0, 0, 0]
     small = fine_tune_job(request(cremi, user_weights / "c.safetensors", data=da.from_array(cremi)[:, :50, :50]))
     assert small.settings.crop == 50  # a small volume trains on its whole width
+    # alpha above 32 needs crops of two sections (the panel has no crop control: it was refused mid-run)
+    assert fine_tune_job(request(cremi, user_weights / "w.safetensors", alpha=40.0)).settings.crop == 80
+    with pytest.raises(NiivInputError, match="needs at least 80x80"):
+        fine_tune_job(request(cremi[:, :64, :64], user_weights / "w.safetensors", alpha=40.0))
 
 
 def test_fine_tune_job_refuses_what_it_cannot_do(cremi, user_weights) -> None:

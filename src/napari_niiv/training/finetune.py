@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -128,7 +129,7 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
         minutes=float(request.minutes),
         lr=float(request.lr),
         device=str(pick_device(request.device)),
-        crop=int(min(MAX_CROP, *data.shape[1:])),
+        crop=_crop(data.shape, alpha, request.name),
     )
     settings = replace(settings, degradations=str(degradation))
     split = split_training(list(request.regions), settings.crop, alpha)
@@ -156,6 +157,19 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     job = FineTuneJob(volumes, settings, out, split, init=start, resume=request.resume, held_out=check, card=card)
     job.previous_runs = list(previous.get("runs", []))
     return job
+
+
+def _crop(shape: tuple[int, ...], alpha: float, name: str) -> int:
+    """The lateral training crop: MAX_CROP, or the whole width of a smaller volume, and at least the
+    two sections that a crop degraded by ``alpha`` must keep (alpha above 32 needs larger crops)."""
+    need = math.ceil(2 * alpha - 1e-9)
+    crop = min(max(MAX_CROP, need), *(int(s) for s in shape[1:]))
+    if crop < need:
+        raise NiivInputError(
+            f"'{name}' is {shape[1]}x{shape[2]} px in xy; fine-tuning at alpha {alpha:g} needs at least "
+            f"{need}x{need} (each training crop is pooled by alpha into two sections or more)"
+        )
+    return crop
 
 
 class _Uncopied:
