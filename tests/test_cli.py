@@ -250,6 +250,35 @@ def test_train_never_writes_over_its_start_weights_a_checkpoint_or_the_shipped_w
     assert code == 2 and "shipped weights' folder" in err and not (shipped_dir() / "mine.safetensors").exists()
 
 
+def test_the_shipped_weights_architectures_are_named_as_their_cards_and_arch_say() -> None:
+    """niiv-em is v1 with an acquisition embedding and niiv-fast fast with one: '--arch v1 --init
+    niiv-em' was refused as 'another architecture (v1)', and a resume called niiv-fast 'custom'."""
+    from napari_niiv.inference.weights import load_weights, resolve_weights
+    from napari_niiv.model import NiivConfig
+    from napari_niiv.training.train import architecture_name, same_architecture
+
+    for name, arch in (("niiv-em", "v1"), ("niiv-fast", "fast")):
+        w = load_weights(resolve_weights(name))
+        assert w.card["architecture"] == arch
+        assert architecture_name(w.model.config.to_dict()) == f"{arch} with acquisition embedding"
+        assert same_architecture(NiivConfig.named(arch), w.model.config)
+        assert not same_architecture(NiivConfig.named("v2"), w.model.config)
+    assert architecture_name(NiivConfig.named("v2").to_dict()) == "v2"
+
+
+def test_a_fine_tune_card_names_the_architecture_it_kept(tmp_path, capsys, medulla) -> None:
+    vol = tmp_path / "iso.tif"
+    write_tif(vol, medulla[:16])
+    out = tmp_path / "w.safetensors"
+    args = ["--alpha", "4", "--steps", "1", "--batch", "2", "--crop", "16", "--device", "cpu"]
+    code, _, err = _run(capsys, "train", vol, "--out", out, *args, "--init", "niiv-fast", "--arch", "fast")
+    assert code == 0, err
+    from napari_niiv.inference.weights import load_weights
+
+    card = load_weights(out).card
+    assert card["architecture"] == card["settings"]["architecture"] == "fast"
+
+
 def test_train_scores_its_held_out_volume_with_its_own_sections(tmp_path, capsys, medulla) -> None:
     """--held-out is degraded as the run trains (--degradation), not always as thick sections."""
     from napari_niiv.data.degrade import Degradation

@@ -863,8 +863,10 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         HeldOutCheck,
         TrainingInterrupted,
         TrainSettings,
+        architecture_name,
         checkpoint_path,
         fine_tune_settings,
+        same_architecture,
         train,
     )
 
@@ -896,10 +898,10 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     if args.init:
         init = resolve_weights(args.init)
         start = load_weights(init)
-        if args.arch and NiivConfig.named(args.arch).to_dict() != start.model.config.to_dict():
+        if args.arch and not same_architecture(NiivConfig.named(args.arch), start.model.config):
             raise NiivInputError(
                 f"--arch {args.arch}: the --init weights {args.init} are another architecture "
-                f"({start.card.get('architecture', 'custom')}), which fine-tuning keeps; drop --arch"
+                f"({architecture_name(start.model.config.to_dict())}), which fine-tuning keeps; drop --arch"
             )
     vols = []
     for path in args.volumes:

@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -341,8 +341,21 @@ def _load_teacher(name: str | None, device: torch.device) -> NiivModel | None:
     return teacher
 
 
-def _architecture_name(config: dict[str, Any]) -> str:
-    return next((n for n in ARCHITECTURES if NiivConfig.named(n).to_dict() == config), "custom")
+def architecture_name(config: dict[str, Any]) -> str:
+    """The preset a configuration is (``--arch``), with its acquisition embedding said: niiv-em is
+    v1 with one, niiv-fast fast with one; 'custom' for anything else."""
+    base = {k: v for k, v in config.items() if k != "acquisition_embedding"}
+    for name in ARCHITECTURES:
+        preset = NiivConfig.named(name).to_dict()
+        preset.pop("acquisition_embedding", None)
+        if preset == base:
+            return name + (" with acquisition embedding" if config.get("acquisition_embedding") else "")
+    return "custom"
+
+
+def same_architecture(a: NiivConfig, b: NiivConfig) -> bool:
+    """Whether two configurations are one preset (``--arch``), an acquisition embedding aside."""
+    return architecture_name(a.to_dict()).split()[0] == architecture_name(b.to_dict()).split()[0] != "custom"
 
 
 def run_identity(
@@ -393,7 +406,7 @@ def check_same_run(path: Path, saved: Weights, identity: dict[str, Any]) -> None
             diffs.append(f"{key} {_fmt(settings[key])} (this run: {_fmt(value)})")
     then, now = saved.model.config.to_dict(), identity["model"]
     if then != now:
-        a, b = _architecture_name(then), _architecture_name(now)
+        a, b = architecture_name(then), architecture_name(now)
         if a == b:  # two custom configurations
             a, b = (", ".join(f"{k} {_fmt(c[k])}" for k in sorted(then) if then[k] != now.get(k)) for c in (then, now))
         diffs.append(f"architecture {a} (this run: {b})")
@@ -405,6 +418,9 @@ def check_same_run(path: Path, saved: Weights, identity: dict[str, Any]) -> None
             diffs.append(f"training volume shapes {shapes} (this run: {here})")
         else:
             diffs.append("training data: same shapes, but other content, region or held-out planes")
+    started = saved.card.get("fine_tuned_from")
+    if diffs and started:
+        diffs.append(f"the checkpoint's run started from the weights {started} (--init)")
     if diffs:
         raise NiivInputError(
             f"cannot resume {path}: this run differs from the checkpoint's in {'; '.join(diffs)}. "
@@ -466,6 +482,9 @@ def train(
     vols: list[Volume] = [as_volume(v) for v in volumes]
     torch.manual_seed(settings.seed)
     start_weights = load_weights(init) if init else None
+    if start_weights is not None:  # a fine-tune keeps its start's architecture: the card's settings say that one
+        arch = start_weights.card.get("architecture") or architecture_name(start_weights.model.config.to_dict())
+        settings = replace(settings, architecture=str(arch))
     model = start_weights.model if start_weights else NiivModel(NiivConfig.named(settings.architecture))
     if settings.acquisition_embedding and not model.config.acquisition_embedding:
         model = model.with_acquisition_embedding()
