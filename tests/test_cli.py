@@ -279,6 +279,14 @@ def test_a_fine_tune_card_names_the_architecture_it_kept(tmp_path, capsys, medul
     assert card["architecture"] == card["settings"]["architecture"] == "fast"
 
 
+def test_a_run_its_time_limit_ended_says_so_and_how_to_go_on(tmp_path, capsys, medulla) -> None:
+    vol = tmp_path / "iso.tif"
+    write_tif(vol, medulla[:16])
+    args = ["--alpha", "4", "--steps", "100000", "--batch", "2", "--crop", "16", "--device", "cpu", "--arch", "fast"]
+    code, _, err = _run(capsys, "train", vol, "--out", tmp_path / "w.safetensors", *args, "--minutes", "0.01")
+    assert code == 0 and "(of 100000: the time limit of 0.01 min was reached; to go on" in err, err
+
+
 def test_train_scores_its_held_out_volume_with_its_own_sections(tmp_path, capsys, medulla) -> None:
     """--held-out is degraded as the run trains (--degradation), not always as thick sections."""
     from napari_niiv.data.degrade import Degradation

@@ -449,3 +449,17 @@ def test_acquisition_embedding_from_scratch_or_added_to_init_weights_and_trained
     out.unlink()  # keep the checkpoint: resume it untold
     with pytest.raises(NiivInputError, match="architecture"):
         train([vol], replace(settings, acquisition_embedding=False), out, init=init, resume=True, progress=False)
+
+
+def test_a_time_limited_run_is_checked_and_previewed_through_its_time() -> None:
+    """Checks and previews come every eval_every / preview_every steps, and with a time limit also
+    ten and twenty times over it: a run its limit ended before the first step count got none."""
+    from napari_niiv.training.train import _Clock
+
+    clock = _Clock(100.0, 0.0)
+    due = [t for t in np.arange(0, 101, 1.0) if clock.due("check", float(t), 10)]
+    assert due == [10.0 * k for k in range(1, 11)]
+    late = _Clock(100.0, 35.0)  # resumed 35 s into its limit: the next is at 40
+    assert not late.due("check", 39.0, 10) and late.due("check", 40.5, 10) and not late.due("check", 45.0, 10)
+    assert late.due("check", 71.0, 10) and not late.due("check", 79.9, 10)  # a late step skips, never repeats
+    assert not _Clock(None, 0.0).due("check", 1e9, 10)

@@ -972,6 +972,11 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     except FloatingPointError as exc:  # the loss diverged
         raise NiivInputError(f"{exc} with --lr") from exc
     msg = f"wrote {result.weights} after {result.steps_done} steps in {result.seconds / 60:.1f} min"
+    if result.steps_done < settings.steps and settings.time_budget is not None:
+        msg += (
+            f" (of {settings.steps}: the time limit of {args.minutes:g} min was reached; to go on, run it again "
+            "with --resume and a larger --minutes)"
+        )
     if result.held_out and held is not None:
         ho = result.held_out
         msg += (

@@ -18,7 +18,7 @@ from ..errors import NiivInputError
 from ..inference.weights import user_dir
 from ..training.finetune import FineTuneJob, FineTuneRequest, check_new_weights, fine_tune_job, weights_name
 from ..training.regions import Region, box_region, visible_region, whole
-from ..training.train import checkpoint_path
+from ..training.train import checkpoint_path, fine_tune_settings
 from .activity import Activity, CancelableBar, JobWorker, format_seconds
 from .gui_timing import gui_handler
 from .layer_view import check_layer, current_grid, layer_voxel_size, level0
@@ -124,7 +124,8 @@ class TrainingPanel(Container):
             "axis), or the rectangles of a Shapes layer. The last fifth of the xy planes is held out for the check."
         )
         self.shapes_choice.tooltip = "The Shapes layer whose rectangles mark the parts to learn from (xy view: all z)."
-        self.steps_spin.tooltip = "Training steps; the learning-rate schedule runs over them (8 crops per step)."
+        crops = fine_tune_settings(1.0).batch
+        self.steps_spin.tooltip = f"Training steps; the learning-rate schedule runs over them ({crops} crops per step)."
         self.minutes_spin.tooltip = "Stop after this many minutes even if steps remain (0: no time limit)."
         self.lr_edit.tooltip = "Peak learning rate; 1e-4 (a fifth of training from scratch) suits fine-tuning."
         self.name_edit.tooltip = (

@@ -295,6 +295,26 @@ class _StopOnInterrupt:
         self.restore()
 
 
+class _Clock:
+    """When a time-limited run is due for its next check or preview: ``per_run`` times spread
+    over its time limit (none without one), counted from where a resumed run starts."""
+
+    def __init__(self, budget: float | None, start: float) -> None:
+        self.budget = budget
+        self.next: dict[str, float] = {}
+        self.start = start
+
+    def due(self, what: str, elapsed: float, per_run: int) -> bool:
+        if not self.budget:
+            return False
+        interval = self.budget / per_run
+        at = self.next.setdefault(what, (np.floor(self.start / interval) + 1) * interval)
+        if elapsed < at:
+            return False
+        self.next[what] = (np.floor(elapsed / interval) + 1) * interval
+        return True
+
+
 def check_output(out: str | Path) -> None:
     """Refuse, before any work, weights that could not be written at ``out``: a folder in the way,
     or a folder that refuses a new file (see :func:`inference.store.check_writable`)."""
@@ -558,6 +578,7 @@ def train(
     bar = tqdm(total=settings.steps, initial=step, disable=not progress, desc="training", unit="step")
     t_start = time.perf_counter() - elapsed
     interrupt = _StopOnInterrupt()
+    clock = _Clock(settings.time_budget, elapsed)
     try:
         with interrupt:
             while step < settings.steps:
@@ -591,7 +612,13 @@ def train(
                 bar.set_postfix(loss=f"{value:.4f}")
                 for cb in callbacks:
                     cb.on_step(step, value, lr)
-                if held_out is not None and step % settings.eval_every == 0:
+                # by steps, and with a time limit by time too: a run its limit ends early still
+                # gets its checks and previews (ten and twenty per run)
+                check_now = step % settings.eval_every == 0 or clock.due("check", elapsed, 10)
+                preview_now = settings.preview_every and (
+                    step % settings.preview_every == 0 or clock.due("preview", elapsed, 20)
+                )
+                if held_out is not None and check_now:
                     last_check = held_out(model, device)
                     history[-1].update({"held_out_" + k: v for k, v in last_check.items()})
                     bar.write(
@@ -600,7 +627,7 @@ def train(
                     )
                     for cb in callbacks:
                         cb.on_eval(step, last_check)
-                if settings.preview_every and step % settings.preview_every == 0:
+                if preview_now:
                     for cb in callbacks:
                         cb.on_preview(step, model)
                 stop_now = (
