@@ -23,11 +23,18 @@ def test_weights_follow_the_layer_until_the_user_picks(make_napari_viewer) -> No
     em = viewer.add_image(np.zeros((8, 32, 32), np.uint8), name="tem", scale=(40, 4, 4))  # no unit: 8-bit
     widget.volume_choice.value = em
     assert widget.weights_choice.value == "niiv-em" and "8-bit" in widget.weights_note.value
-    # the user's pick stays; the note names what would suit another volume
+    # the user's pick stays for that volume (the note names what would suit it); another volume
+    # gets its own preselection, not the pick made for the first
     widget.weights_choice.value = "niiv-v1-fibsem-a8"
     widget.volume_choice.value = lm
+    assert widget.weights_choice.value == "niiv-lm" and "light microscopy" in widget.weights_note.value
+    widget.volume_choice.value = em
     assert widget.weights_choice.value == "niiv-v1-fibsem-a8"
-    assert "your choice" in widget.weights_note.value and "niiv-lm suits 'confocal'" in widget.weights_note.value
+    assert "your choice" in widget.weights_note.value and "niiv-em suits 'tem'" in widget.weights_note.value
+    widget.weights_choice.value = "niiv-fast"  # picked again: the new pick is kept
+    widget.volume_choice.value = lm
+    widget.volume_choice.value = em
+    assert widget.weights_choice.value == "niiv-fast"
 
 
 def test_sections_follow_the_weights_until_the_user_picks_and_reach_the_settings(make_napari_viewer) -> None:

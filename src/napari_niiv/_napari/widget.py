@@ -183,8 +183,8 @@ class NiivWidget(QScrollArea):
         self._setting_alpha = False  # the alpha box is being set from the layer's scale, not by the user
         self._watched: Image | None = None  # the layer whose scale events are connected
         self._syncing = False  # confidence layers are being added or removed (_sync_confidence)
-        # Weights the user picked (kept from then on: preselection only suggests in the note).
-        self._picked_weights: str | None = None
+        # Weights the user picked, per volume (kept for it: preselection then only suggests in the note).
+        self._picked_weights: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._setting_weights = False  # the weights are being preselected, not picked by the user
         self._volume_picked = False  # the user chose the volume (else it follows new layers: _layers_changed)
         self._setting_volume = False
@@ -415,31 +415,34 @@ class NiivWidget(QScrollArea):
     # -- weights -------------------------------------------------------------------------------
     def _preselect_weights(self, layer: Image) -> None:
         """Weights for what is known of ``layer`` (voxel size and unit, else pixel type), with the
-        reason below the list. Once the user has picked weights, they stay picked: the note then only
-        suggests others when they would suit this volume better."""
+        reason below the list. Weights the user picked for this volume stay picked for it: the note
+        then only suggests others when they would suit it better."""
         s = suggest_weights(layer_voxel_size(layer), layer_unit(layer), layer.dtype)
         available = s.weights in self.weights_choice.choices
-        if self._picked_weights is not None and self._picked_weights in self.weights_choice.choices:
-            hint = (
-                f"; {s.weights} suits '{layer.name}' ({s.reason})"
-                if available and s.weights != self._picked_weights
-                else ""
-            )
-            self.weights_note.value = f"{self._picked_weights}: your choice{hint}"
+        picked = self._picked_weights.get(layer)
+        if picked is not None and picked in self.weights_choice.choices:
+            self._set_weights(picked)
+            hint = f"; {s.weights} suits '{layer.name}' ({s.reason})" if available and s.weights != picked else ""
+            self.weights_note.value = f"{picked}: your choice{hint}"
         elif available:
-            self._setting_weights = True
-            try:
-                self.weights_choice.value = s.weights
-            finally:
-                self._setting_weights = False
+            self._set_weights(s.weights)
             self.weights_note.value = f"{s.weights}: {s.reason}"
         else:
             self.weights_note.value = ""
 
+    def _set_weights(self, name: str) -> None:
+        """Show ``name`` in the list as the widget's own choice, not the user's pick."""
+        self._setting_weights = True
+        try:
+            self.weights_choice.value = name
+        finally:
+            self._setting_weights = False
+
     @gui_handler
     def _weights_edited(self, value: Any = None) -> None:
-        if not self._setting_weights:
-            self._picked_weights = self.weights_choice.value
+        layer = self.volume_choice.value
+        if not self._setting_weights and layer is not None:
+            self._picked_weights[layer] = self.weights_choice.value
             self.weights_note.value = f"{self.weights_choice.value}: your choice"
 
     @gui_handler
