@@ -249,6 +249,14 @@ attention came after 900 GPU epochs, which this CPU cannot test.)
 """
 
 
+
+def _shown(path: object) -> str:
+    """A weights path as a card shows it: relative to the repository when inside it (the machine's
+    absolute path means nothing to a reader), else as given (a shipped name)."""
+    text = str(path)
+    root = str(Path(__file__).resolve().parents[1]) + "/"
+    return text[len(root) :] if text.startswith(root) else text
+
 def niiv(command: str) -> tuple[str, list[dict]]:
     """Run one `niiv` command (as written in the card), with --json; its table and scores."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -407,7 +415,7 @@ each step, are taught to come back{
 |---|---|
 | architecture | `{json.dumps(w.model.config.to_dict())}` ({params:,} parameters) |
 | {"distilled from" if card.get("distilled_from") else "continued from"} | {
-        card.get("distilled_from") or card.get("fine_tuned_from")
+        _shown(card.get("distilled_from") or card.get("fine_tuned_from"))
     } |
 | training data | {card.get("training_data")} |
 | validation (monitoring only) | {card.get("validation_data")} |
@@ -430,7 +438,9 @@ each step, are taught to come back{
 Every table comes from one `niiv evaluate` command, shown above it (data from `$NIIV_DATA_DIR`,
 default `../shared/data`). CF-PSNR: Fourier-clipped PSNR, f_cutoff 25; metrics per slice, averaged;
 intensities scaled by /255 for 8-bit volumes and by the volume's own range otherwise. Bicubic is what a
-user would pick instead: the gains over it are the honest ones.
+user would pick instead: the gains over it are the honest ones. Weights under `runs/` are what
+`scripts/train_shipped_weights.py` and `scripts/finetune_lm.py` write (not in the repository: run them
+first to repeat a command that names them).
 
 {sections}
 

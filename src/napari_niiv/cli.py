@@ -51,7 +51,7 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="auto",
         help="arithmetic precision: auto = bf16 where the CPU or GPU has it (fp16 on older GPUs), else fp32; "
-        "the difference to fp32 is < 0.01 dB CF-PSNR (default: auto)",
+        "the difference to fp32 is < 0.001 dB CF-PSNR on held-out FIB-SEM (default: auto)",
     )
     p.add_argument(
         "--compile", action="store_true", help="compile the decoder with torch.compile (pays off on long runs)"
