@@ -261,7 +261,7 @@ class FineTuneJob:
     can be resumed.
 
     When the run ends, :attr:`ended` says why ("complete", "stopped by the user", "time limit of
-    5 min reached", or "error: ..."), and the weights' card gets ``ended`` and ``runs``: every run
+    5 min reached", "refused: ..." or "error: ..."), and the weights' card gets ``ended`` and ``runs``: every run
     of these weights (resumes included) with the steps it covered and why it ended.
     """
 
