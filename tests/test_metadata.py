@@ -154,6 +154,31 @@ def test_imagej_spacing_resolution_and_unit(tmp_path: Path, unit: str, ngff: str
     assert vol.voxel_size == (1.5, 0.25, 0.5) and vol.unit == ngff  # resolution: pixels per unit (x, y)
 
 
+def test_fijis_escaped_micrometre_and_a_contiguous_imagej_stack_over_4_gb(tmp_path: Path) -> None:
+    """Fiji escapes µ in the description ("\\u00B5m"): the unit was dropped (and light microscopy
+    then took EM weights). ImageJ stacks over 4 GB have one page for all planes, stored contiguously
+    (tifffile's truncate=True writes them so at any size): they were refused as truncated."""
+    data = volume((6, 16, 16))
+    write_tif(
+        tmp_path / "mu.tif", data, imagej=True, resolution=(10, 10), metadata={"spacing": 0.8, "unit": "\\u00B5m"}
+    )
+    vol = open_volume(tmp_path / "mu.tif")
+    assert vol.unit == "micrometer" and vol.voxel_size == (0.8, 0.1, 0.1)
+    big = tmp_path / "big.tif"
+    tifffile.imwrite(
+        big, data, imagej=True, truncate=True, resolution=(10, 10), metadata={"spacing": 0.8, "unit": "um"}
+    )
+    with tifffile.TiffFile(big) as tif:
+        assert len(tif.pages) == 1  # one page for the six planes, as Fiji writes > 4 GB
+    vol = open_volume(big)
+    assert vol.shape == (6, 16, 16) and vol.voxel_size == (0.8, 0.1, 0.1)
+    np.testing.assert_array_equal(np.asarray(vol.data), data)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(big.read_bytes()[:-100])
+    with pytest.raises(NiivInputError, match="truncated"):
+        open_volume(cut)
+
+
 def test_tiffs_without_z_spacing_have_unknown_voxel_sizes(tmp_path: Path) -> None:
     """ImageJ without spacing, and plain TIFFs whose resolution tags are dots per inch."""
     write_tif(tmp_path / "ij.tif", volume((4, 16, 16)), imagej=True, resolution=(2, 2), metadata={"unit": "um"})

@@ -161,7 +161,8 @@ def ngff_unit(unit: Any, strict: bool = False) -> str | None:
     ``strict`` a NiivInputError (for writing, where a wrong unit would be published)."""
     if unit is None:
         return None
-    text = str(unit).strip()
+    # ImageJ escapes non-ASCII characters in a TIFF's description: Fiji writes µm as backslash, u00B5, m
+    text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), str(unit)).strip()
     key = text.lower().replace("metre", "meter")
     if key in _UNIT_ALIASES:
         return _UNIT_ALIASES[key]
@@ -338,12 +339,26 @@ def _open_tiff(path: Path) -> Volume:
 
 def _check_complete(tif: Any, path: Path, planes: int) -> None:
     """A truncated TIFF (a copy cut short) names itself instead of failing mid-reconstruction: every
-    page the series needs must exist and its pixel data must end inside the file."""
+    page the series needs must exist and its pixel data must end inside the file. A series stored
+    contiguously (ImageJ hyperstacks over 4 GB have one page for all their planes) must end inside it."""
     import warnings
 
     size = path.stat().st_size
     described = (tif.imagej_metadata or {}).get("images")  # ImageJ says how many planes it wrote
-    planes = max(planes, int(described) if isinstance(described, (int, float)) else 1)
+    described = int(described) if isinstance(described, (int, float)) else 1
+    series = tif.series[0] if tif.series else None
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None:  # one contiguous block: the planes described must fit in the file
+        shape = tuple(series.shape)
+        found = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        end = int(offset) + int(series.nbytes) // found * max(found, described, planes)
+        if end > size:
+            raise NiivInputError(
+                f"{path}: the file is truncated or damaged (its {max(found, described, planes)} planes should reach "
+                f"byte {end}, the file has {size}); copy or export it again"
+            )
+        return
+    planes = max(planes, described)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tifffile logs each bad page offset; the message below says it once
         ends = [
