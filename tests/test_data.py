@@ -161,3 +161,33 @@ def test_normalisation_of_a_many_chunk_volume_reads_few_chunks():
     norm = fit_normalisation(arr)
     assert len(reads) <= _SAMPLE_CHUNKS < arr.numblocks[0] * 64
     assert norm.low <= 1 and norm.high >= 48  # chunks from both ends of z
+
+
+def test_spread_chunks_are_the_chunks_and_a_large_store_is_fingerprinted_without_a_stride(monkeypatch) -> None:
+    """The normalisation's and the resume fingerprint's chunks are sliced by the chunk boundaries
+    (``arr.blocks`` listed every key first: a 1 TB store of 32^3 chunks ran out of memory); over
+    ``_DIGEST_STRIDE_CHUNKS`` chunks the fingerprint samples inside them instead of striding
+    through all (which reads every chunk)."""
+    import dask.array as da
+
+    from napari_niiv.data import normalise
+
+    arr = da.from_array(np.arange(30 * 20 * 10).reshape(30, 20, 10), chunks=(7, 6, 5))
+    n = int(np.prod(arr.numblocks))
+    picks = np.unique(np.linspace(0, n - 1, 9).round().astype(int))
+    expect = [arr.blocks[np.unravel_index(i, arr.numblocks)].compute() for i in picks]
+    got = [b.compute() for b in normalise._spread_blocks(arr, 9)]
+    assert all(np.array_equal(a, b) for a, b in zip(expect, got, strict=True)) and len(got) == len(expect)
+    digest = normalise.content_digest(arr)
+    changed = arr.compute()
+    changed[0, 0, 0] += 1  # in the first chunk, which both samples read
+    assert normalise.content_digest(da.from_array(changed, chunks=(7, 6, 5))) != digest
+    reads = []
+    original = normalise._sample
+    monkeypatch.setattr(normalise, "_sample", lambda a: reads.append(a.shape) or original(a))
+    monkeypatch.setattr(normalise, "_DIGEST_STRIDE_CHUNKS", n - 1)
+    normalise.content_digest(arr)
+    assert reads == [arr.shape]
+    monkeypatch.setattr(normalise, "_DIGEST_STRIDE_CHUNKS", n)
+    normalise.content_digest(arr)
+    assert reads == [arr.shape]  # up to the limit: the stride, as before (the same fingerprints)

@@ -14,6 +14,8 @@ from ..errors import NiivInputError
 # on a lazily opened terabyte volume.
 _SAMPLE_VOXELS = 2_000_000
 _SAMPLE_CHUNKS = 32
+# The resume fingerprint strides through the whole volume up to this many chunks (it reads them all)
+_DIGEST_STRIDE_CHUNKS = 4096
 
 
 @dataclass(frozen=True)
@@ -52,24 +54,37 @@ class Normalisation:
 
 
 def _spread_blocks(arr: da.Array, count: int) -> list[da.Array]:
-    """Up to ``count`` whole chunks spread evenly over the array (all of them when it has fewer)."""
+    """Up to ``count`` whole chunks spread evenly over the array (all of them when it has fewer).
+    Sliced by the chunk boundaries: ``arr.blocks`` would list every chunk's key first (memory and
+    time in proportion to the chunks: a 1 TB store of 32^3 chunks ran out of memory)."""
     n_blocks = int(np.prod(arr.numblocks))
     picks = np.unique(np.linspace(0, n_blocks - 1, min(count, n_blocks)).round().astype(int))
-    return [arr.blocks[np.unravel_index(i, arr.numblocks)] for i in picks]
+    starts = [np.concatenate(([0], np.cumsum(c))) for c in arr.chunks]
+    out = []
+    for i in picks:
+        index = np.unravel_index(int(i), arr.numblocks)
+        out.append(arr[tuple(slice(int(s[k]), int(s[k + 1])) for s, k in zip(starts, index, strict=True))])
+    return out
 
 
 def content_digest(data: Any, chunks: int = _SAMPLE_CHUNKS) -> str:
     """sha256 of the shape, dtype and the bytes of ``chunks`` whole chunks spread over the volume,
-    plus a strided sample of all of it: a resumed job compares it to refuse an input whose content
-    changed (reordered planes, an edited region) even where sizes and dates did not."""
+    plus a strided sample of all of it (of a store of more than ``_DIGEST_STRIDE_CHUNKS`` chunks,
+    the normalisation's sample inside spread chunks: a stride would read them all): a resumed job
+    compares it to refuse an input whose content changed (reordered planes, an edited region) even
+    where sizes and dates did not."""
     import hashlib
 
     arr = data if isinstance(data, da.Array) else da.asarray(data)
     h = hashlib.sha256(f"{arr.shape}:{arr.dtype}".encode())
-    for block in _spread_blocks(arr, chunks):
-        h.update(np.ascontiguousarray(block.compute()).tobytes())
-    step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
-    h.update(np.ascontiguousarray(arr[(slice(None, None, step),) * arr.ndim].compute()).tobytes())
+    # one compute for all (each compute of a store of millions of chunks costs a graph pass)
+    for block in da.compute(*_spread_blocks(arr, chunks)):
+        h.update(np.ascontiguousarray(block).tobytes())
+    if int(np.prod(arr.numblocks)) <= _DIGEST_STRIDE_CHUNKS:
+        step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
+        h.update(np.ascontiguousarray(arr[(slice(None, None, step),) * arr.ndim].compute()).tobytes())
+    else:  # a stride would read every chunk of a large store (all of a terabyte): its spread sample instead
+        h.update(np.ascontiguousarray(_sample(arr)).tobytes())
     return h.hexdigest()
 
 
