@@ -59,6 +59,25 @@ def test_nan_volume_is_rejected() -> None:
         fit_normalisation(vol)
 
 
+def test_an_inf_the_normalisations_sample_missed_is_refused_like_a_nan() -> None:
+    """Clipped by the normalisation, an inf passed as the brightest voxel and was reconstructed."""
+    from napari_niiv.inference.reconstructor import reconstruct_volume
+    from napari_niiv.inference.settings import InferenceSettings
+    from tests.conftest import random_model
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((8, 600, 600)).astype(np.float32)
+    vol[1, 1, 1] = np.inf
+    fit_normalisation(vol)  # the strided sample (every other voxel) does not see it
+    with pytest.raises(NiivInputError, match="NaN or infinite"):
+        reconstruct_volume(
+            random_model(),
+            vol,
+            InferenceSettings(alpha=4, device="cpu"),
+            region=(slice(0, 8), slice(0, 40), slice(0, 40)),
+        )
+
+
 @pytest.mark.parametrize(
     ("shape", "message"), [((32, 32), "3D"), ((4, 32, 32, 3), "RGB"), ((2, 4, 32, 32), "3D"), ((5,), "3D")]
 )

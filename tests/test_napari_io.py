@@ -147,6 +147,16 @@ def test_reader_declines_what_napari_should_open(tmp_path: Path) -> None:
 def test_constant_volume_still_gets_a_window() -> None:
     assert contrast_limits(da.zeros((4, 8, 8), dtype=np.uint8)) == [0.0, 255.0]
     assert contrast_limits(np.full((4, 8, 8), 3.0, np.float32)) == [0.0, 1.0]
+    assert contrast_limits(np.full((4, 8, 8), np.nan, np.float32)) == [0.0, 1.0]
+
+
+def test_a_float_volume_with_a_nan_background_gets_the_window_of_its_values() -> None:
+    """It opened at [0, 1] (a volume of 0-1000 shown saturated) because its NaN failed the fit."""
+    vol = np.linspace(0, 1000, 8 * 32 * 32, dtype=np.float32).reshape(8, 32, 32)
+    vol[:, :8, :8] = np.nan
+    low, high = contrast_limits(vol)
+    finite = vol[np.isfinite(vol)]
+    assert np.percentile(finite, 0.01) - 1 < low < 10 and 990 < high <= 1000
 
 
 @pytest.mark.slow  # a napari viewer

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Volume, fit_normalisation, open_volume
+from ..data import Volume, open_volume
 from ..data.io import SourceError, is_url
+from ..data.normalise import display_range
 from ..errors import NiivInputError
 from .context_menu import register_layer_context_action
 
@@ -83,13 +84,13 @@ def volume_layer_data(vol: Volume, source: str | Path) -> LayerData:
 
 
 def contrast_limits(data: Any) -> list[float]:
-    """Robust percentiles of a strided sample. A volume that has none (constant, e.g. a store not yet
-    written, or with NaNs) still opens, with its dtype's range (integers) or [0, 1] (floats)."""
-    try:
-        norm = fit_normalisation(data)
-    except NiivInputError:
+    """Robust percentiles of a strided sample (of its finite values: a NaN background is common in
+    float volumes). A volume that has none (constant, e.g. a store not yet written, or all NaN)
+    still opens, with its dtype's range (integers) or [0, 1] (floats)."""
+    found = display_range(data)
+    if found is None:
         dtype = np.dtype(data.dtype)
         if dtype.kind in "ui":
             return [float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)]
         return [0.0, 1.0]
-    return [norm.low, norm.high]
+    return list(found)

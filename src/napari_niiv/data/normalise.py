@@ -32,8 +32,15 @@ class Normalisation:
     percentiles: tuple[float, float] = (0.01, 99.99)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
+        """``x`` in [0, 1]; NaN and inf become NaN, which every check of the model's input refuses
+        (clipped, an inf would pass as the brightest voxel)."""
+        x = np.asarray(x, dtype=np.float32)
         scale = 1.0 / max(self.high - self.low, 1e-12)
-        return np.clip((np.asarray(x, dtype=np.float32) - self.low) * scale, 0.0, 1.0)
+        out = np.clip((x - self.low) * scale, 0.0, 1.0)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            out[bad] = np.nan
+        return out
 
     def invert(self, y: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         out = np.asarray(y, dtype=np.float32) * (self.high - self.low) + self.low
@@ -103,6 +110,17 @@ def _sample(arr: da.Array) -> np.ndarray:
         return np.asarray(da.concatenate(parts).compute(), dtype=np.float64)
     step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
     return np.asarray(arr[(slice(None, None, step),) * arr.ndim].compute(), dtype=np.float64).ravel()
+
+
+def display_range(data: Any, percentiles: tuple[float, float] = (0.01, 99.99)) -> tuple[float, float] | None:
+    """Contrast limits for showing ``data``: the normalisation's percentiles of its finite sampled
+    values (a NaN background must not make every float volume [0, 1]); None when they are constant."""
+    sample = _sample(data if isinstance(data, da.Array) else da.asarray(data))
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return None
+    low, high = (float(v) for v in np.percentile(sample, percentiles))
+    return (low, high) if high > low else None
 
 
 # Inputs are normalised in float32; values near its largest (3.4e38) overflow on the way
