@@ -412,6 +412,20 @@ def test_fine_tuning_is_a_napari_worker_that_the_activity_dock_cancels(
     qtbot.waitUntil(lambda: widget.activity_bar.label.text() == "niiv: idle", timeout=5000)
 
 
+def test_the_inline_bars_cancel_button_cancels(qtbot):
+    """Clicking Cancel (the real button: Qt passes its checked state) stops the work; it raised a
+    TypeError instead, and headless PyQt6 aborted the process (found by the lazy-layer audit)."""
+    from napari_niiv._napari.activity import Activity, ActivityBar
+
+    asked = []
+    bar = ActivityBar(lambda: [Activity("saving", 1, 10, lambda: asked.append(1), "Cancel the save")])
+    qtbot.addWidget(bar)
+    bar.refresh()
+    assert bar.cancel_button.isEnabled()
+    bar.cancel_button.click()
+    assert asked == [1]
+
+
 def test_the_inline_bar_repaints_with_the_window_not_inside_its_refresh(qtbot):
     """QProgressBar.setValue repaints at once, which beside napari's OpenGL canvas flushes the
     whole window (25-80 ms under software OpenGL); the bar's refresh leaves its paint to the next

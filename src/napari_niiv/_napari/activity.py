@@ -174,7 +174,7 @@ class ActivityBar(QWidget):
         self.cancel_button.setToolTip(a.cancel_tip or "Cancel the task named above")
 
     @gui_handler
-    def _cancel(self) -> None:
+    def _cancel(self, checked: bool = False) -> None:  # QPushButton.clicked passes checked
         if self.current is not None and self.current.cancel is not None:
             self.current.cancel()
             self.refresh()
