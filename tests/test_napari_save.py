@@ -195,6 +195,35 @@ def test_a_cancelled_background_save_resumes_to_the_result_of_an_uninterrupted_o
 
 
 @pytest.mark.slow
+def test_a_save_never_goes_into_the_store_of_a_layer_another_reader_opened(
+    make_napari_viewer, cremi, tiny_weights, tmp_path
+):
+    """The input's store was known only for layers the niiv reader opened: a layer napari's own
+    reader opened from s.zarr/0 was saved into s.zarr (found by the lazy-layer audit). Its file is
+    also what a resumed save checks for edits (size and date), as the CLI does."""
+    from napari_niiv.data import fit_normalisation
+    from napari_niiv.inference.export import input_signature
+    from napari_niiv.inference.reconstructor import BlockReconstruction
+
+    store = tmp_path / "s.zarr"
+    zarr.open_group(str(store), mode="w").create_array("0", data=cremi, chunks=(4, 24, 24))
+    before = sorted(p.name for p in store.iterdir())
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(store / "0"), plugin="napari")
+    layer.scale = (40, 4, 4)
+    widget = open_widget(viewer, tiny_weights)
+    widget.volume_choice.value = layer
+    for inside in (store / "iso.ome.zarr", store / "0" / "iso.ome.zarr"):
+        assert widget.save_to(inside) is None
+        assert "choose an output path outside it" in widget.status_label.value, widget.status_label.value
+    assert sorted(p.name for p in store.iterdir()) == before and widget.saver is None
+    # the job carries the file: its size and date are part of the resume fingerprint
+    norm, model = fit_normalisation(cremi), random_model(TINY)
+    job = BlockReconstruction(cremi, norm, model, widget.settings(), None, origin=str(store))  # type: ignore[arg-type]
+    assert {"bytes", "mtime_ns"} <= set(input_signature(job))
+
+
+@pytest.mark.slow
 def test_the_window_keeps_responding_during_a_background_save(qtbot, make_napari_viewer, cremi, tiny_weights, tmp_path):
     from qtpy.QtCore import QTimer
 

@@ -78,9 +78,11 @@ class SaveJob:
         dtype: Any,
         input_id: str,
         chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
+        origin: str | None = None,
     ) -> None:
         self.out, self.data, self.model, self.settings = Path(out), data, model, settings
         self.geometry, self.dtype, self.input_id, self.chunks = geometry, np.dtype(dtype), input_id, chunks
+        self.origin = origin  # the file the layer was read from: a resume refuses it once edited
         self.result: WriteReport | BaseException | None = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -133,7 +135,9 @@ class SaveJob:
         lower_thread_priority()
         try:
             norm = fit_normalisation(self.data)
-            job = BlockReconstruction(self.data, norm, self.model, self.settings, self.geometry, self.dtype)
+            job = BlockReconstruction(
+                self.data, norm, self.model, self.settings, self.geometry, self.dtype, origin=self.origin
+            )
             self.result = write_isotropic(
                 self.out,
                 job,

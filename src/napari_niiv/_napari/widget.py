@@ -28,6 +28,7 @@ from ..inference.devices import available_devices, pick_device
 from ..inference.export import DEFAULT_CHUNKS
 from ..inference.reconstructor import check_reconstructable
 from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
+from ..inference.store import check_outside_input, check_writable
 from ..inference.suggestion import suggest_weights
 from ..inference.weights import (
     DEFAULT_WEIGHTS,
@@ -725,23 +726,26 @@ class NiivWidget(QScrollArea):
             shape = tuple(int(s) for s in data.shape[-3:])
             named("volume", lambda: check_reconstructable(shape, model, settings.volume_orientation))
             out = as_store_path(path)
-            source = (layer.metadata or {}).get("niiv_source")
-            if source and "://" not in str(source):
-                src = Path(source).resolve()
-                if out.resolve() == src or src in out.resolve().parents:
-                    raise NiivInputError(f"Save isotropic volume...: {out} would write into the input {src}")
+            # the file the layer came from, whichever reader opened it (napari's, napari-ome-zarr's)
+            source = (layer.metadata or {}).get("niiv_source") or getattr(getattr(layer, "source", None), "path", None)
+            if source:
+                named("Save isotropic volume...", lambda: check_outside_input(out, source))
             if not out.parent.is_dir():
                 raise NiivInputError(f"Save isotropic volume...: the folder {out.parent} does not exist; pick another")
             if out.exists():
                 raise NiivInputError(
                     f"Save isotropic volume...: {out} already exists; niiv never replaces a store: choose another name"
                 )
+            named("Save isotropic volume...", lambda: check_writable(out))
             geometry = layer_geometry(layer, settings)
         except NiivInputError as exc:
             self.set_status(str(exc))
             return None
         dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
-        job = SaveJob(out, data, model, settings, geometry, dtype, str(source or "a napari layer"), self.save_chunks)
+        origin = str(source) if source and "://" not in str(source) else None
+        job = SaveJob(
+            out, data, model, settings, geometry, dtype, str(source or "a napari layer"), self.save_chunks, origin
+        )
         self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
         self.save_button.enabled = False
         return self.saver

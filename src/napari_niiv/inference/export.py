@@ -51,14 +51,15 @@ def path_signature(path: str | Path) -> dict[str, Any]:
 
 def input_signature(job: BlockReconstruction) -> dict[str, Any]:
     """What identifies the input's content: its shape, a digest of sampled chunks, and for a path
-    its size and modification time."""
+    (or the file an array was read from, ``job.origin``) its size and modification time."""
     from ..data.io import open_volume
     from ..data.normalise import content_digest
 
     data = open_volume(job.source).data if isinstance(job.source, str) else job.source
     sig: dict[str, Any] = {"shape": [int(s) for s in data.shape], "content_sha256": content_digest(data)}
-    if isinstance(job.source, str):
-        sig |= path_signature(job.source)
+    path = job.source if isinstance(job.source, str) else getattr(job, "origin", None)
+    if path:
+        sig |= path_signature(path)
     return sig
 
 

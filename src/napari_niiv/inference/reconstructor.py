@@ -221,8 +221,11 @@ class BlockReconstruction:
         geometry: OutputGeometry,
         dtype: Any = np.float32,
         confidence: bool = False,
+        origin: str | None = None,
     ) -> None:
         self.source = str(source) if hasattr(source, "__fspath__") else source
+        # the file an array ``source`` was read from (a napari layer's): a resume checks its size and date too
+        self.origin = origin
         self.confidence = bool(confidence)
         self.norm = normalisation
         self.config = model.config
