@@ -151,6 +151,26 @@ def test_a_lazy_input_is_read_ahead_in_few_reads_to_the_same_image(renderer, vol
         ViewRenderer(da.from_array(bad), renderer.norm, rec).render(grid)
 
 
+def test_encoding_a_plane_stops_between_batches_when_cancelled(renderer, volume):
+    """The lazy layer encodes a plane's slices together; closing it waited for all of them (an xy
+    plane is every xz slice: the viewer froze 10 s on close, found by the lazy-layer audit)."""
+    grid = view_grid(Camera((24.0, 28.0), 6.0, (60, 80)), frame_of(volume), (1, 2), 13.0, finest=0.1)
+    rec = Reconstructor(renderer.rec.model, renderer.rec.settings, slice_batch=4)
+    everything = ViewRenderer(volume, renderer.norm, rec)
+    whole = everything.encode(grid)
+    assert len(whole) > 2
+    asked = []
+
+    def after_two() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    stopped = ViewRenderer(volume, renderer.norm, rec)
+    fresh = stopped.encode(grid, cancelled=after_two)
+    assert 0 < len(fresh) < len(whole) and len(stopped.cache._entries) == len(fresh)
+    assert ViewRenderer(volume, renderer.norm, rec).encode(grid, cancelled=lambda: True) == []
+
+
 def test_an_xy_view_encodes_only_the_rows_within_its_halo(medulla):
     """An xy view keeps only the latent rows around its z, so its slices are encoded over the
     halo's rows, not a crop rounded out to the row lattice (which no other z could reuse), and

@@ -423,7 +423,7 @@ class LazyIsotropic:
                     row.append(right)
             shared.add(key[:3])
             if len(plane) > 1:
-                self._encode_together(plane)
+                self._encode_together(plane, cancelled)
             try:
                 tiles = self.compute_row(row, lambda r=row: self._superseded(r, cancelled), with_confidence=with_map)
             except BaseException as exc:  # keep serving; the layer shows interpolation there
@@ -486,14 +486,15 @@ class LazyIsotropic:
                 return
         self._compute_volume(key, cancelled)
 
-    def _encode_together(self, keys: list[TileKey]) -> None:
+    def _encode_together(self, keys: list[TileKey], cancelled: Callable[[], bool]) -> None:
         """Encode the slices of several tiles of one plane at once, over the union of their crops,
         so that neighbouring tiles share the encoder's work on their halos (each tile then runs
-        only the decoder). Not cancellable: about one tile's encoding."""
+        only the decoder). Stops between encoder batches when ``cancelled`` (the layer closed: an
+        xy plane is every xz slice of the volume)."""
         index = [self._tile_index(k) for k in keys]
         union = _union(index)
         level, axis = keys[0][0], keys[0][1]
-        self._renderer(fast=level > 0).encode(self._grid(level, union, axis))
+        self._renderer(fast=level > 0).encode(self._grid(level, union, axis), cancelled=cancelled)
 
     def _evict(self, keep: int = 1) -> None:
         """Least recently used tiles out past ``cache_bytes``, each image with its map, but never

@@ -397,14 +397,21 @@ class ViewRenderer:
         return done
 
     @torch.inference_mode()
-    def encode(self, grid: ViewGrid, orients: list[str] | None = None) -> list[int]:
+    def encode(
+        self, grid: ViewGrid, orients: list[str] | None = None, cancelled: Callable[[], bool] = lambda: False
+    ) -> list[int]:
         """Encode the slices of ``grid`` (``orients``, default the settings') into the latent
         cache without decoding: later renders of any grid inside it (a neighbouring plane, the
-        tiles of one lazy-layer plane) run only the decoder. Returns the bytes of each new entry."""
+        tiles of one lazy-layer plane) run only the decoder. Returns the bytes of each new entry.
+        Stops between encoder batches once ``cancelled`` turns true (an xy plane of a lazy layer
+        is every xz slice of the volume: seconds to minutes)."""
         fresh = []
         for orient in orients if orients is not None else self.rec.settings.orientations(grid.kind):
+            if cancelled():
+                break
             lay = self._layout(grid, orient)
-            fresh += [e.nbytes for e, g, _ in self._encoded(orient, lay.planes, lay, None) if g is not None]
+            found = self._encoded(orient, lay.planes, lay, None, cancelled=cancelled)
+            fresh += [f[0].nbytes for f in found if f is not None and f[1] is not None]
         return fresh
 
     def _encoded(
@@ -414,12 +421,15 @@ class ViewRenderer:
         lay: _Layout,
         keep: tuple[int, int] | None,
         upto: int = 0,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[tuple[_Entry, LatentGrid | None, int]]:
         """Latents for each plane of ``batch``: from the cache, else encoded over the snapped crop
         (and cached with the latent rows ``keep`` only, when given). An entry serves a plane if it
         was encoded over a crop covering the layout's needed rows x columns and holds the rows it
         decodes. Each comes with the encoder batch it was just computed in and its index there, or
-        None when it came from the cache. The input is read ahead up to plane ``upto`` (exclusive)."""
+        None when it came from the cache. The input is read ahead up to plane ``upto`` (exclusive).
+        With ``cancelled``, encoding stops between batches once it turns true: planes not encoded
+        then are None."""
         plane_axis, col_axis, crop_rows, crop_cols = lay.plane_axis, lay.col_axis, lay.crop_rows, lay.crop_cols
         need_rows, need_cols, decode = lay.need_rows, lay.need_cols, lay.decode
         keys = [(orient, round(float(p), 6)) for p in batch]
@@ -438,6 +448,8 @@ class ViewRenderer:
             per_slice = low.shape[1] * low.shape[2] * self.rec.model.config.latent_dim
             step = max(1, min(self.rec.slice_batch, ENCODE_VALUES // max(1, per_slice)))
             for s in range(0, len(missing), step):
+                if cancelled is not None and cancelled():
+                    break
                 x = torch.from_numpy(np.ascontiguousarray(low[s : s + step])).unsqueeze(1)
                 g = self.rec.engine.encode(x, self.rec.alpha)
                 a, b = (0, 0) if keep is None else (keep[0] - crop_rows[0], keep[1] - crop_rows[0])
