@@ -306,7 +306,7 @@ def test_data_replaced_during_the_first_read_is_the_data_rendered(
     from napari_niiv._napari import live_view
 
     reading, release = threading.Event(), threading.Event()
-    readable = live_view._readable
+    readable = live_view.readable
 
     def slow_first_read(data):
         if not reading.is_set():
@@ -314,7 +314,7 @@ def test_data_replaced_during_the_first_read_is_the_data_rendered(
             release.wait(30)
         return readable(data)
 
-    monkeypatch.setattr(live_view, "_readable", slow_first_read)
+    monkeypatch.setattr(live_view, "readable", slow_first_read)
     viewer = make_napari_viewer()
     layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     widget = open_dock(viewer)

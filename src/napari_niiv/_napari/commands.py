@@ -22,18 +22,35 @@ from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, fast_weights, load_weights, resolve_weights
 from .activity import Activity
 from .gui_timing import gui_handler
-from .layer_view import check_layer, insert_layer, layer_alpha, layer_geometry, layer_units, level0
+from .layer_view import check_layer, insert_layer, layer_alpha, layer_geometry, layer_units, level0, readable
 
 log = logging.getLogger(__name__)
 REFRESH_MS = 250
 
 
-def reconstruct_isotropic(layer: Image, viewer: Viewer) -> None:
-    """Add a lazy isotropic niiv layer over the whole of the active volume layer."""
-    try:
-        add_isotropic_layer(viewer, layer)
-    except NiivInputError as exc:
-        show_error(str(exc))
+def reconstruct_isotropic(layer: Image, viewer: Viewer) -> Any:
+    """Add a lazy isotropic niiv layer over the whole of the active volume layer: prepared on a
+    thread (weights, normalisation, a small lazy input read into memory: up to seconds, which froze
+    the window when done here), inserted when ready. Returns the napari worker."""
+    from napari.qt.threading import create_worker
+
+    # errored connected here: napari would otherwise re-raise the refusal in the event loop
+    connect = {"returned": lambda prepared: _insert_prepared(viewer, prepared), "errored": _report_failure}
+    return create_worker(prepare_isotropic_layer, layer, _connect=connect)
+
+
+@gui_handler
+def _insert_prepared(viewer: Viewer, prepared: PreparedLayer) -> None:
+    if prepared.source not in viewer.layers:  # closed meanwhile
+        prepared.lazy.close()
+        return
+    show_isotropic_layer(viewer, prepared)
+
+
+def _report_failure(exc: BaseException) -> None:
+    if not isinstance(exc, NiivInputError):
+        log.error("preparing the whole-volume layer failed", exc_info=exc)
+    show_error(str(exc))
 
 
 @dataclass
@@ -68,7 +85,10 @@ def prepare_isotropic_layer(
     geometry = layer_geometry(layer, settings)
     fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections) if fast else None
     small = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
-    lazy = LazyIsotropic(data, fit_normalisation(data), Reconstructor(model, settings), geometry, fast=small)
+    # fitted on the layer's data as a save of it is (the sample depends on its chunks); read from
+    # memory when small enough: the tiles' interpolated stand-ins are read on napari's thread
+    norm = fit_normalisation(data)
+    lazy = LazyIsotropic(readable(data), norm, Reconstructor(model, settings), geometry, fast=small)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
     out = Image(
         lazy.levels,

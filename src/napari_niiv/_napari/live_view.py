@@ -38,14 +38,10 @@ from ..inference.views import ViewRenderer
 from ..inference.worker import LatestWorker
 from ..model import NiivModel
 from .gui_timing import gui_handler
-from .layer_view import check_layer, current_grid, insert_layer, layer_units, level0
+from .layer_view import check_layer, current_grid, insert_layer, layer_units, level0, readable
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
-# Lazy layer data (dask, zarr) up to this size is read into memory once, on the worker thread:
-# a view reads its region in many plane batches (an xy view: one per 16 planes), and each read of
-# a lazy array decodes whole chunks again (all z planes of a TIFF page chunking, every time).
-IN_MEMORY_BYTES = 512 * 2**20
 
 
 class LiveView(QObject):
@@ -215,7 +211,7 @@ class LiveView(QObject):
         if renderer is None or norm is None:
             given = self._input
             if given is None:
-                data = _readable(level0(self.layer))
+                data = readable(level0(self.layer))
                 given = (data, fit_normalisation(data))
             data, norm = given
             renderer = ViewRenderer(data, norm, self.reconstructor)  # type: ignore[arg-type]
@@ -464,13 +460,3 @@ def _async_slicing() -> bool:
 
 def _size2d(grid: ViewGrid) -> tuple[int, int]:
     return tuple(n for a, n in enumerate(grid.shape) if a != grid.sliced_axis)  # type: ignore[return-value]
-
-
-def _readable(data: Any) -> Any:
-    """``data`` as the renderer reads it: a lazy array small enough for memory, read once."""
-    if isinstance(data, np.ndarray):
-        return data
-    nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
-    if nbytes > IN_MEMORY_BYTES:
-        return data
-    return np.asarray(data.compute() if hasattr(data, "compute") else data)
