@@ -394,7 +394,13 @@ def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_
     try:
         level = len(lazy.shapes) - 1
         index = tuple(slice(0, n) for n in lazy.shapes[level])
+        # a 2D plane asked for first: the 3D read supersedes it, so it no longer counts as to go
+        # (the dock's bar said "tiles ... to go" in 3D while nothing computed them)
+        lazy._worker.submit(lambda cancelled: time.sleep(0.5) or 0)  # busy: the plane's tiles wait
+        lazy.get(0, (slice(0, 1), slice(0, lazy.shapes[0][1]), slice(0, lazy.shapes[0][2])))
+        assert lazy.pending > 0
         first = lazy.get(level, index)
+        assert lazy.pending == 1  # the 3D render alone
         coords = lazy.coords(level, index)
         picks = [np.clip(np.floor(c).astype(int), 0, n - 1) for c, n in zip(coords, volume.shape, strict=True)]
         np.testing.assert_array_equal(first, volume[np.ix_(*picks)].astype(np.float32))

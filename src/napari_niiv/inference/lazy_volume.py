@@ -233,6 +233,9 @@ class LazyIsotropic:
             quick = self._nearest.get(key)
             queue = self._volume_wanted != key
             self._volume_wanted = key
+            if queue:  # the 3D render supersedes the 2D requests on the worker: no longer pending
+                for recent in self._recent.values():
+                    recent.clear()
         if quick is None:
             quick = self.nearest(level, index)
             with self._lock:
