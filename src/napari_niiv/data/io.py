@@ -462,12 +462,35 @@ def _ome_xml_sizes(xml: str) -> tuple[list[float] | None, list[str | None]]:
     return sizes, units
 
 
+class _DamagedChunks:
+    """A zarr array whose read errors (a chunk cut short or corrupted: a bare codec error such as
+    'Zstd decompression error') name the store and say what to do, in one line."""
+
+    def __init__(self, array: Any, where: Any) -> None:
+        self.array, self.where = array, where
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[index])
+        except Exception as exc:
+            raise SourceError(
+                f"{self.where}: part of its data cannot be read ({type(exc).__name__}: {exc}); a chunk file is "
+                "damaged or cut short: copy or export the store again"
+            ) from exc
+
+
+def _zarr_dask(array: Any, where: Any) -> da.Array:
+    """A zarr array as dask, chunk for chunk, with read errors said in one line (_DamagedChunks)."""
+    return da.from_array(_DamagedChunks(array, where), chunks=array.chunks, name=False, asarray=False)
+
+
 def _open_zarr(root: Any, where: Any, name: str) -> Volume:
     """A zarr array, or the first image of an OME-Zarr group (0.4, 0.5 or a bioformats2raw wrapper)."""
     import zarr
 
     if isinstance(root, zarr.Array):
-        return Volume(da.from_zarr(root), name=name)
+        return Volume(_zarr_dask(root, where), name=name)
     attrs = root.attrs.asdict()
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome and "bioformats2raw.layout" in ome and "0" in root:
@@ -480,7 +503,7 @@ def _open_zarr(root: Any, where: Any, name: str) -> Volume:
             f"instead ({', '.join(names) or 'none found'})"
         )
     ms = multiscales[0]
-    levels = [da.from_zarr(root[d["path"]]) for d in ms["datasets"]]
+    levels = [_zarr_dask(root[d["path"]], where) for d in ms["datasets"]]
     ndim = levels[0].ndim
     axes = _axes(ms, ndim)
     spatial = [i for i, a in enumerate(axes) if a.get("type") == "space" or a.get("name") in ("z", "y", "x")][-3:]
