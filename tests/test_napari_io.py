@@ -284,13 +284,13 @@ def test_multiscale_layer_writes_itself_or_its_finest_level(tmp_path: Path) -> N
         def __init__(self) -> None:
             self.written: list[str] = []
 
-        def write_ome_zarr(self, path: str) -> None:
-            self.written.append(path)
+        def write_ome_zarr(self, path: str, contrast: tuple[float, float] | None = None) -> None:
+            self.written.append((path, contrast))
 
     level = SelfWriting()
     out = str(tmp_path / "iso.ome.zarr")
-    assert write_ome_zarr(out, [level, np.zeros((4, 4, 4))], {}) == [out]
-    assert level.written == [out]
+    assert write_ome_zarr(out, [level, np.zeros((4, 4, 4))], {"contrast_limits": [2, 9]}) == [out]
+    assert level.written == [(out, (2.0, 9.0))]  # the layer's window goes with it
 
     levels = [volume((8, 8, 8)), volume((4, 4, 4))]
     out = str(tmp_path / "levels.ome.zarr")

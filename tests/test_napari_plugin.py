@@ -193,8 +193,10 @@ def test_layers_menu_command_adds_a_lazy_isotropic_layer(qtbot, viewer_with_volu
     # saving through the writer runs the whole reconstruction into an OME-Zarr at the right place
     out = tmp_path / "iso.ome.zarr"
     viewer.layers.selection = {iso}
+    iso.contrast_limits = (20.0, 180.0)  # the user's window is what the store keeps
     viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
     saved = viewer.open(str(out), plugin=PLUGIN)[0]
+    np.testing.assert_allclose(saved.contrast_limits, (20.0, 180.0))
     np.testing.assert_allclose(saved.scale, iso.scale)
     np.testing.assert_allclose(saved.translate, iso.translate, atol=1e-6)
     everything = (slice(0, 64),) * 3

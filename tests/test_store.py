@@ -229,3 +229,25 @@ def test_a_save_of_one_column_reports_its_progress_as_its_planes_are_decoded(tmp
     np.testing.assert_array_equal(
         open_volume(tmp_path / "heard.ome.zarr").data.compute(), open_volume(tmp_path / "quiet.ome.zarr").data.compute()
     )
+
+
+def test_a_reconstruction_keeps_the_inputs_display_window(tmp_path: Path, capsys) -> None:
+    """niiv reconstruct of a store with an omero window (10-150) wrote the normalisation's (0-199),
+    and a save of a whole-volume layer wrote that rather than the layer's contrast limits (found
+    by the reader audit); the docs say the known display window is written."""
+    from napari_niiv.cli import main
+    from napari_niiv.inference.weights import save_weights
+    from tests.conftest import random_model
+
+    data = np.random.default_rng(0).integers(0, 200, (8, 32, 32)).astype(np.uint8)
+    g = output_geometry((8, 32, 32), 1.0, voxel_size=(40.0, 10.0, 10.0), unit="nm")
+    layout = Layout(
+        g.size, data.dtype, (8, 32, 32), (40.0, 10.0, 10.0), "nm", (0.0, 0.0, 0.0), 1, "s", contrast=(10.0, 150.0)
+    )
+    src = write_ome_zarr(tmp_path / "s.ome.zarr", layout, ArrayBlocks(data)).path
+    assert open_volume(src).contrast == (10.0, 150.0)
+    weights = save_weights(tmp_path / "w.safetensors", random_model(), 4.0, None)
+    out = tmp_path / "iso.ome.zarr"
+    args = ["reconstruct", str(src), str(out), "--weights", str(weights), "--levels", "1", "--precision", "fp32"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert open_volume(out).contrast == (10.0, 150.0)

@@ -669,7 +669,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             _write_array(out, assemble(job, chunks), geometry.voxel_size, geometry.unit, args.overwrite)
         print(f"wrote {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     else:
-        _write_pyramid(args, out, job, chunks, (norm.low, norm.high))
+        # the input's own display window (an OME-Zarr's omero), else the normalisation's
+        _write_pyramid(args, out, job, chunks, vol.contrast or (norm.low, norm.high))
     if conf is not None:
         check_room(conf, int(np.prod(geometry.size)) * 4 + 2**20, "the confidence map")
         with output_lock(conf):

@@ -79,10 +79,12 @@ class SaveJob:
         input_id: str,
         chunks: tuple[int, int, int] = DEFAULT_CHUNKS,
         origin: str | None = None,
+        contrast: tuple[float, float] | None = None,
     ) -> None:
         self.out, self.data, self.model, self.settings = Path(out), data, model, settings
         self.geometry, self.dtype, self.input_id, self.chunks = geometry, np.dtype(dtype), input_id, chunks
         self.origin = origin  # the file the layer was read from: a resume refuses it once edited
+        self.contrast = contrast  # the display window written: the layer's contrast limits
         self.result: WriteReport | BaseException | None = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -142,7 +144,7 @@ class SaveJob:
                 self.out,
                 job,
                 chunks=self.chunks,
-                contrast=(norm.low, norm.high),
+                contrast=self.contrast or (norm.low, norm.high),
                 resume=True,
                 input_id=self.input_id,
                 on_progress=self._on_progress,

@@ -743,9 +743,9 @@ class NiivWidget(QScrollArea):
             return None
         dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
         origin = str(source) if source and "://" not in str(source) else None
-        job = SaveJob(
-            out, data, model, settings, geometry, dtype, str(source or "a napari layer"), self.save_chunks, origin
-        )
+        input_id = str(source or "a napari layer")
+        limits = (float(layer.contrast_limits[0]), float(layer.contrast_limits[1]))  # written as the window
+        job = SaveJob(out, data, model, settings, geometry, dtype, input_id, self.save_chunks, origin, limits)
         self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
         self.save_button.enabled = False
         return self.saver

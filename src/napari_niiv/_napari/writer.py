@@ -42,7 +42,8 @@ def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
         raise FileExistsError(f"{out} already exists; napari-niiv never overwrites a store: save under another name")
     if meta.get("multiscale") or isinstance(data, (list, tuple)):  # napari passes its MultiScaleData
         if hasattr(data[0], "write_ome_zarr"):
-            data[0].write_ome_zarr(path)
+            limits = meta.get("contrast_limits")
+            data[0].write_ome_zarr(path, None if limits is None else tuple(float(c) for c in limits))
             return [path]
         data = data[0]
     shape = tuple(int(s) for s in data.shape)

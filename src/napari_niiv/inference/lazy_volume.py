@@ -113,9 +113,10 @@ class IsotropicLevel:
         out = out.squeeze(axis=self.squeeze) if self.squeeze else out
         return out if dtype is None else out.astype(dtype)
 
-    def write_ome_zarr(self, path: str) -> str:
-        """Save: napari's writer hands the layer's data here (full niiv, or its map, level 0)."""
-        return self.volume.write_ome_zarr(path, self.kind)
+    def write_ome_zarr(self, path: str, contrast: tuple[float, float] | None = None) -> str:
+        """Save: napari's writer hands the layer's data here (full niiv, or its map, level 0), with
+        the layer's contrast limits as the display window."""
+        return self.volume.write_ome_zarr(path, self.kind, contrast)
 
 
 class LazyIsotropic:
@@ -528,16 +529,17 @@ class LazyIsotropic:
         self._worker.close()
 
     # -- saving --------------------------------------------------------------------------------
-    def write_ome_zarr(self, path: str, kind: str = "niiv") -> str:
+    def write_ome_zarr(self, path: str, kind: str = "niiv", contrast: tuple[float, float] | None = None) -> str:
         """Reconstruct level 0 in full into a new OME-Zarr pyramid, with this layer's settings and
-        geometry (atomic: nothing is left under ``path`` if it fails); ``kind`` 'confidence': its map."""
+        geometry (atomic: nothing is left under ``path`` if it fails); ``kind`` 'confidence': its map.
+        ``contrast``: the display window written (the layer's contrast limits), else the normalisation's."""
         from .export import write_isotropic
         from .reconstructor import BlockReconstruction
 
         job = BlockReconstruction(
             self.renderer.view.data, self.norm, self.rec.model, self.rec.settings, self.geometry, self.out_dtype
         )
-        window = (self.norm.low, self.norm.high)
+        window = tuple(contrast) if contrast is not None else (self.norm.low, self.norm.high)
         if kind == "confidence":
             job, window = job.confidence_map(), confidence.contrast_limits(self.norm)
         write_isotropic(path, job, contrast=window, on_progress=self.on_write_progress)
