@@ -433,3 +433,11 @@ def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path: Path) -> Non
     assert sample_data.local_data_dir() is None
     monkeypatch.setenv("NIIV_DATA_DIR", str(tmp_path))
     assert sample_data.local_data_dir() == tmp_path
+
+
+def test_the_stores_name_keeps_the_dots_of_its_file_name(tmp_path: Path) -> None:
+    """The writer named my.data.v2.ome.zarr's image "my" (found by the reader audit)."""
+    out = tmp_path / "my.data.v2.ome.zarr"
+    write_ome_zarr(str(out), volume((4, 8, 8)), {"scale": (2.0, 1.0, 1.0), "metadata": {}})
+    attrs = zarr.open_group(str(out), mode="r").attrs.asdict()
+    assert attrs["ome"]["multiscales"][0]["name"] == "my.data.v2"

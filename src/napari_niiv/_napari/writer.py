@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.io import check_voxel_size, common_unit, ngff_unit
+from ..data.io import check_voxel_size, common_unit, ngff_unit, volume_name
 from ..errors import NiivInputError
 from ..inference.store import ArrayBlocks, Layout
 from ..inference.store import write_ome_zarr as write_store
@@ -60,7 +60,7 @@ def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
         voxel_size=voxel,
         unit=unit,
         translation=translation,
-        name=out.name.split(".")[0],
+        name=volume_name(out),  # my.data.v2.ome.zarr: "my.data.v2", not "my"
         ngff="0.5",
         contrast=tuple(float(c) for c in contrast) if contrast is not None else None,  # type: ignore[arg-type]
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..data.io import volume_name
 from .reconstructor import BlockReconstruction
 from .store import Layout, WriteReport, write_ome_zarr
 
@@ -113,7 +114,7 @@ def write_isotropic(
         g.unit,
         g.translation,
         levels,
-        out.name.split(".")[0] or "niiv",
+        volume_name(out) or "niiv",  # my.data.v2.ome.zarr: "my.data.v2", not "my"
         ngff,
         None if contrast is None else (float(contrast[0]), float(contrast[1])),
     )
