@@ -127,6 +127,11 @@ def test_what_the_plugin_claims(tmp_path: Path) -> None:
     write_tif(tmp_path / "plain.tif", volume())  # no voxel sizes: still a volume niiv opens lazily
     assert get_reader(str(tmp_path / "plain.tif")) is not None
     assert get_reader(str(store)) is not None
+    # a store whose folder is not named .zarr (viewer.open(path, plugin="napari-niiv")) was declined
+    import shutil
+
+    renamed = shutil.copytree(store, tmp_path / "storefolder")
+    assert get_reader(str(renamed)) is not None and get_reader(str(tmp_path)) is None
 
 
 def test_reader_declines_what_napari_should_open(tmp_path: Path) -> None:

@@ -39,7 +39,9 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         path = path[0]
     source: str | Path = str(path).rstrip("/") if is_url(str(path)) else Path(path)
     name = source if isinstance(source, str) else source.name
-    if not name.lower().endswith(_SUFFIXES):
+    # a zarr store is a folder with zarr metadata, whatever its name (napari-ome-zarr opens them too)
+    zarr_folder = isinstance(source, Path) and any((source / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray"))
+    if not (name.lower().endswith(_SUFFIXES) or zarr_folder):
         return None
     try:
         vol = open_volume(source)
