@@ -129,3 +129,23 @@ def test_a_block_is_cancelled_between_batches_of_planes_and_returns_nothing(mode
     assert rec.block(view, shape, everything, after_two_batches) is None
     assert len(asked) == 3  # 12 planes in batches of 4: asked before each, stopped before the third
     np.testing.assert_array_equal(rec.block(view, shape, everything, lambda: False), _whole(rec, view, shape))
+
+
+def test_the_python_api_says_what_it_wants_instead_of_failing_deep_inside(model, medulla, tmp_path) -> None:
+    """A Weights object (what load_weights returns) is taken; a dict as settings or chunks of 0
+    ended in an AttributeError or a ZeroDivision-like error deep inside (found by the reader audit)."""
+    from napari_niiv.errors import NiivInputError
+    from napari_niiv.inference.weights import load_weights, save_weights
+
+    vol = medulla[:8, :40, :40]
+    settings = InferenceSettings(alpha=4, precision="fp32", device="cpu")
+    weights = load_weights(save_weights(tmp_path / "w.safetensors", model, 4.0, None))
+    np.testing.assert_array_equal(
+        reconstruct_volume(weights, vol, settings), reconstruct_volume(weights.model, vol, settings)
+    )
+    with pytest.raises(NiivInputError, match="settings: a dict is not InferenceSettings"):
+        reconstruct_volume(model, vol, {"alpha": 4})
+    with pytest.raises(NiivInputError, match="model: a str is not a niiv model"):
+        reconstruct_volume("niiv-em", vol, settings)
+    with pytest.raises(NiivInputError, match="chunks"):
+        reconstruct_volume(model, vol, settings, chunks=(0, 0, 0))

@@ -293,6 +293,17 @@ def reconstruct_volume(
     the whole volume, so it equals the same part of a whole-volume reconstruction. Large volumes
     go to OME-Zarr block by block (`niiv reconstruct`).
     """
+    model = getattr(model, "model", model)  # load_weights(...) itself is welcome too
+    if not isinstance(model, NiivModel):
+        raise NiivInputError(
+            f"model: a {type(model).__name__} is not a niiv model; give load_weights(resolve_weights(NAME)).model"
+        )
+    if settings is not None and not isinstance(settings, InferenceSettings):
+        raise NiivInputError(
+            f"settings: a {type(settings).__name__} is not InferenceSettings; give InferenceSettings(alpha=...)"
+        )
+    if chunks is not None and (len(chunks) != 3 or any(int(c) < 1 for c in chunks)):
+        raise NiivInputError(f"chunks {chunks!r}: give three positive sizes (z, y, x)")
     vol = as_volume(source)
     if settings is None:
         if not vol.has_voxel_size:
