@@ -210,3 +210,12 @@ def test_spread_chunks_are_the_chunks_and_a_large_store_is_fingerprinted_without
     monkeypatch.setattr(normalise, "_DIGEST_STRIDE_CHUNKS", n)
     normalise.content_digest(arr)
     assert reads == [arr.shape]  # up to the limit: the stride, as before (the same fingerprints)
+
+
+@pytest.mark.parametrize("voxel", [(0, 1, 1), (float("nan"), 1, 1), (8, 0, 1), (1, 1), ("a", 1, 1)])
+def test_as_volume_refuses_unusable_voxel_sizes(voxel) -> None:
+    """They were taken (0, NaN) or failed with an IndexError (two numbers): found by the reader audit."""
+    from napari_niiv.data.io import as_volume
+
+    with pytest.raises(NiivInputError, match="voxel_size"):
+        as_volume(np.zeros((4, 8, 8), np.uint8), voxel)

@@ -70,7 +70,13 @@ def as_volume(source: Any, voxel_size: Triple | None = None, name: str = "volume
     else:
         vol = Volume(da.asarray(source) if not isinstance(source, da.Array) else source, name=name)
     if voxel_size is not None:
-        vol = replace(vol, voxel_size=tuple(float(v) for v in voxel_size))
+        try:
+            given = tuple(float(v) for v in voxel_size)
+        except (TypeError, ValueError):
+            raise NiivInputError(f"voxel_size {voxel_size!r}: give three numbers (z, y, x)") from None
+        if len(given) != 3 or not all(math.isfinite(v) and v > 0 for v in given):
+            raise NiivInputError(f"voxel_size {voxel_size!r}: give three positive finite numbers (z, y, x)")
+        vol = replace(vol, voxel_size=given)
     check_volume(vol.data)
     return vol
 
