@@ -415,6 +415,9 @@ def test_download_path_end_to_end_from_a_local_server(tmp_path: Path, monkeypatc
     finally:
         server.shutdown()
         server.server_close()
+    # no server (no network): one message saying what to do, not the HTTP library's traceback
+    with pytest.raises(NiivInputError, match=r"could not be downloaded .*NIIV_DATA_DIR .*fibsem/medulla_b\.tif"):
+        sample_data.fibsem_anisotropic()
 
 
 def test_verify_stack_drops_a_bad_download(tmp_path: Path) -> None:

@@ -129,7 +129,8 @@ def epfl_hippocampus() -> list[LayerData]:
     if local is None:
         import pooch
 
-        local = Path(pooch.retrieve(EPFL_URL, known_hash=None, path=pooch.os_cache("napari-niiv"), progressbar=True))
+        cache = pooch.os_cache("napari-niiv")
+        local = Path(_fetch("anisotropic_em/epfl_hippocampus.tif", EPFL_URL, path=cache, progressbar=True))
     data = tifffile.imread(local)
     check_volume(data)
     meta = {
@@ -140,6 +141,20 @@ def epfl_hippocampus() -> list[LayerData]:
         "metadata": {"unit": "nanometer", "niiv_source": str(local), "attribution": EPFL_SOURCE, "licence": EPFL_TERMS},
     }
     return [(data, meta, "image")]
+
+
+def _fetch(local: str, url: str, **options: Any) -> str:
+    """pooch.retrieve of ``url``; without a network (or the server), one message saying what to do
+    instead of the HTTP library's traceback (``local``: the file NIIV_DATA_DIR can hold instead)."""
+    import pooch
+
+    try:
+        return pooch.retrieve(url, known_hash=None, **options)
+    except Exception as exc:  # requests' ConnectionError, HTTPError, timeouts; OSError for the cache
+        raise NiivInputError(
+            f"the sample could not be downloaded ({type(exc).__name__}: {str(exc)[:120]}); check the network, or "
+            f"point NIIV_DATA_DIR at a folder holding {local}"
+        ) from exc
 
 
 def _download_medulla_b() -> np.ndarray:
@@ -154,7 +169,7 @@ def _download_medulla_b() -> np.ndarray:
     logger.setLevel(logging.WARNING)  # pooch logs each unhashed file's hash: 250 lines of noise
     try:
         files = [
-            pooch.retrieve(url, known_hash=None, fname=url.rsplit("/", 1)[1], path=folder)
+            _fetch("fibsem/medulla_b.tif", url, fname=url.rsplit("/", 1)[1], path=folder)
             for url in progress(fibsem_urls(), desc="Downloading FIB-SEM sample (250 slices)")
         ]
     finally:
