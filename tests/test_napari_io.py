@@ -147,6 +147,10 @@ def test_reader_declines_what_napari_should_open(tmp_path: Path) -> None:
     assert get_reader(str(tmp_path / "missing.tif")) is None
     assert get_reader([str(stack), str(stack)]) is None
     assert get_reader([str(stack)]) is not None
+    # one plane stored as a stack (a 2D OME-Zarr, a (1, y, x) TIFF) was claimed as a volume
+    one = ome_store(tmp_path / "one.ome.zarr", volume((1, 16, 16), np.uint8), (40.0, 4.0, 4.0))
+    write_tif(tmp_path / "one.tif", volume((1, 16, 16)), imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
+    assert get_reader(str(one)) is None and get_reader(str(tmp_path / "one.tif")) is None
 
 
 def test_constant_volume_still_gets_a_window() -> None:

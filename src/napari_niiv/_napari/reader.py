@@ -54,6 +54,8 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         return fail
     except NiivInputError:
         return None
+    if vol.shape[0] < 2:  # one plane (a 2D image stored as a stack): nothing between planes; napari shows it
+        return None
 
     def read(_path: str | list[str]) -> list[LayerData]:
         return [volume_layer_data(vol, source)]
