@@ -151,6 +151,8 @@ def test_reader_declines_what_napari_should_open(tmp_path: Path) -> None:
     one = ome_store(tmp_path / "one.ome.zarr", volume((1, 16, 16), np.uint8), (40.0, 4.0, 4.0))
     write_tif(tmp_path / "one.tif", volume((1, 16, 16)), imagej=True, metadata={"axes": "ZYX", "spacing": 2.0})
     assert get_reader(str(one)) is None and get_reader(str(tmp_path / "one.tif")) is None
+    # from a URL niiv reads OME-Zarr only: a remote TIFF was claimed, then failed as "not a zarr store"
+    assert get_reader("http://127.0.0.1:1/stack.tif") is None
 
 
 def test_constant_volume_still_gets_a_window() -> None:

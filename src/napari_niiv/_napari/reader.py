@@ -43,6 +43,8 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     zarr_folder = isinstance(source, Path) and any((source / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray"))
     if not (name.lower().endswith(_SUFFIXES) or zarr_folder):
         return None
+    if isinstance(source, str) and not name.lower().rstrip("/").endswith(".zarr"):
+        return None  # from URLs niiv reads OME-Zarr only (a remote TIFF: napari's readers may)
     try:
         vol = open_volume(source)
     except SourceError as exc:
