@@ -251,3 +251,24 @@ def test_a_path_source_is_reopened_by_each_worker(aniso_zarr, weights) -> None:
     copy = pickle.loads(pickle.dumps(source))
     assert copy._state is None and isinstance(copy.source, str)
     np.testing.assert_array_equal(copy((slice(0, 8), slice(0, 8), slice(0, 8))), first)
+
+
+def test_a_resume_refusal_names_the_settings_not_what_follows_from_them() -> None:
+    """Another alpha also changes the output's shape, region, voxel sizes and pyramid: the refusal
+    listed them all, as if the user had changed each (found by the lazy-layer audit)."""
+    from napari_niiv.inference.store import _differences
+
+    earlier = {
+        "fingerprint": {"settings": {"alpha": 8}, "output_shape": [64], "region": [[0, 64]], "voxel_size": [5]},
+        "layout": {"shapes": [[64], [32]], "chunks": [8]},
+    }
+    now = {
+        "fingerprint": {"settings": {"alpha": 6}, "output_shape": [48], "region": [[0, 48]], "voxel_size": [6.7]},
+        "layout": {"shapes": [[48], [24]], "chunks": [4]},
+    }
+    assert _differences(earlier, now) == [
+        "other alpha, scale, orientation, device, precision or sections (degradation)",
+        "other chunks (--chunks)",
+    ]
+    same_settings = {**now, "fingerprint": {**now["fingerprint"], "settings": {"alpha": 8}}}
+    assert "another region (--region)" in _differences(earlier, same_settings)

@@ -192,6 +192,8 @@ def test_a_cancelled_background_save_resumes_to_the_result_of_an_uninterrupted_o
     wait_for_save(qtbot, widget)
     assert isinstance(widget.last_save.job.result, NiivInputError)
     assert "other alpha, scale" in widget.status_label.value and "--restart" not in widget.status_label.value
+    # what follows from the scale (shape, region, levels) is not listed, nor the command line's options
+    assert "region" not in widget.status_label.value and "(--" not in widget.status_label.value
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ napari's File > Save of a (small) lazy layer is unchanged: it runs in napari's s
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -273,6 +274,7 @@ class BackgroundSave:
             )
         elif isinstance(result, NiivInputError):
             text = str(result).replace("or pass --restart to discard it", "or delete it to start again")
+            text = re.sub(r" \(--[a-z-]+\)", "", text)  # the command line's option names mean nothing here
             self.on_status(f"Save isotropic volume...: {text}")
         else:
             kept = f"; {self.job.partial} is kept: saving again continues it" if self.job.partial.exists() else ""

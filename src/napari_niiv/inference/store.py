@@ -742,12 +742,22 @@ _LAYOUT_REASONS = {
 }
 
 
+# what follows from other settings (alpha, scale): not said again when the settings differ
+_CONSEQUENCES = {"output_shape", "region", "voxel_size", "translation", "shapes"}
+
+
 def _differences(earlier: dict[str, Any], record: dict[str, Any]) -> list[str]:
-    """How an unfinished run's job record differs from this run's, in the user's words."""
+    """How an unfinished run's job record differs from this run's, in the user's words (what
+    follows from different settings, such as the output's shape, is not listed beside them)."""
     found: list[str] = []
+    settings_differ = (earlier.get("fingerprint") or {}).get("settings") != (record.get("fingerprint") or {}).get(
+        "settings"
+    )
     for part, reasons in (("fingerprint", _REASONS), ("layout", _LAYOUT_REASONS)):
         old, new = earlier.get(part) or {}, record.get(part) or {}
         for key in sorted(set(old) | set(new)):
+            if settings_differ and key in _CONSEQUENCES:
+                continue
             if old.get(key) != new.get(key):
                 reason = reasons.get(key, f"another {key.replace('_', ' ')}")
                 if reason not in found:
