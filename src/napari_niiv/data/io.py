@@ -480,10 +480,13 @@ class _DamagedChunks:
         try:
             return np.asarray(self.array[index])
         except Exception as exc:
-            raise SourceError(
-                f"{self.where}: part of its data cannot be read ({type(exc).__name__}: {exc}); a chunk file is "
-                "damaged or cut short: copy or export the store again"
-            ) from exc
+            remedy = (
+                "check the connection and try again; if it persists, the store is damaged"
+                if is_url(str(self.where))
+                else "a chunk file is damaged or cut short: copy or export the store again"
+            )
+            what = f"{type(exc).__name__}: {exc}"
+            raise SourceError(f"{self.where}: part of its data cannot be read ({what}); {remedy}") from exc
 
 
 def _zarr_dask(array: Any, where: Any) -> da.Array:
