@@ -149,3 +149,13 @@ def test_the_python_api_says_what_it_wants_instead_of_failing_deep_inside(model,
         reconstruct_volume("niiv-em", vol, settings)
     with pytest.raises(NiivInputError, match="chunks"):
         reconstruct_volume(model, vol, settings, chunks=(0, 0, 0))
+
+
+def test_a_volume_too_narrow_says_what_to_do_in_the_viewer_too(model) -> None:
+    """The message named the command line's region and cube (found by the lazy-layer audit)."""
+    from napari_niiv.errors import NiivInputError
+    from napari_niiv.inference.reconstructor import check_reconstructable
+
+    with pytest.raises(NiivInputError, match="receptive field") as caught:
+        check_reconstructable((8, 4, 4), model, "xz")
+    assert "niiv-fast" in str(caught.value) and "cube" not in str(caught.value)

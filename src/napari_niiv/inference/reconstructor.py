@@ -339,5 +339,6 @@ def check_reconstructable(shape: tuple[int, ...], model: NiivModel, orientation:
     if across < need:
         raise NiivInputError(
             f"the volume's xy size {y}x{x} is smaller than the model's receptive field "
-            f"({2 * need - 1} px, at least {need} needed): give a larger volume (or a larger region or cube)"
+            f"({2 * need - 1} px, at least {need} needed): give a larger volume or region, or use weights with a "
+            "smaller receptive field (niiv-fast's is the smallest)"
         )
