@@ -202,7 +202,8 @@ def test_a_save_never_goes_into_the_store_of_a_layer_another_reader_opened(
 ):
     """The input's store was known only for layers the niiv reader opened: a layer napari's own
     reader opened from s.zarr/0 was saved into s.zarr (found by the lazy-layer audit). Its file is
-    also what a resumed save checks for edits (size and date), as the CLI does."""
+    also what a resumed save checks for edits (size and date), as the CLI does. A link to nothing
+    at the output is refused in the dock's words."""
     from napari_niiv.data import fit_normalisation
     from napari_niiv.inference.export import input_signature
     from napari_niiv.inference.reconstructor import BlockReconstruction
@@ -219,6 +220,11 @@ def test_a_save_never_goes_into_the_store_of_a_layer_another_reader_opened(
         assert widget.save_to(inside) is None
         assert "choose an output path outside it" in widget.status_label.value, widget.status_label.value
     assert sorted(p.name for p in store.iterdir()) == before and widget.saver is None
+    # a link to nothing at the output: refused in the dock's words, not the CLI's "--overwrite"
+    (tmp_path / "dangling.ome.zarr").symlink_to(tmp_path / "nowhere")
+    assert widget.save_to(tmp_path / "dangling.ome.zarr") is None
+    assert "already exists; niiv never replaces a store" in widget.status_label.value
+    assert "--overwrite" not in widget.status_label.value
     # the job carries the file: its size and date are part of the resume fingerprint
     norm, model = fit_normalisation(cremi), random_model(TINY)
     job = BlockReconstruction(cremi, norm, model, widget.settings(), None, origin=str(store))  # type: ignore[arg-type]

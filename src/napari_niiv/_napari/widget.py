@@ -732,7 +732,7 @@ class NiivWidget(QScrollArea):
                 named("Save isotropic volume...", lambda: check_outside_input(out, source))
             if not out.parent.is_dir():
                 raise NiivInputError(f"Save isotropic volume...: the folder {out.parent} does not exist; pick another")
-            if out.exists():
+            if out.exists() or out.is_symlink():  # a link to nothing is there too
                 raise NiivInputError(
                     f"Save isotropic volume...: {out} already exists; niiv never replaces a store: choose another name"
                 )
