@@ -825,10 +825,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     for path in [*args.volumes, *([args.held_out] if args.held_out else [])]:
         check_outside_input(out, path)  # nothing (weights, lock) goes into an input's folder store
-    from .inference.weights import shipped_dir
-
-    if out.parent.resolve() == shipped_dir().resolve():
-        raise NiivInputError(f"--out {out}: the shipped weights' folder is never written to; choose another --out")
     for option in ("init", "teacher"):  # the start weights, with --overwrite too
         given = getattr(args, option)
         if given and _same_file(out, _weights_path(given)):

@@ -34,7 +34,7 @@ from ..data.degrade import check_alpha, parse_degradations
 from ..data.io import Volume
 from ..errors import NiivInputError
 from ..inference.devices import lower_thread_priority, pick_device
-from ..inference.weights import atomic_write, load_weights, read_metadata, resolve_weights, shipped_dir
+from ..inference.weights import atomic_write, load_weights, read_metadata, resolve_weights
 from ..model import NiivModel
 from .regions import Region, TrainingSplit, split_training
 from .train import (
@@ -42,6 +42,7 @@ from .train import (
     TrainCallback,
     TrainResult,
     TrainSettings,
+    check_output,
     checkpoint_path,
     fine_tune_settings,
     train,
@@ -112,8 +113,7 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     if request.steps < 1:
         raise NiivInputError(f"steps {request.steps}: train for at least one step")
     out = Path(request.out)
-    if out.parent.resolve() == shipped_dir().resolve():
-        raise NiivInputError("the shipped weights are never overwritten: choose another name")
+    check_output(out)  # a folder in the way, the shipped weights' folder, one that refuses files
     check_new_weights(out, request.resume)
     start = resolve_weights(request.start_weights)
     data = request.data if isinstance(request.data, da.Array) else _lazy(request.data)

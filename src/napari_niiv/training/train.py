@@ -50,6 +50,7 @@ from ..inference.weights import (
     resolve_weights,
     restore_optimizer,
     save_weights,
+    shipped_dir,
 )
 from ..model import NiivConfig, NiivModel
 from ..model.config import ARCHITECTURES
@@ -317,10 +318,16 @@ class _Clock:
 
 def check_output(out: str | Path) -> None:
     """Refuse, before any work, weights that could not be written at ``out``: a folder in the way,
-    or a folder that refuses a new file (see :func:`inference.store.check_writable`)."""
+    the shipped weights' folder, or a folder that refuses a new file (see
+    :func:`inference.store.check_writable`)."""
     out = Path(out)
     if out.is_dir():
         raise NiivInputError(f"{out} is a folder; give a weights file name ending in .safetensors")
+    if out.parent.resolve() == shipped_dir().resolve():
+        raise NiivInputError(
+            f"{out} is in the shipped weights' folder, and the shipped weights are never overwritten: "
+            "choose another name"
+        )
     check_writable(out)
 
 
