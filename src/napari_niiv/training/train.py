@@ -368,21 +368,28 @@ def _load_teacher(name: str | None, device: torch.device) -> NiivModel | None:
     return teacher
 
 
+def _preset(config: dict[str, Any]) -> str | None:
+    """The preset (``--arch``) a configuration is, its acquisition embedding aside; None if none."""
+
+    def base(c: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k != "acquisition_embedding"}
+
+    return next((n for n in ARCHITECTURES if base(NiivConfig.named(n).to_dict()) == base(config)), None)
+
+
 def architecture_name(config: dict[str, Any]) -> str:
     """The preset a configuration is (``--arch``), with its acquisition embedding said: niiv-em is
     v1 with one, niiv-fast fast with one; 'custom' for anything else."""
-    base = {k: v for k, v in config.items() if k != "acquisition_embedding"}
-    for name in ARCHITECTURES:
-        preset = NiivConfig.named(name).to_dict()
-        preset.pop("acquisition_embedding", None)
-        if preset == base:
-            return name + (" with acquisition embedding" if config.get("acquisition_embedding") else "")
-    return "custom"
+    name = _preset(config)
+    if name is None:
+        return "custom"
+    return name + (" with acquisition embedding" if config.get("acquisition_embedding") else "")
 
 
 def same_architecture(a: NiivConfig, b: NiivConfig) -> bool:
     """Whether two configurations are one preset (``--arch``), an acquisition embedding aside."""
-    return architecture_name(a.to_dict()).split()[0] == architecture_name(b.to_dict()).split()[0] != "custom"
+    preset = _preset(a.to_dict())
+    return preset is not None and preset == _preset(b.to_dict())
 
 
 def run_identity(
