@@ -35,16 +35,17 @@ def reconstruct_isotropic(layer: Image, viewer: Viewer) -> Any:
     from napari.qt.threading import create_worker
 
     # errored connected here: napari would otherwise re-raise the refusal in the event loop
-    connect = {"returned": lambda prepared: _insert_prepared(viewer, prepared), "errored": _report_failure}
+    connect = {"returned": lambda prepared: insert_prepared(viewer, prepared), "errored": _report_failure}
     return create_worker(prepare_isotropic_layer, layer, _connect=connect)
 
 
-@gui_handler
-def _insert_prepared(viewer: Viewer, prepared: PreparedLayer) -> None:
-    if prepared.source not in viewer.layers:  # closed meanwhile
+def insert_prepared(viewer: Viewer, prepared: PreparedLayer) -> Image | None:
+    """Show a layer prepared on a thread (:func:`show_isotropic_layer`), unless its input was closed
+    meanwhile: then its lazy volume is closed and None returned."""
+    if prepared.source not in viewer.layers:
         prepared.lazy.close()
-        return
-    show_isotropic_layer(viewer, prepared)
+        return None
+    return show_isotropic_layer(viewer, prepared)
 
 
 def _report_failure(exc: BaseException) -> None:
@@ -122,9 +123,10 @@ def show_isotropic_layer(viewer: Any, prepared: PreparedLayer) -> Image:
 def add_isotropic_layer(
     viewer: Any, layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS
 ) -> Image:
-    """A multiscale layer of niiv over the whole volume, at once (the Layers menu's command; the
-    dock prepares it on a thread): napari asks only for the tiles it shows, they are computed in
-    the background (counted in the niiv dock's activity bar) and cached."""
+    """A multiscale layer of niiv over the whole volume, prepared on the calling thread (scripts and
+    tests; the Layers menu's command and the dock prepare it on a thread): napari asks only for the
+    tiles it shows, they are computed in the background (counted in the niiv dock's activity bar)
+    and cached."""
     return show_isotropic_layer(viewer, prepare_isotropic_layer(layer, settings, weights))
 
 

@@ -76,6 +76,13 @@ def layer_voxel_size(layer: Image) -> tuple[float, float, float]:
     return placement[0] if placement is not None else tuple(float(s) for s in layer.scale[-3:])  # type: ignore[return-value]
 
 
+def layer_source(layer: Any) -> str | None:
+    """The file or URL a layer was read from, whichever reader opened it (niiv's records it in the
+    metadata, napari's and napari-ome-zarr's in ``layer.source``); None for data made in Python."""
+    source = (layer.metadata or {}).get("niiv_source") or getattr(getattr(layer, "source", None), "path", None)
+    return str(source) if source else None
+
+
 def level0(layer: Image) -> Any:
     """The full-resolution data of a layer, multiscale or not."""
     return layer.data[0] if layer.multiscale else layer.data

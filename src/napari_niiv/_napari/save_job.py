@@ -33,6 +33,7 @@ from ..inference.store import WriteCancelled, WriteReport, partial_path
 from ..model import NiivModel
 from .activity import Activity, CancelableBar, JobWorker, follow_job, format_seconds
 from .gui_timing import gui_handler
+from .layer_view import layer_source
 
 log = logging.getLogger(__name__)
 PERMILLE = 1000  # progress bars count tenths of a percent: voxel counts overflow Qt's int range
@@ -162,8 +163,8 @@ class SaveJob:
 
 def default_save_path(layer: Any) -> Path:
     """Beside the layer's file when it came from one, else in the home folder."""
-    source = (layer.metadata or {}).get("niiv_source") or getattr(getattr(layer, "source", None), "path", None)
-    folder = Path(source).parent if source and "://" not in str(source) else Path.home()
+    source = layer_source(layer)
+    folder = Path(source).parent if source and "://" not in source else Path.home()
     return folder / f"{layer.name}-isotropic.ome.zarr"
 
 

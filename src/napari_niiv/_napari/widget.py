@@ -42,7 +42,7 @@ from ..inference.weights import (
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
 from .gui_timing import gui_handler
-from .layer_view import check_layer, layer_alpha, layer_geometry, layer_unit, layer_voxel_size, level0
+from .layer_view import check_layer, layer_alpha, layer_geometry, layer_source, layer_unit, layer_voxel_size, level0
 from .live_view import LiveView
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
 from .training_panel import named, status_label
@@ -687,7 +687,7 @@ class NiivWidget(QScrollArea):
 
     @gui_handler
     def _lazy_prepared(self, result: Any) -> None:
-        from .commands import show_isotropic_layer
+        from .commands import insert_prepared
 
         self.preparing -= 1
         if isinstance(result, BaseException):
@@ -695,11 +695,9 @@ class NiivWidget(QScrollArea):
                 log.error("preparing the whole-volume layer failed", exc_info=result)
             self.set_status(f"whole volume: {result}")
             return
-        if result.source not in self.viewer.layers:  # closed meanwhile
-            result.lazy.close()
-            return
-        out = show_isotropic_layer(self.viewer, result)
-        self.set_status(f"'{out.name}': tiles are computed as you look at them")
+        out = insert_prepared(self.viewer, result)
+        if out is not None:
+            self.set_status(f"'{out.name}': tiles are computed as you look at them")
 
     # -- saving --------------------------------------------------------------------------------
     @gui_handler
@@ -726,8 +724,7 @@ class NiivWidget(QScrollArea):
             shape = tuple(int(s) for s in data.shape[-3:])
             named("volume", lambda: check_reconstructable(shape, model, settings.volume_orientation))
             out = as_store_path(path)
-            # the file the layer came from, whichever reader opened it (napari's, napari-ome-zarr's)
-            source = (layer.metadata or {}).get("niiv_source") or getattr(getattr(layer, "source", None), "path", None)
+            source = layer_source(layer)
             if source:
                 named("Save isotropic volume...", lambda: check_outside_input(out, source))
             if not out.parent.is_dir():
@@ -742,8 +739,8 @@ class NiivWidget(QScrollArea):
             self.set_status(str(exc))
             return None
         dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
-        origin = str(source) if source and "://" not in str(source) else None
-        input_id = str(source or "a napari layer")
+        origin = source if source and "://" not in source else None
+        input_id = source or "a napari layer"
         limits = (float(layer.contrast_limits[0]), float(layer.contrast_limits[1]))  # written as the window
         job = SaveJob(out, data, model, settings, geometry, dtype, input_id, self.save_chunks, origin, limits)
         self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
