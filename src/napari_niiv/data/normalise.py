@@ -34,12 +34,14 @@ class Normalisation:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """``x`` in [0, 1]; NaN and inf become NaN, which every check of the model's input refuses
         (clipped, an inf would pass as the brightest voxel)."""
-        x = np.asarray(x, dtype=np.float32)
+        raw = np.asarray(x)
+        x = raw.astype(np.float32, copy=False)
         scale = 1.0 / max(self.high - self.low, 1e-12)
         out = np.clip((x - self.low) * scale, 0.0, 1.0)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            out[bad] = np.nan
+        if raw.dtype.kind not in "biu":  # integers are finite: no extra pass over every read block
+            bad = ~np.isfinite(x)
+            if bad.any():
+                out[bad] = np.nan
         return out
 
     def invert(self, y: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
