@@ -105,7 +105,6 @@ class TrainingPanel(Container):
         self.previews = 0  # live previews shown with in-training weights
         self._layer: Any = None
         self._weights: str | None = None  # the weights chosen when the run started
-        self._held_text = ""  # which planes the run holds out, for the status line
         self._run_start: tuple[float, int] | None = None  # (time, step) of this run's first step
         self.start_button.changed.connect(lambda: self.start(resume=False))
         self.resume_button.changed.connect(lambda: self.start(resume=True))
@@ -244,10 +243,8 @@ class TrainingPanel(Container):
         self._run_start = None
         self.worker, self.bar = follow_training(job, self._layer.name)
         self._update_buttons()
-        held = job.split.held_out[0]
-        self._held_text = f"held-out planes z {held.start}-{held.stop - 1}"
         self.set_status(
-            f"training on {len(job.split.regions)} region(s); scoring the start weights on the {self._held_text}..."
+            f"training on {len(job.split.regions)} region(s); scoring the start weights on the {_held_planes(job)}..."
         )
 
     @gui_handler
@@ -299,8 +296,10 @@ class TrainingPanel(Container):
         when = "start weights" if step == 0 else f"step {step}"
         gain = metrics["cf_psnr_gain"]
         text = f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({gain:+.2f} vs bilinear)"
-        if step == 0:
-            text += f" on the {self._held_text} (bilinear there: {metrics['bilinear_cf_psnr']:.2f} dB); training..."
+        if step == 0 and self.job is not None:
+            text += (
+                f" on the {_held_planes(self.job)} (bilinear there: {metrics['bilinear_cf_psnr']:.2f} dB); training..."
+            )
         self.set_status(text)
 
     @gui_handler
@@ -376,3 +375,9 @@ class TrainingPanel(Container):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _held_planes(job: FineTuneJob) -> str:
+    """The planes a run holds out, for the status line."""
+    held = job.split.held_out[0]
+    return f"held-out planes z {held.start}-{held.stop - 1}"

@@ -58,7 +58,7 @@ def input_signature(job: BlockReconstruction) -> dict[str, Any]:
 
     data = open_volume(job.source).data if isinstance(job.source, str) else job.source
     sig: dict[str, Any] = {"shape": [int(s) for s in data.shape], "content_sha256": content_digest(data)}
-    path = job.source if isinstance(job.source, str) else getattr(job, "origin", None)
+    path = job.source if isinstance(job.source, str) else job.origin
     if path:
         sig |= path_signature(path)
     return sig

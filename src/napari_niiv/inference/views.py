@@ -422,7 +422,7 @@ class ViewRenderer:
         keep: tuple[int, int] | None,
         upto: int = 0,
         cancelled: Callable[[], bool] | None = None,
-    ) -> list[tuple[_Entry, LatentGrid | None, int]]:
+    ) -> list[tuple[_Entry, LatentGrid | None, int] | None]:
         """Latents for each plane of ``batch``: from the cache, else encoded over the snapped crop
         (and cached with the latent rows ``keep`` only, when given). An entry serves a plane if it
         was encoded over a crop covering the layout's needed rows x columns and holds the rows it
