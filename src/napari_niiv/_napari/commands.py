@@ -86,10 +86,11 @@ def prepare_isotropic_layer(
     geometry = layer_geometry(layer, settings)
     fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections) if fast else None
     small = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
-    # fitted on the layer's data as a save of it is (the sample depends on its chunks); read from
-    # memory when small enough: the tiles' interpolated stand-ins are read on napari's thread
-    norm = fit_normalisation(data)
-    lazy = LazyIsotropic(readable(data), norm, Reconstructor(model, settings), geometry, fast=small)
+    # read from memory when small enough: the tiles' interpolated stand-ins are read on napari's
+    # thread (the normalisation is the same either way: it does not depend on the chunks)
+    source = readable(data)
+    norm = fit_normalisation(source)
+    lazy = LazyIsotropic(source, norm, Reconstructor(model, settings), geometry, fast=small)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
     out = Image(
         lazy.levels,

@@ -16,6 +16,12 @@ _SAMPLE_VOXELS = 2_000_000
 _SAMPLE_CHUNKS = 32
 # The resume fingerprint strides through the whole volume up to this many chunks (it reads them all)
 _DIGEST_STRIDE_CHUNKS = 4096
+# The normalisation strides through the whole volume (it reads it all) up to this size and count of
+# chunks, so that one volume gets one normalisation however it is chunked: as a numpy array, the
+# reader's dask array or a zarr store (the live view, the whole-volume layer, a save and `niiv
+# reconstruct` of it agree). Beyond, it is sampled in whole chunks: the cost stays flat.
+_STRIDE_BYTES = 512 * 2**20
+_STRIDE_CHUNKS = 65536
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,14 @@ def content_digest(data: Any, chunks: int = _SAMPLE_CHUNKS) -> str:
     return h.hexdigest()
 
 
-def _sample(arr: da.Array) -> np.ndarray:
+def _sample(arr: da.Array, stride_bytes: int = 0) -> np.ndarray:
     """About ``_SAMPLE_VOXELS`` voxels spread over the volume. A stride through a chunked store
     touches every chunk, so a volume of many chunks is sampled in ``_SAMPLE_CHUNKS`` whole chunks
-    spread evenly over it instead: the cost stays flat as the volume grows."""
+    spread evenly over it instead (the cost stays flat as the volume grows), unless it is at most
+    ``stride_bytes`` (and ``_STRIDE_CHUNKS`` chunks): then by a stride, which the chunks do not change."""
     n_blocks = int(np.prod(arr.numblocks))
-    if n_blocks > _SAMPLE_CHUNKS:
+    by_position = arr.nbytes <= stride_bytes and n_blocks <= _STRIDE_CHUNKS
+    if n_blocks > _SAMPLE_CHUNKS and not by_position:
         blocks = _spread_blocks(arr, _SAMPLE_CHUNKS)
         per = max(1, _SAMPLE_VOXELS // len(blocks))
         parts = []
@@ -133,10 +141,11 @@ def fit_normalisation(data: Any, percentiles: tuple[float, float] = (0.01, 99.99
     """Percentile normalisation from a sample spread over the whole volume (never loads it all).
 
     Every tile of a volume must share one normalisation or tiles would not stitch, so this is
-    computed once per volume, not per tile.
+    computed once per volume, not per tile. Up to ``_STRIDE_BYTES`` it does not depend on how the
+    volume is chunked.
     """
     arr = data if isinstance(data, da.Array) else da.asarray(data)
-    sample = _sample(arr)
+    sample = _sample(arr, _STRIDE_BYTES)
     if not np.all(np.isfinite(sample)):
         raise NiivInputError(
             "the volume contains NaN or infinite values; replace them (e.g. with 0 or the "
