@@ -36,6 +36,23 @@ def medulla() -> np.ndarray:
     return np.asarray(open_volume(data_path("fibsem", "medulla_a.tif")).data[:64, :64, :64])
 
 
+def read_noting(array: np.ndarray, chunks: tuple[int, ...]) -> tuple[object, list[str]]:
+    """``array`` as a lazy dask array that notes the name of the thread reading each chunk (with
+    dask's synchronous scheduler: the thread that asked for it), and that list."""
+    import threading
+
+    import dask.array as da
+
+    readers: list[str] = []
+
+    def noted(block: np.ndarray) -> np.ndarray:
+        readers.append(threading.current_thread().name)
+        return block
+
+    lazy = da.from_array(array, chunks=chunks).map_blocks(noted, meta=np.empty((0,) * array.ndim, array.dtype))
+    return lazy, readers
+
+
 def random_model(config: NiivConfig | None = None, seed: int = 0) -> NiivModel:
     """A model whose decoder output is not zero, so tests see the whole network at work."""
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ from napari_niiv.inference.reconstructor import Reconstructor, interpolate_plane
 from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.inference.viewport import Camera, Frame, ViewGrid, view_grid
 from napari_niiv.inference.views import COARSE_MIN_PIXELS, ViewRenderer, coarse_grid, upsample
-from tests.conftest import random_model
+from tests.conftest import random_model, read_noting
 
 ALPHA = 4.0
 
@@ -421,19 +421,12 @@ def test_a_3d_read_answers_at_once_with_the_nearest_voxels_then_the_fast_models_
 def test_a_3d_read_of_a_large_lazy_input_reads_none_of_it_on_the_calling_thread(volume, monkeypatch):
     """The nearest voxels of a whole level lie in every chunk of the input: for a large lazy input
     (a big or remote store) the first 3D answer is empty (NaN), and only the worker reads."""
-    import dask.array as da
 
     from napari_niiv.inference import lazy_volume
     from napari_niiv.inference.geometry import output_geometry
     from napari_niiv.inference.lazy_volume import LazyIsotropic
 
-    readers: list[str] = []
-
-    def noted(block):
-        readers.append(threading.current_thread().name)
-        return block
-
-    lazy_input = da.from_array(volume, chunks=(4, 16, 16)).map_blocks(noted, meta=np.empty((0, 0, 0), volume.dtype))
+    lazy_input, readers = read_noting(volume, (4, 16, 16))
     monkeypatch.setattr(lazy_volume, "NEAREST_BYTES", volume.nbytes - 1)  # this one counts as large
     settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
     rec, geometry = Reconstructor(random_model(), settings), output_geometry(volume.shape, ALPHA)
@@ -454,6 +447,46 @@ def test_a_3d_read_of_a_large_lazy_input_reads_none_of_it_on_the_calling_thread(
         lazy._volumes.clear()
         lazy._volume_wanted = None
         assert np.isfinite(lazy.get(level, index)).all()
+    finally:
+        lazy.close()
+
+
+def test_a_plane_read_of_a_lazy_input_reads_its_stand_ins_on_a_thread(volume, monkeypatch):
+    """A lazy input (one over the in-memory size, e.g. a large store) is read through dask for
+    every stand-in: 0.4-1.7 s of napari's thread per slider step. A plane read now reads none of it:
+    NaN where no tile is made, the stand-ins made on their own thread, each followed by
+    ``on_preview`` (a redraw), after which the same read shows them, as interpolation."""
+    import dask
+
+    from napari_niiv.inference import lazy_volume
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+
+    monkeypatch.setattr(lazy_volume, "TILE", 16)
+    lazy_input, readers = read_noting(volume, (4, 16, 16))
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    rec, geometry = Reconstructor(random_model(), settings), output_geometry(volume.shape, ALPHA)
+    lazy = LazyIsotropic(lazy_input, fit_normalisation(volume), rec, geometry)
+    previewed: list[tuple] = []
+    lazy.on_preview = previewed.append
+    try:
+        gate, started = threading.Event(), threading.Event()
+        lazy._worker.submit(lambda cancelled: started.set() or gate.wait(60))  # no tiles meanwhile
+        assert started.wait(30)
+        index = (slice(0, 40), slice(5, 6), slice(0, 40))
+        readers.clear()
+        with dask.config.set(scheduler="synchronous"):  # chunks are read on the thread that asks
+            first = lazy.get(0, index)
+            assert np.isnan(first).all() and "MainThread" not in readers
+            assert lazy._preview_worker.wait_idle(60)
+        assert sorted(previewed) == sorted((0, 1, 5, r, c) for r in range(3) for c in range(3))
+        assert readers and "MainThread" not in readers
+        generation = lazy._preview_worker._generation
+        readers.clear()
+        shown = lazy.get(0, index)
+        assert "MainThread" not in readers and lazy._preview_worker._generation == generation  # none asked again
+        np.testing.assert_allclose(shown, lazy._interpolated(0, index), atol=1e-5)
+        gate.set()
     finally:
         lazy.close()
 

@@ -7,6 +7,7 @@ import pytest
 
 from napari_niiv.data.degrade import pool_axis
 from napari_niiv.errors import NiivInputError
+from tests.conftest import read_noting
 
 napari = pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer each
@@ -204,6 +205,43 @@ def test_layers_menu_command_adds_a_lazy_isotropic_layer(qtbot, viewer_with_volu
     np.testing.assert_allclose(np.asarray(saved.data), lazy.norm.invert(whole, np.uint8), atol=1)
     viewer.layers.remove(iso)
     assert lazy._worker.stopped  # removing the layer closed it
+
+
+def test_a_whole_volume_layer_of_a_large_lazy_input_reads_its_stand_ins_off_naparis_thread(
+    qtbot, make_napari_viewer, anisotropic, monkeypatch
+):
+    """Over the in-memory size the input stays lazy (a large store): napari's slicing reads none
+    of it (the plane is empty at first), and the layer is redrawn with the interpolated stand-ins as
+    they are read on their own thread, while no niiv tile is made."""
+    import threading
+
+    import dask
+
+    from napari_niiv._napari import layer_view
+    from napari_niiv._napari.commands import add_isotropic_layer
+
+    monkeypatch.setattr(layer_view, "IN_MEMORY_BYTES", 0)
+    data, readers = read_noting(anisotropic, (2, 16, 16))
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, name="em", scale=(ALPHA * 10, 10, 10))
+    iso = add_isotropic_layer(viewer, layer, weights="niiv-fast")
+    lazy = iso.data[0].volume
+    assert not isinstance(lazy.source, np.ndarray)
+    gate, started = threading.Event(), threading.Event()
+    lazy._worker.submit(lambda cancelled: started.set() or gate.wait(60))  # no niiv tiles meanwhile
+    try:
+        assert started.wait(30)
+        lazy._previews.clear()
+        layer.visible = False  # napari reads the input layer's own plane on its thread
+        readers.clear()
+        with dask.config.set(scheduler="synchronous"):  # chunks are read on the thread that asks
+            viewer.dims.set_current_step(0, 300)  # a plane not shown before
+            assert np.isnan(np.asarray(iso._slice.image.raw)).all() and "MainThread" not in readers
+            qtbot.waitUntil(lambda: np.isfinite(np.asarray(iso._slice.image.raw)).all(), timeout=30_000)
+        assert readers and "MainThread" not in readers
+        assert not lazy._tiles
+    finally:
+        gate.set()
 
 
 def test_layer_right_click_menu_has_the_command(qtbot, viewer_with_volume):

@@ -137,6 +137,7 @@ class TileProgress(QObject):
     (:meth:`show_confidence`) on the same tiles."""
 
     _tile_done = Signal()
+    _preview_done = Signal()  # a stand-in of a lazy input's tile read: redrawn, not counted
     _failed = Signal(object)
 
     def __init__(self, viewer: Any, layer: Image, lazy: LazyIsotropic) -> None:
@@ -155,8 +156,10 @@ class TileProgress(QObject):
         self._bar_timer.setInterval(0)
         self._bar_timer.timeout.connect(self._update_bar)
         self._tile_done.connect(self._on_tile)
+        self._preview_done.connect(self._on_preview)
         self._failed.connect(self._on_error)
         lazy.on_tile = lambda key: self._tile_done.emit()
+        lazy.on_preview = lambda key: self._preview_done.emit()
         lazy.on_error = self._failed.emit
         lazy.on_write_progress = self._on_write_progress
         layer.events.set_data.connect(self._schedule_bar)
@@ -166,9 +169,16 @@ class TileProgress(QObject):
     @gui_handler
     def _on_tile(self) -> None:
         self.done += 1
+        self._schedule_redraw()
+        self._bar_timer.start()
+
+    @gui_handler
+    def _on_preview(self) -> None:
+        self._schedule_redraw()
+
+    def _schedule_redraw(self) -> None:
         if not self._timer.isActive():
             self._timer.start()
-        self._bar_timer.start()
 
     @gui_handler
     def _redraw(self) -> None:
