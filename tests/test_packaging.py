@@ -245,3 +245,28 @@ def test_the_manifest_icon_is_a_packaged_square_png() -> None:
     path = importlib.resources.files(package) / resource
     with Image.open(str(path)) as img:
         assert img.format == "PNG" and img.size[0] == img.size[1] >= 128
+
+
+def test_an_older_napari_is_refused_saying_what_to_do() -> None:
+    """napari's plugin manager installs no extras, so the `napari>=0.9` bound does not apply there:
+    with napari 0.6-0.8 the live view failed inside Qt callbacks (no viewer.scene). Loading the
+    plugin's napari side now fails at once with what to do."""
+    pytest.importorskip("napari")
+    code = textwrap.dedent(
+        """
+        import napari
+        napari.__version__ = "0.8.4"
+        try:
+            import napari_niiv._napari
+        except ImportError as e:
+            print(e)
+        """
+    )
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "needs napari 0.9 or newer, and this is napari 0.8.4" in said and 'pip install -U "napari>=0.9"' in said
+    from napari_niiv._napari import check_napari
+
+    for version in ["0.9.0", "0.9.2", "0.10.0", "1.0.0rc1"]:
+        check_napari(version)
+    with pytest.raises(ImportError, match=r"napari 0\.6\.6"):
+        check_napari("0.6.6")
