@@ -61,6 +61,26 @@ def test_ctrl_c_while_the_command_is_still_importing_ends_in_one_line() -> None:
     assert (res.returncode, res.stderr) == (130, "niiv: interrupted\n")
 
 
+def test_output_read_by_a_command_that_stops_early_ends_quietly() -> None:
+    """``niiv info WEIGHTS | head -3``: the reader goes away while niiv writes. It ended in a
+    BrokenPipeError traceback (the packaging audit); now quietly, with the shell's SIGPIPE status."""
+    import os
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "niiv-em.safetensors"
+    script = (
+        "import sys\nfrom napari_niiv.console import main\nsys.argv = ['niiv', 'info', sys.argv[1]]\nsys.exit(main())\n"
+    )
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before niiv writes
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", script, str(weights)], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    finally:
+        os.close(write)
+    assert (res.returncode, res.stderr) == (141, "")
+
+
 @pytest.mark.parametrize("command", ["info", "reconstruct", "train", "evaluate"])
 def test_every_command_prints_its_help(capsys, command) -> None:
     """argparse formats help with %: a stray one in a help text turned `niiv train --help` into a traceback."""
