@@ -36,7 +36,7 @@ def _ome_tiff(path, data, sizes_um=None, axes="ZYX"):
 
 @pytest.fixture
 def bioio_ome_tiff():
-    pytest.importorskip("bioio", reason='bioio is an optional extra: pip install "napari-niiv[bioio]"')
+    pytest.importorskip("bioio", reason="bioio is an optional extra (the bioio extra)")
     pytest.importorskip("bioio_ome_tiff", reason="bioio's OME-TIFF reader plugin (bioio-ome-tiff) is not installed")
 
 
@@ -76,7 +76,7 @@ def test_microscope_formats_go_to_bioio_and_name_the_extra_without_it(tmp_path, 
     path = tmp_path / f"scan{suffix}"
     path.write_bytes(b"not really a microscope file")
     monkeypatch.setitem(sys.modules, "bioio", None)  # as if the extra were not installed: import fails
-    needs = rf'reading \{suffix} files needs bioio and its readers: pip install "napari-niiv\[bioio\]"'
+    needs = rf"reading \{suffix} files needs bioio and its readers: pip install bioio bioio-ome-tiff bioio-czi"
     # SourceError: napari's reader shows it rather than pass the file on to another reader.
     with pytest.raises(SourceError, match=needs) as err:
         open_volume(path)
@@ -92,7 +92,7 @@ def test_unknown_format_mentions_the_bioio_extra(tmp_path) -> None:
 
 @pytest.mark.parametrize(("suffix", "plugin"), [(".czi", "bioio_czi"), (".nd2", "bioio_nd2"), (".lif", "bioio_lif")])
 def test_bioio_without_the_formats_reader_names_the_extra(tmp_path, suffix, plugin) -> None:
-    pytest.importorskip("bioio", reason='bioio is an optional extra: pip install "napari-niiv[bioio]"')
+    pytest.importorskip("bioio", reason="bioio is an optional extra (the bioio extra)")
     try:
         __import__(plugin)
     except ImportError:
@@ -101,5 +101,5 @@ def test_bioio_without_the_formats_reader_names_the_extra(tmp_path, suffix, plug
         pytest.skip(f"{plugin} is installed: bioio would read the file itself")
     path = tmp_path / f"scan{suffix}"
     path.write_bytes(b"not really a microscope file")
-    with pytest.raises(SourceError, match=rf'no bioio reader for \{suffix} files is installed: pip install "napari'):
+    with pytest.raises(SourceError, match=rf"no bioio reader for \{suffix} files is installed: pip install bioio "):
         open_volume(path)

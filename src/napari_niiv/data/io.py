@@ -275,7 +275,7 @@ def _open_any(p: Path) -> Volume:
         ) from exc
     raise NiivInputError(
         f"{p}: unknown format; niiv reads .tif/.tiff, .npy, .zarr and OME-Zarr, and {'/'.join(BIOIO_SUFFIXES)} "
-        'with the bioio extra (pip install "napari-niiv[bioio]")'
+        f"with the bioio extra ({BIOIO_EXTRA})"
     )
 
 
@@ -379,7 +379,8 @@ def _check_complete(tif: Any, path: Path, planes: int) -> None:
 
 # Microscope formats read through bioio's reader plugins (the ``bioio`` extra); TIFF stays with tifffile.
 BIOIO_SUFFIXES = (".czi", ".nd2", ".lif")
-BIOIO_EXTRA = 'pip install "napari-niiv[bioio]"'
+# what the `bioio` extra installs, named package by package: they are on PyPI, napari-niiv not yet
+BIOIO_EXTRA = "pip install bioio bioio-ome-tiff bioio-czi bioio-nd2 bioio-lif"
 
 
 def open_bioio(path: str | Path) -> Volume:
