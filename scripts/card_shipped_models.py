@@ -249,13 +249,13 @@ attention came after 900 GPU epochs, which this CPU cannot test.)
 """
 
 
-
 def _shown(path: object) -> str:
     """A weights path as a card shows it: relative to the repository when inside it (the machine's
     absolute path means nothing to a reader), else as given (a shipped name)."""
     text = str(path)
     root = str(Path(__file__).resolve().parents[1]) + "/"
     return text[len(root) :] if text.startswith(root) else text
+
 
 def niiv(command: str) -> tuple[str, list[dict]]:
     """Run one `niiv` command (as written in the card), with --json; its table and scores."""

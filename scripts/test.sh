@@ -8,3 +8,4 @@ export NIIV_DATA_DIR=${NIIV_DATA_DIR:-$(cd .. && pwd)/shared/data}
 .venv/bin/python -m pytest "$@"
 .venv/bin/lint-imports --no-cache
 .venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff format --check .  # as the pre-commit hook formats
