@@ -120,7 +120,7 @@ elif recipe in ("fast", "fast-again"):
         alpha_max=12.0,
         degradations="thick,thin",
         architecture="fast",
-        teacher=str(ROOT / "weights" / "niiv-em.safetensors"),
+        teacher="niiv-em",  # the shipped weights, by the name their card records
         acquisition_embedding=True,  # told alpha and the sections, like its teacher
         lr=3e-4 if again else 1e-3,
         warmup=50 if again else 100,

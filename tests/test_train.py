@@ -451,6 +451,26 @@ def test_acquisition_embedding_from_scratch_or_added_to_init_weights_and_trained
         train([vol], replace(settings, acquisition_embedding=False), out, init=init, resume=True, progress=False)
 
 
+def test_a_run_records_shipped_start_and_teacher_weights_by_name(tmp_path, medulla) -> None:
+    """The shipped niiv-lm and niiv-fast named the training machine's paths of niiv-em
+    (/work/.../niiv-em.safetensors) as their start and teacher: shipped weights are recorded by
+    name, a user's own by their path."""
+    from napari_niiv.inference.weights import resolve_weights, save_weights
+    from tests.conftest import random_model
+
+    vol = Volume(da.from_array(medulla))
+    settings = TrainSettings(
+        steps=1, architecture="fast", alpha_max=8.0, teacher=str(resolve_weights("niiv-fast")), **FAST
+    )
+    card = load_weights(
+        train([vol], settings, tmp_path / "a.safetensors", init=resolve_weights("niiv-fast"), progress=False).weights
+    ).card
+    assert (card["fine_tuned_from"], card["distilled_from"]) == ("niiv-fast", "niiv-fast")
+    own = save_weights(tmp_path / "own.safetensors", random_model(NiivConfig.fast()), 8.0, None)
+    card = load_weights(train([vol], settings, tmp_path / "b.safetensors", init=own, progress=False).weights).card
+    assert card["fine_tuned_from"] == str(own)
+
+
 def test_a_time_limited_run_is_checked_and_previewed_through_its_time() -> None:
     """Checks and previews come every eval_every / preview_every steps, and with a time limit also
     ten and twenty times over it: a run its limit ended before the first step count got none."""

@@ -361,6 +361,16 @@ def user_dir() -> Path:
     return Path(platformdirs.user_data_dir("napari-niiv", appauthor=False)) / "weights"
 
 
+def recorded_name(weights: str | Path) -> str:
+    """How a card records the weights a run started from or learned from: shipped weights by their
+    name (``niiv-em``: the same on every install; their path named the machine that trained),
+    anything else as given."""
+    p = Path(weights)
+    if p.suffix == ".safetensors" and p.resolve().parent == shipped_dir().resolve():
+        return p.stem
+    return str(weights)
+
+
 def available_weights() -> dict[str, Path]:
     """Name -> path of every weights file: shipped first, then the user's; not the checkpoints
     (``NAME.ckpt.safetensors``) that runs keep to be resumed."""

@@ -46,6 +46,7 @@ from ..inference.store import check_room, check_writable, output_lock
 from ..inference.weights import (
     Weights,
     load_weights,
+    recorded_name,
     remove_stray_temporaries,
     resolve_weights,
     restore_optimizer,
@@ -540,7 +541,7 @@ def train(
     identity = run_identity(settings, model, vols, sampler, z_ranges)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     step, history, elapsed = 0, [], 0.0
-    started_from = str(init) if init else None
+    started_from = recorded_name(init) if init else None
     saved_step: int | None = None  # the step the checkpoint on disk holds, as far as this run knows
     if resume:
         state = load_weights(ckpt, with_optimizer=True)
@@ -563,7 +564,7 @@ def train(
         "settings": asdict(settings),
         "precision": precision_name(amp),  # what it ran in
         "fine_tuned_from": started_from,
-        **({"distilled_from": settings.teacher} if settings.teacher else {}),
+        **({"distilled_from": recorded_name(settings.teacher)} if settings.teacher else {}),
         **(card or {}),
     }
 
