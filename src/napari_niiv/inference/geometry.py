@@ -12,6 +12,11 @@ Conventions (napari's, and NGFF's as napari-ome-zarr reads it):
   sections, 4 nm output: 18 nm before the first section's centre).
 - **Continuous input coordinates** (what the model reads): input pixel ``i`` covers ``[i, i + 1)``;
   output index ``k`` sits at ``u = (k + 0.5) * n_in / n_out``.
+- **Simulated sections** (training and evaluation): an isotropic stack degraded by ``alpha`` along
+  z gives sections ``i`` covering planes ``[i * alpha, (i + 1) * alpha)``; its plane ``k`` (centre
+  ``k + 0.5``) sits at section coordinate ``u = (k + 0.5) / alpha``, and only the planes the sections
+  fully cover (``k + 1 <= n_sections * alpha``) are ground truth. At a fractional alpha
+  ``n_sections * alpha`` need not be whole, so these are not ``output_coords``' points.
 - **Unknown voxel sizes.** A file without voxel sizes whose anisotropy is given by hand (alpha A)
   is taken to have voxels ``(A, 1, 1)``: the output voxel is then isotropic, ``scale`` in every
   axis (1, 1, 1 at scale 1), never ``(1/A, 1, 1)``.
@@ -45,6 +50,18 @@ def output_coords(n_in: int, n_out: int, start: int = 0, stop: int | None = None
     """Continuous input coordinates of output indices ``start..stop`` along one axis."""
     stop = n_out if stop is None else stop
     return (np.arange(start, stop, dtype=np.float64) + 0.5) * (n_in / n_out)
+
+
+def covered_planes(n_sections: int, alpha: float) -> int:
+    """How many planes of an isotropic stack ``n_sections`` simulated sections, ``alpha`` planes
+    apart, fully cover (the ground truth of a simulated degradation)."""
+    return int(np.floor(n_sections * alpha + 1e-9))
+
+
+def section_coords(depth: int, alpha: float) -> np.ndarray:
+    """Continuous section coordinates of the first ``depth`` planes of an isotropic stack degraded
+    by ``alpha`` along z: ``(k + 0.5) / alpha`` (see the module notes)."""
+    return (np.arange(depth, dtype=np.float64) + 0.5) / float(alpha)
 
 
 def level_coords(n_in: int, n_out: int, level: int, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -160,6 +160,19 @@ class Reconstructor:
         decoding done (all orientations) as it goes: a block can take minutes on a CPU."""
         n_in = tuple(int(s) for s in source.shape)
         coords = [output_coords(n_in[a], shape_out[a], index[a].start, index[a].stop) for a in range(3)]
+        return self.parts_at(source, coords, orients, cancelled, progress)
+
+    def parts_at(
+        self,
+        source: Any,
+        coords: list[np.ndarray],
+        orients: tuple[str, ...],
+        cancelled: Cancelled | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, np.ndarray] | None:
+        """:meth:`block_parts` at any continuous input coordinates ``coords`` (one array per axis,
+        z, y, x; e.g. :func:`.geometry.section_coords` for a simulated degradation)."""
+        n_in = tuple(int(s) for s in source.shape)
         ranges = [pixel_range(coords[a], n_in[a], self.halo) for a in range(3)]
         data = np.asarray(source[tuple(slice(lo, hi) for lo, hi in ranges)], dtype=np.float32)
         rows = coords[0] - ranges[0][0]

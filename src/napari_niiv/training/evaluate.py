@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ..data.degrade import THICK, Degradation
+from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
-from ..inference.reconstructor import reconstruct_volume
+from ..inference import confidence
+from ..inference.geometry import covered_planes, output_coords, section_coords
+from ..inference.reconstructor import NormalisedView, Reconstructor, check_reconstructable
 from ..inference.settings import InferenceSettings
 from ..model import NiivModel
 from .metrics import slice_metrics
@@ -66,32 +67,76 @@ def lateral_planes(data: np.ndarray) -> np.ndarray:
 
 
 def simulate(iso: np.ndarray, alpha: float, degradation: Degradation = THICK) -> tuple[np.ndarray, np.ndarray]:
-    """Degraded volume and the matching ground truth (the z planes the sections fully cover)."""
+    """Degraded volume and the matching ground truth (the z planes the sections fully cover; plane
+    ``k`` lies at section coordinate ``(k + 0.5) / alpha``, where every method is evaluated)."""
     low = degradation.apply(iso, alpha, axis=0)
-    depth = int(np.floor(low.shape[0] * alpha + 1e-9))
-    return low, np.asarray(iso[:depth], dtype=np.float32)
+    return low, np.asarray(iso[: covered_planes(low.shape[0], alpha)], dtype=np.float32)
+
+
+# Cubic convolution's parameter in PyTorch's (and OpenCV's) bicubic interpolation.
+CUBIC_A = -0.75
+
+
+def interpolation_matrix(mode: str, n_low: int, coords: np.ndarray) -> np.ndarray:
+    """(len(coords), n_low) weights of 1D ``nearest``, ``bilinear`` or ``bicubic`` interpolation of
+    ``n_low`` samples (sample ``i`` centred at ``i + 0.5``) at continuous ``coords``, border-clamped
+    as ``F.interpolate(align_corners=False)`` (which computes the same at a whole-number alpha)."""
+    rows = np.arange(coords.size)
+    w = np.zeros((coords.size, n_low), dtype=np.float64)
+    if mode == "nearest":
+        w[rows, np.clip(np.floor(coords).astype(int), 0, n_low - 1)] = 1.0
+        return w.astype(np.float32)
+    pos = coords - 0.5
+    if mode == "bilinear":
+        pos = np.clip(pos, 0.0, n_low - 1)
+        lo = np.floor(pos).astype(int)
+        t = pos - lo
+        taps, weights = (lo, lo + 1), (1.0 - t, t)
+    elif mode == "bicubic":
+        lo = np.floor(pos).astype(int)
+        t = pos - lo
+        a = CUBIC_A
+
+        def near(x: np.ndarray) -> np.ndarray:  # |x| <= 1
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+
+        def far(x: np.ndarray) -> np.ndarray:  # 1 < |x| < 2
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+        taps, weights = (lo - 1, lo, lo + 1, lo + 2), (far(t + 1), near(t), near(1 - t), far(2 - t))
+    else:
+        raise NiivInputError(f"interpolation must be nearest, bilinear or bicubic, got {mode!r}")
+    for tap, weight in zip(taps, weights, strict=True):
+        np.add.at(w, (rows, np.clip(tap, 0, n_low - 1)), weight)
+    return w.astype(np.float32)
 
 
 def interpolation(mode: str) -> Method:
-    """Classical interpolation along z only (x and y are already fully sampled)."""
+    """Classical interpolation along z only (x and y are already fully sampled), at the ground
+    truth's planes."""
+    interpolation_matrix(mode, 1, np.zeros(0))  # an unknown mode is refused here, not per volume
 
     def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation = THICK) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(low, dtype=np.float32)).permute(1, 0, 2).unsqueeze(1)  # (Y,1,z,X)
-        kw = {} if mode == "nearest" else {"align_corners": False}
-        up = F.interpolate(t, size=(shape[0], shape[2]), mode=mode, **kw)
-        return up.squeeze(1).permute(1, 0, 2).clamp(0, 1).numpy()
+        m = interpolation_matrix(mode, low.shape[0], section_coords(shape[0], alpha))
+        up = np.tensordot(m, np.asarray(low, dtype=np.float32), axes=(1, 0))
+        return np.clip(up, 0.0, 1.0)
 
     return run
 
 
 def niiv_method(model: NiivModel, settings: InferenceSettings | None = None) -> Method:
     """niiv with ``settings`` (default: xz slices, auto device and precision); their alpha and
-    degradation are replaced by each evaluation's."""
+    degradation are replaced by each evaluation's. It decodes exactly the ground truth's planes."""
     settings = settings or InferenceSettings(alpha=1.0, orientation="xz")
 
     def run(low: np.ndarray, alpha: float, shape: tuple[int, int, int], degradation: Degradation = THICK) -> np.ndarray:
-        out = reconstruct_volume(model, low, settings.replace(alpha=alpha, degradation=str(degradation)))
-        return out[: shape[0]]
+        run_settings = settings.replace(alpha=alpha, degradation=str(degradation))
+        check_reconstructable(low.shape, model, run_settings.volume_orientation)
+        norm = fit_normalisation(low)
+        coords = [section_coords(shape[0], alpha), output_coords(shape[1], shape[1]), output_coords(shape[2], shape[2])]
+        orients = run_settings.orientations("xz")
+        parts = Reconstructor(model, run_settings).parts_at(NormalisedView(low, norm), coords, orients)
+        return norm.invert(confidence.reconstruction(parts, orients), np.float32)
 
     return run
 
