@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         "a running dask.distributed cluster with --scheduler ADDRESS (workers must see IN and OUT).\n"
         "It is written to OUT.partial and renamed when complete; if a run is killed, running the\n"
         "same command again writes only the missing chunks. .tif and .npy are written whole (small\n"
-        "volumes). OUT is never overwritten unless --overwrite is given.",
+        "volumes). OUT is never overwritten unless --overwrite is given. Integer inputs keep their\n"
+        "pixel type (in a .tif only uint8, uint16 and int16; other integers become float32 there);\n"
+        "float and bool inputs come out as float32.",
     )
     rec.add_argument("input", help="anisotropic volume (TIFF, zarr, OME-Zarr, .npy), axes ZYX")
     rec.add_argument("output", help="where to write (.zarr / .ome.zarr, .tif, .npy)")
@@ -648,7 +650,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         vol.unit,
         region,
     )
-    dtype = np.dtype(vol.data.dtype) if np.dtype(vol.data.dtype).kind in "ui" else np.dtype(np.float32)
+    dtype = _output_dtype(vol.data.dtype, out)
     if out.suffix.lower() != ".zarr":  # written whole and uncompressed: the size is known
         check_room(out, int(np.prod(geometry.size)) * dtype.itemsize + 2**20, "this output")
     job = BlockReconstruction(_resolved(src), norm, model, settings, geometry, dtype)
@@ -769,6 +771,19 @@ def _untrained_alpha_note(trained: tuple[float, float], alpha: float) -> str | N
         return None
     span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g} to {hi:g}"
     return f"was trained for {span}, used here at {alpha:g}: expect less than its card says"
+
+
+# The integer types an ImageJ TIFF holds (besides float32): tifffile refuses int8, int32, uint32 and 64 bits.
+IMAGEJ_INTEGERS = ("uint8", "uint16", "int16")
+
+
+def _output_dtype(dtype: Any, out: Path) -> np.dtype:
+    """OUT's pixel type: the input's integer type where OUT's format holds it, float32 otherwise
+    (float and bool inputs, and in a .tif integers ImageJ cannot hold)."""
+    d = np.dtype(dtype)
+    if d.kind in "ui" and (out.suffix.lower() not in (".tif", ".tiff") or d.name in IMAGEJ_INTEGERS):
+        return d
+    return np.dtype(np.float32)
 
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
