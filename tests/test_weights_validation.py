@@ -91,6 +91,9 @@ CASES = {
     "alpha_range_zero": ({"card": json.dumps({"alpha_range": [0, 8]})}, "alpha_range"),
     "degradations_number": ({"card": json.dumps({"degradations": 4})}, "degradations 4"),
     "degradations_unknown": ({"card": json.dumps({"degradations": ["thick", "fog"]})}, "degradations"),
+    # evaluate keys its rows by the name: a list was a TypeError traceback there
+    "name_list": ({"card": json.dumps({"name": ["x"]})}, r"name \['x'\] is not usable; it needs a text"),
+    "purpose_number": ({"card": json.dumps({"purpose": 3})}, "purpose 3 is not usable"),
 }
 
 

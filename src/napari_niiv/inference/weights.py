@@ -296,7 +296,7 @@ def _checked_metadata(path: Path, meta: dict[str, str]) -> tuple[float, Normalis
 
 
 def _checked_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
-    """The card's fields that code reads (``alpha_range``, ``degradations``) checked, or a
+    """The card's fields that code reads (``alpha_range``, ``degradations``, ``name``, ``purpose``) checked, or a
     message naming the bad one: a card is text anyone can edit."""
     from ..data.degrade import Degradation, check_alpha
 
@@ -325,6 +325,9 @@ def _checked_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
                 f"{path}: its model card's degradations {given!r} are not usable ({exc}); it needs names such as "
                 '["thick", "thin"]'
             ) from None
+    for key in ("name", "purpose"):  # printed, and the name keys evaluate's rows
+        if card.get(key) is not None and not isinstance(card[key], str):
+            raise NiivInputError(f"{path}: its model card's {key} {card[key]!r} is not usable; it needs a text")
     return card
 
 
