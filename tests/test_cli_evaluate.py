@@ -1,5 +1,7 @@
 """`niiv evaluate` and the dtype/confidence outputs of `niiv reconstruct`: the cli-evaluate audit's cases."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,7 @@ from napari_niiv.cli import main
 from napari_niiv.data import open_volume
 from napari_niiv.inference.weights import save_weights
 
-from .conftest import TINY, random_model
+from .conftest import TINY, random_model, write_tif
 
 
 @pytest.fixture
@@ -33,3 +35,104 @@ def test_integers_a_tif_cannot_hold_come_out_as_float32(tmp_path, capsys, tiny, 
     code, _, err = _run(capsys, "reconstruct", src, tmp_path / "o.npy", "--alpha", "2", "--weights", tiny)
     assert code == 0, err
     assert np.load(tmp_path / "o.npy").dtype == np.dtype(dtype)
+
+
+@pytest.fixture
+def iso(tmp_path, medulla):
+    path = tmp_path / "iso.tif"
+    write_tif(path, medulla[:32, :32, :32])
+    return path
+
+
+def test_evaluate_refuses_alpha_1_and_an_alpha_given_twice(capsys, iso, tiny) -> None:
+    """Alpha 1 degrades nothing: it printed inf / nan tables (and Infinity in --json)."""
+    code, out, err = _run(capsys, "evaluate", iso, "--alpha", "1", "--weights", tiny)
+    assert code == 2 and "alpha 1 simulates no anisotropy" in err and not out
+    code, out, err = _run(capsys, "evaluate", iso, "--alpha", "4,4", "--weights", tiny)
+    assert code == 2 and "each alpha once" in err and not out
+
+
+def test_evaluate_writes_strict_json_when_a_score_is_infinite(tmp_path, capsys, tiny) -> None:
+    """Planes all alike along z: every interpolation is exact (infinite PSNR); the JSON says null,
+    not Infinity, which strict parsers (JavaScript, Go, serde) reject."""
+    path = tmp_path / "flat.npy"
+    plane = np.random.default_rng(0).random((1, 16, 16)).astype(np.float32)
+    np.save(path, np.repeat(plane, 16, axis=0))
+    report = tmp_path / "s.json"
+    code, _, err = _run(capsys, "evaluate", path, "--cube", "16", "--alpha", "2", "--weights", tiny, "--json", report)
+    assert code == 0, err
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the JSON")
+
+    rows = json.loads(report.read_text(), parse_constant=refuse)
+    assert next(r for r in rows if r["method"] == "nearest")["psnr"] is None
+
+
+def test_a_cube_too_small_is_refused_before_scoring_naming_cube(tmp_path, capsys, iso) -> None:
+    """It was found per cube during scoring and blamed 'the volume's xy size 12x12'."""
+    wide = save_weights(tmp_path / "wide.safetensors", random_model(), 4.0, None)  # receptive radius 14
+    code, out, err = _run(capsys, "evaluate", iso, "--cube", "12", "--alpha", "2", "--weights", wide)
+    assert code == 2 and not out
+    assert "--cube 12" in err and "receptive field" in err and "give a larger --cube" in err
+    assert "xy size" not in err
+    # slices smaller than SSIM's window (it warned 'Mean of empty slice' and went on)
+    code, out, err = _run(capsys, "evaluate", iso, "--cube", "9", "--alpha", "2", "--weights", wide)
+    assert code == 2 and not out and "--cube 9" in err and "SSIM" in err
+
+
+def test_both_with_xy_slices_is_refused(capsys, iso, tiny) -> None:
+    """xy mode's --both decoded yz slices of the transposed cubes: columns along the blurred z."""
+    code, out, err = _run(capsys, "evaluate", iso, "--cube", "16", "--slices", "xy", "--both", "--weights", tiny)
+    assert code == 2 and not out and "--both" in err and "--slices xy" in err
+
+
+def _methods():
+    from napari_niiv.training.evaluate import interpolation
+
+    return {m: interpolation(m) for m in ("bilinear", "bicubic")}
+
+
+def test_the_python_evaluate_honours_xy_and_degradation_names() -> None:
+    from napari_niiv.data.degrade import Degradation
+    from napari_niiv.training.evaluate import evaluate, lateral_planes
+
+    vol = np.random.default_rng(4).random((24, 32, 28)).astype(np.float32)
+    xy = evaluate([vol], 4, _methods(), slices="xy", degradation="thin")
+    by_hand = evaluate([lateral_planes(vol)], 4, _methods(), slices="xz", degradation=Degradation("thin"))
+    assert [(s.method, s.psnr) for s in xy] == [(s.method, s.psnr) for s in by_hand]
+    assert xy[0].degradation == "thin"
+    yz = evaluate([vol], 4, _methods(), slices="yz")
+    assert xy[0].psnr != yz[0].psnr  # 'xy' was silently scored as yz
+
+
+@pytest.mark.parametrize(
+    ("volumes", "kwargs", "message"),
+    [
+        ([], {}, "give at least one isotropic volume"),
+        ([np.zeros((32, 32))], {}, r"shape \(32, 32\): give 3D volumes"),
+        ([np.random.rand(32, 16, 16)], {"alpha": 40}, "alpha 40 needs at least 80"),
+        ([np.random.rand(32, 16, 16)], {"alpha": 1}, "alpha 1 simulates no anisotropy"),
+        ([np.random.rand(32, 16, 16)], {"ranges": [(5, 5)]}, r"ranges\[0\]"),
+        ([np.random.rand(32, 16, 16)], {"degradation": "fog"}, "degradation must be one of"),
+        ([np.random.rand(32, 16, 16)], {"slices": "zz"}, "slices must be one of"),
+        ([np.random.rand(16, 8, 8)], {}, "SSIM"),
+    ],
+)
+def test_the_python_evaluate_refuses_bad_arguments_in_one_line(volumes, kwargs, message) -> None:
+    from napari_niiv.errors import NiivInputError
+    from napari_niiv.training.evaluate import evaluate
+
+    kwargs = {"alpha": 4, **kwargs}
+    with pytest.raises(NiivInputError, match=message):
+        evaluate(volumes, kwargs.pop("alpha"), _methods(), **kwargs)
+
+
+def test_evaluate_notes_a_volume_whose_voxel_sizes_say_it_is_anisotropic(tmp_path, capsys, medulla, tiny) -> None:
+    path = tmp_path / "aniso.tif"
+    write_tif(
+        path, medulla[:32, :32, :32], imagej=True, resolution=(1 / 4, 1 / 4), metadata={"spacing": 32, "axes": "ZYX"}
+    )
+    code, _, err = _run(capsys, "evaluate", path, "--cube", "32", "--alpha", "4", "--weights", tiny)
+    assert code == 0, err
+    assert "voxel sizes give alpha 8, not an isotropic volume" in err and "--slices xy" in err

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
-from .data.degrade import ALPHA_RANGE, DEGRADATIONS
+from .data.degrade import ALPHA_RANGE, DEGRADATIONS, check_simulated_alpha
 from .errors import NiivInputError
 from .inference.settings import DEVICES, ORIENTATIONS, PRECISIONS, SCALE_RANGE, InferenceSettings
 from .model.config import ARCHITECTURES
@@ -140,12 +140,21 @@ class _Alphas(tuple):
 
 
 def _alphas(text: str) -> tuple[float, ...]:
-    """An argparse type: one alpha or a comma-separated list (``3,4,6,8``), each in ``ALPHA_RANGE``."""
+    """An argparse type: one alpha or a comma-separated list (``3,4,6,8``), each in ``ALPHA_RANGE``
+    and above 1 (a simulated anisotropy), each once."""
     one = _number(*ALPHA_RANGE)
     parts = [t for t in text.split(",")]
     if not parts or any(not t.strip() for t in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: give an alpha or a comma-separated list such as 4,8,10")
-    return _Alphas(one(t.strip()) for t in parts)
+    alphas = [one(t.strip()) for t in parts]
+    try:
+        for a in alphas:
+            check_simulated_alpha(a)
+    except NiivInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(set(alphas)) != len(alphas):
+        raise argparse.ArgumentTypeError(f"{text!r}: give each alpha once")
+    return _Alphas(alphas)
 
 
 DEGRADATION_HELP = (
@@ -386,16 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="score niiv against interpolation on isotropic volumes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Simulate anisotropy on isotropic volumes (average-pool by alpha along z), reconstruct the\n"
-        "xz slices back to full z resolution and compare with the original (paper, section 5):\n"
-        "Fourier-clipped PSNR, PSNR and SSIM per slice, averaged, and seconds per volume.",
+        description="Simulate anisotropy on isotropic volumes (sections alpha planes apart along z, made as\n"
+        "--degradation says), reconstruct the xz slices back to full z resolution and compare with the\n"
+        "original (paper, section 5): Fourier-clipped PSNR, PSNR and SSIM per slice, averaged, and\n"
+        "seconds per volume. Every method is scored at each ground-truth plane's own depth (the planes\n"
+        "the sections fully cover). --cube is checked before any scoring: two sections, SSIM's 11 px\n"
+        "window and each weights file's receptive field must fit in it.",
     )
     ev.add_argument("volumes", nargs="+", help="isotropic volumes (ground truth)")
     ev.add_argument(
         "--alpha",
         type=_alphas,
         default=_Alphas((8.0,)),
-        help="anisotropy to simulate (default 8); a comma-separated list (3,4,6,8) scores each and adds a "
+        help="anisotropy to simulate, above 1 (default 8); a comma-separated list (3,4,6,8) scores each and adds a "
         "summary of the gains over bicubic",
     )
     ev.add_argument(
@@ -424,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--both",
         action="store_true",
-        help="also score niiv reconstructed from xz and yz slices averaged (rows marked '+yz')",
+        help="also score niiv reconstructed from xz and yz slices averaged (rows marked '+yz'); not with "
+        "--slices xy, whose yz slices would run along the blurred z",
     )
     ev.add_argument(
         "--cutoff",
@@ -432,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=25.0,
         help="CF-PSNR cutoff radius in DFT bins at 128x128 (default 25)",
     )
-    ev.add_argument("--json", help="also write the scores to this JSON file (never an input or weights file)")
+    ev.add_argument(
+        "--json",
+        help="also write the scores to this JSON file (never an input or weights file); an infinite score is null",
+    )
     ev.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     _add_common(ev)
     _add_speed(ev)
@@ -1006,6 +1022,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference.store import check_output_path, check_outside_input, check_writable
     from .inference.weights import load_weights, resolve_weights
     from .training.evaluate import (
+        check_evaluable,
         cut_cubes,
         evaluate,
         format_gains,
@@ -1018,6 +1035,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     alphas = list(args.alpha)
     degradations = parse_degradations(args.degradation)
+    if args.both and args.slices == "xy":
+        raise NiivInputError(
+            "--both decodes yz slices too, whose columns run along z: with --slices xy that is the blurred axis "
+            "xy mode avoids; leave --both out"
+        )
     if args.json:  # before the scoring, not after it
         out = Path(args.json)
         for source in [*args.volumes, *(resolve_weights(spec) for spec in args.weights or [None])]:
@@ -1034,6 +1056,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cubes, ranges = [], []
     for path in args.volumes:
         vol = open_volume(path)
+        if vol.has_voxel_size and args.slices != "xy" and not 0.8 <= vol.alpha <= 1.25:
+            print(
+                f"niiv evaluate: note: {path}'s voxel sizes give alpha {vol.alpha:g}, not an isotropic volume: its "
+                "z is scored as sharp ground truth; for a volume whose z is coarse or blurred use --slices xy",
+                file=sys.stderr,
+            )
         data = np.asarray(vol.data[check_region(region, vol.shape)] if region else vol.data)
         scale = intensity_range(data)  # the volume's own range, shared by its cubes
         if args.slices == "xy":  # every plane counts, however few: blocks as deep as the volume
@@ -1052,6 +1080,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ).resolved()
     methods = {m: interpolation(m) for m in ("nearest", "bilinear", "bicubic")}
     trained: dict[str, tuple[float, float]] = {}
+    models: dict[str, Any] = {}
     seen: set[Path] = set()
     for spec in args.weights or [None]:
         path = resolve_weights(spec).resolve()
@@ -1063,9 +1092,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if name in methods:  # two files with the same card name (a retrained copy): one row each
             name = f"{name} ({spec})"
         trained[name] = w.alpha_range
+        models[name] = w.model
         methods[name] = niiv_method(w.model, settings)
         if args.both:
             methods[name + " +yz"] = niiv_method(w.model, settings.replace(orientation="both"))
+    for shape in dict.fromkeys(c.shape for c in cubes):  # before any scoring
+        for alpha in alphas:
+            for orientation in (settings.orientation, "both") if args.both else (settings.orientation,):
+                check_evaluable(
+                    shape,
+                    alpha,
+                    "xz" if args.slices == "xy" else args.slices,
+                    models,
+                    orientation,
+                    f"--cube {args.cube}: a block of {'x'.join(map(str, shape))}",
+                    "give a larger --cube",
+                )
     scores = []
     for degradation in degradations:
         for alpha in alphas:
@@ -1091,7 +1133,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         from .inference.weights import atomic_write
 
-        text = json.dumps([s.__dict__ for s in scores], indent=2)
+        # strict JSON: an infinite score (a perfect reconstruction) is null, never Infinity
+        rows = [
+            {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in s.__dict__.items()}
+            for s in scores
+        ]
+        text = json.dumps(rows, indent=2, allow_nan=False)
         atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
     return 0
 

@@ -45,6 +45,17 @@ def check_alpha(alpha: object) -> float:
     return value
 
 
+def check_simulated_alpha(alpha: object) -> float:
+    """An alpha to simulate (evaluation): :func:`check_alpha`'s, above 1 (alpha 1 degrades nothing,
+    and every method would score an infinite PSNR)."""
+    value = check_alpha(alpha)
+    if value <= 1.0:
+        raise NiivInputError(
+            "alpha 1 simulates no anisotropy (every method would score an infinite PSNR): give an alpha above 1"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Degradation:
     """One axial forward model: ``kind`` in ``DEGRADATIONS``; ``fwhm`` (xy voxels) only for ``psf``,

@@ -341,14 +341,20 @@ def assemble(source: BlockReconstruction, chunks: tuple[int, int, int] | None = 
     return out
 
 
+def slice_width(shape: tuple[int, ...], model: NiivModel, orientation: str = "both") -> tuple[int, int]:
+    """Pixels across the slices ``orientation`` decodes (x for xz, y for yz, the fewer for both) in
+    a volume of ``shape``, and the fewest ``model``'s receptive field needs."""
+    _, y, x = shape
+    return {"xz": x, "yz": y}.get(orientation, min(y, x)), model.config.receptive_radius + 1
+
+
 def check_reconstructable(shape: tuple[int, ...], model: NiivModel, orientation: str = "both") -> None:
     """A volume needs at least a few z planes and, across the slices it is decoded in, enough
     pixels for one encoder footprint (x for xz slices, y for yz slices)."""
     z, y, x = shape
     if z < 2:
         raise NiivInputError(f"the volume has {z} z plane(s); at least 2 are needed to reconstruct between them")
-    need = model.config.receptive_radius + 1
-    across = {"xz": x, "yz": y}.get(orientation, min(y, x))
+    across, need = slice_width(shape, model, orientation)
     if across < need:
         raise NiivInputError(
             f"the volume's xy size {y}x{x} is smaller than the model's receptive field "

@@ -4,6 +4,7 @@ full z resolution, score them against the original."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data.degrade import THICK, Degradation
+from ..data.degrade import THICK, Degradation, check_simulated_alpha
 from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
 from ..inference import confidence
 from ..inference.geometry import covered_planes, output_coords, section_coords
-from ..inference.reconstructor import NormalisedView, Reconstructor, check_reconstructable
+from ..inference.reconstructor import NormalisedView, Reconstructor, check_reconstructable, slice_width
 from ..inference.settings import InferenceSettings
 from ..model import NiivModel
 from .metrics import slice_metrics
@@ -152,6 +153,46 @@ class Score:
     degradation: str = "thick"
 
 
+# SSIM's 11x11 window: a scored slice needs at least this many pixels each way.
+SSIM_MIN = 11
+SLICES = ("xz", "yz", "xy")
+
+
+def check_evaluable(
+    shape: Sequence[int],
+    alpha: float,
+    slices: str = "xz",
+    models: dict[str, NiivModel] | None = None,
+    orientation: str = "xz",
+    what: str = "the volume",
+    fix: str = "give a larger volume",
+) -> None:
+    """Refuse, before any work, a ``shape`` (z, y, x; the xy planes for ``slices='xz'`` after
+    :func:`lateral_planes`) that cannot be scored at ``alpha``: fewer than two sections, slices
+    smaller than SSIM's window, or narrower across the decoded slices (``orientation``) than a
+    model's receptive field. ``what`` names the shape and ``fix`` says what to do in the message."""
+    z, y, x = (int(n) for n in shape)
+    if z < 2 * alpha:
+        raise NiivInputError(
+            f"{what} is {z} planes deep: alpha {alpha:g} needs at least {math.ceil(2 * alpha - 1e-9)} (two "
+            f"sections); {fix}"
+        )
+    depth = covered_planes(int(np.floor(z / alpha + 1e-9)), alpha)
+    across = x if slices == "xz" else y
+    if min(depth, across) < SSIM_MIN:
+        raise NiivInputError(
+            f"{what} gives {slices} slices of {depth}x{across} px to score; SSIM's window needs at least "
+            f"{SSIM_MIN} each way: {fix}"
+        )
+    for name, model in (models or {}).items():
+        width, need = slice_width((z, y, x), model, orientation)
+        if width < need:
+            raise NiivInputError(
+                f"{what} is {width} px across the {orientation} slices {name} decodes, less than its receptive "
+                f"field needs ({need}): {fix}"
+            )
+
+
 def evaluate(
     volumes: Sequence[np.ndarray],
     alpha: float,
@@ -159,15 +200,42 @@ def evaluate(
     cutoff: float = 25.0,
     slices: str = "xz",
     ranges: Sequence[tuple[float, float]] | None = None,
-    degradation: Degradation = THICK,
+    degradation: Degradation | str = THICK,
 ) -> list[Score]:
-    """Mean metrics over every ``slices`` plane of every volume, per method, and time per volume.
-    ``ranges`` gives each volume's intensity range (default :func:`intensity_range` of each; cubes
-    cut from one volume should share that volume's)."""
+    """Mean metrics over every ``slices`` plane of every volume (ZYX), per method, and time per
+    volume. ``slices`` 'xz' or 'yz' score those planes of the volume degraded along z; 'xy' scores
+    its xy planes degraded along y (:func:`lateral_planes`, for volumes whose z is blurred).
+    ``degradation``: a :class:`Degradation` or its name ('thick', 'thin', 'psf:3'). ``ranges``
+    gives each volume's intensity range (default :func:`intensity_range` of each; cubes cut from
+    one volume should share that volume's)."""
+    alpha = check_simulated_alpha(alpha)
+    if isinstance(degradation, str):
+        degradation = Degradation.parse(degradation)
+    elif not isinstance(degradation, Degradation):
+        raise NiivInputError(f"degradation: give a Degradation or a name such as 'thick', got {degradation!r}")
+    if slices not in SLICES:
+        raise NiivInputError(f"slices must be one of {', '.join(SLICES)}, got {slices!r}")
+    if not methods:
+        raise NiivInputError("methods: give at least one method to score (name -> method)")
+    volumes = [np.asarray(v) for v in volumes]
+    if not volumes:
+        raise NiivInputError("volumes: give at least one isotropic volume (ZYX) to score")
+    if ranges is not None and len(ranges) != len(volumes):
+        raise NiivInputError(f"ranges: give one (low, high) per volume ({len(volumes)}), got {len(ranges)}")
+    for i, iso in enumerate(volumes):
+        if iso.ndim != 3:
+            raise NiivInputError(f"volume {i} has shape {iso.shape}: give 3D volumes (z, y, x)")
+        if slices == "xy":
+            volumes[i] = lateral_planes(iso)
+        check_evaluable(volumes[i].shape, alpha, "xz" if slices == "xy" else slices, what=f"volume {i}")
+    if slices == "xy":
+        slices = "xz"
     scores = []
     sims = []
     for i, iso in enumerate(volumes):
-        lo, hi = ranges[i] if ranges is not None else intensity_range(iso)
+        lo, hi = (float(v) for v in ranges[i]) if ranges is not None else intensity_range(iso)
+        if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            raise NiivInputError(f"ranges[{i}] ({lo:g}, {hi:g}): give a finite low below high")
         low, gt = simulate((np.asarray(iso, dtype=np.float32) - lo) / (hi - lo), alpha, degradation)
         sims.append((low, gt))
     for name, method in methods.items():
