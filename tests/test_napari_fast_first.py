@@ -89,6 +89,9 @@ def test_the_dock_shows_niiv_fast_first_on_a_cpu_and_its_box_turns_it_off(
     assert "fast" in live.timings[-1] and live.names == ("user/tiny", "niiv-fast")
     assert widget.status_label.value.startswith("showing user/tiny")
     widget.fast_check.value = False
+    qtbot.wait(500)
+    assert len(live.timings) == 1 and not live.busy  # the view shown already ends in the chosen weights' image
+    viewer.dims.set_point(1, 4 * 22)  # from the next view on: the chosen weights only
     qtbot.waitUntil(finished(live, 2), timeout=120_000)
     assert "fast" not in live.timings[-1]
     widget.fast_check.value = True

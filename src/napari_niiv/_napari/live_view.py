@@ -31,7 +31,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from ..data.normalise import Normalisation, fit_normalisation
 from ..errors import NiivInputError
 from ..inference import confidence
-from ..inference.reconstructor import Reconstructor
+from ..inference.reconstructor import Reconstructor, check_reconstructable
 from ..inference.settings import InferenceSettings
 from ..inference.viewport import ViewGrid
 from ..inference.views import ViewRenderer
@@ -42,6 +42,11 @@ from .layer_view import check_layer, current_grid, insert_layer, layer_units, le
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
+# An input layer's attribute holding its live layers (the image, the confidence map): one each per
+# input, whichever live view shows them, removed with the input (remove_live_layers)
+LIVE_LAYERS = "_niiv_live_layers"
+# How the input is shown, which its live layer follows
+STYLE = ("contrast_limits", "colormap", "gamma", "visible")
 
 
 class LiveView(QObject):
@@ -78,9 +83,15 @@ class LiveView(QObject):
         self.names = names
         self.pixel_ratio = pixel_ratio
         self.on_status = on_status or (lambda text: None)
-        self.output: Image | None = None
         self.confidence = bool(confidence)
+        # the input's live layers from an earlier view (live off and on, another volume and back, a
+        # new setting): shown again, never a second one under the first
+        self.output: Image | None = None
         self.confidence_output: Image | None = None
+        self.output, self.confidence_output = (
+            out if out is not None and out in viewer.layers else None
+            for out in getattr(self.layer, LIVE_LAYERS, (None, None))
+        )
         self.timings: list[dict[str, float]] = []
         self.failed = False  # a render failed (its message went to on_status)
         self._renderer: ViewRenderer | None = None
@@ -124,6 +135,9 @@ class LiveView(QObject):
         ]
         connections = [(e, self._changed) for e in emitters]
         connections += [(self.layer.events.data, self._data_changed), (v.layers.events.removed, self._removed)]
+        # the grid's cells are the layers': a layer added or removed changes the visible region
+        connections += [(getattr(v.layers.events, kind), self._layers_changed) for kind in ("inserted", "removed")]
+        connections += [(getattr(self.layer.events, name), self._style_changed) for name in STYLE]
         for emitter, callback in connections:
             emitter.connect(callback)
         return connections
@@ -143,14 +157,30 @@ class LiveView(QObject):
         self._changed()
 
     @gui_handler
+    def _layers_changed(self, event: Any = None) -> None:
+        if self.viewer.canvas.grid.enabled:
+            self._changed()
+
+    @gui_handler
+    def _style_changed(self, event: Any = None) -> None:
+        """The live layer shows the input as the input is shown: its contrast limits, colour map,
+        gamma and visibility (the dock keeps the input selected, so napari's controls set them)."""
+        if self.output is not None and self.output in self.viewer.layers:
+            _copy_style(self.layer, self.output)
+
+    @gui_handler
     def _removed(self, event: Any) -> None:
         if event.value is self.layer:
             self.on_status(f"live view stopped: '{self.layer.name}' was closed")
             self.close()
+            layer, viewer = self.layer, self.viewer
+            QTimer.singleShot(0, lambda: remove_live_layers(viewer, layer))  # not inside napari's removal
+            return
         elif event.value is self.output:
             self.output = None
         elif event.value is self.confidence_output:
             self.confidence_output = None
+        self._remember()
 
     # -- work ----------------------------------------------------------------------------------
     @gui_handler
@@ -160,6 +190,10 @@ class LiveView(QObject):
         if grid is None:
             in_2d = self.viewer.dims.ndisplay == 2
             self.on_status("live view: nothing visible" if in_2d else "live view: 2D views only")
+            if self._grid is not None:  # the view in flight is left: stopped, and its results dropped
+                self._grid = None
+                self._generation += 1
+                self._worker.submit(lambda cancelled: None)
             return
         if not force and grid.same_as(self._grid):
             return
@@ -187,6 +221,7 @@ class LiveView(QObject):
             self.refresh(force=True)
         elif self.confidence_output is not None:
             layer, self.confidence_output = self.confidence_output, None
+            self._remember()
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
 
@@ -209,6 +244,9 @@ class LiveView(QObject):
         version = self._data_version
         renderer, fast_renderer, norm = self._renderer, self._fast_renderer, self._norm  # the GUI may reset them
         if renderer is None or norm is None:
+            # what the whole-volume layer, a save and the CLI refuse is not shown live either
+            shape = tuple(int(n) for n in level0(self.layer).shape[-3:])
+            check_reconstructable(shape, self.reconstructor.model, self.settings.volume_orientation)  # type: ignore[union-attr]
             given = self._input
             if given is None:
                 data = readable(level0(self.layer))
@@ -375,9 +413,15 @@ class LiveView(QObject):
                 colormap=self.layer.colormap,
                 metadata={"niiv_live_of": self.layer.name},
             )
+            _copy_style(self.layer, self.output)
             self._insert(self.output, self.layer)
+            self._remember()
             return
         self._move_to(self.output, grid, image)
+
+    def _remember(self) -> None:
+        """Keep this input's live layers with it, for the next live view of it."""
+        setattr(self.layer, LIVE_LAYERS, (self.output, self.confidence_output))
 
     @gui_handler
     def _insert(self, layer: Image, after: Image) -> None:
@@ -406,6 +450,7 @@ class LiveView(QObject):
             )
             anchor = self.output if self.output in self.viewer.layers else self.layer
             self._insert(self.confidence_output, anchor)
+            self._remember()
             return
         self._move_to(out, grid, image)
 
@@ -444,6 +489,28 @@ class LiveView(QObject):
             emitter.disconnect(callback)
         self._connections = []
         self._worker.close(timeout=10.0 if wait else 0.0)
+
+
+def _copy_style(source: Image, target: Image) -> None:
+    """``target`` shown as ``source`` is (STYLE): only what differs is set (each set redraws)."""
+    if tuple(target.contrast_limits) != tuple(source.contrast_limits):
+        target.contrast_limits = source.contrast_limits
+    if target.gamma != source.gamma:
+        target.gamma = source.gamma
+    if target.colormap.name != source.colormap.name:
+        target.colormap = source.colormap
+    if target.visible != source.visible:
+        target.visible = source.visible
+
+
+def remove_live_layers(viewer: Any, layer: Any) -> None:
+    """Remove the live layers of ``layer`` (closed): they show nothing of use without it, and napari
+    on software OpenGL crashed at the next repaint when a one-plane layer was left alone beside
+    nothing 3D."""
+    for out in getattr(layer, LIVE_LAYERS, ()):
+        if out is not None and out in viewer.layers:
+            viewer.layers.remove(out)
+    setattr(layer, LIVE_LAYERS, (None, None))
 
 
 def _loaded(model: Any) -> NiivModel | None:

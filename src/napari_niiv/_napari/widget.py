@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Image
-from qtpy.QtCore import QEvent, QSize, Qt, QUrl, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer, QUrl, Signal
 from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
@@ -43,7 +43,7 @@ from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
 from .gui_timing import gui_handler
 from .layer_view import check_layer, layer_alpha, layer_geometry, layer_source, layer_unit, layer_voxel_size, level0
-from .live_view import LiveView
+from .live_view import LiveView, remove_live_layers
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
 from .training_panel import named, status_label
 
@@ -355,7 +355,9 @@ class NiivWidget(QScrollArea):
 
     @gui_handler
     def _layer_removed(self, layer: Any) -> None:
-        """A removed layer is no longer named in the status line, and its live view is off."""
+        """A removed layer is no longer named in the status line, its live view is off and its live
+        layers go with it."""
+        QTimer.singleShot(0, lambda: remove_live_layers(self.viewer, layer))  # not inside napari's removal
         if self.live_view is not None and self.live_view.layer is layer:
             self._stop_live()
             self.live_check.value = False
@@ -578,8 +580,6 @@ class NiivWidget(QScrollArea):
         self.live_view = view
         if previous is not None and previous.layer is layer:
             self.live_view.reuse_input(previous)  # the data as read and normalised
-            self.live_view.output = previous.output  # new settings, same live layer
-            self.live_view.confidence_output = previous.confidence_output
 
     def _fast_model(self, settings: InferenceSettings) -> Any:
         """A loader of niiv-fast for the live view's first frame (it runs on the live view's thread):
@@ -601,9 +601,10 @@ class NiivWidget(QScrollArea):
 
     @gui_handler
     def _toggle_fast(self, on: bool) -> None:
+        """From the next view: the view shown ends in the chosen weights' image either way, so it is
+        not computed again (it re-ran to the same image)."""
         if self.live_view is not None:
             self.live_view.set_fast_first(on)
-            self.live_view.refresh(force=True)
 
     def _live_status(self, view: LiveView, text: str) -> None:
         """A live view's news, unless it has been replaced or stopped (its last word would
