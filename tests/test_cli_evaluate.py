@@ -136,3 +136,25 @@ def test_evaluate_notes_a_volume_whose_voxel_sizes_say_it_is_anisotropic(tmp_pat
     code, _, err = _run(capsys, "evaluate", path, "--cube", "32", "--alpha", "4", "--weights", tiny)
     assert code == 0, err
     assert "voxel sizes give alpha 8, not an isotropic volume" in err and "--slices xy" in err
+
+
+def test_a_zarr_confidence_map_overlays_a_zarr_output(tmp_path, capsys, medulla, tiny) -> None:
+    """A .tif/.npy map starts at the origin (no translation): beside a region's .zarr OUT it sat
+    the region's offset (and 1.5 voxels in z) away, and a .zarr map was refused. A .zarr map
+    has OUT's voxel size and translation, and the .npy map's values."""
+    src = tmp_path / "aniso.tif"
+    write_tif(src, medulla[:8, :32, :32], imagej=True, resolution=(1.0, 1.0), metadata={"spacing": 4.0})
+    out, zmap, nmap = tmp_path / "iso.ome.zarr", tmp_path / "map.ome.zarr", tmp_path / "map.npy"
+    argv = ["reconstruct", src, out, "--region", "2:6,8:24,0:32", "--weights", tiny, "--precision", "fp32"]
+    code, _, err = _run(capsys, *argv, "--levels", "1", "--confidence", zmap)
+    assert code == 0, err
+    iso, umap = open_volume(out), open_volume(zmap)
+    assert umap.shape == iso.shape and umap.voxel_size == pytest.approx(iso.voxel_size)
+    assert umap.translation == pytest.approx(iso.translation) and iso.translation[1] == pytest.approx(8.0)
+    code, _, err = _run(capsys, "reconstruct", src, tmp_path / "b.tif", *argv[3:], "--confidence", nmap)
+    assert code == 0, err
+    np.testing.assert_allclose(np.asarray(umap.data), np.load(nmap), atol=1e-5)
+    new = tmp_path / "c.ome.zarr"
+    for bad in (new / "inside.tif", tmp_path / "map.h5"):  # inside OUT: a TIFF in niiv's own store
+        code, _, err = _run(capsys, "reconstruct", src, new, *argv[3:], "--confidence", bad)
+        assert code == 2 and "--confidence" in err and not new.exists()

@@ -34,8 +34,8 @@ def test_cli_writes_the_map_beside_the_output(tmp_path, capsys, volume, tiny_use
     np.testing.assert_allclose(umap.voxel_size, iso.voxel_size)
     data = np.asarray(umap.data)
     assert data.dtype == np.float32 and np.all(np.isfinite(data)) and data.max() > 0
-    # refused: a format that is not written whole, and an existing map without --overwrite
-    bad = [str(src), str(tmp_path / "b.tif"), "--weights", str(weights), "--confidence", str(tmp_path / "m.zarr")]
+    # refused: a format niiv does not write, and an existing map without --overwrite
+    bad = [str(src), str(tmp_path / "b.tif"), "--weights", str(weights), "--confidence", str(tmp_path / "m.h5")]
     assert main(["reconstruct", *bad]) != 0
     assert "--confidence" in capsys.readouterr().err
     again = [str(src), str(tmp_path / "c.tif"), "--weights", str(weights), "--confidence", str(cmap)]

@@ -159,7 +159,8 @@ def _alphas(text: str) -> tuple[float, ...]:
 
 DEGRADATION_HELP = (
     "thick: sections averaged over their whole thickness (serial-section EM, thick FIB-SEM steps); "
-    "thin: thin sections far apart (every alpha-th plane); psf or psf:FWHM: a Gaussian axial blur of "
+    "thin: thin sections far apart, a one-voxel box at each section's centre (every alpha-th plane at an odd "
+    "alpha, half of each of two planes at an even one); psf or psf:FWHM: a Gaussian axial blur of "
     "FWHM xy voxels (default one section spacing), light microscopy"
 )
 
@@ -265,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--confidence",
         metavar="PATH",
-        help="also write the confidence map to PATH (.tif or .npy, whole, OUT's voxels): |xz - yz|, how much the "
-        "reconstructions from xz and yz slices differ, in intensity units (high = unsure); one more pass",
+        help="also write the confidence map to PATH, OUT's voxels: |xz - yz|, how much the reconstructions from xz "
+        "and yz slices differ, in intensity units (high = unsure). A .zarr / .ome.zarr map has OUT's voxel size and "
+        "translation (it overlays any OUT); a .tif or .npy one is written whole and, like a .tif or .npy OUT, "
+        "starts at the origin. A second pass after OUT, decoding both xz and yz slices again",
     )
     _add_common(rec)
     _add_speed(rec)
@@ -615,8 +618,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         check_output_path(out, args.overwrite, src)
     check_writable(out)
     if conf is not None:
-        if conf.suffix.lower() not in (".tif", ".tiff", ".npy") or conf.resolve() == out.resolve():
-            raise NiivInputError(f"--confidence {conf}: give a .tif or .npy path other than OUT")
+        inside = conf.resolve() == out.resolve() or out.resolve() in conf.resolve().parents
+        if conf.suffix.lower() not in OUTPUT_FORMATS or conf.name.lower() in OUTPUT_FORMATS or inside:
+            raise NiivInputError(
+                f"--confidence {conf}: give a .zarr / .ome.zarr (placed as OUT.zarr is), .tif or .npy path other "
+                "than OUT and outside it"
+            )
         check_output_path(conf, args.overwrite, src)
         check_writable(conf)
     chunks = _parse_chunks(args.chunks)
@@ -689,7 +696,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     else:
         # the input's own display window (an OME-Zarr's omero), else the normalisation's
         _write_pyramid(args, out, job, chunks, vol.contrast or (norm.low, norm.high))
-    if conf is not None:
+    if conf is not None and conf.suffix.lower() == ".zarr":  # OUT.zarr's voxel size and translation
+        from .inference.confidence import contrast_limits
+
+        _write_pyramid(args, conf, job.confidence_map(), chunks, contrast_limits(norm))
+    elif conf is not None:
         check_room(conf, int(np.prod(geometry.size)) * 4 + 2**20, "the confidence map")
         with output_lock(conf):
             _write_array(

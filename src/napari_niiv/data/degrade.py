@@ -8,7 +8,8 @@ high-resolution pixel edges (pixel ``j`` covers ``[j, j + 1)``), the geometry co
 - ``thick``: a box average over the whole section ``[i * alpha, (i + 1) * alpha)`` (serial-section
   EM with sections as thick as their spacing; FIB-SEM milled in thick steps).
 - ``thin``: a box one xy voxel thick at the section's centre (sections, or kept planes, far thinner
-  than their spacing: every alpha-th plane of an isotropic stack).
+  than their spacing). At an odd alpha that is one plane (every alpha-th plane of an isotropic
+  stack); at an even alpha the centre falls on a plane border, so it is half of each of two planes.
 - ``psf``: a Gaussian axial blur of full width at half maximum ``fwhm`` xy voxels (default: one
   section spacing, alpha), integrated over each pixel, sampled at the section centre (widefield,
   confocal and light-sheet microscopy).
