@@ -131,3 +131,18 @@ def test_grid_cells_that_change_size_are_rendered_again(qtbot, make_napari_viewe
     for k in range(3):
         viewer.add_image(cremi64, name=f"copy {k}", scale=(40, 4, 4), visible=True)
     qtbot.waitUntil(lambda: done(widget)() and widget.live_view._grid.shape != before, timeout=60_000)
+
+
+def test_renaming_the_volume_keeps_it_chosen_and_live(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """napari refreshes the dock's lists on a rename; the volume list matched its entries by text,
+    emptied, and the next setting stopped live with "no layer selected" although the volume was
+    open and shown."""
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, cremi64)
+    layer = viewer.layers["cremi"]
+    layer.name = "cremi cell 3"
+    assert widget.volume_choice.value is layer
+    widget.orientation_choice.value = "yz"
+    qtbot.waitUntil(done(widget), timeout=60_000)
+    assert widget.live_check.value and widget.live_view.layer is layer
+    assert widget.status_label.value.startswith("showing user/tiny")

@@ -300,8 +300,15 @@ class NiivWidget(QScrollArea):
     # -- layers --------------------------------------------------------------------------------
     def reset_choices(self, event: Any = None) -> None:
         """Refresh every layer and weights list (napari calls this when layers change, as it does
-        for magicgui widgets)."""
-        self.form.reset_choices()
+        for magicgui widgets). A renamed volume stays chosen: the list matches its entries by their
+        text, and fell back to none (the next setting then stopped live, 'no layer selected')."""
+        chosen = self.volume_choice.value
+        with self.volume_choice.changed.blocked():
+            self.form.reset_choices()
+            if chosen is not None and self.volume_choice.value is not chosen and chosen in self._image_layers():
+                self.volume_choice.value = chosen
+        if self.volume_choice.value is not chosen:
+            self.volume_choice.changed.emit(self.volume_choice.value)
         self.training.reset_choices()
 
     def _image_layers(self, widget: Any = None) -> list[Image]:
