@@ -296,6 +296,49 @@ def test_a_new_setting_reuses_the_volume_the_live_view_read(qtbot, make_napari_v
     assert new._norm == old._norm
 
 
+def test_settings_changed_during_the_first_read_wait_for_it_instead_of_reading_again(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """Each setting changed while the first live view still read a lazy volume started one more
+    whole read (none of which could stop): 5 changes on a 400 MiB store held 6.5 GiB (the
+    live-view audit). The views now share one read."""
+    import threading
+
+    import dask
+    import dask.array as da
+
+    gate, reads = threading.Event(), []
+
+    def held(block):
+        if threading.current_thread().name == "niiv-live":  # not napari's own slicing
+            first = not reads
+            reads.append(block.shape)
+            if first:
+                gate.wait(60)  # the first read takes long
+        return block
+
+    lazy = da.from_array(cremi64, chunks=(8, 32, 32)).map_blocks(held, meta=np.empty((0, 0, 0), cremi64.dtype))
+    chunks = int(np.prod(lazy.numblocks))
+    viewer = make_napari_viewer()
+    viewer.add_image(lazy, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    widget.weights_choice.value = "user/tiny"
+    widget.precision_choice.value = "fp32"
+    viewer.dims.order = (1, 0, 2)
+    with dask.config.set(scheduler="synchronous"):  # chunks read by the thread that asks: the live view's
+        try:
+            widget.live_check.value = True
+            qtbot.waitUntil(lambda: bool(reads), timeout=30_000)
+            for alpha in (9.0, 11.0, 12.0):  # each replaces the live view while the first still reads
+                widget.alpha_spin.value = alpha
+                qtbot.wait(300)
+        finally:
+            gate.set()
+        live = widget.live_view
+        qtbot.waitUntil(lambda: bool(live.timings) and "niiv" in live.timings[-1], timeout=60_000)
+    assert len(reads) == chunks, f"{len(reads) / chunks:.1f} reads of the volume"
+
+
 def test_data_replaced_during_the_first_read_is_the_data_rendered(
     qtbot, make_napari_viewer, cremi64, tiny_user_weights, monkeypatch
 ):

@@ -562,7 +562,6 @@ class NiivWidget(QScrollArea):
             self.set_status("live view off")
 
     def _start_live(self) -> None:
-        previous = self.live_view
         self._stop_live()
         try:
             layer = self.volume()
@@ -585,8 +584,6 @@ class NiivWidget(QScrollArea):
         )
         view.set_fast_first(self.fast_check.value)
         self.live_view = view
-        if previous is not None and previous.layer is layer:
-            self.live_view.reuse_input(previous)  # the data as read and normalised
 
     def _fast_model(self, settings: InferenceSettings) -> Any:
         """A loader of niiv-fast for the live view's first frame (it runs on the live view's thread):
