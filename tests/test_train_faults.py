@@ -369,7 +369,7 @@ def test_init_takes_a_registry_name_and_fine_tuning_defaults(tmp_path, volume) -
         "warm-up 20 steps" in err
     )
     card = load_weights(out).card
-    assert card["fine_tuned_from"] == str(resolve_weights(DEFAULT_WEIGHTS))
+    assert card["fine_tuned_from"] == DEFAULT_WEIGHTS  # the shipped weights, by name
     default_arch = load_weights(resolve_weights(DEFAULT_WEIGHTS)).card["architecture"]
     assert (card["settings"]["lr"], card["settings"]["warmup"], card["architecture"]) == (1e-4, 20, default_arch)
     start = load_weights(resolve_weights(DEFAULT_WEIGHTS)).model.state_dict()
