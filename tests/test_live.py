@@ -171,6 +171,23 @@ def test_encoding_a_plane_stops_between_batches_when_cancelled(renderer, volume)
     assert ViewRenderer(volume, renderer.norm, rec).encode(grid, cancelled=lambda: True) == []
 
 
+def test_a_render_stops_between_encoder_batches(renderer, volume, monkeypatch):
+    """An xy view's plane batch is tens of slices, encoded in several encoder batches: a newer
+    view (a slider step) waited for all of them, 1.2-2.1 s in the live-view audit. The render now
+    stops after the encoder batch during which it was cancelled, and what it encoded stays cached."""
+    from napari_niiv.inference import views
+
+    monkeypatch.setattr(views, "ENCODE_VALUES", 1)  # one slice per encoder batch
+    grid = view_grid(Camera((24.0, 28.0), 6.0, (300, 340)), frame_of(volume), (1, 2), 13.0, finest=0.1)
+    rec = Reconstructor(renderer.rec.model, renderer.rec.settings, slice_batch=8)
+    view = ViewRenderer(volume, renderer.norm, rec)
+    encoded = []
+    encode = rec.engine.encode
+    monkeypatch.setattr(rec.engine, "encode", lambda *a, **k: encoded.append(1) or encode(*a, **k))
+    assert view.render(grid, cancelled=lambda: len(encoded) >= 1) is None
+    assert len(encoded) == 1 and len(view.cache._entries) == 1
+
+
 def test_an_xy_view_encodes_only_the_rows_within_its_halo(medulla):
     """An xy view keeps only the latent rows around its z, so its slices are encoded over the
     halo's rows, not a crop rounded out to the row lattice (which no other z could reuse), and

@@ -314,7 +314,11 @@ class ViewRenderer:
                 batch = planes[p0 : p0 + planes_per_batch]
                 # xy views decode one z per plane: their planes are cached with the latent rows around it
                 keep = lay.decode if rows.size == 1 else None
-                entries = self._encoded(orient, batch, lay, keep, upto)
+                # stopped between encoder batches too: one plane batch of an xy view is tens of
+                # slices (a slider step during it waited 1.2-2.1 s for the new plane's preview)
+                entries = self._encoded(orient, batch, lay, keep, upto, cancelled)
+                if cancelled():
+                    return False
                 for group, grid_batch, r0, c0 in _batched(entries, rows):
                     r = torch.as_tensor(rows - r0, dtype=torch.float32)
                     c = torch.as_tensor(cols - c0, dtype=torch.float32)
