@@ -508,6 +508,38 @@ def test_a_plane_read_of_a_lazy_input_reads_its_stand_ins_on_a_thread(volume, mo
         lazy.close()
 
 
+def test_a_lazy_inputs_stand_ins_all_arrive_when_a_view_needs_more_than_are_kept(volume, monkeypatch):
+    """A 4K view needed 144 stand-ins where 128 are kept: the first ones made were evicted by the
+    last, and never asked for again (still counted as asked), so 12 % of the screen stayed empty
+    (the review of this change). A view's own stand-ins are now kept, and keys a task did not make
+    are asked again."""
+    from napari_niiv.inference import lazy_volume
+    from napari_niiv.inference.geometry import output_geometry
+    from napari_niiv.inference.lazy_volume import LazyIsotropic
+
+    monkeypatch.setattr(lazy_volume, "TILE", 16)
+    monkeypatch.setattr(lazy_volume, "PREVIEWS_KEPT", 2)  # a view of 9 tiles needs more
+    lazy_input, _ = read_noting(volume, (4, 16, 16))
+    settings = InferenceSettings(precision="fp32", alpha=ALPHA, device="cpu")
+    rec, geometry = Reconstructor(random_model(), settings), output_geometry(volume.shape, ALPHA)
+    lazy = LazyIsotropic(lazy_input, fit_normalisation(volume), rec, geometry)
+    try:
+        gate, started = threading.Event(), threading.Event()
+        lazy._worker.submit(lambda cancelled: started.set() or gate.wait(60))  # no niiv tiles meanwhile
+        assert started.wait(30)
+        index = (slice(0, 40), slice(5, 6), slice(0, 40))
+        lazy.get(0, index)
+        assert lazy._preview_worker.wait_idle(60)
+        np.testing.assert_allclose(lazy.get(0, index), lazy._interpolated(0, index), atol=1e-5)
+        lazy._previews.clear()  # as if evicted, or a read had failed: asked again by the next read
+        lazy.get(0, index)
+        assert lazy._preview_worker.wait_idle(60)
+        assert np.isfinite(lazy.get(0, index)).all()
+        gate.set()
+    finally:
+        lazy.close()
+
+
 def test_a_plane_read_interpolates_only_where_no_tile_is_made_and_once(lazy, monkeypatch):
     """A 2D read pastes the cached tiles and interpolates the rest, tile by tile: the same image as
     interpolating the whole view and pasting over it, without interpolating under the tiles; the

@@ -231,16 +231,20 @@ class LazyIsotropic:
         """The preview worker's task: the stand-ins of ``keys`` not made yet, each followed by
         ``on_preview``; stops when a newer request or closing cancels it."""
         made = 0
-        for key in keys:
-            if cancelled() or self._closed:
-                break
+        try:
+            for key in keys:
+                if cancelled() or self._closed:
+                    break
+                with self._lock:
+                    done = key in self._previews or key in self._tiles
+                if not done:
+                    self._preview(key)
+                    made += 1
+                    if self.on_preview is not None:
+                        self.on_preview(key)
+        finally:  # asked again by the next read if not made (cancelled, failed)
             with self._lock:
-                done = key in self._previews or key in self._tiles
-            if not done:
-                self._preview(key)
-                made += 1
-                if self.on_preview is not None:
-                    self.on_preview(key)
+                self._previews_asked -= set(keys)
         return made
 
     def _preview(self, key: TileKey, make: bool = True) -> np.ndarray | None:
@@ -258,7 +262,10 @@ class LazyIsotropic:
         tile = self._interpolated(key[0], self._tile_index(key))
         with self._lock:
             self._previews[key] = tile
-            while len(self._previews) > PREVIEWS_KEPT:
+            # the stand-ins the latest requests (the view, the thumbnail) need are never evicted
+            # by one another: a 4K view needs 144 of them
+            needed = sum(len(keys) for keys in self._recent["niiv"])
+            while len(self._previews) > max(PREVIEWS_KEPT, needed):
                 self._previews.popitem(last=False)
         return tile
 
