@@ -146,3 +146,31 @@ def test_renaming_the_volume_keeps_it_chosen_and_live(qtbot, make_napari_viewer,
     qtbot.waitUntil(done(widget), timeout=60_000)
     assert widget.live_check.value and widget.live_view.layer is layer
     assert widget.status_label.value.startswith("showing user/tiny")
+
+
+def test_data_edited_in_place_is_normalised_again(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """``layer.data *= 10; layer.data = layer.data`` (the same array, other values): the live view
+    kept the old normalisation and clipped everything above the old maximum (the review)."""
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, cremi64.astype(np.float32))
+    layer, live = viewer.layers["cremi"], widget.live_view
+    before = live._norm.high
+    layer.data *= 10
+    layer.data = layer.data
+    qtbot.waitUntil(lambda: live._norm is not None and live._norm.high > 5 * before and done(widget)(), timeout=60_000)
+
+
+def test_a_deleted_live_layer_is_not_kept_alive_by_its_input(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """The input remembers its live layers for the next live view of it, weakly: one the user
+    deleted was held, image and all, as long as the input lived."""
+    import gc
+    import weakref
+
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, cremi64)
+    widget.live_check.value = False
+    gone = weakref.ref(widget.live_view.output if widget.live_view is not None else live_layers(viewer)[0])
+    viewer.layers.remove(gone())
+    qtbot.wait(100)
+    gc.collect()
+    assert gone() is None

@@ -92,7 +92,7 @@ class LiveView(QObject):
         self.confidence_output: Image | None = None
         self.output, self.confidence_output = (
             out if out is not None and out in viewer.layers else None
-            for out in getattr(self.layer, LIVE_LAYERS, (None, None))
+            for out in (ref() if ref is not None else None for ref in getattr(self.layer, LIVE_LAYERS, (None, None)))
         )
         self.timings: list[dict[str, float]] = []
         self.failed = False  # a render failed (its message went to on_status)
@@ -154,6 +154,7 @@ class LiveView(QObject):
     def _data_changed(self, event: Any = None) -> None:
         """New data: latents, normalisation and the last grid no longer apply."""
         self._renderer, self._fast_renderer, self._norm, self._grid = None, None, None, None
+        self._read.forget()  # edited in place, the same array holds other values
         self._data_version += 1
         self._changed()
 
@@ -417,8 +418,13 @@ class LiveView(QObject):
         self._move_to(self.output, grid, image)
 
     def _remember(self) -> None:
-        """Keep this input's live layers with it, for the next live view of it."""
-        setattr(self.layer, LIVE_LAYERS, (self.output, self.confidence_output))
+        """Keep this input's live layers with it, for the next live view of it (weakly: a live
+        layer the user deletes is freed, image and all)."""
+        setattr(
+            self.layer,
+            LIVE_LAYERS,
+            tuple(None if out is None else weakref.ref(out) for out in (self.output, self.confidence_output)),
+        )
 
     @gui_handler
     def _insert(self, layer: Image, after: Image) -> None:
@@ -494,6 +500,8 @@ class SharedRead:
         self._source: weakref.ref | None = None
         self._data: weakref.ref | None = None
         self._norm: Normalisation | None = None
+        self._epoch = 0  # counts forget(): a read from before one is not handed out
+        self._read_epoch = -1
 
     @classmethod
     def of(cls, layer: Any) -> SharedRead:
@@ -504,15 +512,23 @@ class SharedRead:
             layer._niiv_shared_read = shared
         return shared
 
+    def forget(self) -> None:
+        """The layer's data changed (perhaps in place): read it again next time. On the GUI
+        thread: never waits for a read in progress."""
+        self._epoch += 1
+
     def get(self, source: Any) -> tuple[Any, Normalisation]:
         """``source`` as read and its normalisation (on a worker thread: this may read it all)."""
         with self._lock:
+            epoch = self._epoch
             data = self._data() if self._data is not None else None
-            if data is not None and self._source is not None and self._source() is source:
+            same = self._source is not None and self._source() is source and self._read_epoch == epoch
+            if data is not None and same:
                 return data, self._norm  # type: ignore[return-value]
             data = readable(source)
-            norm = fit_normalisation(data)
+            norm = fit_normalisation(source, in_memory=data)  # as a save or `niiv reconstruct` of the layer
             self._source, self._data, self._norm = weakref.ref(source), weakref.ref(data), norm
+            self._read_epoch = epoch
             return data, norm
 
 
@@ -532,7 +548,8 @@ def remove_live_layers(viewer: Any, layer: Any) -> None:
     """Remove the live layers of ``layer`` (closed): they show nothing of use without it, and napari
     on software OpenGL crashed at the next repaint when a one-plane layer was left alone beside
     nothing 3D."""
-    for out in getattr(layer, LIVE_LAYERS, ()):
+    for ref in getattr(layer, LIVE_LAYERS, ()):
+        out = ref() if ref is not None else None
         if out is not None and out in viewer.layers:
             viewer.layers.remove(out)
     setattr(layer, LIVE_LAYERS, (None, None))
