@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="also write the confidence map to PATH, OUT's voxels: |xz - yz|, how much the reconstructions from xz "
         "and yz slices differ, in intensity units (high = unsure). A .zarr / .ome.zarr map has OUT's voxel size and "
-        "translation (it overlays any OUT); a .tif or .npy one is written whole and, like a .tif or .npy OUT, "
+        "translation (it overlays a .zarr OUT); a .tif or .npy one is written whole and, like a .tif or .npy OUT, "
         "starts at the origin. A second pass after OUT, decoding both xz and yz slices again",
     )
     _add_common(rec)

@@ -86,10 +86,10 @@ def prepare_isotropic_layer(
     geometry = layer_geometry(layer, settings)
     fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections) if fast else None
     small = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
-    # read from memory when small enough: the tiles' interpolated stand-ins are read on napari's
-    # thread (the normalisation is the same either way: it does not depend on the chunks)
+    # read from memory when small enough (the tiles' interpolated stand-ins are made on napari's
+    # thread then); the normalisation fitted on the layer's data, as a save of it is
     source = readable(data)
-    norm = fit_normalisation(source)
+    norm = fit_normalisation(data, in_memory=source if isinstance(source, np.ndarray) else None)
     lazy = LazyIsotropic(source, norm, Reconstructor(model, settings), geometry, fast=small)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
     out = Image(

@@ -18,9 +18,11 @@ _SAMPLE_CHUNKS = 32
 _DIGEST_STRIDE_CHUNKS = 4096
 # The normalisation strides through the whole volume (it reads it all) up to this size and count of
 # chunks, so that one volume gets one normalisation however it is chunked: as a numpy array, the
-# reader's dask array or a zarr store (the live view, the whole-volume layer, a save and `niiv
-# reconstruct` of it agree). Beyond, it is sampled in whole chunks: the cost stays flat.
-_STRIDE_BYTES = 512 * 2**20
+# reader's dask array or a zarr store. Beyond, it is sampled in whole chunks (32 of them, which may
+# add up to as much): the cost stays flat, and a store opened the same way (the CLI, the viewer's
+# layer) gets the same sample. At 512 MiB the stride read a whole store (7776 requests of a
+# remote one) for a small `--region`.
+_STRIDE_BYTES = 64 * 2**20
 _STRIDE_CHUNKS = 65536
 
 
@@ -109,8 +111,7 @@ def _sample(arr: da.Array, stride_bytes: int = 0) -> np.ndarray:
     spread evenly over it instead (the cost stays flat as the volume grows), unless it is at most
     ``stride_bytes`` (and ``_STRIDE_CHUNKS`` chunks): then by a stride, which the chunks do not change."""
     n_blocks = int(np.prod(arr.numblocks))
-    by_position = arr.nbytes <= stride_bytes and n_blocks <= _STRIDE_CHUNKS
-    if n_blocks > _SAMPLE_CHUNKS and not by_position:
+    if n_blocks > _SAMPLE_CHUNKS and not _strided(arr, stride_bytes):
         blocks = _spread_blocks(arr, _SAMPLE_CHUNKS)
         per = max(1, _SAMPLE_VOXELS // len(blocks))
         parts = []
@@ -120,6 +121,11 @@ def _sample(arr: da.Array, stride_bytes: int = 0) -> np.ndarray:
         return np.asarray(da.concatenate(parts).compute(), dtype=np.float64)
     step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
     return np.asarray(arr[(slice(None, None, step),) * arr.ndim].compute(), dtype=np.float64).ravel()
+
+
+def _strided(arr: da.Array, stride_bytes: int) -> bool:
+    """Whether ``_sample`` samples ``arr`` by a stride through all of it (small enough)."""
+    return arr.nbytes <= stride_bytes and int(np.prod(arr.numblocks)) <= _STRIDE_CHUNKS
 
 
 def display_range(data: Any, percentiles: tuple[float, float] = (0.01, 99.99)) -> tuple[float, float] | None:
@@ -137,14 +143,19 @@ def display_range(data: Any, percentiles: tuple[float, float] = (0.01, 99.99)) -
 _FLOAT32_SAFE = float(np.finfo(np.float32).max) / 16
 
 
-def fit_normalisation(data: Any, percentiles: tuple[float, float] = (0.01, 99.99)) -> Normalisation:
+def fit_normalisation(
+    data: Any, percentiles: tuple[float, float] = (0.01, 99.99), in_memory: np.ndarray | None = None
+) -> Normalisation:
     """Percentile normalisation from a sample spread over the whole volume (never loads it all).
 
     Every tile of a volume must share one normalisation or tiles would not stitch, so this is
     computed once per volume, not per tile. Up to ``_STRIDE_BYTES`` it does not depend on how the
-    volume is chunked.
+    volume is chunked: then ``in_memory``, the same voxels already read, is sampled instead of
+    reading ``data`` again.
     """
     arr = data if isinstance(data, da.Array) else da.asarray(data)
+    if in_memory is not None and in_memory.shape == arr.shape and _strided(arr, _STRIDE_BYTES):
+        arr = da.asarray(in_memory)
     sample = _sample(arr, _STRIDE_BYTES)
     if not np.all(np.isfinite(sample)):
         raise NiivInputError(
