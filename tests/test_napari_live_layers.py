@@ -168,9 +168,30 @@ def test_a_deleted_live_layer_is_not_kept_alive_by_its_input(qtbot, make_napari_
 
     viewer = make_napari_viewer()
     widget = live_xz_view(qtbot, viewer, cremi64)
+    live = widget.live_view
     widget.live_check.value = False
-    gone = weakref.ref(widget.live_view.output if widget.live_view is not None else live_layers(viewer)[0])
+    qtbot.waitUntil(lambda: live._worker.stopped, timeout=30_000)  # its thread, done
+    gone = weakref.ref(live_layers(viewer)[0])
     viewer.layers.remove(gone())
     qtbot.wait(100)
     gc.collect()
     assert gone() is None
+
+
+def test_new_data_hides_the_old_datas_live_image_until_its_own_arrives(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """Replaced by a smaller crop while viewing a row the crop does not have, the live layer kept
+    showing niiv of the old data (and held napari's slider there); now it is hidden until the new
+    data's first image."""
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, cremi64)
+    layer, live = viewer.layers["cremi"], widget.live_view
+    viewer.dims.set_point(1, 4 * 50)  # row 50
+    qtbot.waitUntil(done(widget, 2), timeout=60_000)
+    layer.data = cremi64[:, :32]  # rows 0-31 only
+    assert not live.output.visible
+    qtbot.waitUntil(lambda: widget.status_label.value == "live view: nothing visible", timeout=10_000)
+    assert not live.output.visible
+    viewer.dims.set_point(1, 4 * 20)  # a row the new data has
+    qtbot.waitUntil(lambda: live.output.visible and done(widget)(), timeout=60_000)

@@ -152,10 +152,14 @@ class LiveView(QObject):
 
     @gui_handler
     def _data_changed(self, event: Any = None) -> None:
-        """New data: latents, normalisation and the last grid no longer apply."""
+        """New data: latents, normalisation and the last grid no longer apply, nor the image shown
+        (niiv of the old data, perhaps at a plane the new data does not have): hidden until the
+        new data's first image."""
         self._renderer, self._fast_renderer, self._norm, self._grid = None, None, None, None
         self._read.forget()  # edited in place, the same array holds other values
         self._data_version += 1
+        if self.output is not None and self.output in self.viewer.layers:
+            self.output.visible = False
         self._changed()
 
     @gui_handler
@@ -416,6 +420,7 @@ class LiveView(QObject):
             self._remember()
             return
         self._move_to(self.output, grid, image)
+        _copy_style(self.layer, self.output)  # shown again after new data hid it
 
     def _remember(self) -> None:
         """Keep this input's live layers with it, for the next live view of it (weakly: a live
@@ -476,15 +481,17 @@ class LiveView(QObject):
         return self._timer.isActive() or self._worker.busy
 
     def close(self, wait: bool = False) -> None:
-        """Stop listening and computing; the last image stays. Its thread ends within one decoding
-        step (up to a second or so on a CPU) and whatever it still sends is dropped: the GUI thread
-        waits for it only with ``wait`` (the viewer closing), not when the view is replaced."""
+        """Stop listening and computing; the last image stays (the viewer holds its layers; the
+        next live view of the input finds them). Its thread ends within one decoding step (up to a
+        second or so on a CPU) and whatever it still sends is dropped: the GUI thread waits for it
+        only with ``wait`` (the viewer closing), not when the view is replaced."""
         self._closed = True
         self._timer.stop()
         for emitter, callback in self._connections:
             emitter.disconnect(callback)
         self._connections = []
         self._worker.close(timeout=10.0 if wait else 0.0)
+        self.output = self.confidence_output = None  # a layer the user deletes is freed with its image
 
 
 class SharedRead:
