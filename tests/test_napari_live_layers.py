@@ -195,3 +195,38 @@ def test_new_data_hides_the_old_datas_live_image_until_its_own_arrives(
     assert not live.output.visible
     viewer.dims.set_point(1, 4 * 20)  # a row the new data has
     qtbot.waitUntil(lambda: live.output.visible and done(widget)(), timeout=60_000)
+
+
+def test_data_edited_while_live_is_off_is_normalised_again(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """The shared read is forgotten on every data event, not only while a live view listens: data
+    edited with live off kept the old normalisation when live came back (the second review)."""
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, cremi64.astype(np.float32))
+    layer = viewer.layers["cremi"]
+    before = widget.live_view._norm.high
+    widget.live_check.value = False
+    layer.data *= 10
+    layer.data = layer.data
+    widget.live_check.value = True
+    qtbot.waitUntil(done(widget), timeout=60_000)
+    assert widget.live_view._norm.high > 5 * before
+
+
+def test_a_live_layer_the_user_hid_stays_hidden_and_new_data_hides_the_map_too(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """Hiding the live layer (to compare with the input under it) lasted until the next slider
+    step; new data hid the old live image but not the old data's confidence map (the second review)."""
+    viewer = make_napari_viewer()
+    widget = live_xz_view(qtbot, viewer, cremi64)
+    widget.confidence_check.value = True
+    live = widget.live_view
+    qtbot.waitUntil(lambda: live.confidence_output is not None, timeout=60_000)
+    live.output.visible = False
+    viewer.dims.set_point(1, 4 * 30)
+    qtbot.waitUntil(done(widget, 2), timeout=60_000)
+    assert not live.output.visible
+    live.output.visible = True
+    viewer.layers["cremi"].data = (255 - cremi64).astype(np.uint8)
+    assert not live.output.visible and not live.confidence_output.visible
+    qtbot.waitUntil(lambda: live.output.visible and live.confidence_output.visible, timeout=60_000)

@@ -106,6 +106,8 @@ class LiveView(QObject):
         self._grid: ViewGrid | None = None
         self._generation = 0
         self._closed = False
+        # layers new data hid (their images are of the old data), and whether they were visible
+        self._hidden_for_data: dict[str, bool] = {}
         self._new_weights: dict[str, Any] | None = None
         self._requested_at = 0.0
         self._timer = QTimer(self)
@@ -156,10 +158,11 @@ class LiveView(QObject):
         (niiv of the old data, perhaps at a plane the new data does not have): hidden until the
         new data's first image."""
         self._renderer, self._fast_renderer, self._norm, self._grid = None, None, None, None
-        self._read.forget()  # edited in place, the same array holds other values
-        self._data_version += 1
-        if self.output is not None and self.output in self.viewer.layers:
-            self.output.visible = False
+        self._data_version += 1  # (the shared read forgets the data itself: SharedRead.of)
+        for kind, out in (("niiv", self.output), ("confidence", self.confidence_output)):
+            if out is not None and out in self.viewer.layers and kind not in self._hidden_for_data:
+                self._hidden_for_data[kind] = out.visible
+                out.visible = False
         self._changed()
 
     @gui_handler
@@ -420,7 +423,13 @@ class LiveView(QObject):
             self._remember()
             return
         self._move_to(self.output, grid, image)
-        _copy_style(self.layer, self.output)  # shown again after new data hid it
+        self._show_again("niiv", self.output)
+
+    def _show_again(self, kind: str, out: Image) -> None:
+        """Show ``out`` as it was before new data hid it (once: a layer the user hides stays hidden)."""
+        was = self._hidden_for_data.pop(kind, None)
+        if was is not None:
+            out.visible = was
 
     def _remember(self) -> None:
         """Keep this input's live layers with it, for the next live view of it (weakly: a live
@@ -461,6 +470,7 @@ class LiveView(QObject):
             self._remember()
             return
         self._move_to(out, grid, image)
+        self._show_again("confidence", out)
 
     @gui_handler
     def update_weights(self, state: dict[str, Any]) -> None:
@@ -512,14 +522,16 @@ class SharedRead:
 
     @classmethod
     def of(cls, layer: Any) -> SharedRead:
-        """The layer's (made on the GUI thread, the first time)."""
+        """The layer's (made on the GUI thread, the first time), forgotten whenever its data
+        event fires, live view or not (data edited while live was off kept the old normalisation)."""
         shared = getattr(layer, "_niiv_shared_read", None)
         if shared is None:
             shared = cls()
             layer._niiv_shared_read = shared
+            layer.events.data.connect(shared.forget)
         return shared
 
-    def forget(self) -> None:
+    def forget(self, event: Any = None) -> None:
         """The layer's data changed (perhaps in place): read it again next time. On the GUI
         thread: never waits for a read in progress."""
         self._epoch += 1
