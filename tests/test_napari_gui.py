@@ -6,6 +6,8 @@ thread worker that napari's activity dock can cancel."""
 from __future__ import annotations
 
 import csv
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -286,14 +288,16 @@ def test_a_new_setting_reuses_the_volume_the_live_view_read(qtbot, make_napari_v
     lazy = da.from_array(cremi64, chunks=(4, 32, 32)).map_blocks(counted, meta=np.empty((0, 0, 0), cremi64.dtype))
     viewer = make_napari_viewer()
     widget = live_xz_view(qtbot, viewer, lazy)
-    old = widget.live_view
+    old, norm = weakref.ref(widget.live_view), widget.live_view._norm
     assert blocks_read, "the live view never read the layer"
     blocks_read.clear()
     widget.orientation_choice.value = "yz"
+    qtbot.waitUntil(lambda: old()._worker.stopped, timeout=30_000)
+    gc.collect()  # the old view, freed: the new one holds what it read (the read itself is kept weakly)
+    assert old() is None
     new = widget.live_view
     qtbot.waitUntil(lambda: bool(new.timings) and "niiv" in new.timings[-1], timeout=60_000)
-    assert new is not old and blocks_read == []
-    assert new._norm == old._norm
+    assert blocks_read == [] and new._norm == norm
 
 
 def test_settings_changed_during_the_first_read_wait_for_it_instead_of_reading_again(

@@ -102,6 +102,9 @@ class LiveView(QObject):
         # the layer's data as read and its normalisation, shared by its live views (SharedRead), and
         # a count of data changes, so a render that read old data keeps nothing
         self._read: SharedRead = SharedRead.of(self.layer)
+        # what the view this one replaces read, held from now on: the read is kept weakly, and the
+        # old view (freed by the garbage collector) could let it go before this one asks
+        self._held = self._read.cached(level0(self.layer))
         self._data_version = 0
         self._grid: ViewGrid | None = None
         self._generation = 0
@@ -535,6 +538,13 @@ class SharedRead:
         """The layer's data changed (perhaps in place): read it again next time. On the GUI
         thread: never waits for a read in progress."""
         self._epoch += 1
+
+    def cached(self, source: Any) -> tuple[Any, Normalisation] | None:
+        """What :meth:`get` would hand out now without reading, else None (the GUI thread: never
+        waits for a read; get stays the authority)."""
+        data = self._data() if self._data is not None else None
+        fresh = self._source is not None and self._source() is source and self._read_epoch == self._epoch
+        return (data, self._norm) if data is not None and fresh else None  # type: ignore[return-value]
 
     def get(self, source: Any) -> tuple[Any, Normalisation]:
         """``source`` as read and its normalisation (on a worker thread: this may read it all)."""
