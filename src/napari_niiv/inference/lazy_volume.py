@@ -224,10 +224,10 @@ class LazyIsotropic:
         with self._lock:
             if set(later) <= self._previews_asked:  # already being made
                 return
-            self._previews_asked = set(later)
-        self._preview_worker.submit(lambda cancelled: self._make_previews(later, cancelled))
+            asked = self._previews_asked = set(later)
+        self._preview_worker.submit(lambda cancelled: self._make_previews(later, cancelled, asked))
 
-    def _make_previews(self, keys: list[TileKey], cancelled: Cancelled) -> int:
+    def _make_previews(self, keys: list[TileKey], cancelled: Cancelled, asked: set[TileKey]) -> int:
         """The preview worker's task: the stand-ins of ``keys`` not made yet, each followed by
         ``on_preview``; stops when a newer request or closing cancels it."""
         made = 0
@@ -242,9 +242,10 @@ class LazyIsotropic:
                     made += 1
                     if self.on_preview is not None:
                         self.on_preview(key)
-        finally:  # asked again by the next read if not made (cancelled, failed)
+        finally:  # asked again by the next read if not made (cancelled, failed); a newer task's own
             with self._lock:
-                self._previews_asked -= set(keys)
+                if self._previews_asked is asked:
+                    self._previews_asked = set()
         return made
 
     def _preview(self, key: TileKey, make: bool = True) -> np.ndarray | None:
