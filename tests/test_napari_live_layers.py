@@ -229,4 +229,7 @@ def test_a_live_layer_the_user_hid_stays_hidden_and_new_data_hides_the_map_too(
     live.output.visible = True
     viewer.layers["cremi"].data = (255 - cremi64).astype(np.uint8)
     assert not live.output.visible and not live.confidence_output.visible
+    viewer.layers["cremi"].visible = False  # the input's visibility, followed, does not show the old image
+    viewer.layers["cremi"].visible = True
+    assert not live.output.visible
     qtbot.waitUntil(lambda: live.output.visible and live.confidence_output.visible, timeout=60_000)

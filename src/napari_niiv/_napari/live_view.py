@@ -88,12 +88,9 @@ class LiveView(QObject):
         self.confidence = bool(confidence)
         # the input's live layers from an earlier view (live off and on, another volume and back, a
         # new setting): shown again, never a second one under the first
-        self.output: Image | None = None
-        self.confidence_output: Image | None = None
-        self.output, self.confidence_output = (
-            out if out is not None and out in viewer.layers else None
-            for out in (ref() if ref is not None else None for ref in getattr(self.layer, LIVE_LAYERS, (None, None)))
-        )
+        image, mapped = (_alive(ref, viewer) for ref in getattr(self.layer, LIVE_LAYERS, (None, None)))
+        self.output: Image | None = image
+        self.confidence_output: Image | None = mapped
         self.timings: list[dict[str, float]] = []
         self.failed = False  # a render failed (its message went to on_status)
         self._renderer: ViewRenderer | None = None
@@ -178,7 +175,10 @@ class LiveView(QObject):
         """The live layer shows the input as the input is shown: its contrast limits, colour map,
         gamma and visibility (the dock keeps the input selected, so napari's controls set them)."""
         if self.output is not None and self.output in self.viewer.layers:
-            _copy_style(self.layer, self.output)
+            hidden = "niiv" in self._hidden_for_data  # its image is of old data: shown with the new one
+            if hidden:
+                self._hidden_for_data["niiv"] = self.layer.visible
+            _copy_style(self.layer, self.output, visible=not hidden)
 
     @gui_handler
     def _removed(self, event: Any) -> None:
@@ -561,15 +561,22 @@ class SharedRead:
             return data, norm
 
 
-def _copy_style(source: Image, target: Image) -> None:
-    """``target`` shown as ``source`` is (STYLE): only what differs is set (each set redraws)."""
+def _alive(ref: weakref.ref | None, viewer: Any) -> Image | None:
+    """The layer ``ref`` refers to, if it is still in the viewer."""
+    layer = ref() if ref is not None else None
+    return layer if layer is not None and layer in viewer.layers else None
+
+
+def _copy_style(source: Image, target: Image, visible: bool = True) -> None:
+    """``target`` shown as ``source`` is (STYLE; its visibility too with ``visible``): only what
+    differs is set (each set redraws)."""
     if tuple(target.contrast_limits) != tuple(source.contrast_limits):
         target.contrast_limits = source.contrast_limits
     if target.gamma != source.gamma:
         target.gamma = source.gamma
     if target.colormap.name != source.colormap.name:
         target.colormap = source.colormap
-    if target.visible != source.visible:
+    if visible and target.visible != source.visible:
         target.visible = source.visible
 
 
@@ -578,8 +585,8 @@ def remove_live_layers(viewer: Any, layer: Any) -> None:
     on software OpenGL crashed at the next repaint when a one-plane layer was left alone beside
     nothing 3D."""
     for ref in getattr(layer, LIVE_LAYERS, ()):
-        out = ref() if ref is not None else None
-        if out is not None and out in viewer.layers:
+        out = _alive(ref, viewer)
+        if out is not None:
             viewer.layers.remove(out)
     setattr(layer, LIVE_LAYERS, (None, None))
 
