@@ -51,9 +51,9 @@ def test_tutorial_runs_without_errors(tmp_path, monkeypatch) -> None:
     text = "\n".join(_text(c) for c in code)
     assert "(48, 64, 64) uint8" in text and "(6, 64, 64) float32" in text
     assert "equal to the same part of the whole: True" in text
-    shipped = _table(next(_text(c) for c in code if "niiv v2 (shipped)" in _text(c)))
-    assert set(shipped) == {"bilinear", "bicubic", "niiv v2 (shipped)"}
-    assert shipped["niiv v2 (shipped)"] > shipped["bicubic"] > shipped["bilinear"]
+    shipped = _table(next(_text(c) for c in code if "niiv-em (default)" in _text(c)))
+    assert set(shipped) == {"bilinear", "bicubic", "niiv-em (default)"}
+    assert shipped["niiv-em (default)"] > shipped["bicubic"] > shipped["bilinear"]
     tuned = _table(next(_text(c) for c in code if "niiv fine-tuned" in _text(c)))
     assert tuned["niiv fine-tuned"] > tuned["bilinear"]
     assert re.search(r"^10 steps in [\d.]+ s", text, flags=re.MULTILINE)
