@@ -423,3 +423,14 @@ def test_bad_input_gets_a_clear_message(tmp_path, capsys, medulla, case) -> None
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not list(tmp_path.glob("o*.zarr*"))  # nothing half-written
+
+
+def test_info_on_a_volume_without_voxel_sizes_says_alpha_is_unknown(tmp_path, capsys, medulla) -> None:
+    """It printed voxel sizes [1, 1, 1] and 'anisotropy alpha = 1', while the guide stresses that an
+    unknown anisotropy is not alpha 1 (the evaluate audit)."""
+    path = tmp_path / "plain.npy"
+    np.save(path, medulla[:8, :16, :16])
+    code, out, _ = _run(capsys, "info", path)
+    assert code == 0
+    assert json.loads(out.splitlines()[0])["voxel_size_zyx"] is None
+    assert "anisotropy alpha: unknown (the file gives no voxel sizes: pass --alpha)" in out

@@ -562,10 +562,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             vol = open_volume(p)
             print(describe(vol))
-            print(
-                f"anisotropy alpha = {vol.alpha:g}"
-                + ("  (the file gives no voxel sizes: pass --alpha)" if not vol.has_voxel_size else "")
-            )
+            if vol.has_voxel_size:
+                print(f"anisotropy alpha = {vol.alpha:g}")
+            else:  # unknown is not alpha 1 (docs/reading.md)
+                print("anisotropy alpha: unknown (the file gives no voxel sizes: pass --alpha)")
         return 0
     print(f"napari-niiv {__version__}, torch {torch.__version__}")
     print(

@@ -592,13 +592,14 @@ def _spatial(data: da.Array, axes: list[dict[str, Any]]) -> da.Array:
 
 
 def describe(vol: Volume) -> str:
-    """One-line human summary for `niiv info` and logs."""
+    """One-line human summary for `niiv info` and logs. Voxel sizes the file does not give are
+    null, not the (1, 1, 1) niiv works in until told alpha (unknown is not alpha 1)."""
     return json.dumps(
         {
             "name": vol.name,
             "shape_zyx": vol.shape,
             "dtype": str(vol.data.dtype),
-            "voxel_size_zyx": vol.voxel_size,
+            "voxel_size_zyx": vol.voxel_size if vol.has_voxel_size else None,
             "translation_zyx": vol.translation,
             "unit": vol.unit,
         }
