@@ -62,8 +62,11 @@ def test_a_map_cut_short_is_written_by_the_same_command_without_redoing_the_stor
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_write_array", interrupted)
+    capsys.readouterr()
     assert cli.main([*argv, "--confidence", str(cmap)]) == 130
     assert out.exists() and not cmap.exists()
+    said = capsys.readouterr().err  # it said only "interrupted" (the evaluate audit)
+    assert f"{out} is complete, the confidence map is not: run the same command again to write only the map" in said
     monkeypatch.setattr(cli, "_write_array", write_array)
     published = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
@@ -73,3 +76,27 @@ def test_a_map_cut_short_is_written_by_the_same_command_without_redoing_the_stor
     other = tmp_path / "other-confidence.tif"
     assert cli.main([*argv, "--alpha", "5", "--confidence", str(other)]) == 2  # not the same reconstruction
     assert "already exists" in capsys.readouterr().err and not other.exists()
+
+
+@pytest.mark.slow
+def test_a_map_cut_short_beside_a_tif_says_how_to_get_it(tmp_path, capsys, volume, tiny_user_weights, monkeypatch):
+    """A .tif OUT cannot be recognised as this reconstruction, so the map alone cannot be resumed:
+    the interruption says OUT is complete and what writing the map then takes."""
+    from napari_niiv import cli
+
+    src = tmp_path / "aniso.tif"
+    write_tif(src, volume, imagej=True, resolution=(1.0, 1.0), metadata={"spacing": ALPHA, "unit": "um"})
+    out, cmap = tmp_path / "iso.tif", tmp_path / "iso-confidence.tif"
+    argv = ["reconstruct", str(src), str(out), "--weights", str(tiny_user_weights / "tiny.safetensors")]
+    write_array = cli._write_array
+
+    def interrupted_map(path, *args):
+        if path == cmap:
+            raise KeyboardInterrupt
+        return write_array(path, *args)
+
+    monkeypatch.setattr(cli, "_write_array", interrupted_map)
+    assert cli.main([*argv, "--confidence", str(cmap)]) == 130
+    said = capsys.readouterr().err
+    assert out.exists() and not cmap.exists()
+    assert f"{out} is complete, the confidence map is not: to write it, run again with --overwrite" in said

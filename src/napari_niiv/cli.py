@@ -696,18 +696,36 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     else:
         # the input's own display window (an OME-Zarr's omero), else the normalisation's
         _write_pyramid(args, out, job, chunks, vol.contrast or (norm.low, norm.high))
-    if conf is not None and conf.suffix.lower() == ".zarr":  # OUT.zarr's voxel size and translation
+    if conf is not None:
+        try:
+            _write_confidence(args, conf, job, chunks, norm, geometry)
+        except KeyboardInterrupt as exc:  # OUT is published: say so, and how to get the map
+            again = (
+                "run the same command again to write only the map"
+                if out.suffix.lower() == ".zarr"
+                else "to write it, run again with --overwrite (OUT is then reconstructed again; a .zarr OUT is not)"
+            )
+            kept = f" ({exc})" if str(exc) else ""
+            raise KeyboardInterrupt(f"{out} is complete, the confidence map is not{kept}: {again}") from exc
+    return 0
+
+
+def _write_confidence(
+    args: argparse.Namespace, conf: Path, job: Any, chunks: tuple[int, int, int], norm: Any, geometry: Any
+) -> None:
+    """`niiv reconstruct --confidence`'s pass after OUT: a .zarr map has OUT's voxel size and translation."""
+    from .inference.reconstructor import assemble
+    from .inference.store import check_room, output_lock
+
+    if conf.suffix.lower() == ".zarr":
         from .inference.confidence import contrast_limits
 
         _write_pyramid(args, conf, job.confidence_map(), chunks, contrast_limits(norm))
-    elif conf is not None:
-        check_room(conf, int(np.prod(geometry.size)) * 4 + 2**20, "the confidence map")
-        with output_lock(conf):
-            _write_array(
-                conf, assemble(job.confidence_map(), chunks), geometry.voxel_size, geometry.unit, args.overwrite
-            )
-        print(f"wrote the confidence map {conf}", file=sys.stderr)
-    return 0
+        return
+    check_room(conf, int(np.prod(geometry.size)) * 4 + 2**20, "the confidence map")
+    with output_lock(conf):
+        _write_array(conf, assemble(job.confidence_map(), chunks), geometry.voxel_size, geometry.unit, args.overwrite)
+    print(f"wrote the confidence map {conf}", file=sys.stderr)
 
 
 def _finished_store(out: Path, job: Any, input_id: str) -> None:
