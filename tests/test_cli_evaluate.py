@@ -52,6 +52,12 @@ def test_evaluate_refuses_alpha_1_and_an_alpha_given_twice(capsys, iso, tiny) ->
     assert code == 2 and "each alpha once" in err and not out
 
 
+def test_evaluate_refuses_an_empty_json_path(capsys, iso, tiny) -> None:
+    """`--json ''` was silently ignored: the scores went nowhere (the evaluate audit's minor list)."""
+    code, out, err = _run(capsys, "evaluate", iso, "--alpha", "4", "--cube", "32", "--weights", tiny, "--json", "")
+    assert code == 2 and "--json needs a file name" in err and not out
+
+
 def test_evaluate_writes_strict_json_when_a_score_is_infinite(tmp_path, capsys, tiny) -> None:
     """Planes all alike along z: every interpolation is exact (infinite PSNR); the JSON says null,
     not Infinity, which strict parsers (JavaScript, Go, serde) reject."""

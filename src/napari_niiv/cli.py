@@ -1069,6 +1069,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "--both decodes yz slices too, whose columns run along z: with --slices xy that is the blurred axis "
             "xy mode avoids; leave --both out"
         )
+    if args.json is not None and not args.json.strip():
+        raise NiivInputError("--json needs a file name (it was empty: the scores would go nowhere)")
     if args.json:  # before the scoring, not after it
         out = Path(args.json)
         for source in [*args.volumes, *(resolve_weights(spec) for spec in args.weights or [None])]:
