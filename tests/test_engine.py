@@ -162,3 +162,13 @@ def test_engine_tells_the_acquisition_embedding_its_alpha_and_thickness(slices, 
         outs.append(eng.render(eng.encode(image, alpha), rows, cols))
         torch.testing.assert_close(outs[-1], ref, atol=2e-6, rtol=0)
     assert (outs[0] - outs[1]).abs().max() > 1e-3 and (outs[1] - outs[2]).abs().max() > 1e-3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a CUDA device where there is none")
+def test_a_cuda_device_asked_for_without_a_gpu_is_named_as_asked() -> None:
+    """`--device cuda:0` said "device 'cuda' was asked for" (the evaluate audit's minor list)."""
+    from napari_niiv.errors import NiivInputError
+    from napari_niiv.inference.devices import pick_device
+
+    with pytest.raises(NiivInputError, match="device 'cuda:0' was asked for but torch sees no CUDA GPU"):
+        pick_device("cuda:0")

@@ -58,6 +58,11 @@ def test_corrupt_and_truncated_files(tmp_path, model) -> None:
     for name in ("cut", "junk"):
         with pytest.raises(NiivInputError, match="not a readable weights file"):
             load_weights(tmp_path / f"{name}.safetensors")
+    # an upstream niiv checkpoint is named as one (it was "corrupt, truncated ...: download it again")
+    torch.save(model.state_dict(), tmp_path / "upstream.pth")
+    upstream = r"a PyTorch checkpoint, not napari-niiv weights .*cannot be used directly"
+    with pytest.raises(NiivInputError, match=upstream):
+        load_weights(tmp_path / "upstream.pth")
 
 
 def test_foreign_safetensors_file(tmp_path) -> None:

@@ -43,7 +43,7 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise NiivInputError("device 'cuda' was asked for but torch sees no CUDA GPU here; use 'cpu' or 'auto'")
+        raise NiivInputError(f"device {name!r} was asked for but torch sees no CUDA GPU here; use 'cpu' or 'auto'")
     if name == "mps" and not _has_mps():
         raise NiivInputError("device 'mps' was asked for but this machine has no Apple GPU; use 'cpu' or 'auto'")
     if name not in DEVICES and not name.startswith("cuda:"):

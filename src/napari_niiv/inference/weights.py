@@ -161,6 +161,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
+        if path.suffix.lower() in (".pth", ".pt", ".ckpt"):  # upstream niiv and other tools save these
+            raise NiivInputError(
+                f"{path}: a PyTorch checkpoint, not napari-niiv weights (safetensors); weights of other tools "
+                "or upstream niiv .pth checkpoints cannot be used directly: train or fine-tune napari-niiv weights"
+            ) from exc
         raise NiivInputError(
             f"{path}: not a readable weights file (corrupt, truncated, or not safetensors: {exc}); "
             "download or train it again"
