@@ -434,3 +434,21 @@ def test_info_on_a_volume_without_voxel_sizes_says_alpha_is_unknown(tmp_path, ca
     assert code == 0
     assert json.loads(out.splitlines()[0])["voxel_size_zyx"] is None
     assert "anisotropy alpha: unknown (the file gives no voxel sizes: pass --alpha)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["reconstruct", "in.tif", "out.tif", "--confidence", ""], "--confidence needs a file name: it was empty"),
+        (["reconstruct", "in.tif", "out.tif", "--scheduler", " "], "--scheduler needs a value: it was empty"),
+        (["train", "in.tif", "--out", "w.safetensors", "--alpha", "8", "--init", ""], "--init needs a value"),
+        (["info", ""], "PATH needs a file name: it was empty"),
+        (["reconstruct", "in.tif", "out.tif", "--alpha=--"], "--alpha"),
+    ],
+)
+def test_an_empty_value_is_a_usage_error_not_an_option_left_out(capsys, argv, said) -> None:
+    """Every `if args.opt` took an empty value for "not given": `--confidence ''` wrote no map,
+    `niiv info ''` listed the installed weights (found after `--json ''`, whose own check this
+    replaces)."""
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and said in err and not out

@@ -450,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--json",
+        metavar="FILE",
         help="also write the scores to this JSON file (never an input or weights file); an infinite score is null",
     )
     ev.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
@@ -459,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 LIST_OPTIONS = ("volumes", "weights")  # options that take several values
+FILE_METAVARS = ("FILE", "PATH", "INPUT", "OUTPUT")  # an empty one "needs a file name"
 
 
 def _quiet_remote_cleanup() -> None:
@@ -496,20 +498,33 @@ def _joined_regions(argv: list[str]) -> list[str]:
     return out
 
 
+def _malformed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """What argparse lets through unchecked, said as a usage error: "--opt=--" turned into a list,
+    and an empty value, which every `if args.opt` then took for "not given" (`--json ''` computed
+    the scores and wrote them nowhere; `--confidence ''` wrote no map)."""
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    for action in command._actions:
+        value = getattr(args, action.dest, None)
+        kind = action.metavar or action.dest.upper()
+        label = action.option_strings[-1] if action.option_strings else kind
+        if isinstance(value, list) and action.dest not in LIST_OPTIONS:
+            return f"{label} needs one value"
+        if isinstance(value, str) and not value.strip() and value != action.default:  # given, not defaulted
+            return f"{label} needs a {'file name' if kind in FILE_METAVARS else 'value'}: it was empty"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_remote_cleanup()
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(_joined_regions(sys.argv[1:] if argv is None else list(argv)))
+        args = parser.parse_args(_joined_regions(sys.argv[1:] if argv is None else list(argv)))
     except SystemExit as exc:  # --help (0) or a usage error (2, its one line already printed)
         return int(exc.code or 0)
-    for name, value in vars(args).items():  # argparse turns "--opt=--" into a list, unchecked
-        if isinstance(value, list) and name not in LIST_OPTIONS:
-            option = "--" + name.replace("_", "-")
-            print(
-                f"niiv {args.command}: error: {option} needs one value (see niiv {args.command} --help)",
-                file=sys.stderr,
-            )
-            return 2
+    said = _malformed(parser, args)
+    if said:
+        print(f"niiv {args.command}: error: {said} (see niiv {args.command} --help)", file=sys.stderr)
+        return 2
     try:
         return {"info": cmd_info, "reconstruct": cmd_reconstruct, "train": cmd_train, "evaluate": cmd_evaluate}[
             args.command
@@ -1069,8 +1084,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "--both decodes yz slices too, whose columns run along z: with --slices xy that is the blurred axis "
             "xy mode avoids; leave --both out"
         )
-    if args.json is not None and not args.json.strip():
-        raise NiivInputError("--json needs a file name (it was empty: the scores would go nowhere)")
     if args.json:  # before the scoring, not after it
         out = Path(args.json)
         for source in [*args.volumes, *(resolve_weights(spec) for spec in args.weights or [None])]:
