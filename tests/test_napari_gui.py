@@ -350,10 +350,10 @@ def test_data_replaced_during_the_first_read_is_the_data_rendered(
     render must not keep the old data for the views after it."""
     import threading
 
-    from napari_niiv._napari import live_view
+    from napari_niiv._napari import layer_view
 
     reading, release = threading.Event(), threading.Event()
-    readable = live_view.readable
+    readable = layer_view.readable
 
     def slow_first_read(data):
         if not reading.is_set():
@@ -361,7 +361,7 @@ def test_data_replaced_during_the_first_read_is_the_data_rendered(
             release.wait(30)
         return readable(data)
 
-    monkeypatch.setattr(live_view, "readable", slow_first_read)
+    monkeypatch.setattr(layer_view, "readable", slow_first_read)  # what the shared read reads with
     viewer = make_napari_viewer()
     layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
     widget = open_dock(viewer)

@@ -336,13 +336,17 @@ def test_a_whole_volume_layer_of_a_small_lazy_input_reads_it_once_into_memory(an
     from napari.layers import Image
 
     from napari_niiv._napari.commands import prepare_isotropic_layer
+    from napari_niiv._napari.layer_view import SharedRead
     from napari_niiv.data import fit_normalisation
 
     data = da.from_array(anisotropic, chunks=(2, 16, 16))
-    prepared = prepare_isotropic_layer(Image(data, scale=(40, 10, 10), name="em"), weights="niiv-fast")
+    layer = Image(data, scale=(40, 10, 10), name="em")
+    prepared = prepare_isotropic_layer(layer, weights="niiv-fast")
     try:
         assert isinstance(prepared.lazy.source, np.ndarray)
         np.testing.assert_array_equal(prepared.lazy.source, anisotropic)
         assert prepared.lazy.norm == fit_normalisation(data)
+        # the layer's live view reads nothing again: one copy in memory for both
+        assert SharedRead.of(layer).cached(data)[0] is prepared.lazy.source
     finally:
         prepared.lazy.close()

@@ -12,7 +12,6 @@ from napari.utils.notifications import show_error, show_info
 from napari.viewer import Viewer
 from qtpy.QtCore import QObject, QThread, QTimer, Signal
 
-from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
 from ..inference import confidence
 from ..inference.devices import pick_device
@@ -22,7 +21,7 @@ from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, fast_weights, load_weights, resolve_weights
 from .activity import Activity
 from .gui_timing import gui_handler
-from .layer_view import check_layer, insert_layer, layer_alpha, layer_geometry, layer_units, level0, readable
+from .layer_view import SharedRead, check_layer, insert_layer, layer_alpha, layer_geometry, layer_units, level0
 
 log = logging.getLogger(__name__)
 REFRESH_MS = 250
@@ -86,10 +85,9 @@ def prepare_isotropic_layer(
     geometry = layer_geometry(layer, settings)
     fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections) if fast else None
     small = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
-    # read from memory when small enough (the tiles' interpolated stand-ins are made on napari's
-    # thread then); the normalisation fitted on the layer's data, as a save of it is
-    source = readable(data)
-    norm = fit_normalisation(data, in_memory=source if isinstance(source, np.ndarray) else None)
+    # read into memory when small enough (the tiles' interpolated stand-ins are made on napari's
+    # thread then), once for the layer's live view and whole-volume layers alike
+    source, norm = SharedRead.of(layer).get(data)
     lazy = LazyIsotropic(source, norm, Reconstructor(model, settings), geometry, fast=small)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
     out = Image(

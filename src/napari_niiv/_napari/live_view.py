@@ -20,7 +20,6 @@ in a second layer on exactly the live layer's grid (same scale and translate).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import numpy as np
 from napari.layers import Image
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..data.normalise import Normalisation, fit_normalisation
+from ..data.normalise import Normalisation
 from ..errors import NiivInputError
 from ..inference import confidence
 from ..inference.reconstructor import Reconstructor, check_reconstructable
@@ -40,7 +39,7 @@ from ..inference.views import ViewRenderer
 from ..inference.worker import LatestWorker
 from ..model import NiivModel
 from .gui_timing import gui_handler
-from .layer_view import check_layer, current_grid, insert_layer, layer_units, level0, readable
+from .layer_view import SharedRead, check_layer, current_grid, insert_layer, layer_units, level0
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
@@ -505,60 +504,6 @@ class LiveView(QObject):
         self._connections = []
         self._worker.close(timeout=10.0 if wait else 0.0)
         self.output = self.confidence_output = None  # a layer the user deletes is freed with its image
-
-
-class SharedRead:
-    """An input layer's data as its live views read it (into memory when small: ``readable``) and
-    its normalisation: read once, by whichever view asks first. A view asking while another reads
-    waits for that read instead of reading it all again: a setting changed during the first read
-    of a lazy volume started one more whole read per change, none of which could stop (5 changes
-    on a 400 MiB store: 6.5 GiB, where one read takes 1.25). Kept only while a view uses it (a
-    weak reference), and only for the data it was read from."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._source: weakref.ref | None = None
-        self._data: weakref.ref | None = None
-        self._norm: Normalisation | None = None
-        self._epoch = 0  # counts forget(): a read from before one is not handed out
-        self._read_epoch = -1
-
-    @classmethod
-    def of(cls, layer: Any) -> SharedRead:
-        """The layer's (made on the GUI thread, the first time), forgotten whenever its data
-        event fires, live view or not (data edited while live was off kept the old normalisation)."""
-        shared = getattr(layer, "_niiv_shared_read", None)
-        if shared is None:
-            shared = cls()
-            layer._niiv_shared_read = shared
-            layer.events.data.connect(shared.forget)
-        return shared
-
-    def forget(self, event: Any = None) -> None:
-        """The layer's data changed (perhaps in place): read it again next time. On the GUI
-        thread: never waits for a read in progress."""
-        self._epoch += 1
-
-    def cached(self, source: Any) -> tuple[Any, Normalisation] | None:
-        """What :meth:`get` would hand out now without reading, else None (the GUI thread: never
-        waits for a read; get stays the authority)."""
-        data = self._data() if self._data is not None else None
-        fresh = self._source is not None and self._source() is source and self._read_epoch == self._epoch
-        return (data, self._norm) if data is not None and fresh else None  # type: ignore[return-value]
-
-    def get(self, source: Any) -> tuple[Any, Normalisation]:
-        """``source`` as read and its normalisation (on a worker thread: this may read it all)."""
-        with self._lock:
-            epoch = self._epoch
-            data = self._data() if self._data is not None else None
-            same = self._source is not None and self._source() is source and self._read_epoch == epoch
-            if data is not None and same:
-                return data, self._norm  # type: ignore[return-value]
-            data = readable(source)
-            norm = fit_normalisation(source, in_memory=data)  # as a save or `niiv reconstruct` of the layer
-            self._source, self._data, self._norm = weakref.ref(source), weakref.ref(data), norm
-            self._read_epoch = epoch
-            return data, norm
 
 
 def _alive(ref: weakref.ref | None, viewer: Any) -> Image | None:
