@@ -214,7 +214,7 @@ class LazyIsotropic:
         slider step's stand-ins took 0.4-1.7 s of napari's thread."""
         later = []
         for key in keys:
-            tile = self._preview(key) if self._preview_worker is None else self._preview(key, make=False)
+            tile = self._preview(key, make=self._preview_worker is None)  # a lazy input: on the thread
             if tile is None:
                 later.append(key)
                 tile = np.full([s.stop - s.start for s in self._tile_index(key)], np.nan, np.float32)
