@@ -173,6 +173,23 @@ def test_info(capsys, aniso_tif, weights) -> None:
     assert code == 0 and "weights:" in out
 
 
+def test_info_describes_weights_by_name_and_by_content(tmp_path, capsys, weights) -> None:
+    """`niiv info` took any file not named .safetensors for a volume ('unknown format'), and a
+    weights name (as --weights takes) for a missing file, though `niiv info` lists the names."""
+    renamed = tmp_path / "fast.bin"
+    renamed.write_bytes(Path(weights).read_bytes())
+    code, out, _ = _run(capsys, "info", renamed)
+    assert code == 0 and '"alpha": 8.0' in out
+    code, out, _ = _run(capsys, "info", "niiv-fast")
+    assert code == 0 and '"name": "niiv-fast"' in out
+    code, _, err = _run(capsys, "info", "no-such-weights")
+    assert code == 2 and "nor weights of that name" in err
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes(range(200)))
+    code, _, err = _run(capsys, "info", noise)
+    assert code == 2 and "unknown format" in err
+
+
 @pytest.mark.slow
 def test_evaluate_prints_a_table(tmp_path, capsys, medulla, weights) -> None:
     iso = tmp_path / "iso.tif"

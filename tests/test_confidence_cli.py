@@ -100,3 +100,22 @@ def test_a_map_cut_short_beside_a_tif_says_how_to_get_it(tmp_path, capsys, volum
     said = capsys.readouterr().err
     assert out.exists() and not cmap.exists()
     assert f"{out} is complete, the confidence map is not: to write it, run again with --overwrite" in said
+
+
+def test_a_folder_niiv_did_not_write_is_refused_as_out_before_any_work(tmp_path, capsys, volume, tiny_user_weights):
+    """With --confidence, an existing .zarr OUT may be this reconstruction, finished by a run
+    stopped during its map; a folder napari-niiv did not write cannot be, and was refused only
+    after the volume and weights were loaded and the plan printed."""
+    from napari_niiv.cli import main
+
+    src = tmp_path / "aniso.tif"
+    write_tif(src, volume, imagej=True, resolution=(1.0, 1.0), metadata={"spacing": ALPHA, "unit": "um"})
+    out = tmp_path / "mine.ome.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    weights = tiny_user_weights / "tiny.safetensors"
+    argv = ["reconstruct", str(src), str(out), "--weights", str(weights), "--confidence", str(tmp_path / "m.tif")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already exists" in err and "->" not in err  # no plan: refused before the work
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and not (tmp_path / "m.tif").exists()

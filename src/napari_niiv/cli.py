@@ -30,6 +30,7 @@ neural network trained self-supervised on the volume's own xy planes.
 
   niiv info                          what is installed: devices, shipped and your own weights
   niiv info VOLUME                   shape, pixel type, voxel size and anisotropy of a volume
+  niiv info WEIGHTS                  a weights file's (or name's) architecture and model card
   niiv reconstruct IN OUT            write the isotropic volume (OME-Zarr, TIFF or .npy)
   niiv train VOLUME... --out W       train (or fine-tune) weights on your own volumes
   niiv evaluate VOLUME...            simulate anisotropy on isotropic volumes and score methods
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     info = sub.add_parser("info", help="show installed weights and devices, or describe a volume or weights file")
-    info.add_argument("path", nargs="?", help="a volume or a .safetensors weights file")
+    info.add_argument("path", nargs="?", help="a volume, a weights file, or a weights name (listed by `niiv info`)")
 
     rec = sub.add_parser(
         "reconstruct",
@@ -557,12 +558,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from .data.io import describe, open_volume
     from .inference.devices import cpu_has_bf16, pick_device
-    from .inference.weights import available_weights, load_weights
+    from .inference.weights import available_weights, load_weights, looks_like_weights
 
     if args.path:
         p = _source(args.path)
-        if str(p).endswith(".safetensors"):
-            w = load_weights(p)
+        named = available_weights().get(args.path) if isinstance(p, Path) and not p.exists() else None
+        if named is not None or (isinstance(p, Path) and (str(p).endswith(".safetensors") or looks_like_weights(p))):
+            w = load_weights(named or p)
             print(
                 json.dumps(
                     {
@@ -575,6 +577,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 )
             )
         else:
+            if isinstance(p, Path) and not (p.exists() or p.is_symlink()):
+                raise NiivInputError(f"{p}: no such file or folder, nor weights of that name (`niiv info` lists them)")
             vol = open_volume(p)
             print(describe(vol))
             if vol.has_voxel_size:
@@ -611,7 +615,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.normalise import fit_normalisation
     from .inference.geometry import output_geometry
     from .inference.reconstructor import BlockReconstruction, assemble, check_reconstructable
-    from .inference.store import check_output_path, check_outside_input, check_room, check_writable, output_lock
+    from .inference.store import (
+        check_output_path,
+        check_outside_input,
+        check_room,
+        check_writable,
+        output_lock,
+        written_by_niiv,
+    )
     from .inference.weights import load_weights, resolve_weights
 
     src, out = _source(args.input), Path(args.output)
@@ -626,7 +637,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     conf = Path(args.confidence) if args.confidence else None
     # an OME-Zarr OUT already there may be this very reconstruction, finished by a run that was
     # stopped during its confidence map: checked against the job once it is made (_finished_store)
-    done_before = conf is not None and out.suffix.lower() == ".zarr" and out.is_dir() and not args.overwrite
+    done_before = (
+        conf is not None
+        and out.suffix.lower() == ".zarr"
+        and out.is_dir()
+        and not args.overwrite
+        and written_by_niiv(out)  # any other folder is refused now, before the volume and weights load
+    )
     if done_before:
         check_outside_input(out, src)
     else:

@@ -153,6 +153,25 @@ def save_weights(
     return path
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")  # upstream niiv and other tools save these
+
+
+def looks_like_weights(path: str | Path) -> bool:
+    """Whether a file is meant as weights, whatever its name: ``.safetensors``, a PyTorch
+    checkpoint suffix, or safetensors content (an 8-byte header length, then the header's ``{``),
+    so ``niiv info`` describes a weights file renamed ``.bin`` instead of calling it an unknown
+    volume format."""
+    path = Path(path)
+    if path.suffix.lower() in (".safetensors", *CHECKPOINT_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size and head[8:] == b"{"
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
@@ -161,7 +180,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:
-        if path.suffix.lower() in (".pth", ".pt", ".ckpt"):  # upstream niiv and other tools save these
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES:
             raise NiivInputError(
                 f"{path}: a PyTorch checkpoint, not napari-niiv weights (safetensors); weights of other tools "
                 "or upstream niiv .pth checkpoints cannot be used directly: train or fine-tune napari-niiv weights"
