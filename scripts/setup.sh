@@ -25,9 +25,17 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# Pin torch first: an unpinned torch may pull a multi-GB CUDA build onto a CPU-only machine.
+# Pin torch first: on Linux, PyPI's torch is the CUDA build (several GB of nvidia-* wheels), so a
+# Linux machine without an NVIDIA driver gets the CPU build from PyTorch's own index.
 # Set TORCH_SPEC (e.g. "torch --index-url https://download.pytorch.org/whl/cu124") to choose another build.
+if [ -z "${TORCH_SPEC:-}" ]; then
+  TORCH_SPEC="torch==2.13.0"
+  if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    TORCH_SPEC="$TORCH_SPEC --index-url https://download.pytorch.org/whl/cpu"
+  fi
+fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
+  # shellcheck disable=SC2086
+  .venv/bin/python -m pip install -q --retries 2 $TORCH_SPEC
 fi
 .venv/bin/python -m pip install -q -e ".[test]"
