@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconstruct an isotropic volume",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Reconstruct the isotropic volume of IN and write it to OUT.\n\n"
-        "OUT ending in .zarr is written as a chunked OME-Zarr pyramid with the new voxel size, one\n"
-        "chunk per dask task: on local threads by default, on a LocalCluster with --workers N, or on\n"
-        "a running dask.distributed cluster with --scheduler ADDRESS (workers must see IN and OUT).\n"
+        "OUT ending in .zarr is written as a chunked OME-Zarr pyramid with the new voxel size, each\n"
+        "chunk whole by one dask task (at full resolution a column of chunks along z, up to 16 M\n"
+        "voxels): on local threads by default, on a LocalCluster with --workers N, or on a running\n"
+        "dask.distributed cluster with --scheduler ADDRESS (workers must see IN and OUT).\n"
         "It is written to OUT.partial and renamed when complete; if a run is killed, running the\n"
         "same command again writes only the missing chunks. .tif and .npy are written whole (small\n"
         "volumes). OUT is never overwritten unless --overwrite is given. Integer inputs keep their\n"
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--chunks",
         default="64,256,256",
-        help="output chunk size z,y,x (default 64,256,256): one task each, memory per task grows with it",
+        help="output chunk size z,y,x (default 64,256,256); a task computes up to 16 M voxels of them at once (one "
+        "chunk, if larger): its memory",
     )
     rec.add_argument(
         "--levels",
@@ -258,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_number(1, 256, integer=True),
         default=1,
-        help="without a cluster: chunks computed at once on local threads (default 1)",
+        help="without a cluster: tasks computed at once on local threads (default 1)",
     )
     rec.add_argument(
         "--restart", action="store_true", help="discard an unfinished run's OUT.partial instead of resuming it"
