@@ -303,7 +303,7 @@ class LiveView(QObject):
         if niiv is None:
             return None
         send("niiv", niiv)
-        if with_map:
+        if with_map and self.confidence:  # (the box may have been unticked since this view was asked)
             uncertainty = renderer.render_confidence(grid, cancelled, parts)
             if uncertainty is None:
                 return None
@@ -339,7 +339,8 @@ class LiveView(QObject):
         if gen != self._generation or self.layer not in self.viewer.layers:
             return  # stale, or a result still queued when the layer or viewer closed
         if stage == "confidence":
-            self._show_confidence(*payload)
+            if self.confidence:  # a map asked for before the box was unticked is not shown
+                self._show_confidence(*payload)
             return
         if stage == "prefetched":
             if self.timings:

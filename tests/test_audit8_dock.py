@@ -1,0 +1,35 @@
+"""The dock's settings flows and the live confidence map, driven in the real napari viewer (Xvfb):
+what the dock shows must be what the boxes say."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("napari")
+from tests.test_napari_confidence import maps, open_dock, wait_stage
+
+pytestmark = pytest.mark.slow  # a napari viewer
+
+
+def test_a_map_computed_before_the_box_was_unticked_is_not_shown(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """Unticking the confidence map while a view's map is on its way: the map arrived after the
+    untick and was added again (a map layer with the box off, the status line saying 'and its
+    confidence map')."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    viewer.dims.order = (1, 0, 2)  # an xz view
+    viewer.reset_view()
+    widget.confidence_check.value = True
+    widget.live_check.value = True
+    wait_stage(qtbot, widget, "confidence")
+    live = widget.live_view
+    assert len(maps(viewer)) == 1
+    live.refresh(force=True)  # a new view with its map, computed on the live view's thread...
+    assert live._worker.wait_idle(60)  # ...and waiting in the GUI thread's queue
+    widget.confidence_check.value = False  # unticked before it arrives
+    qtbot.wait(300)
+    assert maps(viewer) == [] and live.confidence_output is None
+    assert "confidence map" not in str(widget.status_label.value)
+    widget.confidence_check.value = True  # ticked again: the map is back
+    qtbot.waitUntil(lambda: len(maps(viewer)) == 1, timeout=60_000)
