@@ -29,8 +29,9 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     metadata (over the network for a URL: metadata only) and memory-maps the pixels without reading
     them, so 2D, RGB, multichannel and unreadable files are turned down here for the cost of a
     header read, and the opened volume is reused. A volume whose metadata is unusable (voxel size
-    0 or NaN) or a URL that cannot be reached is claimed, and reading it raises the reason: napari
-    shows that message and offers its other readers, where a refusal would say nothing.
+    0 or NaN), a URL that cannot be reached, or a file or store whose reading fails (garbled
+    metadata, a missing level, not the TIFF its name says) is claimed, and reading it raises the
+    reason: napari shows that message and offers its other readers, where a refusal would say nothing.
     """
     register_layer_context_action()  # napari loads the plugin lazily: this is one of its first calls
     if isinstance(path, list):
@@ -47,15 +48,15 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         return None  # from URLs niiv reads OME-Zarr only (a remote TIFF: napari's readers may)
     try:
         vol = open_volume(source)
-    except SourceError as exc:
+    except NiivInputError as exc:
+        if not (isinstance(exc, SourceError) or _damaged(exc)):
+            return None  # not a volume niiv reconstructs (2D, RGB, a zarr group without OME metadata...)
         error = exc
 
         def fail(_path: str | list[str]) -> list[LayerData]:
             raise error
 
         return fail
-    except NiivInputError:
-        return None
     if vol.shape[0] < 2:  # one plane (a 2D image stored as a stack): nothing between planes; napari shows it
         return None
 
@@ -63,6 +64,13 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         return [volume_layer_data(vol, source)]
 
     return read
+
+
+def _damaged(exc: NiivInputError) -> bool:
+    """A file or store niiv's reader failed on (its metadata garbled, a level or its header
+    missing): the reason is said, where a refusal would leave the user with napari's bare "refused
+    the file" and another reader that fails too or opens it wrongly."""
+    return exc.__cause__ is not None and not isinstance(exc.__cause__, NiivInputError)
 
 
 def volume_layer_data(vol: Volume, source: str | Path) -> LayerData:

@@ -1,0 +1,58 @@
+"""The save / 3D / IO audit (round 8): what napari's Open, the plugin's writer and the background
+save do with damaged files, odd paths and interrupted stores."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_niiv._napari.reader import get_reader
+from napari_niiv.errors import NiivInputError
+from napari_niiv.inference.store import ArrayBlocks, Layout
+from napari_niiv.inference.store import write_ome_zarr as write_store
+
+from .conftest import write_tif
+
+
+def _volume() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 4000, (8, 16, 20)).astype(np.uint16)
+
+
+def _store(path: Path, levels: int | None = None) -> Path:
+    layout = Layout((8, 16, 20), np.uint16, (4, 8, 8), (40.0, 4.0, 4.0), "nanometer", levels=levels)
+    return write_store(path, layout, ArrayBlocks(_volume())).path
+
+
+def _reason(path: Path) -> str:
+    """What opening ``path`` with the plugin tells the user (it must be claimed, then fail saying why)."""
+    read = get_reader(str(path))
+    assert read is not None, f"{path.name}: refused without a reason (napari says only 'refused the file')"
+    with pytest.raises(NiivInputError) as info:
+        read(str(path))
+    return str(info.value)
+
+
+def test_a_damaged_store_or_tiff_is_claimed_and_says_why(tmp_path: Path) -> None:
+    """A store with a level missing or garbled metadata, a .tif that is not a TIFF: niiv's reader
+    refused them silently, napari said only "Reader 'napari-niiv' ... refused the file" and the
+    other readers failed on them too or opened them without their geometry."""
+    missing = _store(tmp_path / "missing.ome.zarr", levels=2)
+    shutil.rmtree(missing / "1")
+    assert "could not read it as a volume" in _reason(missing)
+    garbled = _store(tmp_path / "garbled.ome.zarr")
+    (garbled / "zarr.json").write_text("{not json")
+    assert "damaged" in _reason(garbled)
+    (tmp_path / "empty.tif").write_bytes(b"")
+    assert "not a TIFF file" in _reason(tmp_path / "empty.tif")
+    (tmp_path / "noise.tif").write_bytes(np.random.default_rng(1).bytes(1000))
+    assert "damaged" in _reason(tmp_path / "noise.tif")
+    # what niiv does not reconstruct is still left to napari's other readers
+    write_tif(tmp_path / "plane.tif", _volume()[0])
+    assert get_reader(str(tmp_path / "plane.tif")) is None
+    assert get_reader(str(tmp_path / "missing.tif")) is None
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    assert get_reader(str(tmp_path / "notes")) is None
