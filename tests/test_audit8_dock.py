@@ -33,3 +33,19 @@ def test_a_map_computed_before_the_box_was_unticked_is_not_shown(qtbot, make_nap
     assert "confidence map" not in str(widget.status_label.value)
     widget.confidence_check.value = True  # ticked again: the map is back
     qtbot.waitUntil(lambda: len(maps(viewer)) == 1, timeout=60_000)
+
+
+def test_the_status_line_names_the_weights_shown_with_the_map(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """After the confidence map, the status line still says which weights the live layer shows
+    (it said only 'niiv ... view and its confidence map': with niiv-fast first, which model?)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer)
+    viewer.dims.order = (1, 0, 2)
+    viewer.reset_view()
+    widget.confidence_check.value = True
+    widget.live_check.value = True
+    wait_stage(qtbot, widget, "confidence")
+    qtbot.wait(100)
+    status = str(widget.status_label.value)
+    assert status.startswith("showing user/tiny:") and "confidence map" in status

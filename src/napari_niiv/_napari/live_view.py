@@ -456,7 +456,9 @@ class LiveView(QObject):
         if self.timings:
             self.timings[-1]["confidence"] = elapsed
         h, w = _size2d(grid)
-        self.on_status(f"niiv {grid.kind} view {h}x{w} px and its confidence map in {elapsed:.1f} s")
+        self.on_status(
+            f"showing {self.names[0]}: {grid.kind} view {h}x{w} px and its confidence map in {elapsed:.1f} s"
+        )
         out = self.confidence_output
         if out is None or out not in self.viewer.layers:
             self.confidence_output = self._on_grid(
