@@ -56,3 +56,29 @@ def test_a_damaged_store_or_tiff_is_claimed_and_says_why(tmp_path: Path) -> None
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("x")
     assert get_reader(str(tmp_path / "notes")) is None
+
+
+def test_a_refused_resume_names_each_difference_once_in_the_users_words(tmp_path: Path) -> None:
+    """The dock's save of a partial store made with another alpha said "(other alpha, scale, ...,
+    another shape)": the store's shape follows from the alpha, and a layout field the fingerprint
+    holds too (the pixel type) was named twice, once by its field name ("another dtype")."""
+    from napari_niiv.inference.store import WriteCancelled
+
+    out = tmp_path / "out.ome.zarr"
+
+    def write(shape: tuple[int, int, int], dtype: str, settings: dict) -> None:
+        layout = Layout(shape, dtype, (4, 8, 8), (4.0, 4.0, 4.0))
+        record = {"settings": settings, "output_shape": list(shape), "dtype": np.dtype(dtype).str}
+        blocks = ArrayBlocks(np.zeros(shape, dtype))
+        write_store(out, layout, blocks, fingerprint=record, resume=True, cancelled=lambda: True)
+
+    with pytest.raises(WriteCancelled):
+        write((80, 16, 16), "u1", {"alpha": 10})
+    with pytest.raises(NiivInputError, match=r"differs from this one \(([^)]|\([^)]*\))*\)") as info:
+        write((64, 16, 16), "u1", {"alpha": 8})
+    why = str(info.value).split("differs from this one (", 1)[1].split("): its chunks", 1)[0]
+    assert why == "other alpha, scale, orientation, device, precision or sections (degradation)"
+    with pytest.raises(NiivInputError) as info:
+        write((80, 16, 16), "<u2", {"alpha": 10})
+    why = str(info.value).split("differs from this one (", 1)[1].split("): its chunks", 1)[0]
+    assert why == "another pixel type"

@@ -739,11 +739,12 @@ _LAYOUT_REASONS = {
     "ngff": "another NGFF version (--ngff)",
     "contrast": "another display window",
     "name": "another output name",
+    "shape": _REASONS["output_shape"],
 }
 
 
 # what follows from other settings (alpha, scale): not said again when the settings differ
-_CONSEQUENCES = {"output_shape", "region", "voxel_size", "translation", "shapes"}
+_CONSEQUENCES = {"output_shape", "shape", "region", "voxel_size", "translation", "shapes"}
 
 
 def _differences(earlier: dict[str, Any], record: dict[str, Any]) -> list[str]:
@@ -759,7 +760,8 @@ def _differences(earlier: dict[str, Any], record: dict[str, Any]) -> list[str]:
             if settings_differ and key in _CONSEQUENCES:
                 continue
             if old.get(key) != new.get(key):
-                reason = reasons.get(key, f"another {key.replace('_', ' ')}")
+                # a layout field the fingerprint holds too (dtype, unit, voxel size) in the same words
+                reason = reasons.get(key) or _REASONS.get(key) or f"another {key.replace('_', ' ')}"
                 if reason not in found:
                     found.append(reason)
     return found
