@@ -3,6 +3,7 @@ what the dock shows must be what the boxes say."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -49,3 +50,22 @@ def test_the_status_line_names_the_weights_shown_with_the_map(qtbot, make_napari
     qtbot.wait(100)
     status = str(widget.status_label.value)
     assert status.startswith("showing user/tiny:") and "confidence map" in status
+
+
+def test_the_weights_note_says_when_alpha_is_outside_what_the_weights_learned(make_napari_viewer) -> None:
+    """A confocal stack of 0.29 um planes and 0.26 um pixels (alpha 1.1) preselects niiv-lm,
+    trained for alpha 2 to 8: the CLI notes it, the dock said nothing."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    lm = viewer.add_image(np.zeros((8, 32, 32), np.uint16), name="confocal", scale=(0.29, 0.26, 0.26), units="um")
+    widget.volume_choice.value = lm
+    note = str(widget.weights_note.value)
+    assert widget.weights_choice.value == "niiv-lm" and "light microscopy" in note
+    assert "niiv-lm was trained for alpha 2 to 8, used here at 1.1" in note
+    widget.alpha_spin.value = 4  # within the range: no warning, the reason stays
+    assert "trained for" not in str(widget.weights_note.value) and "light microscopy" in str(widget.weights_note.value)
+    widget.alpha_spin.value = 16
+    widget.weights_choice.value = "niiv-em"  # trained for 2 to 12: the note follows the weights
+    assert str(widget.weights_note.value) == (
+        "niiv-em: your choice. niiv-em was trained for alpha 2 to 12, used here at 16: expect less than its card says"
+    )

@@ -9,6 +9,7 @@ messages start with the control to change.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import weakref
@@ -29,7 +30,7 @@ from ..inference.export import DEFAULT_CHUNKS
 from ..inference.reconstructor import check_reconstructable
 from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
 from ..inference.store import check_outside_input, check_writable
-from ..inference.suggestion import suggest_weights
+from ..inference.suggestion import alpha_fit_note, suggest_weights
 from ..inference.weights import (
     DEFAULT_WEIGHTS,
     FAST_WEIGHTS,
@@ -38,6 +39,7 @@ from ..inference.weights import (
     fast_weights,
     learned_degradation,
     load_weights,
+    read_metadata,
 )
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
@@ -87,6 +89,29 @@ def alpha_unknown_message(layer: Any, alpha: float) -> str:
         f"alpha (z / xy): '{layer.name}' {why}: set alpha here (or press Use this alpha to keep {alpha:g}), or "
         "set the layer's z scale to alpha x its xy voxel; niiv does not run until then"
     )
+
+
+def trained_alphas(name: str) -> tuple[float, float] | None:
+    """The alphas the weights ``name`` were trained over (their card's range, else their one
+    alpha), read from the file's header only; None when it cannot be read."""
+    path = available_weights().get(name)
+    if path is None:
+        return None
+    try:
+        return _trained_alphas(str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _trained_alphas(path: str, mtime_ns: int) -> tuple[float, float] | None:
+    try:
+        meta = read_metadata(path)
+        card = json.loads(meta.get("card") or "{}")
+        lo, hi = (card.get("alpha_range") if isinstance(card, dict) else None) or (meta["alpha"], meta["alpha"])
+        return float(lo), float(hi)
+    except (NiivInputError, ValueError, TypeError, KeyError, OSError):
+        return None
 
 
 class NiivWidget(QScrollArea):
@@ -187,6 +212,7 @@ class NiivWidget(QScrollArea):
         # Weights the user picked, per volume (kept for it: preselection then only suggests in the note).
         self._picked_weights: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._setting_weights = False  # the weights are being preselected, not picked by the user
+        self._weights_why = ""  # why these weights (the note below the list, before its alpha warning)
         self._volume_picked = False  # the user chose the volume (else it follows new layers: _layers_changed)
         self._setting_volume = False
         self._picked_sections = False  # the user picked the sections (from then on they stay)
@@ -196,6 +222,7 @@ class NiivWidget(QScrollArea):
         self.volume_choice.changed.connect(self._volume_edited)
         self.volume_choice.changed.connect(self._layer_changed)
         self.alpha_spin.changed.connect(self._alpha_edited)
+        self.alpha_spin.changed.connect(self._show_weights_note)
         self.confirm_alpha_button.changed.connect(self.confirm_alpha)
         settings = (self.alpha_spin, self.scale_spin, self.weights_choice, self.device_choice, self.precision_choice)
         for w in (*settings, self.orientation_choice, self.sections_choice):
@@ -433,12 +460,22 @@ class NiivWidget(QScrollArea):
         if picked is not None and picked in self.weights_choice.choices:
             self._set_weights(picked)
             hint = f"; {s.weights} suits '{layer.name}' ({s.reason})" if available and s.weights != picked else ""
-            self.weights_note.value = f"{picked}: your choice{hint}"
+            self._weights_why = f"{picked}: your choice{hint}"
         elif available:
             self._set_weights(s.weights)
-            self.weights_note.value = f"{s.weights}: {s.reason}"
+            self._weights_why = f"{s.weights}: {s.reason}"
         else:
-            self.weights_note.value = ""
+            self._weights_why = ""
+        self._show_weights_note()
+
+    @gui_handler
+    def _show_weights_note(self, value: Any = None) -> None:
+        """The note below the weights: why they were chosen and, when the alpha shown lies outside
+        the alphas they were trained over, that (the CLI notes it too)."""
+        name = str(self.weights_choice.value)
+        note = alpha_fit_note(trained_alphas(name), float(self.alpha_spin.value))
+        warning = f"{name} was {note}" if note else ""
+        self.weights_note.value = ". ".join(part for part in (self._weights_why, warning) if part)
 
     def _set_weights(self, name: str) -> None:
         """Show ``name`` in the list as the widget's own choice, not the user's pick."""
@@ -451,9 +488,11 @@ class NiivWidget(QScrollArea):
     @gui_handler
     def _weights_edited(self, value: Any = None) -> None:
         layer = self.volume_choice.value
-        if not self._setting_weights and layer is not None:
-            self._picked_weights[layer] = self.weights_choice.value
-            self.weights_note.value = f"{self.weights_choice.value}: your choice"
+        if not self._setting_weights:
+            if layer is not None:
+                self._picked_weights[layer] = self.weights_choice.value
+            self._weights_why = f"{self.weights_choice.value}: your choice" if layer is not None else ""
+        self._show_weights_note()
 
     @gui_handler
     def _default_sections(self, value: Any = None) -> None:

@@ -41,3 +41,15 @@ def suggest_weights(voxel_size: tuple[float, ...], unit: str | None, dtype: obje
     if kind.kind in "ui" and kind.itemsize >= 2:
         return Suggestion(LM_WEIGHTS, size + f"{kind.itemsize * 8}-bit pixels as light-microscope cameras write them")
     return Suggestion(EM_WEIGHTS, size + f"{kind} pixels: the default")
+
+
+def alpha_fit_note(trained: tuple[float, float] | None, alpha: float) -> str | None:
+    """What to say of weights trained over the alphas ``trained`` (None: not known) used at
+    ``alpha``: nothing within that range, a warning outside it."""
+    if trained is None:
+        return None
+    lo, hi = trained
+    if lo - 1e-6 <= alpha <= hi + 1e-6:
+        return None
+    span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g} to {hi:g}"
+    return f"trained for {span}, used here at {alpha:g}: expect less than its card says"
