@@ -82,3 +82,14 @@ def test_a_refused_resume_names_each_difference_once_in_the_users_words(tmp_path
         write((80, 16, 16), "<u2", {"alpha": 10})
     why = str(info.value).split("differs from this one (", 1)[1].split("): its chunks", 1)[0]
     assert why == "another pixel type"
+
+
+@pytest.mark.parametrize("path", ["", "/", "..", "some/folder/.."])
+def test_a_save_path_that_names_no_store_is_refused_with_what_to_do(path: str) -> None:
+    """The dock's save of such a path (a script's save_to, a typed path) raised pathlib's
+    "PosixPath('.') has an empty name" ValueError instead of saying what to give."""
+    from napari_niiv._napari.save_job import as_store_path
+
+    with pytest.raises(NiivInputError, match="names no store; give a file name"):
+        as_store_path(path)
+    assert as_store_path("a/b") == Path("a/b.ome.zarr") and as_store_path("c.zarr") == Path("c.zarr")

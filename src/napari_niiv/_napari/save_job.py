@@ -169,8 +169,13 @@ def default_save_path(layer: Any) -> Path:
 
 
 def as_store_path(path: str | Path) -> Path:
-    """An OME-Zarr path: ``.ome.zarr`` added unless it ends in ``.zarr``."""
+    """An OME-Zarr path: ``.ome.zarr`` added unless it ends in ``.zarr``; a path with no file name
+    (empty, ``/``, ``..``) is refused with what to do."""
     p = Path(path)
+    if p.name in ("", ".", ".."):
+        raise NiivInputError(
+            f"Save isotropic volume...: {str(path)!r} names no store; give a file name such as out.ome.zarr"
+        )
     return p if p.name.endswith(".zarr") else p.with_name(p.name + ".ome.zarr")
 
 
