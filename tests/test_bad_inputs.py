@@ -247,3 +247,15 @@ def test_in_a_real_process_the_message_is_the_only_line(tmp_path, medulla) -> No
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and phrase in lines[0], err
     assert files["trunc"].read_bytes() == before and not (tmp_path / "o.npy").exists()
+
+
+def test_napari_open_of_a_truncated_tiff_says_it_is_truncated(tmp_path, medulla) -> None:
+    """A TIFF cut short is niiv's to read, so its reader claims it and says why: it declined it
+    (a plain error, not a SourceError), and napari said only that every reader refused the file."""
+    from napari_niiv._napari.reader import get_reader
+
+    files = _files(tmp_path, medulla)
+    read = get_reader(str(files["trunc"]))
+    assert read is not None
+    with pytest.raises(NiivInputError, match="truncated"):
+        read(str(files["trunc"]))

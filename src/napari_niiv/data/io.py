@@ -359,7 +359,7 @@ def _check_complete(tif: Any, path: Path, planes: int) -> None:
         found = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
         end = int(offset) + int(series.nbytes) // found * max(found, described, planes)
         if end > size:
-            raise NiivInputError(
+            raise SourceError(
                 f"{path}: the file is truncated or damaged (its {max(found, described, planes)} planes should reach "
                 f"byte {end}, the file has {size}); copy or export it again"
             )
@@ -371,7 +371,7 @@ def _check_complete(tif: Any, path: Path, planes: int) -> None:
             max((o + c for o, c in zip(p.dataoffsets, p.databytecounts, strict=False)), default=0) for p in tif.pages
         ]
     if max(ends, default=0) > size or len(ends) < planes:
-        raise NiivInputError(
+        raise SourceError(
             f"{path}: the file is truncated or damaged ({len(ends)} of {planes} planes found, pixel data "
             f"reaching byte {max(ends, default=0)} of {size}); copy or export it again"
         )
