@@ -69,3 +69,29 @@ def test_the_weights_note_says_when_alpha_is_outside_what_the_weights_learned(ma
     assert str(widget.weights_note.value) == (
         "niiv-em: your choice. niiv-em was trained for alpha 2 to 12, used here at 16: expect less than its card says"
     )
+
+
+def test_the_alpha_the_user_gave_a_volume_is_the_one_it_runs_at_when_chosen_again(make_napari_viewer) -> None:
+    """Alpha 10 typed for a volume without voxel sizes, another volume (alpha 8 from its scale)
+    chosen, then the first again: the dock said 'alpha 8, as you set it' and ran it at 8."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    unknown = viewer.add_image(np.zeros((8, 32, 32), np.uint8), name="no-voxel-sizes")
+    scaled = viewer.add_image(np.zeros((8, 32, 32), np.uint8), name="a8", scale=(40, 5, 5))
+    widget.volume_choice.value = unknown
+    widget.alpha_spin.value = 10
+    widget.volume_choice.value = scaled
+    assert widget.settings().alpha == 8
+    widget.volume_choice.value = unknown
+    assert (
+        widget.settings().alpha == 10
+        and widget.status_label.value == "alpha (z / xy): 10, as you set it for 'no-voxel-sizes'"
+    )
+    # a volume whose scale gives alpha keeps the alpha typed for it too, until its scale changes
+    widget.volume_choice.value = scaled
+    widget.alpha_spin.value = 7
+    widget.volume_choice.value = unknown
+    widget.volume_choice.value = scaled
+    assert widget.settings().alpha == 7 and "as you set it for 'a8'" in widget.status_label.value
+    scaled.scale = (30, 5, 5)
+    assert widget.settings().alpha == 6

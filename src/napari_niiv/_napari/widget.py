@@ -202,10 +202,10 @@ class NiivWidget(QScrollArea):
         self.saver: BackgroundSave | None = None
         self.last_save: BackgroundSave | None = None
         self.save_chunks: tuple[int, int, int] = DEFAULT_CHUNKS
-        # Layers whose alpha the user confirmed (changed the alpha box or pressed Use this alpha):
-        # a layer with the same scale on z and x/y says nothing about its anisotropy, and niiv does
-        # not run on it at a made-up alpha.
-        self._confirmed: weakref.WeakSet[Image] = weakref.WeakSet()
+        # The alpha the user gave each layer (changed the alpha box or pressed Use this alpha), shown
+        # again when the layer is chosen again, until its scale changes: a layer with the same scale
+        # on z and x/y says nothing about its anisotropy, and niiv does not run on it at a made-up alpha.
+        self._confirmed: weakref.WeakKeyDictionary[Image, float] = weakref.WeakKeyDictionary()
         self._setting_alpha = False  # the alpha box is being set from the layer's scale, not by the user
         self._watched: Image | None = None  # the layer whose scale events are connected
         self._syncing = False  # confidence layers are being added or removed (_sync_confidence)
@@ -415,7 +415,7 @@ class NiivWidget(QScrollArea):
         scale no longer stands)."""
         layer = self.volume_choice.value
         if layer is not None:
-            self._confirmed.discard(layer)
+            self._confirmed.pop(layer, None)
             self._layer_changed(layer)
 
     @gui_handler
@@ -437,15 +437,16 @@ class NiivWidget(QScrollArea):
         self.confirm_alpha_button.visible = unknown
         if unknown:
             self.set_status(alpha_unknown_message(layer, self.alpha_spin.value))
-        elif alpha is None:  # the user set or confirmed it
-            self._say_alpha_set_by_user(layer)
         else:
+            given = self._confirmed.get(layer)  # the user's alpha for this layer, else its scale's
             self._setting_alpha = True
             try:
-                self.alpha_spin.value = round(alpha, 3)
+                self.alpha_spin.value = round(given if given is not None else alpha, 3)
             finally:
                 self._setting_alpha = False
-            if str(self.status_label.value).startswith("alpha (z / xy)"):  # an alpha warning no longer holds
+            if given is not None:
+                self._say_alpha_set_by_user(layer)
+            elif str(self.status_label.value).startswith("alpha (z / xy)"):  # an alpha warning no longer holds
                 self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, from the scale of '{layer.name}'")
         self._settings_changed()
 
@@ -516,7 +517,7 @@ class NiivWidget(QScrollArea):
     def _alpha_edited(self, value: Any = None) -> None:
         layer = self.volume_choice.value
         if not self._setting_alpha and isinstance(layer, Image):
-            self._confirmed.add(layer)
+            self._confirmed[layer] = float(self.alpha_spin.value)
             self.confirm_alpha_button.visible = False
             if str(self.status_label.value).startswith("alpha (z / xy)"):  # the waiting message no longer holds
                 self._say_alpha_set_by_user(layer)
@@ -529,7 +530,7 @@ class NiivWidget(QScrollArea):
         """The user keeps the alpha shown for a layer whose scale does not give one."""
         layer = self.volume_choice.value
         if isinstance(layer, Image):
-            self._confirmed.add(layer)
+            self._confirmed[layer] = float(self.alpha_spin.value)
             self.confirm_alpha_button.visible = False
             self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g} for '{layer.name}'")
 
