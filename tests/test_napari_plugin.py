@@ -283,7 +283,8 @@ def test_bad_layers_get_a_clear_message(qtbot, make_napari_viewer):
         with pytest.raises(NiivInputError, match=expected):
             check_layer(layer)
     iso_scale = viewer.add_image(np.zeros((8, 32, 32), np.uint8), name="no voxel size")
-    with pytest.raises(NiivInputError, match="anisotropy is unknown"):
+    # napari's Layers > Transform menu has no scale to set: the message points at what can set it
+    with pytest.raises(NiivInputError, match="anisotropy is unknown: pick the volume in the niiv widget"):
         add_isotropic_layer(viewer, iso_scale)
     # the menu command reports instead of raising
     from napari_niiv._napari.commands import reconstruct_isotropic

@@ -75,8 +75,9 @@ def prepare_isotropic_layer(
         alpha = layer_alpha(layer)
         if alpha is None:
             raise NiivInputError(
-                f"'{layer.name}' has the same scale on z and x/y, so its anisotropy is unknown: set its scale "
-                "(Layer > Transform, or the reader's voxel sizes) or use the niiv widget's alpha"
+                f"'{layer.name}' has the same scale on z and x/y, so its anisotropy is unknown: pick the "
+                "volume in the niiv widget and set alpha there, or give the layer its voxel sizes (napari's console: "
+                "`layer.scale = (z, y, x)`)"
             )
         settings = InferenceSettings(alpha=alpha)
     data = level0(layer)

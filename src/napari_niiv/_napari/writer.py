@@ -89,7 +89,8 @@ def layer_placement(meta: dict[str, Any]) -> tuple[tuple[float, float, float], t
     if not np.allclose(rotate, np.eye(3)) or not np.allclose(shear, 0):
         raise NiivInputError(
             "this layer is rotated or sheared, which OME-Zarr (scale and translation only) cannot store: "
-            "reset its rotate and shear (Layer > Transform) or save it with napari's built-in writers"
+            "reset its rotate and shear (napari's console: `layer.rotate = 0`, `layer.shear = 0`) or save it with "
+            "napari's built-in writers"
         )
     placement = axis_aligned_placement(
         meta.get("scale", (1.0,) * 3), meta.get("translate", (0.0,) * 3), meta.get("affine", np.eye(4))
