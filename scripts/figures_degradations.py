@@ -2,11 +2,13 @@
 anisotropic data (cremi_a: serial-section TEM, thick sections; EPFL: FIB-SEM with every 8th plane
 kept, thin sections) and on held-out light microscopy (psf). Writes docs/images/degradation_*.png.
 
-Run: ``.venv/bin/python scripts/figures_degradations.py`` (needs weights/niiv-em and niiv-lm).
+Run: ``.venv/bin/python scripts/figures_degradations.py [--out FOLDER]`` (needs weights/niiv-em and
+niiv-lm; without ``--out`` it replaces the user guide's pictures).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -70,15 +72,18 @@ def niiv_xz(weights: str, vol: np.ndarray, alpha: float, y: int, kind: str) -> n
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of the pictures (default docs/images)")
+    out = parser.parse_args().out
     torch.set_num_threads(2)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     # 1. What each degradation simulates: a held-out FIB-SEM xz slice, alpha 8.
     iso = np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250, 60, :160], dtype=np.float32)
     tiles = [("isotropic truth", iso)]
     for d in (Degradation("thick"), Degradation("thin"), Degradation("psf")):
         low = d.apply(iso, 8.0, axis=0)
         tiles.append((f"{d}, alpha 8", nearest_rows(low, iso.shape[0])))
-    panel(tiles, *np.percentile(iso, [0.5, 99.5]), OUT / "degradation_models.png")
+    panel(tiles, *np.percentile(iso, [0.5, 99.5]), out / "degradation_models.png")
 
     # 2. Real anisotropic EM: input | bicubic | niiv-em | the first round's alpha-8 thick model.
     for name, alpha, y, kind in (("cremi_a", 10.0, 160, "thick"), ("epfl_hippocampus", 8.0, 128, "thin")):
@@ -91,7 +96,7 @@ def main() -> None:
             ("bicubic", bicubic_rows(xz, rows)),
             (f"niiv-em (told {kind})", niiv_xz("niiv-em", vol, alpha, y, kind)[crop]),
         ]
-        panel(tiles, *np.percentile(xz, [0.5, 99.5]), OUT / f"degradation_{name}.png")
+        panel(tiles, *np.percentile(xz, [0.5, 99.5]), out / f"degradation_{name}.png")
 
     # 3. Light microscopy, held out: an xy plane degraded along y by psf, alpha 4.
     lm = np.asarray(open_volume(DATA / "lm" / "cells3d_nuclei.tif").data[50], dtype=np.float32)[:128, :128]
@@ -104,7 +109,7 @@ def main() -> None:
         rec = reconstruct_volume(w.model, low[:, None, :], settings, normalisation=norm)[:, 0]
         tiles.append((weights, rec[:128]))
     tiles.append(("truth", lm))
-    panel(tiles, *np.percentile(lm, [0.5, 99.8]), OUT / "degradation_lm.png")
+    panel(tiles, *np.percentile(lm, [0.5, 99.8]), out / "degradation_lm.png")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--start", default="niiv-lm", help="weights to start from (default: the shipped niiv-lm)")
     parser.add_argument("--threads", type=int, default=1)

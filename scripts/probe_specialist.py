@@ -10,9 +10,9 @@ more training of the one model will not either."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,15 @@ from napari_niiv.training.train import TrainSettings, train
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NIIV_DATA_DIR", ROOT.parent / "shared" / "data"))
 
-kind, alpha, minutes = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-cubes_n = int(sys.argv[4]) if len(sys.argv) > 4 else 4
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("degradation", choices=("thick", "thin", "psf"))
+parser.add_argument("alpha", type=float)
+parser.add_argument("minutes", type=float)
+parser.add_argument("cubes", type=int, nargs="?", default=4, help="held-out 128^3 cubes scored (default 4)")
+args = parser.parse_args()
+if not (2 <= args.alpha <= 12 and 0 < args.minutes < float("inf") and args.cubes > 0):
+    parser.error("ALPHA must be from 2 to 12 (niiv-em's range), MINUTES and CUBES above 0")
+kind, alpha, minutes, cubes_n = args.degradation, args.alpha, args.minutes, args.cubes
 shipped = ROOT / "weights" / "niiv-em.safetensors"
 out = ROOT / "runs" / f"probe-{kind}-a{alpha:g}" / "specialist.safetensors"
 if not out.exists():

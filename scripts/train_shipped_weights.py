@@ -32,6 +32,7 @@ validation (monitoring only) medulla_a z 0-64, y 0-128, x 0-128; medulla_b z 122
 untouched test set.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -61,8 +62,15 @@ LM_SPLIT = {
     "test_data": "cells3d_nuclei z 40-60: xy planes degraded along y (never seen in training)",
 }
 
-recipe, minutes = sys.argv[1], float(sys.argv[2])
-threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+RECIPES = ("v1", "v2", "v2-input", "em", "em-told", "em-focus", "fast", "fast-again", "lm", "lm-split")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("recipe", choices=RECIPES)
+parser.add_argument("minutes", type=float, help="training time of this sitting's run, in all (resumes included)")
+parser.add_argument("threads", type=int, nargs="?", default=1, help="torch threads (default 1)")
+args = parser.parse_args()
+if not (0 < args.minutes < float("inf") and args.threads > 0):
+    parser.error("MINUTES and THREADS must be above 0")
+recipe, minutes, threads = args.recipe, args.minutes, args.threads
 common = budget(minutes, threads)
 init = None
 if recipe in ("v1", "v2", "v2-input", "em", "em-told", "em-focus", "fast", "fast-again"):
