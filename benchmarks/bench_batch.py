@@ -38,10 +38,10 @@ import dask.array as da
 import numpy as np
 import psutil
 
+from _common import data_file, positive, report_path, run
 from napari_niiv.data import open_volume
 
 ALPHA = 8
-DATA = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def mirrored(n_out: int, n_in: int) -> np.ndarray:
@@ -52,7 +52,7 @@ def mirrored(n_out: int, n_in: int) -> np.ndarray:
 
 def anisotropic_volume(shape: tuple[int, int, int], path: Path) -> Path:
     """Real FIB-SEM mirrored to ``shape * (8, 1, 1)`` and averaged over 8 planes along z, as a zarr."""
-    iso = np.asarray(open_volume(DATA / "fibsem" / "medulla_a.tif").data)
+    iso = np.asarray(open_volume(data_file("fibsem", "medulla_a.tif")).data)
     z, y, x = shape
     zi, yi, xi = mirrored(z * ALPHA, iso.shape[0]), mirrored(y, iso.shape[1]), mirrored(x, iso.shape[2])
 
@@ -113,13 +113,23 @@ def run_case(src: Path, out: Path, scale: float, chunks: str, extra: list[str]) 
     }
 
 
+def chunks_arg(text: str) -> str:
+    """--chunks: three whole numbers above 0, checked before the volumes are written."""
+    if not re.fullmatch(r"[1-9][0-9]*,[1-9][0-9]*,[1-9][0-9]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: give three whole numbers z,y,x (e.g. 128,32,32)")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=8.0, help="output scale (default 8: a 128^3 output)")
-    parser.add_argument("--chunks", default="128,32,32", help="output chunks z,y,x (default 128,32,32)")
+    parser.add_argument("--scale", type=positive(float), default=8.0, help="output scale (default 8: a 128^3 output)")
+    parser.add_argument(
+        "--chunks", type=chunks_arg, default="128,32,32", help="output chunks z,y,x (default 128,32,32)"
+    )
     parser.add_argument("--quick", action="store_true", help="small volumes, to check that the benchmark runs")
-    parser.add_argument("--out", default="out/bench/batch.json")
+    parser.add_argument("--out", type=report_path, default="out/bench/batch.json")
     args = parser.parse_args()
+    data_file("fibsem", "medulla_a.tif")
     sizes = [(32, 256, 256), (32, 512, 512)] if args.quick else [(128, 512, 512), (128, 1024, 1024)]
     runners = {
         "single process (1 thread)": ["--threads", "1"],
@@ -163,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

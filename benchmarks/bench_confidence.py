@@ -27,14 +27,13 @@ import napari_niiv  # noqa: F401  first, as in the plugin and the CLI: it sets t
 # isort: split
 import argparse
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from _common import data_file, positive, report_path, run
 from napari_niiv.data.degrade import Degradation
 from napari_niiv.data.io import open_volume
 from napari_niiv.data.normalise import fit_normalisation
@@ -47,11 +46,6 @@ from napari_niiv.training.evaluate import cut_cubes, simulate
 
 HELD_OUT = (122, 250)  # medulla_b z planes never used in training (scripts/train_shipped_weights.py)
 TARGET = 2.0
-
-
-def data_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("NIIV_DATA_DIR", default))
 
 
 def cube_maps(rec: Reconstructor, iso: np.ndarray, alpha: float, degradation: Degradation) -> dict[str, np.ndarray]:
@@ -81,14 +75,15 @@ def scores(umap: np.ndarray, error: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cubes", type=int, default=4, help="128^3 cubes of the held-out planes (4 cover them)")
+    p.add_argument("--cubes", type=positive(int), default=4, help="128^3 cubes of the held-out planes (4 cover them)")
     p.add_argument("--alpha", type=float, default=8.0)
     p.add_argument("--degradation", default="thick", help="how the sections are simulated: thick, thin or psf[:FWHM]")
     p.add_argument("--weights", default=DEFAULT_WEIGHTS)
     p.add_argument("--precision", default="auto", help="auto (bf16 where the CPU has it) or fp32")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--threads", type=positive(int), default=1)
+    p.add_argument("--json", type=report_path, help="also write the numbers here")
     args = p.parse_args()
+    source = data_file("fibsem", "medulla_b.tif")
     torch.set_num_threads(args.threads)
 
     model = load_weights(resolve_weights(args.weights)).model
@@ -96,7 +91,7 @@ def main() -> None:
     settings = InferenceSettings(alpha=args.alpha, precision=args.precision, degradation=str(degradation))
     rec = Reconstructor(model, settings)
     z0, z1 = HELD_OUT
-    iso = np.asarray(open_volume(data_dir() / "fibsem" / "medulla_b.tif").data[z0:z1])
+    iso = np.asarray(open_volume(source).data[z0:z1])
     cubes = cut_cubes(iso, 128)[: args.cubes]
     where = f"{len(cubes)} cube(s) of medulla_b z {z0}-{z1}"
     print(f"weights {args.weights}, alpha {args.alpha:g} ({degradation}), {where}")
@@ -147,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from _common import data_file, positive, run
 from bench_interactive import ALPHA, engine_dtype, live_volume, matmul_peak, view_work, xz_grid
 from napari_niiv.data.normalise import fit_normalisation
 from napari_niiv.inference.engine import InferenceEngine
@@ -63,9 +64,10 @@ def timed_phases(names: tuple[str, ...]) -> tuple[dict[str, float], Callable[[],
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=positive(int), default=9)
     p.add_argument("--weights", default=FAST_WEIGHTS)
     args = p.parse_args()
+    data_file("fibsem", "medulla_a.tif")
 
     model = load_weights(resolve_weights(args.weights)).model
     settings = InferenceSettings(alpha=ALPHA, device="cpu").resolved()
@@ -113,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

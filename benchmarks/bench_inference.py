@@ -20,7 +20,6 @@ import napari_niiv  # noqa: F401  first, as in the plugin and the CLI: it sets t
 # isort: split
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import data_file, report_path, run
 from bench_reconstruct import matmul_peak
 from napari_niiv.data import fit_normalisation, open_volume
 from napari_niiv.data.degrade import pool_axis
@@ -40,7 +40,6 @@ from napari_niiv.inference.weights import load_weights, resolve_weights
 from napari_niiv.training.evaluate import evaluate, niiv_method
 
 ALPHA = 8.0
-DATA = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PATHS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16 + compiled": ("bf16", True)}
 
 
@@ -93,10 +92,11 @@ def first_frames(model: torch.nn.Module, precision: str, compiled: bool, iso: np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="out/bench/inference.json")
+    parser.add_argument("--out", type=report_path, default="out/bench/inference.json")
     args = parser.parse_args()
+    source = data_file("fibsem", "medulla_b.tif")
     model = load_weights(resolve_weights("niiv-v2-fibsem-a8")).model
-    held_out = np.asarray(open_volume(DATA / "fibsem" / "medulla_b.tif").data[122:250])
+    held_out = np.asarray(open_volume(source).data[122:250])
     cubes = [held_out[:, :128, :128], held_out[:, 122:250, 122:250]]
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul peak: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
@@ -141,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

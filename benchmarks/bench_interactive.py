@@ -78,6 +78,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import DATA, data_file, report_path, run
 from napari_niiv.data.degrade import pool_axis
 from napari_niiv.data.io import open_volume
 from napari_niiv.data.normalise import fit_normalisation
@@ -97,7 +98,6 @@ from napari_niiv.inference.weights import (
 from napari_niiv.model import NiivModel
 from napari_niiv.model.flops import model_flops, per_output_pixel
 
-DATA = Path(os.environ.get("NIIV_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ALPHA = 8.0
 
 
@@ -555,9 +555,11 @@ def run_gui_child(canvas: tuple[int, int], pans: int) -> dict[str, object] | Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller views, one repeat of the slow paths (< 3 min)")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--json", type=report_path, help="write the results here")
     parser.add_argument("--gui-child", help=argparse.SUPPRESS)  # HxW:PANS, run by run_gui_child
     args = parser.parse_args()
+    for parts in (("fibsem", "medulla_a.tif"), ("anisotropic_em", "cremi_a.tif"), ("fibsem", "medulla_b.tif")):
+        data_file(*parts)  # before minutes of paths: each is needed by one of them
     if args.gui_child:
         size, pans = args.gui_child.split(":")
         h, w = (int(v) for v in size.split("x"))
@@ -662,4 +664,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -16,11 +16,11 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from _common import positive, report_path, run
 from napari_niiv.data.degrade import THICK
 from napari_niiv.inference.reconstructor import reconstruct_volume
 from napari_niiv.inference.settings import InferenceSettings
@@ -71,8 +71,8 @@ def time_it(fn, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weights", default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--repeats", type=positive(int), default=3)
+    parser.add_argument("--json", type=report_path)
     args = parser.parse_args()
 
     alpha = 8.0
@@ -120,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

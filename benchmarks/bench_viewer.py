@@ -24,7 +24,7 @@ Drives ``napari.Viewer(show=True)`` with the niiv dock widget's live view on rea
 
 Run: ``.venv/bin/python benchmarks/bench_viewer.py`` (~4 minutes on a 2-core CPU, writing the stores
 included; re-executes itself under ``xvfb-run`` with a 2560x1600 screen when no ``DISPLAY`` is set).
-``--quick``: a 640x360 canvas, one pan, a 256 x 1024 x 1024 large store (about a minute).
+``--quick``: a 640x360 canvas, one pan, a 256 x 1536 x 1536 large store (about two minutes).
 ``--store-dir DIR`` keeps the stores for the next run. Results: a table on stdout and JSON in
 ``out/bench/viewer.json`` (``viewer-quick.json`` for ``--quick``).
 
@@ -53,14 +53,17 @@ from typing import Any
 
 import numpy as np
 
+from _common import data_file, positive, report_path, run
+
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("NIIV_DATA_DIR", REPO.parent / "shared" / "data"))
 PLUGIN, WIDGET = "napari-niiv", "niiv isotropic view"
 ALPHA = 8.0
 CHUNKS = (32, 256, 256)
 SMALL_SHAPE = (256, 256, 256)
 LARGE_SHAPE = (256, 2048, 2048)
-QUICK_LARGE_SHAPE = (256, 1024, 1024)
+# above the 512 MiB a layer may be read into memory whole (``layer_view.IN_MEMORY_BYTES``), as the
+# full run's: a large store read whole would compare memory with memory, not a lazy read
+QUICK_LARGE_SHAPE = (256, 1536, 1536)
 SHARED_VIEW = (135.0, 240.0)  # world units (z, x) visible in the volume-size comparison: inside 256^3
 TICK_MS = 2
 TARGET_STALL_MS = 50.0
@@ -172,8 +175,10 @@ def instrument() -> dict[str, float]:
     _wrap(GLContext, "flush_commands", "vispy: GL flush (texture upload + raster)")
     _wrap(CanvasBackendDesktop, "paintGL", "Qt: canvas paint (paintGL, all drawing)")
 
+    from napari_niiv._napari import layer_view  # the live view's one read of its input (SharedRead)
+
     norm: dict[str, float] = {}
-    fit = lv.fit_normalisation
+    fit = layer_view.fit_normalisation
 
     def timed_fit(data: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -182,7 +187,7 @@ def instrument() -> dict[str, float]:
         finally:
             norm["seconds"] = time.perf_counter() - t0
 
-    lv.fit_normalisation = timed_fit
+    layer_view.fit_normalisation = timed_fit
     return norm
 
 
@@ -828,11 +833,15 @@ def print_table(result: dict[str, Any]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 640x360 canvas, one pan, smaller store")
-    parser.add_argument("--canvas", type=int, nargs=2, metavar=("W", "H"), help="canvas size (default 1920 1080)")
-    parser.add_argument("--pans", type=int, help="pans per setting (default 3; 1 with --quick)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one niiv view")
+    parser.add_argument(
+        "--canvas", type=positive(int), nargs=2, metavar=("W", "H"), help="canvas size (default 1920 1080)"
+    )
+    parser.add_argument("--pans", type=positive(int), help="pans per setting (default 3; 1 with --quick)")
+    parser.add_argument("--timeout", type=positive(float), default=600.0, help="seconds to wait for one niiv view")
     parser.add_argument("--store-dir", type=Path, help="keep (and reuse) the zarr stores here")
-    parser.add_argument("--json", type=Path, help="default out/bench/viewer.json (viewer-quick.json with --quick)")
+    parser.add_argument(
+        "--json", type=report_path, help="default out/bench/viewer.json (viewer-quick.json with --quick)"
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -849,6 +858,7 @@ def main() -> None:
         result = run_child(json.loads(args.child.read_text()))
         args.result.write_text(json.dumps(result, indent=2))
         return
+    source = data_file("fibsem", "medulla_a.tif")  # before the stores are written
     if not os.environ.get("DISPLAY"):
         if shutil.which("xvfb-run") is None:
             raise SystemExit("no DISPLAY and no xvfb-run: install xvfb or run under a display")
@@ -860,9 +870,6 @@ def main() -> None:
     from napari_niiv.inference.weights import DEFAULT_WEIGHTS
 
     t_total = time.perf_counter()
-    source = DATA_DIR / "fibsem" / "medulla_a.tif"
-    if not source.exists():
-        raise SystemExit(f"{source} is missing: set NIIV_DATA_DIR to the shared data folder")
     shapes = {"small": SMALL_SHAPE, "large": QUICK_LARGE_SHAPE if args.quick else LARGE_SHAPE}
     tmp = tempfile.TemporaryDirectory(prefix="niiv-bench-viewer-")
     store_dir = args.store_dir or Path(tmp.name)
@@ -905,4 +912,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
