@@ -101,11 +101,18 @@ class LossPlot(QWidget):
         self.update()
 
     def add_loss(self, step: int, loss: float) -> None:
+        """Add a step's loss; a NaN or infinite one is left out (its scale and curve would break
+        painting, every paint after it)."""
+        if not math.isfinite(loss):
+            return
         self.steps.append(step)
         self.losses.append(loss)
         self.update()
 
     def add_check(self, step: int, gain: float, cf_psnr: float | None = None) -> None:
+        """Add a held-out check; one whose gain is NaN or infinite (a perfect score on both sides) is left out."""
+        if not math.isfinite(gain):
+            return
         self.checks.append((step, gain))
         if cf_psnr is not None:
             self.check_psnr[step] = cf_psnr
