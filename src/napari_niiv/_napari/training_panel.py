@@ -16,9 +16,18 @@ from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ..errors import NiivInputError
 from ..inference.weights import user_dir
-from ..training.finetune import FineTuneJob, FineTuneRequest, check_new_weights, fine_tune_job, weights_name
+from ..training.finetune import (
+    FineTuneJob,
+    FineTuneRequest,
+    check_new_weights,
+    fine_tune_job,
+    free_name,
+    resumable,
+    stopped_run,
+    weights_name,
+)
 from ..training.regions import Region, box_region, visible_region, whole
-from ..training.train import checkpoint_path, fine_tune_settings
+from ..training.train import fine_tune_settings
 from .activity import Activity, CancelableBar, JobWorker, format_seconds
 from .gui_timing import gui_handler
 from .layer_view import check_layer, current_grid, layer_voxel_size, level0
@@ -146,8 +155,8 @@ class TrainingPanel(Container):
     @gui_handler
     def _default_name(self, value: Any = None) -> None:
         layer = self.niiv.volume_choice.value
-        if layer is not None and self.job is None:
-            self.name_edit.value = weights_name(f"{layer.name}-a{self.niiv.alpha_spin.value:g}")
+        if layer is not None and self.job is None:  # a name Start can use (or a stopped run's, to Resume)
+            self.name_edit.value = free_name(user_dir(), weights_name(f"{layer.name}-a{self.niiv.alpha_spin.value:g}"))
         self._update_buttons()
 
     def learning_rate(self) -> float:
@@ -166,11 +175,11 @@ class TrainingPanel(Container):
     def _update_buttons(self, value: Any = None) -> None:
         busy = self.job is not None
         try:
-            resumable = checkpoint_path(self.out_path()).exists()
+            can_resume = resumable(self.out_path())
         except NiivInputError:
-            resumable = False
+            can_resume = False
         self.start_button.enabled = not busy
-        self.resume_button.enabled = not busy and resumable
+        self.resume_button.enabled = not busy and can_resume
         self.stop_button.enabled = busy
 
     def set_status(self, text: str) -> None:
@@ -196,6 +205,10 @@ class TrainingPanel(Container):
             world = np.array([shapes.data_to_world(v) for v in vertices])
             data = np.array([layer.world_to_data(w) for w in world])
             boxes.append(box_region(data, shape))
+        if all(any(s.stop <= s.start for s in box) for box in boxes):
+            raise NiivInputError(
+                f"boxes: the shapes of '{shapes.name}' all lie outside '{layer.name}': draw them over the volume"
+            )
         return boxes
 
     # -- running ---------------------------------------------------------------------------------
@@ -207,11 +220,18 @@ class TrainingPanel(Container):
             self.set_status(str(exc))
 
     def request(self, resume: bool = False) -> FineTuneRequest:
-        """The run the widgets describe, for :func:`napari_niiv.training.finetune.fine_tune_job`."""
+        """The run the widgets describe, for :func:`napari_niiv.training.finetune.fine_tune_job`.
+        A resume keeps the stopped run's settings: the steps and learning rate boxes are set to
+        them; its alpha, sections, regions and weights come from its checkpoint."""
         layer = named("volume", lambda: check_layer(self.niiv.volume_choice.value))
-        alpha = self.niiv.alpha()  # refused while the layer's scale gives no alpha and none was confirmed
         out = self.out_path()
         named("save as", lambda: check_new_weights(out, resume))
+        run = stopped_run(out) if resume else None
+        if run is not None:
+            self.steps_spin.value, self.lr_edit.value = run.steps, f"{run.lr:g}"
+        # refused while the layer's scale gives no alpha and none was confirmed
+        alpha = run.alpha if run is not None else self.niiv.alpha()
+        regions = run.regions if run is not None and run.regions is not None else self.regions(layer)
         return FineTuneRequest(
             data=level0(layer),
             scale=layer_voxel_size(layer),
@@ -219,7 +239,7 @@ class TrainingPanel(Container):
             source=(layer.metadata or {}).get("niiv_source"),
             alpha=alpha,
             start_weights=self.niiv.weights_choice.value,
-            regions=tuple(self.regions(layer)),
+            regions=tuple(regions),
             out=out,
             steps=int(self.steps_spin.value),
             minutes=float(self.minutes_spin.value),
@@ -243,6 +263,13 @@ class TrainingPanel(Container):
         self._run_start = None
         self.worker, self.bar = follow_training(job, self._layer.name)
         self._update_buttons()
+        if resume:
+            s = job.settings
+            self.set_status(
+                f"resuming the stopped run with its settings (alpha {s.alpha:g}, {s.degradations} sections, "
+                f"{s.steps} steps, learning rate {s.lr:g}) on {len(job.split.regions)} region(s)..."
+            )
+            return
         self.set_status(
             f"training on {len(job.split.regions)} region(s); scoring the start weights on the {_held_planes(job)}..."
         )

@@ -36,6 +36,7 @@ from ..errors import NiivInputError
 from ..inference.devices import lower_thread_priority, pick_device
 from ..inference.weights import atomic_write, load_weights, read_metadata, resolve_weights
 from ..model import NiivModel
+from ..model.config import NiivConfig
 from .regions import Region, TrainingSplit, split_training
 from .train import (
     HeldOutCheck,
@@ -45,33 +46,119 @@ from .train import (
     check_output,
     checkpoint_path,
     fine_tune_settings,
+    held_out_min_planes,
     train,
 )
 
 log = logging.getLogger(__name__)
 
+MAX_NAME = 120  # characters: with '.ckpt.safetensors' and a temporary suffix, within a file name's 255
 MAX_CROP = 64  # lateral training crop (px); smaller volumes train on their whole width
+# The held-out check scores at most this many of the held-out planes, each in a window of at most
+# this many px in y and x: a check then costs about the same on any volume (scoring all of a large
+# volume's held-out planes took minutes, before the first step and ten times a run).
+MAX_HELD_PLANES = 8
+MAX_HELD_SIDE = 128
 
 
 def weights_name(text: str) -> str:
     """A file-safe weights name; not one ending in ``.ckpt``, which is how a run's checkpoint is
-    named (``NAME.ckpt.safetensors``): such weights would be hidden, then overwritten by a run of NAME."""
+    named (``NAME.ckpt.safetensors``): such weights would be hidden, then overwritten by a run of NAME;
+    nor one too long for a file name once the checkpoint's and temporary files' endings are added."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")
     if not name:
         raise NiivInputError("give the new weights a name")
     if name.lower().endswith(".ckpt"):
         raise NiivInputError(f"'{name}': names ending in .ckpt are those of training checkpoints; choose another")
+    if len(name) > MAX_NAME:
+        raise NiivInputError(f"'{name[:20]}...' is {len(name)} characters long; give a name of at most {MAX_NAME}")
     return name
+
+
+@dataclass(frozen=True)
+class StoppedRun:
+    """A run as its checkpoint holds it: the step it reached and the settings a Resume must keep."""
+
+    step: int
+    steps: int
+    lr: float
+    alpha: float
+    degradation: str
+    regions: tuple[Region, ...] | None  # None: a checkpoint without them (not written by fine-tuning)
+
+    @property
+    def complete(self) -> bool:
+        return self.step >= self.steps
+
+
+def stopped_run(out: Path) -> StoppedRun | None:
+    """The run whose checkpoint lies beside the weights ``out`` (None: there is none); a
+    NiivInputError says why a checkpoint cannot be read."""
+    ckpt = checkpoint_path(out)
+    if not ckpt.exists():
+        return None
+    meta = read_metadata(ckpt)
+    try:
+        state, card = json.loads(meta["train_state"]), json.loads(meta.get("card", "{}"))
+        settings = state["run"]["settings"]
+        regions = card.get("regions")
+        return StoppedRun(
+            step=int(state["step"]),
+            steps=int(settings["steps"]),
+            lr=float(settings["lr"]),
+            alpha=float(settings["alpha"]),
+            degradation=str(settings["degradations"]),
+            regions=None if regions is None else tuple(tuple(slice(int(a), int(b)) for a, b in r) for r in regions),
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise NiivInputError(f"{ckpt}: its training state is unreadable ({exc}); Start a new run instead") from exc
+
+
+def _readable_run(out: Path) -> StoppedRun | None:
+    try:
+        return stopped_run(out)
+    except NiivInputError:
+        return None
+
+
+def resumable(out: Path) -> bool:
+    """Whether ``out`` has a run that Resume can continue (an unreadable checkpoint counts: Resume
+    says why it cannot)."""
+    run = _readable_run(out)
+    return checkpoint_path(out).exists() if run is None else not run.complete
+
+
+def free_name(folder: Path, name: str) -> str:
+    """``name``, else ``name-2``, ``name-3``...: the first a new run can be saved under, or whose
+    stopped run Resume continues (a default name never points at finished weights, which Start
+    would refuse)."""
+    match = re.fullmatch(r"(.+)-(\d+)", name)
+    base, n = (match[1], int(match[2])) if match else (name, 1)
+    candidate = name
+    for _ in range(1000):
+        out = folder / f"{candidate}.safetensors"
+        if not (out.exists() or checkpoint_path(out).exists()) or resumable(out):
+            return candidate
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
 
 
 def check_new_weights(out: Path, resume: bool) -> None:
     """Refuse to start a new run over weights or over a run's unfinished checkpoint at ``out``
-    (a new run would replace them); a resume needs the checkpoint."""
+    (a new run would replace them); a resume needs an unfinished run's checkpoint."""
     if resume:
         if not checkpoint_path(out).exists():
             raise NiivInputError(f"weights '{out.stem}' have no unfinished run to resume; Start a new run instead")
+        run = _readable_run(out)
+        if run is not None and run.complete:
+            raise NiivInputError(
+                f"the run of '{out.stem}' is complete (step {run.step} of {run.steps}): nothing to resume; "
+                "Start a new run under another name"
+            )
     elif out.exists():
-        raise NiivInputError(f"weights '{out.stem}' already exist: choose another name, or Resume its run")
+        also = ", or Resume its run" if resumable(out) else ""
+        raise NiivInputError(f"weights '{out.stem}' already exist: choose another name{also}")
     elif checkpoint_path(out).exists():
         raise NiivInputError(
             f"'{out.stem}' holds an unfinished run (its checkpoint {checkpoint_path(out).name}): Resume it, "
@@ -106,7 +193,12 @@ class FineTuneRequest:
 
 
 def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
-    """Check ``request`` and build its run: raises :class:`NiivInputError` with what to change."""
+    """Check ``request`` and build its run: raises :class:`NiivInputError` with what to change. A
+    resume continues its checkpoint's run with that run's steps, learning rate, alpha, sections,
+    regions and architecture, whatever ``request`` says of them (only the time limit and device are new)."""
+    if request.resume:
+        check_new_weights(Path(request.out), True)
+        request = _resumed(request)
     alpha = check_alpha(request.alpha)
     if not 0 < request.lr < 0.1:
         raise NiivInputError(f"learning rate {request.lr:g}: give a number such as 1e-4 (0 < lr < 0.1)")
@@ -133,17 +225,16 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     )
     settings = replace(settings, degradations=str(degradation))
     split = split_training(list(request.regions), settings.crop, alpha)
+    _check_fits(start, split.held_out, request.name)
     scale = tuple(float(s) for s in request.scale)
     volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
-    held_planes = data[split.held_out]
 
-    def check() -> HeldOutCheck:  # read and scored on the training thread: up to seconds for large volumes
+    def check() -> HeldOutCheck:  # read and scored on the training thread
         # held-out xy planes, degraded in-plane as training degrades them
         planes = split.held_out[0]
         what = f"the part held out to check the run (planes z {planes.start}-{planes.stop - 1})"
-        return HeldOutCheck(
-            [np.transpose(np.asarray(held_planes), (1, 0, 2))], alpha, degradation=degradation, what=what
-        )
+        held = np.asarray(data[scored_part(data, split.held_out, alpha)])
+        return HeldOutCheck([np.transpose(held, (1, 0, 2))], alpha, degradation=degradation, what=what)
 
     previous = previous_card(out) if request.resume else {}
     card = {
@@ -159,6 +250,41 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     return job
 
 
+def _resumed(request: FineTuneRequest) -> FineTuneRequest:
+    """``request`` with the settings of the stopped run it resumes (any other setting was refused,
+    as 'another run', after the held-out check had run; weights of another architecture as well)."""
+    out = Path(request.out)
+    run = _readable_run(out)
+    if run is None:  # an unreadable checkpoint: the run says why, on its thread
+        return request
+    return replace(
+        request,
+        steps=run.steps,
+        lr=run.lr,
+        alpha=run.alpha,
+        degradation=run.degradation,
+        regions=run.regions if run.regions is not None else request.regions,
+        start_weights=str(checkpoint_path(out)),  # its architecture; the card keeps the first run's start
+    )
+
+
+def _check_fits(start: Path, held: Region, name: str) -> None:
+    """Refuse, before the run starts, a held-out part narrower in x than the start weights'
+    receptive field: its check could not score them (the run failed after starting, with a message
+    about a '6x20 px' volume). Weights whose description is unreadable are left to load_weights."""
+    try:
+        config = NiivConfig.from_dict(json.loads(read_metadata(start)["config"]))
+    except (NiivInputError, KeyError, ValueError, TypeError):
+        return
+    need, width = config.receptive_radius + 1, held[2].stop - held[2].start
+    if width < need:
+        raise NiivInputError(
+            f"'{name}': the part held out to check the run is {width} px wide in x, and the start weights "
+            f"({start.stem}) need at least {need} (their receptive field): learn from a wider volume or box, "
+            "or start from weights with a smaller receptive field (niiv-fast's is the smallest)"
+        )
+
+
 def _crop(shape: tuple[int, ...], alpha: float, name: str) -> int:
     """The lateral training crop: MAX_CROP, or the whole width of a smaller volume, and at least the
     two sections that a crop degraded by ``alpha`` must keep (alpha above 32 needs larger crops)."""
@@ -170,6 +296,39 @@ def _crop(shape: tuple[int, ...], alpha: float, name: str) -> int:
             f"{need}x{need} (each training crop is pooled by alpha into two sections or more)"
         )
     return crop
+
+
+def scored_part(data: Any, held: Region, alpha: float) -> tuple[Any, slice, slice]:
+    """The part of the held-out planes ``held`` that the check scores: at most MAX_HELD_PLANES planes
+    spread over them and, in y and x, a window of MAX_HELD_SIDE px (or what alpha needs) where the
+    middle one of those planes has the most detail, so that a check neither costs minutes on a large volume
+    nor scores empty background. Every held-out plane stays out of training either way."""
+    zs, ys, xs = held
+    count = min(MAX_HELD_PLANES, zs.stop - zs.start)
+    planes = sorted(set(np.linspace(zs.start, zs.stop - 1, count).round().astype(int).tolist()))
+    sides = [min(s.stop - s.start, max(MAX_HELD_SIDE, held_out_min_planes(alpha))) for s in (ys, xs)]
+    if sides == [ys.stop - ys.start, xs.stop - xs.start]:
+        return planes, ys, xs
+    middle = np.asarray(data[planes[len(planes) // 2], ys, xs], dtype=np.float64)
+    # detail: summed differences between neighbours, highest where the window is all texture (a
+    # window's spread of values would favour one half empty, half not)
+    detail = np.zeros_like(middle)
+    detail[1:, :] += np.abs(np.diff(middle, axis=0))
+    detail[:, 1:] += np.abs(np.diff(middle, axis=1))
+    summed = np.pad(detail.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    starts = [_window_starts(s.stop - s.start, side) for s, side in zip((ys, xs), sides, strict=True)]
+
+    def window_detail(c: tuple[int, int]) -> float:
+        (y0, x0), (y1, x1) = c, (c[0] + sides[0], c[1] + sides[1])
+        return float(summed[y1, x1] - summed[y0, x1] - summed[y1, x0] + summed[y0, x0])
+
+    y0, x0 = max(((y, x) for y in starts[0] for x in starts[1]), key=window_detail)
+    return planes, slice(ys.start + y0, ys.start + y0 + sides[0]), slice(xs.start + x0, xs.start + x0 + sides[1])
+
+
+def _window_starts(size: int, side: int) -> list[int]:
+    """Starts of windows of ``side`` px over ``size`` px, half a window apart, the last at the end."""
+    return sorted({*range(0, size - side + 1, max(1, side // 2)), size - side})
 
 
 class _Uncopied:
