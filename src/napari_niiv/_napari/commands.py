@@ -21,7 +21,16 @@ from ..inference.settings import InferenceSettings
 from ..inference.weights import DEFAULT_WEIGHTS, fast_weights, load_weights, resolve_weights
 from .activity import Activity
 from .gui_timing import gui_handler
-from .layer_view import SharedRead, check_layer, insert_layer, layer_alpha, layer_geometry, layer_units, level0
+from .layer_view import (
+    SharedRead,
+    check_layer,
+    insert_layer,
+    layer_alpha,
+    layer_geometry,
+    layer_units,
+    level0,
+    remove_layers,
+)
 
 log = logging.getLogger(__name__)
 REFRESH_MS = 250
@@ -209,12 +218,13 @@ class TileProgress(QObject):
         insert_layer(self.viewer, self.viewer.layers.index(layer) + 1, self.confidence_layer)
         return self.confidence_layer
 
-    def hide_confidence(self) -> None:
-        """Remove the confidence layer and stop computing maps (those computed stay cached)."""
+    def hide_confidence(self, now: bool = True) -> None:
+        """Remove the confidence layer and stop computing maps (those computed stay cached);
+        ``now=False`` from within napari's removal of another layer (:func:`.remove_layers`)."""
         self.lazy.enable_confidence(False)
         layer, self.confidence_layer = self.confidence_layer, None
-        if layer is not None and layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
+        if layer is not None:
+            remove_layers(self.viewer, [layer], now=now)
 
     @gui_handler
     def _schedule_bar(self, event: Any = None) -> None:
@@ -258,4 +268,4 @@ class TileProgress(QObject):
         elif event.value is self.layer:
             self.viewer.layers.events.removed.disconnect(self._removed)
             self.lazy.close()
-            self.hide_confidence()  # the map of a closed layer can no longer be computed
+            self.hide_confidence(now=False)  # the map of a closed layer can no longer be computed

@@ -38,7 +38,7 @@ def check_layer(layer: Layer | None) -> Image:
     if placement is None:
         raise NiivInputError(
             f"'{layer.name}' is rotated or sheared (its rotate, shear or affine); niiv needs an axis-aligned "
-            "layer: reset them (Layer > Transform)"
+            "layer: reset them (napari's console: `layer.rotate = 0`, `layer.shear = 0`, `layer.affine = None`)"
         )
     flipped = [axis for axis, size in zip("zyx", placement[0], strict=True) if not size > 0]
     if flipped:
@@ -109,6 +109,44 @@ def insert_layer(viewer: Any, index: int, layer: Layer) -> None:
         else:
             selection.clear()
             selection.update(selected)
+
+
+# napari 0.9 on software OpenGL (Mesa llvmpipe: no GPU) crashes at the next repaint when two
+# layers are removed with no repaint between them (napari alone: remove two of three images in one
+# turn of the event loop, resize the window). The plugin's own removals (a live layer and its map,
+# a whole-volume layer's map after the user removed the layer) go one at a time, this long apart:
+# a timer this long runs after the repaint the removal before posted (a 0 ms one ran before it).
+REMOVAL_GAP_MS = 50
+_REMOVALS: weakref.WeakKeyDictionary[Any, list[Layer]] = weakref.WeakKeyDictionary()
+
+
+def remove_layers(viewer: Any, layers: list[Layer], now: bool = True) -> None:
+    """Remove ``layers`` from ``viewer`` one by one, ``REMOVAL_GAP_MS`` apart; with ``now`` the
+    first at once, unless removals are already waiting (from napari's own removal of a layer:
+    ``now=False``, as napari's repaint for that one is still to come). Layers already gone are skipped."""
+    from qtpy.QtCore import QTimer
+
+    queue = _REMOVALS.get(viewer)
+    waiting = queue is not None
+    if queue is None:
+        queue = _REMOVALS[viewer] = []
+    queue.extend(layer for layer in layers if layer is not None and layer not in queue)
+    if waiting:
+        return
+
+    def step() -> None:
+        while queue:
+            layer = queue.pop(0)
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+                QTimer.singleShot(REMOVAL_GAP_MS, step)  # the next, or the end of this one's gap
+                return
+        _REMOVALS.pop(viewer, None)
+
+    if now:
+        step()
+    else:
+        QTimer.singleShot(REMOVAL_GAP_MS, step)
 
 
 def layer_frame(layer: Image) -> Frame:

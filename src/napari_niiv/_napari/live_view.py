@@ -39,7 +39,7 @@ from ..inference.views import ViewRenderer
 from ..inference.worker import LatestWorker
 from ..model import NiivModel
 from .gui_timing import gui_handler
-from .layer_view import SharedRead, check_layer, current_grid, insert_layer, layer_units, level0
+from .layer_view import SharedRead, check_layer, current_grid, insert_layer, layer_units, level0, remove_layers
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
@@ -184,8 +184,7 @@ class LiveView(QObject):
         if event.value is self.layer:
             self.on_status(f"live view stopped: '{self.layer.name}' was closed")
             self.close()
-            layer, viewer = self.layer, self.viewer
-            QTimer.singleShot(0, lambda: remove_live_layers(viewer, layer))  # not inside napari's removal
+            remove_live_layers(self.viewer, self.layer, now=False)  # inside napari's removal of the input
             return
         elif event.value is self.output:
             self.output = None
@@ -233,8 +232,7 @@ class LiveView(QObject):
         elif self.confidence_output is not None:
             layer, self.confidence_output = self.confidence_output, None
             self._remember()
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+            remove_layers(self.viewer, [layer])
 
     def _render(
         self,
@@ -528,15 +526,13 @@ def _copy_style(source: Image, target: Image, visible: bool = True) -> None:
         target.visible = source.visible
 
 
-def remove_live_layers(viewer: Any, layer: Any) -> None:
+def remove_live_layers(viewer: Any, layer: Any, now: bool = True) -> None:
     """Remove the live layers of ``layer`` (closed): they show nothing of use without it, and napari
     on software OpenGL crashed at the next repaint when a one-plane layer was left alone beside
-    nothing 3D."""
-    for ref in getattr(layer, LIVE_LAYERS, ()):
-        out = _alive(ref, viewer)
-        if out is not None:
-            viewer.layers.remove(out)
+    nothing 3D. ``now=False`` from within napari's removal of ``layer`` (:func:`.remove_layers`)."""
+    outs = [_alive(ref, viewer) for ref in getattr(layer, LIVE_LAYERS, ())]
     setattr(layer, LIVE_LAYERS, (None, None))
+    remove_layers(viewer, [out for out in outs if out is not None], now=now)
 
 
 def _loaded(model: Any) -> NiivModel | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.layers import Image
-from qtpy.QtCore import QEvent, QSize, Qt, QTimer, QUrl, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, QUrl, Signal
 from qtpy.QtGui import QDesktopServices
 from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
@@ -44,7 +44,16 @@ from ..inference.weights import (
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
 from .gui_timing import gui_handler
-from .layer_view import check_layer, layer_alpha, layer_geometry, layer_source, layer_unit, layer_voxel_size, level0
+from .layer_view import (
+    check_layer,
+    layer_alpha,
+    layer_geometry,
+    layer_source,
+    layer_unit,
+    layer_voxel_size,
+    level0,
+    remove_layers,
+)
 from .live_view import LiveView, remove_live_layers
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
 from .training_panel import named, status_label
@@ -391,7 +400,7 @@ class NiivWidget(QScrollArea):
     def _layer_removed(self, layer: Any) -> None:
         """A removed layer is no longer named in the status line, its live view is off and its live
         layers go with it."""
-        QTimer.singleShot(0, lambda: remove_live_layers(self.viewer, layer))  # not inside napari's removal
+        remove_live_layers(self.viewer, layer, now=False)  # inside napari's removal
         if self.live_view is not None and self.live_view.layer is layer:
             self._stop_live()
             self.live_check.value = False
@@ -700,8 +709,8 @@ class NiivWidget(QScrollArea):
                 else:
                     bridge.hide_confidence()
             if not on:  # maps of live views that ended, or of closed whole-volume layers
-                for layer in [la for la in self.viewer.layers if "niiv_confidence_of" in (la.metadata or {})]:
-                    self.viewer.layers.remove(layer)
+                maps = [la for la in self.viewer.layers if "niiv_confidence_of" in (la.metadata or {})]
+                remove_layers(self.viewer, maps)
         finally:
             self._syncing = False
 
