@@ -337,10 +337,32 @@ def test_train_scores_its_held_out_volume_with_its_own_sections(tmp_path, capsys
     code, _, err = _run(capsys, "train", vol, *args, "--degradation", "psf", "--held-out", held, "--arch", "fast")
     assert code == 0, err
     niiv, gain = (float(v) for v in re.search(r"held-out CF-PSNR ([\d.]+) dB \(([+-][\d.]+) vs bilinear", err).groups())
+    assert re.search(r"vs bilinear, [+-][\d.]+ vs bicubic;", err)  # bicubic is what a user would pick instead
     assert "psf sections, alpha 4" in err
     psf = HeldOutCheck([medulla[16:48, :48, :48]], 4.0, degradation=Degradation.parse("psf")).bilinear.cf_psnr
     thick = HeldOutCheck([medulla[16:48, :48, :48]], 4.0).bilinear.cf_psnr
     assert abs(niiv - gain - psf) < 0.011 and abs(psf - thick) > 0.1
+
+
+def test_train_refuses_a_held_out_volume_it_trains_on(tmp_path, capsys, medulla) -> None:
+    """`niiv train v.tif --held-out v.tif` reported scores on planes it trained on as held out."""
+    vol = tmp_path / "iso.tif"
+    write_tif(vol, medulla[:16, :48, :48])
+    args = ["--out", tmp_path / "w.safetensors", "--alpha", "4", "--steps", "2", "--arch", "fast"]
+    code, _, err = _run(capsys, "train", vol, *args, "--held-out", tmp_path / "." / "iso.tif")
+    assert code == 2 and "is also a volume it trains on" in err
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_parsing_train_options_imports_no_torch() -> None:
+    """argparse ran --focus's default through its parser, which imported torch: a Ctrl-C in that
+    second or two, before main() handles interrupts, ended in a traceback and exit -2, not 130."""
+    code = (
+        "import sys\nfrom napari_niiv.cli import build_parser\n"
+        "build_parser().parse_args(['train', 'v.tif', '--out', 'w.safetensors', '--alpha', '4'])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_train_refuses_nan_in_its_volume_instead_of_blaming_the_learning_rate(tmp_path, capsys, medulla) -> None:

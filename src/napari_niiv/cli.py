@@ -123,6 +123,8 @@ def _usage_type(convert: Callable[[str], str]) -> Callable[[str], str]:
 @_usage_type
 def _focus(text: str) -> str:
     """An argparse type: ``DEGRADATION@LO-HI`` items, comma-separated (data.pairs.parse_focus)."""
+    if not text:  # the default, run through here by argparse: no import (of torch) while parsing
+        return text
     from .data.pairs import parse_focus
 
     return ",".join(f"{d}@{lo:g}-{hi:g}" for d, lo, hi in parse_focus(text))
@@ -625,6 +627,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         output_lock,
         written_by_niiv,
     )
+    from .inference.suggestion import alpha_fit_note
     from .inference.weights import load_weights, resolve_weights
 
     src, out = _source(args.input), Path(args.output)
@@ -695,9 +698,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     loaded = load_weights(weights)
     model = loaded.model
     check_reconstructable(vol.shape, model, settings.volume_orientation)
-    note = _untrained_alpha_note(loaded.alpha_range, settings.alpha)
+    note = alpha_fit_note(loaded.alpha_range, settings.alpha)
     if note:
-        print(f"niiv reconstruct: note: {loaded.card.get('name') or weights.stem} {note}", file=sys.stderr)
+        print(f"niiv reconstruct: note: {loaded.card.get('name') or weights.stem} was {note}", file=sys.stderr)
     geometry = output_geometry(
         vol.shape,
         settings.alpha,
@@ -843,15 +846,6 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
     )
 
 
-def _untrained_alpha_note(trained: tuple[float, float], alpha: float) -> str | None:
-    """What to say when weights run at an alpha outside the range they were trained over."""
-    lo, hi = trained
-    if lo - 1e-6 <= alpha <= hi + 1e-6:
-        return None
-    span = f"alpha {lo:g}" if lo == hi else f"alpha {lo:g} to {hi:g}"
-    return f"was trained for {span}, used here at {alpha:g}: expect less than its card says"
-
-
 # The integer types an ImageJ TIFF holds (besides float32): tifffile refuses int8, int32, uint32 and 64 bits.
 IMAGEJ_INTEGERS = ("uint8", "uint16", "int16")
 
@@ -919,6 +913,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     for path in [*args.volumes, *([args.held_out] if args.held_out else [])]:
         check_outside_input(out, path)  # nothing (weights, lock) goes into an input's folder store
+    if args.held_out and "://" not in args.held_out:
+        trained_on = [v for v in args.volumes if "://" not in v and _same_file(Path(v), Path(args.held_out))]
+        if trained_on:
+            raise NiivInputError(
+                f"--held-out {args.held_out} is also a volume it trains on, so its scores would not be held out: "
+                "give an isotropic volume it does not train on"
+            )
     for option in ("init", "teacher"):  # the start weights, with --overwrite too
         given = getattr(args, option)
         if given and _same_file(out, _weights_path(given)):
@@ -1071,8 +1072,8 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     if result.held_out and held is not None:
         ho = result.held_out
         msg += (
-            f"; held-out CF-PSNR {ho['cf_psnr']:.2f} dB ({ho['cf_psnr_gain']:+.2f} vs bilinear; {held.degradation} "
-            f"sections, alpha {alpha:g})"
+            f"; held-out CF-PSNR {ho['cf_psnr']:.2f} dB ({ho['cf_psnr_gain']:+.2f} vs bilinear, "
+            f"{ho['cf_psnr_gain_bicubic']:+.2f} vs bicubic; {held.degradation} sections, alpha {alpha:g})"
         )
     print(msg, file=sys.stderr)
     return 0
@@ -1083,6 +1084,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.io import open_volume
     from .inference.geometry import check_region
     from .inference.store import check_output_path, check_outside_input, check_writable
+    from .inference.suggestion import alpha_fit_note
     from .inference.weights import load_weights, resolve_weights
     from .training.evaluate import (
         check_evaluable,
@@ -1175,9 +1177,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for degradation in degradations:
         for alpha in alphas:
             for name, trained_range in trained.items():
-                note = _untrained_alpha_note(trained_range, alpha)
+                note = alpha_fit_note(trained_range, alpha)
                 if note:
-                    print(f"niiv evaluate: note: {name} {note}", file=sys.stderr)
+                    print(f"niiv evaluate: note: {name} was {note}", file=sys.stderr)
             print(
                 f"{len(cubes)} block(s) of {'x'.join(map(str, cubes[0].shape))}, alpha {alpha:g}, "
                 f"{degradation} degradation, "
