@@ -354,6 +354,18 @@ def test_train_refuses_a_held_out_volume_it_trains_on(tmp_path, capsys, medulla)
     assert not (tmp_path / "w.safetensors").exists()
 
 
+def test_train_from_scratch_builds_v1_unless_told(tmp_path, capsys, medulla) -> None:
+    """The default architecture of a run from scratch is the one that won at equal budget here (v1,
+    what niiv-em is); it was v2, which the cards and the README say lost."""
+    from napari_niiv.inference.weights import load_weights
+
+    vol = tmp_path / "iso.tif"
+    write_tif(vol, medulla[:16, :48, :48])
+    args = ["--alpha", "4", "--steps", "1", "--batch", "1", "--crop", "16", "--device", "cpu"]
+    assert _run(capsys, "train", vol, "--out", tmp_path / "a.safetensors", *args)[0] == 0
+    assert load_weights(tmp_path / "a.safetensors").card["architecture"] == "v1"
+
+
 def test_parsing_train_options_imports_no_torch() -> None:
     """argparse ran --focus's default through its parser, which imported torch: a Ctrl-C in that
     second or two, before main() handles interrupts, ended in a traceback and exit -2, not 130."""

@@ -138,8 +138,9 @@ def test_mixed_alpha_schedule_lowers_the_loss_on_real_data(tmp_path, medulla) ->
     vol = Volume(da.from_array(medulla))
     settings = TrainSettings(
         alpha=2.0, alpha_max=12.0, degradations="thick,thin", steps=60, lr=1e-3, batch=4, crop=48, points=512,
-        warmup=5, device="cpu", precision="fp32", preview_every=0, eval_every=10**6,
+        warmup=5, device="cpu", precision="fp32", preview_every=0, eval_every=10**6, architecture="v2",
     )  # fmt: skip
+    # (v2: the untrained NiivModel() below, the baseline, is one)
     result = train([vol], settings, tmp_path / "w.safetensors", progress=False)
     # (the per-step loss swings with each batch's alpha: fixed batches below measure the fall)
     trained = load_weights(result.weights)

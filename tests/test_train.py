@@ -27,7 +27,18 @@ from napari_niiv.training.train import (
 )
 from tests.conftest import data_path
 
-TINY = dict(alpha=4.0, batch=4, crop=32, points=512, warmup=5, device="cpu", precision="fp32", preview_every=2)
+# v2, the smaller encoder (6 blocks against v1's 16), for speed: these test the training, not the default model
+TINY = dict(
+    alpha=4.0,
+    batch=4,
+    crop=32,
+    points=512,
+    warmup=5,
+    device="cpu",
+    precision="fp32",
+    preview_every=2,
+    architecture="v2",
+)
 FAST = {**TINY, "batch": 2, "points": 64}  # runs whose losses do not matter
 
 
@@ -406,7 +417,7 @@ def test_distillation_learns_the_teachers_outputs_and_is_part_of_the_run(tmp_pat
     fixed = LateralPairSampler([vol], 4.0, 32, 2048).batch(seed=999, step=0, size=8)
     with torch.no_grad():
         taught = teacher_model(fixed.inputs, fixed.coords, 4.0)
-    settings = TrainSettings(steps=60, lr=2e-3, architecture="fast", teacher=str(teacher), **TINY)
+    settings = TrainSettings(steps=60, lr=2e-3, teacher=str(teacher), **{**TINY, "architecture": "fast"})
     out = tmp_path / "student.safetensors"
     result = train([vol], settings, out, progress=False)
     student = load_weights(result.weights)
@@ -434,7 +445,11 @@ def test_acquisition_embedding_from_scratch_or_added_to_init_weights_and_trained
 
     vol = Volume(da.from_array(medulla))
     settings = TrainSettings(
-        steps=3, architecture="fast", alpha_max=8.0, degradations="thick,thin", acquisition_embedding=True, **FAST
+        steps=3,
+        alpha_max=8.0,
+        degradations="thick,thin",
+        acquisition_embedding=True,
+        **{**FAST, "architecture": "fast"},
     )
     scratch = load_weights(train([vol], settings, tmp_path / "a.safetensors", progress=False).weights).model
     assert scratch.config == replace(NiivConfig.fast(), acquisition_embedding=True)
@@ -460,7 +475,7 @@ def test_a_run_records_shipped_start_and_teacher_weights_by_name(tmp_path, medul
 
     vol = Volume(da.from_array(medulla))
     settings = TrainSettings(
-        steps=1, architecture="fast", alpha_max=8.0, teacher=str(resolve_weights("niiv-fast")), **FAST
+        steps=1, alpha_max=8.0, teacher=str(resolve_weights("niiv-fast")), **{**FAST, "architecture": "fast"}
     )
     card = load_weights(
         train([vol], settings, tmp_path / "a.safetensors", init=resolve_weights("niiv-fast"), progress=False).weights

@@ -343,8 +343,8 @@ def test_resume_of_another_run_or_of_nothing_is_refused(tmp_path, volume, straig
     before = checkpoint_path(out).read_bytes()
     code, err = run(train_argv(volume, out, "--resume", alpha=5))
     refused(code, err, "alpha 4 (this run: 5)")
-    code, err = run(train_argv(volume, out, "--resume", "--arch", "v1"))
-    refused(code, err, "architecture v2 (this run: v1)", "--overwrite")
+    code, err = run(train_argv(volume, out, "--resume", "--arch", "v2"))
+    refused(code, err, "architecture v1 (this run: v2)", "--overwrite")
     code, err = run(train_argv(volume, out, "--resume", "--region", "0:40,:,:", "--lr", "1e-3"))
     refused(
         code, err, "lr 0.0005 (this run: 0.001)", "training volume shapes [(64, 64, 64)] (this run: [(40, 64, 64)])"
@@ -418,7 +418,9 @@ def test_read_only_output_is_refused_before_training(tmp_path, volume) -> None:
             prefix = _in_mount(folder, "ro,size=1m")
         if prefix is None:
             pytest.skip("running as root, and no read-only mount can be made here (unshare -rm)")
-        code, err = run([*prefix, *train_argv(volume, folder / "w.safetensors", "--held-out", str(volume))])
+        held = tmp_path / "held.tif"  # not the training volume (refused as held out)
+        held.write_bytes(volume.read_bytes())
+        code, err = run([*prefix, *train_argv(volume, folder / "w.safetensors", "--held-out", str(held))])
     finally:
         folder.chmod(0o755)
     refused(code, err, f"cannot write {folder / 'w.safetensors'}", f"the folder {folder} refuses new files")

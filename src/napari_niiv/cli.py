@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--arch",
         choices=ARCHITECTURES,
-        help="v2: attention (paper 2025, default); v1: no attention (2024); fast: 3.5 %% of v2's FLOPs "
+        help="v1: no attention (2024; the default: it beat v2 at equal budget on a CPU, and niiv-em is v1); "
+        "v2: attention (paper 2025); fast: 3.5 %% of v2's FLOPs "
         "(niiv-fast, the live view's first frame); v2-input: v2 with its attention's neighbours one input "
         "pixel apart; with --init: the start weights'",
     )

@@ -72,7 +72,7 @@ class TrainSettings:
     # drawn for focus_fraction of the batches; the rest stay uniform over the whole range.
     focus: str = ""
     focus_fraction: float = 0.0
-    architecture: str = "v2"
+    architecture: str = ARCHITECTURES[0]
     steps: int = 5000
     batch: int = 8
     crop: int = 64
