@@ -98,8 +98,10 @@ elif recipe in ("lm", "lm-split"):
     lm = open_volume(DATA / "lm" / "cells3d_nuclei.tif")
     volumes, z_ranges, card = [lm], [(0, 40)], dict(LM_SPLIT)
     name, init = "niiv-lm", ROOT / "runs" / "em" / "niiv-em.safetensors"
+    card["fine_tuned_from"] = "niiv-em (the first, untold: before the acquisition embedding)"
     if recipe == "lm-split":
         z_ranges, init = [(0, 20)], ROOT / "weights" / "niiv-em.safetensors"
+        card["fine_tuned_from"] = "niiv-em (told, as shipped)"
         card["training_data"] = "cells3d_nuclei z 0-20 (xy planes; z 20-40 kept for the fine-tune test)"
     # Monitoring on the held-out xy planes, degraded along y: transpose (z, y, x) -> (y, z, x).
     held = HeldOutCheck([np.asarray(lm.data[40:60]).transpose(1, 0, 2)[:, :, :128]], 4.0, degradation=PSF)
