@@ -95,3 +95,13 @@ def test_the_alpha_the_user_gave_a_volume_is_the_one_it_runs_at_when_chosen_agai
     assert widget.settings().alpha == 7 and "as you set it for 'a8'" in widget.status_label.value
     scaled.scale = (30, 5, 5)
     assert widget.settings().alpha == 6
+
+
+def test_the_alpha_box_keeps_three_decimals_of_the_layers_scale(make_napari_viewer) -> None:
+    """A confocal stack of 0.29 um planes and 0.26 um pixels is alpha 1.115: the box rounded it to
+    two decimals, so niiv ran at 1.11 or 1.12 while the dock had read 1.115 from the scale."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    lm = viewer.add_image(np.zeros((8, 32, 32), np.uint16), name="confocal", scale=(0.29, 0.26, 0.26), units="um")
+    widget.volume_choice.value = lm
+    assert widget.alpha_spin.value == pytest.approx(1.115, abs=1e-9)

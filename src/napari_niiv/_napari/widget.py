@@ -136,6 +136,7 @@ class NiivWidget(QScrollArea):
         self.alpha_spin = FloatSpinBox(
             label="alpha (z / xy)", min=ALPHA_RANGE[0], max=ALPHA_RANGE[1], step=0.5, value=8.0
         )
+        self.alpha_spin.native.setDecimals(3)  # the alpha read from a layer's scale is kept to 3 (Qt shows 2)
         self.confirm_alpha_button = PushButton(text="Use this alpha", visible=False)
         self.sections_choice = ComboBox(label="sections", choices=SECTIONS, value="thick")
         self.scale_spin = FloatSpinBox(label="output scale", min=0.5, max=2.0, step=0.25, value=1.0)
