@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from napari_niiv._napari.activity import CancelableBar
 from napari_niiv.data import open_volume
 from napari_niiv.inference.reconstructor import reconstruct_volume
 from napari_niiv.inference.settings import InferenceSettings
@@ -51,7 +52,8 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
     assert panel.bar is not None and not panel.start_button.enabled and panel.stop_button.enabled
 
     qtbot.waitUntil(lambda: len(panel.plot.losses) >= 12, timeout=120_000)
-    assert panel.bar.n >= 12 and panel.plot.steps == list(range(1, len(panel.plot.steps) + 1))
+    assert panel.plot.steps == list(range(1, len(panel.plot.steps) + 1))
+    qtbot.waitUntil(lambda: panel.bar.n >= 12, timeout=5_000)  # the bar moves at most every BAR_EVERY_S
     panel.stop_button.native.click()
     qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
     stopped_at = panel.plot.steps[-1]
@@ -134,6 +136,26 @@ def test_a_refusal_found_on_the_training_thread_reads_as_one(qtbot, make_napari_
         "the part held out to check the run (planes z 26-31) is constant: there is nothing to score on it"
     )
     assert not user_weights.exists() or not any(user_weights.iterdir())
+
+
+def test_fast_steps_move_the_activity_bar_a_few_times_and_to_the_last_step(make_napari_viewer, cremi, user_weights):
+    """napari's bar runs Qt's event loop on each update: 200 steps in a blink move it a few times,
+    not 200, and the last step always shows."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    _, panel = open_panel(viewer)
+    panel.bar = CancelableBar(total=200)
+    moves = []
+    panel.bar.events.value.connect(lambda e: moves.append(e.value))
+    try:
+        for step in range(1, 201):
+            panel._on_step(step, 0.1)
+        assert len(panel.plot.losses) == 200  # the loss plot takes every step
+        assert panel.bar.n == 200 and moves[-1] == 200
+        assert 2 <= len(moves) <= 20, moves
+    finally:
+        panel.bar.close()
+        panel.bar = None
 
 
 def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, user_weights):
