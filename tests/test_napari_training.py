@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -156,6 +157,23 @@ def test_fast_steps_move_the_activity_bar_a_few_times_and_to_the_last_step(make_
     finally:
         panel.bar.close()
         panel.bar = None
+
+
+def test_picked_weights_deleted_since_are_named_by_their_control(make_napari_viewer, cremi, user_weights):
+    """A user weights file deleted outside the viewer was refused as 'unknown weights ...', without
+    saying which control to change, as every other refusal of the panel does."""
+    user_weights.mkdir(parents=True)
+    mine = user_weights / "mine.safetensors"
+    shutil.copy(shipped_dir() / "niiv-fast.safetensors", mine)
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget, panel = open_panel(viewer)
+    (choice,) = [c for c in widget.weights_choice.choices if "mine" in str(c)]
+    widget.weights_choice.value = choice
+    mine.unlink()
+    panel.start(resume=False)
+    assert panel.job is None
+    assert panel.status_label.value.startswith("weights: unknown weights"), panel.status_label.value
 
 
 def test_the_panel_asks_for_what_its_widgets_show(make_napari_viewer, cremi, user_weights):

@@ -15,7 +15,7 @@ from napari.layers import Shapes
 from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ..errors import NiivInputError
-from ..inference.weights import user_dir
+from ..inference.weights import resolve_weights, user_dir
 from ..training.finetune import (
     FineTuneJob,
     FineTuneRequest,
@@ -231,6 +231,8 @@ class TrainingPanel(Container):
         out = self.out_path()
         named("save as", lambda: check_new_weights(out, resume))
         run = stopped_run(out) if resume else None
+        if not resume:  # e.g. the picked file was deleted since the list was made
+            named("weights", lambda: resolve_weights(self.niiv.weights_choice.value))
         if run is not None:
             self.steps_spin.value, self.lr_edit.value = run.steps, f"{run.lr:g}"
         # refused while the layer's scale gives no alpha and none was confirmed
