@@ -14,6 +14,10 @@ def test_cubes_cover_the_region_first_at_zero_last_flush() -> None:
     assert len(cubes) == 4 and all(c.shape == (128, 128, 128) for c in cubes)
     with pytest.raises(NiivInputError, match="smaller than --cube"):
         cube_origins(100, 128)
+    with pytest.raises(NiivInputError, match=r"200x250x100 voxels \(z, y, x\), smaller in x than --cube 128"):
+        cut_cubes(np.zeros((200, 250, 100)), 128)
+    with pytest.raises(NiivInputError, match=r"smaller in y and z than --cube 128"):
+        cut_cubes(np.zeros((100, 100, 100)), (128, 128, 100), ("y", "z", "x"))
 
 
 def test_simulate_pools_z_and_trims_ground_truth() -> None:

@@ -1130,11 +1130,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         data = np.asarray(vol.data[check_region(region, vol.shape)] if region else vol.data)
         scale = intensity_range(data)  # the volume's own range, shared by its cubes
-        if args.slices == "xy":  # every plane counts, however few: blocks as deep as the volume
-            data = lateral_planes(data)
-            cut = cut_cubes(data, (args.cube, min(args.cube, data.shape[1]), args.cube))
-        else:
-            cut = cut_cubes(data, args.cube)
+        try:
+            if args.slices == "xy":  # every plane counts, however few: blocks as deep as the volume
+                data = lateral_planes(data)
+                cut = cut_cubes(data, (args.cube, min(args.cube, data.shape[1]), args.cube), ("y", "z", "x"))
+            else:
+                cut = cut_cubes(data, args.cube)
+        except NiivInputError as exc:
+            raise NiivInputError(f"{path}: {exc}") from None
         cubes += cut
         ranges += [scale] * len(cut)
     settings = InferenceSettings(

@@ -48,10 +48,19 @@ def cube_origins(n: int, cube: int) -> list[int]:
     return sorted({round(v) for v in np.linspace(0, n - cube, count)})
 
 
-def cut_cubes(data: np.ndarray, cube: int | tuple[int, int, int]) -> list[np.ndarray]:
+def cut_cubes(
+    data: np.ndarray, cube: int | tuple[int, int, int], axes: tuple[str, str, str] = ("z", "y", "x")
+) -> list[np.ndarray]:
     """The paper evaluates fixed-size cubes (128^3): cover ``data`` with as few as needed
-    (``cube`` may give a size per axis)."""
-    cz, cy, cx = (cube, cube, cube) if isinstance(cube, int) else cube
+    (``cube`` may give a size per axis). ``axes`` names the data's axes in a refusal."""
+    sizes = (cube, cube, cube) if isinstance(cube, int) else cube
+    short = [a for n, c, a in zip(data.shape, sizes, axes, strict=True) if n < c]
+    if short:
+        raise NiivInputError(
+            f"the region is {'x'.join(str(n) for n in data.shape)} voxels ({', '.join(axes)}), smaller in "
+            f"{' and '.join(short)} than --cube {max(sizes)}: give a smaller --cube or a larger region"
+        )
+    cz, cy, cx = sizes
     return [
         data[z : z + cz, y : y + cy, x : x + cx]
         for z in cube_origins(data.shape[0], cz)
