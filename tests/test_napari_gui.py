@@ -242,6 +242,49 @@ def test_closing_the_dock_stops_its_work_and_reopening_gives_one_dock(
     assert again.volume_choice.value is viewer.layers["cremi"]
 
 
+def test_a_dock_opened_again_has_the_closed_docks_settings(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """The closed dock's settings came back as defaults in the next one (the dock audit): the
+    volume picked, an alpha given for a layer whose scale says nothing, weights and sections
+    picked, orientation, output scale, precision, the niiv-fast and confidence boxes and the
+    fine-tuning settings are as they were; live is off until ticked. Layers are not held by it."""
+    from qtpy import sip
+
+    viewer = make_napari_viewer(show=True)
+    first = viewer.add_image(cremi64, name="first", scale=(40, 4, 4))
+    flat = viewer.add_image(cremi64[:, :48], name="flat")  # scale (1, 1, 1): alpha must be given
+    widget = open_dock(viewer)
+    widget.volume_choice.value = flat
+    widget.alpha_spin.value = 6.5
+    widget.weights_choice.value = "user/tiny"
+    widget.sections_choice.value = "thin"
+    widget.volume_choice.value = first  # the user's pick, below the newest layer
+    widget.orientation_choice.value, widget.scale_spin.value, widget.precision_choice.value = "yz", 1.5, "fp32"
+    widget.fast_check.value, widget.confidence_check.value = False, True
+    panel = widget.training
+    panel.steps_spin.value, panel.minutes_spin.value, panel.lr_edit.value = 300, 2.5, "3e-4"
+    panel.region_choice.value = "visible region"
+    widget.parent().title.close_button.click()
+    qtbot.waitUntil(lambda: sip.isdeleted(widget), timeout=10_000)
+
+    again = open_dock(viewer)
+    assert again.volume_choice.value is first and not again.live_check.value
+    assert "when it was closed" in again.status_label.value
+    assert (again.orientation_choice.value, again.scale_spin.value, again.precision_choice.value) == ("yz", 1.5, "fp32")
+    assert (again.fast_check.value, again.confidence_check.value, again.sections_choice.value) == (False, True, "thin")
+    p = again.training
+    assert (p.steps_spin.value, p.minutes_spin.value, p.lr_edit.value) == (300, 2.5, "3e-4")
+    assert p.region_choice.value == "visible region"
+    again.volume_choice.value = flat
+    assert again.alpha_spin.value == 6.5 and not again.alpha_unknown(flat) and again.alpha() == 6.5
+    assert again.weights_choice.value == "user/tiny"
+
+    gone = weakref.ref(flat)
+    viewer.layers.remove(flat)
+    del flat
+    gc.collect()
+    qtbot.waitUntil(lambda: gone() is None, timeout=5_000)
+
+
 def test_a_settings_change_never_waits_for_the_old_live_view(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
     """A new setting replaces the live view while it computes: the GUI thread must not wait for
     the old view's thread to finish its step (on a CPU up to a second or more; a join here

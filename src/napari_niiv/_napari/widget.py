@@ -41,6 +41,7 @@ from ..inference.weights import (
     load_weights,
     read_metadata,
 )
+from . import dock_memory
 from .activity import Activity, ActivityBar
 from .context_menu import register_layer_context_action
 from .gui_timing import gui_handler
@@ -251,8 +252,13 @@ class NiivWidget(QScrollArea):
         # is being deleted when the signal fires. (The dock's own close button: see event.)
         self.destroyed.connect(functools.partial(NiivWidget.close_live, self))
         self._docked = False  # in a dock (napari's close button takes it out: event)
+        memory = dock_memory.recall(viewer)
+        if memory is not None:
+            dock_memory.restore_choices(self, memory)
         self._layers_changed()
         self._default_sections()
+        if memory is not None:
+            dock_memory.restore_values(self, memory)
 
     def event(self, e: QEvent) -> bool:
         """napari's close button on the dock (``remove_dock_widget``) takes this widget out of its
@@ -263,6 +269,7 @@ class NiivWidget(QScrollArea):
                 self._docked = True
             elif getattr(self, "_docked", False):  # (events can come before __init__ sets it)
                 self._docked = False
+                dock_memory.remember(self)  # for the next dock opened in this viewer
                 self.close_live()
                 self._disconnect_viewer()
                 self.deleteLater()
