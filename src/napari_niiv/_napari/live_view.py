@@ -196,7 +196,7 @@ class LiveView(QObject):
     @gui_handler
     def refresh(self, force: bool = False) -> None:
         """Submit the current view if it differs from the last one (or ``force``)."""
-        grid = current_grid(self.viewer, self.layer, self.settings.scale, self.pixel_ratio)
+        grid = current_grid(self.viewer, self.layer, self.settings.scale, self.pixel_ratio, self.settings.alpha)
         if grid is None:
             in_2d = self.viewer.dims.ndisplay == 2
             self.on_status("live view: nothing visible" if in_2d else "live view: 2D views only")

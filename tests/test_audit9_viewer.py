@@ -1,0 +1,53 @@
+"""The viewer journey audit (round 9): a microscopist's session in the real napari viewer under
+Xvfb, checking that what niiv shows and writes lands where the input is and says what it is."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.slow  # a napari viewer each
+
+
+def open_dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    return widget
+
+
+def live_layer(viewer, name):
+    return next((layer for layer in viewer.layers if layer.name == f"{name} niiv live"), None)
+
+
+def test_live_view_of_a_volume_without_voxel_sizes_samples_z_at_the_typed_alpha(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """cremi_a.tif opened as a file has no voxel sizes (scale 1, 1, 1): the user types alpha 10.
+    Zoomed in on an xz view, niiv must fill in between the 32 planes (rows a tenth of a plane apart,
+    screen allowing), not sample once per plane, which showed the input again; in an xy view the
+    live layer's z step is the output voxel, so napari's slider stops between the planes."""
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(cremi64, name="cremi")  # no scale: anisotropy unknown
+    widget = open_dock(viewer)
+    widget.weights_choice.value = "user/tiny"
+    widget.alpha_spin.value = 10.0  # typed: confirms it for this layer
+    widget.fast_check.value = False
+    viewer.dims.order = (1, 0, 2)  # xz
+    viewer.scene.camera.center = (0.0, 15.5, 31.5)
+    viewer.scene.camera.zoom = 8.0  # 8 screen pixels per plane: room for 8 rows of niiv between planes
+    widget.live_check.value = True
+    qtbot.waitUntil(lambda: live_layer(viewer, "cremi") is not None, timeout=60_000)
+    out = live_layer(viewer, "cremi")
+    qtbot.waitUntil(lambda: not widget.live_view.busy, timeout=60_000)
+    rows = out.data.shape[0]
+    assert rows >= 4 * layer.data.shape[0], f"{rows} z rows for {layer.data.shape[0]} planes: no niiv between planes"
+    assert out.scale[0] == pytest.approx(1 / 8) and out.scale[2] == pytest.approx(1.0)  # screen-limited in z only
+    # exactly over the input: the first and last rows' edges are the volume's z edges when all of z is shown
+    lo = out.translate[0] - out.scale[0] / 2
+    hi = out.translate[0] + (rows - 0.5) * out.scale[0]
+    assert lo == pytest.approx(-0.5) and hi == pytest.approx(31.5)
+
+    viewer.dims.order = (0, 1, 2)  # xy: the live layer's z step is the output's z voxel
+    qtbot.waitUntil(lambda: out.ndim == 3 and out.data.shape[0] == 1 and not widget.live_view.busy, timeout=60_000)
+    assert out.scale[0] == pytest.approx(0.1)
+    assert viewer.dims.range[0].step == pytest.approx(0.1)  # the slider stops between acquired planes
+    widget.live_check.value = False
