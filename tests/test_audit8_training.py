@@ -176,3 +176,20 @@ def test_the_panel_names_free_weights_resumes_with_its_run_and_says_where_boxes_
         "save as: weights 'cremi-a10-2' already exist: choose another name"
     )
     assert layer in viewer.layers
+
+
+def test_stop_while_the_start_weights_are_scored_trains_and_writes_nothing(cremi, user_weights) -> None:
+    """Stop pressed while the start weights were scored on the held-out planes (seconds on a large
+    volume) still trained one step, to save weights and a checkpoint ('stopped at step 1')."""
+    out = user_weights / "early.safetensors"
+    job = fine_tune_job(request(cremi, out))
+    steps, results = [], []
+    job.on_check = lambda step, metrics: job.stop() if step == 0 else None
+    job.on_step = lambda step, loss: steps.append(step)
+    job.on_finished = results.append
+    job.start()
+    assert job.join(300)
+    assert steps == [] and len(results) == 1 and results[0] is job.result
+    assert isinstance(job.result, NiivInputError) and "before the first step: nothing was written" in str(job.result)
+    assert job.ended == "stopped by the user before the first step"
+    assert not user_weights.exists() or sorted(p.name for p in user_weights.iterdir()) == []

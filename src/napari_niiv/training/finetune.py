@@ -407,6 +407,15 @@ def _ignore(*args: Any) -> None:
     return None
 
 
+class StoppedBeforeFirstStep(NiivInputError):
+    """Stop came before the run's first step (while the start weights were scored): it ends
+    there, writing nothing, instead of training one step to save it (the training-panel audit)."""
+
+    def __init__(self, resumed: bool) -> None:
+        then = "the stopped run is as it was: Resume continues it" if resumed else "Start trains again"
+        super().__init__(f"stopped before the first step: nothing was written; {then}")
+
+
 class FineTuneJob:
     """One run of :func:`napari_niiv.training.train.train` on a background thread.
 
@@ -417,7 +426,7 @@ class FineTuneJob:
     ``on_finished(result)`` last, with the :class:`TrainResult` (its model card written) or the
     exception that ended the run (a :class:`NiivInputError`: a refusal, which says what to do).
     :meth:`stop` ends the run after the current step with a checkpoint and weights written, so it
-    can be resumed.
+    can be resumed; before the first step, with nothing written (:class:`StoppedBeforeFirstStep`).
 
     When the run ends, :attr:`ended` says why ("complete", "stopped by the user", "time limit of
     5 min reached", "refused: ..." or "error: ..."), and the weights' card gets ``ended`` and ``runs``: every run
@@ -477,6 +486,8 @@ class FineTuneJob:
             held_out = self.held_out()
             if held_out is not None and self.init is not None and not self.resume:
                 self.on_check(0, held_out(load_weights(self.init).model))
+            if self.stop_requested.is_set():  # while the held-out planes were read and scored
+                raise StoppedBeforeFirstStep(self.resume)
             result = train(
                 self.volumes,
                 self.settings,
@@ -495,6 +506,8 @@ class FineTuneJob:
             amend_card(result.weights, {"ended": self.ended, "runs": runs})
             write_card(result.weights, result)
             self.result = result
+        except StoppedBeforeFirstStep as exc:  # nothing trained, nothing written
+            self.result, self.ended = exc, "stopped by the user before the first step"
         except NiivInputError as exc:  # a refusal (data, a resume of another run): it says what to do
             log.info("niiv training refused: %s", exc)
             self.result, self.ended = exc, f"refused: {exc}"
