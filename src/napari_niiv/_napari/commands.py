@@ -30,6 +30,7 @@ from .layer_view import (
     layer_units,
     level0,
     remove_layers,
+    store_geometry,
 )
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ def prepare_isotropic_layer(
     # read into memory when small enough (the tiles' interpolated stand-ins are made on napari's
     # thread then), once for the layer's live view and whole-volume layers alike
     source, norm = SharedRead.of(layer).get(data)
-    lazy = LazyIsotropic(source, norm, Reconstructor(model, settings), geometry, fast=small)
+    # what File > Save of the layer writes: the layer's placement, but isotropic voxels for a typed alpha
+    saved = store_geometry(layer, settings)
+    lazy = LazyIsotropic(source, norm, Reconstructor(model, settings), saved, fast=small)
     lazy.out_dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
     out = Image(
         lazy.levels,

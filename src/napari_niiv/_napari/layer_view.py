@@ -192,6 +192,24 @@ def layer_geometry(layer: Image, settings: Any) -> Any:
     return output_geometry(frame.shape, settings.alpha, settings.scale, frame.scale, frame.translate, layer_unit(layer))
 
 
+def store_geometry(layer: Image, settings: Any) -> Any:
+    """Where a saved store of ``layer``'s reconstruction puts its voxels (Save isotropic volume...,
+    File > Save of the whole-volume layer): :func:`layer_geometry`, except for a layer without
+    voxel sizes (the same scale on z and x/y and no unit: a file that gave none) at an alpha typed
+    in the dock. Its store gets what ``niiv reconstruct --alpha`` writes for such a file: the input's
+    z voxel taken as alpha in-plane voxels, so the output voxels are isotropic ((1, 1, 1) at scale
+    1), never (1/alpha, 1, 1), which every other reader shows squashed. The layers in napari keep
+    :func:`layer_geometry`: they overlay the input as napari shows it."""
+    from ..inference.geometry import output_geometry
+
+    if layer_alpha(layer) is not None or layer_unit(layer) is not None:
+        return layer_geometry(layer, settings)
+    frame = layer_frame(layer)
+    _, sy, sx = frame.scale
+    voxel = (settings.alpha * sx, sy, sx)
+    return output_geometry(frame.shape, settings.alpha, settings.scale, voxel, frame.translate, None)
+
+
 def layer_alpha(layer: Image) -> float | None:
     """z voxel over in-plane voxel from the layer's scale; None when the scale is isotropic
     (usually: the file gave no voxel sizes)."""

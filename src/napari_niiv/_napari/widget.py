@@ -48,12 +48,12 @@ from .gui_timing import gui_handler
 from .layer_view import (
     check_layer,
     layer_alpha,
-    layer_geometry,
     layer_source,
     layer_unit,
     layer_voxel_size,
     level0,
     remove_layers,
+    store_geometry,
 )
 from .live_view import LiveView, remove_live_layers
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
@@ -796,7 +796,7 @@ class NiivWidget(QScrollArea):
                     f"Save isotropic volume...: {out} already exists; niiv never replaces a store: choose another name"
                 )
             named("Save isotropic volume...", lambda: check_writable(out))
-            geometry = layer_geometry(layer, settings)
+            geometry = store_geometry(layer, settings)  # a typed alpha's: as niiv reconstruct writes
         except NiivInputError as exc:
             self.set_status(str(exc))
             return None
