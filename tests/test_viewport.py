@@ -59,6 +59,23 @@ def test_xy_view_between_acquired_slices():
     assert grid.world_start[0] == 12.0
 
 
+def test_a_typed_alpha_samples_z_at_the_output_voxel_screen_allowing():
+    """A layer without voxel sizes (scale 1, 1, 1: napari shows it squashed) at a typed alpha 8:
+    the output's z voxel is 1/8 of a world unit. Sampled at the in-plane voxel, z got one row per
+    acquired plane, the input itself; now as finely as the screen shows (and no finer)."""
+    flat = Frame(shape=(10, 50, 60), scale=(1.0, 1.0, 1.0))
+    zoomed = view_grid(Camera((4.5, 29.5), 4.0, (40, 240)), flat, (0, 2), 0.0, finest=1.0, finest_z=0.125)
+    assert zoomed.world_step[0] == 0.25 and zoomed.world_step[2] == 1.0  # a device pixel in z, a voxel in x
+    assert zoomed.shape == (40, 1, 60)  # 4 rows per acquired plane, every column
+    np.testing.assert_allclose(zoomed.coords[0], (np.arange(40) + 0.5) / 4)
+    closer = view_grid(Camera((4.5, 29.5), 16.0, (160, 960)), flat, (0, 2), 0.0, finest=1.0, finest_z=0.125)
+    assert closer.world_step[0] == 0.125 and closer.shape[0] == 80  # never finer than the output voxel
+    xy = view_grid(Camera((25.0, 30.0), 1.0, (100, 100)), flat, (1, 2), 3.3, finest=1.0, finest_z=0.125)
+    assert xy.world_step[0] == 0.125 and xy.coords[0].tolist() == [3.8]  # the slider steps between planes
+    plain = view_grid(Camera((4.5, 29.5), 4.0, (40, 240)), flat, (0, 2), 0.0, finest=1.0)
+    assert plain.shape[0] == 10  # without it: one row per plane
+
+
 def test_anisotropic_scale_and_translate_land_on_the_input():
     frame = Frame(shape=(12, 40, 30), scale=(40.0, 5.0, 5.0), translate=(100.0, -20.0, 7.0))
     grid = view_grid(Camera((300.0, 60.0), 0.3, (120, 90)), frame, (0, 2), 37.0, finest=finest_spacing(frame, 1.0))

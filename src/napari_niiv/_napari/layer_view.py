@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,15 +11,7 @@ from napari.layers import Image, Layer
 
 from ..data.normalise import Normalisation, fit_normalisation
 from ..errors import NiivInputError
-from ..inference.viewport import (
-    Camera,
-    Frame,
-    ViewGrid,
-    axis_samples,
-    finest_spacing,
-    output_spacing,
-    view_grid,
-)
+from ..inference.viewport import Camera, Frame, ViewGrid, finest_spacing, view_grid
 from .gui_timing import napari_work
 
 # Work cap for one view: a 4K HiDPI screen would otherwise ask for 30+ megapixels.
@@ -227,14 +218,9 @@ def current_grid(
     viewer: Any, layer: Image, output_scale: float, pixel_ratio: float = 1.0, alpha: float | None = None
 ) -> ViewGrid | None:
     """What the viewer shows of ``layer`` now, as a sample grid; None in 3D or when off screen.
-
-    ``alpha`` (the anisotropy niiv runs at) sets how finely z is sampled: one output voxel in z is
-    the layer's z scale over alpha. For a layer whose scale says its anisotropy (40, 4, 4 at alpha
-    10) that is the in-plane voxel, as on the other axes; for one without voxel sizes, whose alpha
-    was typed in the dock (scale 1, 1, 1: napari shows it squashed in z), it is a tenth of a world
-    unit, finer than the in-plane voxel: the view samples z that finely (screen allowing), where an
-    isotropic grid of the in-plane voxel stopped at one row per acquired plane (no niiv between
-    planes at all), and an xy view's slider gets steps between the planes."""
+    ``alpha``, the anisotropy niiv runs at, gives the output's z voxel (the layer's z scale over
+    alpha): finer than the in-plane voxel for a layer without voxel sizes at a typed alpha, and
+    then z is sampled that finely (:func:`~napari_niiv.inference.viewport.view_grid`)."""
     dims = viewer.dims
     if dims.ndisplay != 2:
         return None
@@ -245,37 +231,16 @@ def current_grid(
     sliced = ({0, 1, 2} - set(displayed)).pop()
     frame = layer_frame(layer)
     point = float(dims.point[sliced + offset])
-    camera = current_camera(viewer, pixel_ratio)
-    finest = finest_spacing(frame, output_scale)
-    grid = view_grid(camera, frame, displayed, point, finest, MAX_VIEW_PIXELS)  # type: ignore[arg-type]
-    if grid is None or alpha is None:
-        return grid
-    return _fine_z(grid, camera, frame, displayed, finest, frame.scale[0] * output_scale / float(alpha))  # type: ignore[arg-type]
-
-
-def _fine_z(
-    grid: ViewGrid, camera: Camera, frame: Frame, displayed: tuple[int, int], finest: float, z_voxel: float
-) -> ViewGrid:
-    """``grid`` with z sampled at ``z_voxel`` (world units), the output's z voxel, where that is
-    finer than the in-plane ``finest`` (a layer without voxel sizes at a typed alpha): on screen
-    never finer than a device pixel (nor than the cap on the view's pixels allows)."""
-    if z_voxel >= finest * (1 - 1e-9):
-        return grid
-    start, step = list(grid.world_start), list(grid.world_step)
-    coords = list(grid.coords)
-    if grid.sliced_axis == 0:  # xy: the plane is at the slider's z; its layer's z step is the output voxel
-        step[0] = z_voxel
-    else:
-        coarsened = grid.spacing / output_spacing(camera, finest)  # MAX_VIEW_PIXELS on a huge screen
-        spacing = output_spacing(camera, z_voxel) * coarsened
-        row = displayed.index(0)
-        half = camera.size[row] / 2.0 / camera.zoom
-        samples = axis_samples(frame, 0, camera.center[row] - half, camera.center[row] + half, spacing)
-        if samples is None:
-            return grid
-        coords[0], start[0] = samples
-        step[0] = spacing
-    return replace(grid, coords=tuple(coords), world_start=tuple(start), world_step=tuple(step))  # type: ignore[arg-type]
+    finest_z = frame.scale[0] * output_scale / float(alpha) if alpha is not None else None
+    return view_grid(
+        current_camera(viewer, pixel_ratio),
+        frame,
+        displayed,  # type: ignore[arg-type]
+        point,
+        finest_spacing(frame, output_scale),
+        MAX_VIEW_PIXELS,
+        finest_z,
+    )
 
 
 # Lazy layer data (dask, zarr) up to this size is read into memory once, off the GUI thread, by

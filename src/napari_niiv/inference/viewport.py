@@ -117,28 +117,38 @@ def view_grid(
     point: float,
     finest: float,
     max_pixels: int | None = None,
+    finest_z: float | None = None,
 ) -> ViewGrid | None:
     """The grid of samples covering what ``camera`` shows of ``frame``.
 
     ``displayed`` are the data axes on screen rows and columns; ``point`` is the world position
     on the remaining (sliced) axis. xz/yz views sample the acquired plane napari shows there (the
     nearest pixel); xy views sample z continuously, between acquired slices. ``max_pixels`` caps
-    the work for very large screens by coarsening the spacing. None when nothing is visible.
+    the work for very large screens by coarsening the spacing. ``finest_z``: the output's z voxel
+    in world units where it is finer than ``finest``: a layer without voxel sizes (scale 1, 1, 1,
+    shown squashed in z) at a typed alpha 10 has output z voxels of 0.1, and z is sampled that
+    finely, screen allowing (else one row per acquired plane: no niiv between planes at all). None
+    when nothing is visible.
     """
     if len(set(displayed)) != 2 or not set(displayed) <= {0, 1, 2}:
         raise ValueError(f"displayed must be two distinct axes of 0, 1, 2; got {displayed}")
     sliced = ({0, 1, 2} - set(displayed)).pop()
     spacing = output_spacing(camera, finest)
+    coarsen = 1.0
     if max_pixels is not None:
         visible = (camera.size[0] / camera.zoom / spacing) * (camera.size[1] / camera.zoom / spacing)
         if visible > max_pixels:
-            spacing *= math.sqrt(visible / max_pixels)
+            coarsen = math.sqrt(visible / max_pixels)
+            spacing *= coarsen
+    z_finest = min(finest, finest_z) if finest_z is not None else finest
     coords: list[np.ndarray] = [np.empty(0)] * 3
     start = [0.0, 0.0, 0.0]
     step = [spacing] * 3
     for axis, centre, size in zip(displayed, camera.center, camera.size, strict=True):
         half = size / 2.0 / camera.zoom
-        samples = axis_samples(frame, axis, centre - half, centre + half, spacing)
+        if axis == 0 and z_finest < finest:
+            step[0] = output_spacing(camera, z_finest) * coarsen
+        samples = axis_samples(frame, axis, centre - half, centre + half, step[axis])
         if samples is None:
             return None
         coords[axis], start[axis] = samples
@@ -147,7 +157,7 @@ def view_grid(
         return None
     if sliced == 0:  # xy: any z, between acquired slices too
         coords[0] = np.array([d + 0.5])
-        start[0], step[0] = point, finest
+        start[0], step[0] = point, z_finest
     else:  # xz / yz: the acquired plane napari shows at this point
         index = min(frame.shape[sliced] - 1, max(0, round(d)))
         coords[sliced] = np.array([index + 0.5])
