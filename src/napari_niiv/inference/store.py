@@ -38,6 +38,7 @@ from ..errors import NiivInputError
 from .geometry import Index, OutputGeometry, chunk_indices, pyramid_shapes
 
 _WORK = ".niiv"  # progress markers and the job fingerprint, inside the partial store
+_RUN_ID = "run_id"  # a random name per partial store, kept when it is resumed
 NGFF_VERSIONS = ("0.5", "0.4")
 DOWNSAMPLING = "local_mean"  # how level L+1 is made from level L (ome-zarr-py's name for block means)
 AXES = ("z", "y", "x")
@@ -541,6 +542,17 @@ class _Job:
     source: BlockSource
     cancelled: Callable[[], bool] | None = None
     computed: Callable[[tuple[int, ...], int | None], None] | None = None
+    run_id: str | None = None  # the partial store's identity (see _run_id): a task of an older run writes nothing
+
+    def _current(self, store: Path) -> bool:
+        """Whether the partial store is still the one this job was made for: a cluster task that
+        outlives its client (Ctrl-C, a killed job) must not write into a store a ``--restart`` made anew."""
+        if self.run_id is None:
+            return True
+        try:
+            return (store / _WORK / _RUN_ID).read_text() == self.run_id
+        except OSError:
+            return False
 
     def __call__(self, task: _ChunkTask) -> tuple[int, int]:
         import zarr
@@ -548,6 +560,8 @@ class _Job:
         if self.cancelled is not None and self.cancelled():
             return task.level, 0
         store = Path(self.store)
+        if not self._current(store):
+            return task.level, 0
         todo = [c for c in task.chunks if not _marker(store, task.level, c).exists()]  # a resumed task
         if not todo:
             return task.level, 0
@@ -569,10 +583,14 @@ class _Job:
         else:
             below = zarr.open_array(str(store / str(task.level - 1)), mode="r")
             block = downsample(below[tuple(slice(2 * s.start, 2 * s.stop) for s in region)], self.dtype)
+        if not self._current(store):  # discarded while this task computed
+            return task.level, 0
         for chunk in todo:
             arr[chunk] = block[
                 tuple(slice(c.start - r.start, c.stop - r.start) for c, r in zip(chunk, region, strict=True))
             ]
+            if not self._current(store):  # no marker: the new run writes this chunk again
+                return task.level, 0
             _marker(store, task.level, chunk).touch()
         return task.level, sum(_size(c) for c in todo)
 
@@ -673,7 +691,14 @@ def _write(
             report()
 
     track = in_process and on_progress is not None
-    job = _Job(str(partial), layout.dtype, source, cancelled if in_process else None, computed if track else None)
+    job = _Job(
+        str(partial.absolute()),  # a cluster's workers do not share this process' working directory
+        layout.dtype,
+        source,
+        cancelled if in_process else None,
+        computed if track else None,
+        _run_id(partial),
+    )
     report()
 
     def stop_if_cancelled(level_todo: list[_ChunkTask]) -> None:
@@ -767,6 +792,21 @@ def _differences(earlier: dict[str, Any], record: dict[str, Any]) -> list[str]:
     return found
 
 
+def _settings_detail(earlier: dict[str, Any], record: dict[str, Any]) -> str:
+    """Which settings differ, with both values ('; that run had precision bf16 (this run: fp32)'):
+    the reason names six that might."""
+    old = (earlier.get("fingerprint") or {}).get("settings") or {}
+    new = (record.get("fingerprint") or {}).get("settings") or {}
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return ""
+    parts = [
+        f"{key} {old.get(key, 'not set')} (this run: {new.get(key, 'not set')})"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    return f"; that run had {', '.join(parts)}" if parts else ""
+
+
 def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool) -> bool:
     """Open the partial store to continue it (True) or create it afresh (False)."""
     job_file = partial / _WORK / "job.json"
@@ -778,7 +818,8 @@ def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool
             why = ", ".join(_differences(earlier, record)) or "its record could not be read"
             raise NiivInputError(
                 f"{partial} holds an unfinished run that differs from this one ({why}): its chunks would be "
-                "stale; rerun with the same input and settings to finish it, or pass --restart to discard it"
+                f"stale{_settings_detail(earlier, record)}; rerun with the same input and settings to finish it, "
+                "or pass --restart to discard it"
             )
         if not job_file.exists():
             raise NiivInputError(f"{partial} exists but is not an unfinished niiv run; move it away and rerun")
@@ -790,6 +831,20 @@ def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(job_file)
     return False
+
+
+def _run_id(partial: Path) -> str:
+    """The partial store's identity: made with the store, kept while it is resumed (a partial
+    store of an older version gets one now). Chunk tasks compare it before writing."""
+    path = partial / _WORK / _RUN_ID
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        run_id = uuid.uuid4().hex
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(run_id)
+        tmp.replace(path)
+        return run_id
 
 
 def _create_store(path: Path, layout: Layout) -> None:

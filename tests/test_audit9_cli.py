@@ -1,0 +1,131 @@
+"""Defects found by the ninth command-line and stores audit (out/audits9/cli-stores.md)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_niiv.errors import NiivInputError
+from napari_niiv.inference.runners import DistributedRunner
+from napari_niiv.inference.store import ArrayBlocks, Layout, partial_path, write_ome_zarr
+
+distributed = pytest.importorskip("distributed")
+
+STARTED = threading.Event()
+GO = threading.Event()
+
+
+class _Held:
+    """A block source whose task starts, then waits until the test lets it finish."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __call__(self, index: tuple[slice, ...]) -> np.ndarray:
+        STARTED.set()
+        assert GO.wait(60)
+        return np.full(tuple(s.stop - s.start for s in index), self.value, np.uint8)
+
+
+def test_a_cluster_task_that_outlives_its_run_writes_nothing_into_a_restarted_store(tmp_path: Path) -> None:
+    """A run on a dask cluster stopped by Ctrl-C (or killed) leaves its running task on a worker:
+    it went on, wrote its chunk and that chunk's marker into the OUT.partial a `--restart` with
+    other settings had made anew, and the new run skipped the chunk as done: the published store
+    held the old run's voxels under the new run's settings, silently."""
+    out = tmp_path / "o.ome.zarr"
+    layout = Layout((8, 16, 16), "|u1", (8, 16, 16), (1.0, 1.0, 1.0))
+    STARTED.clear()
+    GO.clear()
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        first = distributed.Client(cluster)
+        failed: list[BaseException] = []
+
+        def old_run() -> None:
+            try:
+                write_ome_zarr(
+                    out, layout, _Held(1), runner=DistributedRunner(first), fingerprint={"v": 1}, resume=True
+                )
+            except BaseException as exc:  # the client goes away under it, as under Ctrl-C
+                failed.append(exc)
+
+        t = threading.Thread(target=old_run)
+        t.start()
+        assert STARTED.wait(60)
+        first.close()  # the task keeps running on the worker
+        t.join(60)
+        assert failed and partial_path(out).exists()
+        with distributed.Client(cluster) as second:
+            done: list[object] = []
+
+            def new_run() -> None:
+                done.append(
+                    write_ome_zarr(
+                        out,
+                        layout,
+                        ArrayBlocks(np.full((8, 16, 16), 2, np.uint8)),
+                        runner=DistributedRunner(second),
+                        fingerprint={"v": 2},
+                        resume=True,
+                        restart=True,
+                    )
+                )
+
+            t2 = threading.Thread(target=new_run)
+            t2.start()
+            job = partial_path(out) / ".niiv" / "job.json"
+            for _ in range(600):  # the restarted store exists; its task waits behind the old one
+                if job.exists() and '"v": 2' in job.read_text():
+                    break
+                threading.Event().wait(0.05)
+            GO.set()
+            t2.join(60)
+            assert done
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], 2)
+
+
+def test_a_relative_output_is_written_where_the_command_ran_not_in_a_workers_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`niiv reconstruct in.zarr out.ome.zarr --scheduler ...` with a relative OUT: the workers
+    opened 'out.ome.zarr.partial/0' in their own working directory and the run ended in a
+    FileNotFoundError traceback from a worker."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    layout = Layout((8, 16, 16), "|u1", (8, 16, 16), (1.0, 1.0, 1.0))
+    data = np.arange(8 * 16 * 16, dtype=np.uint8).reshape(8, 16, 16)
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.run(os.chdir, str(elsewhere))
+        write_ome_zarr(Path("o.ome.zarr"), layout, ArrayBlocks(data), runner=DistributedRunner(client))
+    np.testing.assert_array_equal(zarr.open_group(str(here / "o.ome.zarr"), mode="r")["0"][:], data)
+    assert not list(elsewhere.iterdir())
+
+
+def test_a_resume_refused_for_other_settings_says_which_and_how(tmp_path: Path) -> None:
+    """A rerun refused for its settings listed six candidates ('other alpha, scale, orientation,
+    device, precision or sections'): the user could not tell which one differed, e.g. a device
+    or precision that `auto` resolved otherwise on another machine."""
+    out = tmp_path / "o.ome.zarr"
+    layout = Layout((8, 16, 16), "|u1", (8, 16, 16), (1.0, 1.0, 1.0))
+    blocks = ArrayBlocks(np.zeros((8, 16, 16), np.uint8))
+    from napari_niiv.inference.store import WriteCancelled
+
+    settings = {"alpha": 10.0, "scale": 1.0, "device": "cpu", "precision": "bf16"}
+    with pytest.raises(WriteCancelled):
+        write_ome_zarr(out, layout, blocks, fingerprint={"settings": settings}, resume=True, cancelled=lambda: True)
+    changed = {**settings, "precision": "fp32"}
+    with pytest.raises(NiivInputError) as info:
+        write_ome_zarr(out, layout, blocks, fingerprint={"settings": changed}, resume=True)
+    assert "precision bf16 (this run: fp32)" in str(info.value)
+    assert "alpha 10" not in str(info.value)
