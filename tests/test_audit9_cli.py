@@ -129,3 +129,33 @@ def test_a_resume_refused_for_other_settings_says_which_and_how(tmp_path: Path) 
         write_ome_zarr(out, layout, blocks, fingerprint={"settings": changed}, resume=True)
     assert "precision bf16 (this run: fp32)" in str(info.value)
     assert "alpha 10" not in str(info.value)
+
+
+def test_an_alpha_by_hand_that_contradicts_the_files_voxel_sizes_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`niiv reconstruct stack.tif out --alpha 4` on a file whose voxel sizes give alpha 8 wrote an
+    'isotropic' output of voxels (0.02, 0.01, 0.01) um, alpha 2, and said nothing: the output
+    keeps the file's extent, so a by-hand alpha stretches it."""
+    import tifffile
+
+    from napari_niiv.cli import main
+    from napari_niiv.data.io import open_volume
+
+    stack = tmp_path / "stack.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(
+        stack,
+        rng.integers(0, 255, (3, 24, 24), dtype=np.uint8),
+        imagej=True,
+        resolution=(100.0, 100.0),
+        metadata={"spacing": 0.08, "unit": "um"},
+    )
+    out = tmp_path / "iso.npy"
+    assert main(["reconstruct", str(stack), str(out), "--alpha", "4", "--weights", "niiv-fast"]) == 0
+    err = capsys.readouterr().err
+    assert "--alpha 4 is not the alpha of" in err and "(8)" in err and "not isotropic" in err
+    assert open_volume(out).shape == (12, 24, 24)
+    same = tmp_path / "same.npy"
+    assert main(["reconstruct", str(stack), str(same), "--alpha", "8", "--weights", "niiv-fast"]) == 0
+    assert "not isotropic" not in capsys.readouterr().err

@@ -711,6 +711,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         vol.unit,
         region,
     )
+    if args.alpha is not None and vol.has_voxel_size and not math.isclose(args.alpha, vol.alpha, rel_tol=1e-3):
+        # the output still tiles the file's extent: its z voxel is the file's z voxel / --alpha
+        vz, _, vx = geometry.voxel_size
+        unit = f" {vol.unit}" if vol.unit else ""
+        print(
+            f"niiv reconstruct: warning: --alpha {args.alpha:g} is not the alpha of {src}'s voxel sizes "
+            f"({vol.alpha:g}); the output keeps the file's extent, so its voxels are {vz:g}{unit} in z and "
+            f"{vx:g}{unit} in y and x, not isotropic: if the file's voxel sizes are right, leave out --alpha",
+            file=sys.stderr,
+        )
     dtype = _output_dtype(vol.data.dtype, out)
     if out.suffix.lower() != ".zarr":  # written whole and uncompressed: the size is known
         check_room(out, int(np.prod(geometry.size)) * dtype.itemsize + 2**20, "this output")
