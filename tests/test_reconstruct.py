@@ -112,6 +112,22 @@ def test_region_maps_to_output_indices() -> None:
     assert output_region((10, 100, 100), (55, 200, 200), (slice(1, 2), slice(3, 4), slice(0, 1)))[0] == slice(5, 11)
 
 
+def test_a_region_at_a_fractional_ratio_keeps_the_voxels_centred_inside_and_regions_meet() -> None:
+    """At output scale 0.7 (20 -> 14 voxels) a region kept voxels that only overlapped it (centre
+    outside), and two regions that meet shared a voxel (the CLI-stores audit 9)."""
+    shape_in, shape_out = (20, 20, 20), (14, 14, 14)
+
+    def along_z(start, stop):
+        return output_region(shape_in, shape_out, (slice(start, stop), slice(None), slice(None)))[0]
+
+    for start, stop in ((3, 13), (4, 13), (0, 3), (13, 20)):
+        got = along_z(start, stop)
+        centres = (np.arange(14) + 0.5) * 20 / 14
+        assert list(range(got.start, got.stop)) == np.flatnonzero((centres >= start) & (centres < stop)).tolist()
+    assert along_z(0, 3).stop == along_z(3, 13).start and along_z(3, 13).stop == along_z(13, 20).start
+    assert along_z(13, 20).stop == 14
+
+
 def test_a_block_is_cancelled_between_batches_of_planes_and_returns_nothing(model, medulla) -> None:
     """A save computes a column of chunks at once, which takes a while: the block asks
     ``cancelled`` between batches of planes and gives up (None) once it is true."""

@@ -178,8 +178,11 @@ def output_region(in_shape: Sequence[int], out_shape: Sequence[int], region: Seq
         return tuple(slice(0, int(n)) for n in out_shape)  # type: ignore[return-value]
     out = []
     for r, n_in, n_out in zip(check_region(region, in_shape), in_shape, out_shape, strict=True):
-        lo = int(np.floor(r.start * n_out / n_in + 1e-9))
-        hi = int(np.ceil(r.stop * n_out / n_in - 1e-9))
+        # voxel j is centred at input (j + 0.5) * n_in / n_out: inside [start, stop) from
+        # ceil(start * n_out / n_in - 0.5) up to (not including) the same at stop, so regions that
+        # meet give outputs that meet, never sharing a voxel at a fractional ratio
+        lo, hi = (int(np.ceil(v * n_out / n_in - 0.5 - 1e-9)) for v in (r.start, r.stop))
+        lo = min(lo, n_out - 1)
         out.append(slice(lo, max(hi, lo + 1)))
     return tuple(out)  # type: ignore[return-value]
 
