@@ -159,3 +159,23 @@ def test_an_alpha_by_hand_that_contradicts_the_files_voxel_sizes_is_noted(
     same = tmp_path / "same.npy"
     assert main(["reconstruct", str(stack), str(same), "--alpha", "8", "--weights", "niiv-fast"]) == 0
     assert "not isotropic" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [(["--levels", "2"], "--levels shapes"), (["--chunks", "8,64,64", "--ngff", "0.4"], "--chunks and --ngff shape")],
+)
+def test_store_options_for_an_output_written_whole_are_refused(tmp_path: Path, capsys, options, named) -> None:
+    """--levels, --chunks and --ngff were silently ignored for a .tif or .npy output (the CLI-stores
+    audit 9): the user believed they had a pyramid, chunks or an NGFF version they did not get."""
+    from napari_niiv.cli import main
+
+    src = str(Path(os.environ.get("NIIV_DATA_DIR", "../shared/data")) / "anisotropic_em" / "cremi_a.tif")
+    common = ["--alpha", "10", "--region", "0:4,0:48,0:48", "--weights", "niiv-fast"]
+    out = tmp_path / "iso.tif"
+    assert main(["reconstruct", src, str(out), *common, *options]) == 2
+    err = capsys.readouterr().err
+    assert f"{named} an OME-Zarr output; iso.tif is written whole as .tif" in err and not out.exists()
+    store = tmp_path / "iso.ome.zarr"
+    assert main(["reconstruct", src, str(store), *common, *options]) == 0
+    assert zarr.open_group(str(store), mode="r")

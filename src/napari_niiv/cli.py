@@ -237,7 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument(
         "--chunks",
-        default="64,256,256",
         help="output chunk size z,y,x (default 64,256,256); a task computes up to 16 M voxels of them at once (one "
         "chunk, if larger): its memory",
     )
@@ -249,7 +248,6 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--ngff",
         choices=("0.5", "0.4"),
-        default="0.5",
         help="OME-Zarr version: 0.5 (zarr v3, current readers) or 0.4 (zarr v2, older readers) (default 0.5)",
     )
     rec.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler (tcp://host:8786)")
@@ -664,7 +662,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             )
         check_output_path(conf, args.overwrite, src)
         check_writable(conf)
-    chunks = _parse_chunks(args.chunks)
+    chunks = _parse_chunks(args.chunks or DEFAULT_CHUNKS)
+    zarr_options = [f"--{name}" for name in ("chunks", "levels", "ngff") if getattr(args, name) is not None]
+    if zarr_options and not any(p.suffix.lower() == ".zarr" for p in (out, conf) if p is not None):
+        raise NiivInputError(
+            f"{' and '.join(zarr_options)} {'shape' if len(zarr_options) > 1 else 'shapes'} an OME-Zarr output; "
+            f"{out.name} is written whole as {out.suffix}: drop {'them' if len(zarr_options) > 1 else 'it'}, or "
+            "write OUT.ome.zarr"
+        )
     region = _parse_region(args.region)
     vol = open_volume(src)
     if args.alpha is None and not vol.has_voxel_size:
@@ -819,7 +824,7 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
                 job,
                 chunks=chunks,
                 levels=args.levels,
-                ngff=args.ngff,
+                ngff=args.ngff or "0.5",
                 contrast=window,
                 runner=runner,
                 resume=True,
@@ -868,6 +873,9 @@ def _output_dtype(dtype: Any, out: Path) -> np.dtype:
     if d.kind in "ui" and (out.suffix.lower() not in (".tif", ".tiff") or d.name in IMAGEJ_INTEGERS):
         return d
     return np.dtype(np.float32)
+
+
+DEFAULT_CHUNKS = "64,256,256"  # an OME-Zarr output's chunks, z,y,x
 
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:
