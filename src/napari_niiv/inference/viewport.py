@@ -134,20 +134,20 @@ def view_grid(
         raise ValueError(f"displayed must be two distinct axes of 0, 1, 2; got {displayed}")
     sliced = ({0, 1, 2} - set(displayed)).pop()
     spacing = output_spacing(camera, finest)
-    coarsen = 1.0
-    if max_pixels is not None:
-        visible = (camera.size[0] / camera.zoom / spacing) * (camera.size[1] / camera.zoom / spacing)
-        if visible > max_pixels:
-            coarsen = math.sqrt(visible / max_pixels)
-            spacing *= coarsen
     z_finest = min(finest, finest_z) if finest_z is not None else finest
+    step = [spacing] * 3
+    if z_finest < finest:  # z displayed: sampled finer than the in-plane spacing (xy: set below)
+        step[0] = output_spacing(camera, z_finest)
+    if max_pixels is not None:  # the rows and columns sampled, z's finer rows included
+        rows, cols = (size / camera.zoom / step[axis] for axis, size in zip(displayed, camera.size, strict=True))
+        if rows * cols > max_pixels:
+            coarsen = math.sqrt(rows * cols / max_pixels)
+            spacing *= coarsen
+            step = [s * coarsen for s in step]
     coords: list[np.ndarray] = [np.empty(0)] * 3
     start = [0.0, 0.0, 0.0]
-    step = [spacing] * 3
     for axis, centre, size in zip(displayed, camera.center, camera.size, strict=True):
         half = size / 2.0 / camera.zoom
-        if axis == 0 and z_finest < finest:
-            step[0] = output_spacing(camera, z_finest) * coarsen
         samples = axis_samples(frame, axis, centre - half, centre + half, step[axis])
         if samples is None:
             return None
