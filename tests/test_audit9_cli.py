@@ -179,3 +179,27 @@ def test_store_options_for_an_output_written_whole_are_refused(tmp_path: Path, c
     store = tmp_path / "iso.ome.zarr"
     assert main(["reconstruct", src, str(store), *common, *options]) == 0
     assert zarr.open_group(str(store), mode="r")
+
+
+def test_a_level_of_an_ome_zarr_store_opens_with_that_levels_voxel_sizes(tmp_path: Path) -> None:
+    """`niiv reconstruct store.ome.zarr/0 ...` said the volume 'gives no voxel sizes: pass --alpha'
+    (the CLI-stores audit 9): the level's array holds none, its image's metadata beside it does."""
+    import tifffile
+
+    from napari_niiv.cli import main
+    from napari_niiv.data.io import open_volume
+
+    stack = tmp_path / "stack.tif"
+    data = np.random.default_rng(0).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    tifffile.imwrite(stack, data, imagej=True, resolution=(250.0, 250.0), metadata={"spacing": 0.04, "unit": "um"})
+    store = tmp_path / "iso.ome.zarr"
+    assert main(["reconstruct", str(stack), str(store), "--weights", "niiv-fast", "--levels", "2"]) == 0
+    whole = open_volume(store)
+    level0, level1 = open_volume(store / "0"), open_volume(store / "1")
+    assert (level0.voxel_size, level0.translation, level0.unit) == (whole.voxel_size, whole.translation, whole.unit)
+    np.testing.assert_allclose(level1.voxel_size, (0.008, 0.008, 0.008))
+    np.testing.assert_allclose(level1.translation, (-0.016, 0.002, 0.002))
+    assert level1.unit == "micrometer" and level1.shape == (30, 32, 32)
+    np.testing.assert_array_equal(np.asarray(level0.data), np.asarray(whole.data))
+    plain = zarr.open_array(str(tmp_path / "plain.zarr"), mode="w", shape=(4, 8, 8), dtype="uint8")
+    assert not open_volume(tmp_path / "plain.zarr").has_voxel_size and plain.shape == (4, 8, 8)

@@ -496,11 +496,17 @@ def _zarr_dask(array: Any, where: Any) -> da.Array:
 
 
 def _open_zarr(root: Any, where: Any, name: str) -> Volume:
-    """A zarr array, or the first image of an OME-Zarr group (0.4, 0.5 or a bioformats2raw wrapper)."""
+    """A zarr array, or the first image of an OME-Zarr group (0.4, 0.5 or a bioformats2raw wrapper).
+    An array that is one level of an OME-Zarr image (``store.ome.zarr/0``) gets that level's voxel
+    sizes, translation and unit from the image's metadata, which lives beside it, not in it."""
     import zarr
 
     if isinstance(root, zarr.Array):
-        return Volume(_zarr_dask(root, where), name=name)
+        found = _enclosing_image(where)
+        if found is None:
+            return Volume(_zarr_dask(root, where), name=name)
+        ome, ms, level = found
+        return _placed(ome, ms, [_zarr_dask(root, where)], level, where, name)
     attrs = root.attrs.asdict()
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome and "bioformats2raw.layout" in ome and "0" in root:
@@ -513,11 +519,37 @@ def _open_zarr(root: Any, where: Any, name: str) -> Volume:
             f"instead ({', '.join(names) or 'none found'})"
         )
     ms = multiscales[0]
-    levels = [_zarr_dask(root[d["path"]], where) for d in ms["datasets"]]
+    return _placed(ome, ms, [_zarr_dask(root[d["path"]], where) for d in ms["datasets"]], 0, where, name)
+
+
+def _enclosing_image(path: Any) -> tuple[dict[str, Any], dict[str, Any], int] | None:
+    """(the group's OME metadata, its multiscales entry, the level) when the local zarr array at
+    ``path`` is a level of the OME-Zarr image in the folder above it; else None."""
+    import zarr
+
+    if not isinstance(path, Path):
+        return None
+    try:
+        attrs = zarr.open_group(str(path.parent), mode="r").attrs.asdict()
+    except Exception:  # no zarr group above: a plain array
+        return None
+    ome = attrs.get("ome", attrs)
+    for ms in ome.get("multiscales") or []:
+        paths = [str(d.get("path")) for d in ms.get("datasets") or []]
+        if path.name in paths:
+            return ome, ms, paths.index(path.name)
+    return None
+
+
+def _placed(
+    ome: dict[str, Any], ms: dict[str, Any], levels: list[da.Array], first: int, where: Any, name: str
+) -> Volume:
+    """An OME-Zarr image's ``levels`` from dataset ``first`` on, with that dataset's voxel sizes,
+    translation and unit, and the image's display window."""
     ndim = levels[0].ndim
     axes = _axes(ms, ndim)
     spatial = [i for i, a in enumerate(axes) if a.get("type") == "space" or a.get("name") in ("z", "y", "x")][-3:]
-    scale, shift = ome_transform(ms, ndim)
+    scale, shift = ome_transform(ms, ndim, first)
     pad = 3 - len(spatial)  # a 2D store: check_volume says what is wrong with it
     sizes = [1.0] * pad + [scale[i] for i in spatial]
     units = [None] * pad + [ngff_unit(axes[i].get("unit")) for i in spatial]
