@@ -156,11 +156,19 @@ class TrainingPanel(Container):
     def _shapes_layers(self, widget: Any = None) -> list[Shapes]:
         return [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
 
+    def default_name(self) -> str | None:
+        """The name offered for the chosen volume and alpha: one Start can use (or a stopped run's,
+        to Resume); None without a volume."""
+        layer = self.niiv.volume_choice.value
+        if layer is None:
+            return None
+        return free_name(user_dir(), weights_name(f"{layer.name}-a{self.niiv.alpha_spin.value:g}"))
+
     @gui_handler
     def _default_name(self, value: Any = None) -> None:
-        layer = self.niiv.volume_choice.value
-        if layer is not None and self.job is None:  # a name Start can use (or a stopped run's, to Resume)
-            self.name_edit.value = free_name(user_dir(), weights_name(f"{layer.name}-a{self.niiv.alpha_spin.value:g}"))
+        name = self.default_name()
+        if name is not None and self.job is None:
+            self.name_edit.value = name
         self._update_buttons()
 
     def learning_rate(self) -> float:
