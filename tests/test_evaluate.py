@@ -16,8 +16,8 @@ def test_cubes_cover_the_region_first_at_zero_last_flush() -> None:
         cube_origins(100, 128)
     with pytest.raises(NiivInputError, match=r"200x250x100 voxels \(z, y, x\), smaller in x than --cube 128"):
         cut_cubes(np.zeros((200, 250, 100)), 128)
-    with pytest.raises(NiivInputError, match=r"smaller in y and z than --cube 128"):
-        cut_cubes(np.zeros((100, 100, 100)), (128, 128, 100), ("y", "z", "x"))
+    with pytest.raises(NiivInputError, match=r"the volume is 90x100x100 voxels \(z, y, x\), smaller in z and y than"):
+        cut_cubes(np.zeros((100, 90, 100)), (128, 128, 100), ("y", "z", "x"), "the volume")  # xy slices' (y, z, x)
 
 
 def test_simulate_pools_z_and_trims_ground_truth() -> None:

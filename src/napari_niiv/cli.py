@@ -1148,12 +1148,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         data = np.asarray(vol.data[check_region(region, vol.shape)] if region else vol.data)
         scale = intensity_range(data)  # the volume's own range, shared by its cubes
+        what = "the region" if region else "the volume"
         try:
             if args.slices == "xy":  # every plane counts, however few: blocks as deep as the volume
                 data = lateral_planes(data)
-                cut = cut_cubes(data, (args.cube, min(args.cube, data.shape[1]), args.cube), ("y", "z", "x"))
+                cut = cut_cubes(data, (args.cube, min(args.cube, data.shape[1]), args.cube), ("y", "z", "x"), what)
             else:
-                cut = cut_cubes(data, args.cube)
+                cut = cut_cubes(data, args.cube, what=what)
         except NiivInputError as exc:
             raise NiivInputError(f"{path}: {exc}") from None
         cubes += cut

@@ -49,16 +49,22 @@ def cube_origins(n: int, cube: int) -> list[int]:
 
 
 def cut_cubes(
-    data: np.ndarray, cube: int | tuple[int, int, int], axes: tuple[str, str, str] = ("z", "y", "x")
+    data: np.ndarray,
+    cube: int | tuple[int, int, int],
+    axes: tuple[str, str, str] = ("z", "y", "x"),
+    what: str = "the region",
 ) -> list[np.ndarray]:
     """The paper evaluates fixed-size cubes (128^3): cover ``data`` with as few as needed
-    (``cube`` may give a size per axis). ``axes`` names the data's axes in a refusal."""
+    (``cube`` may give a size per axis). ``axes`` names the data's axes and ``what`` the data in a
+    refusal, which gives the sizes in z, y, x order whatever the data's."""
     sizes = (cube, cube, cube) if isinstance(cube, int) else cube
     short = [a for n, c, a in zip(data.shape, sizes, axes, strict=True) if n < c]
     if short:
+        size = dict(zip(axes, data.shape, strict=True))
         raise NiivInputError(
-            f"the region is {'x'.join(str(n) for n in data.shape)} voxels ({', '.join(axes)}), smaller in "
-            f"{' and '.join(short)} than --cube {max(sizes)}: give a smaller --cube or a larger region"
+            f"{what} is {size['z']}x{size['y']}x{size['x']} voxels (z, y, x), smaller in "
+            f"{' and '.join(sorted(short, key='zyx'.index))} than --cube {max(sizes)}: give a smaller --cube"
+            + (" or a larger region" if what == "the region" else " or a larger volume")
         )
     cz, cy, cx = sizes
     return [
