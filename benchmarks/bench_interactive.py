@@ -46,7 +46,8 @@ xz, 128^3 cubes of medulla_b z 122-250: 1 with ``--quick``, 4 without).
 ``gui_ms``: the plugin's GUI-thread handler times (``_napari.gui_timing.HANDLER_TIMES``: median
 and max over every call) in a real napari viewer (a child process, under ``xvfb-run`` when there is
 no display): the dock's live view of the same xz view started, panned, stepped twice, then the
-whole-volume layer added and the switch to 3D. ``gui.gui_ms.by_handler`` names each handler;
+whole-volume layer added, the switch to 3D, and a fine-tuning run of niiv-fast for 9 s from the
+dock's panel (``gui.fine_tune``: its steps and final status). ``gui.gui_ms.by_handler`` names each handler;
 ``max_plugin`` is the max without the handlers that only hand napari a new layer
 (``gui_timing.NAPARI_WORK``: napari building its visual and controls, once per layer), and
 ``gui.napari_insert_ms`` what napari alone takes to insert a layer in the same viewer, before the
@@ -74,6 +75,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -410,9 +412,9 @@ def napari_insert_ms(viewer, app, repeats: int = 3) -> list[float]:
 def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     """In napari (this process, a display needed): the niiv dock widget's live view of an xz view
     filling ``canvas`` (h, w), started, panned ``pans`` times, stepped to the next plane twice,
-    a setting changed twice while it computes; then a whole-volume layer and the switch to 3D.
-    Returns the plugin's GUI-thread handler times (``gui_timing.HANDLER_TIMES``), the live view's
-    timings and the 3D switch's blocking time."""
+    a setting changed twice while it computes; then a whole-volume layer, the switch to 3D and a
+    short fine-tuning run (:func:`fine_tune_briefly`). Returns the plugin's GUI-thread handler
+    times (``gui_timing.HANDLER_TIMES``), the live view's timings and the 3D switch's blocking time."""
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -512,11 +514,13 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
     settings = renderer.rec.settings.resolved()
     peak = matmul_peak(engine_dtype(settings)) * 1e9
     limit = (pixels * flops["encoder_per_pixel"] + points * flops["decoder_per_point"]) / peak
+    training = fine_tune_briefly(viewer, widget, app, wait)
     summary = HANDLER_TIMES.summary()
     canvas_size = [int(v) for v in viewer.canvas.size]
     viewer.close()
     return {
         "gui_ms": summary,
+        "fine_tune": training,
         "napari_insert_ms": round(statistics.median(inserts), 1),
         "live_timings": live_timings,
         "switch_3d": {
@@ -532,6 +536,28 @@ def gui_session(canvas: tuple[int, int], pans: int) -> dict[str, object]:
         },
         "canvas": canvas_size,
     }
+
+
+# The fine-tuning run the GUI session starts from the dock's panel: niiv-fast, stopped by its time limit
+FINE_TUNE_MINUTES = 0.15
+
+
+def fine_tune_briefly(viewer: Any, widget: Any, app: Any, wait: Callable[..., None]) -> dict[str, object]:
+    """Back in 2D, a short fine-tuning run from the dock's training panel on the session's volume
+    (niiv-fast, ``FINE_TUNE_MINUTES``, weights written to a temporary folder): its handlers (Start,
+    each step, the held-out checks, the end) join the session's. Returns its steps and status."""
+    viewer.dims.ndisplay = 2
+    pump(app, 1.0)
+    panel = widget.training
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["NIIV_WEIGHTS_DIR"] = folder
+        widget.weights_choice.value = "niiv-fast"
+        panel.steps_spin.value, panel.minutes_spin.value = 100_000, FINE_TUNE_MINUTES
+        panel._default_name()  # a name in the temporary folder
+        panel.start_button.native.click()
+        if panel.job is not None:
+            wait(lambda: panel.job is None, timeout=120 + 60 * FINE_TUNE_MINUTES)
+        return {"steps": len(panel.plot.losses), "status": str(panel.status_label.value)}
 
 
 def run_gui_child(canvas: tuple[int, int], pans: int) -> dict[str, object] | None:

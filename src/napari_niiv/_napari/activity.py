@@ -20,7 +20,7 @@ from napari.utils.progress import cancelable_progress
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
-from .gui_timing import gui_handler
+from .gui_timing import gui_handler, napari_work
 
 POLL_S = 0.1  # how often a follower looks at its job
 REFRESH_MS = 200  # how often the inline bar looks at the plugin's work
@@ -75,6 +75,13 @@ class CancelableBar(cancelable_progress):
         super().cancel()
         if self.cancel_callback is not None:
             self.cancel_callback()
+
+
+@napari_work
+def activity_bar(**options: Any) -> CancelableBar:
+    """A :class:`CancelableBar` (``options`` as napari's progress takes them). Its time is napari's:
+    its activity dialog builds the bar's widgets and runs Qt's event loop, ~100 ms here."""
+    return CancelableBar(**options)
 
 
 def format_seconds(seconds: float) -> str:

@@ -71,13 +71,15 @@ HANDLER_TIMES = HandlerTimes()
 _nested = threading.local()
 
 
-# Handlers whose time is napari's own work on a layer the plugin hands it (building the layer's
-# visual and controls, ~100-150 ms once per layer): reported with the rest, and apart as well.
+# Handlers whose time is napari's own work on a layer or progress bar the plugin hands it (building
+# the layer's visual and controls, ~100-150 ms once per layer; a bar in the activity dock, ~100 ms
+# once per save or fine-tuning run): reported with the rest, and apart as well.
 NAPARI_WORK: set[str] = set()
 
 
 def napari_work(fn: F) -> F:
-    """:func:`gui_handler` for a function that only hands napari a layer (:data:`NAPARI_WORK`)."""
+    """:func:`gui_handler` for a function that only hands napari a layer or a progress bar
+    (:data:`NAPARI_WORK`)."""
     NAPARI_WORK.add(fn.__qualname__)
     return gui_handler(fn)
 

@@ -31,7 +31,7 @@ from ..inference.reconstructor import BlockReconstruction
 from ..inference.settings import InferenceSettings
 from ..inference.store import WriteCancelled, WriteReport, partial_path
 from ..model import NiivModel
-from .activity import Activity, CancelableBar, JobWorker, follow_job, format_seconds
+from .activity import Activity, JobWorker, activity_bar, follow_job, format_seconds
 from .gui_timing import gui_handler
 from .layer_view import layer_source
 
@@ -193,7 +193,7 @@ class BackgroundSave:
         self.job, self.name, self.on_status, self.on_done = job, name, on_status, on_done
         self.yields = 0
         self._bar_started = False
-        self.bar = CancelableBar(
+        self.bar = activity_bar(
             total=PERMILLE,
             desc=f"niiv: saving '{name}'",
             smoothing=0,  # ETA from this run's average rate

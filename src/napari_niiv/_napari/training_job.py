@@ -13,7 +13,7 @@ from __future__ import annotations
 from qtpy.QtCore import QObject, Signal
 
 from ..training.finetune import FineTuneJob
-from .activity import CancelableBar, JobWorker, follow_job
+from .activity import CancelableBar, JobWorker, activity_bar, follow_job
 
 
 class JobSignals(QObject):
@@ -40,7 +40,7 @@ class JobSignals(QObject):
 def follow_training(job: FineTuneJob, name: str) -> tuple[JobWorker, CancelableBar]:
     """Start ``job`` under a napari thread worker, with a bar of its steps in napari's activity dock
     whose Cancel stops the run after the current step (resumable, like Stop)."""
-    bar = CancelableBar(
+    bar = activity_bar(
         total=job.settings.steps,
         desc=f"niiv: fine-tuning '{name}'",
         bar_format="{desc}| ETA {remaining}",  # napari's activity dock shows what follows the |
