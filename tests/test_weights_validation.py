@@ -123,3 +123,20 @@ def test_one_bad_file_is_listed_as_unusable_by_niiv_info(good, tmp_path, monkeyp
     assert "user/diverged: unusable" in out and "NaN" in out
     assert "user/truncated: unusable" in out
     assert "niiv-v2-fibsem-a8: alpha 8" in out  # the shipped weights are still listed
+
+
+def test_a_folder_given_as_weights_is_named_as_one_with_the_files_in_it(tmp_path, capsys) -> None:
+    """`--weights FOLDER` said 'weights file not found' (the CLI-stores audit 9)."""
+    from napari_niiv.inference.weights import shipped_dir
+
+    with pytest.raises(NiivInputError, match=r"is a folder; give one weights file in it \(niiv-em.safetensors, "):
+        load_weights(shipped_dir())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NiivInputError, match=r"is a folder; give one weights file in it \(it holds no .safetensors\)"):
+        load_weights(tmp_path / "empty")
+    from tests.conftest import data_path
+
+    src = data_path("anisotropic_em", "cremi_a.tif")
+    args = ["reconstruct", str(src), str(tmp_path / "o.tif"), "--alpha", "10", "--region", "0:4,0:48,0:48"]
+    assert main([*args, "--weights", str(tmp_path / "empty")]) == 2
+    assert "empty is a folder; give one weights file in it" in capsys.readouterr().err

@@ -174,6 +174,12 @@ def looks_like_weights(path: str | Path) -> bool:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors") if not p.name.endswith(".ckpt.safetensors"))
+        raise NiivInputError(
+            f"{path} is a folder; give one weights file in it ({', '.join(found[:5]) or 'it holds no .safetensors'}"
+            f"{', ...' if len(found) > 5 else ''}) or a weights name (`niiv info` lists them)"
+        )
     if not path.is_file():
         raise NiivInputError(f"{path}: weights file not found")
     try:
