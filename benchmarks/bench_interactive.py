@@ -553,7 +553,7 @@ def fine_tune_briefly(viewer: Any, widget: Any, app: Any, wait: Callable[..., No
         os.environ["NIIV_WEIGHTS_DIR"] = folder
         widget.weights_choice.value = "niiv-fast"
         panel.steps_spin.value, panel.minutes_spin.value = 100_000, FINE_TUNE_MINUTES
-        panel._default_name()  # a name in the temporary folder
+        panel.name_edit.value = panel.default_name()  # a name in the temporary folder
         panel.start_button.native.click()
         if panel.job is not None:
             wait(lambda: panel.job is None, timeout=120 + 60 * FINE_TUNE_MINUTES)

@@ -616,6 +616,7 @@ OUTPUT_FORMATS = (".zarr", ".tif", ".tiff", ".npy")
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.io import open_volume
     from .data.normalise import fit_normalisation
+    from .inference.export import DEFAULT_CHUNKS
     from .inference.geometry import output_geometry
     from .inference.reconstructor import BlockReconstruction, assemble, check_reconstructable
     from .inference.store import (
@@ -662,7 +663,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             )
         check_output_path(conf, args.overwrite, src)
         check_writable(conf)
-    chunks = _parse_chunks(args.chunks or DEFAULT_CHUNKS)
+    chunks = _parse_chunks(args.chunks) if args.chunks is not None else DEFAULT_CHUNKS
     zarr_options = [f"--{name}" for name in ("chunks", "levels", "ngff") if getattr(args, name) is not None]
     if zarr_options and not any(p.suffix.lower() == ".zarr" for p in (out, conf) if p is not None):
         raise NiivInputError(
@@ -804,7 +805,7 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
     from .inference.export import write_isotropic
     from .inference.geometry import pyramid_shapes
     from .inference.runners import open_runner
-    from .inference.store import partial_path
+    from .inference.store import NGFF_VERSIONS, partial_path
 
     partial = partial_path(out)
     bar: Any = None
@@ -824,7 +825,7 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
                 job,
                 chunks=chunks,
                 levels=args.levels,
-                ngff=args.ngff or "0.5",
+                ngff=args.ngff or NGFF_VERSIONS[0],
                 contrast=window,
                 runner=runner,
                 resume=True,
@@ -873,9 +874,6 @@ def _output_dtype(dtype: Any, out: Path) -> np.dtype:
     if d.kind in "ui" and (out.suffix.lower() not in (".tif", ".tiff") or d.name in IMAGEJ_INTEGERS):
         return d
     return np.dtype(np.float32)
-
-
-DEFAULT_CHUNKS = "64,256,256"  # an OME-Zarr output's chunks, z,y,x
 
 
 def _parse_chunks(text: str) -> tuple[int, int, int]:

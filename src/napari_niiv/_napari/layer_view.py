@@ -174,13 +174,15 @@ def layer_units(layer: Image) -> tuple[str, str, str]:
     return (layer_unit(layer) or "pixel",) * 3
 
 
-def layer_geometry(layer: Image, settings: Any) -> Any:
+def layer_geometry(layer: Image, settings: Any, voxel: tuple[float, float, float] | None = None) -> Any:
     """Where the isotropic output of ``layer`` goes in the world (:func:`output_geometry` of its
-    scale, translate and unit): what the lazy layer, its save and the live layer all use."""
+    scale, or ``voxel`` instead, translate and unit): what the lazy layer, its save and the live
+    layer all use."""
     from ..inference.geometry import output_geometry
 
     frame = layer_frame(layer)
-    return output_geometry(frame.shape, settings.alpha, settings.scale, frame.scale, frame.translate, layer_unit(layer))
+    voxel = frame.scale if voxel is None else voxel
+    return output_geometry(frame.shape, settings.alpha, settings.scale, voxel, frame.translate, layer_unit(layer))
 
 
 def store_geometry(layer: Image, settings: Any) -> Any:
@@ -191,14 +193,10 @@ def store_geometry(layer: Image, settings: Any) -> Any:
     z voxel taken as alpha in-plane voxels, so the output voxels are isotropic ((1, 1, 1) at scale
     1), never (1/alpha, 1, 1), which every other reader shows squashed. The layers in napari keep
     :func:`layer_geometry`: they overlay the input as napari shows it."""
-    from ..inference.geometry import output_geometry
-
     if layer_alpha(layer) is not None or layer_unit(layer) is not None:
         return layer_geometry(layer, settings)
-    frame = layer_frame(layer)
-    _, sy, sx = frame.scale
-    voxel = (settings.alpha * sx, sy, sx)
-    return output_geometry(frame.shape, settings.alpha, settings.scale, voxel, frame.translate, None)
+    _, sy, sx = layer_frame(layer).scale
+    return layer_geometry(layer, settings, (settings.alpha * sx, sy, sx))
 
 
 def layer_alpha(layer: Image) -> float | None:

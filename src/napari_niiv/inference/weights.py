@@ -175,7 +175,7 @@ def looks_like_weights(path: str | Path) -> bool:
 def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.safetensors") if not p.name.endswith(".ckpt.safetensors"))
+        found = [p.name for p in weights_files(path)]
         raise NiivInputError(
             f"{path} is a folder; give one weights file in it ({', '.join(found[:5]) or 'it holds no .safetensors'}"
             f"{', ...' if len(found) > 5 else ''}) or a weights name (`niiv info` lists them)"
@@ -410,10 +410,13 @@ def available_weights() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for d, prefix in ((shipped_dir(), ""), (user_dir(), "user/")):
         if d.is_dir():
-            for p in sorted(d.glob("*.safetensors")):
-                if not p.stem.lower().endswith(".ckpt"):
-                    found[prefix + p.stem] = p
+            found.update((prefix + p.stem, p) for p in weights_files(d))
     return found
+
+
+def weights_files(folder: Path) -> list[Path]:
+    """The weights files in ``folder``, by name: not the checkpoints runs keep to be resumed."""
+    return [p for p in sorted(folder.glob("*.safetensors")) if not p.stem.lower().endswith(".ckpt")]
 
 
 # The default: electron microscopy, any alpha 2-12, thick or thin sections (weights/niiv-em.md says why).
