@@ -125,3 +125,22 @@ def test_nothing_visible_and_bad_axes():
 def test_pixel_cap_coarsens():
     grid = view_grid(Camera((36.0, 30.0), 4.0, (400, 400)), FRAME, (0, 2), 0.0, finest=0.25, max_pixels=1000)
     assert grid.shape[0] * grid.shape[2] <= 1100
+
+
+@pytest.mark.parametrize("zoom", [0.3, 0.7, 1.3, 3.0])
+def test_the_last_pixel_ends_at_the_volume_edge_not_past_it(zoom):
+    # a volume whose extent is no multiple of the screen's spacing: 16 planes x 8, 50 x 1, 61 x 1
+    frame = Frame(shape=(16, 50, 61), scale=(8.0, 1.0, 1.0), translate=(3.0, 0.0, -2.0))
+    grid = view_grid(Camera((60.0, 28.0), zoom, (2000, 2000)), frame, (0, 2), 20.0, finest=1.0)
+    for axis in (0, 2):
+        lo = grid.world_start[axis] - grid.world_step[axis] / 2
+        hi = grid.world_start[axis] + (grid.shape[axis] - 0.5) * grid.world_step[axis]
+        assert lo == pytest.approx(frame.edge(axis)), axis  # the whole volume is on screen
+        assert hi == pytest.approx(frame.edge(axis) + frame.world_extent(axis)), axis
+        assert grid.world_step[axis] <= max(grid.spacing, 1.0) + 1e-12  # never coarser than asked
+        np.testing.assert_allclose(np.diff(world_of(grid, frame, axis)), grid.world_step[axis])
+
+
+def test_at_the_output_voxel_the_view_is_the_saved_outputs_lattice():
+    grid = view_grid(Camera((36.0, 30.0), 1.0, (200, 200)), FRAME, (0, 2), 20.3, finest=1.0)
+    assert grid.world_step[0] == 1.0 and grid.world_step[2] == 1.0 and grid.shape == (80, 1, 60)

@@ -95,19 +95,25 @@ def output_spacing(camera: Camera, finest: float) -> float:
     return max(1.0 / (camera.zoom * camera.pixel_ratio), finest)
 
 
-def axis_samples(frame: Frame, axis: int, lo: float, hi: float, spacing: float) -> tuple[np.ndarray, float] | None:
+def axis_samples(
+    frame: Frame, axis: int, lo: float, hi: float, spacing: float
+) -> tuple[np.ndarray, float, float] | None:
     """Input coordinates of output pixels whose centres fall in the world range ``[lo, hi]``
-    (clipped to the volume), on the lattice ``edge + (k + 0.5) * spacing``; also the world
-    position of the first one. None when the range misses the volume."""
+    (clipped to the volume), on the lattice ``edge + (k + 0.5) * step``; also the world position
+    of the first one, and ``step``. ``step`` is ``spacing`` shrunk just enough that a whole number
+    of pixels spans the volume, so the last pixel ends at its far edge, not past it (at the
+    output voxel it is the saved output's own lattice). None when the range misses the volume."""
     edge = frame.edge(axis)
-    n_total = max(1, math.ceil(frame.world_extent(axis) / spacing - 1e-9))
-    k0 = max(0, math.floor((lo - edge) / spacing - 0.5 + 1e-9) + 1)
-    k1 = min(n_total - 1, math.floor((hi - edge) / spacing - 0.5 + 1e-9))
+    extent = frame.world_extent(axis)
+    n_total = max(1, math.ceil(extent / spacing - 1e-9))
+    step = extent / n_total
+    k0 = max(0, math.floor((lo - edge) / step - 0.5 + 1e-9) + 1)
+    k1 = min(n_total - 1, math.floor((hi - edge) / step - 0.5 + 1e-9))
     if k1 < k0:
         return None
     k = np.arange(k0, k1 + 1, dtype=np.float64)
-    world = edge + (k + 0.5) * spacing
-    return (world - edge) / frame.scale[axis], float(world[0])
+    world = edge + (k + 0.5) * step
+    return (world - edge) / frame.scale[axis], float(world[0]), step
 
 
 def view_grid(
@@ -151,7 +157,7 @@ def view_grid(
         samples = axis_samples(frame, axis, centre - half, centre + half, step[axis])
         if samples is None:
             return None
-        coords[axis], start[axis] = samples
+        coords[axis], start[axis], step[axis] = samples
     d = (point - frame.translate[sliced]) / frame.scale[sliced]
     if not -0.5 <= d <= frame.shape[sliced] - 0.5:
         return None
