@@ -111,3 +111,23 @@ def test_the_dock_shows_niiv_fast_first_on_a_cpu_and_its_box_turns_it_off(
         qtbot.waitUntil(lambda: widget.preparing == 0 and len(isotropic(viewer)) == count, timeout=60_000)  # noqa: B023
         lazies.append(isotropic(viewer)[-1].data[0].volume)
     assert [lazy.fast_renderer is not None for lazy in lazies] == [True, False]
+
+
+def test_closing_a_live_view_whose_qt_side_is_already_deleted_still_stops_its_thread(
+    qtbot, make_napari_viewer, cremi64
+):
+    """At interpreter exit Qt may delete the view's timer before the dock's ``destroyed`` handler
+    closes the view: closing must still stop its thread, not raise 'wrapped C/C++ object of type
+    QTimer has been deleted' (seen once by the viewer-journey audit, then "Aborted")."""
+    from qtpy import sip
+
+    from napari_niiv._napari.live_view import LiveView
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    viewer.dims.order = (1, 0, 2)
+    viewer.reset_view()
+    live = LiveView(viewer, layer, random_model(TINY, seed=1), SETTINGS)
+    sip.delete(live._timer)
+    live.close(wait=True)
+    assert not live._worker.busy and live.output is None

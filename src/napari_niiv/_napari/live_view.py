@@ -19,6 +19,7 @@ in a second layer on exactly the live layer's grid (same scale and translate).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -499,7 +500,8 @@ class LiveView(QObject):
         second or so on a CPU) and whatever it still sends is dropped: the GUI thread waits for it
         only with ``wait`` (the viewer closing), not when the view is replaced."""
         self._closed = True
-        self._timer.stop()
+        with contextlib.suppress(RuntimeError):  # Qt deleted the timer first (interpreter exit)
+            self._timer.stop()
         for emitter, callback in self._connections:
             emitter.disconnect(callback)
         self._connections = []
