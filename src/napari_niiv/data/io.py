@@ -490,33 +490,9 @@ class _DamagedChunks:
             raise SourceError(f"{self.where}: part of its data cannot be read ({what}); {remedy}") from exc
 
 
-# Each read of a dask array (napari's slice, a live view's region) culls its whole graph, ~1 ms per
-# thousand blocks: a store of a million chunks took 1.2-1.7 s per read, chunk for chunk.
-MAX_DASK_BLOCKS = 8192
-
-
-def grouped_chunks(shape: tuple[int, ...], chunks: tuple[int, ...], max_blocks: int | None = None) -> tuple[int, ...]:
-    """Dask chunks for a store of ``chunks``: whole store chunks, doubled along the axis with the
-    most blocks until there are at most ``max_blocks`` (a read still fetches only the store chunks
-    it touches: dask hands the store the read's own slice)."""
-    max_blocks = MAX_DASK_BLOCKS if max_blocks is None else max_blocks
-    out = [min(int(c), int(n)) for c, n in zip(chunks, shape, strict=True)]
-    blocks = [math.ceil(n / c) for n, c in zip(shape, out, strict=True)]
-    while math.prod(blocks) > max_blocks:
-        axis = int(np.argmax(blocks))
-        out[axis] = min(out[axis] * 2, int(shape[axis]))
-        blocks[axis] = math.ceil(shape[axis] / out[axis])
-    return tuple(out)
-
-
 def _zarr_dask(array: Any, where: Any) -> da.Array:
-    """A zarr array as dask in whole store chunks (grouped_chunks), with read errors said in one
-    line (_DamagedChunks). ``store_chunks`` says the store's own chunks to samplers that read a
-    few chunks' worth (data.normalise), where a dask block holds many."""
-    chunks = grouped_chunks(tuple(array.shape), tuple(array.chunks))
-    arr = da.from_array(_DamagedChunks(array, where), chunks=chunks, name=False, asarray=False)
-    arr.store_chunks = tuple(int(c) for c in array.chunks)
-    return arr
+    """A zarr array as dask, chunk for chunk, with read errors said in one line (_DamagedChunks)."""
+    return da.from_array(_DamagedChunks(array, where), chunks=array.chunks, name=False, asarray=False)
 
 
 def _open_zarr(root: Any, where: Any, name: str) -> Volume:

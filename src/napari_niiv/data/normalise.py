@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,58 +70,18 @@ class Normalisation:
         )
 
 
-def _spread_blocks(arr: da.Array, count: int) -> list[np.ndarray]:
-    """Up to ``count`` whole chunks spread evenly over the array (all of them when it has fewer),
-    read: the store's own chunks, where a dask block groups many (``store_chunks``, data.io), else
-    the dask blocks. Sliced by the chunk boundaries: ``arr.blocks`` would list every chunk's key
-    first (memory and time in proportion to the chunks: a 1 TB store of 32^3 chunks ran out of
-    memory)."""
-    unit = _store_chunks(arr)
-    if unit is not None:
-        starts = [np.arange(0, n, c) for n, c in zip(arr.shape, unit, strict=True)]
-        stops = [np.minimum(s + c, n) for s, c, n in zip(starts, unit, arr.shape, strict=True)]
-    else:
-        edges = [np.concatenate(([0], np.cumsum(c))) for c in arr.chunks]
-        starts, stops = [e[:-1] for e in edges], [e[1:] for e in edges]
-    grid = tuple(len(s) for s in starts)
-    n_chunks = math.prod(grid)
-    picks = np.unique(np.linspace(0, n_chunks - 1, min(count, n_chunks)).round().astype(int))
-    index = [np.unravel_index(int(i), grid) for i in picks]
-    regions = [tuple(slice(int(a[k]), int(b[k])) for a, b, k in zip(starts, stops, i, strict=True)) for i in index]
-    # one compute per round, each dask block at most once a round: two chunks of one grouped block
-    # in one compute share its read, which is then of the whole block (each compute costs a graph pass)
-    block_edges = [np.cumsum(c) for c in arr.chunks]
-    blocks = [
-        tuple(int(np.searchsorted(e, r.start, side="right")) for e, r in zip(block_edges, reg, strict=True))
-        for reg in regions
-    ]
-    out: list[np.ndarray | None] = [None] * len(regions)
-    rounds: list[dict[tuple[int, ...], int]] = []
-    for n, block in enumerate(blocks):
-        free = next((r for r in rounds if block not in r), None)
-        if free is None:
-            rounds.append(free := {})
-        free[block] = n
-    for r in rounds:
-        for n, values in zip(r.values(), da.compute(*(arr[regions[n]] for n in r.values())), strict=True):
-            out[n] = np.asarray(values)
-    return out  # type: ignore[return-value]
-
-
-def _store_chunks(arr: da.Array) -> tuple[int, ...] | None:
-    """The store's chunks of an array that data.io opened grouped, if finer than its dask blocks."""
-    unit = getattr(arr, "store_chunks", None)
-    if unit is None or len(unit) != arr.ndim or tuple(unit) == tuple(c[0] for c in arr.chunks):
-        return None
-    return tuple(unit)
-
-
-def _n_chunks(arr: da.Array) -> int:
-    """How many chunks reading all of ``arr`` fetches: the store's, where dask groups them."""
-    unit = _store_chunks(arr)
-    if unit is None:
-        return int(np.prod(arr.numblocks))
-    return math.prod(math.ceil(n / c) for n, c in zip(arr.shape, unit, strict=True))
+def _spread_blocks(arr: da.Array, count: int) -> list[da.Array]:
+    """Up to ``count`` whole chunks spread evenly over the array (all of them when it has fewer).
+    Sliced by the chunk boundaries: ``arr.blocks`` would list every chunk's key first (memory and
+    time in proportion to the chunks: a 1 TB store of 32^3 chunks ran out of memory)."""
+    n_blocks = int(np.prod(arr.numblocks))
+    picks = np.unique(np.linspace(0, n_blocks - 1, min(count, n_blocks)).round().astype(int))
+    starts = [np.concatenate(([0], np.cumsum(c))) for c in arr.chunks]
+    out = []
+    for i in picks:
+        index = np.unravel_index(int(i), arr.numblocks)
+        out.append(arr[tuple(slice(int(s[k]), int(s[k + 1])) for s, k in zip(starts, index, strict=True))])
+    return out
 
 
 def content_digest(data: Any, chunks: int = _SAMPLE_CHUNKS) -> str:
@@ -135,9 +94,10 @@ def content_digest(data: Any, chunks: int = _SAMPLE_CHUNKS) -> str:
 
     arr = data if isinstance(data, da.Array) else da.asarray(data)
     h = hashlib.sha256(f"{arr.shape}:{arr.dtype}".encode())
-    for block in _spread_blocks(arr, chunks):
+    # one compute for all (each compute of a store of millions of chunks costs a graph pass)
+    for block in da.compute(*_spread_blocks(arr, chunks)):
         h.update(np.ascontiguousarray(block).tobytes())
-    if _n_chunks(arr) <= _DIGEST_STRIDE_CHUNKS:
+    if int(np.prod(arr.numblocks)) <= _DIGEST_STRIDE_CHUNKS:
         step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
         h.update(np.ascontiguousarray(arr[(slice(None, None, step),) * arr.ndim].compute()).tobytes())
     else:  # a stride would read every chunk of a large store (all of a terabyte): its spread sample instead
@@ -150,23 +110,22 @@ def _sample(arr: da.Array, stride_bytes: int = 0) -> np.ndarray:
     touches every chunk, so a volume of many chunks is sampled in ``_SAMPLE_CHUNKS`` whole chunks
     spread evenly over it instead (the cost stays flat as the volume grows), unless it is at most
     ``stride_bytes`` (and ``_STRIDE_CHUNKS`` chunks): then by a stride, which the chunks do not change."""
-    if _n_chunks(arr) > _SAMPLE_CHUNKS and not _strided(arr, stride_bytes):
-        # the chunks read whole, then strided here: a strided slice of a grouped dask block
-        # (data.io) reads all of the block, not the chunk
+    n_blocks = int(np.prod(arr.numblocks))
+    if n_blocks > _SAMPLE_CHUNKS and not _strided(arr, stride_bytes):
         blocks = _spread_blocks(arr, _SAMPLE_CHUNKS)
         per = max(1, _SAMPLE_VOXELS // len(blocks))
         parts = []
         for b in blocks:
             step = max(1, int(np.ceil((b.size / per) ** (1.0 / b.ndim))))
-            parts.append(np.asarray(b)[(slice(None, None, step),) * b.ndim].ravel())
-        return np.concatenate(parts).astype(np.float64)
+            parts.append(b[(slice(None, None, step),) * b.ndim].ravel())
+        return np.asarray(da.concatenate(parts).compute(), dtype=np.float64)
     step = max(1, int(np.ceil((arr.size / _SAMPLE_VOXELS) ** (1.0 / arr.ndim))))
     return np.asarray(arr[(slice(None, None, step),) * arr.ndim].compute(), dtype=np.float64).ravel()
 
 
 def _strided(arr: da.Array, stride_bytes: int) -> bool:
     """Whether ``_sample`` samples ``arr`` by a stride through all of it (small enough)."""
-    return arr.nbytes <= stride_bytes and _n_chunks(arr) <= _STRIDE_CHUNKS
+    return arr.nbytes <= stride_bytes and int(np.prod(arr.numblocks)) <= _STRIDE_CHUNKS
 
 
 def display_range(data: Any, percentiles: tuple[float, float] = (0.01, 99.99)) -> tuple[float, float] | None:
