@@ -181,3 +181,35 @@ def test_weights_fine_tuned_at_the_typed_alpha_fit_the_files_alpha() -> None:
     assert alpha_fit_note((1.115, 1.115), 0.29 / 0.26) is None
     assert alpha_fit_note((8.0, 8.0), 8.05) is None
     assert alpha_fit_note((2.0, 8.0), 1.9) is not None and alpha_fit_note((2.0, 8.0), 8.2) is not None
+
+
+# -- the notes where the user runs it ---------------------------------------------------------------
+
+
+def reconstruct_notes(capsys, tmp_path, source, *options: str) -> list[str]:
+    from napari_niiv.cli import main
+
+    out = tmp_path / f"out{len(list(tmp_path.iterdir()))}.npy"
+    assert main(["reconstruct", str(source), str(out), *options]) == 0
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("niiv reconstruct: note:")]
+
+
+def test_niiv_reconstruct_says_when_the_weights_do_not_fit_the_data_or_the_sections_given(capsys, tmp_path) -> None:
+    """`niiv reconstruct` used niiv-em on a confocal stack, niiv-lm on EM and niiv-lm on thick
+    sections without a word (the dock said it; the command line did not)."""
+    import tifffile
+
+    lm, em = tmp_path / "nuclei.tif", tmp_path / "cremi.tif"
+    write_tif(lm, tifffile.imread(data_path(*LM_FILE))[20:28, 96:136, 96:136])
+    write_tif(em, tifffile.imread(data_path("anisotropic_em", "cremi_a.tif"))[:6, :40, :40])
+    work = tmp_path / "out"
+    work.mkdir()
+    notes = reconstruct_notes(capsys, work, lm, "--alpha", "4", "--weights", "niiv-fast")
+    assert any("not those of light microscopy" in n and "niiv-lm suits it" in n for n in notes), notes
+    assert reconstruct_notes(capsys, work, lm, "--alpha", "4", "--weights", "niiv-lm") == []  # sections not given
+    notes = reconstruct_notes(capsys, work, lm, "--alpha", "4", "--weights", "niiv-lm", "--degradation", "thick")
+    assert any("never thick ones" in n for n in notes), notes
+    notes = reconstruct_notes(capsys, work, lm, "--alpha", "4", "--weights", "niiv-lm", "--degradation", "psf:12")
+    assert any("FWHM 4" in n and "one of 12" in n for n in notes), notes
+    notes = reconstruct_notes(capsys, work, em, "--alpha", "8", "--weights", "niiv-lm")
+    assert any("niiv-em suits it" in n for n in notes), notes

@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--degradation",
         type=_degradation,
-        default="thick",
+        default=None,
         help="how the input's sections were made; weights with an acquisition embedding (niiv-em) are told "
         f"it, others ignore it (default thick). {DEGRADATION_HELP}",
     )
@@ -613,6 +613,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 OUTPUT_FORMATS = (".zarr", ".tif", ".tiff", ".npy")
 
 
+def _weights_notes(loaded: Any, vol: Any, settings: Any, sections_given: bool) -> list[str]:
+    """What to say of the weights before reconstructing ``vol`` (each a warning, never a refusal):
+    trained for other alphas; made for the other kind of microscope than the volume looks like
+    (``niiv-em``, the default, on a 16-bit confocal stack); and, when ``--degradation`` was given,
+    sections or a psf width the weights never learned (niiv-lm ignores the sections it is given)."""
+    from .inference.suggestion import alpha_fit_note, sections_fit_note, suggest_weights, weights_fit_note
+
+    learned = loaded.card.get("degradations")
+    voxel = vol.voxel_size if vol.has_voxel_size else (1.0, 1.0, 1.0)
+    unit = vol.unit if vol.has_voxel_size else None
+    alpha = alpha_fit_note(loaded.alpha_range, settings.alpha)
+    notes = [f"was {alpha}" if alpha else None, weights_fit_note(suggest_weights(voxel, unit, vol.data.dtype), learned)]
+    if sections_given:
+        told = bool(loaded.model.config.acquisition_embedding)
+        notes.append(sections_fit_note(learned, told, settings.degradation, settings.alpha))
+    return [n for n in notes if n]
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .data.io import open_volume
     from .data.normalise import fit_normalisation
@@ -627,7 +645,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         output_lock,
         written_by_niiv,
     )
-    from .inference.suggestion import alpha_fit_note
     from .inference.weights import load_weights, resolve_weights
 
     src, out = _source(args.input), Path(args.output)
@@ -697,7 +714,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         compiled=args.compile,
-        degradation=args.degradation,
+        degradation=args.degradation or "thick",
     )
     settings.resolved()  # a missing GPU is reported here, not by every worker
     norm = fit_normalisation(vol.data)  # also rejects NaNs before any model work
@@ -705,9 +722,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     loaded = load_weights(weights)
     model = loaded.model
     check_reconstructable(vol.shape, model, settings.volume_orientation)
-    note = alpha_fit_note(loaded.alpha_range, settings.alpha)
-    if note:
-        print(f"niiv reconstruct: note: {loaded.card.get('name') or weights.stem} was {note}", file=sys.stderr)
+    for note in _weights_notes(loaded, vol, settings, args.degradation is not None):
+        print(f"niiv reconstruct: note: {loaded.card.get('name') or weights.stem} {note}", file=sys.stderr)
     geometry = output_geometry(
         vol.shape,
         settings.alpha,
