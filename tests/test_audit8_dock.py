@@ -67,7 +67,8 @@ def test_the_weights_note_says_when_alpha_is_outside_what_the_weights_learned(ma
     widget.alpha_spin.value = 16
     widget.weights_choice.value = "niiv-em"  # trained for 2 to 12: the note follows the weights
     assert str(widget.weights_note.value) == (
-        "niiv-em: your choice. niiv-em was trained for alpha 2 to 12, used here at 16: expect less than its card says"
+        "niiv-em: your choice; niiv-lm suits 'confocal' (xy voxels of 260 nm: light microscopy). "
+        "niiv-em was trained for alpha 2 to 12, used here at 16: expect less than its card says"
     )
 
 

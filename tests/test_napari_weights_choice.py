@@ -26,6 +26,7 @@ def test_weights_follow_the_layer_until_the_user_picks(make_napari_viewer) -> No
     # the user's pick stays for that volume (the note names what would suit it); another volume
     # gets its own preselection, not the pick made for the first
     widget.weights_choice.value = "niiv-v1-fibsem-a8"
+    assert "your choice" in widget.weights_note.value and "niiv-em suits 'tem'" in widget.weights_note.value  # at once
     widget.volume_choice.value = lm
     assert widget.weights_choice.value == "niiv-lm" and "light microscopy" in widget.weights_note.value
     widget.volume_choice.value = em

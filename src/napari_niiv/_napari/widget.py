@@ -477,8 +477,7 @@ class NiivWidget(QScrollArea):
         picked = self._picked_weights.get(layer)
         if picked is not None and picked in self.weights_choice.choices:
             self._set_weights(picked)
-            hint = f"; {s.weights} suits '{layer.name}' ({s.reason})" if available and s.weights != picked else ""
-            self._weights_why = f"{picked}: your choice{hint}"
+            self._weights_why = self._your_choice(layer, picked)
         elif available:
             self._set_weights(s.weights)
             self._weights_why = f"{s.weights}: {s.reason}"
@@ -509,8 +508,15 @@ class NiivWidget(QScrollArea):
         if not self._setting_weights:
             if layer is not None:
                 self._picked_weights[layer] = self.weights_choice.value
-            self._weights_why = f"{self.weights_choice.value}: your choice" if layer is not None else ""
+            self._weights_why = self._your_choice(layer, str(self.weights_choice.value)) if layer is not None else ""
         self._show_weights_note()
+
+    def _your_choice(self, layer: Image, picked: str) -> str:
+        """The note for weights the user picked for ``layer``: with the suggested ones when they
+        would suit it better (picking niiv-em for a confocal stack said only 'your choice')."""
+        s = suggest_weights(layer_voxel_size(layer), layer_unit(layer), layer.dtype)
+        better = s.weights in self.weights_choice.choices and s.weights != picked
+        return f"{picked}: your choice" + (f"; {s.weights} suits '{layer.name}' ({s.reason})" if better else "")
 
     @gui_handler
     def _default_sections(self, value: Any = None) -> None:
