@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -69,6 +70,7 @@ def test_fine_tune_stop_resume_save_and_use(qtbot, make_napari_viewer, cremi, us
     panel.resume_button.native.click()
     qtbot.waitUntil(lambda: panel.job is None, timeout=180_000)
     assert "done at step 40" in panel.status_label.value, panel.status_label.value
+    assert re.search(r"held-out [+-][\d.]+ dB vs bilinear, [+-][\d.]+ dB vs bicubic$", panel.status_label.value)
     assert panel.plot.steps[-1] == 40 and len(panel.plot.losses) == 40  # one curve, continued
 
     # saved with a model card, listed and selected at once, never beside the shipped weights

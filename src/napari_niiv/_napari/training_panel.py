@@ -340,12 +340,12 @@ class TrainingPanel(Container):
     def _on_check(self, step: int, metrics: dict[str, float]) -> None:
         self.plot.add_check(step, metrics["cf_psnr_gain"], metrics.get("cf_psnr"))
         when = "start weights" if step == 0 else f"step {step}"
-        gain = metrics["cf_psnr_gain"]
-        text = f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({gain:+.2f} vs bilinear)"
+        text = f"{when}: held-out CF-PSNR {metrics['cf_psnr']:.2f} dB ({_gains(metrics)})"
         if step == 0 and self.job is not None:
-            text += (
-                f" on the {_held_planes(self.job)} (bilinear there: {metrics['bilinear_cf_psnr']:.2f} dB); training..."
-            )
+            there = f"bilinear there: {metrics['bilinear_cf_psnr']:.2f} dB"
+            if "bicubic_cf_psnr" in metrics:
+                there += f", bicubic {metrics['bicubic_cf_psnr']:.2f} dB"
+            text += f" on the {_held_planes(self.job)} ({there}); training..."
         self.set_status(text)
 
     @gui_handler
@@ -389,10 +389,10 @@ class TrainingPanel(Container):
             name = f"user/{result.weights.stem}"
             if name in self.niiv.weights_choice.choices:
                 self.niiv.weights_choice.value = name
-            gain = (result.held_out or {}).get("cf_psnr_gain")
+            held = result.held_out or {}
             self.set_status(
                 f"{finished_text(ended, result.stopped_early)} at step {result.steps_done}: saved '{name}'"
-                + (f", held-out {gain:+.2f} dB vs bilinear" if gain is not None else "")
+                + (f", held-out {_gains(held, ' dB')}" if "cf_psnr_gain" in held else "")
             )
         self._update_buttons()
 
@@ -427,3 +427,12 @@ def _held_planes(job: FineTuneJob) -> str:
     """The planes a run holds out, for the status line."""
     held = job.split.held_out[0]
     return f"held-out planes z {held.start}-{held.stop - 1}"
+
+
+def _gains(metrics: dict[str, float], unit: str = "") -> str:
+    """Held-out CF-PSNR gains over bilinear and over bicubic, what a user would pick instead
+    (the panel showed bilinear's alone: +11.05 dB where bicubic's was +5.80)."""
+    text = f"{metrics['cf_psnr_gain']:+.2f}{unit} vs bilinear"
+    if "cf_psnr_gain_bicubic" in metrics:
+        text += f", {metrics['cf_psnr_gain_bicubic']:+.2f}{unit} vs bicubic"
+    return text
