@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--orientation",
         choices=ORIENTATIONS,
         default="both",
-        help="reconstruct from xz slices, yz slices, or average both (auto: xz) (default: both)",
+        help="reconstruct from xz slices, yz slices, or average both; auto means xz for a whole volume (default: both)",
     )
     rec.add_argument(
         "--weights", help="weights name (see `niiv info`) or .safetensors path; default: the shipped model"
