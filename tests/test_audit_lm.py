@@ -213,3 +213,15 @@ def test_niiv_reconstruct_says_when_the_weights_do_not_fit_the_data_or_the_secti
     assert any("FWHM 4" in n and "one of 12" in n for n in notes), notes
     notes = reconstruct_notes(capsys, work, em, "--alpha", "8", "--weights", "niiv-lm")
     assert any("niiv-em suits it" in n for n in notes), notes
+
+
+def test_training_refuses_a_psf_wider_than_its_crop_before_the_first_batch(medulla) -> None:
+    """The refusal came from the first batch, after `niiv train` had started its progress bar."""
+    import dask.array as da
+
+    from napari_niiv.data import LateralPairSampler, Volume
+
+    vol = Volume(da.from_array(medulla))
+    with pytest.raises(NiivInputError, match="wider than the 64 voxels"):
+        LateralPairSampler([vol], alpha=4.0, crop=64, degradations=(Degradation.parse("psf:150"),))
+    LateralPairSampler([vol], alpha=4.0, crop=64, degradations=(Degradation.parse("psf:12"),))  # fits: accepted

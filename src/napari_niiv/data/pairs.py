@@ -82,6 +82,8 @@ class LateralPairSampler:
             raise NiivInputError(
                 f"crop {crop} is too small for alpha {widest:g}: use a crop of at least {int(np.ceil(2 * widest))}"
             )
+        for d in self.degradations:  # here, not at the first batch (after the progress bar has started)
+            d.check_extent(self.crop, widest)
         self.points = int(points)
         self._matrices: dict[tuple[Degradation, float], torch.Tensor] = {}
         self.volumes = []
