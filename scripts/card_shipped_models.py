@@ -200,8 +200,11 @@ MODELS = {
         "findings": """## What the tables say
 
 - Out of the box niiv-lm beats bicubic on the held-out planes at every alpha from 2 to 8: at alpha 4
-  (psf) by +2.55 dB CF-PSNR / +0.76 dB PSNR (target: 0.5 dB CF-PSNR). The EM weights gain only
-  +0.3 dB there, and lose to bicubic at alpha 2.
+  (psf) by +2.55 dB CF-PSNR / +0.76 dB PSNR (target: 0.5 dB CF-PSNR). The niiv-em rows above are
+  those of the niiv-em of the time (before its acquisition embedding), which gained only +0.3 dB
+  there and lost to bicubic at alpha 2. Today's niiv-em, measured again with the same command
+  (2026-12-07; niiv-lm's rows came out identical): +2.73, +1.10, +0.71 and +0.60 dB CF-PSNR over
+  bicubic at alpha 2, 4, 6 and 8 (PSNR +0.41, +0.34, +0.31, +0.32), still below niiv-lm at each.
 - The 10-minute fine-tune in the viewer's panel (`scripts/finetune_lm.py`: the panel's own job, start
   niiv-lm, learning from z 0-40 at alpha 4, psf, lr 1e-4) does **not** add to niiv-lm: +2.50 against
   +2.55 dB at alpha 4, within noise or slightly below (lr 3e-5 and 1e-5: +2.54 and +2.56). Those planes
