@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout
 
 from ..data.degrade import ALPHA_RANGE, check_alpha
 from ..errors import NiivInputError
-from ..inference.devices import available_devices, pick_device
+from ..inference.devices import available_devices, keep_triton_out_without_cuda, pick_device
 from ..inference.export import DEFAULT_CHUNKS
 from ..inference.reconstructor import check_reconstructable
 from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
@@ -131,6 +131,7 @@ class NiivWidget(QScrollArea):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
+        keep_triton_out_without_cuda()  # before any torch work in this (OpenGL) process
         register_layer_context_action()
         self.viewer = viewer = napari_viewer
         self.volume_choice = ComboBox(label="volume", choices=self._image_layers, nullable=True)

@@ -22,6 +22,21 @@ from ..model.separable import Linear, Parallel, in_turn
 from .settings import DEVICES
 
 
+def keep_triton_out_without_cuda() -> bool:
+    """Make ``import triton`` fail in this process when torch is a CUDA build on a machine without
+    a CUDA device (PyPI's Linux torch), where triton has nothing to do; True when it did so.
+
+    Triton carries its own LLVM: loaded after Mesa's (napari's OpenGL, software or an Intel or AMD
+    GPU's), it crashes the process. torch loads it on first use of ``torch._dynamo``, which every
+    optimizer's constructor imports: napari segfaulted as a fine-tuning run started (Python 3.12,
+    torch 2.13.0+cu130, Xvfb). torch then takes triton as not installed; ``torch.compile`` still
+    runs on the CPU."""
+    if "triton" in sys.modules or not torch.version.cuda or torch.cuda.is_available():
+        return False
+    sys.modules["triton"] = None  # type: ignore[assignment]
+    return True
+
+
 def _has_mps() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
