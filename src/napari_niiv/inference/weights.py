@@ -8,11 +8,13 @@ checkpoint is the same file plus the optimiser state and the step, so it can be 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import json
 import os
 import re
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from ..data.degrade import THICK, Degradation
 from ..data.normalise import Normalisation
 from ..errors import NiivInputError
 from ..model import NiivConfig, NiivModel
+from ..model.config import ARCHITECTURES
 
 FORMAT = "napari-niiv-weights"
 FORMAT_VERSION = "1"
@@ -154,6 +157,7 @@ def save_weights(
 
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")  # upstream niiv and other tools save these
+MAX_HEADER = 100_000_000  # bytes: safetensors' own limit on a header
 
 
 def looks_like_weights(path: str | Path) -> bool:
@@ -169,7 +173,114 @@ def looks_like_weights(path: str | Path) -> bool:
             head = f.read(9)
     except OSError:
         return False
-    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size and head[8:] == b"{"
+    if len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size and head[8:] == b"{":
+        return True
+    return _pytorch_checkpoint(path, head)  # a .pt renamed .bin: said to be one, not an unknown volume format
+
+
+def _pytorch_checkpoint(path: Path, head: bytes) -> bool:
+    """Whether ``path`` (whose first bytes are ``head``) is what ``torch.save`` writes, whatever its
+    name: a zip archive holding a ``data.pkl`` (read as a listing only, nothing unpickled), or a
+    legacy pickle (protocol 2 to 5)."""
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return True
+    if head[:4] != b"PK\x03\x04":
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def _missing(path: Path) -> str:
+    """Why there is no weights file at ``path``, and what to give instead: a symbolic link that
+    loops or points nowhere, something that is not a file, or a close name (a weights name given
+    with its file ending, a misspelling)."""
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"{path}: a symbolic link that loops (it leads back to itself); point it at a weights file"
+            return f"{path}: a symbolic link to {os.readlink(path)}, which does not exist; point it at a weights file"
+    if os.path.lexists(path):
+        return f"{path}: not a regular file (a device, pipe or socket); give a weights file (.safetensors)"
+    hint = weights_suggestion(path)
+    return f"{path}: weights file not found" + (
+        f"; {hint}" if hint else "; give a weights file or a weights name (`niiv info` lists them)"
+    )
+
+
+def weights_suggestion(given: str | Path) -> str:
+    """'did you mean ...?' for a weights name or path that does not exist: the registry name it
+    spells with other case, ``_`` for ``-`` or a ``.safetensors`` ending, a close registry name, or a
+    close file name in its folder; '' when nothing is close."""
+    text = str(given)
+    names = list(available_weights())
+    stem = text.removesuffix(".safetensors")
+    folded = {re.sub(r"[_\s]+", "-", n.lower()): n for n in names}
+    exact = folded.get(re.sub(r"[_\s]+", "-", stem.lower()))
+    if exact is not None:
+        return f"did you mean the weights name {exact}?"
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.75)
+    p = Path(text)
+    if not close and p.parent != Path(".") and p.parent.is_dir():  # a path: close names in its folder
+        stems = [f.stem for f in weights_files(p.parent)]  # stems: every name shares '.safetensors'
+        close = [str(p.parent / f"{n}.safetensors") for n in difflib.get_close_matches(p.stem, stems, n=3, cutoff=0.75)]
+    if not close:
+        return ""
+    return f"did you mean {' or '.join(close)}?"
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path``, a file, cannot be weights before safetensors parses it (None: it may be):
+    no permission to read it, empty, a PyTorch checkpoint whatever its name, or cut short of the
+    header it declares."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except PermissionError:
+        return (
+            f"{path}: cannot be read (permission denied); make it readable (chmod u+r) or copy it where you can read it"
+        )
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or exc}); check the disk, or copy the file again"
+    if size == 0:
+        return (
+            f"{path}: not a readable weights file: it is empty (0 bytes), as a download or copy that did not finish "
+            "leaves it; download, copy or train it again"
+        )
+    if _pytorch_checkpoint(path, head):
+        renamed = "" if path.suffix.lower() in CHECKPOINT_SUFFIXES else ", whatever its name says"
+        return (
+            f"{path}: a PyTorch checkpoint, not napari-niiv weights (safetensors){renamed}; it is never unpickled "
+            "here: weights of other tools or upstream niiv .pth checkpoints cannot be used directly; train or "
+            "fine-tune napari-niiv weights (niiv train)"
+        )
+    if len(head) < 9 or head[8:9] != b"{":
+        return None  # not safetensors: safe_open says so
+    needed = 8 + int.from_bytes(head[:8], "little")
+    if needed - 8 > MAX_HEADER:
+        return (
+            f"{path}: not a readable weights file: it declares a header of {needed - 8} bytes, beyond safetensors' "
+            f"limit of {MAX_HEADER}; download, copy or train it again"
+        )
+    if needed <= size:  # the header is there: where its last tensor ends
+        try:
+            with open(path, "rb") as f:
+                f.seek(8)
+                header = json.loads(f.read(needed - 8))
+            needed += max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None  # a malformed header: safe_open says how
+    if needed > size:
+        return (
+            f"{path}: not a readable weights file: cut short, it needs {needed} bytes and holds {size}, as a download "
+            "or copy that did not finish leaves it; download, copy or train it again"
+        )
+    return None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -181,7 +292,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
             f"{', ...' if len(found) > 5 else ''}) or a weights name (`niiv info` lists them)"
         )
     if not path.is_file():
-        raise NiivInputError(f"{path}: weights file not found")
+        raise NiivInputError(_missing(path))
+    why = _unreadable(path)
+    if why is not None:
+        raise NiivInputError(why)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -232,12 +346,23 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
     path = Path(path)
     meta = read_metadata(path)
     alpha, norm, card = _checked_metadata(path, meta)
+    if "config" not in meta:
+        raise NiivInputError(
+            f"{path}: its metadata has no architecture description ('config'); the file is damaged: "
+            "train or download it again"
+        )
     try:
         config = NiivConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise NiivInputError(
             f"{path}: its architecture description is invalid ({exc}); train or download it again"
         ) from exc
+    named = card.get("architecture")
+    if named in ARCHITECTURES and config.preset() != named:
+        # The card's label is text anyone can edit, and only a label (the description builds the model):
+        # the label shown, and copied into a fine-tune's card, is the file's real architecture; the one
+        # the card carried is kept beside it.
+        card["architecture"], card["architecture_as_written"] = config.preset() or "custom", named
     model = NiivModel(config)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -246,19 +371,28 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
             opt = {k: f.get_tensor(k) for k in keys if k.startswith("optim.")} if with_optimizer else None
     except Exception as exc:
         raise NiivInputError(f"{path}: its tensors cannot be read ({exc}); the file is damaged") from exc
+    expected = model.state_dict()
+    mistyped = sorted(k for k, v in state.items() if k in expected and not v.is_floating_point())
+    if mistyped:  # load_state_dict would cast integers to floats silently, and the model would run on them
+        k = mistyped[0]
+        raise NiivInputError(
+            f"{path}: {len(mistyped)} weight tensor(s) are not floating point (e.g. {k}: {state[k].dtype}); "
+            "the file is damaged or was not written by napari-niiv: train or download it again"
+        )
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
         raise NiivInputError(
             f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); the training "
             "diverged or the file is damaged: use other weights, or train again with a lower learning rate"
         )
-    mismatch = _state_mismatch(model.state_dict(), state)
+    mismatch = _state_mismatch(expected, state)
     if mismatch:
         raise NiivInputError(
             f"{path}: these weights belong to another architecture than the one they describe ({mismatch}); "
             "the file is damaged or was edited"
         )
     model.load_state_dict(state, strict=True)
+    _check_outputs(path, model, alpha)
     try:
         train_state = json.loads(meta["train_state"]) if "train_state" in meta else None
         groups = json.loads(meta["optimizer_groups"]) if with_optimizer and "optimizer_groups" in meta else None
@@ -275,6 +409,36 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
         train_state=train_state,
         optimizer_tensors=opt,
         optimizer_groups=groups,
+    )
+
+
+def _check_outputs(path: Path, model: NiivModel, alpha: float) -> None:
+    """Refuse weights whose every tensor is finite but whose model is not: on a small fixed image of
+    mid intensities (0.1-0.9), on the CPU, its outputs must be finite and not all pinned at 0 or 1
+    (the sigmoid's ends, where values near float32's limit in a layer put them). Such weights
+    reconstructed a constant volume, written as if it were a result."""
+    from ..data.degrade import THICK
+
+    rows, cols = 4, 16
+    image = 0.1 + 0.8 * ((torch.arange(rows * cols, dtype=torch.float32).reshape(1, 1, rows, cols) * 0.618) % 1.0)
+    grid = torch.meshgrid(torch.linspace(0.25, rows - 0.25, 5), torch.linspace(0.5, cols - 0.5, 7), indexing="ij")
+    coords = torch.stack(grid, -1).reshape(1, -1, 2)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(image, coords, alpha, THICK.thickness(alpha)).float()
+    finally:
+        model.train(was_training)
+    if not bool(torch.isfinite(out).all()):
+        what = "NaN or infinite values"
+    elif bool(((out <= 1e-6) | (out >= 1 - 1e-6)).all()):
+        what = "only black or white"
+    else:
+        return
+    raise NiivInputError(
+        f"{path}: its tensors are finite, but the model they make outputs {what} on a test image (some weights "
+        "are absurdly large); the file is damaged or the training diverged: use other weights, or train again "
+        "with a lower learning rate"
     )
 
 
@@ -311,6 +475,8 @@ def _checked_metadata(path: Path, meta: dict[str, str]) -> tuple[float, Normalis
         raise NiivInputError(f"{path}: its metadata alpha is not usable ({exc})") from None
     try:
         raw = json.loads(meta.get("normalisation", "null"))
+        if raw is not None and not (isinstance(raw, dict) and "low" in raw and "high" in raw):
+            raise ValueError(f"{raw!r} is not an object with a low and a high")
         norm = Normalisation.from_dict(raw) if raw else None
         if norm is not None and not (np.isfinite([norm.low, norm.high]).all() and norm.high > norm.low):
             raise ValueError(f"low {norm.low}, high {norm.high}")
@@ -322,12 +488,13 @@ def _checked_metadata(path: Path, meta: dict[str, str]) -> tuple[float, Normalis
             raise ValueError(f"a {type(card).__name__}, not an object")
     except ValueError as exc:
         raise NiivInputError(f"{path}: its model card metadata is not valid JSON ({exc}); the file is damaged") from exc
-    return alpha, norm, _checked_card(path, card)
+    return alpha, norm, _checked_card(path, card, alpha)
 
 
-def _checked_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
-    """The card's fields that code reads (``alpha_range``, ``degradations``, ``name``, ``purpose``) checked, or a
-    message naming the bad one: a card is text anyone can edit."""
+def _checked_card(path: Path, card: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """The card's fields that code reads (``alpha_range``, holding the weights' ``alpha``;
+    ``degradations``, ``name``, ``purpose``, ``architecture``) checked, or a message naming the
+    bad one: a card is text anyone can edit."""
     from ..data.degrade import Degradation, check_alpha
 
     if card.get("alpha_range") is not None:
@@ -342,6 +509,11 @@ def _checked_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
             raise NiivInputError(
                 f"{path}: its model card's alpha_range {given!r} is not usable ({exc}); it needs [low, high] alphas"
             ) from None
+        if not lo <= alpha <= hi:  # training writes the range it drew from, alpha its low end
+            raise NiivInputError(
+                f"{path}: its alpha {alpha:g} lies outside its model card's alpha_range [{lo:g}, {hi:g}]; the "
+                "metadata was edited or damaged: train or download it again"
+            )
         card["alpha_range"] = [lo, hi]
     if card.get("degradations") is not None:
         given = card["degradations"]
@@ -355,7 +527,7 @@ def _checked_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
                 f"{path}: its model card's degradations {given!r} are not usable ({exc}); it needs names such as "
                 '["thick", "thin"]'
             ) from None
-    for key in ("name", "purpose"):  # printed, and the name keys evaluate's rows
+    for key in ("name", "purpose", "architecture"):  # printed, and the name keys evaluate's rows
         if card.get(key) is not None and not isinstance(card[key], str):
             raise NiivInputError(f"{path}: its model card's {key} {card[key]!r} is not usable; it needs a text")
     return card
@@ -365,11 +537,46 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, weights: Weights) -> Non
     """Put a checkpoint's optimiser state back (needs ``load_weights(..., with_optimizer=True)``)."""
     if weights.optimizer_groups is None or weights.optimizer_tensors is None:
         raise NiivInputError(f"{weights.path}: holds no optimiser state; it is final weights, not a checkpoint")
+
+    def damaged(why: str) -> NiivInputError:
+        return NiivInputError(
+            f"{weights.path}: its optimiser state is damaged ({why}), so the run cannot be resumed from it: start "
+            "a new run (niiv train: without --resume, with --overwrite; in the viewer: Start under another name)"
+        )
+
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in weights.optimizer_tensors.items():
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": weights.optimizer_groups})
+        parts = key.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise damaged(f"a tensor named {key!r}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise damaged(f"{key} holds NaN or infinite values")  # training said 'diverged: lower the learning rate'
+        state.setdefault(int(parts[1]), {})[parts[2]] = value
+    groups = weights.optimizer_groups
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    try:
+        ids = [int(i) for g in groups for i in g["params"]]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise damaged(f"its parameter groups: {exc}") from None
+    if len(groups) != len(optimizer.param_groups) or len(ids) != len(params):
+        raise damaged(f"{len(ids)} parameters in {len(groups)} group(s), the model has {len(params)}")
+    # What the optimiser reads at its next step: a tensor missing or of another shape failed there,
+    # as a KeyError or a size mismatch traceback.
+    needed = {"step", "exp_avg", "exp_avg_sq"} if isinstance(optimizer, torch.optim.Adam) else set()
+    index = {pid: n for n, pid in enumerate(ids)}
+    for pid, entries in state.items():
+        if pid not in index:
+            raise damaged(f"state for parameter {pid}, which the model does not have")
+        if needed - set(entries):
+            raise damaged(f"parameter {pid} lacks {', '.join(sorted(needed - set(entries)))}")
+        shape = tuple(params[index[pid]].shape)
+        for name, value in entries.items():
+            if name != "step" and tuple(value.shape) != shape:
+                raise damaged(f"optim.{pid}.{name} is {tuple(value.shape)}, its parameter {shape}")
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise damaged(str(exc)) from None
 
 
 # --- registry -------------------------------------------------------------------------------------
@@ -401,6 +608,8 @@ def recorded_name(weights: str | Path) -> str:
     p = Path(weights)
     if p.suffix == ".safetensors" and p.resolve().parent == shipped_dir().resolve():
         return p.stem
+    if p.exists() and not p.is_absolute():  # a relative path names nothing once the cwd changes
+        return os.path.abspath(p)
     return str(weights)
 
 
@@ -435,7 +644,11 @@ def resolve_weights(name_or_path: str | Path | None) -> Path:
     names = available_weights()
     if str(name_or_path) in names:
         return names[str(name_or_path)]
-    raise NiivInputError(f"unknown weights {name_or_path!r}; available: {', '.join(names) or 'none'} (or give a path)")
+    hint = weights_suggestion(name_or_path)
+    raise NiivInputError(
+        f"unknown weights {name_or_path!r}{f' ({hint})' if hint else ''}; available: {', '.join(names) or 'none'} "
+        "(or give a path)"
+    )
 
 
 def fast_weights(chosen: str | Path | None, device_type: str, sections: Degradation = THICK) -> Path | None:

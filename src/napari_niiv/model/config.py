@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 ATTENTION_SPACINGS = ("output", "input")
@@ -51,7 +51,9 @@ class NiivConfig:
         exhaust memory (a million encoder blocks) or one that cannot be built."""
         for name, (lo, hi) in _BOUNDS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            if isinstance(value, bool) or not isinstance(value, int):  # 24.0 or "24": a file edited by hand
+                raise ValueError(f"architecture field {name}={value!r} must be a whole number from {lo} to {hi}")
+            if not lo <= value <= hi:
                 raise ValueError(f"architecture field {name}={value!r} is outside {lo}..{hi}")
         if self.attention_spacing not in ATTENTION_SPACINGS:
             raise ValueError(
@@ -89,6 +91,12 @@ class NiivConfig:
         if name not in presets:
             raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(presets)}")
         return presets[name]()
+
+    def preset(self) -> str | None:
+        """The preset (``--arch``, :data:`ARCHITECTURES`) this configuration is, its acquisition
+        embedding aside (niiv-em is v1 with one); None for any other configuration."""
+        base = replace(self, acquisition_embedding=False)
+        return next((n for n in ARCHITECTURES if NiivConfig.named(n) == base), None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

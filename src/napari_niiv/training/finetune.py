@@ -34,10 +34,10 @@ from ..data.degrade import check_alpha, parse_degradations
 from ..data.io import Volume
 from ..errors import NiivInputError
 from ..inference.devices import lower_thread_priority, pick_device
-from ..inference.weights import atomic_write, load_weights, read_metadata, resolve_weights
+from ..inference.weights import atomic_write, load_weights, read_metadata, recorded_name, resolve_weights
 from ..model import NiivModel
 from ..model.config import NiivConfig
-from .regions import Region, TrainingSplit, split_training
+from .regions import Region, TrainingSplit, clip_region, split_training
 from .train import (
     HeldOutCheck,
     TrainCallback,
@@ -200,17 +200,43 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
         check_new_weights(Path(request.out), True)
         request = _resumed(request)
     alpha = check_alpha(request.alpha)
+    if alpha == 1.0:
+        raise NiivInputError(
+            f"'{request.name}' has alpha 1: it is already isotropic, so there is nothing to fine-tune for; give the "
+            "alpha of anisotropic data (its z voxel size divided by its xy voxel size)"
+        )
     if not 0 < request.lr < 0.1:
         raise NiivInputError(f"learning rate {request.lr:g}: give a number such as 1e-4 (0 < lr < 0.1)")
-    if request.steps < 1:
-        raise NiivInputError(f"steps {request.steps}: train for at least one step")
+    if isinstance(request.steps, bool) or not isinstance(request.steps, (int, np.integer)) or request.steps < 1:
+        raise NiivInputError(f"steps {request.steps!r}: give a whole number of steps, at least one")
+    try:
+        minutes = float(request.minutes)
+    except (TypeError, ValueError):
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes >= 0):  # a negative limit wrote the start weights back as a result
+        raise NiivInputError(f"time limit {request.minutes!r} min: give a number of minutes, or 0 for no time limit")
     out = Path(request.out)
+    if out.suffix != ".safetensors":  # else weights no list finds, and a card named after the wrong stem
+        raise NiivInputError(f"{out}: weights are written as .safetensors; give a file name ending in .safetensors")
     check_output(out)  # a folder in the way, the shipped weights' folder, one that refuses files
     check_new_weights(out, request.resume)
     start = resolve_weights(request.start_weights)
     data = request.data if isinstance(request.data, da.Array) else _lazy(request.data)
     if data.ndim != 3:
         raise NiivInputError(f"'{request.name}' is {data.ndim}D; fine-tuning needs one 3D (z, y, x) volume")
+    if np.dtype(data.dtype).kind not in "uif":
+        raise NiivInputError(
+            f"'{request.name}' has pixel type {data.dtype}; fine-tuning needs an integer or floating-point volume"
+        )
+    try:
+        scale = tuple(float(v) for v in request.scale)
+    except (TypeError, ValueError):
+        scale = ()
+    if len(scale) != 3 or not all(math.isfinite(v) and v != 0 for v in scale):  # napari flips by a negative scale
+        raise NiivInputError(f"'{request.name}': voxel size {request.scale!r} needs three numbers (z, y, x), not 0")
+    # clipped to the volume, as the panel clips its boxes: one past the edge held out planes of its own,
+    # unclipped size, and the run failed on its thread scoring a held-out part of '0 z planes'
+    regions = [clip_region(r, data.shape) for r in request.regions]
     kinds = parse_degradations(request.degradation)
     if len(kinds) != 1:
         raise NiivInputError(f"fine-tuning learns one degradation (thick, thin or psf), got {request.degradation!r}")
@@ -218,15 +244,14 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     settings = fine_tune_settings(
         alpha,
         steps=int(request.steps),
-        minutes=float(request.minutes),
+        minutes=minutes,
         lr=float(request.lr),
         device=str(pick_device(request.device)),
         crop=_crop(data.shape, alpha, request.name),
     )
     settings = replace(settings, degradations=str(degradation))
-    split = split_training(list(request.regions), settings.crop, alpha)
+    split = split_training(regions, settings.crop, alpha)
     _check_fits(start, split.held_out, request.name)
-    scale = tuple(float(s) for s in request.scale)
     volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
 
     def check() -> HeldOutCheck:  # read and scored on the training thread
@@ -243,7 +268,7 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
         "regions": [[[s.start, s.stop] for s in r] for r in split.regions],
         "held_out_planes": [split.held_out[0].start, split.held_out[0].stop],
         # the first run's start weights: a resume starts from its own checkpoint, whatever is picked now
-        "started_from": previous.get("started_from", request.start_weights),
+        "started_from": previous.get("started_from", recorded_name(request.start_weights)),
     }
     job = FineTuneJob(volumes, settings, out, split, init=start, resume=request.resume, held_out=check, card=card)
     job.previous_runs = list(previous.get("runs", []))

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.degrade import THICK, Degradation, parse_degradations
+from ..data.degrade import THICK, Degradation, check_alpha, parse_degradations
 from ..data.io import Volume, as_volume
 from ..data.pairs import LateralPairSampler, parse_focus
 from ..errors import NiivInputError
@@ -45,6 +45,7 @@ from ..inference.settings import InferenceSettings
 from ..inference.store import check_room, check_writable, output_lock
 from ..inference.weights import (
     Weights,
+    learned_degradations,
     load_weights,
     recorded_name,
     remove_stray_temporaries,
@@ -158,6 +159,10 @@ class TrainResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     held_out: dict[str, float] | None = None
+    # The step this call started from (a resume's checkpoint step; 0 for a new run): equal to
+    # steps_done when a resumed run had nothing left to train (complete, or its time limit spent)
+    # and rewrote its weights unchanged.
+    started_at: int = 0
 
 
 SSIM_SIDE = 11  # the metrics' SSIM window: a slice needs at least this many pixels a side
@@ -264,13 +269,16 @@ def checkpoint_path(weights_path: Path) -> Path:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C ended a run. ``checkpoint`` holds step ``step`` of ``steps`` (``None``: none was written
-    yet); ``saved_now`` says it was written at the interrupt, else it is the last one written before
-    (a second Ctrl-C, or one outside the steps, interrupts at once)."""
+    """Ctrl-C (or SIGTERM: ``signum``) ended a run. ``checkpoint`` holds step ``step`` of ``steps``
+    (``None``: none was written yet); ``saved_now`` says it was written at the interrupt, else it is
+    the last one written before (a second signal, or one outside the steps, interrupts at once)."""
 
-    def __init__(self, step: int, steps: int, checkpoint: Path | None, saved_now: bool) -> None:
+    def __init__(
+        self, step: int, steps: int, checkpoint: Path | None, saved_now: bool, signum: int = signal.SIGINT
+    ) -> None:
         super().__init__(f"training interrupted at step {step} of {steps}")
         self.step, self.steps, self.checkpoint, self.saved_now = step, steps, checkpoint, saved_now
+        self.signum = int(signum)
 
 
 def _notice(text: str) -> None:
@@ -281,32 +289,38 @@ def _notice(text: str) -> None:
 class _StopOnInterrupt:
     """While entered (main thread only, where Python delivers signals): the first SIGINT asks the
     loop to stop after the current step, a second one raises KeyboardInterrupt at once. A SIGINT
-    the process ignores stays ignored."""
+    the process ignores stays ignored. SIGTERM (``kill``, ``timeout``, a batch scheduler's end of a
+    job, ``docker stop``) is handled the same where nothing else handles it: it killed the run
+    without a checkpoint, losing every step since the last one."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
-        self._installed = False
+        self.signum: int = signal.SIGINT
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
             previous = signal.getsignal(signal.SIGINT)
             if previous not in (signal.SIG_IGN, None):
-                self._previous = signal.signal(signal.SIGINT, self._handle)
-                self._installed = True
+                self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
             self.restore()
             raise KeyboardInterrupt
-        self.requested = True
-        _notice("\nniiv: Ctrl-C: stopping after this step to save a checkpoint (Ctrl-C again stops at once)\n")
+        self.requested, self.signum = True, signum
+        if signum == signal.SIGTERM:
+            _notice("\nniiv: terminated (SIGTERM): stopping after this step to save a checkpoint\n")
+        else:
+            _notice("\nniiv: Ctrl-C: stopping after this step to save a checkpoint (Ctrl-C again stops at once)\n")
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
@@ -374,11 +388,113 @@ RUN_SETTINGS = (
 )
 
 
-def _load_teacher(name: str | None, device: torch.device) -> NiivModel | None:
-    """The frozen model whose outputs are the targets of a distillation run (validated on load)."""
+def check_settings(settings: TrainSettings) -> None:
+    """Refuse, before any work, settings a run cannot honour (the Python API takes any value: the CLI's
+    parser and the panel's boxes check theirs): a time limit that is not a positive number of seconds
+    (a negative one wrote the start weights back as a run's result, a NaN one was no limit), steps,
+    batch, points and intervals that are not whole numbers of at least one, a learning rate that is
+    not a positive number, and alpha 1 alone, which simulates no anisotropy: nothing to learn."""
+    alpha = check_alpha(settings.alpha)
+    top = check_alpha(settings.alpha_max) if settings.alpha_max is not None else alpha
+    if top < alpha:
+        raise NiivInputError(f"alpha_max {top:g} is below alpha {alpha:g}: give the range's low end as alpha")
+    if top == 1.0:
+        raise NiivInputError(
+            "alpha 1 simulates no anisotropy (the sections would be the planes themselves): there is nothing to "
+            "learn; train for the alpha of your data, above 1"
+        )
+    for name in ("steps", "batch", "points", "checkpoint_every", "eval_every"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise NiivInputError(f"{name} {value!r}: give a whole number of at least 1")
+    if isinstance(settings.preview_every, bool) or not isinstance(settings.preview_every, (int, np.integer)):
+        raise NiivInputError(f"preview_every {settings.preview_every!r}: give a whole number (0: no previews)")
+    if settings.time_budget is not None and not (
+        isinstance(settings.time_budget, (int, float))
+        and math.isfinite(settings.time_budget)
+        and settings.time_budget > 0
+    ):
+        raise NiivInputError(
+            f"time limit {settings.time_budget!r} s: give a positive number of seconds, or None for no time limit"
+        )
+    if not (isinstance(settings.lr, (int, float)) and math.isfinite(settings.lr) and settings.lr > 0):
+        raise NiivInputError(f"learning rate {settings.lr!r}: give a positive number such as 5e-4")
+
+
+def check_held_out_apart(held: HeldOutCheck, volumes: Sequence[Volume], z_ranges: Sequence[Any] | None) -> None:
+    """Refuse a held-out volume that shares xy planes with the planes the run trains on (the same
+    data saved twice, as .tif and .npy or uint8 and float; or overlapping crops of one volume): its
+    scores, written into the weights' card, would not be held out. Planes are compared by their
+    values (as float32), constant planes (padding) aside. Training volumes of up to
+    ``OVERLAP_SCAN_BYTES`` are compared plane by plane, larger ones on ``OVERLAP_SAMPLE`` planes
+    spread over them."""
+    ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
+    for h in held.volumes:
+        keys = {}
+        for z in range(h.shape[0]):
+            plane = np.asarray(h[z])
+            if plane.min() != plane.max():
+                keys.setdefault(_plane_key(plane), z)
+        if not keys:
+            continue
+        for vol, zr in zip(volumes, ranges, strict=True):
+            if tuple(vol.shape[1:]) != tuple(h.shape[1:]):
+                continue
+            z0, z1 = zr if zr is not None else (0, vol.shape[0])
+            plane_bytes = int(np.prod(vol.shape[1:])) * np.dtype(vol.data.dtype).itemsize
+            sampled = (z1 - z0) * plane_bytes > OVERLAP_SCAN_BYTES
+            if not sampled:  # every plane, read in blocks of ~64 MiB
+                step = max(1, (64 << 20) // max(1, plane_bytes))
+                blocks = [(z, min(z + step, z1)) for z in range(z0, z1, step)]
+            else:  # a sample of planes, each read alone
+                blocks = [(int(z), int(z) + 1) for z in sorted(set(np.linspace(z0, z1 - 1, OVERLAP_SAMPLE).round()))]
+            shared = []
+            for a, b in blocks:
+                data = np.asarray(vol.data[a:b])
+                for z in range(a, b):
+                    key = _plane_key(data[z - a])
+                    if key in keys:
+                        shared.append((keys[key], z))
+            if shared:
+                (zh, zt), n = shared[0], f"{'at least ' if sampled else ''}{len(shared)}"
+                raise NiivInputError(
+                    f"{held.what} shares {n} xy plane(s) with the training volume {vol.name or '(unnamed)'} (e.g. its "
+                    f"plane {zh} is plane {zt} there), so its scores would not be held out: hold out data the run does "
+                    "not train on (another volume, or planes outside the training region)"
+                )
+
+
+OVERLAP_SCAN_BYTES = 1 << 30
+OVERLAP_SAMPLE = 64
+
+
+def _plane_key(plane: np.ndarray) -> bytes:
+    """A digest of a plane's values, the same for the same values in any pixel type float32 holds exactly."""
+    return hashlib.blake2b(np.ascontiguousarray(plane, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_teacher(name: str | None, device: torch.device, degradations: Sequence[Degradation] = ()) -> NiivModel | None:
+    """The frozen model whose outputs are the targets of a distillation run (validated on load);
+    refused when it never learned the sections the run simulates (its outputs there are no targets)."""
     if not name:
         return None
-    teacher = load_weights(resolve_weights(name)).model.to(device).eval()
+    path = resolve_weights(name)
+    learned = learned_degradations(path)
+    unknown = [str(d) for d in degradations if d.kind not in learned]
+    if unknown:
+        raise NiivInputError(
+            f"the teacher {name} learned {', '.join(learned)} sections, not {', '.join(unknown)}: its outputs there "
+            "are no targets to learn from; distil from weights that learned them (`niiv info` lists each one's)"
+        )
+    teacher = load_weights(path).model.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
@@ -479,6 +595,30 @@ def check_same_run(path: Path, saved: Weights, identity: dict[str, Any]) -> None
         )
 
 
+def _resumed_state(ckpt: Path, ts: dict[str, Any] | None, steps: int) -> tuple[int, list[dict[str, Any]], float]:
+    """A checkpoint's step, history and training time, or a message saying it is damaged (a step
+    that is not a whole number from 0 to the run's steps was a ValueError traceback)."""
+    ts = ts if isinstance(ts, dict) else {}
+    step, history, seconds = ts.get("step", 0), ts.get("history", []), ts.get("seconds", 0.0)
+    fine = (
+        isinstance(step, int)
+        and not isinstance(step, bool)
+        and 0 <= step <= steps
+        and isinstance(history, list)
+        and all(isinstance(h, dict) for h in history)
+        and isinstance(seconds, (int, float))
+        and math.isfinite(seconds)
+        and seconds >= 0
+    )
+    if not fine:
+        raise NiivInputError(
+            f"{ckpt}: its training state is damaged (step {step!r} of {steps}, {type(history).__name__} history, "
+            f"{seconds!r} s); start a new run (niiv train: without --resume, with --overwrite; in the viewer: Start "
+            "under another name)"
+        )
+    return step, list(history), float(seconds)
+
+
 def _one_run_per_output(run: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
     """One run per ``out``: ``OUT.lock`` (``inference.store.output_lock``) refuses a second,
     naming the first's pid, and is taken over from a process that is gone; holding it, the run
@@ -520,6 +660,7 @@ def train(
     out = Path(out)
     ckpt = checkpoint_path(out)
     check_output(out)
+    check_settings(settings)
     if resume and not ckpt.exists():
         raise NiivInputError(
             f"nothing to resume: there is no checkpoint {ckpt} (a run writes it beside its weights every "
@@ -541,8 +682,9 @@ def train(
     _check_room(out, model)
     if held_out is not None:
         held_out.check_fits(model.config)
+        check_held_out_apart(held_out, vols, z_ranges)
     model = model.to(device).train()
-    teacher = _load_teacher(settings.teacher, device)
+    teacher = _load_teacher(settings.teacher, device, parse_degradations(settings.degradations))
     sampler = LateralPairSampler(
         vols,
         (settings.alpha, settings.alpha_max or settings.alpha),
@@ -557,16 +699,18 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     step, history, elapsed = 0, [], 0.0
     started_from = recorded_name(init) if init else None
+    started_sha = _sha256(Path(init)) if init else None  # which file that was, whatever its path names later
     saved_step: int | None = None  # the step the checkpoint on disk holds, as far as this run knows
     if resume:
         state = load_weights(ckpt, with_optimizer=True)
         check_same_run(ckpt, state, identity)
         model.load_state_dict(state.model.state_dict())
         restore_optimizer(optimizer, state)
-        ts = state.train_state or {}
-        step, history, elapsed = int(ts.get("step", 0)), list(ts.get("history", [])), float(ts.get("seconds", 0.0))
+        step, history, elapsed = _resumed_state(ckpt, state.train_state, settings.steps)
         started_from = state.card.get("fine_tuned_from", started_from)  # the run's start, not the checkpoint
+        started_sha = state.card.get("fine_tuned_from_sha256", started_sha)
         saved_step = step
+    started_at = step
 
     base_card = {
         "architecture": settings.architecture
@@ -579,7 +723,15 @@ def train(
         "settings": asdict(settings),
         "precision": precision_name(amp),  # what it ran in
         "fine_tuned_from": started_from,
-        **({"distilled_from": recorded_name(settings.teacher)} if settings.teacher else {}),
+        **({"fine_tuned_from_sha256": started_sha} if started_sha else {}),
+        **(
+            {
+                "distilled_from": recorded_name(settings.teacher),
+                "distilled_from_sha256": _sha256(resolve_weights(settings.teacher)),
+            }
+            if settings.teacher
+            else {}
+        ),
         **({"held_out_check": held_out.describe()} if held_out is not None else {}),
         **(card or {}),
     }
@@ -652,10 +804,11 @@ def train(
                 if held_out is not None and check_now:
                     last_check = held_out(model, device)
                     history[-1].update({"held_out_" + k: v for k, v in last_check.items()})
-                    bar.write(
-                        f"step {step}: held-out CF-PSNR {last_check['cf_psnr']:.2f} dB "
-                        f"({last_check['cf_psnr_gain']:+.2f} vs bilinear)"
-                    )
+                    if progress:  # tqdm.write prints even for a disabled bar: a GUI's run filled the terminal
+                        bar.write(
+                            f"step {step}: held-out CF-PSNR {last_check['cf_psnr']:.2f} dB "
+                            f"({last_check['cf_psnr_gain']:+.2f} vs bilinear)"
+                        )
                     for cb in callbacks:
                         cb.on_eval(step, last_check)
                 if preview_now:
@@ -672,7 +825,7 @@ def train(
                     for cb in callbacks:
                         cb.on_checkpoint(step, ckpt)
                 if interrupt.requested:
-                    raise TrainingInterrupted(step, settings.steps, ckpt, saved_now=True)
+                    raise TrainingInterrupted(step, settings.steps, ckpt, saved_now=True, signum=interrupt.signum)
                 if stop_now:
                     stopped = step < settings.steps
                     break
@@ -693,7 +846,9 @@ def train(
         raise
     except KeyboardInterrupt as exc:  # a second Ctrl-C, or one outside the steps: at once
         kept = ckpt if saved_step is not None else None
-        raise TrainingInterrupted(saved_step or 0, settings.steps, kept, saved_now=False) from exc
+        raise TrainingInterrupted(
+            saved_step or 0, settings.steps, kept, saved_now=False, signum=interrupt.signum
+        ) from exc
     finally:
         bar.close()
-    return TrainResult(out, ckpt, step, stopped, elapsed, history, last_check)
+    return TrainResult(out, ckpt, step, stopped, elapsed, history, last_check, started_at)
