@@ -503,3 +503,28 @@ def test_an_empty_value_is_a_usage_error_not_an_option_left_out(capsys, argv, sa
     replaces)."""
     code, out, err = _run(capsys, *argv)
     assert code == 2 and said in err and not out
+
+
+def test_info_of_a_misspelled_weights_name_suggests_the_name(capsys) -> None:
+    assert main(["info", "niiv-emm"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+
+
+def test_a_resume_with_nothing_left_to_train_says_so_and_leaves_the_weights(tmp_path, medulla, capsys) -> None:
+    """A resume of a run whose time limit was spent printed 'wrote OUT after N steps', as if it had trained."""
+    from tests.conftest import write_tif
+
+    volume, out = tmp_path / "m.tif", tmp_path / "w.safetensors"
+    write_tif(volume, medulla)
+    argv = ["train", str(volume), "--out", str(out), "--alpha", "4", "--arch", "fast", "--crop", "32"]
+    argv += ["--batch", "2", "--steps", "100000", "--minutes", "0.01", "--device", "cpu"]
+    assert main(argv) == 0
+    from napari_niiv.inference.weights import load_weights
+
+    before = load_weights(out).model.state_dict()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "nothing left to train" in err and "wrote" not in err, err
+    after = load_weights(out).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the same weights (the card notes the run)

@@ -9,6 +9,7 @@ import inspect
 import json
 import math
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -581,7 +582,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             )
         else:
             if isinstance(p, Path) and not (p.exists() or p.is_symlink()):
-                raise NiivInputError(f"{p}: no such file or folder, nor weights of that name (`niiv info` lists them)")
+                from .inference.weights import weights_suggestion
+
+                hint = weights_suggestion(str(p))
+                raise NiivInputError(
+                    f"{p}: no such file or folder, nor weights of that name"
+                    + (f" ({hint})" if hint else " (`niiv info` lists them)")
+                )
             vol = open_volume(p)
             print(describe(vol))
             if vol.has_voxel_size:
@@ -1079,23 +1086,31 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         result = train(vols, settings, out, init=init, resume=args.resume, held_out=held, card=card)
     except TrainingInterrupted as exc:
         again = "run the same command again" if args.resume else "run the same command with --resume"
+        code, what = (143, "terminated") if exc.signum == signal.SIGTERM else (130, "interrupted")
         if exc.checkpoint is None:
-            print("niiv train: interrupted before the first checkpoint; nothing to resume", file=sys.stderr)
+            print(f"niiv train: {what} before the first checkpoint; nothing to resume", file=sys.stderr)
         elif exc.saved_now:
             print(
-                f"niiv train: interrupted; step {exc.step} of {exc.steps} saved in {exc.checkpoint}: to continue, "
-                f"{again}",
+                f"niiv train: {what}; step {exc.step} of {exc.steps} saved in {exc.checkpoint}: to continue, {again}",
                 file=sys.stderr,
             )
         else:
             print(
-                f"niiv train: interrupted at once; {exc.checkpoint} holds step {exc.step} of {exc.steps} "
+                f"niiv train: {what} at once; {exc.checkpoint} holds step {exc.step} of {exc.steps} "
                 f"(later steps are lost): to continue, {again}",
                 file=sys.stderr,
             )
-        return 130
+        return code
     except FloatingPointError as exc:  # the loss diverged
         raise NiivInputError(f"{exc} with --lr") from exc
+    if args.resume and result.started_at == result.steps_done:
+        print(
+            f"niiv train: nothing left to train: {result.weights} already holds step {result.steps_done} "
+            f"(of {settings.steps}) and trained no further. For more steps, give a larger --steps or --minutes "
+            "with --resume",
+            file=sys.stderr,
+        )
+        return 0
     msg = f"wrote {result.weights} after {result.steps_done} steps in {result.seconds / 60:.1f} min"
     if result.steps_done < settings.steps and settings.time_budget is not None:
         msg += (
