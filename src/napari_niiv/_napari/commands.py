@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from napari.viewer import Viewer
 from qtpy.QtCore import QObject, QThread, QTimer, Signal
 
+from ..data.degrade import ALPHA_RANGE
 from ..errors import NiivInputError
 from ..inference import confidence
 from ..inference.devices import pick_device
@@ -45,7 +47,7 @@ def reconstruct_isotropic(layer: Image, viewer: Viewer) -> Any:
 
     # errored connected here: napari would otherwise re-raise the refusal in the event loop
     connect = {"returned": lambda prepared: insert_prepared(viewer, prepared), "errored": _report_failure}
-    return create_worker(prepare_isotropic_layer, layer, _connect=connect)
+    return create_worker(prepare_isotropic_layer, layer, menu=True, _connect=connect)
 
 
 def insert_prepared(viewer: Viewer, prepared: PreparedLayer) -> Image | None:
@@ -75,24 +77,31 @@ class PreparedLayer:
 
 
 def prepare_isotropic_layer(
-    layer: Any, settings: InferenceSettings | None = None, weights: str = DEFAULT_WEIGHTS, fast: bool = True
+    layer: Any,
+    settings: InferenceSettings | None = None,
+    weights: str = DEFAULT_WEIGHTS,
+    fast: bool = True,
+    menu: bool = False,
 ) -> PreparedLayer:
     """Check ``layer``, load the weights (and, with ``fast``, niiv-fast for 3D views and coarse
     levels on a CPU; without it the weights render those too, slower) and set up the lazy volume;
-    no napari calls (any thread). ``settings`` default to the layer's own anisotropy."""
+    no napari calls (any thread). ``settings`` default to the layer's own anisotropy. ``menu``: for
+    the Layers menu's command, whose refusals point to the dock for what the menu cannot set."""
     layer = check_layer(layer)
     if settings is None:
-        alpha = layer_alpha(layer)
-        if alpha is None:
-            raise NiivInputError(
-                f"'{layer.name}' has the same scale on z and x/y, so its anisotropy is unknown: pick the "
-                "volume in the niiv widget and set alpha there, or give the layer its voxel sizes (napari's console: "
-                "`layer.scale = (z, y, x)`)"
-            )
-        settings = InferenceSettings(alpha=alpha)
+        settings = InferenceSettings(alpha=_scale_alpha(layer))
     data = level0(layer)
     model = load_weights(resolve_weights(weights)).model
-    check_reconstructable(tuple(int(s) for s in data.shape[-3:]), model, settings.volume_orientation)
+    shape = tuple(int(s) for s in data.shape[-3:])
+    try:
+        check_reconstructable(shape, model, settings.volume_orientation)
+    except NiivInputError as exc:
+        if not menu or shape[0] < 2:  # (other weights help only a volume too narrow for these)
+            raise
+        raise NiivInputError(
+            f"'{layer.name}': {exc} (Layers > niiv runs {weights}: for other weights, pick them in the niiv dock, "
+            "Plugins > niiv isotropic view, and press Whole volume (lazy layer))"
+        ) from None
     geometry = layer_geometry(layer, settings)
     fast_path = fast_weights(weights, pick_device(settings.device).type, settings.sections) if fast else None
     small = Reconstructor(load_weights(fast_path).model, settings) if fast_path is not None else None
@@ -118,12 +127,33 @@ def prepare_isotropic_layer(
     return PreparedLayer(layer, lazy, out)
 
 
+def _scale_alpha(layer: Image) -> float:
+    """The alpha the Layers menu runs ``layer`` at: its z voxel over its xy voxel, when that says
+    how much coarser z is (else a NiivInputError that says where to set it)."""
+    alpha = layer_alpha(layer)
+    if alpha is None:
+        raise NiivInputError(
+            f"'{layer.name}' has the same scale on z and x/y, so its anisotropy is unknown: pick the "
+            "volume in the niiv widget and set alpha there, or give the layer its voxel sizes (napari's console: "
+            "`layer.scale = (z, y, x)`)"
+        )
+    lo, hi = ALPHA_RANGE
+    if not lo <= alpha <= hi:
+        finer = " (z finer than x/y: niiv only fills in a coarser z)" if alpha < lo else ""
+        raise NiivInputError(
+            f"'{layer.name}' has z voxels {alpha:.3g} times its xy voxels{finer}, outside alpha {lo:g} to {hi:g}: "
+            "is its scale right? Correct it (napari's console: `layer.scale = (z, y, x)`), or pick the volume in the "
+            "niiv widget and set alpha there"
+        )
+    return alpha
+
+
 @gui_handler
 def show_isotropic_layer(viewer: Any, prepared: PreparedLayer) -> Image:
     """Insert the prepared lazy layer on top, on the GUI thread: napari builds its visual and
     controls here (once per layer); the input stays selected."""
     out = prepared.output
-    TileProgress(viewer, out, prepared.lazy)
+    TileProgress(viewer, out, prepared.lazy, prepared.source)
     insert_layer(viewer, len(viewer.layers), out)  # on top; the input stays selected
     show_info(
         f"niiv: '{out.name}' computes the tiles you look at; to write it all, use Save isotropic volume... "
@@ -151,9 +181,15 @@ class TileProgress(QObject):
     _preview_done = Signal()  # a stand-in of a lazy input's tile read: redrawn, not counted
     _failed = Signal(object)
 
-    def __init__(self, viewer: Any, layer: Image, lazy: LazyIsotropic) -> None:
+    def __init__(self, viewer: Any, layer: Image, lazy: LazyIsotropic, source: Image | None = None) -> None:
         super().__init__()
         self.viewer, self.layer, self.lazy = viewer, layer, lazy
+        # the input, weakly (the layer's data is held by the lazy volume; the layer itself is the
+        # user's to close): new data there is said once, as this layer keeps showing the data it had
+        self._source = weakref.ref(source) if source is not None else None
+        self._source_changed_told = False
+        if source is not None:
+            source.events.data.connect(self._source_data_changed)
         self.confidence_layer: Image | None = None
         self.done = 0
         self._timer = QTimer(self)
@@ -264,11 +300,31 @@ class TileProgress(QObject):
         show_error(f"niiv could not compute a tile of '{self.layer.name}': {exc}")
 
     @gui_handler
+    def _source_data_changed(self, event: Any = None) -> None:
+        """The input got new data: this layer is niiv of the data it was made from (its tiles, its
+        save), which no longer is what the input shows; said once per layer."""
+        source = self._source() if self._source is not None else None
+        if self._source_changed_told or source is None or self.layer not in self.viewer.layers:
+            return
+        self._source_changed_told = True
+        show_warning(
+            f"niiv: '{source.name}' has new data; '{self.layer.name}' still shows (and File > Save writes) niiv of "
+            "the data it was made from: for the new data, make the whole-volume layer again"
+        )
+
+    def _disconnect_source(self) -> None:
+        source = self._source() if self._source is not None else None
+        if source is not None:
+            source.events.data.disconnect(self._source_data_changed)
+        self._source = None
+
+    @gui_handler
     def _removed(self, event: Any) -> None:
         if event.value is self.confidence_layer:
             self.confidence_layer = None
             self.lazy.enable_confidence(False)
         elif event.value is self.layer:
             self.viewer.layers.events.removed.disconnect(self._removed)
+            self._disconnect_source()
             self.lazy.close()
             self.hide_confidence(now=False)  # the map of a closed layer can no longer be computed

@@ -34,6 +34,9 @@ def check_layer(layer: Layer | None) -> Image:
             f"'{layer.name}' is {layer.ndim}D; niiv works on one 3D (z, y, x) volume: "
             "split time points or channels into separate layers first"
         )
+    units_problem = _units_problem(layer)
+    if units_problem is not None:
+        raise NiivInputError(units_problem)
     placement = _placement(layer)
     if placement is None:
         raise NiivInputError(
@@ -47,6 +50,32 @@ def check_layer(layer: Layer | None) -> Image:
             "voxel sizes: flip the data itself instead (e.g. numpy.flip) and make the scale positive"
         )
     return layer
+
+
+def _units_problem(layer: Image) -> str | None:
+    """Why niiv cannot take the units of ``layer``'s three axes, or None: they must all be one
+    length unit (or napari's "pixel": none). napari itself shows a layer in micrometres on z and
+    nanometres in y and x converted, but niiv's voxel sizes, alpha, outputs and stores all take one
+    unit, and a time axis (seconds) is no z."""
+    units = tuple(getattr(layer, "units", None) or ())[-3:]
+    if len(units) < 3:
+        return None
+    names = [str(u) for u in units]
+    for axis, unit, name in zip("zyx", units, names, strict=True):
+        if name not in ("pixel", "dimensionless") and "[length]" not in str(getattr(unit, "dimensionality", "")):
+            return (
+                f"'{layer.name}' has the unit '{name}' on {axis}, which is not a length: niiv reconstructs z between "
+                "xy planes of one volume; if this axis is time or channels, pick a 3D (z, y, x) volume instead, and if "
+                "it is z, give it a length unit (napari's console: `layer.units = 'nanometer'`, with `layer.scale` in "
+                "nanometres)"
+            )
+    if len(set(names)) > 1:
+        return (
+            f"'{layer.name}' has different units on z, y, x ({', '.join(names)}); niiv needs one unit for all three: "
+            "give the voxel sizes in one unit (napari's console, e.g. `layer.units = 'nanometer'` and "
+            "`layer.scale = (z, y, x)` in nanometres)"
+        )
+    return None
 
 
 def axis_aligned_placement(
@@ -130,7 +159,17 @@ def remove_layers(viewer: Any, layers: list[Layer], now: bool = True) -> None:
     waiting = queue is not None
     if queue is None:
         queue = _REMOVALS[viewer] = []
-    queue.extend(layer for layer in layers if layer is not None and layer not in queue)
+    new = [layer for layer in layers if layer is not None and layer not in queue]
+    queue.extend(new)
+    # Layers left alone in the viewer until their turn (the live layers of an input just closed)
+    # are hidden at once: drawn alone at the repaint before their removal, a live layer (one
+    # plane at the slider's position) crashed napari on software OpenGL, every time once the view
+    # was done. Only then: hiding the confidence map of a whole-volume layer just removed, over its
+    # input, crashed it at the next repaint instead.
+    if all(layer in queue for layer in viewer.layers):
+        for layer in new if waiting or not now else new[1:]:
+            if layer.visible:
+                layer.visible = False
     if waiting:
         return
 
@@ -206,21 +245,46 @@ def layer_alpha(layer: Image) -> float | None:
     return None if np.isclose(sz, sx) else sz / sx
 
 
-def current_camera(viewer: Any, pixel_ratio: float = 1.0) -> Camera:
+def world_per_layer_unit(viewer: Any, layer: Image) -> float:
+    """How many of the viewer's world units one unit of ``layer`` spans. When every layer's units
+    are of one kind, napari shows them all in the smallest unit (a layer in micrometres beside one
+    in nanometres is drawn, and the camera and sliders move, in nanometres: 1000); when they are
+    not (a layer in "pixel" beside one in nanometres), it shows the plain numbers: 1."""
+    world = getattr(viewer.layers, "units", None)
+    units = tuple(getattr(layer, "units", None) or ())
+    if not world or not units:
+        return 1.0
+    try:
+        factor = float((1 * units[-1]).to(world[-1]).magnitude)
+    except Exception:  # pint could not relate them: napari shows the plain numbers then
+        return 1.0
+    return factor if np.isfinite(factor) and factor > 0 else 1.0
+
+
+def current_camera(viewer: Any, pixel_ratio: float = 1.0, per_unit: float = 1.0) -> Camera:
+    """The camera in the units of a layer of which one unit spans ``per_unit`` world units."""
     cam = viewer.scene.camera
     size = viewer.canvas.viewbox_size(viewer.layers)
-    return Camera(tuple(cam.center[-2:]), float(cam.zoom), (float(size[0]), float(size[1])), pixel_ratio)  # type: ignore[arg-type]
+    center = tuple(float(c) / per_unit for c in cam.center[-2:])
+    return Camera(center, float(cam.zoom) * per_unit, (float(size[0]), float(size[1])), pixel_ratio)  # type: ignore[arg-type]
 
 
 def current_grid(
     viewer: Any, layer: Image, output_scale: float, pixel_ratio: float = 1.0, alpha: float | None = None
 ) -> ViewGrid | None:
-    """What the viewer shows of ``layer`` now, as a sample grid; None in 3D or when off screen.
-    ``alpha``, the anisotropy niiv runs at, gives the output's z voxel (the layer's z scale over
-    alpha): finer than the in-plane voxel for a layer without voxel sizes at a typed alpha, and
-    then z is sampled that finely (:func:`~napari_niiv.inference.viewport.view_grid`)."""
+    """What the viewer shows of ``layer`` now, as a sample grid in the layer's units (napari
+    converts what is drawn in them: :func:`world_per_layer_unit`); None in 3D, when off screen,
+    or when the layer is no longer one niiv can show (its data made 2D, a rotation set while the
+    view runs: :func:`check_layer` says why; nothing is drawn for it). ``alpha``, the anisotropy niiv runs at, gives
+    the output's z voxel (the layer's z scale over alpha): finer than the in-plane voxel for a
+    layer without voxel sizes at a typed alpha, and then z is sampled that finely
+    (:func:`~napari_niiv.inference.viewport.view_grid`)."""
     dims = viewer.dims
     if dims.ndisplay != 2:
+        return None
+    try:
+        check_layer(layer)
+    except NiivInputError:
         return None
     offset = dims.ndim - 3  # the layer's axes are the last three world axes
     displayed = tuple(int(a) - offset for a in dims.order[-2:])
@@ -228,10 +292,11 @@ def current_grid(
         return None
     sliced = ({0, 1, 2} - set(displayed)).pop()
     frame = layer_frame(layer)
-    point = float(dims.point[sliced + offset])
+    per_unit = world_per_layer_unit(viewer, layer)
+    point = float(dims.point[sliced + offset]) / per_unit
     finest_z = frame.scale[0] * output_scale / float(alpha) if alpha is not None else None
     return view_grid(
-        current_camera(viewer, pixel_ratio),
+        current_camera(viewer, pixel_ratio, per_unit),
         frame,
         displayed,  # type: ignore[arg-type]
         point,
