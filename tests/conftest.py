@@ -85,3 +85,22 @@ def tiny_user_weights(tmp_path, monkeypatch) -> Path:
 def cremi64() -> np.ndarray:
     """Real serial-section TEM, alpha 10: (32, 64, 64) uint8."""
     return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:, :64, :64])
+
+
+def rewrite_weights(good: Path, out: Path, tensors=None, **meta_changes) -> Path:
+    """A copy of the weights file ``good`` at ``out`` with its tensors passed through ``tensors``
+    and its metadata keys changed (``None``: removed): damaged or lying weights, made on purpose."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    state = tensors(state) if tensors else state
+    for key, value in meta_changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    save_file(state, str(out), metadata=meta)
+    return out

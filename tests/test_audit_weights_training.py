@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.weights import (
@@ -39,7 +37,7 @@ from napari_niiv.training.train import (
     checkpoint_path,
     train,
 )
-from tests.conftest import TINY, random_model, write_tif
+from tests.conftest import TINY, random_model, rewrite_weights, write_tif
 
 FAST = dict(alpha=4.0, batch=2, crop=32, points=256, warmup=2, device="cpu", precision="fp32", preview_every=0)
 
@@ -49,20 +47,6 @@ def good(tmp_path) -> Path:
     path = tmp_path / "good.safetensors"
     save_weights(path, random_model(TINY), 4.0, None, card={"alpha_range": [2, 8], "architecture": "custom"})
     return path
-
-
-def _rewrite(good: Path, out: Path, tensors=None, **meta_changes) -> Path:
-    with safe_open(str(good), framework="pt") as f:
-        meta = dict(f.metadata())
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    state = tensors(state) if tensors else state
-    for key, value in meta_changes.items():
-        if value is None:
-            meta.pop(key, None)
-        else:
-            meta[key] = value
-    save_file(state, str(out), metadata=meta)
-    return out
 
 
 # --- weights files --------------------------------------------------------------------------------
@@ -125,12 +109,14 @@ def test_links_that_loop_or_lead_nowhere_and_unreadable_files(good, tmp_path) ->
 
 
 def test_integer_tensors_are_refused_and_other_float_types_load(good, tmp_path) -> None:
-    as_int = _rewrite(good, tmp_path / "int.safetensors", tensors=lambda s: {k: (v * 100).int() for k, v in s.items()})
+    as_int = rewrite_weights(
+        good, tmp_path / "int.safetensors", tensors=lambda s: {k: (v * 100).int() for k, v in s.items()}
+    )
     with pytest.raises(NiivInputError, match=r"weight tensor\(s\) are not floating point \(e\.g\. \S+: torch\.int32\)"):
         load_weights(as_int)
     reference = load_weights(good).model.state_dict()
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
-        other = _rewrite(
+        other = rewrite_weights(
             good, tmp_path / f"{dtype}.safetensors", tensors=lambda s, d=dtype: {k: v.to(d) for k, v in s.items()}
         )
         loaded = load_weights(other).model.state_dict()
@@ -147,7 +133,7 @@ def test_finite_but_absurd_weights_are_refused(good, tmp_path) -> None:
         return state
 
     with pytest.raises(NiivInputError, match="outputs only black or white on a test image"):
-        load_weights(_rewrite(good, tmp_path / "absurd.safetensors", tensors=absurd))
+        load_weights(rewrite_weights(good, tmp_path / "absurd.safetensors", tensors=absurd))
 
 
 @pytest.mark.parametrize(
@@ -165,7 +151,7 @@ def test_finite_but_absurd_weights_are_refused(good, tmp_path) -> None:
 )
 def test_metadata_that_lies_or_is_malformed_is_refused(good, tmp_path, changes, message) -> None:
     with pytest.raises(NiivInputError, match=message):
-        load_weights(_rewrite(good, tmp_path / "bad.safetensors", **changes))
+        load_weights(rewrite_weights(good, tmp_path / "bad.safetensors", **changes))
 
 
 def test_a_card_architecture_label_that_lies_is_replaced_by_the_real_one(good, tmp_path) -> None:
@@ -174,7 +160,9 @@ def test_a_card_architecture_label_that_lies_is_replaced_by_the_real_one(good, t
         assert NiivConfig.named(name).preset() == name
     assert NiivConfig(latent_dim=3).preset() is None
     assert load_weights(resolve_weights("niiv-em")).card["architecture"] == "v1"  # v1 with an embedding: as written
-    card = load_weights(_rewrite(good, tmp_path / "lie.safetensors", card=json.dumps({"architecture": "v2"}))).card
+    card = load_weights(
+        rewrite_weights(good, tmp_path / "lie.safetensors", card=json.dumps({"architecture": "v2"}))
+    ).card
     assert card["architecture"] == "custom" and card["architecture_as_written"] == "v2"
     fast = tmp_path / "fast.safetensors"
     save_weights(fast, random_model(NiivConfig.fast()), 4.0, None, card={"architecture": "v1"})
@@ -418,7 +406,7 @@ def _damaged_checkpoint(tmp_path, medulla, name, tensors=None, **meta_changes):
         )
     out = tmp_path / name / "w.safetensors"
     out.parent.mkdir()
-    _rewrite(checkpoint_path(first), checkpoint_path(out), tensors=tensors, **meta_changes)
+    rewrite_weights(checkpoint_path(first), checkpoint_path(out), tensors=tensors, **meta_changes)
     return settings, out
 
 

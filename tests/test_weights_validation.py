@@ -7,13 +7,11 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from napari_niiv.cli import main
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.weights import load_weights, save_weights
-from tests.conftest import random_model
+from tests.conftest import random_model, rewrite_weights
 
 
 @pytest.fixture
@@ -24,18 +22,7 @@ def good(tmp_path):
 
 
 def _variant(good, tmp_path, name, tensors=None, **meta_changes):
-    with safe_open(str(good), framework="pt") as f:
-        meta = dict(f.metadata())
-        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    state = tensors(state) if tensors else state
-    for key, value in meta_changes.items():
-        if value is None:
-            meta.pop(key, None)
-        else:
-            meta[key] = value
-    path = tmp_path / f"{name}.safetensors"
-    save_file(state, str(path), metadata=meta)
-    return path
+    return rewrite_weights(good, tmp_path / f"{name}.safetensors", tensors, **meta_changes)
 
 
 def _nan(state):
