@@ -197,6 +197,41 @@ def test_a_cancelled_background_save_resumes_to_the_result_of_an_uninterrupted_o
 
 
 @pytest.mark.slow
+def test_a_save_that_ends_before_its_follower_is_connected_is_still_seen_to_end(
+    qtbot, make_napari_viewer, cremi, tiny_weights, tmp_path, monkeypatch
+):
+    """A save refused as it opens its store ends within milliseconds. Its follower's 'finished'
+    was connected only after the follower had started, and a signal emitted by a worker thread
+    with nothing connected is lost: once in a full test run the dock waited for that save forever
+    (Save disabled, 'a save is running'). Here the GUI thread is held until the job has ended."""
+    from napari_niiv._napari.activity import JobWorker
+    from napari_niiv._napari.save_job import SaveJob
+
+    jobs: list[SaveJob] = []
+    start_job, start_worker = SaveJob.start, JobWorker.start
+
+    def record(job: SaveJob) -> None:
+        jobs.append(job)
+        start_job(job)
+
+    def slow_gui(worker: JobWorker) -> None:
+        start_worker(worker)
+        jobs[-1].join()
+        time.sleep(0.5)  # the follower sees the end within its poll (0.1 s) and says so
+
+    monkeypatch.setattr(SaveJob, "start", record)
+    monkeypatch.setattr(JobWorker, "start", slow_gui)
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget = open_widget(viewer, tiny_weights)
+    saver = widget.save_to(tmp_path / "out")
+    assert saver is not None and widget.saver is saver, widget.status_label.value
+    qtbot.waitUntil(lambda: widget.saver is None, timeout=30_000)
+    assert isinstance(saver.job.result, WriteReport) and "saved 'cremi'" in widget.status_label.value
+    assert widget.last_save is saver and widget.save_button.enabled
+
+
+@pytest.mark.slow
 def test_a_save_never_goes_into_the_store_of_a_layer_another_reader_opened(
     make_napari_viewer, cremi, tiny_weights, tmp_path
 ):

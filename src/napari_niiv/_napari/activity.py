@@ -43,10 +43,16 @@ def follow_job(
     join: Callable[[float], bool],
     stop: Callable[[], None],
     snapshot: Callable[[], Any] = lambda: None,
+    on_yield: Callable[[Any], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
 ) -> JobWorker:
     """Start a job (``start()``, here and now) and follow it with a napari thread worker named
-    ``name``: it yields ``snapshot()`` whenever that changes (``worker.yielded``, on the GUI
-    thread) and finishes (``worker.finished``) once ``join(timeout)`` says the job has ended."""
+    ``name``: it yields ``snapshot()`` whenever that changes (``on_yield``, on the GUI thread)
+    and finishes (``on_finished``) once ``join(timeout)`` says the job has ended.
+
+    The callbacks are connected before the worker starts: a signal emitted by a worker thread
+    while nothing is connected yet is lost, and a job that ends at once (a save refused as it
+    opens its store) would then never be seen to finish."""
     start()
 
     def follow() -> Iterator[Any]:
@@ -63,6 +69,10 @@ def follow_job(
     follow.__qualname__ = follow.__name__ = name  # napari's task status shows the function
     worker = create_worker(follow, _worker_class=JobWorker, _start_thread=False)
     worker.on_quit = stop
+    if on_yield is not None:
+        worker.yielded.connect(on_yield)
+    if on_finished is not None:
+        worker.finished.connect(on_finished)
     worker.start()
     return worker
 

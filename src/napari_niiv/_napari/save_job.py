@@ -200,10 +200,22 @@ class BackgroundSave:
             bar_format="{desc}| ETA {remaining}",  # napari's activity dock shows what follows the |
             cancel_callback=self.cancel,
         )
-        self.worker: JobWorker = follow_job(f"niiv save of '{name}'", job.start, job.join, job.cancel, job.progress)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.finished.connect(self._on_finished)
-        self.on_status(f"Save isotropic volume...: writing {job.out} in the background")
+        self.worker: JobWorker | None = None
+
+    def start(self) -> None:
+        """Start the job and its follower. Separate from construction so that whoever keeps this
+        save has it before ``on_done`` can run (a save refused at once ends within milliseconds)."""
+        self.on_status(f"Save isotropic volume...: writing {self.job.out} in the background")
+        job = self.job
+        self.worker = follow_job(
+            f"niiv save of '{self.name}'",
+            job.start,
+            job.join,
+            job.cancel,
+            job.progress,
+            on_yield=self._on_progress,
+            on_finished=self._on_finished,
+        )
 
     @property
     def running(self) -> bool:

@@ -812,9 +812,10 @@ class NiivWidget(QScrollArea):
         input_id = source or "a napari layer"
         limits = (float(layer.contrast_limits[0]), float(layer.contrast_limits[1]))  # written as the window
         job = SaveJob(out, data, model, settings, geometry, dtype, input_id, self.save_chunks, origin, limits)
-        self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
+        saver = self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
         self.save_button.enabled = False
-        return self.saver
+        saver.start()  # after self.saver is set: _save_done may come before this returns
+        return saver
 
     def cancel_save(self) -> None:
         if self.saver is not None:
