@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +107,34 @@ def rewrite_weights(good: Path, out: Path, tensors=None, **meta_changes) -> Path
             meta[key] = value
     save_file(state, str(out), metadata=meta)
     return out
+
+
+NAPARI_CHILD_PRELUDE = textwrap.dedent(
+    """
+    import faulthandler, sys, time
+    import numpy as np
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    faulthandler.enable()
+
+    def wait(cond, timeout=120.0):
+        t = time.time()
+        while time.time() - t < timeout:
+            QApplication.processEvents()
+            if cond():
+                return
+            time.sleep(0.01)
+        sys.exit("timed out")
+    """
+)
+
+
+def run_napari_child(tmp_path: Path, body: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``body`` (a napari script; it has ``wait(cond, timeout)``) in a child Python process with
+    ``args`` as its ``sys.argv[1:]``: a segmentation fault there fails one test, not the test run."""
+    script = tmp_path / "child.py"
+    script.write_text(NAPARI_CHILD_PRELUDE + textwrap.dedent(body))
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )

@@ -6,10 +6,6 @@ or anything written where it should not be."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +14,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer each
 
-from tests.conftest import data_path  # noqa: E402
+from tests.conftest import data_path, run_napari_child  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -295,24 +291,7 @@ def test_the_whole_volume_layer_says_once_that_its_input_has_new_data(
     assert len(warnings) == 1  # its layer closed: nothing more to say
 
 
-CHILD = textwrap.dedent(
-    """
-    import faulthandler, sys, time
-    import numpy as np
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    faulthandler.enable()
-
-    def wait(cond, timeout=120.0):
-        t = time.time()
-        while time.time() - t < timeout:
-            QApplication.processEvents()
-            if cond():
-                return
-            time.sleep(0.01)
-        sys.exit("timed out")
-
+CHILD = """
     viewer = napari.Viewer(show=True)
     layer = viewer.add_image(np.load(sys.argv[1]), name="em", scale=(40, 4, 4))
     _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
@@ -336,7 +315,6 @@ CHILD = textwrap.dedent(
     print("painted", widget.status_label.value)
     viewer.close()
     """
-)
 
 
 @pytest.mark.parametrize("confidence", ["map", "no map"])
@@ -348,14 +326,8 @@ def test_closing_the_input_of_a_finished_live_view_does_not_crash_napari(
     view was done. Only the hidden-viewer tests ran this, and they never paint."""
     data = np.tile(crop, (2, 2, 2))
     np.save(tmp_path / "em.npy", data)
-    (tmp_path / "child.py").write_text(CHILD)
-    run = subprocess.run(
-        [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "em.npy"), confidence],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "NIIV_WEIGHTS_DIR": str(tiny_user_weights)},
-    )
+    env = {"NIIV_WEIGHTS_DIR": str(tiny_user_weights)}
+    run = run_napari_child(tmp_path, CHILD, str(tmp_path / "em.npy"), confidence, env=env)
     assert run.returncode == 0 and "painted live view off: its volume was closed" in run.stdout, (
         run.returncode,
         run.stdout[-500:],

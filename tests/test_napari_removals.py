@@ -5,16 +5,14 @@ user removed and its confidence map, which the plugin removed from within napari
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
 pytest.importorskip("napari")
+from tests.conftest import run_napari_child
+
 pytestmark = pytest.mark.slow  # a napari viewer
 
 
@@ -42,24 +40,7 @@ def test_remove_layers_removes_the_first_now_and_the_rest_one_gap_apart(qtbot, m
     qtbot.waitUntil(lambda: d not in viewer.layers, timeout=5000)
 
 
-CHILD = textwrap.dedent(
-    """
-    import faulthandler, sys, time
-    import numpy as np
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    faulthandler.enable()
-
-    def wait(cond, timeout=120.0):
-        t = time.time()
-        while time.time() - t < timeout:
-            QApplication.processEvents()
-            if cond():
-                return
-            time.sleep(0.01)
-        sys.exit("timed out")
-
+CHILD = """
     viewer = napari.Viewer(show=True)
     data = np.load(sys.argv[1])
     viewer.add_image(data, name="em", scale=(40, 4, 4), units="nm")
@@ -82,19 +63,11 @@ CHILD = textwrap.dedent(
     print("painted")
     viewer.close()
     """
-)
 
 
 def test_removing_a_whole_volume_layer_with_its_confidence_map_does_not_crash_napari(tmp_path, cremi64) -> None:
     """In a child process: a segmentation fault would end the test run. It crashed every time here."""
     np.save(tmp_path / "em.npy", cremi64)
-    (tmp_path / "child.py").write_text(CHILD)
-    env = {**os.environ, "NIIV_WEIGHTS_DIR": str(tmp_path / "no-user-weights")}
-    run = subprocess.run(
-        [sys.executable, str(tmp_path / "child.py"), str(tmp_path / "em.npy")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    env = {"NIIV_WEIGHTS_DIR": str(tmp_path / "no-user-weights")}
+    run = run_napari_child(tmp_path, CHILD, str(tmp_path / "em.npy"), env=env)
     assert run.returncode == 0 and "painted" in run.stdout, (run.returncode, run.stdout[-500:], run.stderr[-2000:])
