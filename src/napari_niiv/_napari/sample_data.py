@@ -5,6 +5,9 @@
   isotropic 10 nm cube pooled by 8 along z, with the cube itself as ground truth.
 - ``epfl_hippocampus``: EPFL CVLab FIB-SEM of mouse hippocampus, every 8th slice kept, as distributed by
   cbmi-group/IsoVEM; terms not stated by the distributor; for evaluation only.
+
+Both downloads are checked against a pinned sha256 of the array they decode to (what the layers show), so a
+changed or corrupted file is refused and dropped from the cache instead of shown.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -48,6 +52,12 @@ EPFL_URL = (
     "https://raw.githubusercontent.com/cbmi-group/IsoVEM/8ab23c6ef12f3d8be1d4fead3edb0fb1696c1fde/data/epfl/test_8.tif"
 )
 EPFL_SOURCE = "EPFL CVLab hippocampus FIB-SEM, crop distributed by cbmi-group/IsoVEM (data/epfl/test_8.tif)"
+EPFL_SHAPE = (32, 256, 256)
+# sha256 of the decoded uint8 array's bytes (C order, EPFL_SHAPE), not of the file: computed from the copy in the
+# shared data folder (anisotropic_em/epfl_hippocampus.tif, "crop distributed in cbmi-group/IsoVEM", written by
+# tifffile), since the download itself could not be fetched where this was written. An array hash holds whatever
+# TIFF encoding the distributor serves; a download that decodes to anything else is refused.
+EPFL_SHA256 = "dae9f5b3c53049f8e9a9ab226bf1da8974aabb292b7c9b8ff590fad040e5517c"
 EPFL_TERMS = "terms not stated by the distributor; for evaluation only"
 
 
@@ -118,10 +128,9 @@ def fibsem_anisotropic() -> list[LayerData]:
 def epfl_hippocampus() -> list[LayerData]:
     """Real anisotropic EM (mouse hippocampus, 40 x 5 x 5 nm voxels, alpha 8); no ground truth.
 
-    The TIFF carries no voxel sizes, so the scale is set here. Downloaded from cbmi-group/IsoVEM when
-    $NIIV_DATA_DIR does not hold it; its hash is not pinned: it could not be computed where this was
-    written (no network), so the download is trusted as served from that fixed commit. Terms: not stated by
-    the distributor; for evaluation only.
+    The TIFF carries no voxel sizes, so the scale is set here. Downloaded from cbmi-group/IsoVEM (a fixed
+    commit) when $NIIV_DATA_DIR does not hold it, and checked against :data:`EPFL_SHA256` (the cached copy too,
+    each time). Terms: not stated by the distributor; for evaluation only.
     """
     import tifffile
 
@@ -131,7 +140,9 @@ def epfl_hippocampus() -> list[LayerData]:
 
         cache = pooch.os_cache("napari-niiv")
         local = Path(_fetch("anisotropic_em/epfl_hippocampus.tif", EPFL_URL, path=cache, progressbar=True))
-    data = tifffile.imread(local)
+        data = verify_download(local)
+    else:
+        data = tifffile.imread(local)
     check_volume(data)
     meta = {
         "name": "epfl_hippocampus",
@@ -151,10 +162,40 @@ def _fetch(local: str, url: str, **options: Any) -> str:
     try:
         return pooch.retrieve(url, known_hash=None, **options)
     except Exception as exc:  # requests' ConnectionError, HTTPError, timeouts; OSError for the cache
+        host = urlsplit(url).netloc or url
         raise NiivInputError(
-            f"the sample could not be downloaded ({type(exc).__name__}: {str(exc)[:120]}); check the network, or "
-            f"point NIIV_DATA_DIR at a folder holding {local}"
+            f"the sample could not be downloaded from {host} ({type(exc).__name__}: {_root_cause(exc)}); check the "
+            f"network, or point NIIV_DATA_DIR at a folder holding {local}"
         ) from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a chain (requests -> urllib3 -> socket): "[Errno -2] Name or service not known"
+    says more than urllib3's "HTTPSConnectionPool(host=..., port=443): Max retries exceeded with url: ..."."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def verify_download(path: Path) -> np.ndarray:
+    """The EPFL sample read from ``path`` if it decodes to the pinned array; otherwise delete the file (so the
+    next try downloads afresh) and say so."""
+    import tifffile
+
+    try:
+        data = tifffile.imread(path)
+    except Exception:  # a truncated or foreign file: tifffile raises TiffFileError, ValueError, OSError...
+        data = None
+    if data is not None and data.dtype == np.uint8 and data.shape == EPFL_SHAPE and array_sha256(data) == EPFL_SHA256:
+        return data
+    Path(path).unlink(missing_ok=True)
+    raise NiivInputError(
+        f"the downloaded EM sample does not match the pinned sha256 {EPFL_SHA256}; the cached file {path} was "
+        "deleted: try again, or point NIIV_DATA_DIR at a folder holding anisotropic_em/epfl_hippocampus.tif"
+    )
 
 
 def _download_medulla_b() -> np.ndarray:
