@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--focus-fraction",
         type=_number(0.0, 1.0),
-        default=0.5,
+        default=None,
         help="with --focus: the fraction of batches drawn from it, the rest uniform (default 0.5)",
     )
     tr.add_argument(
@@ -943,6 +943,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .inference.store import check_outside_input, output_lock
     from .training.train import check_output
 
+    if args.focus_fraction is not None and not args.focus:
+        raise NiivInputError(
+            f"--focus-fraction {args.focus_fraction:g} does nothing without --focus (where those batches go, e.g. "
+            "--focus thick@10-12): add --focus, or drop --focus-fraction"
+        )
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise NiivInputError(f"--out {out}: weights are written as .safetensors; give a name ending in .safetensors")
@@ -996,6 +1001,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         TrainingInterrupted,
         TrainSettings,
         architecture_name,
+        check_new_run,
         checkpoint_path,
         fine_tune_settings,
         same_architecture,
@@ -1003,18 +1009,13 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     )
 
     ckpt = checkpoint_path(out)
-    if args.resume:
-        if not ckpt.exists():
-            raise NiivInputError(
-                f"--resume: nothing to resume, there is no checkpoint {ckpt} (a run writes it beside --out every "
-                "--checkpoint-every steps and on Ctrl-C); run without --resume to start training"
-            )
-    elif out.exists() and not args.overwrite:
-        raise NiivInputError(f"{out} already exists; choose another --out, --resume, or pass --overwrite")
-    elif ckpt.exists() and not args.overwrite:
+    if args.resume and not ckpt.exists():
         raise NiivInputError(
-            f"{ckpt} holds an unfinished run: pass --resume to continue it, or --overwrite to start anew"
+            f"--resume: nothing to resume, there is no checkpoint {ckpt} (a run writes it beside --out every "
+            "--checkpoint-every steps and on Ctrl-C); run without --resume to start training"
         )
+    # the rule is train()'s (overwrite=args.overwrite below), said here in the CLI's words before any volume is read
+    check_new_run(out, resume=args.resume, overwrite=args.overwrite, options=("--out", "--resume", "--overwrite"))
     alpha = check_alpha(args.alpha)
     if args.alpha_max is not None and args.alpha_max < alpha:
         raise NiivInputError(
@@ -1060,7 +1061,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         alpha_max=args.alpha_max,
         degradations=args.degradation,
         focus=args.focus,
-        focus_fraction=args.focus_fraction if args.focus else 0.0,
+        focus_fraction=(0.5 if args.focus_fraction is None else args.focus_fraction) if args.focus else 0.0,
         architecture=args.arch or (start.card.get("architecture", "custom") if start else TrainSettings.architecture),
         steps=args.steps,
         lr=lr,
@@ -1083,7 +1084,9 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
         )
     card = {"region": args.region} if region is not None else None
     try:
-        result = train(vols, settings, out, init=init, resume=args.resume, held_out=held, card=card)
+        result = train(
+            vols, settings, out, init=init, resume=args.resume, held_out=held, card=card, overwrite=args.overwrite
+        )
     except TrainingInterrupted as exc:
         again = "run the same command again" if args.resume else "run the same command with --resume"
         code, what = (143, "terminated") if exc.signum == signal.SIGTERM else (130, "interrupted")

@@ -38,11 +38,13 @@ from tqdm.auto import tqdm
 
 from ..data.degrade import THICK, Degradation, check_alpha, parse_degradations
 from ..data.io import Volume, as_volume
+from ..data.normalise import fit_normalisation
 from ..data.pairs import LateralPairSampler, parse_focus
 from ..errors import NiivInputError
 from ..inference.devices import autocast_dtype, pick_device, precision_name
 from ..inference.settings import InferenceSettings
 from ..inference.store import check_room, check_writable, output_lock
+from ..inference.suggestion import ALPHA_TOLERANCE
 from ..inference.weights import (
     Weights,
     learned_degradations,
@@ -361,6 +363,30 @@ def check_output(out: str | Path) -> None:
     check_writable(out)
 
 
+# How a refusal names the options: train()'s parameters, or the CLI's flags (cli.cmd_train).
+API_OPTIONS = ("out", "resume=True", "overwrite=True")
+
+
+def check_new_run(
+    out: str | Path, *, resume: bool = False, overwrite: bool = False, options: tuple[str, str, str] = API_OPTIONS
+) -> None:
+    """Refuse a new run (not a resume) where weights ``out`` or a run's checkpoint beside it already
+    exist, unless ``overwrite``: user weights and an unfinished run are never replaced silently.
+    ``options`` names the output, resuming and overwriting as the caller takes them (``niiv train``:
+    ``--out``, ``--resume``, ``--overwrite``)."""
+    if resume or overwrite:
+        return
+    out = Path(out)
+    name, resuming, overwriting = options
+    if out.exists():
+        raise NiivInputError(f"{out} already exists; choose another {name}, {resuming}, or pass {overwriting}")
+    ckpt = checkpoint_path(out)
+    if ckpt.exists():
+        raise NiivInputError(
+            f"{ckpt} holds an unfinished run: pass {resuming} to continue it, or {overwriting} to start anew"
+        )
+
+
 def _check_room(out: Path, model: NiivModel) -> None:
     """The checkpoint (weights and Adam's two moments), its temporary copy while it is replaced,
     and the weights must fit on the output's disk."""
@@ -419,6 +445,16 @@ def check_settings(settings: TrainSettings) -> None:
         )
     if not (isinstance(settings.lr, (int, float)) and math.isfinite(settings.lr) and settings.lr > 0):
         raise NiivInputError(f"learning rate {settings.lr!r}: give a positive number such as 5e-4")
+    if settings.focus_fraction and not (settings.focus or "").strip():  # drew no extra batches, silently
+        raise NiivInputError(
+            f"focus_fraction {settings.focus_fraction:g} without focus does nothing: give focus (where the extra "
+            "batches go, e.g. 'thick@10-12'), or set focus_fraction 0"
+        )
+    if (settings.focus or "").strip() and not settings.focus_fraction:  # likewise
+        raise NiivInputError(
+            f"focus {settings.focus!r} with focus_fraction 0 does nothing: give the fraction of batches drawn "
+            "from it (e.g. 0.5), or drop focus"
+        )
 
 
 def check_held_out_apart(held: HeldOutCheck, volumes: Sequence[Volume], z_ranges: Sequence[Any] | None) -> None:
@@ -468,6 +504,54 @@ OVERLAP_SCAN_BYTES = 1 << 30
 OVERLAP_SAMPLE = 64
 
 
+def volume_label(volumes: Sequence[Volume], i: int) -> str:
+    """How a message names training volume ``i``: its name, and its place when there are several."""
+    name = volumes[i].name or "(unnamed)"
+    return (
+        f"the training volume ({name})" if len(volumes) == 1 else f"training volume {i + 1} of {len(volumes)} ({name})"
+    )
+
+
+def _which_volume(exc: NiivInputError, volumes: Sequence[Volume], z_ranges: Sequence[Any] | None) -> NiivInputError:
+    """``exc``, a refusal of one volume's values ('the volume is constant', '... contains NaN'), naming
+    that volume: among several, the message did not say which (found again, on this failure path only,
+    by fitting each volume's normalisation alone). Any other refusal comes back as it is."""
+    text = str(exc)
+    if not text.startswith("the volume "):
+        return exc
+    ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
+    for i, (vol, zr) in enumerate(zip(volumes, ranges, strict=True)):
+        z0, z1 = zr if zr is not None else (0, vol.shape[0])
+        try:
+            fit_normalisation(vol.data[z0:z1])
+        except NiivInputError:
+            return NiivInputError(volume_label(volumes, i) + text[len("the volume") :])
+    return exc
+
+
+def check_finite(sampler: LateralPairSampler, volumes: Sequence[Volume], z_ranges: Sequence[Any] | None = None) -> None:
+    """Refuse, before the first step, a floating-point training volume with NaN or infinite values
+    among the planes it trains on, naming the volume and the first such plane: the normalisation's
+    sample can miss them, and the run then stopped at the first crop that met one (hours in, and
+    again on every resume). Volumes the sampler holds in memory are scanned whole; larger ones,
+    read lazily, are still refused at such a crop."""
+    ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
+    for i, ((data, z0, z1), zr) in enumerate(zip(sampler.volumes, ranges, strict=True)):
+        if not isinstance(data, np.ndarray) or data.dtype.kind != "f":
+            continue
+        first = zr[0] if zr is not None else 0  # the sampler's in-memory copy starts at the range's plane
+        plane = max(1, int(np.prod(data.shape[1:])))
+        step = max(1, (64 << 20) // (plane * data.dtype.itemsize))
+        for a in range(z0, z1, step):
+            bad = ~np.isfinite(data[a : min(a + step, z1)]).reshape(-1, plane).all(axis=1)
+            if bad.any():
+                z = first + a + int(np.argmax(bad))
+                raise NiivInputError(
+                    f"{volume_label(volumes, i)} contains NaN or infinite values (first in plane z {z}); replace "
+                    "them (e.g. with 0 or the background level), or train on a region without them"
+                )
+
+
 def _plane_key(plane: np.ndarray) -> bytes:
     """A digest of a plane's values, the same for the same values in any pixel type float32 holds exactly."""
     return hashlib.blake2b(np.ascontiguousarray(plane, dtype=np.float32).tobytes(), digest_size=16).digest()
@@ -481,9 +565,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load_teacher(name: str | None, device: torch.device, degradations: Sequence[Degradation] = ()) -> NiivModel | None:
+def _span(lo: float, hi: float) -> str:
+    return f"alpha {lo:g}" if lo == hi else f"alpha {lo:g} to {hi:g}"
+
+
+def _load_teacher(
+    name: str | None,
+    device: torch.device,
+    degradations: Sequence[Degradation] = (),
+    alphas: tuple[float, float] | None = None,
+) -> NiivModel | None:
     """The frozen model whose outputs are the targets of a distillation run (validated on load);
-    refused when it never learned the sections the run simulates (its outputs there are no targets)."""
+    refused when it never learned the sections the run simulates, or when the run's ``alphas``
+    (low, high) reach outside the range it was trained over: its outputs there are extrapolations,
+    no targets (the same tolerance as the viewer's note on weights used outside their range)."""
     if not name:
         return None
     path = resolve_weights(name)
@@ -494,7 +589,17 @@ def _load_teacher(name: str | None, device: torch.device, degradations: Sequence
             f"the teacher {name} learned {', '.join(learned)} sections, not {', '.join(unknown)}: its outputs there "
             "are no targets to learn from; distil from weights that learned them (`niiv info` lists each one's)"
         )
-    teacher = load_weights(path).model.to(device).eval()
+    weights = load_weights(path)
+    if alphas is not None:
+        (lo, hi), (run_lo, run_hi) = weights.alpha_range, alphas
+        if run_lo < lo * (1 - ALPHA_TOLERANCE) or run_hi > hi * (1 + ALPHA_TOLERANCE):
+            raise NiivInputError(
+                f"the teacher {name} was trained for {_span(lo, hi)}, and this run trains for {_span(run_lo, run_hi)}: "
+                f"outside its range its outputs are extrapolations, no targets to learn from; train within its range "
+                f"(alpha and alpha_max inside {_span(lo, hi)}), or distil from weights trained for "
+                f"{_span(run_lo, run_hi)} (`niiv info` lists each one's)"
+            )
+    teacher = weights.model.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
@@ -649,8 +754,12 @@ def train(
     callbacks: Sequence[TrainCallback] = (),
     progress: bool = True,
     card: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train (or fine-tune from ``init``) on ``volumes`` and write weights to ``out``.
+
+    A new run refuses an ``out`` that exists, or the checkpoint of an unfinished run beside it,
+    unless ``overwrite`` (:func:`check_new_run`): nothing is replaced silently.
 
     A checkpoint with the optimiser state is written atomically beside ``out`` every
     ``checkpoint_every`` steps, when stopped and on Ctrl-C (then :class:`TrainingInterrupted`
@@ -660,6 +769,7 @@ def train(
     out = Path(out)
     ckpt = checkpoint_path(out)
     check_output(out)
+    check_new_run(out, resume=resume, overwrite=overwrite)
     check_settings(settings)
     if resume and not ckpt.exists():
         raise NiivInputError(
@@ -684,17 +794,22 @@ def train(
         held_out.check_fits(model.config)
         check_held_out_apart(held_out, vols, z_ranges)
     model = model.to(device).train()
-    teacher = _load_teacher(settings.teacher, device, parse_degradations(settings.degradations))
-    sampler = LateralPairSampler(
-        vols,
-        (settings.alpha, settings.alpha_max or settings.alpha),
-        settings.crop,
-        settings.points,
-        z_ranges,
-        degradations=parse_degradations(settings.degradations),
-        focus=parse_focus(settings.focus),
-        focus_fraction=settings.focus_fraction,
-    )
+    alphas = (settings.alpha, settings.alpha_max or settings.alpha)
+    teacher = _load_teacher(settings.teacher, device, parse_degradations(settings.degradations), alphas)
+    try:
+        sampler = LateralPairSampler(
+            vols,
+            alphas,
+            settings.crop,
+            settings.points,
+            z_ranges,
+            degradations=parse_degradations(settings.degradations),
+            focus=parse_focus(settings.focus),
+            focus_fraction=settings.focus_fraction,
+        )
+    except NiivInputError as exc:
+        raise _which_volume(exc, vols, z_ranges) from exc
+    check_finite(sampler, vols, z_ranges)
     identity = run_identity(settings, model, vols, sampler, z_ranges)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     step, history, elapsed = 0, [], 0.0
