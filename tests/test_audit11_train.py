@@ -73,6 +73,8 @@ def test_focus_fraction_without_focus_is_refused(tmp_path, capsys, medulla) -> N
     assert code == 2 and not out.exists()
     assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert "--focus-fraction 0.3 does nothing without --focus" in err and "add --focus, or drop --focus-fraction" in err
+    code, err = _cli(capsys, vol, "--out", out, *CLI, "--focus", "thick@4-4", "--focus-fraction", "0")
+    assert code == 2 and "--focus thick@4-4 with --focus-fraction 0 draws no batch there" in err
     # the API's mirror images: a fraction without focus, and a focus drawn for no batch
     with pytest.raises(NiivInputError, match=r"focus_fraction 0\.3 without focus does nothing"):
         train([medulla], TrainSettings(**FAST, focus_fraction=0.3), out, progress=False)

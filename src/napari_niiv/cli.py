@@ -948,6 +948,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--focus-fraction {args.focus_fraction:g} does nothing without --focus (where those batches go, e.g. "
             "--focus thick@10-12): add --focus, or drop --focus-fraction"
         )
+    if args.focus and args.focus_fraction == 0:
+        raise NiivInputError(
+            f"--focus {args.focus} with --focus-fraction 0 draws no batch there: drop --focus-fraction (half of "
+            "the batches, the default) or give another fraction, or drop --focus"
+        )
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise NiivInputError(f"--out {out}: weights are written as .safetensors; give a name ending in .safetensors")
