@@ -141,3 +141,21 @@ def test_a_teacher_outside_its_alpha_range_is_refused(tmp_path, capsys, medulla)
     # inside its range (to the viewer's 1 % tolerance), it teaches
     inside = TrainSettings(**{**FAST, "alpha_max": 12.1, "teacher": str(ranged)})
     assert train([medulla], inside, out, progress=False).steps_done == 1
+
+
+def test_nan_in_a_volume_read_lazily_names_it_at_the_crop_that_meets_it(monkeypatch, medulla) -> None:
+    """Volumes over 2 GiB are cropped lazily (no scan before the first step): the crop that meets a
+    NaN refused the run as 'the training volume', whichever of several it was."""
+    from napari_niiv.data import pairs
+    from napari_niiv.data.io import as_volume
+
+    monkeypatch.setattr(pairs, "_IN_MEMORY_BYTES", 0)  # every volume read lazily, as a large one is
+    holed = medulla.astype(np.float32)
+    holed[:, :, :] = np.nan  # every crop meets it; the normalisation is given (its sample would refuse it)
+    vols = [as_volume(medulla, name="fine"), as_volume(holed, name="holed")]
+    norm = pairs.fit_normalisation(medulla)
+    sampler = pairs.LateralPairSampler(vols, 4.0, 32, 64, normalisations=[norm, norm])
+    rng = np.random.default_rng(0)
+    with pytest.raises(NiivInputError, match=r"^training volume 2 of 2 \(holed\) contains NaN .*plane z \d+"):
+        for _ in range(50):  # the draws reach volume 2 within a few crops
+            sampler.crops(rng, 1)

@@ -17,6 +17,14 @@ from .normalise import Normalisation, fit_normalisation
 _IN_MEMORY_BYTES = 2 * 1024**3
 
 
+def volume_label(volumes: Sequence[Volume], i: int) -> str:
+    """How a message names training volume ``i``: its name, and its place when there are several."""
+    name = volumes[i].name or "(unnamed)"
+    return (
+        f"the training volume ({name})" if len(volumes) == 1 else f"training volume {i + 1} of {len(volumes)} ({name})"
+    )
+
+
 @dataclass
 class Batch:
     """Low-resolution inputs (B, 1, h, w), query coords (B, N, 2) in input pixel units, targets (B, N),
@@ -88,6 +96,7 @@ class LateralPairSampler:
         self._matrices: dict[tuple[Degradation, float], torch.Tensor] = {}
         self.volumes = []
         self.norms = []
+        self.labels = [volume_label(volumes, i) for i in range(len(volumes))]  # for messages
         ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
         for i, vol in enumerate(volumes):
             z, y, x = vol.shape
@@ -157,7 +166,7 @@ class LateralPairSampler:
         tile = np.asarray(data[z, y0 : y0 + self.crop, x0 : x0 + self.crop])
         if tile.dtype.kind == "f" and not np.isfinite(tile).all():  # the loss would turn NaN a step later
             raise NiivInputError(
-                f"the training volume contains NaN or infinite values (plane z {z}, y {y0}-{y0 + self.crop - 1}, "
+                f"{self.labels[v]} contains NaN or infinite values (plane z {z}, y {y0}-{y0 + self.crop - 1}, "
                 f"x {x0}-{x0 + self.crop - 1}); replace them (e.g. with 0 or the background level) or leave "
                 "that part out"
             )

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..data.degrade import THICK, Degradation, check_alpha, parse_degradations
 from ..data.io import Volume, as_volume
 from ..data.normalise import fit_normalisation
-from ..data.pairs import LateralPairSampler, parse_focus
+from ..data.pairs import LateralPairSampler, parse_focus, volume_label
 from ..errors import NiivInputError
 from ..inference.devices import autocast_dtype, pick_device, precision_name
 from ..inference.settings import InferenceSettings
@@ -502,14 +502,6 @@ def check_held_out_apart(held: HeldOutCheck, volumes: Sequence[Volume], z_ranges
 
 OVERLAP_SCAN_BYTES = 1 << 30
 OVERLAP_SAMPLE = 64
-
-
-def volume_label(volumes: Sequence[Volume], i: int) -> str:
-    """How a message names training volume ``i``: its name, and its place when there are several."""
-    name = volumes[i].name or "(unnamed)"
-    return (
-        f"the training volume ({name})" if len(volumes) == 1 else f"training volume {i + 1} of {len(volumes)} ({name})"
-    )
 
 
 def _which_volume(exc: NiivInputError, volumes: Sequence[Volume], z_ranges: Sequence[Any] | None) -> NiivInputError:
