@@ -40,7 +40,17 @@ from ..inference.views import ViewRenderer
 from ..inference.worker import LatestWorker
 from ..model import NiivModel
 from .gui_timing import gui_handler
-from .layer_view import SharedRead, check_layer, current_grid, insert_layer, layer_units, level0, remove_layers
+from .layer_view import (
+    SharedRead,
+    check_layer,
+    current_grid,
+    insert_layer,
+    layer_units,
+    layer_voxel_size,
+    level0,
+    remove_layers,
+    world_per_layer_unit,
+)
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
@@ -134,10 +144,15 @@ class LiveView(QObject):
             v.canvas.grid.events.enabled,
             v.canvas.grid.events.shape,
             v.canvas.grid.events.spacing,
+            # where the layer is: its placement, and whether niiv can take it at all (check_layer)
             self.layer.events.scale,
             self.layer.events.translate,
+            self.layer.events.rotate,
+            self.layer.events.shear,
+            self.layer.events.affine,
         ]
         connections = [(e, self._changed) for e in emitters]
+        connections += [(self.layer.events.units, self._units_changed)]
         connections += [(self.layer.events.data, self._data_changed), (v.layers.events.removed, self._removed)]
         # the grid's cells are the layers': a layer added or removed changes the visible region
         connections += [(getattr(v.layers.events, kind), self._layers_changed) for kind in ("inserted", "removed")]
@@ -151,6 +166,14 @@ class LiveView(QObject):
         if not self._timer.isActive():
             self._requested_at = time.perf_counter()
         self._timer.start()
+
+    @gui_handler
+    def _units_changed(self, event: Any = None) -> None:
+        """New units: the same numbers, another size. The view is shown again even where its grid
+        (in the layer's units) is the same, so that the live layers take the new unit
+        (:meth:`_move_to`); they stayed in the old one, drawn a thousand times too small or large."""
+        self._grid = None
+        self._changed()
 
     @gui_handler
     def _data_changed(self, event: Any = None) -> None:
@@ -196,15 +219,19 @@ class LiveView(QObject):
     # -- work ----------------------------------------------------------------------------------
     @gui_handler
     def refresh(self, force: bool = False) -> None:
-        """Submit the current view if it differs from the last one (or ``force``)."""
+        """Submit the current view if it differs from the last one (or ``force``); a layer niiv
+        can no longer take (rotated, sheared, mixed units, flipped, made 2D while live) pauses the
+        view with check_layer's words, until the layer is fixed."""
+        try:
+            check_layer(self.layer)
+        except NiivInputError as exc:
+            self._pause(str(exc))
+            return
         grid = current_grid(self.viewer, self.layer, self.settings.scale, self.pixel_ratio, self.settings.alpha)
         if grid is None:
             in_2d = self.viewer.dims.ndisplay == 2
             self.on_status("live view: nothing visible" if in_2d else "live view: 2D views only")
-            if self._grid is not None:  # the view in flight is left: stopped, and its results dropped
-                self._grid = None
-                self._generation += 1
-                self._worker.submit(lambda cancelled: None)
+            self._drop_view()
             return
         if not force and grid.same_as(self._grid):
             return
@@ -214,10 +241,32 @@ class LiveView(QObject):
         step = self._slider_step(grid.sliced_axis)
         self._worker.submit(lambda cancelled: self._render(gen, grid, asked, cancelled, with_map, fast, step))
 
+    def _drop_view(self) -> None:
+        """The view in flight is left: stopped, and its results dropped."""
+        if self._grid is not None:
+            self._grid = None
+            self._generation += 1
+            self._worker.submit(lambda cancelled: None)
+
+    def _pause(self, why: str) -> None:
+        """The layer is no longer one niiv can take: say why (check_layer's words, which say what to
+        do), stop the view in flight and remove the live layers (their images sit on the old grid,
+        not where the changed layer is); the next change that makes the layer valid shows it again."""
+        self.on_status(f"live view paused: {why}; it goes on once the layer is fixed")
+        self._drop_view()
+        if self.output is not None or self.confidence_output is not None:
+            self.output = self.confidence_output = None
+            self._hidden_for_data.clear()
+            remove_live_layers(self.viewer, self.layer)
+
     def _slider_step(self, axis: int) -> float:
-        """One step of the dims slider along the layer's data ``axis``, in input pixels."""
+        """One step of the dims slider along the layer's data ``axis``, in input pixels: the
+        slider moves in the viewer's world unit (napari shows a layer in micrometres beside one in
+        nanometres in nanometres: :func:`~.layer_view.world_per_layer_unit`), the voxel is the
+        layer's (a diagonal affine included)."""
         dim = self.viewer.dims.ndim - 3 + axis
-        return float(self.viewer.dims.range[dim].step) / float(self.layer.scale[-3 + axis])
+        world_step = float(self.viewer.dims.range[dim].step) / world_per_layer_unit(self.viewer, self.layer)
+        return world_step / float(layer_voxel_size(self.layer)[axis])
 
     def set_fast_first(self, on: bool) -> None:
         """Show niiv-fast before the full model (when a fast model was given) from the next view."""
@@ -379,8 +428,9 @@ class LiveView(QObject):
         )
 
     @staticmethod
-    def _move_to(out: Image, grid: ViewGrid, image: np.ndarray) -> None:
-        """Show ``image`` in the existing layer ``out``, placed on ``grid``.
+    def _move_to(out: Image, grid: ViewGrid, image: np.ndarray, units: tuple[str, ...] | None = None) -> None:
+        """Show ``image`` in the existing layer ``out``, placed on ``grid``, in ``units`` when given
+        (the input's: they may have changed since ``out`` was made).
 
         Only what changed is set (a pan moves the layer, a zoom also scales it), and an image of
         the layer's shape and dtype is copied into its array, then one refresh: napari recomputes
@@ -398,7 +448,11 @@ class LiveView(QObject):
             and not _async_slicing()  # napari's slicing thread could read the array while it is written
         )
         # One refresh per result, not three: napari re-slices on each of scale, translate, data.
+        before = tuple(out.units)
         with out._block_refresh():
+            if units is not None:
+                out.units = units  # napari's setter changes nothing when they are the same
+            new_units = tuple(out.units) != before
             if scale:
                 out.scale = grid.world_step
             if translate:
@@ -407,8 +461,8 @@ class LiveView(QObject):
                 out.data = image
         if in_place:
             np.copyto(data, image)
-        # the extent changes only with the grid or a new array
-        out.refresh(extent=scale or translate or not in_place)
+        # the extent changes only with the grid, the units or a new array
+        out.refresh(extent=scale or translate or new_units or not in_place)
 
     def _show(self, grid: ViewGrid, image: np.ndarray) -> None:
         if self.output is None or self.output not in self.viewer.layers:
@@ -424,7 +478,7 @@ class LiveView(QObject):
             self._insert(self.output, self.layer)
             self._remember()
             return
-        self._move_to(self.output, grid, image)
+        self._move_to(self.output, grid, image, layer_units(self.layer))
         self._show_again("niiv", self.output)
 
     def _show_again(self, kind: str, out: Image) -> None:
@@ -473,7 +527,7 @@ class LiveView(QObject):
             self._insert(self.confidence_output, anchor)
             self._remember()
             return
-        self._move_to(out, grid, image)
+        self._move_to(out, grid, image, layer_units(self.layer))
         self._show_again("confidence", out)
 
     @gui_handler

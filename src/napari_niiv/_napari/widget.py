@@ -64,6 +64,9 @@ SECTIONS = (("thick (EM)", "thick"), ("thin", "thin"), ("psf (light)", "psf"))
 
 GUIDE_URL = "https://github.com/napari-niiv/napari-niiv/blob/main/docs/napari.md"
 MAX_WIDTH = 480  # leave the canvas the room
+# The status when layers are open but none is a volume niiv can take, and how many say why
+NO_VOLUME = "volume: no open layer is a 3D volume niiv can take"
+NO_VOLUME_REASONS = 4
 
 
 log = logging.getLogger(__name__)
@@ -219,7 +222,12 @@ class NiivWidget(QScrollArea):
         # on z and x/y says nothing about its anisotropy, and niiv does not run on it at a made-up alpha.
         self._confirmed: weakref.WeakKeyDictionary[Image, float] = weakref.WeakKeyDictionary()
         self._setting_alpha = False  # the alpha box is being set from the layer's scale, not by the user
-        self._watched: Image | None = None  # the layer whose scale events are connected
+        self._watched: Image | None = None  # the layer whose scale, units... events are connected
+        # The volume whose live view was paused because it became one niiv cannot take (a rotation,
+        # a flip, mixed units set while live): live goes on when it is fixed (_layer_changed)
+        self._resume_live: Image | None = None
+        self._pausing = False  # the live box is being unticked for that pause, not by the user
+        self._refusal: str | None = None  # why the chosen volume cannot be taken, as the status said it
         self._syncing = False  # confidence layers are being added or removed (_sync_confidence)
         # Weights the user picked, per volume (kept for it: preselection then only suggests in the note).
         self._picked_weights: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -365,6 +373,29 @@ class NiivWidget(QScrollArea):
             if isinstance(layer, Image) and layer.ndim >= 3 and not layer.rgb and not is_niiv_output(layer)
         ]
 
+    def _say_why_no_volume(self) -> None:
+        """When layers are open but none can be offered (2D, RGB, Labels...), say why of each in
+        check_layer's words (an empty list said nothing); the words go once a volume is offered."""
+        others = [layer for layer in self.viewer.layers if not is_niiv_output(layer)]
+        current = str(self.status_label.value)
+        kept = "" if current.startswith(NO_VOLUME) else current.split("\n" + NO_VOLUME)[0]  # (live view off...)
+        if self._image_layers() or not others:
+            if NO_VOLUME in current:
+                self.set_status(kept)
+            return
+        reasons = []
+        for layer in others:
+            try:
+                check_layer(layer)
+            except NiivInputError as exc:
+                reasons.append(str(exc))
+        shown = reasons[:NO_VOLUME_REASONS]
+        if len(reasons) > len(shown):
+            shown.append(f"and {len(reasons) - len(shown)} more")
+        self.set_status(
+            "\n".join([*([kept] if kept else []), f"{NO_VOLUME} (File > Open, or File > Open Sample > niiv):", *shown])
+        )
+
     @gui_handler
     def _layers_changed(self, event: Any = None) -> None:
         removed = event.value if event is not None and getattr(event, "type", None) == "removed" else None
@@ -391,6 +422,7 @@ class NiivWidget(QScrollArea):
                     self.volume_choice.value = pick
                 finally:
                     self._setting_volume = False
+        self._say_why_no_volume()
 
     def _volume_edited(self, layer: Image | None) -> None:
         if not self._setting_volume:
@@ -418,14 +450,31 @@ class NiivWidget(QScrollArea):
             self.set_status("")
         if layer is self._watched:
             self._watch(None)
+        if layer is self._resume_live:
+            self._resume_live = None
+
+    def _watched_events(self, layer: Image) -> list[tuple[Any, Any]]:
+        """What the dock shows of a layer comes from its voxel sizes (scale and a diagonal affine:
+        alpha), its units (the weights and their note) and whether niiv can take it at all
+        (rotate, shear, affine, units: check_layer). Its translate changes none of it."""
+        e = layer.events
+        return [
+            (e.scale, self._scale_changed),
+            (e.affine, self._scale_changed),
+            (e.units, self._placement_changed),
+            (e.rotate, self._placement_changed),
+            (e.shear, self._placement_changed),
+        ]
 
     def _watch(self, layer: Image | None) -> None:
-        """Follow the scale of ``layer`` only (alpha comes from it)."""
+        """Follow the layer's voxel sizes, units and placement (:meth:`_watched_events`)."""
         if self._watched is not None:
-            self._watched.events.scale.disconnect(self._scale_changed)
+            for emitter, callback in self._watched_events(self._watched):
+                emitter.disconnect(callback)
         self._watched = layer
         if layer is not None:
-            layer.events.scale.connect(self._scale_changed)
+            for emitter, callback in self._watched_events(layer):
+                emitter.connect(callback)
 
     @gui_handler
     def _scale_changed(self, event: Any = None) -> None:
@@ -437,8 +486,18 @@ class NiivWidget(QScrollArea):
             self._layer_changed(layer)
 
     @gui_handler
+    def _placement_changed(self, event: Any = None) -> None:
+        """The layer's units, rotation or shear changed: whether niiv can take it, and the weights
+        for its unit (an alpha the user gave still stands: the voxel sizes did not change)."""
+        layer = self.volume_choice.value
+        if layer is not None:
+            self._layer_changed(layer)
+
+    @gui_handler
     def _layer_changed(self, layer: Image | None) -> None:
         self._watch(layer)
+        if layer is not self._resume_live:  # another volume: the paused one's live view does not come back
+            self._resume_live = None
         if layer is None:
             self.confirm_alpha_button.visible = False
             return
@@ -446,9 +505,16 @@ class NiivWidget(QScrollArea):
             self.volume()  # a flip, a rotation, 4D...: said at once, not as an odd alpha
         except NiivInputError as exc:
             self.confirm_alpha_button.visible = False
-            self.set_status(str(exc))
-            self._settings_changed()  # a live view stops here, with the same message
+            self._refusal = str(exc)
+            if self.live_view is not None and self.live_view.layer is layer:
+                self._pause_live(layer, str(exc))
+            else:
+                self.set_status(str(exc))
+                self._settings_changed()  # a live view stops here, with the same message
             return
+        refused, self._refusal = self._refusal, None
+        if refused and refused in str(self.status_label.value):  # the layer was fixed: that no longer holds
+            self.set_status("")
         self._preselect_weights(layer)
         alpha = scale_alpha(layer)
         unknown = self.alpha_unknown(layer)
@@ -466,7 +532,25 @@ class NiivWidget(QScrollArea):
                 self._say_alpha_set_by_user(layer)
             elif str(self.status_label.value).startswith("alpha (z / xy)"):  # an alpha warning no longer holds
                 self.set_status(f"alpha (z / xy): {self.alpha_spin.value:g}, from the scale of '{layer.name}'")
+        if self._resume_live is layer and not self.live_check.value:
+            self._resume_live = None
+            self.live_check.value = True  # the layer was fixed: its live view goes on (or says why not)
+            return
         self._settings_changed()
+
+    def _pause_live(self, layer: Image, why: str) -> None:
+        """The live view's volume became one niiv cannot take: stop it, remove its live layers
+        (their images sit on the old grid, not where the changed layer is), say why in check_layer's
+        words and go on when the layer is fixed (:meth:`_layer_changed`)."""
+        self._stop_live()
+        remove_live_layers(self.viewer, layer)
+        self._pausing = True
+        try:
+            self.live_check.value = False
+        finally:
+            self._pausing = False
+        self._resume_live = layer
+        self.set_status(f"{why}; live view paused: it goes on once '{layer.name}' is fixed")
 
     # -- weights -------------------------------------------------------------------------------
     def _preselect_weights(self, layer: Image) -> None:
@@ -619,6 +703,8 @@ class NiivWidget(QScrollArea):
 
     @gui_handler
     def _toggle_live(self, on: bool) -> None:
+        if not self._pausing:  # the user's tick: a paused live view is the user's to restart now
+            self._resume_live = None
         if on:
             self._start_live()
         elif self.live_view is not None:
