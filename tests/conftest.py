@@ -138,3 +138,19 @@ def run_napari_child(tmp_path: Path, body: str, *args: str, env: dict[str, str])
     return subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env={**os.environ, **env}
     )
+
+
+@pytest.fixture(scope="module")
+def crop() -> np.ndarray:
+    """Real serial-section TEM, (8, 48, 48) uint8, z voxels 10 times the xy voxels."""
+    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:8, :48, :48])
+
+
+def open_dock(viewer, weights: str | None = None):
+    """The niiv dock in ``viewer``, with ``weights`` chosen (the list read again first: user weights
+    a test just wrote) when given."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    if weights is not None:
+        widget.weights_choice.reset_choices()
+        widget.weights_choice.value = weights
+    return widget

@@ -8,10 +8,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer each
 
-
-def open_dock(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
-    return widget
+from tests.conftest import open_dock  # noqa: E402
 
 
 def live_layer(viewer, name):

@@ -14,20 +14,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer each
 
-from tests.conftest import data_path, run_napari_child  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def crop() -> np.ndarray:
-    """Real serial-section TEM, (8, 48, 48) uint8, z voxels 10 times the xy voxels."""
-    from napari_niiv.data import open_volume
-
-    return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:8, :48, :48])
-
-
-def open_dock(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
-    return widget
+from tests.conftest import open_dock, run_napari_child  # noqa: E402
 
 
 def add_odd_layer(viewer, case: str, c: np.ndarray, tmp_path: Path):

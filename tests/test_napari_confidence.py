@@ -10,12 +10,7 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer
 
-
-def open_dock(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
-    widget.weights_choice.reset_choices()
-    widget.weights_choice.value = "user/tiny"
-    return widget
+from tests.conftest import open_dock  # noqa: E402
 
 
 def maps(viewer) -> list:
@@ -40,7 +35,7 @@ def test_ticking_the_confidence_map_adds_layers_on_the_live_and_lazy_layers_and_
 
     viewer = make_napari_viewer()
     layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4), translate=(3, -8, 12))
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     viewer.dims.order = (1, 0, 2)  # an xz view
     viewer.dims.set_point(1, -8 + 4 * 21)
     viewer.reset_view()

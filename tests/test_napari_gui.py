@@ -16,12 +16,9 @@ import pytest
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer (or at least a Qt application) each
 
+from tests.conftest import open_dock  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def open_dock(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
-    return widget
 
 
 def settle(qtbot, ms: int = 300) -> None:

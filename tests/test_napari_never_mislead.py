@@ -15,12 +15,7 @@ from napari_niiv.inference.weights import read_metadata
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer each
 
-
-def open_dock(viewer, weights: str = "user/tiny"):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
-    widget.weights_choice.reset_choices()
-    widget.weights_choice.value = weights
-    return widget
+from tests.conftest import open_dock  # noqa: E402
 
 
 def asks_to_confirm(widget) -> bool:
@@ -35,7 +30,7 @@ def isotropic_layers(viewer) -> list[str]:
 def test_no_niiv_at_a_made_up_alpha_until_the_user_confirms_one(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
     viewer = make_napari_viewer()
     iso = viewer.add_image(cremi64, name="no-voxel-sizes")  # scale (1, 1, 1): anisotropy unknown
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     viewer.dims.order = (1, 0, 2)  # an xz view
     assert widget.volume_choice.value is iso
     status = widget.status_label.value
@@ -86,7 +81,7 @@ def test_setting_the_z_scale_gives_alpha_and_alpha_follows_the_scale(
 ):
     viewer = make_napari_viewer()
     layer = viewer.add_image(cremi64, name="cremi")
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     assert asks_to_confirm(widget)
     layer.scale = (40, 4, 4)
     assert widget.alpha_spin.value == 10.0 and not asks_to_confirm(widget)
@@ -111,7 +106,7 @@ def test_setting_the_z_scale_gives_alpha_and_alpha_follows_the_scale(
 def test_an_error_stays_until_the_user_acts(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
     viewer = make_napari_viewer()
     stack = viewer.add_image(np.stack([cremi64, cremi64]), name="time-series", scale=(1, 40, 4, 4))
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     widget.volume_choice.value = stack
     widget.live_check.value = True
     assert not widget.live_check.value and widget.live_view is None
@@ -136,7 +131,7 @@ def test_the_status_forgets_removed_layers_and_the_volume_list_offers_only_input
 ):
     viewer = make_napari_viewer()
     volume = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     viewer.dims.order = (1, 0, 2)
     widget.live_check.value = True
     qtbot.waitUntil(lambda: any("niiv_live_of" in layer.metadata for layer in viewer.layers), timeout=60_000)
@@ -168,7 +163,7 @@ def test_the_card_keeps_the_lineage_across_resumes_and_says_why_each_run_ended(
 ):
     viewer = make_napari_viewer()
     viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     panel = widget.training
     panel.steps_spin.value = 5000
     panel.minutes_spin.value = 0.02  # about a second: the time limit ends the run
