@@ -1140,9 +1140,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data.io import open_volume
     from .inference.geometry import check_region
     from .inference.store import check_output_path, check_outside_input, check_writable
-    from .inference.suggestion import alpha_fit_note
+    from .inference.suggestion import alpha_fit_note, sections_fit_note, suggest_weights, weights_fit_note
     from .inference.weights import load_weights, resolve_weights
     from .training.evaluate import (
+        blank,
         check_evaluable,
         cut_cubes,
         evaluate,
@@ -1174,28 +1175,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "voxels a side"
         )
     region = _parse_region(args.region)
-    cubes, ranges = [], []
+    xy = args.slices == "xy"
+
+    def zyx(shape: tuple[int, ...]) -> str:  # a block's shape as the user's axes: xy blocks are (y, z, x)
+        return "x".join(str(n) for n in ((shape[1], shape[0], shape[2]) if xy else shape))
+
+    cubes, ranges, kinds = [], [], []
     for path in args.volumes:
-        vol = open_volume(path)
-        if vol.has_voxel_size and args.slices != "xy" and not 0.8 <= vol.alpha <= 1.25:
-            print(
-                f"niiv evaluate: note: {path}'s voxel sizes give alpha {vol.alpha:g}, not an isotropic volume: its "
-                "z is scored as sharp ground truth; for a volume whose z is coarse or blurred use --slices xy",
-                file=sys.stderr,
-            )
-        data = np.asarray(vol.data[check_region(region, vol.shape)] if region else vol.data)
-        scale = intensity_range(data)  # the volume's own range, shared by its cubes
         what = "the region" if region else "the volume"
-        try:
-            if args.slices == "xy":  # every plane counts, however few: blocks as deep as the volume
+        try:  # with several volumes, a refusal says which
+            vol = open_volume(path)
+            data = np.asarray(vol.data[check_region(region, vol.shape)] if region else vol.data)
+            scale = intensity_range(data)  # the volume's own range, shared by its cubes
+            if xy:  # every plane counts, however few: blocks as deep as the volume
                 data = lateral_planes(data)
                 cut = cut_cubes(data, (args.cube, min(args.cube, data.shape[1]), args.cube), ("y", "z", "x"), what)
             else:
                 cut = cut_cubes(data, args.cube, what=what)
         except NiivInputError as exc:
-            raise NiivInputError(f"{path}: {exc}") from None
-        cubes += cut
-        ranges += [scale] * len(cut)
+            raise NiivInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+        if vol.has_voxel_size and not xy and not 0.8 <= vol.alpha <= 1.25:
+            print(
+                f"niiv evaluate: note: {path}'s voxel sizes give alpha {vol.alpha:g}, not an isotropic volume: its "
+                "z is scored as sharp ground truth; for a volume whose z is coarse or blurred use --slices xy",
+                file=sys.stderr,
+            )
+        # a blank block (a black border) has nothing to score: left out, said, never the whole run refused
+        kept = [c for c in cut if not blank(c, 2 if args.slices == "yz" else 1)]
+        if not kept:
+            raise NiivInputError(
+                f"{path}: {what} is constant (blank) in every {args.slices} slice: there is nothing to score on it; "
+                "leave it out, or give a --region with structure"
+            )
+        if len(kept) < len(cut):
+            print(
+                f"niiv evaluate: note: {path}: {len(cut) - len(kept)} of {len(cut)} block(s) of {zyx(cut[0].shape)} "
+                "are blank (constant) and left out",
+                file=sys.stderr,
+            )
+        cubes += kept
+        ranges += [scale] * len(kept)
+        voxel = vol.voxel_size if vol.has_voxel_size else (1.0, 1.0, 1.0)
+        kinds.append((path, suggest_weights(voxel, vol.unit if vol.has_voxel_size else None, vol.data.dtype)))
     settings = InferenceSettings(
         alpha=alphas[0],
         orientation="xz" if args.slices == "xy" else args.slices,
@@ -1205,6 +1226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ).resolved()
     methods = {m: interpolation(m) for m in ("nearest", "bilinear", "bicubic")}
     trained: dict[str, tuple[float, float]] = {}
+    learned: dict[str, tuple[Any, bool]] = {}  # name -> (card degradations, told the sections)
     models: dict[str, Any] = {}
     seen: set[Path] = set()
     for spec in args.weights or [None]:
@@ -1217,7 +1239,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if name in methods:  # two files with the same card name (a retrained copy): one row each
             name = f"{name} ({spec})"
         trained[name] = w.alpha_range
+        learned[name] = (w.card.get("degradations"), bool(w.model.config.acquisition_embedding))
         models[name] = w.model
+        for path, suggestion in kinds:  # niiv-em on a confocal stack, niiv-lm on EM: as reconstruct says
+            note = weights_fit_note(suggestion, learned[name][0])
+            if note:
+                print(f"niiv evaluate: note: {path}: {name} {note}", file=sys.stderr)
         methods[name] = niiv_method(w.model, settings)
         if args.both:
             methods[name + " +yz"] = niiv_method(w.model, settings.replace(orientation="both"))
@@ -1230,7 +1257,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "xz" if args.slices == "xy" else args.slices,
                     models,
                     orientation,
-                    f"--cube {args.cube}: a block of {'x'.join(map(str, shape))}",
+                    f"--cube {args.cube}: a block of {zyx(shape)} (z, y, x)",
                     "give a larger --cube",
                 )
     scores = []
@@ -1240,8 +1267,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 note = alpha_fit_note(trained_range, alpha)
                 if note:
                     print(f"niiv evaluate: note: {name} was {note}", file=sys.stderr)
+                note = sections_fit_note(*learned[name], degradation, alpha)
+                if note:  # the scores are right, but for a method used outside what it learned
+                    print(f"niiv evaluate: note: {name} {note}", file=sys.stderr)
             print(
-                f"{len(cubes)} block(s) of {'x'.join(map(str, cubes[0].shape))}, alpha {alpha:g}, "
+                f"{len(cubes)} block(s) of {zyx(cubes[0].shape)} (z, y, x), alpha {alpha:g}, "
                 f"{degradation} degradation, "
                 + ("xy planes degraded along y" if args.slices == "xy" else f"{args.slices} slices"),
                 file=sys.stderr,
@@ -1258,13 +1288,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         from .inference.weights import atomic_write
 
-        # strict JSON: an infinite score (a perfect reconstruction) is null, never Infinity
+        # strict JSON: an infinite score (a perfect reconstruction) is null, never Infinity; each row says
+        # what its numbers measure (the slices, the CF-PSNR cutoff, the blocks), as the tables' headers do
+        setup = {
+            "slices": args.slices,
+            "cutoff": args.cutoff,
+            "cube": args.cube,
+            "region": args.region.strip() if args.region and args.region.strip() else None,
+            "volumes": [_resolved(_source(v)) for v in args.volumes],
+            "blocks": len(cubes),
+        }
         rows = [
-            {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in s.__dict__.items()}
+            {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in s.__dict__.items()} | setup
             for s in scores
         ]
         text = json.dumps(rows, indent=2, allow_nan=False)
-        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text))
+        try:  # a file that appeared there while scoring is another run's: kept unless --overwrite
+            atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text), replace=args.overwrite)
+        except FileExistsError:
+            raise NiivInputError(
+                f"{args.json} appeared while scoring (another run?) and was kept; the scores are printed above: "
+                "run again with --overwrite to replace it, or with another --json path"
+            ) from None
     return 0
 
 

@@ -222,7 +222,8 @@ def evaluate(
     its xy planes degraded along y (:func:`lateral_planes`, for volumes whose z is blurred).
     ``degradation``: a :class:`Degradation` or its name ('thick', 'thin', 'psf:3'). ``ranges``
     gives each volume's intensity range (default :func:`intensity_range` of each; cubes cut from
-    one volume should share that volume's)."""
+    one volume should share that volume's). A volume whose scored slices are all constant (a blank
+    block) is left out; if all are, it is refused."""
     alpha = check_simulated_alpha(alpha)
     if isinstance(degradation, str):
         degradation = Degradation.parse(degradation)
@@ -253,6 +254,14 @@ def evaluate(
             raise NiivInputError(f"ranges[{i}] ({lo:g}, {hi:g}): give a finite low below high")
         low, gt = simulate((np.asarray(iso, dtype=np.float32) - lo) / (hi - lo), alpha, degradation)
         sims.append((low, gt))
+    axis = 1 if slices == "xz" else 2
+    # a blank block (a black border cut into cubes) has nothing to score: left out, as blank slices are
+    sims = [(low, gt) for low, gt in sims if not blank(gt, axis)]
+    if not sims:
+        raise NiivInputError(
+            f"every {slices} slice of the {len(volumes)} volume(s) to score is constant (blank): there is nothing to "
+            "score on them; give volumes with structure"
+        )
     for name, method in methods.items():
         per_volume = []
         seconds = 0.0
@@ -260,13 +269,19 @@ def evaluate(
             t0 = time.perf_counter()
             pred = method(low, alpha, gt.shape, degradation)
             seconds += time.perf_counter() - t0
-            axis = 1 if slices == "xz" else 2
             per_volume.append(slice_metrics(np.moveaxis(gt, axis, 0), np.moveaxis(pred, axis, 0), cutoff))
         mean = {k: float(np.mean([m[k] for m in per_volume])) for k in per_volume[0]}
         scores.append(
             Score(name, mean["cf_psnr"], mean["psnr"], mean["ssim"], seconds / len(sims), alpha, str(degradation))
         )
     return scores
+
+
+def blank(gt: np.ndarray, axis: int = 1) -> bool:
+    """Whether every slice of ``gt`` across ``axis`` is constant: :func:`slice_metrics` scores none of
+    them (a block cut from a volume's blank border)."""
+    planes = np.moveaxis(np.asarray(gt), axis, 0).reshape(gt.shape[axis], -1)
+    return bool(np.all(planes.min(axis=1) == planes.max(axis=1)))
 
 
 def format_table(scores: Sequence[Score], cutoff: float = 25.0) -> str:
