@@ -194,3 +194,16 @@ def test_napari_writer_pyramid_reads_back_in_place_in_every_reader(make_napari_v
     assert meta["scale"] == pytest.approx(tuple(layer.scale)) and meta["translate"] == pytest.approx(translate)
     assert meta["units"] == ("micrometer",) * 3 and meta["contrast_limits"] == [100.0, 50000.0]
     assert meta["multiscale"] and len(levels) == 2
+
+
+def test_both_rows_name_the_slices_they_add(tmp_path, capsys, medulla, tiny) -> None:
+    """--slices yz --both marked the xz + yz row '+yz', as if yz were added to the yz rows: it adds xz."""
+    path = tmp_path / "iso.tif"
+    write_tif(path, medulla[:32, :40, :40])
+    args = ["--alpha", "4", "--cube", "32", "--weights", tiny, "--both"]
+    code, out, err = _run(capsys, "evaluate", path, *args, "--slices", "yz")
+    assert code == 0, err
+    assert list(_table(out)) == ["nearest", "bilinear", "bicubic", "tiny", "tiny +xz"]
+    code, out, err = _run(capsys, "evaluate", path, *args)
+    assert code == 0, err
+    assert list(_table(out)) == ["nearest", "bilinear", "bicubic", "tiny", "tiny +yz"]

@@ -444,8 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--both",
         action="store_true",
-        help="also score niiv reconstructed from xz and yz slices averaged (rows marked '+yz'); not with "
-        "--slices xy, whose yz slices would run along the blurred z",
+        help="also score niiv reconstructed from xz and yz slices averaged (rows marked '+yz', '+xz' with --slices "
+        "yz); not with --slices xy, whose yz slices would run along the blurred z",
     )
     ev.add_argument(
         "--cutoff",
@@ -1247,7 +1247,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 print(f"niiv evaluate: note: {path}: {name} {note}", file=sys.stderr)
         methods[name] = niiv_method(w.model, settings)
         if args.both:
-            methods[name + " +yz"] = niiv_method(w.model, settings.replace(orientation="both"))
+            # the slices added to the scored ones: '+yz' to xz (the default), '+xz' to --slices yz
+            other = " +xz" if args.slices == "yz" else " +yz"
+            methods[name + other] = niiv_method(w.model, settings.replace(orientation="both"))
     for shape in dict.fromkeys(c.shape for c in cubes):  # before any scoring
         for alpha in alphas:
             for orientation in (settings.orientation, "both") if args.both else (settings.orientation,):
