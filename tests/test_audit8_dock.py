@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("napari")
-from tests.test_napari_confidence import maps, open_dock, wait_stage
+from tests.conftest import open_dock
+from tests.test_napari_confidence import maps, wait_stage
 
 pytestmark = pytest.mark.slow  # a napari viewer
 
@@ -18,7 +19,7 @@ def test_a_map_computed_before_the_box_was_unticked_is_not_shown(qtbot, make_nap
     confidence map')."""
     viewer = make_napari_viewer()
     viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     viewer.dims.order = (1, 0, 2)  # an xz view
     viewer.reset_view()
     widget.confidence_check.value = True
@@ -41,7 +42,7 @@ def test_the_status_line_names_the_weights_shown_with_the_map(qtbot, make_napari
     (it said only 'niiv ... view and its confidence map': with niiv-fast first, which model?)."""
     viewer = make_napari_viewer()
     viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
-    widget = open_dock(viewer)
+    widget = open_dock(viewer, "user/tiny")
     viewer.dims.order = (1, 0, 2)
     viewer.reset_view()
     widget.confidence_check.value = True

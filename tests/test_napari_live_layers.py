@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_napari_gui import live_xz_view, open_dock
+from tests.conftest import open_dock
+from tests.test_napari_gui import live_xz_view
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.slow  # a napari viewer each
