@@ -28,7 +28,7 @@ class DockMemory:
     panel_values: dict[str, Any]
     confirmed: weakref.WeakKeyDictionary[Any, float]  # alphas given per layer
     picked_weights: weakref.WeakKeyDictionary[Any, str]  # weights picked per layer
-    sections: str | None  # the sections, when the user picked them
+    sections: str | None  # the sections (psf:FWHM with a width), when the user picked them
     volume: weakref.ReferenceType[Any] | None  # the volume, when the user picked it
     confidence: bool = False
     shapes: weakref.ReferenceType[Any] | None = field(default=None)  # the boxes layer, when chosen
@@ -49,7 +49,7 @@ def remember(widget: Any) -> None:
         panel_values={name: getattr(panel, name).value for name in PANEL_CONTROLS},
         confirmed=widget._confirmed,
         picked_weights=widget._picked_weights,
-        sections=widget.sections_choice.value if widget._picked_sections else None,
+        sections=widget.degradation() if widget._picked_sections else None,
         volume=weakref.ref(volume) if widget._volume_picked and volume is not None else None,
         confidence=bool(widget.confidence_check.value),
         shapes=weakref.ref(shapes) if shapes is not None else None,
@@ -70,8 +70,11 @@ def restore_choices(widget: Any, memory: DockMemory) -> None:
     widget._picked_weights = memory.picked_weights
     if memory.sections is not None:
         widget._picked_sections = True
-        with widget.sections_choice.changed.blocked():
-            widget.sections_choice.value = memory.sections
+        kind, _, fwhm = memory.sections.partition(":")
+        with widget.sections_choice.changed.blocked(), widget.fwhm_spin.changed.blocked():
+            widget.sections_choice.value = kind
+            widget.fwhm_spin.value = float(fwhm or 0)
+        widget._show_fwhm()
 
 
 def restore_values(widget: Any, memory: DockMemory) -> None:

@@ -260,7 +260,7 @@ class TrainingPanel(Container):
             lr=self.learning_rate(),
             device=self.niiv.device_choice.value,
             resume=resume,
-            degradation=self.niiv.sections_choice.value,  # simulated on the xy planes learnt from
+            degradation=self.niiv.degradation(),  # simulated on the xy planes learnt from
         )
 
     def _start(self, resume: bool) -> None:

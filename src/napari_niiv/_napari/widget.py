@@ -144,6 +144,8 @@ class NiivWidget(QScrollArea):
         self.alpha_spin.native.setDecimals(3)  # the alpha read from a layer's scale is kept to 3 (Qt shows 2)
         self.confirm_alpha_button = PushButton(text="Use this alpha", visible=False)
         self.sections_choice = ComboBox(label="sections", choices=SECTIONS, value="thick")
+        # psf only: the axial blur's width; 0 is one section spacing (data.degrade's default)
+        self.fwhm_spin = FloatSpinBox(label="psf FWHM (xy px)", min=0.0, max=200.0, step=0.5, value=0.0, visible=False)
         self.scale_spin = FloatSpinBox(label="output scale", min=0.5, max=2.0, step=0.25, value=1.0)
         self.weights_choice = ComboBox(label="weights", choices=weight_choices, value=DEFAULT_WEIGHTS)
         self.weights_note = Label(label="", value="")  # why these weights were preselected
@@ -165,6 +167,7 @@ class NiivWidget(QScrollArea):
                 self.alpha_spin,
                 self.confirm_alpha_button,
                 self.sections_choice,
+                self.fwhm_spin,
                 self.scale_spin,
                 self.weights_choice,
                 self.weights_note,
@@ -239,13 +242,15 @@ class NiivWidget(QScrollArea):
         self.weights_choice.changed.connect(self._weights_edited)
         self.weights_choice.changed.connect(self._default_sections)
         self.sections_choice.changed.connect(self._sections_edited)
+        self.sections_choice.changed.connect(self._show_fwhm)
+        self.fwhm_spin.changed.connect(self._sections_edited)
         self.volume_choice.changed.connect(self._volume_edited)
         self.volume_choice.changed.connect(self._layer_changed)
         self.alpha_spin.changed.connect(self._alpha_edited)
         self.alpha_spin.changed.connect(self._show_weights_note)
         self.confirm_alpha_button.changed.connect(self.confirm_alpha)
         settings = (self.alpha_spin, self.scale_spin, self.weights_choice, self.device_choice, self.precision_choice)
-        for w in (*settings, self.orientation_choice, self.sections_choice):
+        for w in (*settings, self.orientation_choice, self.sections_choice, self.fwhm_spin):
             w.changed.connect(self._settings_changed)
         self.live_check.changed.connect(self._toggle_live)
         self.confidence_check.changed.connect(self._toggle_confidence)
@@ -315,8 +320,12 @@ class NiivWidget(QScrollArea):
         self.sections_choice.tooltip = (
             "How this microscope's sections relate to its xy planes: thick for serial-section EM or FIB-SEM "
             "(each section averages its thickness), thin for thin sections far apart, psf for light microscopy "
-            "(a Gaussian axial blur one section wide). Weights with an acquisition embedding (niiv-em) are told "
-            "it; fine-tuning simulates it. Follows the weights until you pick it."
+            "(a Gaussian axial blur, as wide as the psf FWHM below). Weights with an acquisition embedding "
+            "(niiv-em) are told it; fine-tuning simulates it. Follows the weights until you pick it."
+        )
+        self.fwhm_spin.tooltip = (
+            "psf: the axial blur's full width at half maximum in xy voxels (your microscope's axial resolution "
+            "over its xy voxel size); 0: one section spacing (alpha)."
         )
         self.scale_spin.tooltip = "Output voxel in in-plane voxels: 1 isotropic, 0.5 twice finer, 2 coarser."
         self.weights_choice.tooltip = (
@@ -611,9 +620,18 @@ class NiivWidget(QScrollArea):
         if not self._picked_sections:
             with self.sections_choice.changed.blocked():
                 self.sections_choice.value = learned_degradation(self.weights_choice.value)
+            self._show_fwhm()
 
     def _sections_edited(self, value: Any = None) -> None:
         self._picked_sections = True
+
+    def _show_fwhm(self, value: Any = None) -> None:
+        self.fwhm_spin.visible = self.sections_choice.value == "psf"
+
+    def degradation(self) -> str:
+        """The sections as ``data.degrade`` spells them: ``psf:FWHM`` when a psf width is given."""
+        kind, fwhm = self.sections_choice.value, float(self.fwhm_spin.value)
+        return f"psf:{fwhm:g}" if kind == "psf" and fwhm > 0 else kind
 
     # -- alpha ---------------------------------------------------------------------------------
     def alpha_unknown(self, layer: Any) -> bool:
@@ -662,7 +680,7 @@ class NiivWidget(QScrollArea):
             orientation=self.orientation_choice.value,
             device=self.device_choice.value,
             precision=self.precision_choice.value,
-            degradation=self.sections_choice.value,
+            degradation=self.degradation(),
         )
 
     def runnable_settings(self) -> InferenceSettings:
