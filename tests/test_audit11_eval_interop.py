@@ -207,3 +207,14 @@ def test_both_rows_name_the_slices_they_add(tmp_path, capsys, medulla, tiny) -> 
     code, out, err = _run(capsys, "evaluate", path, *args)
     assert code == 0, err
     assert list(_table(out)) == ["nearest", "bilinear", "bicubic", "tiny", "tiny +yz"]
+
+
+def test_a_volume_given_twice_is_refused(tmp_path, capsys, medulla, tiny, monkeypatch) -> None:
+    """`niiv evaluate A A` (or A and ./A) scored A's blocks twice, weighting it double in every mean, silently;
+    a weights file given twice is refused, and so is a volume now."""
+    path = tmp_path / "iso.tif"
+    write_tif(path, medulla[:32, :32, :32])
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, "evaluate", path, "iso.tif", "--alpha", "4", "--cube", "32", "--weights", tiny)
+    assert code == 2 and not out
+    assert err == "niiv evaluate: error: iso.tif is given twice (as " + str(path) + " too); give each volume once\n"

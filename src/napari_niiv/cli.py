@@ -1174,6 +1174,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"--cube {args.cube}: a cube degraded by alpha {widest:g} needs at least {math.ceil(2 * widest)} "
             "voxels a side"
         )
+    given: dict[str, str] = {}
+    for path in args.volumes:  # one volume twice counts its blocks twice in every mean
+        key = _resolved(_source(path))
+        if key in given:
+            raise NiivInputError(f"{path} is given twice (as {given[key]} too); give each volume once")
+        given[key] = path
     region = _parse_region(args.region)
     xy = args.slices == "xy"
 
