@@ -218,3 +218,14 @@ def test_a_volume_given_twice_is_refused(tmp_path, capsys, medulla, tiny, monkey
     code, out, err = _run(capsys, "evaluate", path, "iso.tif", "--alpha", "4", "--cube", "32", "--weights", tiny)
     assert code == 2 and not out
     assert err == "niiv evaluate: error: iso.tif is given twice (as " + str(path) + " too); give each volume once\n"
+
+
+def test_an_empty_volume_or_weights_name_is_refused_as_empty(tmp_path, capsys, medulla, tiny) -> None:
+    """`--weights ''` (an unset shell variable) was read as the current folder: '/work/main is a folder;
+    give one weights file in it'; an empty volume as '.: a folder, but not a zarr store'."""
+    path = tmp_path / "iso.tif"
+    write_tif(path, medulla[:32, :32, :32])
+    code, out, err = _run(capsys, "evaluate", path, "--alpha", "4", "--cube", "32", "--weights", "")
+    assert code == 2 and not out and "--weights was given an empty value" in err
+    code, out, err = _run(capsys, "evaluate", path, "", "--alpha", "4", "--cube", "32", "--weights", tiny)
+    assert code == 2 and not out and "a volume was given as an empty name" in err

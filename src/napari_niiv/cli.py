@@ -1157,6 +1157,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     alphas = list(args.alpha)
     degradations = parse_degradations(args.degradation)
+    # an empty value ('' from an unset shell variable) was taken for the current folder
+    if any(not v.strip() for v in args.volumes):
+        raise NiivInputError("a volume was given as an empty name: give each volume's file or store")
+    if any(not w.strip() for w in args.weights):
+        raise NiivInputError("--weights was given an empty value: give a weights name (`niiv info` lists them) or file")
     if args.both and args.slices == "xy":
         raise NiivInputError(
             "--both decodes yz slices too, whose columns run along z: with --slices xy that is the blurred axis "
