@@ -131,3 +131,26 @@ def test_closing_a_live_view_whose_qt_side_is_already_deleted_still_stops_its_th
     sip.delete(live._timer)
     live.close(wait=True)
     assert not live._worker.busy and live.output is None
+
+
+def test_the_view_is_busy_until_its_last_image_is_shown_not_only_until_its_thread_is_done(
+    qtbot, make_napari_viewer, cremi64
+):
+    """`busy` turned False when the worker thread was done, while its last images were still on
+    their way to the GUI thread: waiting for `not busy` then found the view unshown (a flaky test in
+    the dock-watch audit, and the activity bar said idle a moment early)."""
+    from napari_niiv._napari.live_view import LiveView
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    viewer.dims.order = (1, 0, 2)
+    viewer.reset_view()
+    live = LiveView(viewer, layer, random_model(TINY, seed=1), SETTINGS)
+    try:
+        qtbot.waitUntil(lambda: live._worker.busy, timeout=10_000)  # the debounce fired: submitted
+        assert live._worker.wait_idle(60)  # the GUI thread does not run meanwhile: nothing handled yet
+        assert live.busy and live.output is None
+        qtbot.waitUntil(lambda: not live.busy, timeout=10_000)
+        assert live.output is not None and live.output in viewer.layers
+    finally:
+        live.close(wait=True)

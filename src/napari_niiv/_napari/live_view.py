@@ -125,8 +125,12 @@ class LiveView(QObject):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self.refresh)
         self._result.connect(self._on_result)
+        # Results the worker thread sent, and those handled on the GUI thread: the view is busy
+        # until its last image is shown, not only until the thread is done. Each count is written
+        # by one thread only (the worker's, the GUI's), so they need no lock.
+        self._sent_n = self._handled_n = 0
         self._worker: LatestWorker[None] = LatestWorker(
-            on_error=lambda exc: self._result.emit(-1, "error", exc), name="niiv-live"
+            on_error=lambda exc: self._send(-1, "error", exc), name="niiv-live"
         )
         self._connections = self._watch()
         self._changed()
@@ -323,7 +327,7 @@ class LiveView(QObject):
             return gen, stage, (grid, norm.invert(image, np.float32), asked)
 
         def send(stage: str, image: np.ndarray) -> None:
-            self._result.emit(*result(stage, image))
+            self._send(*result(stage, image))
 
         base = renderer.preview(grid)
         send("preview", base)
@@ -355,10 +359,10 @@ class LiveView(QObject):
             uncertainty = renderer.render_confidence(grid, cancelled, parts)
             if uncertainty is None:
                 return None
-            self._result.emit(gen, "confidence", (grid, confidence.to_intensity(uncertainty, norm), asked, norm))
+            self._send(gen, "confidence", (grid, confidence.to_intensity(uncertainty, norm), asked, norm))
         done = renderer.prefetch(grid, step, cancelled)
         if not cancelled():
-            self._result.emit(gen, "prefetched", done)
+            self._send(gen, "prefetched", done)
         return None
 
     def _build_reconstructors(self) -> None:
@@ -372,9 +376,15 @@ class LiveView(QObject):
             else:
                 self.fast_reconstructor = Reconstructor(fast, self.settings)
 
+    def _send(self, gen: int, stage: str, payload: Any) -> None:
+        """From the worker thread: a result for :meth:`_on_result`, counted before it is on its way."""
+        self._sent_n += 1
+        self._result.emit(gen, stage, payload)
+
     @gui_handler
     def _on_result(self, gen: int, stage: str, payload: Any) -> None:
         """On the GUI thread: show a result if it is for the current view."""
+        self._handled_n += 1
         if self._closed:
             return  # a result, or an error, still on its way when the view was closed
         if stage == "error":
@@ -546,7 +556,10 @@ class LiveView(QObject):
 
     @property
     def busy(self) -> bool:
-        return self._timer.isActive() or self._worker.busy
+        """A view is waiting, computing, or its results are on their way to the GUI thread (after
+        :meth:`close` they are dropped on arrival, or never arrive: no longer counted)."""
+        pending = not self._closed and self._handled_n < self._sent_n
+        return self._timer.isActive() or self._worker.busy or pending
 
     def close(self, wait: bool = False) -> None:
         """Stop listening and computing; the last image stays (the viewer holds its layers; the
