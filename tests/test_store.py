@@ -251,3 +251,15 @@ def test_a_reconstruction_keeps_the_inputs_display_window(tmp_path: Path, capsys
     args = ["reconstruct", str(src), str(out), "--weights", str(weights), "--levels", "1", "--precision", "fp32"]
     assert main(args) == 0, capsys.readouterr().err
     assert open_volume(out).contrast == (10.0, 150.0)
+
+
+def test_a_display_window_wider_than_the_dtype_keeps_start_and_end_within_min_and_max(tmp_path: Path) -> None:
+    """A layer whose contrast limits reach past its dtype (uint16 shown from -500 to 70000) wrote a
+    window with start and end outside its own min and max (found by the eval-interop audit)."""
+    path = write(tmp_path / "iso.ome.zarr", iso_volume(), contrast=(-500.0, 70000.0))
+    ome = json.loads((path / "zarr.json").read_text())["attributes"]["ome"]
+    window = ome["omero"]["channels"][0]["window"]
+    assert (window["start"], window["end"]) == (-500.0, 70000.0)  # the layer's window, as shown
+    assert window["min"] <= window["start"] < window["end"] <= window["max"]
+    assert (window["min"], window["max"]) == (-500.0, 70000.0)
+    validate_store(path)

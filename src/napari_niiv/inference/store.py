@@ -192,11 +192,13 @@ def ome_attributes(layout: Layout, group: Any) -> dict[str, Any]:
 
 
 def _omero(layout: Layout) -> dict[str, Any]:
-    """One grey channel whose window is ``layout.contrast`` within the dtype's range."""
+    """One grey channel whose window is ``layout.contrast`` within the dtype's range (widened to it
+    when the contrast reaches past the dtype: a window's start and end lie within its min and max)."""
     dtype = np.dtype(layout.dtype)
     info = np.iinfo(dtype) if dtype.kind in "ui" else np.finfo(dtype) if dtype.kind == "f" else None
     lo, hi = layout.contrast or (0.0, 1.0)
-    low, high = (float(info.min), float(info.max)) if info is not None else (min(lo, 0.0), max(hi, 1.0))
+    low, high = (float(info.min), float(info.max)) if info is not None else (0.0, 1.0)
+    low, high = min(low, lo), max(high, hi)
     window = {"min": low, "max": high, "start": lo, "end": hi}
     return {
         "channels": [{"color": "FFFFFF", "window": window, "label": layout.name, "active": True}],
