@@ -159,3 +159,11 @@ def test_nan_in_a_volume_read_lazily_names_it_at_the_crop_that_meets_it(monkeypa
     with pytest.raises(NiivInputError, match=r"^training volume 2 of 2 \(holed\) contains NaN .*plane z \d+"):
         for _ in range(50):  # the draws reach volume 2 within a few crops
             sampler.crops(rng, 1)
+
+
+def test_an_empty_volume_name_is_refused_as_empty_in_train_as_in_evaluate(tmp_path, capsys) -> None:
+    """`niiv train "" --out W` (an unset shell variable) read the current folder and said it is not a
+    zarr store; `niiv evaluate` had its own check. One check in the argument parsing serves all."""
+    code, err = _cli(capsys, "", "--out", tmp_path / "w.safetensors", *CLI)
+    assert code == 2 and "a volume was given as an empty name: give each volume's file or store" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -465,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 LIST_OPTIONS = ("volumes", "weights")  # options that take several values
+# An empty item in one ('' from an unset shell variable) was taken for the current folder
+EMPTY_ITEM = {
+    "volumes": "a volume was given as an empty name: give each volume's file or store",
+    "weights": "--weights was given an empty value: give a weights name (`niiv info` lists them) or file",
+}
 FILE_METAVARS = ("FILE", "PATH", "INPUT", "OUTPUT")  # an empty one "needs a file name"
 
 
@@ -514,6 +519,8 @@ def _malformed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str
         label = action.option_strings[-1] if action.option_strings else kind
         if isinstance(value, list) and action.dest not in LIST_OPTIONS:
             return f"{label} needs one value"
+        if isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
+            return EMPTY_ITEM[action.dest]
         if isinstance(value, str) and not value.strip() and value != action.default:  # given, not defaulted
             return f"{label} needs a {'file name' if kind in FILE_METAVARS else 'value'}: it was empty"
     return None
@@ -1157,11 +1164,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     alphas = list(args.alpha)
     degradations = parse_degradations(args.degradation)
-    # an empty value ('' from an unset shell variable) was taken for the current folder
-    if any(not v.strip() for v in args.volumes):
-        raise NiivInputError("a volume was given as an empty name: give each volume's file or store")
-    if any(not w.strip() for w in args.weights):
-        raise NiivInputError("--weights was given an empty value: give a weights name (`niiv info` lists them) or file")
     if args.both and args.slices == "xy":
         raise NiivInputError(
             "--both decodes yz slices too, whose columns run along z: with --slices xy that is the blurred axis "
