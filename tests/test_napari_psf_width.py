@@ -52,3 +52,32 @@ def test_em_layers_do_not_show_the_psf_width(make_napari_viewer, cremi64):
     viewer.add_image(cremi64, name="em", scale=(40, 4, 4), units="nm")
     widget = open_dock(viewer)
     assert widget.sections_choice.value == "thick" and not shown(widget.fwhm_spin)
+
+
+def test_the_weights_note_says_when_the_sections_or_width_are_not_what_the_weights_learned(make_napari_viewer):
+    """niiv-lm is not told the sections: a width typed in the box changed nothing it drew, and the
+    dock never said so, where the command line notes it (review 11)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 48, 48), np.uint16), name="confocal", scale=(1.04, 0.26, 0.26), units="um")
+    widget = open_dock(viewer)
+    assert widget.weights_choice.value == "niiv-lm" and widget.alpha_spin.value == 4.0
+    assert "learned" not in widget.weights_note.value  # psf one spacing wide: what it learned
+    widget.fwhm_spin.value = 8.0
+    assert "niiv-lm learned a psf blur of FWHM 4 xy voxels (one section spacing) at alpha 4, used here on one of 8" in (
+        widget.weights_note.value
+    )
+    widget.sections_choice.value = "thick"
+    assert "niiv-lm learned psf sections, never thick ones" in widget.weights_note.value
+    widget.sections_choice.value = "psf"
+    widget.fwhm_spin.value = 0.0
+    assert "learned" not in widget.weights_note.value
+
+
+def test_weights_picked_after_the_preselection_get_a_note_for_their_own_sections(make_napari_viewer):
+    """Sections follow the weights until picked: the note must be written for the new sections, not
+    for those the previous weights had (niiv-em shown with psf's 'never psf' warning)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 48, 48), np.uint16), name="confocal", scale=(1.04, 0.26, 0.26), units="um")
+    widget = open_dock(viewer)
+    widget.weights_choice.value = "niiv-em"
+    assert widget.sections_choice.value == "thick" and "never" not in widget.weights_note.value

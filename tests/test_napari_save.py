@@ -232,6 +232,31 @@ def test_a_save_that_ends_before_its_follower_is_connected_is_still_seen_to_end(
 
 
 @pytest.mark.slow
+def test_a_save_that_cannot_start_leaves_the_dock_ready_to_save_again(
+    qtbot, make_napari_viewer, cremi, tiny_weights, tmp_path, monkeypatch
+):
+    """The dock keeps a save before starting it (89e954b): a start that raised (no thread could be
+    made) left it 'saving' for good, Save disabled (review 11)."""
+    from napari_niiv._napari.save_job import SaveJob
+
+    def no_thread(job: SaveJob) -> None:
+        raise RuntimeError("can't start new thread")
+
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    widget = open_widget(viewer, tiny_weights)
+    with monkeypatch.context() as m:
+        m.setattr(SaveJob, "start", no_thread)
+        assert widget.save_to(tmp_path / "out") is None
+    assert widget.saver is None and widget.save_button.enabled
+    assert "could not start (RuntimeError: can't start new thread)" in widget.status_label.value
+    again = widget.save_to(tmp_path / "out")  # nothing was written: the same path saves
+    assert again is not None, widget.status_label.value
+    wait_for_save(qtbot, widget)
+    assert isinstance(again.job.result, WriteReport), widget.status_label.value
+
+
+@pytest.mark.slow
 def test_a_save_never_goes_into_the_store_of_a_layer_another_reader_opened(
     make_napari_viewer, cremi, tiny_weights, tmp_path
 ):

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from ..inference.export import DEFAULT_CHUNKS
 from ..inference.reconstructor import check_reconstructable
 from ..inference.settings import ORIENTATIONS, PRECISIONS, InferenceSettings, check_scale
 from ..inference.store import check_outside_input, check_writable
-from ..inference.suggestion import alpha_fit_note, suggest_weights
+from ..inference.suggestion import alpha_fit_note, sections_fit_note, suggest_weights
 from ..inference.weights import (
     DEFAULT_WEIGHTS,
     FAST_WEIGHTS,
@@ -104,25 +105,40 @@ def alpha_unknown_message(layer: Any, alpha: float) -> str:
     )
 
 
-def trained_alphas(name: str) -> tuple[float, float] | None:
-    """The alphas the weights ``name`` were trained over (their card's range, else their one
-    alpha), read from the file's header only; None when it cannot be read."""
+@dataclass(frozen=True)
+class WeightsFacts:
+    """What the dock's note says of weights, read from their file's header only: the alphas they
+    were trained over (their card's range, else their one alpha), the sections they learned (their
+    card's degradations; None: it does not say) and whether they are told the sections (an
+    acquisition embedding; else they ignore them)."""
+
+    alphas: tuple[float, float]
+    learned: list[str] | None
+    told: bool
+
+
+def weights_facts(name: str) -> WeightsFacts | None:
+    """:class:`WeightsFacts` of the weights ``name``; None when they cannot be read."""
     path = available_weights().get(name)
     if path is None:
         return None
     try:
-        return _trained_alphas(str(path), path.stat().st_mtime_ns)
+        return _weights_facts(str(path), path.stat().st_mtime_ns)
     except OSError:
         return None
 
 
 @functools.lru_cache(maxsize=64)
-def _trained_alphas(path: str, mtime_ns: int) -> tuple[float, float] | None:
+def _weights_facts(path: str, mtime_ns: int) -> WeightsFacts | None:
     try:
         meta = read_metadata(path)
         card = json.loads(meta.get("card") or "{}")
-        lo, hi = (card.get("alpha_range") if isinstance(card, dict) else None) or (meta["alpha"], meta["alpha"])
-        return float(lo), float(hi)
+        card = card if isinstance(card, dict) else {}
+        lo, hi = card.get("alpha_range") or (meta["alpha"], meta["alpha"])
+        learned = card.get("degradations")
+        config = json.loads(meta.get("config") or "{}")
+        told = bool(config.get("acquisition_embedding")) if isinstance(config, dict) else False
+        return WeightsFacts((float(lo), float(hi)), learned if isinstance(learned, list) else None, told)
     except (NiivInputError, ValueError, TypeError, KeyError, OSError):
         return None
 
@@ -244,6 +260,8 @@ class NiivWidget(QScrollArea):
         self.sections_choice.changed.connect(self._sections_edited)
         self.sections_choice.changed.connect(self._show_fwhm)
         self.fwhm_spin.changed.connect(self._sections_edited)
+        for w in (self.sections_choice, self.fwhm_spin):  # sections or a width the weights never learned
+            w.changed.connect(self._show_weights_note)
         self.volume_choice.changed.connect(self._volume_edited)
         self.volume_choice.changed.connect(self._layer_changed)
         self.alpha_spin.changed.connect(self._alpha_edited)
@@ -325,7 +343,9 @@ class NiivWidget(QScrollArea):
         )
         self.fwhm_spin.tooltip = (
             "psf: the axial blur's full width at half maximum in xy voxels (your microscope's axial resolution "
-            "over its xy voxel size); 0: one section spacing (alpha)."
+            "over its xy voxel size); 0: one section spacing (alpha). Fine-tuning simulates it; weights told the "
+            "sections (niiv-em) are given it; others (niiv-lm) reconstruct as the width they learned, and the note "
+            "above says when that differs: fine-tune them with this width."
         )
         self.scale_spin.tooltip = "Output voxel in in-plane voxels: 1 isotropic, 0.5 twice finer, 2 coarser."
         self.weights_choice.tooltip = (
@@ -583,10 +603,17 @@ class NiivWidget(QScrollArea):
     def _show_weights_note(self, value: Any = None) -> None:
         """The note below the weights: why they were chosen and, when the alpha shown lies outside
         the alphas they were trained over, that (the CLI notes it too)."""
-        name = str(self.weights_choice.value)
-        note = alpha_fit_note(trained_alphas(name), float(self.alpha_spin.value))
-        warning = f"{name} was {note}" if note else ""
-        self.weights_note.value = ". ".join(part for part in (self._weights_why, warning) if part)
+        name, alpha = str(self.weights_choice.value), float(self.alpha_spin.value)
+        facts = weights_facts(name)
+        note = alpha_fit_note(facts.alphas if facts else None, alpha)
+        warnings = [f"{name} was {note}" if note else ""]
+        try:
+            sections = sections_fit_note(facts.learned, facts.told, self.degradation(), alpha) if facts else None
+        except NiivInputError:  # a psf width the settings refuse: said when niiv runs
+            sections = None
+        if sections:
+            warnings.append(f"{name} {sections}")
+        self.weights_note.value = ". ".join(part for part in (self._weights_why, *warnings) if part)
 
     def _set_weights(self, name: str) -> None:
         """Show ``name`` in the list as the widget's own choice, not the user's pick."""
@@ -621,6 +648,7 @@ class NiivWidget(QScrollArea):
             with self.sections_choice.changed.blocked():
                 self.sections_choice.value = learned_degradation(self.weights_choice.value)
             self._show_fwhm()
+            self._show_weights_note()  # it was written for the sections before these
 
     def _sections_edited(self, value: Any = None) -> None:
         self._picked_sections = True
@@ -918,7 +946,15 @@ class NiivWidget(QScrollArea):
         job = SaveJob(out, data, model, settings, geometry, dtype, input_id, self.save_chunks, origin, limits)
         saver = self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
         self.save_button.enabled = False
-        saver.start()  # after self.saver is set: _save_done may come before this returns
+        try:
+            saver.start()  # after self.saver is set: _save_done may come before this returns
+        except Exception as exc:  # no thread could start (resources): the dock must not stay "saving"
+            if self.saver is saver:
+                saver.shutdown(timeout=0)
+                self.saver = None
+                self.save_button.enabled = True
+            self.set_status(f"Save isotropic volume...: the save could not start ({type(exc).__name__}: {exc})")
+            return None
         return saver
 
     def cancel_save(self) -> None:
