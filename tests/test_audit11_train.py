@@ -167,3 +167,22 @@ def test_an_empty_volume_name_is_refused_as_empty_in_train_as_in_evaluate(tmp_pa
     code, err = _cli(capsys, "", "--out", tmp_path / "w.safetensors", *CLI)
     assert code == 2 and "a volume was given as an empty name: give each volume's file or store" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lazily_read_volume_is_judged_on_the_planes_trained_on_and_named(monkeypatch, medulla) -> None:
+    """A volume read lazily had its normalisation fitted on all its planes, not those given by its z
+    range: NaN outside the range refused the run, unnamed (review 11); a refusal inside it now names
+    the volume."""
+    from napari_niiv.data import pairs
+    from napari_niiv.data.io import as_volume
+
+    monkeypatch.setattr(pairs, "_IN_MEMORY_BYTES", 0)  # read lazily, as a volume over 2 GiB is
+    holed = medulla.astype(np.float32)
+    holed[40:] = np.nan  # a registration's padding, past the planes trained on
+    vols = [as_volume(medulla, name="fine"), as_volume(holed, name="holed")]
+    sampler = pairs.LateralPairSampler(vols, 4.0, 32, 64, z_ranges=[None, (0, 20)])
+    assert sampler.crops(np.random.default_rng(0), 8).shape == (8, 32, 32)
+    flat = medulla.copy()
+    flat[:20] = 7  # constant on the planes trained on
+    with pytest.raises(NiivInputError, match=r"^training volume 2 of 2 \(flat\) is constant"):
+        pairs.LateralPairSampler([vols[0], as_volume(flat, name="flat")], 4.0, 32, 64, z_ranges=[None, (0, 20)])

@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 
 from ..data.degrade import THICK, Degradation, check_alpha, parse_degradations
 from ..data.io import Volume, as_volume
-from ..data.normalise import fit_normalisation
 from ..data.pairs import LateralPairSampler, parse_focus, volume_label
 from ..errors import NiivInputError
 from ..inference.devices import autocast_dtype, pick_device, precision_name
@@ -504,23 +503,6 @@ OVERLAP_SCAN_BYTES = 1 << 30
 OVERLAP_SAMPLE = 64
 
 
-def _which_volume(exc: NiivInputError, volumes: Sequence[Volume], z_ranges: Sequence[Any] | None) -> NiivInputError:
-    """``exc``, a refusal of one volume's values ('the volume is constant', '... contains NaN'), naming
-    that volume: among several, the message did not say which (found again, on this failure path only,
-    by fitting each volume's normalisation alone). Any other refusal comes back as it is."""
-    text = str(exc)
-    if not text.startswith("the volume "):
-        return exc
-    ranges = list(z_ranges) if z_ranges is not None else [None] * len(volumes)
-    for i, (vol, zr) in enumerate(zip(volumes, ranges, strict=True)):
-        z0, z1 = zr if zr is not None else (0, vol.shape[0])
-        try:
-            fit_normalisation(vol.data[z0:z1])
-        except NiivInputError:
-            return NiivInputError(volume_label(volumes, i) + text[len("the volume") :])
-    return exc
-
-
 def check_finite(sampler: LateralPairSampler, volumes: Sequence[Volume], z_ranges: Sequence[Any] | None = None) -> None:
     """Refuse, before the first step, a floating-point training volume with NaN or infinite values
     among the planes it trains on, naming the volume and the first such plane: the normalisation's
@@ -788,19 +770,16 @@ def train(
     model = model.to(device).train()
     alphas = (settings.alpha, settings.alpha_max or settings.alpha)
     teacher = _load_teacher(settings.teacher, device, parse_degradations(settings.degradations), alphas)
-    try:
-        sampler = LateralPairSampler(
-            vols,
-            alphas,
-            settings.crop,
-            settings.points,
-            z_ranges,
-            degradations=parse_degradations(settings.degradations),
-            focus=parse_focus(settings.focus),
-            focus_fraction=settings.focus_fraction,
-        )
-    except NiivInputError as exc:
-        raise _which_volume(exc, vols, z_ranges) from exc
+    sampler = LateralPairSampler(
+        vols,
+        alphas,
+        settings.crop,
+        settings.points,
+        z_ranges,
+        degradations=parse_degradations(settings.degradations),
+        focus=parse_focus(settings.focus),
+        focus_fraction=settings.focus_fraction,
+    )
     check_finite(sampler, vols, z_ranges)
     identity = run_identity(settings, model, vols, sampler, z_ranges)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
