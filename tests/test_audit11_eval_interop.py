@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_niiv.cli import main
+from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.weights import save_weights
 from napari_niiv.training import evaluate as evaluate_module
 from napari_niiv.training.evaluate import evaluate, interpolation
@@ -65,7 +66,7 @@ def test_a_blank_block_is_left_out_not_the_whole_evaluation(tmp_path, capsys, me
     real = medulla[:32, :32, :32]
     both = evaluate([real, np.zeros_like(real)], 4.0, methods)
     assert both[0].cf_psnr == pytest.approx(evaluate([real], 4.0, methods)[0].cf_psnr)
-    with pytest.raises(Exception, match="constant"):
+    with pytest.raises(NiivInputError, match=r"every xz slice of the 1 volume\(s\) to score is constant \(blank\)"):
         evaluate([np.zeros_like(real)], 4.0, methods, ranges=[(0, 255)])
 
 

@@ -80,6 +80,9 @@ def test_focus_fraction_without_focus_is_refused(tmp_path, capsys, medulla) -> N
         train([medulla], TrainSettings(**FAST, focus_fraction=0.3), out, progress=False)
     with pytest.raises(NiivInputError, match="focus 'thick@4-4' with focus_fraction 0 does nothing"):
         train([medulla], TrainSettings(**FAST, focus="thick@4-4"), out, progress=False)
+    # a focus that names nothing (",": an empty list) is no focus (review 11: it passed, drawing none)
+    with pytest.raises(NiivInputError, match=r"focus_fraction 0\.5 without focus does nothing"):
+        train([medulla], TrainSettings(**FAST, focus=",", focus_fraction=0.5), out, progress=False)
     assert not out.exists()
     # --focus alone still draws half its batches there
     assert _cli(capsys, vol, "--out", out, *CLI, "--focus", "thick@4-4")[0] == 0
@@ -136,7 +139,7 @@ def test_a_teacher_outside_its_alpha_range_is_refused(tmp_path, capsys, medulla)
     write_tif(vol, medulla)
     code, err = _cli(capsys, vol, "--out", out, *CLI, "--alpha-max", "14", "--teacher", ranged)
     assert code == 2 and "was trained for alpha 2 to 12, and this run trains for alpha 4 to 14" in err
-    assert "alpha and alpha_max inside alpha 2 to 12" in err
+    assert "the run's lowest and highest alpha inside alpha 2 to 12" in err
     assert list(out.parent.iterdir()) == []
     # inside its range (to the viewer's 1 % tolerance), it teaches
     inside = TrainSettings(**{**FAST, "alpha_max": 12.1, "teacher": str(ranged)})

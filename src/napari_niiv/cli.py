@@ -464,12 +464,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LIST_OPTIONS = ("volumes", "weights")  # options that take several values
-# An empty item in one ('' from an unset shell variable) was taken for the current folder
+# The options that take several values, and what an empty item in one ('' from an unset shell
+# variable, which was taken for the current folder) is refused with
 EMPTY_ITEM = {
     "volumes": "a volume was given as an empty name: give each volume's file or store",
     "weights": "--weights was given an empty value: give a weights name (`niiv info` lists them) or file",
 }
+LIST_OPTIONS = tuple(EMPTY_ITEM)
 FILE_METAVARS = ("FILE", "PATH", "INPUT", "OUTPUT")  # an empty one "needs a file name"
 
 

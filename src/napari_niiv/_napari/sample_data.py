@@ -53,11 +53,12 @@ EPFL_URL = (
     "https://raw.githubusercontent.com/cbmi-group/IsoVEM/8ab23c6ef12f3d8be1d4fead3edb0fb1696c1fde/data/epfl/test_8.tif"
 )
 EPFL_SOURCE = "EPFL CVLab hippocampus FIB-SEM, crop distributed by cbmi-group/IsoVEM (data/epfl/test_8.tif)"
-# Not pinned by a hash: the file could not be fetched where this was written, and the copy in the shared data
-# folder ("crop distributed in cbmi-group/IsoVEM", 32 x 256 x 256) is most likely a crop of it, not the file
-# (cremi_a and cremi_b are described the same way with two shapes, so they are not both IsoVEM's file): a pin
-# taken from it would refuse every real download. The URL names a fixed commit, whose content git addresses by
-# hash; a download that is not a 3D 8-bit TIFF (truncated, an error page) is refused and dropped from the cache.
+# Not pinned by a hash: the file could not be fetched where this was written, and whether the copy in the shared
+# data folder ("crop distributed in cbmi-group/IsoVEM", 32 x 256 x 256) is this file or a crop of it could not be
+# verified: a pin taken from a crop would refuse every real download. To pin it, on a machine with a network:
+# pooch.retrieve(EPFL_URL, known_hash="sha256:<the file's hash>"), keeping the 3D 8-bit check. The URL names a
+# fixed commit, whose content git addresses by hash; a download that is not a 3D 8-bit TIFF (truncated, an error
+# page) is refused and dropped from the cache.
 EPFL_TERMS = "terms not stated by the distributor; for evaluation only"
 
 

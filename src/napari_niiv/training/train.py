@@ -444,12 +444,13 @@ def check_settings(settings: TrainSettings) -> None:
         )
     if not (isinstance(settings.lr, (int, float)) and math.isfinite(settings.lr) and settings.lr > 0):
         raise NiivInputError(f"learning rate {settings.lr!r}: give a positive number such as 5e-4")
-    if settings.focus_fraction and not (settings.focus or "").strip():  # drew no extra batches, silently
+    focus = parse_focus(settings.focus or "")  # "," or " " name no focus at all
+    if settings.focus_fraction and not focus:  # drew no extra batches, silently
         raise NiivInputError(
             f"focus_fraction {settings.focus_fraction:g} without focus does nothing: give focus (where the extra "
             "batches go, e.g. 'thick@10-12'), or set focus_fraction 0"
         )
-    if (settings.focus or "").strip() and not settings.focus_fraction:  # likewise
+    if focus and not settings.focus_fraction:  # likewise
         raise NiivInputError(
             f"focus {settings.focus!r} with focus_fraction 0 does nothing: give the fraction of batches drawn "
             "from it (e.g. 0.5), or drop focus"
@@ -570,7 +571,7 @@ def _load_teacher(
             raise NiivInputError(
                 f"the teacher {name} was trained for {_span(lo, hi)}, and this run trains for {_span(run_lo, run_hi)}: "
                 f"outside its range its outputs are extrapolations, no targets to learn from; train within its range "
-                f"(alpha and alpha_max inside {_span(lo, hi)}), or distil from weights trained for "
+                f"(the run's lowest and highest alpha inside {_span(lo, hi)}), or distil from weights trained for "
                 f"{_span(run_lo, run_hi)} (`niiv info` lists each one's)"
             )
     teacher = weights.model.to(device).eval()
