@@ -195,3 +195,26 @@ def test_a_dock_that_can_offer_no_layer_says_why_of_each(qtbot, make_napari_view
     assert "is 2D" not in widget.status_label.value
     viewer.layers.remove(layer)
     assert "'flat' is 2D" in widget.status_label.value
+
+
+def test_a_fixed_layer_is_said_to_be_fine_again_and_both_pauses_speak_alike(
+    qtbot, make_napari_viewer, crop, tiny_user_weights
+):
+    """Review 11: the dock and the live view said a pause in two wordings; and once the layer was
+    fixed after the user had ticked live meanwhile (which cancels the resume), the whole status was
+    cleared: live off and not a word."""
+    from napari_niiv._napari.live_view import paused_status
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(crop, name="em", scale=(40, 4, 4), units="nm")
+    widget = open_dock(viewer)
+    live_dock(qtbot, viewer, widget)
+    layer.rotate = 30
+    qtbot.waitUntil(lambda: "is rotated or sheared" in widget.status_label.value, timeout=10_000)
+    why = widget._refusal
+    assert widget.status_label.value == paused_status(why, "em")
+    widget.live_check.value = True  # the user's tick while still rotated: refused, and no resume
+    assert not widget.live_check.value
+    layer.rotate = 0
+    qtbot.waitUntil(lambda: "is rotated" not in widget.status_label.value, timeout=10_000)
+    assert widget.status_label.value == "'em' is a volume niiv can take again"

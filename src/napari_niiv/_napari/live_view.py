@@ -61,6 +61,12 @@ LIVE_LAYERS = "_niiv_live_layers"
 STYLE = ("contrast_limits", "colormap", "gamma", "visible")
 
 
+def paused_status(why: str, name: str) -> str:
+    """The status of a live view paused because its layer became one niiv cannot take (``why``:
+    check_layer's words, which say what to do); the view and the dock say it alike."""
+    return f"live view paused: {why}; it goes on once '{name}' is fixed"
+
+
 class LiveView(QObject):
     """Keeps ``output`` (a layer next to ``layer``) showing niiv for the visible region.
 
@@ -256,7 +262,7 @@ class LiveView(QObject):
         """The layer is no longer one niiv can take: say why (check_layer's words, which say what to
         do), stop the view in flight and remove the live layers (their images sit on the old grid,
         not where the changed layer is); the next change that makes the layer valid shows it again."""
-        self.on_status(f"live view paused: {why}; it goes on once the layer is fixed")
+        self.on_status(paused_status(why, self.layer.name))
         self._drop_view()
         if self.output is not None or self.confidence_output is not None:
             self.output = self.confidence_output = None

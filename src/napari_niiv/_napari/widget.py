@@ -56,7 +56,7 @@ from .layer_view import (
     remove_layers,
     store_geometry,
 )
-from .live_view import LiveView, remove_live_layers
+from .live_view import LiveView, paused_status, remove_live_layers
 from .save_job import BackgroundSave, SaveJob, as_store_path, default_save_path
 from .training_panel import named, status_label
 
@@ -543,7 +543,7 @@ class NiivWidget(QScrollArea):
             return
         refused, self._refusal = self._refusal, None
         if refused and refused in str(self.status_label.value):  # the layer was fixed: that no longer holds
-            self.set_status("")
+            self.set_status(f"'{layer.name}' is a volume niiv can take again")
         self._preselect_weights(layer)
         alpha = scale_alpha(layer)
         unknown = self.alpha_unknown(layer)
@@ -579,7 +579,7 @@ class NiivWidget(QScrollArea):
         finally:
             self._pausing = False
         self._resume_live = layer
-        self.set_status(f"{why}; live view paused: it goes on once '{layer.name}' is fixed")
+        self.set_status(paused_status(why, layer.name))
 
     # -- weights -------------------------------------------------------------------------------
     def _preselect_weights(self, layer: Image) -> None:
