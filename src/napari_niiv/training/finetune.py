@@ -146,7 +146,10 @@ def free_name(folder: Path, name: str) -> str:
 
 def check_new_weights(out: Path, resume: bool) -> None:
     """Refuse to start a new run over weights or over a run's unfinished checkpoint at ``out``
-    (a new run would replace them); a resume needs an unfinished run's checkpoint."""
+    (a new run would replace them); a resume needs an unfinished run's checkpoint. The panel's
+    words for :func:`~napari_niiv.training.train.check_new_run`'s rule (which ``train()`` applies
+    again), with what only the panel says: whether the existing weights' run can be resumed, and
+    a complete run refused as nothing to resume before any work."""
     if resume:
         if not checkpoint_path(out).exists():
             raise NiivInputError(f"weights '{out.stem}' have no unfinished run to resume; Start a new run instead")
