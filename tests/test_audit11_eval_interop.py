@@ -230,3 +230,27 @@ def test_an_empty_volume_or_weights_name_is_refused_as_empty(tmp_path, capsys, m
     assert code == 2 and not out and "--weights was given an empty value" in err
     code, out, err = _run(capsys, "evaluate", path, "", "--alpha", "4", "--cube", "32", "--weights", tiny)
     assert code == 2 and not out and "a volume was given as an empty name" in err
+
+
+def test_blocks_constant_on_the_planes_scored_are_counted_out_in_the_note_and_the_json(
+    tmp_path, capsys, medulla, tiny
+) -> None:
+    """The command line left out blocks constant throughout, evaluate() those constant on the planes
+    the sections cover at each alpha: a block with structure only past the last section was scored by
+    neither, yet counted in '2 block(s)' and in the JSON's blocks (review 11)."""
+    good, edge = tmp_path / "good.tif", tmp_path / "edge.tif"
+    write_tif(good, medulla[:30, :30, :30])
+    flat = np.full((30, 30, 30), 90, np.uint8)
+    flat[28:] = medulla[28:30, :30, :30]  # at alpha 4, 7 sections cover planes 0-27 only
+    write_tif(edge, flat)
+    out = tmp_path / "scores.json"
+    args = ("--alpha", "4", "--cube", "30", "--weights", tiny)
+    code, _, err = _run(capsys, "evaluate", good, edge, *args, "--json", out)
+    assert code == 0, err
+    assert "1 of 2 block(s) are constant on every plane scored at alpha 4 and left out: 1 scored" in err
+    rows = json.loads(out.read_text())
+    assert {r["blocks"] for r in rows} == {1}
+    alone = tmp_path / "alone.json"
+    assert _run(capsys, "evaluate", good, *args, "--json", alone)[0] == 0
+    for a, b in zip(rows, json.loads(alone.read_text()), strict=True):
+        assert a["cf_psnr"] == pytest.approx(b["cf_psnr"]) and a["method"] == b["method"]

@@ -1294,6 +1294,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
             slices = "xz" if args.slices == "xy" else args.slices  # xy: cubes were transposed
             part = evaluate(cubes, alpha, methods, args.cutoff, slices, ranges, degradation)
+            if part[0].blocks < len(cubes):  # constant on every plane the sections cover at this alpha
+                print(
+                    f"niiv evaluate: note: {len(cubes) - part[0].blocks} of {len(cubes)} block(s) are constant on "
+                    f"every plane scored at alpha {alpha:g} and left out: {part[0].blocks} scored",
+                    file=sys.stderr,
+                )
             if len(alphas) > 1 or len(degradations) > 1:
                 print(f"\n### alpha {alpha:g}, {degradation}\n")
             print(format_table(part, args.cutoff))
@@ -1305,14 +1311,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .inference.weights import atomic_write
 
         # strict JSON: an infinite score (a perfect reconstruction) is null, never Infinity; each row says
-        # what its numbers measure (the slices, the CF-PSNR cutoff, the blocks), as the tables' headers do
+        # what its numbers measure (the slices, the CF-PSNR cutoff, the blocks scored), as the tables' headers do
         setup = {
             "slices": args.slices,
             "cutoff": args.cutoff,
             "cube": args.cube,
             "region": args.region.strip() if args.region and args.region.strip() else None,
             "volumes": [_resolved(_source(v)) for v in args.volumes],
-            "blocks": len(cubes),
         }
         rows = [
             {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in s.__dict__.items()} | setup

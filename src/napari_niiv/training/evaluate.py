@@ -166,6 +166,7 @@ class Score:
     seconds_per_volume: float
     alpha: float = 8.0
     degradation: str = "thick"
+    blocks: int = 1  # volumes (blocks) scored: those with a non-constant plane among the scored ones
 
 
 # SSIM's 11x11 window: a scored slice needs at least this many pixels each way.
@@ -272,7 +273,16 @@ def evaluate(
             per_volume.append(slice_metrics(np.moveaxis(gt, axis, 0), np.moveaxis(pred, axis, 0), cutoff))
         mean = {k: float(np.mean([m[k] for m in per_volume])) for k in per_volume[0]}
         scores.append(
-            Score(name, mean["cf_psnr"], mean["psnr"], mean["ssim"], seconds / len(sims), alpha, str(degradation))
+            Score(
+                name,
+                mean["cf_psnr"],
+                mean["psnr"],
+                mean["ssim"],
+                seconds / len(sims),
+                alpha,
+                str(degradation),
+                blocks=len(sims),
+            )
         )
     return scores
 
