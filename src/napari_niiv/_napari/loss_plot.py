@@ -16,6 +16,8 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
+from ..inference.weights import atomic_write
+
 BACKGROUND = QColor(30, 32, 38)
 AXIS = QColor(150, 150, 155)
 RAW = QColor(230, 230, 230, 70)
@@ -132,12 +134,18 @@ class LossPlot(QWidget):
         return [{c: by_step[s].get(c, "") for c in CSV_COLUMNS} for s in sorted(by_step)]
 
     def write_csv(self, path: str | Path) -> int:
-        """Write the history as CSV (header CSV_COLUMNS); returns the rows written."""
+        """Write the history as CSV (header CSV_COLUMNS); returns the rows written. Atomically: a
+        write that fails part-way (a full disk) left a half-written CSV under the name, in place of
+        the file the user chose to replace."""
         rows = self.rows()
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(Path(path), write)
         return len(rows)
 
     # -- layout ----------------------------------------------------------------------------------

@@ -264,7 +264,8 @@ class TrainingPanel(Container):
         )
 
     def _start(self, resume: bool) -> None:
-        job = fine_tune_job(self.request(resume))
+        request = self.request(resume)
+        job = fine_tune_job(request)
         self.job, self._layer = job, self.niiv.volume_choice.value
         self._weights = self.niiv.weights_choice.value  # the live view previews the run while it shows these
         self._signals = JobSignals(job)
@@ -286,7 +287,8 @@ class TrainingPanel(Container):
             )
             return
         self.set_status(
-            f"training on {len(job.split.regions)} region(s); scoring the start weights on the {_held_planes(job)}..."
+            f"training on {len(job.split.regions)} region(s){_left_out(request.regions, job)}; scoring the start "
+            f"weights on the {_held_planes(job)}..."
         )
 
     @gui_handler
@@ -367,6 +369,9 @@ class TrainingPanel(Container):
         path = Path(path)
         try:
             rows = self.plot.write_csv(path)
+        except NiivInputError as exc:  # a folder at the path
+            self.set_status(f"Export CSV...: {exc}")
+            return None
         except OSError as exc:
             self.set_status(f"Export CSV...: could not write {path}: {exc}")
             return None
@@ -427,6 +432,25 @@ def _held_planes(job: FineTuneJob) -> str:
     """The planes a run holds out, for the status line."""
     held = job.split.held_out[0]
     return f"held-out planes z {held.start}-{held.stop - 1}"
+
+
+def _left_out(regions: tuple[Region, ...], job: FineTuneJob) -> str:
+    """Why parts asked for are not trained on, for the status line: the run leaves out boxes outside
+    the volume, narrower than the training crop or only over the held-out planes, and the panel said
+    'training on 1 region(s)' of three boxes drawn, without a word on the other two."""
+    left = len(regions) - len(job.split.regions)
+    if left <= 0:
+        return ""
+    crop = job.settings.crop
+    outside = sum(any(s.stop <= s.start for s in r) for r in regions)
+    narrow = sum(
+        not any(s.stop <= s.start for s in r) and min(r[1].stop - r[1].start, r[2].stop - r[2].start) < crop
+        for r in regions
+    )
+    why = [f"{outside} outside the volume"] if outside else []
+    why += [f"{narrow} narrower than the {crop} px training crop"] if narrow else []
+    why += [f"{left - outside - narrow} only over the held-out planes"] if left > outside + narrow else []
+    return f" of the {len(regions)} drawn (left out: {', '.join(why)})"
 
 
 def _gains(metrics: dict[str, float], unit: str = "") -> str:

@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..data.degrade import check_alpha, parse_degradations
+from ..data.degrade import Degradation, check_alpha, parse_degradations
 from ..data.io import Volume
 from ..errors import NiivInputError
 from ..inference.devices import lower_thread_priority, pick_device
@@ -255,6 +255,7 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     settings = replace(settings, degradations=str(degradation))
     split = split_training(regions, settings.crop, alpha)
     _check_fits(start, split.held_out, request.name)
+    _check_blur(degradation, settings.crop, split.held_out, alpha, request.name)
     volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
 
     def check() -> HeldOutCheck:  # read and scored on the training thread
@@ -311,6 +312,22 @@ def _check_fits(start: Path, held: Region, name: str) -> None:
             f"({start.stem}) need at least {need} (their receptive field): learn from a wider volume or box, "
             "or start from weights with a smaller receptive field (niiv-fast's is the smallest)"
         )
+
+
+def _check_blur(degradation: Degradation, crop: int, held: Region, alpha: float, name: str) -> None:
+    """Refuse, before the run starts, a psf wider than the px its sections are simulated over (the
+    training crop, the held-out window): the run started, scored the start weights, then failed on
+    its thread advising 'a larger crop or cube', which the panel has no control for."""
+    side = min(held[2].stop - held[2].start, max(MAX_HELD_SIDE, held_out_min_planes(alpha)))
+    span = min(crop, side)
+    try:
+        degradation.check_extent(span, alpha)
+    except NiivInputError:
+        raise NiivInputError(
+            f"psf FWHM {degradation.thickness(alpha):g} xy px is wider than the {span} px over which fine-tuning on "
+            f"'{name}' simulates its sections (the training crop): every section would be nearly the same blur "
+            f"of the whole; give the FWHM your microscope has, at most {span} (a few xy px to a few tens)"
+        ) from None
 
 
 def _crop(shape: tuple[int, ...], alpha: float, name: str) -> int:
