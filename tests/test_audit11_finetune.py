@@ -96,3 +96,30 @@ def test_a_psf_wider_than_the_training_crop_is_refused_at_start(qtbot, make_napa
     assert panel.job is not None, panel.status_label.value
     panel.stop_button.native.click()
     qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
+
+
+def test_the_offered_name_follows_an_alpha_changed_during_the_run(qtbot, make_napari_viewer, em, tiny_user_weights):
+    """The name offered is '<layer>-a<alpha>', but one changed while a run went on was not followed
+    once it ended: the box kept 'em-a10', the run's finished weights, and Start was refused."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(em, name="em", scale=(40, 4, 4), units="nm")
+    widget = open_dock(viewer, "user/tiny")
+    panel = widget.training
+    panel.steps_spin.value, panel.minutes_spin.value = 10, 0
+    assert panel.name_edit.value == "em-a10"
+    panel.start_button.native.click()
+    assert panel.job is not None, panel.status_label.value
+    widget.alpha_spin.value = 5
+    assert panel.name_edit.value == "em-a10"  # the run's own name while it runs
+    qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
+    assert "done at step 10: saved 'user/em-a10'" in panel.status_label.value
+    assert panel.name_edit.value == "em-a5" and panel.start_button.enabled
+
+    typed = "mine"  # a name typed is kept
+    panel.name_edit.value = typed
+    panel.start_button.native.click()
+    assert panel.job is not None, panel.status_label.value
+    widget.alpha_spin.value = 6
+    panel.stop_button.native.click()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
+    assert panel.name_edit.value == typed

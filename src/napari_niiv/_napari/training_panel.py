@@ -119,6 +119,7 @@ class TrainingPanel(Container):
         self._weights: str | None = None  # the weights chosen when the run started
         self._run_start: tuple[float, int] | None = None  # (time, step) of this run's first step
         self._bar_at = -float("inf")  # when the activity bar last moved
+        self._offered: tuple[Any, float] | None = None  # (volume, alpha) the running run's name was offered for
         self.start_button.changed.connect(lambda: self.start(resume=False))
         self.resume_button.changed.connect(lambda: self.start(resume=True))
         self.stop_button.changed.connect(self.stop)
@@ -266,6 +267,9 @@ class TrainingPanel(Container):
     def _start(self, resume: bool) -> None:
         request = self.request(resume)
         job = fine_tune_job(request)
+        # the name the panel offered (not typed) for this volume and alpha: follows them when they change
+        offered = self.name_edit.value == self.default_name()
+        self._offered = (self.niiv.volume_choice.value, self.niiv.alpha_spin.value) if offered else None
         self.job, self._layer = job, self.niiv.volume_choice.value
         self._weights = self.niiv.weights_choice.value  # the live view previews the run while it shows these
         self._signals = JobSignals(job)
@@ -399,6 +403,9 @@ class TrainingPanel(Container):
                 f"{finished_text(ended, result.stopped_early)} at step {result.steps_done}: saved '{name}'"
                 + (f", held-out {_gains(held, ' dB')}" if "cf_psnr_gain" in held else "")
             )
+        # a volume or alpha picked during the run: the name offered for them (the box kept the run's)
+        if self._offered is not None and self._offered != (self.niiv.volume_choice.value, self.niiv.alpha_spin.value):
+            self._default_name()
         self._update_buttons()
 
     def _layer_removed(self, event: Any) -> None:
