@@ -123,3 +123,16 @@ def test_the_offered_name_follows_an_alpha_changed_during_the_run(qtbot, make_na
     panel.stop_button.native.click()
     qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
     assert panel.name_edit.value == typed
+
+
+def test_a_users_own_md_in_the_weights_folder_is_never_replaced_by_a_card(tmp_path) -> None:
+    """Only the weights and their checkpoint were checked: a user's own NAME.md in the weights
+    folder, with no weights beside it, was replaced by the run's card (reported by the audit)."""
+    from napari_niiv.errors import NiivInputError
+    from napari_niiv.training.finetune import check_new_weights
+
+    (tmp_path / "notes.md").write_text("my own notes")
+    with pytest.raises(NiivInputError, match=r"already holds 'notes\.md', with no weights beside it"):
+        check_new_weights(tmp_path / "notes.safetensors", resume=False)
+    assert (tmp_path / "notes.md").read_text() == "my own notes"
+    check_new_weights(tmp_path / "other.safetensors", resume=False)  # another name starts

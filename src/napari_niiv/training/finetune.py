@@ -167,6 +167,11 @@ def check_new_weights(out: Path, resume: bool) -> None:
             f"'{out.stem}' holds an unfinished run (its checkpoint {checkpoint_path(out).name}): Resume it, "
             "or choose another name"
         )
+    elif out.with_suffix(".md").exists():  # not a card of weights here: the user's own file, never replaced
+        raise NiivInputError(
+            f"the weights folder already holds '{out.stem}.md', with no weights beside it; the run would write "
+            "its card there: choose another name, or move that file"
+        )
 
 
 @dataclass(frozen=True, eq=False)
