@@ -51,3 +51,10 @@ def test_overlapping_boxes_never_train_on_the_held_out_planes():
     beside = (slice(0, 16), slice(0, 64), slice(0, 64))  # no overlap in y, x with a held box elsewhere
     split = split_training([(slice(0, 16), slice(64, 128), slice(0, 128)), beside], crop=64, alpha=4)
     assert split.z_ranges == [(0, 13), (0, 16)]
+
+
+def test_a_region_too_thin_to_hold_planes_out_says_what_to_do():
+    """A 2-plane layer was told only that 3 planes are needed (the fine-tuning audit)."""
+    said = r"has 2 xy plane\(s\): at least 3 .*; learn from a volume \(or a region\) with more xy planes"
+    with pytest.raises(NiivInputError, match=said):
+        split_training([whole((2, 96, 96))], crop=64, alpha=4)

@@ -96,7 +96,8 @@ def split_training(
     n_held = max(min_held_out, round((z1 - z0) * held_out_fraction))
     if z1 - z0 - n_held < 1:
         raise NiivInputError(
-            f"the region has {z1 - z0} xy plane(s): at least {n_held + 1} are needed to train and hold some out"
+            f"the region has {z1 - z0} xy plane(s): at least {n_held + 1} are needed to train and hold some out; "
+            "learn from a volume (or a region) with more xy planes"
         )
     held = (slice(z1 - n_held, z1), usable[big][1], usable[big][2])
     z_ranges = [(0, r[0].stop - r[0].start) for r in usable]
