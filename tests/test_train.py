@@ -189,6 +189,18 @@ def test_fine_tune_job_holds_planes_out_and_describes_itself(cremi, user_weights
         fine_tune_job(request(cremi[:, :64, :64], user_weights / "w.safetensors", alpha=40.0))
 
 
+def test_boxes_narrower_than_the_crop_train_as_a_volume_that_narrow_does(cremi, user_weights) -> None:
+    """A 50 px box on a 96 px volume was refused ('no region is at least 64x64 px'), while a 50 px
+    volume of its own trains on 50 px crops (the fine-tuning panel audit)."""
+    box = (slice(0, 32), slice(10, 60), slice(20, 70))
+    job = fine_tune_job(request(cremi, user_weights / "box.safetensors", regions=(box,)))
+    assert job.settings.crop == 50
+    assert job.split.regions and all(r[1:] == box[1:] for r in job.split.regions)
+    part = cremi[:, 10:60, 20:70]
+    alone = fine_tune_job(request(part, user_weights / "alone.safetensors", regions=(whole(part.shape),)))
+    assert alone.settings.crop == 50
+
+
 def test_fine_tune_job_refuses_what_it_cannot_do(cremi, user_weights) -> None:
     out = user_weights / "cremi.safetensors"
     with pytest.raises(NiivInputError, match="never overwritten"):
@@ -197,8 +209,14 @@ def test_fine_tune_job_refuses_what_it_cannot_do(cremi, user_weights) -> None:
         fine_tune_job(request(cremi, out, lr=0.5))
     with pytest.raises(NiivInputError, match="unknown weights"):
         fine_tune_job(request(cremi, out, start_weights="no-such-weights"))
-    with pytest.raises(NiivInputError, match="at least 64x64"):
+    # a 20 px box trains on 20 px crops (as a volume that narrow does), but its held-out part is
+    # narrower than the start weights' receptive field
+    with pytest.raises(
+        NiivInputError, match=r"20 px wide in x, .* need at least 35 .*: learn from a wider volume or box"
+    ):
         fine_tune_job(request(cremi, out, regions=((slice(0, 32), slice(0, 20), slice(0, 20)),)))
+    with pytest.raises(NiivInputError, match=r"widest region to learn from in 'cremi' is 15 px .* draw larger boxes"):
+        fine_tune_job(request(cremi, out, regions=((slice(0, 32), slice(0, 15), slice(0, 15)),)))
     out.parent.mkdir(parents=True)
     out.write_bytes(b"")
     with pytest.raises(NiivInputError, match="already exist"):

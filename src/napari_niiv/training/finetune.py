@@ -255,7 +255,7 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
         minutes=minutes,
         lr=float(request.lr),
         device=str(pick_device(request.device)),
-        crop=_crop(data.shape, alpha, request.name),
+        crop=_crop(data.shape, alpha, request.name, regions),
     )
     settings = replace(settings, degradations=str(degradation))
     split = split_training(regions, settings.crop, alpha)
@@ -335,12 +335,21 @@ def _check_blur(degradation: Degradation, crop: int, held: Region, alpha: float,
         ) from None
 
 
-def _crop(shape: tuple[int, ...], alpha: float, name: str) -> int:
-    """The lateral training crop: MAX_CROP, or the whole width of a smaller volume, and at least the
-    two sections that a crop degraded by ``alpha`` must keep (alpha above 32 needs larger crops)."""
+def _crop(shape: tuple[int, ...], alpha: float, name: str, regions: Sequence[Region] = ()) -> int:
+    """The lateral training crop: MAX_CROP, or the whole width of a smaller volume or of the widest
+    region to learn from (boxes narrower than MAX_CROP train as a volume that narrow does), and at
+    least the two sections that a crop degraded by ``alpha`` must keep (alpha above 32 needs larger
+    crops)."""
     need = math.ceil(2 * alpha - 1e-9)
-    crop = min(max(MAX_CROP, need), *(int(s) for s in shape[1:]))
+    widest = max((min(r[1].stop - r[1].start, r[2].stop - r[2].start) for r in regions), default=None)
+    crop = min(max(MAX_CROP, need), *(int(s) for s in shape[1:]), *(() if widest is None else (widest,)))
     if crop < need:
+        if widest is not None and widest < min(int(s) for s in shape[1:]):
+            raise NiivInputError(
+                f"the widest region to learn from in '{name}' is {widest} px across in xy; fine-tuning at alpha "
+                f"{alpha:g} needs at least {need}x{need} (each training crop is pooled by alpha into two sections or "
+                "more): draw larger boxes, or zoom out"
+            )
         raise NiivInputError(
             f"'{name}' is {shape[1]}x{shape[2]} px in xy; fine-tuning at alpha {alpha:g} needs at least "
             f"{need}x{need} (each training crop is pooled by alpha into two sections or more)"
