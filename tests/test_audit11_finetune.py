@@ -136,3 +136,20 @@ def test_a_users_own_md_in_the_weights_folder_is_never_replaced_by_a_card(tmp_pa
         check_new_weights(tmp_path / "notes.safetensors", resume=False)
     assert (tmp_path / "notes.md").read_text() == "my own notes"
     check_new_weights(tmp_path / "other.safetensors", resume=False)  # another name starts
+
+
+def test_a_typed_name_made_file_safe_is_shown_as_saved(qtbot, make_napari_viewer, em, tiny_user_weights):
+    """'my run/é*?<>' was saved as user/my-run while the box kept the typed text (the audit)."""
+    from napari_niiv.training.finetune import weights_name
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(em, name="em", scale=(40, 4, 4), units="nm")
+    widget = open_dock(viewer, "user/tiny")
+    panel = widget.training
+    panel.steps_spin.value, panel.minutes_spin.value = 10, 0
+    panel.name_edit.value = "my run/é*?<>"
+    panel.start_button.native.click()
+    assert panel.job is not None, panel.status_label.value
+    assert panel.name_edit.value == weights_name("my run/é*?<>") == panel.job.out.stem
+    qtbot.waitUntil(lambda: panel.job is None, timeout=120_000)
+    assert f"saved 'user/{panel.name_edit.value}'" in panel.status_label.value

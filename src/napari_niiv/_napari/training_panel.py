@@ -269,6 +269,8 @@ class TrainingPanel(Container):
         job = fine_tune_job(request)
         # the name the panel offered (not typed) for this volume and alpha: follows them when they change
         offered = self.name_edit.value == self.default_name()
+        if self.name_edit.value != request.out.stem:  # a typed name made file-safe: show what is saved
+            self.name_edit.value = request.out.stem
         self._offered = (self.niiv.volume_choice.value, self.niiv.alpha_spin.value) if offered else None
         self.job, self._layer = job, self.niiv.volume_choice.value
         self._weights = self.niiv.weights_choice.value  # the live view previews the run while it shows these
