@@ -341,7 +341,9 @@ def _crop(shape: tuple[int, ...], alpha: float, name: str, regions: Sequence[Reg
     least the two sections that a crop degraded by ``alpha`` must keep (alpha above 32 needs larger
     crops)."""
     need = math.ceil(2 * alpha - 1e-9)
-    widest = max((min(r[1].stop - r[1].start, r[2].stop - r[2].start) for r in regions), default=None)
+    sides = [(r[0].stop - r[0].start, r[1].stop - r[1].start, r[2].stop - r[2].start) for r in regions]
+    # regions clipped to nothing (drawn outside the volume) are split_training's to refuse, in its words
+    widest = max((min(y, x) for z, y, x in sides if min(z, y, x) > 0), default=None)
     crop = min(max(MAX_CROP, need), *(int(s) for s in shape[1:]), *(() if widest is None else (widest,)))
     if crop < need:
         if widest is not None and widest < min(int(s) for s in shape[1:]):
