@@ -144,14 +144,17 @@ _FLOAT32_SAFE = float(np.finfo(np.float32).max) / 16
 
 
 def fit_normalisation(
-    data: Any, percentiles: tuple[float, float] = (0.01, 99.99), in_memory: np.ndarray | None = None
+    data: Any,
+    percentiles: tuple[float, float] = (0.01, 99.99),
+    in_memory: np.ndarray | None = None,
+    what: str = "the volume",
 ) -> Normalisation:
     """Percentile normalisation from a sample spread over the whole volume (never loads it all).
 
     Every tile of a volume must share one normalisation or tiles would not stitch, so this is
     computed once per volume, not per tile. Up to ``_STRIDE_BYTES`` it does not depend on how the
     volume is chunked: then ``in_memory``, the same voxels already read, is sampled instead of
-    reading ``data`` again.
+    reading ``data`` again. ``what`` names the volume in a refusal (training names which of several).
     """
     arr = data if isinstance(data, da.Array) else da.asarray(data)
     if in_memory is not None and in_memory.shape == arr.shape and _strided(arr, _STRIDE_BYTES):
@@ -159,13 +162,13 @@ def fit_normalisation(
     sample = _sample(arr, _STRIDE_BYTES)
     if not np.all(np.isfinite(sample)):
         raise NiivInputError(
-            "the volume contains NaN or infinite values; replace them (e.g. with 0 or the "
+            f"{what} contains NaN or infinite values; replace them (e.g. with 0 or the "
             "background level) before reconstruction or training"
         )
     largest = float(np.abs(sample).max()) if sample.size else 0.0
     if largest > _FLOAT32_SAFE:
         raise NiivInputError(
-            f"the volume holds values up to {largest:.3g}, beyond float32 (about 3.4e38), in which niiv "
+            f"{what} holds values up to {largest:.3g}, beyond float32 (about 3.4e38), in which niiv "
             "computes; rescale the volume (divide it by a constant) first"
         )
     low, high = (float(v) for v in np.percentile(sample, percentiles))
@@ -173,5 +176,5 @@ def fit_normalisation(
         if np.dtype(arr.dtype).kind in "ui":
             low, high = float(sample.min()), float(sample.max())
         if high <= low:
-            raise NiivInputError("the volume is constant; there is nothing to reconstruct")
+            raise NiivInputError(f"{what} is constant; there is nothing to reconstruct")
     return Normalisation(low, high, "percentile", tuple(percentiles))  # type: ignore[arg-type]

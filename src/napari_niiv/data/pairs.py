@@ -110,23 +110,14 @@ class LateralPairSampler:
             if data.nbytes <= _IN_MEMORY_BYTES:
                 data = np.asarray(data[z0:z1].compute())
                 z0, z1 = 0, z1 - z0
-            norm = normalisations[i] if normalisations is not None else self._fit(data[z0:z1], self.labels[i])
+            if normalisations is not None:
+                norm = normalisations[i]
+            else:  # of the planes trained on, a refusal naming the volume (which of several)
+                norm = fit_normalisation(data[z0:z1], what=self.labels[i])
             self.volumes.append((data, z0, z1))
             self.norms.append(norm)
         weights = np.array([(z1 - z0) for _, z0, z1 in self.volumes], dtype=np.float64)
         self.weights = weights / weights.sum()
-
-    @staticmethod
-    def _fit(data: object, label: str) -> Normalisation:
-        """The normalisation of the planes trained on, a refusal of their values naming the volume
-        (its words say 'the volume ...'; which one, among several, they did not say)."""
-        try:
-            return fit_normalisation(data)
-        except NiivInputError as exc:
-            text = str(exc)
-            raise NiivInputError(
-                label + text[len("the volume") :] if text.startswith("the volume ") else f"{label}: {text}"
-            ) from None
 
     def draw(self, rng: np.random.Generator) -> tuple[float, Degradation]:
         """This batch's alpha and degradation (no draw at all for a single alpha and degradation, so
