@@ -693,8 +693,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 f"--confidence {conf}: give a .zarr / .ome.zarr (placed as OUT.zarr is), .tif or .npy path other "
                 "than OUT and outside it"
             )
-        check_output_path(conf, args.overwrite, src)
-        check_writable(conf)
+        if conf.resolve() in out.resolve().parents:  # OUT's folders would stand where the map goes
+            raise NiivInputError(
+                f"--confidence {conf}: OUT {out} lies inside it, so writing OUT would make the folder {conf} and "
+                "leave no room for the map; give the map a path outside OUT's folders"
+            )
+        try:  # its words name the path; say it is the map's
+            check_output_path(conf, args.overwrite, src)
+            check_writable(conf)
+        except NiivInputError as exc:
+            said = str(exc)
+            raise NiivInputError(f"--confidence {said if said.startswith(str(conf)) else f'{conf}: {said}'}") from None
     chunks = _parse_chunks(args.chunks) if args.chunks is not None else DEFAULT_CHUNKS
     zarr_options = [f"--{name}" for name in ("chunks", "levels", "ngff") if getattr(args, name) is not None]
     if zarr_options and not any(p.suffix.lower() == ".zarr" for p in (out, conf) if p is not None):
