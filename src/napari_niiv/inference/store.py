@@ -7,7 +7,9 @@ validated with ``ome-zarr-models``; where each level sits comes from ``geometry.
 Every task writes its own chunks of one level, so tasks never share a chunk file, and leaves a
 marker after each; a run that is killed keeps its ``OUT.partial`` store and the next run with the
 same settings (the *fingerprint*) writes only the chunks without a marker. A chunk whose write was
-cut short has no marker and is written again. For a model's blocks (``BlockSource.stacks_z``) a
+cut short has no marker and is written again; a marker records the size of its chunk's file, so
+that a chunk deleted or damaged before the resume is written again too (with every level above it).
+For a model's blocks (``BlockSource.stacks_z``) a
 level-0 task computes a column of chunks stacked along z at once (up to ``BLOCK_VOXELS``): a block
 needs input rows of context on each side, and chunks computed one by one would encode the same
 input rows again for each. The store appears
@@ -593,13 +595,51 @@ class _Job:
             ]
             if not self._current(store):  # no marker: the new run writes this chunk again
                 return task.level, 0
-            _marker(store, task.level, chunk).touch()
+            _marker(store, task.level, chunk).write_text(str(_stored_bytes(store, task.level, arr, chunk)))
         return task.level, sum(_size(c) for c in todo)
 
 
 def _marker(store: Path, level: int, chunk: Index) -> Path:
     name = ".".join(str(s.start) for s in chunk)
     return store / _WORK / "done" / str(level) / name
+
+
+def _stored_bytes(store: Path, level: int, arr: Any, chunk: Index) -> int:
+    """The size of the file holding ``chunk`` of level ``level`` (0: none, a chunk all fill value
+    that zarr does not store), as its marker records it."""
+    coords = tuple(s.start // c for s, c in zip(chunk, arr.chunks, strict=True))
+    try:
+        return (store / str(level) / arr.metadata.encode_chunk_key(coords)).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _drop_damaged(partial: Path, tasks: list[list[_ChunkTask]]) -> None:
+    """Before resuming: remove the marker of every chunk whose file is gone or has another size
+    than when it was written (deleted or damaged since), and the markers of all the levels above
+    it, which were made from it; those chunks are written again. A marker without a size (an
+    older version's, or one a kill cut short after its chunk was written) is trusted."""
+    import zarr
+
+    below_damaged = False  # a level with a chunk written again makes every level above it again
+    for level, level_tasks in enumerate(tasks):
+        arr = None
+        damaged = below_damaged
+        for chunk in (c for t in level_tasks for c in t.chunks):
+            marker = _marker(partial, level, chunk)
+            try:
+                recorded = marker.read_text().strip()
+            except FileNotFoundError:
+                continue
+            if not below_damaged:
+                if not recorded:
+                    continue
+                arr = arr if arr is not None else zarr.open_array(str(partial / str(level)), mode="r")
+                if recorded == str(_stored_bytes(partial, level, arr, chunk)):
+                    continue
+            marker.unlink()
+            damaged = True
+        below_damaged = damaged
 
 
 def write_ome_zarr(
@@ -665,6 +705,8 @@ def _write(
     shapes = layout.shapes
     stack = bool(getattr(source, "stacks_z", False))
     tasks = [_tasks(lv, s, layout.chunks, stack) for lv, s in enumerate(shapes)]
+    if resumed:
+        _drop_damaged(partial, tasks)
     unmarked = [[[c for c in t.chunks if not _marker(partial, t.level, c).exists()] for t in level] for level in tasks]
     todo = [
         [t for t, left in zip(level, lefts, strict=True) if left] for level, lefts in zip(tasks, unmarked, strict=True)

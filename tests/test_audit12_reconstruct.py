@@ -1,0 +1,114 @@
+"""Audit 12, `niiv reconstruct` to OME-Zarr: a chunk of an unfinished run deleted or damaged before
+the resume is written again (not published as zeros or as a file no reader can decode), and an
+output given as a URL is refused instead of written to a local folder named after the URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_niiv.data.io import open_volume
+from napari_niiv.inference.store import ArrayBlocks, Layout, partial_path, write_ome_zarr
+
+SHAPE = (16, 24, 20)
+
+
+def volume() -> np.ndarray:
+    data = np.random.default_rng(1).integers(1, 60000, SHAPE).astype(np.uint16)
+    data[0:8, 0:8, 0:8] = 0  # one chunk all fill value: zarr stores no file for it
+    return data
+
+
+class InOrder:
+    """The runner protocol, one chunk after the other in order, so the cut is known."""
+
+    def run(self, job, items, on_result) -> None:
+        for item in items:
+            on_result(job(item))
+
+
+class Failing(ArrayBlocks):
+    """Fails on the chunks from z 8 on: level 0 is cut short after its first z row of chunks."""
+
+    def __call__(self, index):
+        if index[0].start >= 8:
+            raise OSError("disk full")
+        return super().__call__(index)
+
+
+def pyramid(path: Path) -> list[np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")
+    return [group[str(level)][:] for level in range(len(list(group.array_keys())))]
+
+
+def cut_short(tmp_path: Path, data: np.ndarray, layout: Layout) -> Path:
+    out = tmp_path / "iso.ome.zarr"
+    with pytest.raises(OSError, match="disk full"):
+        write_ome_zarr(out, layout, Failing(data), runner=InOrder(), resume=True, fingerprint={"run": 1})
+    assert partial_path(out).exists() and not out.exists()
+    return out
+
+
+@pytest.mark.parametrize("ngff", ["0.5", "0.4"])
+@pytest.mark.parametrize("harm", ["delete", "truncate"])
+def test_a_chunk_lost_or_damaged_in_the_unfinished_run_is_written_again_on_resume(
+    tmp_path: Path, ngff: str, harm: str
+) -> None:
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=2, ngff=ngff)
+    whole = write_ome_zarr(tmp_path / "whole.ome.zarr", layout, ArrayBlocks(data)).path
+    out = cut_short(tmp_path, data, layout)
+    level0 = partial_path(out) / "0"
+    key = "c/0/1/1" if ngff == "0.5" else "0/1/1"
+    chunk = level0 / key
+    assert chunk.is_file() and (partial_path(out) / ".niiv" / "done" / "0" / "0.8.8").exists()
+    if harm == "delete":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(chunk.read_bytes()[:10])
+    report = write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
+    assert report.chunks_resumed < report.chunks_total
+    for got, want in zip(pyramid(out), pyramid(whole), strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+
+
+def test_a_level_made_from_a_damaged_chunk_is_made_again(tmp_path: Path) -> None:
+    """Level 1 was finished from a chunk that is then lost: level 1 is downsampled again too."""
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=2)
+    whole = write_ome_zarr(tmp_path / "whole.ome.zarr", layout, ArrayBlocks(data)).path
+    out = tmp_path / "iso.ome.zarr"
+
+    class StopAtTheTop:
+        """Runs levels 0 and 1 in full, then fails: the run stops before publishing."""
+
+        calls = 0
+
+        def run(self, job, items, on_result) -> None:
+            for item in items:
+                on_result(job(item))
+            StopAtTheTop.calls += 1
+            if StopAtTheTop.calls == 2:
+                raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_ome_zarr(out, layout, ArrayBlocks(data), runner=StopAtTheTop(), resume=True, fingerprint={"run": 1})
+    (partial_path(out) / "0" / "c" / "1" / "2" / "1").unlink()
+    write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
+    for got, want in zip(pyramid(out), pyramid(whole), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_resume_keeps_the_chunks_left_as_they_were(tmp_path: Path) -> None:
+    """The check costs no work: an undamaged unfinished run resumes with only its missing chunks
+    (the all-zero chunk, which has no file, included)."""
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=1)
+    out = cut_short(tmp_path, data, layout)
+    report = write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
+    assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (18, 9, 9)
+    np.testing.assert_array_equal(open_volume(out).data.compute(), data)
