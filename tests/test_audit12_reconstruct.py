@@ -112,3 +112,18 @@ def test_a_resume_keeps_the_chunks_left_as_they_were(tmp_path: Path) -> None:
     report = write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
     assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (18, 9, 9)
     np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/iso.ome.zarr", "file:///tmp/iso.ome.zarr", "https://host/iso.zarr"])
+def test_an_output_url_is_refused_not_written_to_a_local_folder_named_after_it(
+    tmp_path: Path, capsys, monkeypatch, url: str
+) -> None:
+    from napari_niiv.cli import main
+
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).random((4, 32, 32)).astype(np.float32))
+    monkeypatch.chdir(tmp_path)
+    code = main(["reconstruct", "in.npy", url, "--alpha", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "not to a URL" in err and "local path" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]  # no 's3:' / 'file:' folder made
