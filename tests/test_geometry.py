@@ -10,7 +10,7 @@ import pytest
 from napari_niiv.errors import NiivInputError
 from napari_niiv.inference.geometry import (
     chunk_indices,
-    level_coords,
+    drawn_level_coords,
     output_coords,
     output_geometry,
     pyramid_shapes,
@@ -75,9 +75,10 @@ def test_pyramid_levels_sit_on_the_averages_of_their_voxels() -> None:
     assert voxel == pytest.approx(tuple(4 * v for v in g.voxel_size))
     # the centre of level-2 voxel 0 is the mean of level-0 voxels 0..3
     assert shift == pytest.approx(tuple(t + 1.5 * v for t, v in zip(g.translation, g.voxel_size, strict=True)))
-    # the lazy layer renders a level at the centres of the voxels the written pyramid averages
-    c = level_coords(8, 32, 2)
-    np.testing.assert_allclose(c, (np.arange(8) * 4 + 1.5 + 0.5) * (8 / 32))
+    # the lazy layer renders a level where napari draws it, not at those centres: napari puts level
+    # voxel k at level-0 index k * (level-0 size / level size), halved sizes rounded up included
+    np.testing.assert_allclose(drawn_level_coords(8, 32, 8), (np.arange(8) * 4 + 0.5) * (8 / 32))
+    np.testing.assert_allclose(drawn_level_coords(5, 50, 13, 12, 13), [(12 * 50 / 13 + 0.5) * (5 / 50)])
 
 
 def test_pyramid_shapes_and_chunks_cover_the_volume() -> None:

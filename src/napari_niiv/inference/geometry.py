@@ -64,15 +64,14 @@ def section_coords(depth: int, alpha: float) -> np.ndarray:
     return (np.arange(depth, dtype=np.float64) + 0.5) / float(alpha)
 
 
-def level_coords(n_in: int, n_out: int, level: int, start: int = 0, stop: int | None = None) -> np.ndarray:
-    """Continuous input coordinates of the centres of pyramid level ``level``'s voxels
-    ``start..stop``: the middle of the ``2**level`` level-0 voxels each one averages (clipped to
-    the volume for the last, partly outside, voxel of an odd axis)."""
-    f = 2**level
-    n_level = -(-n_out // f)
+def drawn_level_coords(n_in: int, n_out: int, n_level: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Continuous input coordinates of voxels ``start..stop`` of a pyramid level of ``n_level``
+    voxels (level 0: ``n_out``) where napari draws them: a multiscale layer places level voxel ``k``
+    at level-0 index ``k * n_out / n_level`` (its downsample factor; a level's own offset is not
+    napari's to know), in 2D zoomed out and in 3D. The lazy layer renders there, so that every level
+    lies over its input; a written level averages its voxels instead (its translation: :meth:`OutputGeometry.level`)."""
     stop = n_level if stop is None else stop
-    centres = np.arange(start, stop, dtype=np.float64) * f + (f - 1) / 2.0  # in level-0 indices
-    return (np.minimum(centres, n_out - 1) + 0.5) * (n_in / n_out)
+    return (np.arange(start, stop, dtype=np.float64) * (n_out / n_level) + 0.5) * (n_in / n_out)
 
 
 def pixel_range(coords: np.ndarray, n_in: int, halo: int) -> tuple[int, int]:

@@ -1,8 +1,11 @@
 """The whole isotropic volume as a virtual multiscale array that answers at once.
 
-Level ``L`` has the shape and world placement of level ``L`` of the written pyramid
-(:mod:`.geometry`: ``2**L`` level-0 voxels per voxel); a continuous model renders it directly at
-the centres of those voxels. Slicing returns immediately: niiv tiles already computed, trilinear
+Level ``L`` has the shape of level ``L`` of the written pyramid (:mod:`.geometry`: halved, rounded
+up); a continuous model renders it directly where napari draws its voxels (level-0 index ``k`` times
+napari's downsample factor: :func:`~.geometry.drawn_level_coords`), so that every level, zoomed out
+or in 3D, lies over the input. A save writes level 0 (its pyramid averages it).
+
+Slicing returns immediately: niiv tiles already computed, trilinear
 interpolation elsewhere (of a lazy input, read on a thread of its own: NaN until it is ready, then
 ``on_preview``); the missing tiles of the latest 2D requests are computed a few neighbours of a
 row at a time on the layer's :class:`~.worker.LatestWorker`, and ``on_tile`` is called (from that
@@ -34,7 +37,7 @@ import numpy as np
 
 from ..data.normalise import Normalisation
 from . import confidence
-from .geometry import OutputGeometry, level_coords, pyramid_shapes
+from .geometry import OutputGeometry, drawn_level_coords, pyramid_shapes
 from .reconstructor import Reconstructor
 from .viewport import ViewGrid
 from .views import ViewRenderer
@@ -175,8 +178,10 @@ class LazyIsotropic:
 
     # -- reading -------------------------------------------------------------------------------
     def coords(self, level: int, index: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        axes = zip(self.in_shape, self.geometry.shape, index, strict=True)
-        return tuple(level_coords(n_in, n_out, level, s.start, s.stop) for n_in, n_out, s in axes)  # type: ignore[return-value]
+        """Continuous input coordinates of the voxels ``index`` of level ``level``, where napari draws
+        them (:func:`~.geometry.drawn_level_coords`)."""
+        axes = zip(self.in_shape, self.geometry.shape, self.shapes[level], index, strict=True)
+        return tuple(drawn_level_coords(n_in, n_out, n, s.start, s.stop) for n_in, n_out, n, s in axes)  # type: ignore[return-value]
 
     def enable_confidence(self, on: bool = True) -> None:
         """Compute the confidence map with the tiles from now on (or stop: computed maps stay)."""
@@ -192,6 +197,9 @@ class LazyIsotropic:
         if any(s.stop <= s.start for s in index):
             return np.zeros([s.stop - s.start for s in index], np.float32)
         thin = [a for a in range(3) if index[a].stop - index[a].start == 1]
+        flat = [a for a in thin if self.shapes[level][a] == 1]
+        if len(thin) == 2 and len(flat) == 1:  # a plane of a level one voxel thick (z of a few sections, zoomed out)
+            thin.remove(flat[0])
         if not thin:
             return self._get_volume(level, index, kind)
         if kind == "confidence":
