@@ -127,3 +127,38 @@ def test_an_output_url_is_refused_not_written_to_a_local_folder_named_after_it(
     assert code == 2 and "Traceback" not in err
     assert "not to a URL" in err and "local path" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]  # no 's3:' / 'file:' folder made
+
+
+def niiv_store(path: Path) -> Path:
+    """A small OME-Zarr napari-niiv wrote (so that --overwrite would be allowed to replace it)."""
+    data = np.random.default_rng(2).integers(0, 255, (4, 72, 72)).astype(np.uint8)
+    layout = Layout(data.shape, data.dtype, (4, 72, 72), (40.0, 10.0, 10.0), "nm", levels=1)
+    return write_ome_zarr(path, layout, ArrayBlocks(data), fingerprint={"made": "here"}).path
+
+
+def test_a_file_url_input_is_protected_like_its_path(tmp_path: Path, capsys) -> None:
+    """`niiv reconstruct file:///data/in.zarr /data/in.zarr --overwrite` replaced the input with its
+    reconstruction (the input-is-output check skipped every URL), and an output inside it was
+    written into the input's store."""
+    from napari_niiv.cli import main
+
+    store = niiv_store(tmp_path / "in.ome.zarr")
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    url = store.absolute().as_uri()
+    for out, word in ((store, "is the input"), (store / "iso.ome.zarr", "lies inside the input")):
+        code = main(["reconstruct", url, str(out), "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and word in err, err
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    np.testing.assert_array_equal(open_volume(store).data.compute(), open_volume(url).data.compute())
+
+
+def test_a_file_url_input_has_its_size_and_date_in_the_resume_fingerprint(tmp_path: Path) -> None:
+    """The size and date of the input are part of what a resume compares: a file:// input had none,
+    so an edit its sampled content digest missed was resumed into a mixed store."""
+    from napari_niiv.inference.export import path_signature
+
+    store = niiv_store(tmp_path / "in.ome.zarr")
+    local = path_signature(store)
+    assert local["files"] > 0 and path_signature(store.absolute().as_uri()) == local
+    assert path_signature("s3://bucket/in.ome.zarr") == {}

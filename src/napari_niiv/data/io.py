@@ -222,6 +222,21 @@ def is_url(path: Any) -> bool:
     return isinstance(path, str) and bool(_URL.match(path))
 
 
+def local_path(path: str | Path) -> Path | None:
+    """Where ``path`` lies on this machine: itself, or the path of a ``file://`` URL (which is as
+    local as a path: the checks that protect an input, and its size and date, hold for it too);
+    None for a remote URL."""
+    if not is_url(path):
+        return Path(path)
+    from urllib.parse import unquote, urlparse
+    from urllib.request import url2pathname
+
+    parts = urlparse(str(path))
+    if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
+        return None
+    return Path(url2pathname(unquote(parts.path)))
+
+
 def open_volume(path: str | Path, storage_options: dict[str, Any] | None = None) -> Volume:
     """Open a file, store or URL without reading it all: TIFF and OME-TIFF (memory-mapped where
     possible), zarr v2/v3, OME-Zarr 0.4/0.5 (highest resolution as ``data``, coarser levels as

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..data.io import volume_name
+from ..data.io import local_path, volume_name
 from .reconstructor import BlockReconstruction
 from .store import Layout, WriteReport, write_ome_zarr
 
@@ -35,9 +35,10 @@ def weights_digest(state: dict[str, Any]) -> str:
 
 def path_signature(path: str | Path) -> dict[str, Any]:
     """Size and modification time of a file, or of every file under a directory store (count,
-    total bytes, newest mtime); nothing for a URL (its content digest still counts)."""
-    p = Path(path)
-    if "://" in str(path) or not p.exists():
+    total bytes, newest mtime), also of a file:// URL; nothing for a remote URL (its content digest
+    still counts)."""
+    p = local_path(path)  # a file:// URL: the file itself
+    if p is None or not p.exists():
         return {}
     if p.is_file():
         st = p.stat()

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..data.io import ngff_unit
+from ..data.io import local_path, ngff_unit
 from ..errors import NiivInputError
 from .geometry import Index, OutputGeometry, chunk_indices, pyramid_shapes
 
@@ -259,9 +259,10 @@ def check_output_path(out: Path, overwrite: bool, source: Path | str | None = No
 def check_outside_input(out: Path, source: Path | str) -> None:
     """Refuse an output that is, contains or lies inside the input ``source`` (links resolved), or
     lies inside the zarr store that holds it (an input ``s.zarr/0``: nothing under ``s.zarr``)."""
-    if "://" in str(source):
+    local = local_path(source)  # a file:// URL is the file itself
+    if local is None:
         return
-    src, dst = Path(source).resolve(), Path(out).resolve()
+    src, dst = local.resolve(), Path(out).resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         where = "is" if dst == src else "lies inside" if src in dst.parents else "contains"
         raise NiivInputError(f"{out}: the output {where} the input {source}; choose an output path outside it")
