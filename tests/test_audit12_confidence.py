@@ -64,3 +64,64 @@ def test_a_refused_map_path_is_named_as_the_map_not_as_the_output(tmp_path, caps
         assert words in err and "Traceback" not in err, err
         assert not out.exists()
     assert existing.read_bytes() == b"the user's" and src.exists()
+
+
+def _maps(viewer) -> list:
+    return [layer for layer in viewer.layers if "niiv_confidence_of" in (layer.metadata or {})]
+
+
+def _settled(qtbot, widget, stage: str = "confidence") -> None:
+    def done() -> bool:
+        view = widget.live_view
+        return view is not None and not view.busy and bool(view.timings) and stage in view.timings[-1]
+
+    qtbot.waitUntil(done, timeout=60_000)
+    qtbot.wait(50)
+
+
+@pytest.mark.slow  # a napari viewer
+def test_a_setting_changed_hides_the_old_map_until_the_new_one(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """With the map on, a new alpha (or weights, sections, orientation) showed the new niiv image at
+    once under the map of the old settings, for as long as niiv and the map took (seconds to
+    minutes on a CPU): where the old reconstruction was unsure, drawn over the new one. It is
+    hidden now until the new map replaces it, then shown on the live layer's grid; a map the user
+    hid stays hidden."""
+    pytest.importorskip("napari")
+    from tests.conftest import open_dock
+
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer, "user/tiny")
+    viewer.dims.order = (1, 0, 2)  # an xz view
+    viewer.dims.set_point(1, 4 * 21)
+    viewer.reset_view()
+    widget.precision_choice.value = "fp32"
+    widget.live_check.value = True
+    widget.confidence_check.value = True
+    _settled(qtbot, widget)
+    (cmap,) = _maps(viewer)
+    old = np.array(cmap.data)
+    assert cmap.visible
+
+    widget.alpha_spin.value = 5  # a new live view, same map layer
+    assert widget.live_view.confidence_output is cmap and not cmap.visible  # the old alpha's map: hidden
+    _settled(qtbot, widget)
+    assert _maps(viewer) == [cmap] and cmap.visible  # the new map, shown
+    assert not np.allclose(cmap.data, old)
+    out = widget.live_view.output
+    assert cmap.data.shape == out.data.shape
+    np.testing.assert_allclose(cmap.scale, out.scale)
+    np.testing.assert_allclose(cmap.translate, out.translate)
+
+    # a fine-tuning preview's new weights: their view's map replaces the old weights' map
+    live = widget.live_view
+    state = {k: v * 1.05 if v.is_floating_point() else v for k, v in live.reconstructor.model.state_dict().items()}
+    live.update_weights(state)
+    assert not cmap.visible
+    _settled(qtbot, widget)
+    assert _maps(viewer) == [cmap] and cmap.visible
+
+    cmap.visible = False  # the user hides it: it stays hidden through a new setting and its map
+    widget.alpha_spin.value = 8
+    _settled(qtbot, widget)
+    assert _maps(viewer) == [cmap] and not cmap.visible

@@ -124,6 +124,7 @@ class LiveView(QObject):
         self._closed = False
         # layers new data hid (their images are of the old data), and whether they were visible
         self._hidden_for_data: dict[str, bool] = {}
+        self._hide_map()  # an earlier view's map: of other settings, perhaps (alpha, weights, sections)
         self._new_weights: dict[str, Any] | None = None
         self._requested_at = 0.0
         self._timer = QTimer(self)
@@ -539,6 +540,7 @@ class LiveView(QObject):
                 blending="additive",
                 metadata={"niiv_confidence_of": self.layer.name},
             )
+            self._hidden_for_data.pop("confidence", None)  # (a map hidden, then removed: this one is new)
             anchor = self.output if self.output in self.viewer.layers else self.layer
             self._insert(self.confidence_output, anchor)
             self._remember()
@@ -552,7 +554,17 @@ class LiveView(QObject):
         thread before its next render."""
         self._new_weights = state
         self._requested_at = time.perf_counter()
+        self._hide_map()  # the old weights' map
         self.refresh(force=True)
+
+    def _hide_map(self) -> None:
+        """Hide the map shown until this view's own map replaces it (:meth:`_show_again`): the map
+        of other settings or weights, left over the new niiv image for as long as niiv and the map
+        take, showed where the *old* reconstruction was unsure."""
+        out = self.confidence_output
+        if out is not None and out in self.viewer.layers and "confidence" not in self._hidden_for_data:
+            self._hidden_for_data["confidence"] = out.visible
+            out.visible = False
 
     @property
     def cannot_start(self) -> bool:
