@@ -162,3 +162,11 @@ def test_a_file_url_input_has_its_size_and_date_in_the_resume_fingerprint(tmp_pa
     local = path_signature(store)
     assert local["files"] > 0 and path_signature(store.absolute().as_uri()) == local
     assert path_signature("s3://bucket/in.ome.zarr") == {}
+
+
+def test_a_file_url_names_its_path_once_unquoted() -> None:
+    from napari_niiv.data.io import local_path
+
+    assert local_path(Path("/data/a%2541 b.zarr").as_uri()) == Path("/data/a%2541 b.zarr")
+    assert local_path("file://localhost/data/x.zarr") == Path("/data/x.zarr")
+    assert local_path("s3://bucket/x.zarr") is None and local_path("file://server/x.zarr") is None

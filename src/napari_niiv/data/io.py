@@ -228,13 +228,13 @@ def local_path(path: str | Path) -> Path | None:
     None for a remote URL."""
     if not is_url(path):
         return Path(path)
-    from urllib.parse import unquote, urlparse
-    from urllib.request import url2pathname
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname  # it unquotes ('%20' -> ' ')
 
     parts = urlparse(str(path))
     if parts.scheme.lower() != "file" or parts.netloc not in ("", "localhost"):
         return None
-    return Path(url2pathname(unquote(parts.path)))
+    return Path(url2pathname(parts.path))
 
 
 def open_volume(path: str | Path, storage_options: dict[str, Any] | None = None) -> Volume:
