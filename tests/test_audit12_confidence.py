@@ -125,3 +125,39 @@ def test_a_setting_changed_hides_the_old_map_until_the_new_one(qtbot, make_napar
     widget.alpha_spin.value = 8
     _settled(qtbot, widget)
     assert _maps(viewer) == [cmap] and not cmap.visible
+
+
+@pytest.mark.slow  # a napari viewer
+def test_deleting_the_live_map_by_hand_says_it_comes_back_and_how_to_stop_it(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """The live view's map deleted by hand (box ticked) came back silently at the next view, while
+    the status line still said 'showing ... and its confidence map'. The status now says it comes
+    back and how to stop it; it does come back, on the live layer's grid."""
+    pytest.importorskip("napari")
+    from tests.conftest import open_dock
+
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer, "user/tiny")
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, 4 * 21)
+    viewer.reset_view()
+    widget.precision_choice.value = "fp32"
+    widget.live_check.value = True
+    widget.confidence_check.value = True
+    _settled(qtbot, widget)
+    (cmap,) = _maps(viewer)
+    viewer.layers.remove(cmap)
+    status = str(widget.status_label.value)
+    assert "confidence map layer deleted" in status and "untick it" in status
+    assert widget.confidence_check.value  # the box is the user's
+    viewer.dims.set_point(1, 4 * 25)  # the next view: its map comes back, on the live layer's grid
+    _settled(qtbot, widget)
+    (again,) = _maps(viewer)
+    out = widget.live_view.output
+    assert again is not cmap and again.visible and again.data.shape == out.data.shape
+    np.testing.assert_allclose(again.translate, out.translate)
+    widget.confidence_check.value = False  # the plugin's own removal: no such words
+    qtbot.waitUntil(lambda: not _maps(viewer), timeout=5_000)
+    assert "deleted" not in str(widget.status_label.value)

@@ -225,6 +225,11 @@ class LiveView(QObject):
             self.output = None
         elif event.value is self.confidence_output:
             self.confidence_output = None
+            if self.confidence:  # the user's deletion (the plugin's own removals forget the layer first)
+                self.on_status(
+                    "confidence map layer deleted: it comes back with the next view while 'confidence map' is "
+                    "ticked; untick it in the niiv dock to stop the map"
+                )
         self._remember()
 
     # -- work ----------------------------------------------------------------------------------
