@@ -170,3 +170,27 @@ def test_a_file_url_names_its_path_once_unquoted() -> None:
     assert local_path(Path("/data/a%2541 b.zarr").as_uri()) == Path("/data/a%2541 b.zarr")
     assert local_path("file://localhost/data/x.zarr") == Path("/data/x.zarr")
     assert local_path("s3://bucket/x.zarr") is None and local_path("file://server/x.zarr") is None
+
+
+def test_a_run_stopped_while_its_store_is_made_leaves_nothing_a_rerun_refuses(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while the empty store was being made left OUT.partial without its job record: the
+    rerun and --restart both refused it as 'not an unfinished niiv run' (the CLI had just said to
+    run the same command again)."""
+    from napari_niiv.inference import store
+
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=2)
+    out = tmp_path / "iso.ome.zarr"
+    made = store._create_store
+
+    def stopped(path, layout):
+        made(path, layout)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_create_store", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
+    monkeypatch.setattr(store, "_create_store", made)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
+    np.testing.assert_array_equal(open_volume(out).data.compute(), data)

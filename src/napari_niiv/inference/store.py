@@ -869,12 +869,18 @@ def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool
         if not job_file.exists():
             raise NiivInputError(f"{partial} exists but is not an unfinished niiv run; move it away and rerun")
         shutil.rmtree(partial)  # our own unfinished run, not resumed
-    _create_store(partial, layout)
-    for level in range(len(layout.shapes)):
-        (partial / _WORK / "done" / str(level)).mkdir(parents=True)
-    tmp = job_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(job_file)
+    # made aside and renamed once its job record is in: a run stopped while the store is made
+    # (Ctrl-C at the start) leaves no OUT.partial that neither a rerun nor --restart would take
+    fresh = partial.with_name(f"{partial.name}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        _create_store(fresh, layout)
+        for level in range(len(layout.shapes)):
+            (fresh / _WORK / "done" / str(level)).mkdir(parents=True)
+        (fresh / _WORK / "job.json").write_text(json.dumps(record, indent=1))
+        fresh.rename(partial)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     return False
 
 
