@@ -203,6 +203,11 @@ def test_the_menu_says_where_to_set_what_it_cannot(qtbot, make_napari_viewer, cr
     with pytest.raises(NiivInputError) as info:  # the dock's own call: its weights are the user's pick
         prepare_isotropic_layer(narrow)
     assert "niiv dock" not in str(info.value)
+    # a single plane: no weights help, but the menu, with no dock beside it, names the layer
+    single = viewer.add_image(crop[:1], name="single plane", scale=(40, 4, 4))
+    with pytest.raises(NiivInputError, match=r"^'single plane': the volume has 1 z plane\(s\)") as info:
+        prepare_isotropic_layer(single, menu=True)
+    assert "niiv dock" not in str(info.value)
 
 
 def test_a_layer_in_micrometres_beside_one_in_nanometres_is_shown_live_where_it_is(

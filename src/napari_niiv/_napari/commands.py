@@ -96,8 +96,10 @@ def prepare_isotropic_layer(
     try:
         check_reconstructable(shape, model, settings.volume_orientation)
     except NiivInputError as exc:
-        if not menu or shape[0] < 2:  # (other weights help only a volume too narrow for these)
+        if not menu:
             raise
+        if shape[0] < 2:  # other weights help only a volume too narrow for these
+            raise NiivInputError(f"'{layer.name}': {exc}") from None
         raise NiivInputError(
             f"'{layer.name}': {exc} (Layers > niiv runs {weights}: for other weights, pick them in the niiv dock, "
             "Plugins > niiv isotropic view, and press Whole volume (lazy layer))"
