@@ -161,3 +161,19 @@ def test_deleting_the_live_map_by_hand_says_it_comes_back_and_how_to_stop_it(
     widget.confidence_check.value = False  # the plugin's own removal: no such words
     qtbot.waitUntil(lambda: not _maps(viewer), timeout=5_000)
     assert "deleted" not in str(widget.status_label.value)
+
+
+def test_the_map_pass_is_named_in_its_progress_bar(tmp_path, capsys, volume, tiny_user_weights):
+    """A .zarr map's pass showed a second 'reconstructing' progress bar after OUT's, as if OUT were
+    being computed again; it is named 'confidence map'."""
+    from napari_niiv.cli import main
+
+    src = tmp_path / "aniso.tif"
+    write_tif(src, volume, imagej=True, resolution=(1.0, 1.0), metadata={"spacing": ALPHA, "unit": "um"})
+    out, cmap = tmp_path / "iso.ome.zarr", tmp_path / "map.ome.zarr"
+    weights = tiny_user_weights / "tiny.safetensors"
+    argv = ["reconstruct", str(src), str(out), "--weights", str(weights), "--levels", "1", "--confidence", str(cmap)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.index("reconstructing:") < err.index(f"wrote {out}") < err.index("confidence map:")
+    assert err.count("reconstructing:") == err[: err.index(f"wrote {out}")].count("reconstructing:")

@@ -819,7 +819,7 @@ def _write_confidence(
     if conf.suffix.lower() == ".zarr":
         from .inference.confidence import contrast_limits
 
-        _write_pyramid(args, conf, job.confidence_map(), chunks, contrast_limits(norm))
+        _write_pyramid(args, conf, job.confidence_map(), chunks, contrast_limits(norm), "confidence map")
         return
     check_room(conf, int(np.prod(geometry.size)) * 4 + 2**20, "the confidence map")
     with output_lock(conf):
@@ -842,8 +842,16 @@ def _finished_store(out: Path, job: Any, input_id: str) -> None:
         raise NiivInputError(f"{out} already exists; choose another output path or pass --overwrite")
 
 
-def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[int, int, int], window: Any) -> None:
-    """The OME-Zarr path of `niiv reconstruct`: resumable, on the runner the options ask for."""
+def _write_pyramid(
+    args: argparse.Namespace,
+    out: Path,
+    job: Any,
+    chunks: tuple[int, int, int],
+    window: Any,
+    what: str = "reconstructing",
+) -> None:
+    """The OME-Zarr path of `niiv reconstruct`: resumable, on the runner the options ask for;
+    ``what`` names the progress bar (the map's pass is not a second reconstruction)."""
 
     from tqdm.auto import tqdm
 
@@ -858,7 +866,7 @@ def _write_pyramid(args: argparse.Namespace, out: Path, job: Any, chunks: tuple[
     def progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:  # the first call says what an earlier run already wrote
-            bar = tqdm(total=total, initial=done, desc="reconstructing", unit="vox", unit_scale=True, smoothing=0.1)
+            bar = tqdm(total=total, initial=done, desc=what, unit="vox", unit_scale=True, smoothing=0.1)
         else:
             bar.update(done - bar.n)
 
