@@ -194,3 +194,32 @@ def test_a_run_stopped_while_its_store_is_made_leaves_nothing_a_rerun_refuses(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
     np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+
+
+def test_a_run_stopped_while_it_removes_the_store_it_replaces_can_be_rerun(tmp_path: Path, monkeypatch) -> None:
+    """--overwrite deleted the old OUT in place before the rename: a kill while a large store was
+    being deleted left half of it at OUT (its zarr.json gone), which the rerun with --overwrite then
+    refused as a folder napari-niiv did not write, with the finished new store stuck in OUT.partial."""
+    from napari_niiv.inference import store
+
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=2)
+    out = tmp_path / "iso.ome.zarr"
+    write_ome_zarr(out, layout, ArrayBlocks(data[::-1].copy()), resume=True, fingerprint={"run": 0})
+    rmtree = store.shutil.rmtree
+
+    def killed_while_deleting(path, *args, **kwargs):
+        path = Path(path)
+        if path.name.startswith(out.name) and store._WORK not in path.parts and ".partial" not in path.name:
+            (path / "zarr.json").unlink()  # the old store half deleted, then the kill
+            raise KeyboardInterrupt
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, overwrite=True, fingerprint={"run": 1})
+    monkeypatch.setattr(store.shutil, "rmtree", rmtree)
+    if out.exists():  # the new store is in place whole, never the old one in part
+        np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+    write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, overwrite=True, fingerprint={"run": 1})
+    np.testing.assert_array_equal(open_volume(out).data.compute(), data)

@@ -928,6 +928,14 @@ def _finish(
             check_output_path(out, overwrite)
         except NiivInputError as exc:
             raise OutputTaken(out, partial, f"{out} appeared while the store was being written") from exc
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    replaced = None
+    if out.is_dir() and not out.is_symlink():  # moved aside first: a kill while a large store is deleted
+        # left half of it at OUT, which --overwrite then refused as a folder niiv did not write
+        replaced = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.replaced")
+        out.rename(replaced)
+    elif out.exists() or out.is_symlink():
+        out.unlink()
     partial.rename(out)
     shutil.rmtree(out / _WORK, ignore_errors=True)  # a kill just before this leaves only stale markers
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
