@@ -177,3 +177,45 @@ def test_the_map_pass_is_named_in_its_progress_bar(tmp_path, capsys, volume, tin
     err = capsys.readouterr().err
     assert err.index("reconstructing:") < err.index(f"wrote {out}") < err.index("confidence map:")
     assert err.count("reconstructing:") == err[: err.index(f"wrote {out}")].count("reconstructing:")
+
+
+def test_a_zarr_map_cut_short_says_once_what_to_do(tmp_path, capsys, volume, tiny_user_weights, monkeypatch):
+    """Ctrl-C in a .zarr map's pass, after a chunk of it: the words said 'run the same command again'
+    twice, one inside nested parentheses ('... is not (the chunks written so far are in M.partial:
+    run the same command again to write only the missing ones (or pass --restart ...)): run the
+    same command again to write only the map'). Once now, with where the map's chunks wait; the
+    same command then writes only the map."""
+    from napari_niiv import cli
+    from napari_niiv.inference import export
+
+    src = tmp_path / "aniso.tif"
+    write_tif(src, volume, imagej=True, resolution=(1.0, 1.0), metadata={"spacing": ALPHA, "unit": "um"})
+    out, cmap = tmp_path / "iso.ome.zarr", tmp_path / "map.ome.zarr"
+    weights = tiny_user_weights / "tiny.safetensors"
+    argv = ["reconstruct", str(src), str(out), "--weights", str(weights), "--levels", "1"]
+    argv += ["--confidence", str(cmap)]
+    real = export.write_isotropic
+
+    def stopped_in_the_map(path, *args, on_progress, **kwargs):
+        def progress(done: int, total: int) -> None:
+            on_progress(done, total)
+            if path == cmap and done > 0:
+                raise KeyboardInterrupt  # Ctrl-C while the map is computed
+
+        return real(path, *args, on_progress=progress, **kwargs)
+
+    monkeypatch.setattr(export, "write_isotropic", stopped_in_the_map)
+    assert cli.main(argv) == 130
+    said = capsys.readouterr().err
+    partial = tmp_path / "map.ome.zarr.partial"
+    assert partial.is_dir() and out.is_dir() and not cmap.exists()
+    line = next(x for x in said.splitlines() if "interrupted" in x)
+    assert line.endswith(
+        f"{out} is complete, the confidence map is not: run the same command again to write only the map; "
+        f"its chunks written so far wait in {partial}"
+    )
+    assert line.count("run the same command again") == 1
+    monkeypatch.setattr(export, "write_isotropic", real)
+    assert cli.main(argv) == 0
+    said = capsys.readouterr().err
+    assert "writing only the confidence map" in said and cmap.is_dir() and not partial.exists()

@@ -804,8 +804,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                 if out.suffix.lower() == ".zarr"
                 else "to write it, run again with --overwrite (OUT is then reconstructed again; a .zarr OUT is not)"
             )
-            kept = f" ({exc})" if str(exc) else ""
-            raise KeyboardInterrupt(f"{out} is complete, the confidence map is not{kept}: {again}") from exc
+            from .inference.store import partial_path
+
+            # (a .zarr map's own words, 'the chunks written so far are in ...: run the same command
+            # again ...', said the same as `again` a second time, in nested parentheses)
+            partial = partial_path(conf)
+            kept = f"; its chunks written so far wait in {partial}" if partial.is_dir() else ""
+            raise KeyboardInterrupt(f"{out} is complete, the confidence map is not: {again}{kept}") from exc
     return 0
 
 
