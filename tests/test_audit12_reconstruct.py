@@ -223,3 +223,19 @@ def test_a_run_stopped_while_it_removes_the_store_it_replaces_can_be_rerun(tmp_p
         np.testing.assert_array_equal(open_volume(out).data.compute(), data)
     write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, overwrite=True, fingerprint={"run": 1})
     np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+
+
+def test_a_resume_refused_for_the_inputs_date_alone_says_so(tmp_path: Path) -> None:
+    """The input copied back (same bytes, a new date) was refused as 'the input's content changed',
+    sending the user to look for an edit that was never made."""
+    from napari_niiv.errors import NiivInputError
+
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=1)
+    out = tmp_path / "iso.ome.zarr"
+    was = {"input_content": {"content_sha256": "ab", "bytes": 10, "mtime_ns": 1}}
+    with pytest.raises(OSError, match="disk full"):
+        write_ome_zarr(out, layout, Failing(data), runner=InOrder(), resume=True, fingerprint=was)
+    now = {"input_content": was["input_content"] | {"mtime_ns": 2}}
+    with pytest.raises(NiivInputError, match="modification date changed"):
+        write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint=now)

@@ -788,7 +788,8 @@ def _done(partial: Path, task: _ChunkTask) -> bool:
 
 
 _REASONS = {
-    "input_content": "the input's content changed since that run",
+    # a copy or a touch changes the date only: said, so that the user does not look for an edit
+    "input_content": "the input's content, size or modification date changed since that run",
     "input": "another input",
     "settings": "other alpha, scale, orientation, device, precision or sections (degradation)",
     "weights_sha256": "other weights",
