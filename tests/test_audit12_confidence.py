@@ -219,3 +219,29 @@ def test_a_zarr_map_cut_short_says_once_what_to_do(tmp_path, capsys, volume, tin
     assert cli.main(argv) == 0
     said = capsys.readouterr().err
     assert "writing only the confidence map" in said and cmap.is_dir() and not partial.exists()
+
+
+@pytest.mark.slow  # a napari viewer
+def test_ticking_the_map_again_over_a_whole_volume_layer_says_it_is_on(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """With a whole-volume layer and no live view, unticking the map said 'confidence map off' and
+    ticking it again said nothing: 'confidence map off' stayed beside the ticked box while the map
+    layer came back."""
+    pytest.importorskip("napari")
+    from tests.conftest import open_dock
+
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer, "user/tiny")
+    widget.precision_choice.value = "fp32"
+    widget.reconstruct_button.native.click()
+    qtbot.waitUntil(lambda: widget.preparing == 0, timeout=60_000)  # prepared on a thread
+    widget.confidence_check.value = True
+    qtbot.waitUntil(lambda: len(_maps(viewer)) == 1, timeout=10_000)
+    widget.confidence_check.value = False
+    qtbot.waitUntil(lambda: not _maps(viewer), timeout=5_000)
+    assert widget.status_label.value == "confidence map off"
+    widget.confidence_check.value = True
+    qtbot.waitUntil(lambda: len(_maps(viewer)) == 1, timeout=10_000)
+    assert str(widget.status_label.value).startswith("confidence map: on")

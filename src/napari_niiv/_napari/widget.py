@@ -832,7 +832,9 @@ class NiivWidget(QScrollArea):
             self.set_status(
                 "confidence map: on; it appears with the live view or a whole-volume layer (bright = niiv is unsure)"
             )
-        elif not on:
+        elif on:  # (with only whole-volume layers, an earlier 'confidence map off' stayed, the box ticked)
+            self.set_status("confidence map: on; computed over niiv's layers (bright = niiv is unsure)")
+        else:
             self.set_status("confidence map off")
 
     def _lazy_layers(self) -> list[Image]:
