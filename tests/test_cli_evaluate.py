@@ -144,6 +144,20 @@ def test_evaluate_notes_a_volume_whose_voxel_sizes_say_it_is_anisotropic(tmp_pat
     assert "voxel sizes give alpha 8, not an isotropic volume" in err and "--slices xy" in err
 
 
+def test_evaluate_notes_a_volume_without_voxel_sizes_is_scored_as_isotropic(tmp_path, capsys, medulla, tiny) -> None:
+    """A .npy (or a TIFF without a resolution) may be a stack of sections as well as an isotropic
+    cube: nothing said that its z was taken as sharp ground truth, which scores a sectioned stack
+    against its own coarse z. --slices xy, which scores xy planes only, needs no such note."""
+    path = tmp_path / "stack.npy"
+    np.save(path, medulla[:32, :32, :32])
+    code, _, err = _run(capsys, "evaluate", path, "--cube", "32", "--alpha", "4", "--weights", tiny)
+    assert code == 0, err
+    assert "stack.npy gives no voxel sizes: its z is scored as sharp ground truth" in err and "--slices xy" in err
+    code, _, err = _run(capsys, "evaluate", path, "--cube", "32", "--alpha", "4", "--weights", tiny, "--slices", "xy")
+    assert code == 0, err
+    assert "gives no voxel sizes" not in err
+
+
 def test_a_zarr_confidence_map_overlays_a_zarr_output(tmp_path, capsys, medulla, tiny) -> None:
     """A .tif/.npy map starts at the origin (no translation): beside a region's .zarr OUT it sat
     the region's offset (and 1.5 voxels in z) away, and a .zarr map was refused. A .zarr map

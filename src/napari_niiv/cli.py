@@ -1222,6 +1222,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return "x".join(str(n) for n in ((shape[1], shape[0], shape[2]) if xy else shape))
 
     cubes, ranges, kinds = [], [], []
+    notes: list[str] = []  # said once every volume is read: a refusal of a later one comes first
     for path in args.volumes:
         what = "the region" if region else "the volume"
         try:  # with several volumes, a refusal says which
@@ -1236,10 +1237,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except NiivInputError as exc:
             raise NiivInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
         if vol.has_voxel_size and not xy and not 0.8 <= vol.alpha <= 1.25:
-            print(
+            notes.append(
                 f"niiv evaluate: note: {path}'s voxel sizes give alpha {vol.alpha:g}, not an isotropic volume: its "
-                "z is scored as sharp ground truth; for a volume whose z is coarse or blurred use --slices xy",
-                file=sys.stderr,
+                "z is scored as sharp ground truth; for a volume whose z is coarse or blurred use --slices xy"
+            )
+        elif not vol.has_voxel_size and not xy:  # nothing says whether its z is as sharp as its x and y
+            notes.append(
+                f"niiv evaluate: note: {path} gives no voxel sizes: its z is scored as sharp ground truth, as an "
+                "isotropic volume's; if it was acquired in sections or with a blurred z, use --slices xy"
             )
         # a blank block (a black border) has nothing to score: left out, said, never the whole run refused
         kept = [c for c in cut if not blank(c, 2 if args.slices == "yz" else 1)]
@@ -1249,15 +1254,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "leave it out, or give a --region with structure"
             )
         if len(kept) < len(cut):
-            print(
+            notes.append(
                 f"niiv evaluate: note: {path}: {len(cut) - len(kept)} of {len(cut)} block(s) of {zyx(cut[0].shape)} "
-                "are blank (constant) and left out",
-                file=sys.stderr,
+                "are blank (constant) and left out"
             )
         cubes += kept
         ranges += [scale] * len(kept)
         voxel = vol.voxel_size if vol.has_voxel_size else (1.0, 1.0, 1.0)
         kinds.append((path, suggest_weights(voxel, vol.unit if vol.has_voxel_size else None, vol.data.dtype)))
+    for note in notes:
+        print(note, file=sys.stderr)
     settings = InferenceSettings(
         alpha=alphas[0],
         orientation="xz" if args.slices == "xy" else args.slices,
