@@ -245,3 +245,32 @@ def test_ticking_the_map_again_over_a_whole_volume_layer_says_it_is_on(
     widget.confidence_check.value = True
     qtbot.waitUntil(lambda: len(_maps(viewer)) == 1, timeout=10_000)
     assert str(widget.status_label.value).startswith("confidence map: on")
+
+
+@pytest.mark.slow  # a napari viewer
+def test_a_map_hidden_for_a_view_that_ended_comes_back_with_the_next_views_map(
+    qtbot, make_napari_viewer, cremi64, tiny_user_weights
+):
+    """A new alpha hides the old map until the new one; live unticked before it came, then ticked
+    again: the next view took the plugin's hiding for the user's and kept the map hidden for good."""
+    pytest.importorskip("napari")
+    from tests.conftest import open_dock
+
+    viewer = make_napari_viewer()
+    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
+    widget = open_dock(viewer, "user/tiny")
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.set_point(1, 4 * 21)
+    viewer.reset_view()
+    widget.precision_choice.value = "fp32"
+    widget.live_check.value = True
+    widget.confidence_check.value = True
+    _settled(qtbot, widget)
+    (cmap,) = _maps(viewer)
+    widget.alpha_spin.value = 5
+    assert not cmap.visible
+    widget.live_check.value = False  # before the new map
+    assert not cmap.visible and _maps(viewer) == [cmap]
+    widget.live_check.value = True
+    _settled(qtbot, widget)
+    assert _maps(viewer) == [cmap] and cmap.visible

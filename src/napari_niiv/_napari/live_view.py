@@ -54,6 +54,9 @@ from .layer_view import (
 
 log = logging.getLogger(__name__)
 DEBOUNCE_MS = 60
+# A live map layer's attribute while a live view hides it until its own map: whether it was visible
+# before (the user's choice), for the next view should this one end first.
+_MAP_WAS_VISIBLE = "_niiv_map_was_visible"
 # An input layer's attribute holding its live layers (the image, the confidence map): one each per
 # input, whichever live view shows them, removed with the input (remove_live_layers)
 LIVE_LAYERS = "_niiv_live_layers"
@@ -506,6 +509,8 @@ class LiveView(QObject):
     def _show_again(self, kind: str, out: Image) -> None:
         """Show ``out`` as it was before new data hid it (once: a layer the user hides stays hidden)."""
         was = self._hidden_for_data.pop(kind, None)
+        if kind == "confidence":
+            setattr(out, _MAP_WAS_VISIBLE, None)
         if was is not None:
             out.visible = was
 
@@ -568,7 +573,10 @@ class LiveView(QObject):
         take, showed where the *old* reconstruction was unsure."""
         out = self.confidence_output
         if out is not None and out in self.viewer.layers and "confidence" not in self._hidden_for_data:
-            self._hidden_for_data["confidence"] = out.visible
+            # hidden by an earlier view whose map never came (live unticked meanwhile): not the user's
+            was = getattr(out, _MAP_WAS_VISIBLE, None)
+            self._hidden_for_data["confidence"] = out.visible if was is None else was
+            setattr(out, _MAP_WAS_VISIBLE, self._hidden_for_data["confidence"])
             out.visible = False
 
     @property
