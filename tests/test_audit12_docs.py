@@ -15,6 +15,7 @@ import pytest
 
 from napari_niiv.cli import build_parser
 from napari_niiv.data import open_volume
+from napari_niiv.inference.settings import InferenceSettings
 
 from .conftest import data_path, write_tif
 
@@ -75,6 +76,9 @@ def test_guide_defaults_are_the_real_defaults() -> None:
 
     assert "`niiv reconstruct`'s default, see niiv-em's card" in guide
     assert rec.get_default("orientation") == "both"
+    assert "`auto`, the Python API's default" in guide  # and README's snippet comment
+    python_default = InferenceSettings(alpha=8)
+    assert python_default.orientation == "auto" and python_default.volume_orientation == "xz"
     assert "`--chunks z,y,x`, default 64,256,256" in guide
     assert Layout.__dataclass_fields__["chunks"].default == (64, 256, 256)
     assert "**NGFF 0.5 on zarr v3** by default" in guide
@@ -100,7 +104,6 @@ def test_guide_defaults_are_the_real_defaults() -> None:
 def test_niiv_em_told_psf_gives_its_thick_output() -> None:
     """The guide: 'told `psf` it gives exactly its `thick` output' (fp32, real serial-section TEM)."""
     from napari_niiv.inference.reconstructor import reconstruct_volume
-    from napari_niiv.inference.settings import InferenceSettings
     from napari_niiv.inference.weights import load_weights, resolve_weights
 
     model = load_weights(resolve_weights("niiv-em")).model
