@@ -61,6 +61,55 @@ def test_ctrl_c_while_the_command_is_still_importing_ends_in_one_line() -> None:
     assert (res.returncode, res.stderr) == (130, "niiv: interrupted\n")
 
 
+@pytest.mark.slow  # a real reconstruction, stopped twice
+def test_a_second_ctrl_c_while_an_interrupted_run_ends_stops_it_at_once(tmp_path) -> None:
+    """After Ctrl-C, `niiv reconstruct` says it was interrupted, and Python then waits at exit for
+    the threads finishing their block. A second Ctrl-C there was raised inside threading's shutdown:
+    a traceback, then 'terminate called without an active exception' and an abort (status -6). It
+    now stops the process at once, in one line, status 130, and the run resumes as after a kill."""
+    import os
+    import signal
+    import time
+
+    vol = np.random.default_rng(0).integers(0, 255, (16, 256, 256), dtype=np.uint8)
+    np.save(tmp_path / "in.npy", vol)
+    out = tmp_path / "iso.ome.zarr"
+    script = "import signal, sys\nfrom napari_niiv.console import main\nsys.argv[0] = 'niiv'\nsys.exit(main())\n"
+    argv = [sys.executable, "-c", script, "reconstruct", str(tmp_path / "in.npy"), str(out), "--alpha", "8"]
+    proc = subprocess.Popen([*argv, "--threads", "2"], stderr=subprocess.PIPE)
+    err = b""
+
+    def read_until(words: bytes, timeout: float = 120) -> None:
+        nonlocal err
+        end = time.monotonic() + timeout
+        while words not in err and time.monotonic() < end:
+            chunk = os.read(proc.stderr.fileno(), 4096)  # type: ignore[union-attr]
+            if not chunk:
+                break
+            err += chunk
+
+    try:
+        read_until(b"reconstructing")
+        time.sleep(1.0)  # the threads are inside their first blocks (seconds each here)
+        proc.send_signal(signal.SIGINT)
+        read_until(b"interrupted;")
+        assert proc.poll() is None, err.decode()  # still waiting for the threads: the case at hand
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest = proc.communicate()[1]
+            raise AssertionError((err + rest).decode()) from None
+    finally:
+        proc.kill()
+    text = (err + rest).decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "terminate called" not in text
+    assert text.rstrip().endswith("niiv: interrupted again: stopped at once")
+    assert (tmp_path / "iso.ome.zarr.partial").is_dir() and not out.exists()
+
+
 def test_output_read_by_a_command_that_stops_early_ends_quietly() -> None:
     """``niiv info WEIGHTS | head -3``: the reader goes away while niiv writes. It ended in a
     BrokenPipeError traceback (the packaging audit); now quietly, with the shell's SIGPIPE status."""
