@@ -158,6 +158,21 @@ def test_an_alpha_by_hand_that_contradicts_the_files_voxel_sizes_is_noted(
     assert open_volume(out).shape == (12, 24, 24)
     same = tmp_path / "same.npy"
     assert main(["reconstruct", str(stack), str(same), "--alpha", "8", "--weights", "niiv-fast"]) == 0
+    # voxel sizes that give an alpha niiv refuses (200: leaving --alpha out is refused) are not
+    # answered with "leave out --alpha" (audit 12: docs)
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(
+        wrong,
+        rng.integers(0, 255, (3, 24, 24), dtype=np.uint8),
+        imagej=True,
+        resolution=(100.0, 100.0),
+        metadata={"spacing": 2.0, "unit": "um"},
+    )
+    assert main(["reconstruct", str(wrong), str(tmp_path / "w.npy"), "--weights", "niiv-fast"]) == 2
+    assert "outside 1 to 100; if they are wrong, pass the anisotropy with --alpha" in capsys.readouterr().err
+    assert main(["reconstruct", str(wrong), str(tmp_path / "w.npy"), "--alpha", "8", "--weights", "niiv-fast"]) == 0
+    err = capsys.readouterr().err
+    assert "(200)" in err and "leave out --alpha" not in err and "correct them in the file" in err
     assert "not isotropic" not in capsys.readouterr().err
 
 

@@ -766,10 +766,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         # the output still tiles the file's extent: its z voxel is the file's z voxel / --alpha
         vz, _, vx = geometry.voxel_size
         unit = f" {vol.unit}" if vol.unit else ""
+        lo, hi = ALPHA_RANGE
+        advice = (  # leaving --alpha out is refused for a file's alpha outside the range
+            "if the file's voxel sizes are right, leave out --alpha"
+            if lo <= vol.alpha <= hi
+            else "if the file's voxel sizes are wrong, correct them in the file for isotropic voxels"
+        )
         print(
             f"niiv reconstruct: warning: --alpha {args.alpha:g} is not the alpha of {src}'s voxel sizes "
             f"({vol.alpha:g}); the output keeps the file's extent, so its voxels are {vz:g}{unit} in z and "
-            f"{vx:g}{unit} in y and x, not isotropic: if the file's voxel sizes are right, leave out --alpha",
+            f"{vx:g}{unit} in y and x, not isotropic: {advice}",
             file=sys.stderr,
         )
     dtype = _output_dtype(vol.data.dtype, out)
