@@ -127,6 +127,11 @@ def test_an_output_url_is_refused_not_written_to_a_local_folder_named_after_it(
     assert code == 2 and "Traceback" not in err
     assert "not to a URL" in err and "local path" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]  # no 's3:' / 'file:' folder made
+    # the confidence map's path too: it was written to ./s3:/bucket/map.zarr after OUT
+    code = main(["reconstruct", "in.npy", "out.tif", "--alpha", "4", "--weights", "niiv-fast", "--confidence", url])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"niiv reconstruct: error: --confidence {url}: ") and "not to a URL" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
 def niiv_store(path: Path) -> Path:

@@ -662,11 +662,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     )
     from .inference.weights import load_weights, resolve_weights
 
-    if "://" in args.output:  # a Path would write it to a local folder named after the URL ('s3:/...')
-        raise NiivInputError(
-            f"{args.output}: niiv reconstruct writes to a path on this machine (or a mounted network folder), not "
-            "to a URL; give a local path (e.g. iso.ome.zarr) and copy the finished store to the remote one yourself"
-        )
+    for given, what in ((args.output, ""), (args.confidence, "--confidence ")):
+        if given and "://" in given:  # a Path would write it to a local folder named after the URL ('s3:/...')
+            raise NiivInputError(
+                f"{what}{given}: niiv reconstruct writes to a path on this machine (or a mounted network folder), "
+                "not to a URL; give a local path (e.g. iso.ome.zarr) and copy the finished store to the remote one "
+                "yourself"
+            )
     src, out = _source(args.input), Path(args.output)
     if out.suffix.lower() not in OUTPUT_FORMATS:
         if out.name.lower() in OUTPUT_FORMATS:  # ".zarr": a name that is only an extension
