@@ -230,6 +230,35 @@ def test_a_run_stopped_while_it_removes_the_store_it_replaces_can_be_rerun(tmp_p
     np.testing.assert_array_equal(open_volume(out).data.compute(), data)
 
 
+def test_what_a_kill_leaves_in_those_two_moments_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """A SIGKILL while the empty store is made aside (400319b) or while --overwrite has set the old
+    OUT aside (df9786c) left OUT.partial.<id>.new or OUT.<id>.replaced beside OUT for good. The next
+    run for OUT removes them: the store made aside at its start (under OUT's lock), the old output
+    once the new one is in place; folders of any other name stay."""
+    from napari_niiv.errors import NiivInputError
+
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=2)
+    out = tmp_path / "iso.ome.zarr"
+    made_aside = tmp_path / "iso.ome.zarr.partial.0a1b2c3d.new"
+    set_aside = tmp_path / "iso.ome.zarr.4e5f6a7b.replaced"
+    kept = [tmp_path / "iso.ome.zarr.partial.mine.new", tmp_path / "iso.ome.zarr.backup.replaced", tmp_path / "other"]
+    for folder in [made_aside, set_aside, *kept]:
+        (folder / ".niiv").mkdir(parents=True)
+        (folder / ".niiv" / "job.json").write_text("{}")
+    write_ome_zarr(out, layout, ArrayBlocks(data[::-1].copy()), resume=True, fingerprint={"run": 0})
+    assert not made_aside.exists() and not set_aside.exists()
+    assert all(k.is_dir() for k in kept)
+    # a run that does not put a new OUT in place leaves the old output set aside where it is
+    set_aside.mkdir()
+    with pytest.raises(NiivInputError, match="already exists"):
+        write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
+    assert set_aside.is_dir()
+    write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, overwrite=True, fingerprint={"run": 1})
+    assert not set_aside.exists() and all(k.is_dir() for k in kept)
+    np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+
+
 def test_a_resume_refused_for_the_inputs_date_alone_says_so(tmp_path: Path) -> None:
     """The input copied back (same bytes, a new date) was refused as 'the input's content changed',
     sending the user to look for an edit that was never made."""

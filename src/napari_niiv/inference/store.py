@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -30,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -493,6 +495,23 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def _aside(path: Path, kind: str) -> Path:
+    """A folder beside ``path`` for a short while: a store made aside (``kind`` 'new') or the store
+    ``--overwrite`` replaces, set aside (``kind`` 'replaced'); :func:`_remove_leftovers` knows them."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.{kind}")
+
+
+def _remove_leftovers(base: Path, kind: str) -> None:
+    """Remove the ``kind`` folders :func:`_aside` made beside ``base`` that a kill (SIGKILL, a power
+    cut) left in the moments they exist: an empty store made aside, or an old output --overwrite
+    was replacing. Only names of that exact form, which nothing else makes; called under the
+    output's lock, so never another run's."""
+    shape = re.compile(re.escape(base.name) + r"\.[0-9a-f]{8}\." + re.escape(kind))
+    for path in base.parent.glob(f"{glob_escape(base.name)}.*.{kind}"):
+        if shape.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class _ChunkTask:
     """Chunks of one level computed together: from the source in one block (level 0: chunks
@@ -679,6 +698,7 @@ def write_ome_zarr(
     with output_lock(out):
         if restart:  # under the lock: never a running job's store
             discard_partial(out)
+        _remove_leftovers(partial_path(out), "new")
         return _write(out, layout, source, runner, fingerprint, resume, on_progress, cancelled, overwrite)
 
 
@@ -872,7 +892,7 @@ def _prepare(partial: Path, layout: Layout, record: dict[str, Any], resume: bool
         shutil.rmtree(partial)  # our own unfinished run, not resumed
     # made aside and renamed once its job record is in: a run stopped while the store is made
     # (Ctrl-C at the start) leaves no OUT.partial that neither a rerun nor --restart would take
-    fresh = partial.with_name(f"{partial.name}.{uuid.uuid4().hex[:8]}.new")
+    fresh = _aside(partial, "new")
     try:
         _create_store(fresh, layout)
         for level in range(len(layout.shapes)):
@@ -932,7 +952,7 @@ def _finish(
     replaced = None
     if out.is_dir() and not out.is_symlink():  # moved aside first: a kill while a large store is deleted
         # left half of it at OUT, which --overwrite then refused as a folder niiv did not write
-        replaced = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.replaced")
+        replaced = _aside(out, "replaced")
         out.rename(replaced)
     elif out.exists() or out.is_symlink():
         out.unlink()
@@ -940,3 +960,4 @@ def _finish(
     shutil.rmtree(out / _WORK, ignore_errors=True)  # a kill just before this leaves only stale markers
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
+    _remove_leftovers(out, "replaced")  # an earlier run's, killed while it replaced OUT: OUT is new now
