@@ -23,7 +23,7 @@ def main() -> int:
         from .cli import main as run
     except KeyboardInterrupt:
         print("niiv: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     try:
         return run()
     except BrokenPipeError:

@@ -451,10 +451,11 @@ def _left_out(regions: tuple[Region, ...], job: FineTuneJob) -> str:
     if left <= 0:
         return ""
     crop = job.settings.crop
-    outside = sum(any(s.stop <= s.start for s in r) for r in regions)
+    empty = [any(s.stop <= s.start for s in r) for r in regions]  # clipped to nothing: outside the volume
+    outside = sum(empty)
     narrow = sum(
-        not any(s.stop <= s.start for s in r) and min(r[1].stop - r[1].start, r[2].stop - r[2].start) < crop
-        for r in regions
+        not e and min(r[1].stop - r[1].start, r[2].stop - r[2].start) < crop
+        for e, r in zip(empty, regions, strict=True)
     )
     why = [f"{outside} outside the volume"] if outside else []
     why += [f"{narrow} narrower than the {crop} px training crop"] if narrow else []

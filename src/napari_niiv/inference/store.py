@@ -949,15 +949,12 @@ def _finish(
             check_output_path(out, overwrite)
         except NiivInputError as exc:
             raise OutputTaken(out, partial, f"{out} appeared while the store was being written") from exc
-    replaced = None
     if out.is_dir() and not out.is_symlink():  # moved aside first: a kill while a large store is deleted
         # left half of it at OUT, which --overwrite then refused as a folder niiv did not write
-        replaced = _aside(out, "replaced")
-        out.rename(replaced)
+        out.rename(_aside(out, "replaced"))
     elif out.exists() or out.is_symlink():
         out.unlink()
     partial.rename(out)
     shutil.rmtree(out / _WORK, ignore_errors=True)  # a kill just before this leaves only stale markers
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-    _remove_leftovers(out, "replaced")  # an earlier run's, killed while it replaced OUT: OUT is new now
+    # the store set aside above, and any an earlier run killed while it replaced OUT left: OUT is new now
+    _remove_leftovers(out, "replaced")
