@@ -79,13 +79,9 @@ def _settled(qtbot, widget, stage: str = "confidence") -> None:
     qtbot.wait(50)
 
 
-@pytest.mark.slow  # a napari viewer
-def test_a_setting_changed_hides_the_old_map_until_the_new_one(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
-    """With the map on, a new alpha (or weights, sections, orientation) showed the new niiv image at
-    once under the map of the old settings, for as long as niiv and the map took (seconds to
-    minutes on a CPU): where the old reconstruction was unsure, drawn over the new one. It is
-    hidden now until the new map replaces it, then shown on the live layer's grid; a map the user
-    hid stays hidden."""
+def _live_with_map(qtbot, make_napari_viewer, cremi64) -> tuple:
+    """The dock live on an xz view of ``cremi64`` with the confidence map on, both shown: (viewer,
+    dock, map layer)."""
     pytest.importorskip("napari")
     from tests.conftest import open_dock
 
@@ -100,6 +96,17 @@ def test_a_setting_changed_hides_the_old_map_until_the_new_one(qtbot, make_napar
     widget.confidence_check.value = True
     _settled(qtbot, widget)
     (cmap,) = _maps(viewer)
+    return viewer, widget, cmap
+
+
+@pytest.mark.slow  # a napari viewer
+def test_a_setting_changed_hides_the_old_map_until_the_new_one(qtbot, make_napari_viewer, cremi64, tiny_user_weights):
+    """With the map on, a new alpha (or weights, sections, orientation) showed the new niiv image at
+    once under the map of the old settings, for as long as niiv and the map took (seconds to
+    minutes on a CPU): where the old reconstruction was unsure, drawn over the new one. It is
+    hidden now until the new map replaces it, then shown on the live layer's grid; a map the user
+    hid stays hidden."""
+    viewer, widget, cmap = _live_with_map(qtbot, make_napari_viewer, cremi64)
     old = np.array(cmap.data)
     assert cmap.visible
 
@@ -134,20 +141,7 @@ def test_deleting_the_live_map_by_hand_says_it_comes_back_and_how_to_stop_it(
     """The live view's map deleted by hand (box ticked) came back silently at the next view, while
     the status line still said 'showing ... and its confidence map'. The status now says it comes
     back and how to stop it; it does come back, on the live layer's grid."""
-    pytest.importorskip("napari")
-    from tests.conftest import open_dock
-
-    viewer = make_napari_viewer()
-    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
-    widget = open_dock(viewer, "user/tiny")
-    viewer.dims.order = (1, 0, 2)
-    viewer.dims.set_point(1, 4 * 21)
-    viewer.reset_view()
-    widget.precision_choice.value = "fp32"
-    widget.live_check.value = True
-    widget.confidence_check.value = True
-    _settled(qtbot, widget)
-    (cmap,) = _maps(viewer)
+    viewer, widget, cmap = _live_with_map(qtbot, make_napari_viewer, cremi64)
     viewer.layers.remove(cmap)
     status = str(widget.status_label.value)
     assert "confidence map layer deleted" in status and "untick it" in status
@@ -253,20 +247,7 @@ def test_a_map_hidden_for_a_view_that_ended_comes_back_with_the_next_views_map(
 ):
     """A new alpha hides the old map until the new one; live unticked before it came, then ticked
     again: the next view took the plugin's hiding for the user's and kept the map hidden for good."""
-    pytest.importorskip("napari")
-    from tests.conftest import open_dock
-
-    viewer = make_napari_viewer()
-    viewer.add_image(cremi64, name="cremi", scale=(40, 4, 4))
-    widget = open_dock(viewer, "user/tiny")
-    viewer.dims.order = (1, 0, 2)
-    viewer.dims.set_point(1, 4 * 21)
-    viewer.reset_view()
-    widget.precision_choice.value = "fp32"
-    widget.live_check.value = True
-    widget.confidence_check.value = True
-    _settled(qtbot, widget)
-    (cmap,) = _maps(viewer)
+    viewer, widget, cmap = _live_with_map(qtbot, make_napari_viewer, cremi64)
     widget.alpha_spin.value = 5
     assert not cmap.visible
     widget.live_check.value = False  # before the new map

@@ -142,15 +142,14 @@ def test_an_alpha_by_hand_that_contradicts_the_files_voxel_sizes_is_noted(
     from napari_niiv.cli import main
     from napari_niiv.data.io import open_volume
 
-    stack = tmp_path / "stack.tif"
     rng = np.random.default_rng(0)
-    tifffile.imwrite(
-        stack,
-        rng.integers(0, 255, (3, 24, 24), dtype=np.uint8),
-        imagej=True,
-        resolution=(100.0, 100.0),
-        metadata={"spacing": 0.08, "unit": "um"},
-    )
+
+    def imagej_stack(path: Path, z_um: float) -> Path:  # xy voxels of 0.01 um
+        data = rng.integers(0, 255, (3, 24, 24), dtype=np.uint8)
+        tifffile.imwrite(path, data, imagej=True, resolution=(100.0, 100.0), metadata={"spacing": z_um, "unit": "um"})
+        return path
+
+    stack = imagej_stack(tmp_path / "stack.tif", 0.08)
     out = tmp_path / "iso.npy"
     assert main(["reconstruct", str(stack), str(out), "--alpha", "4", "--weights", "niiv-fast"]) == 0
     err = capsys.readouterr().err
@@ -160,14 +159,7 @@ def test_an_alpha_by_hand_that_contradicts_the_files_voxel_sizes_is_noted(
     assert main(["reconstruct", str(stack), str(same), "--alpha", "8", "--weights", "niiv-fast"]) == 0
     # voxel sizes that give an alpha niiv refuses (200: leaving --alpha out is refused) are not
     # answered with "leave out --alpha" (audit 12: docs)
-    wrong = tmp_path / "wrong.tif"
-    tifffile.imwrite(
-        wrong,
-        rng.integers(0, 255, (3, 24, 24), dtype=np.uint8),
-        imagej=True,
-        resolution=(100.0, 100.0),
-        metadata={"spacing": 2.0, "unit": "um"},
-    )
+    wrong = imagej_stack(tmp_path / "wrong.tif", 2.0)
     assert main(["reconstruct", str(wrong), str(tmp_path / "w.npy"), "--weights", "niiv-fast"]) == 2
     assert "outside 1 to 100; if they are wrong, pass the anisotropy with --alpha" in capsys.readouterr().err
     assert main(["reconstruct", str(wrong), str(tmp_path / "w.npy"), "--alpha", "8", "--weights", "niiv-fast"]) == 0
