@@ -1,6 +1,7 @@
-"""Audit 12, `niiv reconstruct` to OME-Zarr: a chunk of an unfinished run deleted or damaged before
-the resume is written again (not published as zeros or as a file no reader can decode), and an
-output given as a URL is refused instead of written to a local folder named after the URL."""
+"""Audit 12, `niiv reconstruct` to OME-Zarr: a chunk of an unfinished run deleted or damaged (cut
+short, or a bit flipped) before the resume is written again (not published as zeros or as a file
+no reader can decode), and an output given as a URL is refused instead of written to a local
+folder named after the URL."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def cut_short(tmp_path: Path, data: np.ndarray, layout: Layout) -> Path:
 
 
 @pytest.mark.parametrize("ngff", ["0.5", "0.4"])
-@pytest.mark.parametrize("harm", ["delete", "truncate"])
+@pytest.mark.parametrize("harm", ["delete", "truncate", "flip"])
 def test_a_chunk_lost_or_damaged_in_the_unfinished_run_is_written_again_on_resume(
     tmp_path: Path, ngff: str, harm: str
 ) -> None:
@@ -67,8 +68,12 @@ def test_a_chunk_lost_or_damaged_in_the_unfinished_run_is_written_again_on_resum
     assert chunk.is_file() and (partial_path(out) / ".niiv" / "done" / "0" / "0.8.8").exists()
     if harm == "delete":
         chunk.unlink()
-    else:
+    elif harm == "truncate":
         chunk.write_bytes(chunk.read_bytes()[:10])
+    else:  # one bit flipped in the compressed payload: the size stays, the content does not
+        content = bytearray(chunk.read_bytes())
+        content[len(content) // 2] ^= 0x10
+        chunk.write_bytes(bytes(content))
     report = write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
     assert report.chunks_resumed < report.chunks_total
     for got, want in zip(pyramid(out), pyramid(whole), strict=True):
@@ -111,6 +116,21 @@ def test_a_resume_keeps_the_chunks_left_as_they_were(tmp_path: Path) -> None:
     out = cut_short(tmp_path, data, layout)
     report = write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
     assert (report.chunks_total, report.chunks_resumed, report.chunks_written) == (18, 9, 9)
+    np.testing.assert_array_equal(open_volume(out).data.compute(), data)
+
+
+def test_markers_of_an_older_version_with_only_a_size_still_resume(tmp_path: Path) -> None:
+    """Markers written before they held a checksum (only the size) are checked by size alone: an
+    unfinished run of that version resumes without writing its chunks again."""
+    data = volume()
+    layout = Layout(SHAPE, data.dtype, (8, 8, 8), levels=1)
+    out = cut_short(tmp_path, data, layout)
+    markers = [m for m in (partial_path(out) / ".niiv" / "done").rglob("*") if m.is_file()]
+    assert len(markers) == 9
+    for marker in markers:
+        marker.write_text(marker.read_text().split(" ")[0])
+    report = write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint={"run": 1})
+    assert (report.chunks_resumed, report.chunks_written) == (9, 9)
     np.testing.assert_array_equal(open_volume(out).data.compute(), data)
 
 

@@ -7,8 +7,9 @@ validated with ``ome-zarr-models``; where each level sits comes from ``geometry.
 Every task writes its own chunks of one level, so tasks never share a chunk file, and leaves a
 marker after each; a run that is killed keeps its ``OUT.partial`` store and the next run with the
 same settings (the *fingerprint*) writes only the chunks without a marker. A chunk whose write was
-cut short has no marker and is written again; a marker records the size of its chunk's file, so
-that a chunk deleted or damaged before the resume is written again too (with every level above it).
+cut short has no marker and is written again; a marker records the size and CRC-32 of its chunk's
+file, so that a chunk deleted or damaged before the resume is written again too (with every level
+above it).
 For a model's blocks (``BlockSource.stacks_z``) a
 level-0 task computes a column of chunks stacked along z at once (up to ``BLOCK_VOXELS``): a block
 needs input rows of context on each side, and chunks computed one by one would encode the same
@@ -28,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -615,7 +617,7 @@ class _Job:
             ]
             if not self._current(store):  # no marker: the new run writes this chunk again
                 return task.level, 0
-            _marker(store, task.level, chunk).write_text(str(_stored_bytes(store, task.level, arr, chunk)))
+            _marker(store, task.level, chunk).write_text(_stored_record(store, task.level, arr, chunk))
         return task.level, sum(_size(c) for c in todo)
 
 
@@ -624,19 +626,27 @@ def _marker(store: Path, level: int, chunk: Index) -> Path:
     return store / _WORK / "done" / str(level) / name
 
 
-def _stored_bytes(store: Path, level: int, arr: Any, chunk: Index) -> int:
-    """The size of the file holding ``chunk`` of level ``level`` (0: none, a chunk all fill value
-    that zarr does not store), as its marker records it."""
+def _stored_record(store: Path, level: int, arr: Any, chunk: Index) -> str:
+    """What a marker records of the file holding ``chunk`` of level ``level``: its size and CRC-32
+    (``"0"``: no file, a chunk all fill value that zarr does not store). The size alone missed
+    damage that keeps it (a flipped bit), which a resume then published."""
     coords = tuple(s.start // c for s, c in zip(chunk, arr.chunks, strict=True))
     try:
-        return (store / str(level) / arr.metadata.encode_chunk_key(coords)).stat().st_size
+        content = (store / str(level) / arr.metadata.encode_chunk_key(coords)).read_bytes()
     except FileNotFoundError:
-        return 0
+        return "0"
+    return f"{len(content)} {zlib.crc32(content):08x}"
+
+
+def _unchanged(recorded: str, now: str) -> bool:
+    """Whether a chunk file is as its marker recorded; a marker of an older version holds only the
+    size, which is all it can be checked against."""
+    return recorded == now if " " in recorded else recorded == now.split(" ")[0]
 
 
 def _drop_damaged(partial: Path, tasks: list[list[_ChunkTask]]) -> None:
-    """Before resuming: remove the marker of every chunk whose file is gone or has another size
-    than when it was written (deleted or damaged since), and the markers of all the levels above
+    """Before resuming: remove the marker of every chunk whose file is gone or has another size or
+    checksum than when it was written (deleted or damaged since), and the markers of all the levels above
     it, which were made from it; those chunks are written again. A marker without a size (an
     older version's, or one a kill cut short after its chunk was written) is trusted."""
     import zarr
@@ -655,7 +665,7 @@ def _drop_damaged(partial: Path, tasks: list[list[_ChunkTask]]) -> None:
                 if not recorded:
                     continue
                 arr = arr if arr is not None else zarr.open_array(str(partial / str(level)), mode="r")
-                if recorded == str(_stored_bytes(partial, level, arr, chunk)):
+                if _unchanged(recorded, _stored_record(partial, level, arr, chunk)):
                     continue
             marker.unlink()
             damaged = True
