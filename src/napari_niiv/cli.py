@@ -1155,10 +1155,17 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
     except FloatingPointError as exc:  # the loss diverged
         raise NiivInputError(f"{exc} with --lr") from exc
     if args.resume and result.started_at == result.steps_done:
+        if result.steps_done < settings.steps:  # its --minutes are spent: a larger one continues the same run
+            further = "its time limit is spent: to go on, give a larger --minutes with --resume"
+        else:  # --steps is the run's (its learning-rate schedule): a resume with another is refused
+            further = (
+                "the run is complete, and --resume cannot add steps (--steps sets its learning-rate schedule): "
+                f"to train further, fine-tune these weights in a new run (--init {result.weights} "
+                "--out ANOTHER.safetensors)"
+            )
         print(
             f"niiv train: nothing left to train: {result.weights} already holds step {result.steps_done} "
-            f"(of {settings.steps}) and trained no further. For more steps, give a larger --steps or --minutes "
-            "with --resume",
+            f"(of {settings.steps}) and trained no further; {further}",
             file=sys.stderr,
         )
         return 0

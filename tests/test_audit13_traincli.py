@@ -1,0 +1,46 @@
+"""Audit 13, `niiv train`'s resume and checkpoint edges as a user meets them: a resume of a complete
+run advised a larger --steps, which a resume refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_niiv.cli import main
+from napari_niiv.inference.weights import load_weights
+
+from .conftest import write_tif
+
+CLI = ["--alpha", "4", "--arch", "fast", "--steps", "2", "--batch", "2", "--crop", "32", "--device", "cpu"]
+# fine-tuning keeps the start's architecture: no --arch
+FINE = ["--alpha", "4", "--steps", "2", "--batch", "2", "--crop", "32", "--device", "cpu"]
+
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    code = main(["train", *(str(a) for a in args)])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def volume(tmp_path, medulla):
+    path = tmp_path / "v.tif"
+    write_tif(path, medulla[:, :48, :48])
+    return path
+
+
+def test_a_resume_of_a_complete_run_gives_advice_that_works(tmp_path, capsys, volume) -> None:
+    """It said 'give a larger --steps with --resume', and that command is refused (steps set the
+    learning-rate schedule): it now says to fine-tune the weights in a new run, which works."""
+    out = tmp_path / "w.safetensors"
+    assert _cli(capsys, volume, "--out", out, *CLI)[0] == 0
+    code, err = _cli(capsys, volume, "--out", out, *CLI, "--resume")
+    assert code == 0 and "nothing left to train" in err, err
+    assert "larger --steps" not in err, err
+    assert f"--init {out} --out ANOTHER.safetensors" in err, err
+    # what the old advice led to
+    code, refused = _cli(capsys, volume, "--out", out, *[a if a != "2" else "4" for a in CLI], "--resume")
+    assert code == 2 and "steps 2 (this run: 4)" in refused, refused
+    # what the new one does
+    more = tmp_path / "more.safetensors"
+    code, err = _cli(capsys, volume, "--out", more, *FINE, "--init", out)
+    assert code == 0, err
+    assert load_weights(more).card["fine_tuned_from"] == str(out)
