@@ -1,12 +1,14 @@
 """Audit 13, `niiv train`'s resume and checkpoint edges as a user meets them: a resume of a complete
-run advised a larger --steps, which a resume refuses."""
+run advised a larger --steps, which a resume refuses; a resume with another --init than the run
+started from was silently accepted (it continued the checkpoint's weights whatever --init said)."""
 
 from __future__ import annotations
 
 import pytest
 
 from napari_niiv.cli import main
-from napari_niiv.inference.weights import load_weights
+from napari_niiv.inference.weights import load_weights, resolve_weights, save_weights
+from napari_niiv.training.train import checkpoint_path
 
 from .conftest import write_tif
 
@@ -44,3 +46,22 @@ def test_a_resume_of_a_complete_run_gives_advice_that_works(tmp_path, capsys, vo
     code, err = _cli(capsys, volume, "--out", more, *FINE, "--init", out)
     assert code == 0, err
     assert load_weights(more).card["fine_tuned_from"] == str(out)
+
+
+def test_a_resume_with_another_init_is_refused(tmp_path, capsys, volume) -> None:
+    """A resume with --init B of a run started from A (same architecture, same settings) trained on
+    from the checkpoint as if B were never given, and said 'fine-tuning B'."""
+    start = load_weights(resolve_weights("niiv-fast"))
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path, name in ((a, "a"), (b, "b")):
+        save_weights(path, start.model, start.alpha, start.normalisation, card={**start.card, "name": name})
+    out = tmp_path / "w.safetensors"
+    assert _cli(capsys, volume, "--out", out, *FINE, "--init", a)[0] == 0
+    ckpt = checkpoint_path(out).read_bytes()
+    code, err = _cli(capsys, volume, "--out", out, *FINE, "--init", b, "--resume")
+    assert code == 2, err
+    assert f"its run started from the weights {a} (--init), and --init {b} is not that file" in err, err
+    assert checkpoint_path(out).read_bytes() == ckpt
+    # its own start still resumes
+    code, err = _cli(capsys, volume, "--out", out, *FINE, "--init", a, "--resume")
+    assert code == 0 and "nothing left to train" in err, err

@@ -1038,6 +1038,33 @@ def _same_file(a: Path, b: Path | None) -> bool:
     return b is not None and a.resolve() == b.resolve()
 
 
+def _check_same_start(ckpt: Path, init: Path, given: str) -> None:
+    """Refuse a resume whose --init is not the file the checkpoint's run started from: the resume
+    continues the checkpoint's weights whatever --init says, so another start was silently ignored
+    (a run started from random weights, given an --init, is refused by its settings: warm-up)."""
+    import hashlib
+
+    from .inference.weights import read_metadata
+
+    try:
+        card = json.loads(read_metadata(ckpt).get("card", "{}"))
+    except (NiivInputError, ValueError):
+        return  # a damaged checkpoint: train() says so
+    recorded = card.get("fine_tuned_from_sha256") if isinstance(card, dict) else None
+    if not isinstance(recorded, str):
+        return  # a checkpoint from before the start was recorded by content
+    h = hashlib.sha256()
+    with open(init, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != recorded:
+        raise NiivInputError(
+            f"cannot resume {ckpt}: its run started from the weights {card.get('fine_tuned_from')} (--init), and "
+            f"--init {given} is not that file (another file, or changed since); a resume continues the checkpoint's "
+            "own weights: give the run's --init, or start a new run (without --resume, with --overwrite)"
+        )
+
+
 def _train_locked(args: argparse.Namespace, out: Path) -> int:
     from .data.degrade import check_alpha, parse_degradations
     from .data.io import open_volume
@@ -1084,6 +1111,8 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
                 f"--arch {args.arch}: the --init weights {args.init} are another architecture "
                 f"({architecture_name(start.model.config.to_dict())}), which fine-tuning keeps; drop --arch"
             )
+    if args.resume and init is not None:
+        _check_same_start(ckpt, init, args.init)
     vols = []
     for path in args.volumes:
         vol = open_volume(path)
