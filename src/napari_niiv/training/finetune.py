@@ -260,6 +260,7 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     settings = replace(settings, degradations=str(degradation))
     split = split_training(regions, settings.crop, alpha)
     _check_fits(start, split.held_out, request.name)
+    _check_tall(split.held_out, alpha, request.name)
     _check_blur(degradation, settings.crop, split.held_out, alpha, request.name)
     volumes = [Volume(data[r], voxel_size=scale, name=request.name) for r in split.regions]  # type: ignore[arg-type]
 
@@ -316,6 +317,18 @@ def _check_fits(start: Path, held: Region, name: str) -> None:
             f"'{name}': the part held out to check the run is {width} px wide in x, and the start weights "
             f"({start.stem}) need at least {need} (their receptive field): learn from a wider volume or box, "
             "or start from weights with a smaller receptive field (niiv-fast's is the smallest)"
+        )
+
+
+def _check_tall(held: Region, alpha: float, name: str) -> None:
+    """Refuse, before the run starts, a held-out part too short in y for its check, which pools
+    its xy planes by alpha along y: a 12 px tall volume started, scored nothing and failed on the
+    training thread with '... has 12 z plane(s) (shape (12, 3, 96))', naming the wrong axis."""
+    need, height = held_out_min_planes(alpha), held[1].stop - held[1].start
+    if height < need:
+        raise NiivInputError(
+            f"'{name}': the part held out to check the run is {height} px tall in y; its check pools the xy planes "
+            f"by alpha {alpha:g} along y and needs at least {need} px: learn from a taller volume or box"
         )
 
 

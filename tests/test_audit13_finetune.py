@@ -1,0 +1,45 @@
+"""Fine-tuning in the viewer on real light microscopy (audit 13): a volume too short in y for the
+held-out check, the ETA between steps, what the run gained over its start weights, and the
+visible region asked for in a 3D view."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_niiv.data import open_volume
+from napari_niiv.errors import NiivInputError
+from napari_niiv.training.finetune import FineTuneRequest, fine_tune_job
+from tests.conftest import data_path
+
+
+@pytest.fixture(scope="module")
+def nuclei() -> np.ndarray:
+    """Real confocal nuclei, every 4th plane: (15, 256, 256) uint16, z 1.16 um over xy 0.26 um (alpha 4.46)."""
+    return np.asarray(open_volume(data_path("lm", "cells3d_nuclei.tif")).data[::4])
+
+
+def request(data: np.ndarray, out, **kw) -> FineTuneRequest:
+    return FineTuneRequest(
+        data=data,
+        scale=(1.16, 0.26, 0.26),
+        name="nuclei",
+        source=None,
+        alpha=1.16 / 0.26,
+        start_weights="niiv-lm",
+        regions=((slice(0, data.shape[0]), slice(0, data.shape[1]), slice(0, data.shape[2])),),
+        out=out,
+        degradation="psf",
+        **kw,
+    )
+
+
+def test_a_volume_too_short_in_y_for_the_check_is_refused_before_the_run(nuclei, tmp_path):
+    """A 12 px tall (y) volume at alpha 4.46 started, scored nothing and failed on the training
+    thread with 'the part held out ... has 12 z plane(s) (shape (12, 3, 96))': the wrong axis
+    named, after the run had started."""
+    out = tmp_path / "short.safetensors"
+    with pytest.raises(NiivInputError, match=r"is 12 px tall in y; .* needs at least 14 px: learn from a taller"):
+        fine_tune_job(request(nuclei[:, :12, :96], out))
+    fine_tune_job(request(nuclei[:, :14, :96], out))  # tall enough: the run is built
+    assert not out.exists()
