@@ -10,7 +10,7 @@ import pytest
 from napari_niiv.data import open_volume
 from napari_niiv.errors import NiivInputError
 from napari_niiv.training.finetune import FineTuneRequest, fine_tune_job
-from tests.conftest import data_path
+from tests.conftest import data_path, open_dock
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +43,34 @@ def test_a_volume_too_short_in_y_for_the_check_is_refused_before_the_run(nuclei,
         fine_tune_job(request(nuclei[:, :12, :96], out))
     fine_tune_job(request(nuclei[:, :14, :96], out))  # tall enough: the run is built
     assert not out.exists()
+
+
+@pytest.mark.slow  # a napari viewer
+def test_the_eta_counts_down_between_steps(make_napari_viewer, nuclei, monkeypatch, tmp_path):
+    """At 5 s a step the ETA rose every second between steps (1:27, 1:28, 1:29) and fell at the next
+    (1:13): it was the time since the first step over the steps done. Now: the steps left at the
+    time per step so far, less the time since the latest step."""
+    from types import SimpleNamespace
+
+    from napari_niiv._napari import training_panel
+
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(tmp_path))
+    clock = [100.0]
+    monkeypatch.setattr(training_panel, "time", SimpleNamespace(perf_counter=lambda: clock[0], time=lambda: clock[0]))
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[:, :96, :96], name="nuclei", scale=(1.16, 0.26, 0.26), units="um")
+    panel = open_dock(viewer).training
+    panel.steps_spin.value, panel.minutes_spin.value = 100, 0
+    panel.job = fine_tune_job(panel.request())  # built, not started
+    try:
+        panel._on_step(1, 0.1)
+        assert panel.eta() is None  # one step: no rate yet
+        clock[0] = 110.0
+        panel._on_step(2, 0.1)  # 10 s a step
+        assert panel.eta() == pytest.approx(98 * 10)
+        clock[0] = 115.0
+        assert panel.eta() == pytest.approx(98 * 10 - 5)
+        clock[0] = 2000.0  # far slower than so far: never below zero
+        assert panel.eta() == 0
+    finally:
+        panel.job = None

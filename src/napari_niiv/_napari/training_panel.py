@@ -118,6 +118,7 @@ class TrainingPanel(Container):
         self._layer: Any = None
         self._weights: str | None = None  # the weights chosen when the run started
         self._run_start: tuple[float, int] | None = None  # (time, step) of this run's first step
+        self._last_step_at = 0.0  # when the latest step arrived
         self._bar_at = -float("inf")  # when the activity bar last moved
         self._offered: tuple[Any, float] | None = None  # (volume, alpha) the running run's name was offered for
         self.start_button.changed.connect(lambda: self.start(resume=False))
@@ -307,8 +308,9 @@ class TrainingPanel(Container):
     @gui_handler
     def _on_step(self, step: int, loss: float) -> None:
         self.plot.add_loss(step, loss)
+        self._last_step_at = time.perf_counter()
         if self._run_start is None:  # a resumed run starts part-way: its speed counts from here
-            self._run_start = (time.perf_counter(), step - 1)
+            self._run_start = (self._last_step_at, step - 1)
             if self.bar is not None:
                 self.bar.n = self.bar.initial = step - 1
                 self.bar.start_t = time.time()
@@ -320,16 +322,20 @@ class TrainingPanel(Container):
                 bar.update(step - bar.n)
 
     def eta(self) -> float | None:
-        """Seconds left at this run's rate, within the time limit; None before two steps."""
+        """Seconds left at this run's rate, within the time limit; None before two steps. It counts
+        down between steps: the steps left at the time per step so far, less the time since the
+        latest (the time since the run's first step over the steps done rose every second between
+        steps, 1:27, 1:28, 1:29 and down to 1:13 at the next)."""
         if self.job is None or self._run_start is None or not self.plot.steps:
             return None
         t0, s0 = self._run_start
-        step, elapsed = self.plot.steps[-1], time.perf_counter() - t0
-        if step <= s0 + 1 or elapsed <= 0:
+        step, now = self.plot.steps[-1], time.perf_counter()
+        if step <= s0 + 1 or self._last_step_at <= t0:
             return None
-        left = (self.job.settings.steps - step) * elapsed / (step - s0)
+        per_step = (self._last_step_at - t0) / (step - s0 - 1)  # t0: when step s0 + 1 arrived
+        left = max(0.0, (self.job.settings.steps - step) * per_step - (now - self._last_step_at))
         budget = self.job.settings.time_budget
-        return min(left, max(0.0, budget - elapsed)) if budget else left
+        return min(left, max(0.0, budget - (now - t0))) if budget else left
 
     def activity(self) -> Activity | None:
         """The run for the dock's inline bar."""
