@@ -6,9 +6,10 @@
 - ``epfl_hippocampus``: EPFL CVLab FIB-SEM of mouse hippocampus, every 8th slice kept, as distributed by
   cbmi-group/IsoVEM; terms not stated by the distributor; for evaluation only.
 
-The FIB-SEM download is checked against a pinned sha256 of the array it decodes to (what the layers show); the
-EPFL one, from a fixed commit, only for being a 3D 8-bit TIFF (see ``EPFL_URL``). A file that fails is
-refused and dropped from the cache instead of shown.
+The FIB-SEM cube, downloaded or in $NIIV_DATA_DIR, is checked against a pinned sha256 of the array it decodes to
+(what the layers show); the EPFL file, from a fixed commit, only for being a 3D 8-bit TIFF (see ``EPFL_URL``). A
+download that fails is refused and dropped from the cache instead of shown; a file in $NIIV_DATA_DIR that fails (or
+cannot be read) is refused in words and left alone.
 """
 
 from __future__ import annotations
@@ -74,6 +75,22 @@ def _local_file(*parts: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _read_local(path: Path, name: str) -> np.ndarray:
+    """The sample file ``name`` in $NIIV_DATA_DIR, read whole; a file tifffile cannot read (truncated, not a
+    TIFF) is refused in words, naming the file and what to do, instead of tifffile's internals (the user's
+    file is left alone)."""
+    import tifffile
+
+    try:
+        return np.asarray(tifffile.imread(path))
+    except Exception as exc:  # TiffFileError, ValueError ("failed to read ... bytes"), OSError, MemoryError...
+        reason = f"{type(exc).__name__}: {_root_cause(exc)}"
+    raise NiivInputError(
+        f"the sample file {path} could not be read ({reason}): it is damaged or not the sample; put the shared "
+        f"copy of {name} there, or unset NIIV_DATA_DIR to download it"
+    )
+
+
 def array_sha256(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
@@ -93,9 +110,12 @@ def fibsem_anisotropic() -> list[LayerData]:
     """
     local = _local_file("fibsem", "medulla_b.tif")
     if local is not None:
-        import tifffile
-
-        iso, source = tifffile.imread(local), str(local)
+        iso, source = _read_local(local, "fibsem/medulla_b.tif"), str(local)
+        if iso.shape != (250, 250, 250) or iso.dtype != np.uint8 or array_sha256(iso) != MEDULLA_B_SHA256:
+            raise NiivInputError(
+                f"{local} is not the FIB-SEM sample (medulla_b, 250^3 8-bit, sha256 {MEDULLA_B_SHA256[:12]}...); "
+                "put the shared copy of fibsem/medulla_b.tif there, or unset NIIV_DATA_DIR to download it"
+            )
     else:
         iso, source = _download_medulla_b(), _FIBSEM_BASE
     pooled = pool_axis(iso, FIBSEM_ALPHA, axis=0)
@@ -133,8 +153,6 @@ def epfl_hippocampus() -> list[LayerData]:
     commit) when $NIIV_DATA_DIR does not hold it; a download or cached copy that is not a 3D 8-bit TIFF is
     refused and deleted. Terms: not stated by the distributor; for evaluation only.
     """
-    import tifffile
-
     local = _local_file("anisotropic_em", "epfl_hippocampus.tif")
     if local is None:
         import pooch
@@ -143,7 +161,12 @@ def epfl_hippocampus() -> list[LayerData]:
         local = Path(_fetch("anisotropic_em/epfl_hippocampus.tif", EPFL_URL, path=cache, progressbar=True))
         data = verify_download(local)
     else:
-        data = tifffile.imread(local)
+        data = _read_local(local, "anisotropic_em/epfl_hippocampus.tif")
+        if data.ndim != 3 or data.dtype != np.uint8:
+            raise NiivInputError(
+                f"{local} is not the EM sample (a 3D 8-bit TIFF; it holds {data.ndim}D {data.dtype}); put the shared "
+                "copy of anisotropic_em/epfl_hippocampus.tif there, or unset NIIV_DATA_DIR to download it"
+            )
     check_volume(data)
     meta = {
         "name": "epfl_hippocampus",
@@ -164,9 +187,12 @@ def _fetch(local: str, url: str, **options: Any) -> str:
         return pooch.retrieve(url, known_hash=None, **options)
     except Exception as exc:  # requests' ConnectionError, HTTPError, timeouts; OSError for the cache
         host = urlsplit(url).netloc or url
+        root = local_data_dir()
+        # set, but without the file (a typo, an unmounted share): say so, or the user looks for the network
+        where = f"NIIV_DATA_DIR ({root}) holds no {local}, and " if root is not None else ""
         raise NiivInputError(
-            f"the sample could not be downloaded from {host} ({type(exc).__name__}: {_root_cause(exc)}); check the "
-            f"network, or point NIIV_DATA_DIR at a folder holding {local}"
+            f"{where}the sample could not be downloaded from {host} ({type(exc).__name__}: {_root_cause(exc)}); "
+            f"check the network, or point NIIV_DATA_DIR at a folder holding {local}"
         ) from exc
 
 

@@ -1,0 +1,78 @@
+"""Audit 13, Save isotropic volume... and File > Open Sample, as a microscopist and a napari
+maintainer: what a user meets when the sample data folder holds a damaged or wrong file, or none;
+where the save dialog proposes to write; and closing the dock while a save runs."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_niiv._napari import sample_data
+from napari_niiv.errors import NiivInputError
+from tests.conftest import data_path
+
+FIBSEM = ("fibsem", "medulla_b.tif")
+EPFL = ("anisotropic_em", "epfl_hippocampus.tif")
+
+
+def data_dir(tmp_path: Path, monkeypatch, files: dict[tuple[str, str], bytes | Path]) -> Path:
+    """A NIIV_DATA_DIR holding ``files`` (bytes written, or a link to a file)."""
+    root = tmp_path / "data"
+    for parts, content in files.items():
+        path = root.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            path.symlink_to(content)
+        else:
+            path.write_bytes(content)
+    monkeypatch.setenv("NIIV_DATA_DIR", str(root))
+    return root
+
+
+def test_a_damaged_sample_file_is_named_with_what_to_do_and_left_alone(tmp_path, monkeypatch) -> None:
+    """A truncated TIFF in the data folder came out of the sample menu as tifffile's 'could not broadcast
+    input array from shape (3,) into shape (2,)' or 'failed to read 2097152 bytes, got 4744'."""
+    cut = {parts: data_path(*parts).read_bytes()[:5000] for parts in (FIBSEM, EPFL)}
+    root = data_dir(tmp_path, monkeypatch, cut)
+    for sample, parts in ((sample_data.fibsem_anisotropic, FIBSEM), (sample_data.epfl_hippocampus, EPFL)):
+        with pytest.raises(NiivInputError) as caught:
+            sample()
+        said = str(caught.value)
+        assert said.startswith(f"the sample file {root.joinpath(*parts)} could not be read"), said
+        assert said.endswith(f"put the shared copy of {'/'.join(parts)} there, or unset NIIV_DATA_DIR to download it")
+        assert root.joinpath(*parts).read_bytes() == cut[parts]  # the user's file, untouched
+
+
+def test_a_readable_file_that_is_not_the_sample_is_not_shown_as_it(tmp_path, monkeypatch) -> None:
+    """The local FIB-SEM cube was not checked against the pinned hash (the download is), nor the local
+    EPFL file for being 8-bit: another volume under the sample's name opened as 'medulla_b' with the
+    Janelia attribution, or as 'epfl_hippocampus' at 40 x 5 x 5 nm."""
+    wide = tmp_path / "wide.tif"
+    tifffile.imwrite(wide, np.zeros((8, 16, 16), np.uint16))
+    medulla_a = data_path("fibsem", "medulla_a.tif")  # a real 250^3 8-bit cube: the wrong one
+    data_dir(tmp_path, monkeypatch, {FIBSEM: medulla_a, EPFL: wide})
+    with pytest.raises(NiivInputError, match=r"medulla_b\.tif is not the FIB-SEM sample .*sha256 6660e2270cb8"):
+        sample_data.fibsem_anisotropic()
+    with pytest.raises(NiivInputError, match=r"epfl_hippocampus\.tif is not the EM sample .*3D uint16"):
+        sample_data.epfl_hippocampus()
+
+
+def test_a_data_folder_without_the_sample_is_said_before_the_download_failure(tmp_path, monkeypatch) -> None:
+    """NIIV_DATA_DIR set to a folder without the sample (a typo, a share not mounted) fell back to the
+    download, and offline the message only asked to 'point NIIV_DATA_DIR at a folder holding' the file,
+    which the user believed it did."""
+    with socket.socket() as s:  # a port nothing listens on: as offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(sample_data, "EPFL_URL", f"http://127.0.0.1:{port}/test_8.tif")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = data_dir(tmp_path, monkeypatch, {})
+    with pytest.raises(NiivInputError) as caught:
+        sample_data.epfl_hippocampus()
+    said = str(caught.value)
+    assert said.startswith(f"NIIV_DATA_DIR ({root}) holds no anisotropic_em/epfl_hippocampus.tif, and the sample"), said
+    assert said.endswith("point NIIV_DATA_DIR at a folder holding anisotropic_em/epfl_hippocampus.tif")
