@@ -159,6 +159,23 @@ def test_reconstruct_to_ome_zarr_with_voxel_sizes(tmp_path, capsys, aniso_tif, w
     assert code == 2 and "already exists" in err
 
 
+def test_the_same_reconstruction_again_is_done_not_refused(tmp_path, capsys, aniso_tif, weights) -> None:
+    """After a Ctrl-C the run says 'run the same command again'; when the store was already published
+    (a Ctrl-C just after it appeared), that rerun was refused as 'already exists', pointing to an
+    --overwrite that reconstructs the whole volume again. It now says the store is already this
+    reconstruction and leaves it untouched; other settings are still refused."""
+    out = tmp_path / "iso.ome.zarr"
+    args = ("reconstruct", aniso_tif, out, "--weights", weights, "--chunks", "16,16,16")
+    assert _run(capsys, *args)[0] == 0
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    code, _, err = _run(capsys, *args)
+    assert code == 0, err
+    assert "is already this reconstruction" in err and "nothing to do" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
+    code, _, err = _run(capsys, *args[:-1], "8,16,16")
+    assert code == 2 and "already exists" in err and "another input or with other settings" in err, err
+
+
 def test_reconstruct_to_tiff_at_coarser_scale(tmp_path, capsys, aniso_tif, weights) -> None:
     out = tmp_path / "iso.tif"
     code, _, err = _run(

@@ -680,10 +680,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         )
     conf = Path(args.confidence) if args.confidence else None
     # an OME-Zarr OUT already there may be this very reconstruction, finished by a run that was
-    # stopped during its confidence map: checked against the job once it is made (_finished_store)
+    # stopped during its confidence map or just after OUT appeared (the user runs the same command
+    # again, as an interrupted run says): checked against the job once it is made (_finished_store)
     done_before = (
-        conf is not None
-        and out.suffix.lower() == ".zarr"
+        out.suffix.lower() == ".zarr"
         and out.is_dir()
         and not args.overwrite
         and written_by_niiv(out)  # any other folder is refused now, before the volume and weights load
@@ -791,9 +791,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     if done_before:
-        _finished_store(out, job, _resolved(_source(args.input)))
+        _finished_store(out, job, _resolved(_source(args.input)), args, chunks)
         print(
-            f"{out} is already this reconstruction (same input and settings): writing only the confidence map",
+            f"{out} is already this reconstruction (same input and settings): "
+            + ("writing only the confidence map" if conf else "nothing to do (--overwrite writes it again)"),
             file=sys.stderr,
         )
     elif out.suffix.lower() != ".zarr":
@@ -840,19 +841,41 @@ def _write_confidence(
     print(f"wrote the confidence map {conf}", file=sys.stderr)
 
 
-def _finished_store(out: Path, job: Any, input_id: str) -> None:
+def _finished_store(out: Path, job: Any, input_id: str, args: argparse.Namespace, chunks: tuple[int, ...]) -> None:
     """Refuse ``out`` unless it is niiv's finished store of exactly ``job`` (its recorded
-    fingerprint: input content, settings, geometry, weights)."""
+    fingerprint: input content, settings, geometry, weights) in the layout asked for (levels,
+    chunks, NGFF version: not in the fingerprint, as a resume compares them on their own)."""
     import zarr
 
     from .inference.export import fingerprint
 
     try:
-        recorded = dict(zarr.open_group(str(out), mode="r").attrs).get("niiv")
+        group = zarr.open_group(str(out), mode="r")
+        recorded = dict(group.attrs).get("niiv")
     except Exception:  # not a zarr group at all
-        recorded = None
-    if recorded != json.loads(json.dumps(fingerprint(job, input_id))):
-        raise NiivInputError(f"{out} already exists; choose another output path or pass --overwrite")
+        group = recorded = None
+    same = recorded == json.loads(json.dumps(fingerprint(job, input_id)))
+    if not (same and _same_layout(group, job.geometry.size, args, chunks)):
+        raise NiivInputError(
+            f"{out} already exists, a reconstruction of another input or with other settings or weights; "
+            "choose another output path or pass --overwrite"
+        )
+
+
+def _same_layout(group: Any, size: tuple[int, ...], args: argparse.Namespace, chunks: tuple[int, ...]) -> bool:
+    """Whether the store ``group`` has the levels, chunks and NGFF version these ``args`` write."""
+    from .inference.geometry import pyramid_shapes
+    from .inference.store import NGFF_VERSIONS
+
+    shapes = [tuple(s) for s in pyramid_shapes(size, args.levels)]
+    if str(len(shapes)) in group or any(str(level) not in group for level in range(len(shapes))):
+        return False
+    arrays = [group[str(level)] for level in range(len(shapes))]
+    return (
+        [a.shape for a in arrays] == shapes
+        and arrays[0].chunks == tuple(min(c, s) for c, s in zip(chunks, shapes[0], strict=True))
+        and group.metadata.zarr_format == (3 if (args.ngff or NGFF_VERSIONS[0]) == "0.5" else 2)
+    )
 
 
 def _write_pyramid(
