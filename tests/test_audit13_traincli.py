@@ -65,3 +65,13 @@ def test_a_resume_with_another_init_is_refused(tmp_path, capsys, volume) -> None
     # its own start still resumes
     code, err = _cli(capsys, volume, "--out", out, *FINE, "--init", a, "--resume")
     assert code == 0 and "nothing left to train" in err, err
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/w.safetensors", "https://example.org/w.safetensors"])
+def test_a_url_as_out_is_refused_before_any_work(tmp_path, capsys, volume, monkeypatch, url) -> None:
+    """--out s3://bucket/w.safetensors trained and wrote a local folder 's3:/bucket' with the weights in it,
+    saying it wrote 's3:/bucket/w.safetensors'."""
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli(capsys, volume, "--out", url, *CLI)
+    assert code == 2 and f"--out {url}: niiv train writes weights to a path on this machine" in err, err
+    assert "training" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["v.tif"]

@@ -1019,6 +1019,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--focus {args.focus} with --focus-fraction 0 draws no batch there: drop --focus-fraction (half of "
             "the batches, the default) or give another fraction, or drop --focus"
         )
+    if "://" in args.out:  # a Path would write it to a local folder named after the URL ('s3:/...')
+        raise NiivInputError(
+            f"--out {args.out}: niiv train writes weights to a path on this machine (or a mounted network folder), "
+            "not to a URL; give a local path (e.g. my_a10.safetensors) and copy the weights to the remote one yourself"
+        )
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise NiivInputError(f"--out {out}: weights are written as .safetensors; give a name ending in .safetensors")
