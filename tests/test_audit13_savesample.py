@@ -76,3 +76,32 @@ def test_a_data_folder_without_the_sample_is_said_before_the_download_failure(tm
     said = str(caught.value)
     assert said.startswith(f"NIIV_DATA_DIR ({root}) holds no anisotropic_em/epfl_hippocampus.tif, and the sample"), said
     assert said.endswith("point NIIV_DATA_DIR at a folder holding anisotropic_em/epfl_hippocampus.tif")
+
+
+# -- Save isotropic volume... --------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a napari viewer
+def test_the_save_dialog_proposes_a_writable_place_and_a_free_name(make_napari_viewer, tmp_path, monkeypatch) -> None:
+    """The dialog proposed to write beside a sample's file: into the shared data folder (read-only in
+    a lab) or napari-niiv's download cache; and, after one save, the store just written, which is then
+    refused as existing."""
+    from napari_niiv._napari.save_job import default_save_path
+    from napari_niiv.inference.store import partial_path
+
+    monkeypatch.setenv("NIIV_DATA_DIR", str(data_path()))
+    viewer = make_napari_viewer()
+    [sample] = viewer.open_sample("napari-niiv", "epfl_hippocampus")
+    assert default_save_path(sample) == Path.home() / "epfl_hippocampus-isotropic.ome.zarr"
+
+    volume = tmp_path / "stack.tif"  # as niiv's reader records the file a layer came from
+    layer = viewer.add_image(np.zeros((4, 8, 8), np.uint8), name="stack", metadata={"niiv_source": str(volume)})
+    first = tmp_path / f"{layer.name}-isotropic.ome.zarr"
+    assert default_save_path(layer) == first  # beside the layer's file
+    first.mkdir()  # saved once
+    second = tmp_path / f"{layer.name}-isotropic-2.ome.zarr"
+    assert default_save_path(layer) == second
+    partial_path(second).mkdir()  # a save there was cancelled: proposed again, to continue it
+    assert default_save_path(layer) == second
+    layer.name = "a/b"  # napari takes any name: not a folder to write into
+    assert default_save_path(layer) == tmp_path / "a_b-isotropic.ome.zarr"

@@ -12,6 +12,7 @@ napari's File > Save of a (small) lazy layer is unchanged: it runs in napari's s
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -162,10 +163,21 @@ class SaveJob:
 
 
 def default_save_path(layer: Any) -> Path:
-    """Beside the layer's file when it came from one, else in the home folder."""
+    """What the save dialog proposes: beside the layer's file when it came from one, else in the home
+    folder; the home folder too for a sample (its file lies in the shared data folder or niiv's download
+    cache, no place for results) and for a folder that takes no new files. A name already taken gets
+    -2, -3...: the dialog proposes a store it can write (an unfinished one, OUT.partial, is proposed as
+    it is, to continue it)."""
     source = layer_source(layer)
-    folder = Path(source).parent if source and "://" not in source else Path.home()
-    return folder / f"{layer.name}-isotropic.ome.zarr"
+    sample = getattr(getattr(layer, "source", None), "sample", None)  # napari's Open Sample sets it
+    folder = Path(source).parent if source and "://" not in source and sample is None else Path.home()
+    if not os.access(folder, os.W_OK):
+        folder = Path.home()
+    stem = re.sub(r"[/\\]", "_", str(layer.name)) + "-isotropic"  # a layer name may hold a slash
+    path, n = folder / f"{stem}.ome.zarr", 2
+    while path.exists() or path.is_symlink():
+        path, n = folder / f"{stem}-{n}.ome.zarr", n + 1
+    return path
 
 
 def as_store_path(path: str | Path) -> Path:
