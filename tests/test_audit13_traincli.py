@@ -75,3 +75,17 @@ def test_a_url_as_out_is_refused_before_any_work(tmp_path, capsys, volume, monke
     code, err = _cli(capsys, volume, "--out", url, *CLI)
     assert code == 2 and f"--out {url}: niiv train writes weights to a path on this machine" in err, err
     assert "training" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["v.tif"]
+
+
+def test_a_cut_short_checkpoint_says_to_start_a_new_run(tmp_path, capsys, volume) -> None:
+    """A checkpoint cut short (a copy that did not finish, a full disk outside niiv's save) said 'download,
+    copy or train it again', a weights file's advice: a run's checkpoint is resumed or started anew."""
+    out = tmp_path / "w.safetensors"
+    assert _cli(capsys, volume, "--out", out, *CLI)[0] == 0
+    ckpt = checkpoint_path(out)
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    code, err = _cli(capsys, volume, "--out", out, *CLI, "--resume")
+    assert code == 2 and "cut short" in err, err
+    assert "start a new run (niiv train: without --resume, with --overwrite" in err, err
+    code, err = _cli(capsys, volume, "--out", out, *CLI, "--overwrite")
+    assert code == 0 and load_weights(checkpoint_path(out)).train_state["step"] == 2, err

@@ -789,7 +789,13 @@ def train(
     started_sha = _sha256(Path(init)) if init else None  # which file that was, whatever its path names later
     saved_step: int | None = None  # the step the checkpoint on disk holds, as far as this run knows
     if resume:
-        state = load_weights(ckpt, with_optimizer=True)
+        try:
+            state = load_weights(ckpt, with_optimizer=True)
+        except NiivInputError as exc:  # its own advice ('download or train it again') is a weights file's
+            raise NiivInputError(
+                f"cannot resume from the checkpoint: {exc}. Unless you kept an intact copy of it, start a new run "
+                "(niiv train: without --resume, with --overwrite; in the viewer: Start under another name)"
+            ) from None
         check_same_run(ckpt, state, identity)
         model.load_state_dict(state.model.state_dict())
         restore_optimizer(optimizer, state)
