@@ -393,6 +393,7 @@ class TrainingPanel(Container):
     @gui_handler
     def _on_finished(self, result: Any) -> None:
         ended = self.job.ended if self.job is not None else None
+        start = self.job.start_check if self.job is not None else None
         self.job, self._signals, self.worker = None, None, None
         if self.bar is not None:
             self.bar.close()
@@ -409,6 +410,7 @@ class TrainingPanel(Container):
             held = result.held_out or {}
             self.set_status(
                 f"{finished_text(ended, result.stopped_early)} at step {result.steps_done}: saved '{name}'"
+                + _over_start(held, start)
                 + (f", held-out {_gains(held, ' dB')}" if "cf_psnr_gain" in held else "")
             )
         # a volume or alpha picked during the run: the name offered for them (the box kept the run's)
@@ -467,6 +469,15 @@ def _left_out(regions: tuple[Region, ...], job: FineTuneJob) -> str:
     why += [f"{narrow} narrower than the {crop} px training crop"] if narrow else []
     why += [f"{left - outside - narrow} only over the held-out planes"] if left > outside + narrow else []
     return f" of the {len(regions)} drawn (left out: {', '.join(why)})"
+
+
+def _over_start(held: dict[str, float], start: dict[str, float] | None) -> str:
+    """What the run gained over its start weights on the held-out planes, for the status line: the
+    number that says whether fine-tuning helped this volume (the line gave only the gains over
+    bilinear and bicubic, which the start weights had mostly had already)."""
+    if start is None or "cf_psnr" not in held or "cf_psnr" not in start:
+        return ""
+    return f", {held['cf_psnr'] - start['cf_psnr']:+.2f} dB CF-PSNR over the start weights"
 
 
 def _gains(metrics: dict[str, float], unit: str = "") -> str:

@@ -282,6 +282,8 @@ def fine_tune_job(request: FineTuneRequest) -> FineTuneJob:
     }
     job = FineTuneJob(volumes, settings, out, split, init=start, resume=request.resume, held_out=check, card=card)
     job.previous_runs = list(previous.get("runs", []))
+    if isinstance(previous.get("held_out_start"), dict):  # the first run's score of its start weights
+        job.start_check = previous["held_out_start"]
     return job
 
 
@@ -531,6 +533,8 @@ class FineTuneJob:
         self.ended: str | None = None
         self.previous_runs: list[dict[str, Any]] = []  # the runs before this resume, from the card
         self.first_step: int | None = None  # the step this run started after
+        # the held-out scores of the start weights (the first run's, on a resume): what the run must beat
+        self.start_check: dict[str, float] | None = None
         self._thread = threading.Thread(target=self._run, name="niiv-train", daemon=True)
 
     def start(self) -> None:
@@ -559,7 +563,8 @@ class FineTuneJob:
         try:
             held_out = self.held_out()
             if held_out is not None and self.init is not None and not self.resume:
-                self.on_check(0, held_out(load_weights(self.init).model))
+                self.start_check = dict(held_out(load_weights(self.init).model))
+                self.on_check(0, dict(self.start_check))
             if self.stop_requested.is_set():  # while the held-out planes were read and scored
                 raise StoppedBeforeFirstStep(self.resume)
             result = train(
@@ -577,7 +582,10 @@ class FineTuneJob:
             self.ended = end_reason(result, self.settings, self.stop_requested.is_set())
             start = result.steps_done if self.first_step is None else self.first_step
             runs = [*self.previous_runs, {"steps": [start, result.steps_done], "ended": self.ended}]
-            amend_card(result.weights, {"ended": self.ended, "runs": runs})
+            extra: dict[str, Any] = {"ended": self.ended, "runs": runs}
+            if self.start_check is not None:
+                extra["held_out_start"] = self.start_check
+            amend_card(result.weights, extra)
             write_card(result.weights, result)
             self.result = result
         except StoppedBeforeFirstStep as exc:  # nothing trained, nothing written
@@ -635,6 +643,13 @@ def write_card(weights: Path, result: TrainResult) -> None:
         lines.append(
             f"- held-out xy planes: CF-PSNR {held['cf_psnr']:.2f} dB ({held['cf_psnr_gain']:+.2f} vs bilinear), "
             f"PSNR {held['psnr']:.2f} dB ({held['psnr_gain']:+.2f})"
+        )
+    start = card.get("held_out_start")
+    if held and isinstance(start, dict) and "cf_psnr" in start:  # whether fine-tuning helped this volume
+        lines.append(
+            f"- the start weights there: CF-PSNR {start['cf_psnr']:.2f} dB, PSNR {start['psnr']:.2f} dB; "
+            f"fine-tuning gained {held['cf_psnr'] - start['cf_psnr']:+.2f} dB CF-PSNR, "
+            f"{held['psnr'] - start['psnr']:+.2f} dB PSNR"
         )
     text = "\n".join(lines) + "\n"
     atomic_write(weights.with_suffix(".md"), lambda tmp: Path(tmp).write_text(text))
