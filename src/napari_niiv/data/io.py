@@ -345,6 +345,7 @@ def _open_tiff(path: Path) -> Volume:
                 f"{path}: an RGB TIFF (axes {series.axes}, shape {shape}); niiv reconstructs single-channel "
                 "intensity volumes: convert to greyscale or save one channel"
             )
+        _check_tiff_axes(series.axes, shape, path, bool(tif.is_imagej))
         voxel, unit = tiff_voxel_size(tif, path)
         if min(shape, default=0) > 0:  # an empty one is reported as empty by check_volume
             _check_complete(tif, path, int(np.prod(shape[:-2])) if len(shape) > 2 else 1)
@@ -353,9 +354,36 @@ def _open_tiff(path: Path) -> Volume:
     except (ValueError, OSError):
         import zarr
 
-        arr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        # compressed or tiled: read through tifffile's zarr store of the first series' full resolution
+        # (a pyramidal OME-TIFF's store is otherwise a group of its levels)
+        arr = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
     data = da.from_array(arr, chunks=_chunks_for(shape))
     return Volume(data, voxel or (1.0, 1.0, 1.0), volume_name(path), unit if voxel else None)
+
+
+# tifffile's axis letters: Z, Y, X are space; Q and I (planes of a plain multi-page TIFF) are
+# taken as z; S (samples: RGB) is refused on its own; any other axis of more than one is not z.
+_TIFF_AXIS_NAMES = {"C": "channels", "T": "time points", "E": "wavelengths", "A": "angles", "P": "phases"}
+
+
+def _check_tiff_axes(axes: str, shape: tuple[int, ...], path: Path, imagej: bool) -> None:
+    """Refuse a TIFF whose planes are not z planes: a 2D time-lapse (TYX), or a 2D multichannel
+    OME-TIFF (CYX), has three axes too, and would otherwise be reconstructed "between" its frames
+    or channels as if they were sections. An ImageJ stack whose only stacking axis is C stays a
+    z-stack: tifffile writes every 3D array it is given without axes so (``imwrite(..., imagej=True)``
+    of a ZYX volume says "channels"), and such files are z-stacks far more often than 2D images
+    with many channels."""
+    several = {a: n for a, n in zip(axes, shape, strict=False) if a not in "ZYXQIS" and n > 1}
+    if imagej and set(several) == {"C"} and "Z" not in axes:
+        return
+    if not several:
+        return
+    what = ", ".join(f"{n} {_TIFF_AXIS_NAMES.get(a, f'entries along axis {a}')}" for a, n in several.items())
+    raise NiivInputError(
+        f"{path}: holds {what} (axes {axes}, shape {tuple(shape)}), not one z-stack; niiv reconstructs one 3D "
+        "(z, y, x) volume: save one channel at one time point (e.g. in Fiji) and open that; if these planes "
+        "are really z sections, set them as slices in Fiji (Image > Properties)"
+    )
 
 
 def _check_complete(tif: Any, path: Path, planes: int) -> None:
