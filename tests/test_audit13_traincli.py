@@ -89,3 +89,13 @@ def test_a_cut_short_checkpoint_says_to_start_a_new_run(tmp_path, capsys, volume
     assert "start a new run (niiv train: without --resume, with --overwrite" in err, err
     code, err = _cli(capsys, volume, "--out", out, *CLI, "--overwrite")
     assert code == 0 and load_weights(checkpoint_path(out)).train_state["step"] == 2, err
+
+
+def test_resume_with_overwrite_is_refused_as_a_contradiction(tmp_path, capsys, volume) -> None:
+    """--resume --overwrite resumed silently, the --overwrite (start anew) ignored."""
+    out = tmp_path / "w.safetensors"
+    assert _cli(capsys, volume, "--out", out, *CLI)[0] == 0
+    before = out.read_bytes(), checkpoint_path(out).read_bytes()
+    code, err = _cli(capsys, volume, "--out", out, *CLI, "--resume", "--overwrite", "--seed", "1")
+    assert code == 2 and "--overwrite starts a new run in its place: give one of them" in err, err
+    assert (out.read_bytes(), checkpoint_path(out).read_bytes()) == before

@@ -1019,6 +1019,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--focus {args.focus} with --focus-fraction 0 draws no batch there: drop --focus-fraction (half of "
             "the batches, the default) or give another fraction, or drop --focus"
         )
+    if args.resume and args.overwrite:  # the resume won silently, and the user may have meant to start anew
+        raise NiivInputError(
+            "--resume continues the checkpoint beside --out, --overwrite starts a new run in its place: give one of "
+            "them"
+        )
     if "://" in args.out:  # a Path would write it to a local folder named after the URL ('s3:/...')
         raise NiivInputError(
             f"--out {args.out}: niiv train writes weights to a path on this machine (or a mounted network folder), "
