@@ -73,3 +73,63 @@ def test_a_pyramidal_compressed_ome_tiff_opens_at_full_resolution(make_napari_vi
     assert layer.data.shape == data.shape
     np.testing.assert_array_equal(np.asarray(layer.data[3]), data[3])
     assert tuple(layer.scale) == (2.0, 0.5, 0.5) and str(layer.units[0]) == "micrometer"
+
+
+def test_a_2d_ome_zarr_with_channels_or_time_points_is_not_a_z_stack(tmp_path: Path) -> None:
+    # a (c, y, x) or (t, y, x) store was claimed as a volume whose channels or frames stood for z
+    channels = [{"name": "c", "type": "channel"}, space("y"), space("x")]
+    frames = [{"name": "t", "type": "time"}, space("y"), space("x")]
+    cyx = ngff_store(tmp_path / "cyx.ome.zarr", channels, volume((3, 16, 20)), [1.0, 0.5, 0.5])
+    tyx = ngff_store(tmp_path / "tyx.ome.zarr", frames, volume((5, 16, 20)), [1.0, 0.5, 0.5], ngff="0.5")
+    for store, what in ((cyx, "3 along 'c'"), (tyx, "5 along 't'")):
+        assert get_reader(str(store)) is None
+        with pytest.raises(NiivInputError, match=f"a 2D image with {what}"):
+            open_volume(store)
+    # a (1, z, y, x) store still opens as its volume
+    zyx = ngff_store(
+        tmp_path / "czyx.ome.zarr",
+        channels[:1] + [space(a) for a in "zyx"],
+        volume((1, 8, 16, 20)),
+        [1.0, 2.0, 0.5, 0.5],
+    )
+    assert open_volume(zyx).shape == (8, 16, 20)
+
+
+@pytest.mark.slow  # a napari viewer
+def test_an_ome_zarr_label_image_is_left_to_napari_ome_zarr(make_napari_viewer, tmp_path: Path) -> None:
+    # store.ome.zarr/labels/cells (or one of its levels) was opened as an intensity image: niiv
+    # would reconstruct segment ids; napari-ome-zarr opens it as a Labels layer
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image, write_labels
+
+    root = zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="w", zarr_format=3)
+    write_image(volume(), root, axes="zyx", fmt=FormatV05())
+    write_labels((volume() > 128).astype(np.uint8), root, name="cells", axes="zyx", fmt=FormatV05())
+    labels = tmp_path / "cells.ome.zarr" / "labels" / "cells"
+    level = next(p for p in labels.iterdir() if p.is_dir())
+    assert get_reader(str(labels)) is None and get_reader(str(level)) is None
+    with pytest.raises(NiivInputError, match="label image"):
+        open_volume(labels)
+    assert get_reader(str(tmp_path / "cells.ome.zarr")) is not None  # the image itself still opens
+    viewer = make_napari_viewer()
+    with pytest.raises(ValueError, match="refused the file"):
+        viewer.open(str(labels), plugin=PLUGIN)
+    opened = viewer.open(str(labels), plugin="napari-ome-zarr")  # the labels, over the image they label
+    assert "Labels" in [type(layer).__name__ for layer in opened]
+
+
+@pytest.mark.slow  # a napari viewer
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_spatial_axes_stored_in_another_order_open_as_z_y_x(make_napari_viewer, tmp_path: Path, ngff: str) -> None:
+    # NGFF only recommends z, y, x: an (x, y, z) store opened with x labelled z, alpha 0.25, and the
+    # reconstruction running along x
+    xyz = volume((20, 16, 8))
+    axes = [space(a, "micrometer") for a in "xyz"]
+    store = ngff_store(tmp_path / "xyz.ome.zarr", axes, xyz, [0.5, 0.25, 2.0], [1.0, 2.0, 3.0], ngff)
+    vol = open_volume(store)
+    assert vol.voxel_size == (2.0, 0.25, 0.5) and vol.translation == (3.0, 2.0, 1.0) and vol.alpha == 4.0
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(store), plugin=PLUGIN)
+    np.testing.assert_array_equal(np.asarray(layer.data), xyz.transpose(2, 1, 0))
+    assert tuple(layer.scale) == (2.0, 0.25, 0.5) and tuple(layer.translate) == (3.0, 2.0, 1.0)
+    assert tuple(layer.axis_labels) == ("z", "y", "x")

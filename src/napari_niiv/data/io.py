@@ -588,11 +588,21 @@ def _placed(
     ome: dict[str, Any], ms: dict[str, Any], levels: list[da.Array], first: int, where: Any, name: str
 ) -> Volume:
     """An OME-Zarr image's ``levels`` from dataset ``first`` on, with that dataset's voxel sizes,
-    translation and unit, and the image's display window."""
+    translation and unit, and the image's display window. Spatial axes stored in another order
+    than z, y, x (NGFF only recommends zyx) are brought to it; a label image (a segmentation), or
+    a 2D image whose channels or time points would stand where z is, is refused."""
+    if "image-label" in ome:
+        raise NiivInputError(
+            f"{where}: an OME-Zarr label image (a segmentation), not an intensity volume; niiv reconstructs "
+            "intensity images: open the image it labels (the store's root), and its labels with napari-ome-zarr"
+        )
     ndim = levels[0].ndim
     axes = _axes(ms, ndim)
-    spatial = [i for i, a in enumerate(axes) if a.get("type") == "space" or a.get("name") in ("z", "y", "x")][-3:]
     scale, shift = ome_transform(ms, ndim, first)
+    kept = _kept_axes(axes, levels[0].shape, where)
+    spatial = [i for i in kept if _is_space(axes[i])][-3:]
+    order = _zyx_order([str(axes[i].get("name", "")).lower() for i in spatial])
+    spatial = [spatial[k] for k in order]
     pad = 3 - len(spatial)  # a 2D store: check_volume says what is wrong with it
     sizes = [1.0] * pad + [scale[i] for i in spatial]
     units = [None] * pad + [ngff_unit(axes[i].get("unit")) for i in spatial]
@@ -602,9 +612,38 @@ def _placed(
     ]  # unit conversion, applied to shifts too
     translation = [0.0] * pad + [shift[i] * f for i, f in zip(spatial, factors[pad:], strict=True)]
     voxel, t = _checked(voxel_list, translation, where)
-    data, *pyramid = (_spatial(lv, axes) for lv in levels)
+    data, *pyramid = (_spatial(lv, axes, kept, order) for lv in levels)
     pyramid = tuple(lv for lv in pyramid if lv.ndim == data.ndim)
     return Volume(data, voxel, name, unit, pyramid, t, _omero_window(ome.get("omero")))
+
+
+def _is_space(axis: dict[str, Any]) -> bool:
+    return axis.get("type") == "space" or axis.get("name") in ("z", "y", "x")
+
+
+def _kept_axes(axes: list[dict[str, Any]], shape: tuple[int, ...], where: Any) -> list[int]:
+    """The axes a volume keeps: the spatial ones, and any other of length over 1, which is refused
+    in words when the spatial ones are fewer than three (a (c, y, x) store is a 2D image, not a
+    z-stack of its channels) and left to check_volume otherwise (more than three dimensions)."""
+    if len(axes) != len(shape):
+        return list(range(len(shape)))
+    kept = [i for i, (a, n) in enumerate(zip(axes, shape, strict=True)) if _is_space(a) or n > 1]
+    others = [i for i in kept if not _is_space(axes[i])]
+    if others and len(kept) == 3:
+        what = ", ".join(f"{shape[i]} along {axes[i].get('name')!r} ({axes[i].get('type', 'no type')})" for i in others)
+        names = ", ".join(str(a.get("name")) for a in axes)
+        raise NiivInputError(
+            f"{where}: a 2D image with {what} (axes {names}, shape {tuple(shape)}), not a z-stack; niiv "
+            "reconstructs one 3D (z, y, x) volume"
+        )
+    return kept
+
+
+def _zyx_order(names: list[str]) -> list[int]:
+    """Where z, y and x are among three spatial axis names (identity unless they are those three)."""
+    if sorted(names) != ["x", "y", "z"]:
+        return list(range(len(names)))
+    return [names.index(n) for n in ("z", "y", "x")]
 
 
 def _omero_window(omero: Any) -> tuple[float, float] | None:
@@ -654,15 +693,15 @@ def _scale_translation(node: dict[str, Any], ndim: int) -> tuple[list[float], li
     return scale, shift
 
 
-def _spatial(data: da.Array, axes: list[dict[str, Any]]) -> da.Array:
-    """Drop singleton time/channel axes so a (1, 1, z, y, x) store opens as a volume."""
-    if len(axes) == data.ndim and data.ndim > 3:
-        names = [a.get("name") for a in axes]
-        index = tuple(
-            0 if (a.get("type") != "space" and n not in ("z", "y", "x") and s == 1) else slice(None)
-            for a, n, s in zip(axes, names, data.shape, strict=True)
-        )
-        return data[index]
+def _spatial(data: da.Array, axes: list[dict[str, Any]], kept: list[int], order: list[int]) -> da.Array:
+    """Drop singleton time/channel axes so a (1, 1, z, y, x) store opens as a volume, and bring its
+    spatial axes to z, y, x (``order``: where each of them is among the spatial axes kept)."""
+    if len(axes) != data.ndim:
+        return data
+    data = data[tuple(slice(None) if i in kept else 0 for i in range(data.ndim))]
+    if order != sorted(order):
+        lead = data.ndim - len(order)
+        data = data.transpose(*range(lead), *(lead + k for k in order))
     return data
 
 
