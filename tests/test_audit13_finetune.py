@@ -99,3 +99,26 @@ def test_the_run_says_what_it_gained_over_its_start_weights(qtbot, make_napari_v
     assert f"saved 'user/lm', {gain:+.2f} dB CF-PSNR over the start weights, held-out" in panel.status_label.value
     md = (tiny_user_weights / "lm.md").read_text()
     assert f"the start weights there: CF-PSNR {start['cf_psnr']:.2f} dB" in md and f"gained {gain:+.2f} dB" in md
+
+
+@pytest.mark.slow  # a napari viewer
+def test_the_visible_region_asked_for_in_a_3d_view_says_to_switch_to_2d(
+    make_napari_viewer, nuclei, tmp_path, monkeypatch
+):
+    """'visible region' in a 3D view, the volume shown whole, was refused as 'nothing of the volume
+    is visible in a 2D view: pan to it'."""
+    monkeypatch.setenv("NIIV_WEIGHTS_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[:, :96, :96], name="nuclei", scale=(1.16, 0.26, 0.26), units="um")
+    panel = open_dock(viewer).training
+    panel.region_choice.value = "visible region"
+    viewer.dims.ndisplay = 3
+    panel.start_button.native.click()
+    assert panel.job is None
+    assert panel.status_label.value.startswith(
+        "learn from: the visible region is that of a 2D view, and the view is 3D"
+    )
+    viewer.dims.ndisplay = 2
+    viewer.reset_view()
+    (region,) = panel.request().regions  # in 2D it is the visible part
+    assert region[0] == slice(0, 15)

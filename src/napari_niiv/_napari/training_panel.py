@@ -205,6 +205,11 @@ class TrainingPanel(Container):
         if mode == REGIONS[0]:
             return [whole(shape)]
         if mode == REGIONS[1]:
+            if self.viewer.dims.ndisplay == 3:  # was told to pan to the volume, which it showed whole
+                raise NiivInputError(
+                    "learn from: the visible region is that of a 2D view, and the view is 3D: switch to 2D "
+                    "(the 2D/3D button) and frame the part to learn from, or pick 'whole volume'"
+                )
             grid = current_grid(self.viewer, layer, 1.0)
             if grid is None:
                 raise NiivInputError(
