@@ -133,3 +133,24 @@ def test_spatial_axes_stored_in_another_order_open_as_z_y_x(make_napari_viewer, 
     np.testing.assert_array_equal(np.asarray(layer.data), xyz.transpose(2, 1, 0))
     assert tuple(layer.scale) == (2.0, 0.25, 0.5) and tuple(layer.translate) == (3.0, 2.0, 1.0)
     assert tuple(layer.axis_labels) == ("z", "y", "x")
+
+
+@pytest.mark.slow  # a napari viewer
+def test_the_writer_never_writes_into_a_store_or_under_a_file(make_napari_viewer, tmp_path: Path) -> None:
+    # layer.save("data.ome.zarr/copy") wrote a new store inside the user's store (a member of its
+    # hierarchy: here the very store the layer reads from); under a file it failed with "[Errno 17]"
+    from napari_niiv._napari.writer import WriterRefused
+
+    viewer = make_napari_viewer()
+    first = tmp_path / "data.ome.zarr"
+    layer = viewer.add_image(volume(), scale=(2.0, 0.5, 0.5), units=("um",) * 3)
+    assert layer.save(str(first), plugin=PLUGIN) == [str(first)]
+    [opened] = viewer.open(str(first), plugin=PLUGIN)
+    before = sorted(p.relative_to(first) for p in first.rglob("*"))
+    with pytest.raises(WriterRefused, match="inside the zarr store"):
+        opened.save(str(first / "copy"), plugin=PLUGIN)
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == before
+    (tmp_path / "cells.tif").write_bytes(b"user data")
+    with pytest.raises(WriterRefused, match="is a file, not a folder"):
+        layer.save(str(tmp_path / "cells.tif" / "x.ome.zarr"), plugin=PLUGIN)
+    assert (tmp_path / "cells.tif").read_bytes() == b"user data"

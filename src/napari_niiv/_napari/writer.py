@@ -40,6 +40,7 @@ def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
     path = str(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; napari-niiv never overwrites a store: save under another name")
+    _check_not_inside_data(out)
     if meta.get("multiscale") or isinstance(data, (list, tuple)):  # napari passes its MultiScaleData
         if hasattr(data[0], "write_ome_zarr"):
             limits = meta.get("contrast_limits")
@@ -74,6 +75,19 @@ def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
 
         write_store(out, layout, ArrayBlocks(data), on_progress=advance)
     return [path]
+
+
+def _check_not_inside_data(out: Path) -> None:
+    """Refuse a path inside a zarr store (``data.ome.zarr/copy``: the new store would become a member
+    of the user's store, which may be the one the layer reads) or under a file (``cells.tif/x``)."""
+    for parent in out.parents:
+        if parent.is_file():
+            raise NiivInputError(f"cannot save {out}: {parent} is a file, not a folder; choose a path in a folder")
+        if any((parent / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
+            raise NiivInputError(
+                f"cannot save {out}: it lies inside the zarr store {parent}, and napari-niiv never writes into an "
+                "existing store; save it beside that store instead"
+            )
 
 
 def layer_placement(meta: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float], str | None]:
