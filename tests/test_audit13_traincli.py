@@ -4,13 +4,17 @@ started from was silently accepted (it continued the checkpoint's weights whatev
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import pytest
 
 from napari_niiv.cli import main
 from napari_niiv.inference.weights import load_weights, resolve_weights, save_weights
 from napari_niiv.training.train import checkpoint_path
 
-from .conftest import write_tif
+from .conftest import random_model, write_tif
 
 CLI = ["--alpha", "4", "--arch", "fast", "--steps", "2", "--batch", "2", "--crop", "32", "--device", "cpu"]
 # fine-tuning keeps the start's architecture: no --arch
@@ -99,3 +103,27 @@ def test_resume_with_overwrite_is_refused_as_a_contradiction(tmp_path, capsys, v
     code, err = _cli(capsys, volume, "--out", out, *CLI, "--resume", "--overwrite", "--seed", "1")
     assert code == 2 and "--overwrite starts a new run in its place: give one of them" in err, err
     assert (out.read_bytes(), checkpoint_path(out).read_bytes()) == before
+
+
+def test_a_save_reaches_the_disk_before_its_name_does(tmp_path, monkeypatch) -> None:
+    """Saves were renamed into place unflushed: after a power loss the checkpoint's name could stand on an
+    empty file (the rename on disk before the data), though the user guide says a power loss keeps the last
+    checkpoint. The temporary file is flushed before the rename, the folder after it."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(a, b) -> None:
+        events.append(("rename", str(b)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "w.ckpt.safetensors"
+    save_weights(out, random_model(), 4.0, None)
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"], events
+    assert re.fullmatch(r"\.w\.ckpt\.safetensors\.[0-9a-f]{32}\.tmp", Path(events[0][1]).name), events
+    assert events[1][1] == str(out) and events[2][1] == str(tmp_path), events

@@ -69,12 +69,35 @@ def atomic_write(path: Path, write: Any, replace: bool = True) -> None:
         # Writers (safetensors among them) may create private 0600 files; give the file the
         # mode any file the user saves gets.
         os.chmod(tmp, 0o666 & ~_umask())
+        _sync(tmp)  # the data on the disk before the name: else a power loss can leave the name on nothing
         if replace:
             os.replace(tmp, path)
         else:
             _publish_new(tmp, path)
+        _sync(path.parent, folder=True)  # and the rename itself
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _sync(path: Path, folder: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk. Without it a power loss soon after
+    an atomic save can leave the new name on an empty or partial file (the rename reached the disk
+    before the data, as on XFS or btrfs), though the old file was intact. A file whose flush fails
+    (a full disk or an I/O error that only the flush reports, as on network shares) is not
+    published; a folder that cannot be flushed (some systems cannot) is let be."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not folder and exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _publish_new(tmp: Path, path: Path) -> None:
