@@ -154,3 +154,23 @@ def test_the_writer_never_writes_into_a_store_or_under_a_file(make_napari_viewer
     with pytest.raises(WriterRefused, match="is a file, not a folder"):
         layer.save(str(tmp_path / "cells.tif" / "x.ome.zarr"), plugin=PLUGIN)
     assert (tmp_path / "cells.tif").read_bytes() == b"user data"
+
+
+@pytest.mark.slow  # a napari viewer
+def test_a_damaged_strip_of_a_compressed_tiff_names_the_file(make_napari_viewer, tmp_path: Path) -> None:
+    # a compressed TIFF with one damaged strip failed, when napari read that plane, with a bare
+    # "DeflateError: libdeflate_zlib_decompress returned LIBDEFLATE_BAD_DATA": no file, no remedy
+    path = tmp_path / "damaged.tif"
+    write_tif(path, volume((8, 64, 64)), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[3].dataoffsets[0], tif.pages[3].databytecounts[0]
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + count] = bytes(count)
+    path.write_bytes(bytes(raw))
+    vol = open_volume(path)  # the header is whole
+    np.asarray(vol.data[2])
+    with pytest.raises(NiivInputError, match=r"damaged\.tif: part of its data cannot be read .*copy or export it"):
+        np.asarray(vol.data[3])
+    viewer = make_napari_viewer()
+    with pytest.raises(NiivInputError, match=r"damaged\.tif: part of its data cannot be read"):
+        viewer.open(str(path), plugin=PLUGIN)  # the contrast limits read a sample of every plane

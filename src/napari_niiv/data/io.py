@@ -357,7 +357,9 @@ def _open_tiff(path: Path) -> Volume:
         # compressed or tiled: read through tifffile's zarr store of the first series' full resolution
         # (a pyramidal OME-TIFF's store is otherwise a group of its levels)
         arr = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
-    data = da.from_array(arr, chunks=_chunks_for(shape))
+        # a damaged strip or tile fails when it is shown, with a bare codec error: name the file
+        arr = _DamagedChunks(arr, path, "a part of the file is damaged: copy or export it again")
+    data = da.from_array(arr, chunks=_chunks_for(shape), name=False, asarray=False)
     return Volume(data, voxel or (1.0, 1.0, 1.0), volume_name(path), unit if voxel else None)
 
 
@@ -514,17 +516,17 @@ def _ome_xml_sizes(xml: str) -> tuple[list[float] | None, list[str | None]]:
 
 class _DamagedChunks:
     """A zarr array whose read errors (a chunk cut short or corrupted: a bare codec error such as
-    'Zstd decompression error') name the store and say what to do, in one line."""
+    'Zstd decompression error') name the store and say what to do (``remedy``), in one line."""
 
-    def __init__(self, array: Any, where: Any) -> None:
-        self.array, self.where = array, where
+    def __init__(self, array: Any, where: Any, remedy: str | None = None) -> None:
+        self.array, self.where, self.remedy = array, where, remedy
         self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
 
     def __getitem__(self, index: Any) -> np.ndarray:
         try:
             return np.asarray(self.array[index])
         except Exception as exc:
-            remedy = (
+            remedy = self.remedy or (
                 "check the connection and try again; if it persists, the store is damaged"
                 if is_url(str(self.where))
                 else "a chunk file is damaged or cut short: copy or export the store again"
