@@ -105,3 +105,58 @@ def test_the_save_dialog_proposes_a_writable_place_and_a_free_name(make_napari_v
     assert default_save_path(layer) == second
     layer.name = "a/b"  # napari takes any name: not a folder to write into
     assert default_save_path(layer) == tmp_path / "a_b-isotropic.ome.zarr"
+
+
+@pytest.mark.slow  # a napari viewer and a save
+def test_closing_the_dock_during_a_save_does_not_freeze_the_window_and_says_so(
+    qtbot, make_napari_viewer, tmp_path, monkeypatch, tiny_user_weights
+) -> None:
+    """napari's close button on the dock cancelled the save and then waited on the GUI thread for the
+    chunk being written, up to 10 s: with niiv-em on the EPFL sample the window froze the full 10 s,
+    and the save was still running after it. Nothing said the save had stopped unless the dock was
+    opened again. Here the save's thread is held before its first chunk, so a wait could only end by
+    its timeout: the close must not wait at all, and napari's notifications say what happened."""
+    import threading
+
+    from napari.utils.notifications import notification_manager
+    from qtpy import sip
+
+    from napari_niiv._napari import save_job
+    from napari_niiv.inference.store import WriteCancelled
+
+    release = threading.Event()
+    fit = save_job.fit_normalisation
+    monkeypatch.setattr(save_job, "fit_normalisation", lambda data: release.wait() and fit(data))
+    waits: list[float | None] = []  # the GUI thread's waits for a save
+    join = save_job.SaveJob.join
+
+    def noted_join(job: save_job.SaveJob, timeout: float | None = None) -> bool:
+        if threading.current_thread() is threading.main_thread():
+            waits.append(timeout)
+        return join(job, timeout)
+
+    monkeypatch.setattr(save_job.SaveJob, "join", noted_join)
+    viewer = make_napari_viewer()
+    cremi = tifffile.imread(data_path("anisotropic_em", "cremi_a.tif"))[:12, :48, :48]
+    viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    widget.weights_choice.reset_choices()
+    widget.weights_choice.value = "user/tiny"
+    saver = widget.save_to(tmp_path / "out.ome.zarr")
+    assert saver is not None, widget.status_label.value
+    told = len(notification_manager.records)
+    try:
+        widget.parent().title.close_button.click()  # what the user clicks
+        qtbot.waitUntil(lambda: sip.isdeleted(widget), timeout=10_000)
+        assert not any(waits), f"closing the dock waited on the GUI thread for the save: join{waits}"
+        assert saver.job.running and saver.job.cancel_requested
+        said = [n.message for n in notification_manager.records[told:]]
+        assert any(
+            m.startswith(f"niiv: closing the dock stopped the save of 'cremi' to {tmp_path / 'out.ome.zarr'}")
+            and m.endswith("Save isotropic volume... to the same path continues it")
+            for m in said
+        ), said
+    finally:
+        release.set()
+    assert saver.job.join(60)
+    assert isinstance(saver.job.result, WriteCancelled)

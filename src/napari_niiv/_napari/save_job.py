@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari.utils.notifications import show_warning
 
 from ..data.normalise import fit_normalisation
 from ..errors import NiivInputError
@@ -205,6 +206,7 @@ class BackgroundSave:
         self.job, self.name, self.on_status, self.on_done = job, name, on_status, on_done
         self.yields = 0
         self._bar_started = False
+        self._shut_down = False
         self.bar = activity_bar(
             total=PERMILLE,
             desc=f"niiv: saving '{name}'",
@@ -239,12 +241,24 @@ class BackgroundSave:
             self.on_status(f"cancelling the save of '{self.name}' after the chunk being written...")
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """The dock is closing: cancel (the partial store stays resumable), wait up to ``timeout``
-        for the chunk being written, and drop the callbacks into widgets being deleted."""
+        """The dock is closing: cancel (the partial store stays resumable), say so in napari's
+        notifications (the dock's status line is going), wait up to ``timeout`` for the chunk being
+        written (0: not at all; the job stops at its next chance on its own thread), and drop the
+        callbacks into widgets being deleted. Once: the widget's deletion asks again after its dock
+        closed, and must not then wait."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.on_status = lambda text: None
         self.on_done = lambda save: None
+        if self.running and self.job.running and not self.job.cancel_requested:
+            show_warning(
+                f"niiv: closing the dock stopped the save of '{self.name}' to {self.job.out}; {self.job.partial} "
+                "keeps what was written: Save isotropic volume... to the same path continues it"
+            )
         self.job.cancel()
-        self.job.join(timeout)
+        if timeout > 0:
+            self.job.join(timeout)
         if self.bar is not None:
             self.bar.close()
             self.bar = None

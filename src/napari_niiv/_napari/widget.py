@@ -302,7 +302,7 @@ class NiivWidget(QScrollArea):
             elif getattr(self, "_docked", False):  # (events can come before __init__ sets it)
                 self._docked = False
                 dock_memory.remember(self)  # for the next dock opened in this viewer
-                self.close_live()
+                self.close_live(wait_for_save=False)
                 self._disconnect_viewer()
                 self.deleteLater()
         return super().event(e)
@@ -985,10 +985,12 @@ class NiivWidget(QScrollArea):
             work.append(Activity(f"live view of '{self.live_view.layer.name}': computing niiv for what is on screen"))
         return work
 
-    def close_live(self) -> None:
+    def close_live(self, wait_for_save: bool = True) -> None:
         """Stop background work (the viewer is closing or the widget is removed); a save is
-        cancelled after its current chunk and stays resumable."""
+        cancelled after its current chunk and stays resumable. ``wait_for_save=False`` (the dock
+        closed, the window stays): the window does not wait for that chunk (with niiv-em, a block
+        of the default chunks took over the 10 s it waited, all that time frozen)."""
         self._stop_live(wait=True)
         self.training.shutdown()
         if self.saver is not None:
-            self.saver.shutdown()
+            self.saver.shutdown(timeout=10.0 if wait_for_save else 0.0)
