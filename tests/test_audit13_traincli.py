@@ -127,3 +127,21 @@ def test_a_save_reaches_the_disk_before_its_name_does(tmp_path, monkeypatch) -> 
     assert [e[0] for e in events] == ["fsync", "rename", "fsync"], events
     assert re.fullmatch(r"\.w\.ckpt\.safetensors\.[0-9a-f]{32}\.tmp", Path(events[0][1]).name), events
     assert events[1][1] == str(out) and events[2][1] == str(tmp_path), events
+
+
+def test_a_run_killed_while_writing_its_weights_is_said_to_be_complete(tmp_path, capsys, volume) -> None:
+    """A complete run's checkpoint whose weights were never written (a kill during that save) or moved
+    away was called 'an unfinished run' (pass --resume to continue it) with no word that only the weights
+    were missing, and its --resume said OUT 'already holds' the weights it had
+    just written."""
+    out = tmp_path / "w.safetensors"
+    assert _cli(capsys, volume, "--out", out, *CLI)[0] == 0
+    weights = out.read_bytes()
+    out.unlink()
+    code, err = _cli(capsys, volume, "--out", out, *CLI)
+    assert code == 2 and f"its steps are all done, 2 of 2, but its weights {out} are missing" in err, err
+    assert not out.exists()
+    code, err = _cli(capsys, volume, "--out", out, *CLI, "--resume")
+    assert code == 0 and f"nothing left to train: wrote the missing weights {out} from the checkpoint's step 2" in err
+    assert "already holds" not in err and load_weights(out).card["steps"] == 2
+    assert len(out.read_bytes()) == len(weights)

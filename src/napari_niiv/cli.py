@@ -1193,6 +1193,7 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
             file=sys.stderr,
         )
     card = {"region": args.region} if region is not None else None
+    had_weights = out.exists()
     try:
         result = train(
             vols, settings, out, init=init, resume=args.resume, held_out=held, card=card, overwrite=args.overwrite
@@ -1225,9 +1226,13 @@ def _train_locked(args: argparse.Namespace, out: Path) -> int:
                 f"to train further, fine-tune these weights in a new run (--init {result.weights} "
                 "--out ANOTHER.safetensors)"
             )
+        held = (
+            f"{result.weights} already holds step {result.steps_done}"
+            if had_weights  # else killed while writing them, or moved away: written now from the checkpoint
+            else f"wrote the missing weights {result.weights} from the checkpoint's step {result.steps_done}"
+        )
         print(
-            f"niiv train: nothing left to train: {result.weights} already holds step {result.steps_done} "
-            f"(of {settings.steps}) and trained no further; {further}",
+            f"niiv train: nothing left to train: {held} (of {settings.steps}) and trained no further; {further}",
             file=sys.stderr,
         )
         return 0

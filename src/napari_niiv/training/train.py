@@ -48,6 +48,7 @@ from ..inference.weights import (
     Weights,
     learned_degradations,
     load_weights,
+    read_metadata,
     recorded_name,
     remove_stray_temporaries,
     resolve_weights,
@@ -381,9 +382,27 @@ def check_new_run(
         raise NiivInputError(f"{out} already exists; choose another {name}, {resuming}, or pass {overwriting}")
     ckpt = checkpoint_path(out)
     if ckpt.exists():
-        raise NiivInputError(
-            f"{ckpt} holds an unfinished run: pass {resuming} to continue it, or {overwriting} to start anew"
+        steps = _complete_run(ckpt)
+        done = (  # killed while writing its weights (or they were moved away): nothing is left to train
+            f" (its steps are all done, {steps} of {steps}, but its weights {out} are missing: killed while writing "
+            f"them, or moved away; {resuming} writes them from it)"
+            if steps is not None
+            else ""
         )
+        raise NiivInputError(
+            f"{ckpt} holds an unfinished run: pass {resuming} to continue it, or {overwriting} to start anew{done}"
+        )
+
+
+def _complete_run(ckpt: Path) -> int | None:
+    """The steps of the run a checkpoint holds when it holds all of them, else None (unfinished,
+    unreadable, or of a version that did not record its steps)."""
+    try:
+        state = json.loads(read_metadata(ckpt).get("train_state", "null"))
+        step, steps = state["step"], state["run"]["settings"]["steps"]
+    except (NiivInputError, ValueError, TypeError, KeyError):
+        return None
+    return steps if isinstance(step, int) and isinstance(steps, int) and 0 < steps <= step else None
 
 
 def _check_room(out: Path, model: NiivModel) -> None:
