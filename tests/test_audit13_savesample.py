@@ -160,3 +160,35 @@ def test_closing_the_dock_during_a_save_does_not_freeze_the_window_and_says_so(
         release.set()
     assert saver.job.join(60)
     assert isinstance(saver.job.result, WriteCancelled)
+
+
+@pytest.mark.slow  # a napari viewer
+def test_save_says_what_is_wrong_before_asking_where(qtbot, make_napari_viewer, tmp_path, monkeypatch) -> None:
+    """Save isotropic volume... opened the file dialog with no volume in the viewer (or an alpha
+    niiv cannot take), and said so only after the user had picked a folder and typed a name; a
+    'folder' that is a file was said not to exist."""
+    from napari_niiv._napari import widget as dock
+
+    asked: list[str] = []
+
+    def dialog(*args, **kwargs) -> tuple[str, str]:  # the modal dialog, answered at once
+        asked.append(args[2])
+        return str(tmp_path / "afile" / "out"), ""
+
+    monkeypatch.setattr(dock.QFileDialog, "getSaveFileName", staticmethod(dialog))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    widget.save_button.native.click()
+    assert asked == [] and widget.status_label.value.startswith("volume:"), widget.status_label.value
+
+    viewer.add_image(np.zeros((4, 64, 64), np.uint8), name="flat")  # no voxel sizes: alpha to confirm
+    widget.save_button.native.click()
+    assert asked == [] and widget.status_label.value.startswith("alpha"), widget.status_label.value
+
+    widget.alpha_spin.value = 4.0
+    (tmp_path / "afile").write_text("not a folder")
+    widget.save_button.native.click()
+    assert asked == [str(Path.home() / "flat-isotropic.ome.zarr")]
+    assert widget.status_label.value == (
+        f"Save isotropic volume...: the folder {tmp_path / 'afile'} is a file, not a folder; pick another"
+    )

@@ -905,11 +905,17 @@ class NiivWidget(QScrollArea):
     # -- saving --------------------------------------------------------------------------------
     @gui_handler
     def save_isotropic(self, value: Any = None) -> BackgroundSave | None:
-        """The button: ask where, then :meth:`save_to`."""
-        layer = self.volume_choice.value
-        default = default_save_path(layer) if layer is not None else Path.home() / "isotropic.ome.zarr"
+        """The button: ask where, then :meth:`save_to`. No volume, or a setting it cannot run with, is
+        said before the dialog: not after the user has picked a folder and typed a name."""
+        try:
+            layer = self.volume()
+            self.runnable_settings()
+            self.weights_path()
+        except NiivInputError as exc:
+            self.set_status(str(exc))
+            return None
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save isotropic volume as OME-Zarr", str(default), "OME-Zarr (*.ome.zarr *.zarr)"
+            self, "Save isotropic volume as OME-Zarr", str(default_save_path(layer)), "OME-Zarr (*.ome.zarr *.zarr)"
         )
         return self.save_to(path) if path else None
 
@@ -931,7 +937,8 @@ class NiivWidget(QScrollArea):
             if source:
                 named("Save isotropic volume...", lambda: check_outside_input(out, source))
             if not out.parent.is_dir():
-                raise NiivInputError(f"Save isotropic volume...: the folder {out.parent} does not exist; pick another")
+                what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+                raise NiivInputError(f"Save isotropic volume...: the folder {out.parent} {what}; pick another")
             if out.exists() or out.is_symlink():  # a link to nothing is there too
                 raise NiivInputError(
                     f"Save isotropic volume...: {out} already exists; niiv never replaces a store: choose another name"
