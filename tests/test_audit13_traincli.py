@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from napari_niiv.cli import main
@@ -145,3 +149,81 @@ def test_a_run_killed_while_writing_its_weights_is_said_to_be_complete(tmp_path,
     assert code == 0 and f"nothing left to train: wrote the missing weights {out} from the checkpoint's step 2" in err
     assert "already holds" not in err and load_weights(out).card["steps"] == 2
     assert len(out.read_bytes()) == len(weights)
+
+
+def _in_tmpfs(folder: Path, size: str, script: str) -> subprocess.CompletedProcess | None:
+    """Run a Python ``script`` with a fresh tmpfs of ``size`` on ``folder`` (its own user and mount
+    namespace, as tests/test_train_faults.py does), or None where this machine allows none."""
+    prefix = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size={size} none "$0" && exec "$@"', str(folder)]
+    if shutil.which("unshare") is None or subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        return None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_is_an_oserror_not_a_traceback(tmp_path) -> None:
+    """A checkpoint save that filled the disk raised safetensors' own SafetensorError, which the training
+    loop (catching OSError: 'could not write ..., the last checkpoint ... is intact; free space, then
+    resume') let through: `niiv train` ended in a traceback."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+import errno
+from pathlib import Path
+from napari_niiv.inference.weights import save_weights
+from napari_niiv.model import NiivConfig, NiivModel
+try:
+    save_weights(Path({str(disk)!r}) / "w.safetensors", NiivModel(NiivConfig.named("v1")), 4.0, None)
+except OSError as exc:
+    print("OSError", exc.errno == errno.ENOSPC, sorted(p.name for p in Path({str(disk)!r}).iterdir()))
+"""
+    res = _in_tmpfs(disk, "1m", script)
+    if res is None:
+        pytest.skip("no small tmpfs can be mounted here (unshare -rm)")
+    assert res.stdout.strip() == "OSError True []", res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_a_resume_on_the_disk_its_run_fitted_on_is_not_refused_for_room(tmp_path, medulla) -> None:
+    """The room check counted the checkpoint and weights a resume replaces as taken: a run that fitted
+    (50 MB disk, 43 MB needed) could not be resumed there ('34 MB free; training needs about 43 MB')."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    volume = tmp_path / "v.npy"
+    np.save(volume, medulla[:, :32, :32])
+    script = f"""
+import numpy as np
+from pathlib import Path
+from napari_niiv.training.train import TrainSettings, train
+s = TrainSettings(alpha=4.0, architecture="v1", steps=2, batch=2, crop=16, points=64, warmup=1, device="cpu")
+out, vol = Path({str(disk)!r}) / "w.safetensors", np.load({str(volume)!r})
+print(train([vol], s, out, progress=False).steps_done, end=" ")
+print(train([vol], s, out, progress=False, resume=True).steps_done)
+"""
+    res = _in_tmpfs(disk, "50m", script)
+    if res is None:
+        pytest.skip("no small tmpfs can be mounted here (unshare -rm)")
+    assert res.stdout.strip() == "2 2", res.stdout + res.stderr[-2000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads which files the process maps (Linux)")
+def test_a_resumed_optimiser_does_not_keep_the_replaced_checkpoint_on_the_disk(tmp_path, medulla) -> None:
+    """The optimiser state a resume restored was the checkpoint file's own mapped tensors: the first
+    checkpoint save replaced the file, but the old one's room on the disk stayed taken until the run
+    ended (a resume on a disk its run had fitted on then ran out of space at a save)."""
+    import torch
+
+    from napari_niiv.inference.weights import restore_optimizer
+    from napari_niiv.training.train import TrainSettings, train
+
+    out = tmp_path / "w.safetensors"
+    settings = TrainSettings(alpha=4.0, architecture="fast", steps=1, batch=2, crop=16, points=64, warmup=1)
+    train([medulla[:, :32, :32]], settings, out, progress=False)
+    ckpt = checkpoint_path(out)
+    state = load_weights(ckpt, with_optimizer=True)
+    optimizer = torch.optim.Adam(state.model.parameters())
+    restore_optimizer(optimizer, state)
+    del state
+    assert str(ckpt) not in Path("/proc/self/maps").read_text()
+    assert optimizer.state_dict()["state"]  # restored

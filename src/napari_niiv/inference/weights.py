@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..data.degrade import THICK, Degradation
@@ -175,8 +175,23 @@ def save_weights(
         meta["optimizer_groups"] = json.dumps(opt_state["param_groups"])
     if train_state is not None:
         meta["train_state"] = json.dumps(train_state)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: write_safetensors(tensors, tmp, meta))
     return path
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``safetensors.torch.save_file``, whose I/O errors (a full disk among them) are not OSErrors
+    but its own ``SafetensorError``: raised as the OSError they are, so callers say what happened
+    (a full disk during a checkpoint was a traceback)."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        text = str(exc)
+        if "I/O error" not in text:
+            raise
+        found = re.search(r"os error (\d+)", text)
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from exc
 
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")  # upstream niiv and other tools save these
@@ -391,7 +406,9 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", with_opti
         with safe_open(str(path), framework="pt", device="cpu") as f:
             keys = list(f.keys())
             state = {k[len("model.") :]: f.get_tensor(k) for k in keys if k.startswith("model.")}
-            opt = {k: f.get_tensor(k) for k in keys if k.startswith("optim.")} if with_optimizer else None
+            # copies: the file's own (mapped) tensors, kept by the optimiser for a whole resumed run, kept the
+            # checkpoint each save replaced on the disk, a checkpoint's worth of room more than the run needs
+            opt = {k: f.get_tensor(k).clone() for k in keys if k.startswith("optim.")} if with_optimizer else None
     except Exception as exc:
         raise NiivInputError(f"{path}: its tensors cannot be read ({exc}); the file is damaged") from exc
     expected = model.state_dict()

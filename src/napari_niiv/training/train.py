@@ -407,9 +407,16 @@ def _complete_run(ckpt: Path) -> int | None:
 
 def _check_room(out: Path, model: NiivModel) -> None:
     """The checkpoint (weights and Adam's two moments), its temporary copy while it is replaced,
-    and the weights must fit on the output's disk."""
+    and the weights must fit on the output's disk. A checkpoint and weights already there (a
+    resume, an --overwrite) are replaced by these, so their room counts as free: a resume was
+    refused on a disk its run had fitted on. Each counts up to the size of what replaces it."""
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    check_room(out, 7 * size + 2**20, "training")
+    mine = 0
+    for path, most in ((checkpoint_path(out), 3 * size), (out, size)):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                mine += min(path.stat().st_size, most)
+    check_room(out, 7 * size + 2**20 - mine, "training")
 
 
 # Settings that change what a run learns: a resumed run must share them with its checkpoint.
