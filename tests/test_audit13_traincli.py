@@ -37,6 +37,7 @@ def volume(tmp_path, medulla):
     return path
 
 
+@pytest.mark.slow  # four runs
 def test_a_resume_of_a_complete_run_gives_advice_that_works(tmp_path, capsys, volume) -> None:
     """It said 'give a larger --steps with --resume', and that command is refused (steps set the
     learning-rate schedule): it now says to fine-tune the weights in a new run, which works."""
