@@ -394,9 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the checkpoint beside --out; refused (exit 2) when there is none, or when this command's "
-        "alpha, architecture, steps, batch, crop, learning rate, seed or data differ from the checkpoint's",
+        "alpha, architecture, steps, batch, crop, learning rate, seed, data or --init file differ from the "
+        "checkpoint's. A complete run gains no steps this way: fine-tune it (--init OUT) into another --out",
     )
-    tr.add_argument("--overwrite", action="store_true", help="replace --out (and its checkpoint) if they exist")
+    tr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run, replacing --out (and its checkpoint) if they exist; not with --resume",
+    )
     _add_common(tr)
 
     ev = sub.add_parser(
