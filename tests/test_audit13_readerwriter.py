@@ -11,6 +11,7 @@ import tifffile
 import zarr
 
 from napari_niiv._napari.reader import get_reader
+from napari_niiv._napari.writer import WriterRefused
 from napari_niiv.data.io import open_volume
 from napari_niiv.errors import NiivInputError
 
@@ -139,7 +140,6 @@ def test_spatial_axes_stored_in_another_order_open_as_z_y_x(make_napari_viewer, 
 def test_the_writer_never_writes_into_a_store_or_under_a_file(make_napari_viewer, tmp_path: Path) -> None:
     # layer.save("data.ome.zarr/copy") wrote a new store inside the user's store (a member of its
     # hierarchy: here the very store the layer reads from); under a file it failed with "[Errno 17]"
-    from napari_niiv._napari.writer import WriterRefused
 
     viewer = make_napari_viewer()
     first = tmp_path / "data.ome.zarr"
@@ -174,3 +174,26 @@ def test_a_damaged_strip_of_a_compressed_tiff_names_the_file(make_napari_viewer,
     viewer = make_napari_viewer()
     with pytest.raises(NiivInputError, match=r"damaged\.tif: part of its data cannot be read"):
         viewer.open(str(path), plugin=PLUGIN)  # the contrast limits read a sample of every plane
+
+
+def niiv_writer():
+    from npe2 import PluginManager
+
+    return next(w for w in PluginManager.instance().iter_compatible_writers(["image"]) if w.plugin_name == PLUGIN)
+
+
+@pytest.mark.slow  # a napari viewer
+def test_the_save_dialogs_name_becomes_an_ome_zarr_store_or_is_refused(make_napari_viewer, tmp_path: Path) -> None:
+    # File > Save Selected Layers with "OME-Zarr (niiv)" chosen passes the typed name as it is (Qt's
+    # dialog adds no suffix): "vol.tif" became an OME-Zarr folder named like a TIFF, "result" a
+    # store no reader's pattern matches
+    viewer = make_napari_viewer()
+    viewer.add_image(volume(), scale=(2.0, 0.5, 0.5))
+    with pytest.raises(WriterRefused, match=r"not \.tif files; name it vol\.ome\.zarr"):
+        viewer.layers.save(str(tmp_path / "vol.tif"), selected=True, _writer=niiv_writer())
+    assert not (tmp_path / "vol.tif").exists()
+    saved = viewer.layers.save(str(tmp_path / "result"), selected=True, _writer=niiv_writer())
+    assert saved == [str(tmp_path / "result.ome.zarr")] and not (tmp_path / "result").exists()
+    assert open_volume(tmp_path / "result.ome.zarr").voxel_size == (2.0, 0.5, 0.5)
+    saved = viewer.layers.save(str(tmp_path / "my.data.v2"), selected=True, _writer=niiv_writer())
+    assert saved == [str(tmp_path / "my.data.v2.ome.zarr")]

@@ -37,6 +37,7 @@ def write_ome_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 
 def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
+    out = _store_path(out)
     path = str(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; napari-niiv never overwrites a store: save under another name")
@@ -75,6 +76,39 @@ def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
 
         write_store(out, layout, ArrayBlocks(data), on_progress=advance)
     return [path]
+
+
+# file formats a name may end in that an OME-Zarr store (a folder) must not be given
+_FILE_SUFFIXES = (
+    ".tif",
+    ".tiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".npy",
+    ".npz",
+    ".h5",
+    ".hdf5",
+    ".nii",
+    ".gz",
+    ".mrc",
+    ".csv",
+)
+
+
+def _store_path(out: Path) -> Path:
+    """The store's path: as given when it ends in .zarr, else with .ome.zarr added (napari adds it
+    for ``layer.save(name, plugin=...)``, but not when its Save dialog has this writer chosen and a
+    name is typed without it). A name ending in another file format's extension is refused: an
+    OME-Zarr folder named ``vol.tif`` would pass for a TIFF."""
+    if out.name.lower().endswith(".zarr"):
+        return out
+    if out.suffix.lower() in _FILE_SUFFIXES:
+        raise NiivInputError(
+            f"cannot save {out}: napari-niiv saves OME-Zarr stores (folders named .ome.zarr), not {out.suffix} "
+            f"files; name it {out.stem}.ome.zarr, or choose napari's own writer for {out.suffix}"
+        )
+    return out.with_name(out.name + ".ome.zarr")
 
 
 def _check_not_inside_data(out: Path) -> None:
