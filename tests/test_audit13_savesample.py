@@ -192,3 +192,25 @@ def test_save_says_what_is_wrong_before_asking_where(qtbot, make_napari_viewer, 
     assert widget.status_label.value == (
         f"Save isotropic volume...: the folder {tmp_path / 'afile'} is a file, not a folder; pick another"
     )
+
+
+@pytest.mark.slow  # a napari viewer and the start of a save
+def test_a_saved_sample_says_which_layer_of_the_sample_it_reconstructs(
+    qtbot, make_napari_viewer, tmp_path, monkeypatch, tiny_user_weights
+) -> None:
+    """A save of the FIB-SEM sample's pooled layer recorded as its input the file medulla_b.tif: the
+    isotropic ground truth, not the volume pooled by 8 that was reconstructed."""
+    monkeypatch.setenv("NIIV_DATA_DIR", str(data_path()))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-niiv", "fibsem_anisotropic")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-niiv", "niiv isotropic view")
+    widget.weights_choice.reset_choices()
+    widget.weights_choice.value = "user/tiny"
+    assert widget.volume_choice.value.name == "medulla_b pooled x8"
+    saver = widget.save_to(tmp_path / "pooled.ome.zarr")
+    assert saver is not None, widget.status_label.value
+    widget.cancel_save()
+    qtbot.waitUntil(lambda: widget.saver is None, timeout=120_000)
+    cube = data_path(*FIBSEM)
+    assert saver.job.input_id == f"'medulla_b pooled x8' of the napari-niiv sample fibsem_anisotropic, from {cube}"
+    assert saver.job.origin == str(cube)  # a resume still checks the file for edits

@@ -951,6 +951,9 @@ class NiivWidget(QScrollArea):
         dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
         origin = source if source and "://" not in source else None
         input_id = source or "a napari layer"
+        sample = getattr(getattr(layer, "source", None), "sample", None)  # napari's Open Sample sets it
+        if sample is not None:  # a sample's layer is made from its file (medulla_b pooled x8), not the file
+            input_id = f"'{layer.name}' of the napari-niiv sample {sample[-1]}, from {input_id}"
         limits = (float(layer.contrast_limits[0]), float(layer.contrast_limits[1]))  # written as the window
         job = SaveJob(out, data, model, settings, geometry, dtype, input_id, self.save_chunks, origin, limits)
         saver = self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
