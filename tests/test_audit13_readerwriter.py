@@ -197,3 +197,27 @@ def test_the_save_dialogs_name_becomes_an_ome_zarr_store_or_is_refused(make_napa
     assert open_volume(tmp_path / "result.ome.zarr").voxel_size == (2.0, 0.5, 0.5)
     saved = viewer.layers.save(str(tmp_path / "my.data.v2"), selected=True, _writer=niiv_writer())
     assert saved == [str(tmp_path / "my.data.v2.ome.zarr")]
+
+
+@pytest.mark.slow  # a napari viewer
+def test_units_are_converted_without_float_noise_and_never_guessed(make_napari_viewer, tmp_path: Path) -> None:
+    # a layer in (mm, um, nm) was published with y 499.99999999999994 nm (1e-6 / 1e-9), and an
+    # OME-TIFF with z in um and x in nm read so; a layer with z in um and y, x in 'pixel' was
+    # published as all micrometer, the size of the axes without a unit made up
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(volume(), scale=(3.0, 0.5, 0.25), translate=(0.7, 0.1, 2.0), units=("mm", "um", "nm"))
+    out = tmp_path / "mixed.ome.zarr"
+    layer.save(str(out), plugin=PLUGIN)
+    [transforms] = [
+        d["coordinateTransformations"] for d in zarr.open_group(str(out)).attrs["ome"]["multiscales"][0]["datasets"][:1]
+    ]
+    assert transforms[0]["scale"] == [3000000.0, 500.0, 0.25] and transforms[1]["translation"] == [700000.0, 100.0, 2.0]
+    meta = {"axes": "ZYX", "PhysicalSizeZ": 0.5, "PhysicalSizeZUnit": "\u00b5m", "PhysicalSizeY": 4, "PhysicalSizeX": 4}
+    write_tif(
+        tmp_path / "mixed.ome.tif", volume(), metadata={**meta, "PhysicalSizeYUnit": "nm", "PhysicalSizeXUnit": "nm"}
+    )
+    assert open_volume(tmp_path / "mixed.ome.tif").voxel_size == (500.0, 4.0, 4.0)
+    unitless_xy = viewer.add_image(volume(), scale=(2.0, 1.0, 1.0), units=("um", "pixel", "pixel"))
+    with pytest.raises(WriterRefused, match="z micrometer, y pixel"):
+        unitless_xy.save(str(tmp_path / "guessed.ome.zarr"), plugin=PLUGIN)
+    assert not (tmp_path / "guessed.ome.zarr").exists()

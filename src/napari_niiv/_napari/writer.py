@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.io import check_voxel_size, common_unit, ngff_unit, volume_name
+from ..data.io import check_voxel_size, common_unit, ngff_unit, tidy, volume_name
 from ..errors import NiivInputError
 from ..inference.store import ArrayBlocks, Layout
 from ..inference.store import write_ome_zarr as write_store
@@ -159,7 +159,14 @@ def layer_placement(meta: dict[str, Any]) -> tuple[tuple[float, float, float], t
     units = [ngff_unit(u, strict=True) for u in (meta.get("units") or (None,) * 3)[-3:]]
     if all(u is None for u in units):
         units = [ngff_unit((meta.get("metadata") or {}).get("unit"), strict=True)] * 3
+    if None in units and any(units):
+        given = ", ".join(f"{a} {u or 'pixel (no unit)'}" for a, u in zip("zyx", units, strict=True))
+        raise NiivInputError(
+            f"this layer's axes have units {given}: a store gives one length unit to all three, and napari-niiv "
+            "does not guess the size of an axis without one; set all three (napari's console: "
+            "`layer.units = ('micrometer',) * 3`, scaling the axes without one to match) or none"
+        )
     voxel_common, unit = common_unit(voxel, units)
     factors = [c / v for c, v in zip(voxel_common, voxel, strict=True)]
-    translation = [t * f for t, f in zip(origin, factors, strict=True)]
+    translation = [tidy(t * f) for t, f in zip(origin, factors, strict=True)]
     return tuple(voxel_common), tuple(translation), unit  # type: ignore[return-value]

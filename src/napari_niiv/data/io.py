@@ -190,10 +190,16 @@ def common_unit(sizes: list[float], units: list[str | None]) -> tuple[list[float
         return sizes, None
     ref = known[-1]
     out = [
-        s * NGFF_LENGTH_UNITS[u] / NGFF_LENGTH_UNITS[ref] if u is not None else s
+        tidy(s * tidy(NGFF_LENGTH_UNITS[u] / NGFF_LENGTH_UNITS[ref])) if u not in (None, ref) else s
         for s, u in zip(sizes, units, strict=True)
     ]
     return out, ref
+
+
+def tidy(value: float) -> float:
+    """A unit conversion's result to 12 significant digits: 0.5 µm is 500 nm, not the
+    499.99999999999994 that 1e-6 / 1e-9 gives, in the metadata a user reads and a store publishes."""
+    return float(f"{value:.12g}") if math.isfinite(value) else value
 
 
 def _checked(voxel: list[float] | tuple[float, ...], translation: list[float] | tuple[float, ...], where: Any):
@@ -612,7 +618,7 @@ def _placed(
     factors = [
         v / s if s else 1.0 for v, s in zip(voxel_list, sizes, strict=True)
     ]  # unit conversion, applied to shifts too
-    translation = [0.0] * pad + [shift[i] * f for i, f in zip(spatial, factors[pad:], strict=True)]
+    translation = [0.0] * pad + [tidy(shift[i] * f) for i, f in zip(spatial, factors[pad:], strict=True)]
     voxel, t = _checked(voxel_list, translation, where)
     data, *pyramid = (_spatial(lv, axes, kept, order) for lv in levels)
     pyramid = tuple(lv for lv in pyramid if lv.ndim == data.ndim)
