@@ -221,3 +221,30 @@ def test_units_are_converted_without_float_noise_and_never_guessed(make_napari_v
     with pytest.raises(WriterRefused, match="z micrometer, y pixel"):
         unitless_xy.save(str(tmp_path / "guessed.ome.zarr"), plugin=PLUGIN)
     assert not (tmp_path / "guessed.ome.zarr").exists()
+
+
+@pytest.mark.slow  # a napari viewer
+def test_a_file_save_never_discards_an_unfinished_save_of_the_same_name(make_napari_viewer, tmp_path: Path) -> None:
+    # an unfinished resumable save (Save isotropic volume... stopped, niiv reconstruct interrupted)
+    # leaves OUT.partial; a File > Save of any layer to OUT removed it without a word
+    import dask.array as da
+
+    from napari_niiv.inference.store import ArrayBlocks, Layout
+    from napari_niiv.inference.store import write_ome_zarr as write_store
+
+    def fail_after_first(block: np.ndarray, block_info=None) -> np.ndarray:
+        if block_info[None]["chunk-location"][0] > 0:
+            raise RuntimeError("stopped")
+        return block
+
+    out = tmp_path / "iso.ome.zarr"
+    source = da.from_array(volume((16, 16, 20)), chunks=(8, 16, 20)).map_blocks(fail_after_first, dtype=np.uint8)
+    with pytest.raises(RuntimeError, match="stopped"):
+        write_store(out, Layout((16, 16, 20), "|u1"), ArrayBlocks(source), resume=True, fingerprint={"run": 1})
+    partial = tmp_path / "iso.ome.zarr.partial"
+    kept = sorted(p.relative_to(partial) for p in partial.rglob("*"))
+    assert kept
+    layer = make_napari_viewer().add_image(volume())
+    with pytest.raises(WriterRefused, match=r"iso\.ome\.zarr\.partial beside it holds an unfinished save"):
+        layer.save(str(out), plugin=PLUGIN)
+    assert sorted(p.relative_to(partial) for p in partial.rglob("*")) == kept and not out.exists()

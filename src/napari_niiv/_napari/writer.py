@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.io import check_voxel_size, common_unit, ngff_unit, tidy, volume_name
 from ..errors import NiivInputError
-from ..inference.store import ArrayBlocks, Layout
+from ..inference.store import ArrayBlocks, Layout, partial_path
 from ..inference.store import write_ome_zarr as write_store
 from .layer_view import axis_aligned_placement
 
@@ -42,6 +42,13 @@ def _write(out: Path, data: Any, meta: dict[str, Any]) -> list[str]:
     if out.exists():
         raise FileExistsError(f"{out} already exists; napari-niiv never overwrites a store: save under another name")
     _check_not_inside_data(out)
+    partial = partial_path(out)
+    if partial.exists():  # the store's writer would remove it (a run that is not resumed starts afresh)
+        raise NiivInputError(
+            f"cannot save {out}: {partial.name} beside it holds an unfinished save of that name, which saving "
+            "again with the same settings (Save isotropic volume... or niiv reconstruct) continues and this save "
+            "would discard; save under another name, or finish or remove it first"
+        )
     if meta.get("multiscale") or isinstance(data, (list, tuple)):  # napari passes its MultiScaleData
         if hasattr(data[0], "write_ome_zarr"):
             limits = meta.get("contrast_limits")
