@@ -248,3 +248,16 @@ def test_a_file_save_never_discards_an_unfinished_save_of_the_same_name(make_nap
     with pytest.raises(WriterRefused, match=r"iso\.ome\.zarr\.partial beside it holds an unfinished save"):
         layer.save(str(out), plugin=PLUGIN)
     assert sorted(p.relative_to(partial) for p in partial.rglob("*")) == kept and not out.exists()
+
+
+def test_an_imagej_image_shown_as_channels_is_not_a_z_stack(tmp_path: Path) -> None:
+    # an ImageJ 2D image with 3 channels in composite (or color) mode, as Fiji saves a multichannel
+    # image, was taken for a z-stack of 3 sections; in grayscale mode (tifffile's default for any 3D
+    # array written without axes) it stays one
+    data = volume((3, 16, 20))
+    write_tif(tmp_path / "composite.tif", data, imagej=True, metadata={"mode": "composite"})
+    write_tif(tmp_path / "grey.tif", data, imagej=True, metadata={"mode": "grayscale"})
+    assert get_reader(str(tmp_path / "composite.tif")) is None
+    with pytest.raises(NiivInputError, match="holds 3 channels"):
+        open_volume(tmp_path / "composite.tif")
+    assert open_volume(tmp_path / "grey.tif").shape == (3, 16, 20)

@@ -351,7 +351,7 @@ def _open_tiff(path: Path) -> Volume:
                 f"{path}: an RGB TIFF (axes {series.axes}, shape {shape}); niiv reconstructs single-channel "
                 "intensity volumes: convert to greyscale or save one channel"
             )
-        _check_tiff_axes(series.axes, shape, path, bool(tif.is_imagej))
+        _check_tiff_axes(series.axes, shape, path, tif.imagej_metadata if tif.is_imagej else None)
         voxel, unit = tiff_voxel_size(tif, path)
         if min(shape, default=0) > 0:  # an empty one is reported as empty by check_volume
             _check_complete(tif, path, int(np.prod(shape[:-2])) if len(shape) > 2 else 1)
@@ -374,15 +374,16 @@ def _open_tiff(path: Path) -> Volume:
 _TIFF_AXIS_NAMES = {"C": "channels", "T": "time points", "E": "wavelengths", "A": "angles", "P": "phases"}
 
 
-def _check_tiff_axes(axes: str, shape: tuple[int, ...], path: Path, imagej: bool) -> None:
+def _check_tiff_axes(axes: str, shape: tuple[int, ...], path: Path, imagej: dict[str, Any] | None) -> None:
     """Refuse a TIFF whose planes are not z planes: a 2D time-lapse (TYX), or a 2D multichannel
     OME-TIFF (CYX), has three axes too, and would otherwise be reconstructed "between" its frames
-    or channels as if they were sections. An ImageJ stack whose only stacking axis is C stays a
-    z-stack: tifffile writes every 3D array it is given without axes so (``imwrite(..., imagej=True)``
-    of a ZYX volume says "channels"), and such files are z-stacks far more often than 2D images
-    with many channels."""
+    or channels as if they were sections. An ImageJ stack (``imagej``: its metadata) whose only
+    stacking axis is C stays a z-stack unless ImageJ shows it as channels (mode composite or
+    color): tifffile writes every 3D array it is given without axes so (``imwrite(..., imagej=True)``
+    of a ZYX volume says "channels", mode grayscale)."""
     several = {a: n for a, n in zip(axes, shape, strict=False) if a not in "ZYXQIS" and n > 1}
-    if imagej and set(several) == {"C"} and "Z" not in axes:
+    shown_as_channels = imagej is not None and str(imagej.get("mode", "")).lower() in ("composite", "color")
+    if imagej is not None and set(several) == {"C"} and "Z" not in axes and not shown_as_channels:
         return
     if not several:
         return
