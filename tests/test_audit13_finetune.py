@@ -154,3 +154,31 @@ def test_the_loss_plot_draws_a_long_run_in_a_few_points_per_pixel(qtbot):
         plot.steps.append(step)
         plot.losses.append(loss)
     assert not plot.grab().isNull()
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_the_card_is_amended_is_an_oserror_and_keeps_the_weights(tmp_path) -> None:
+    """After a run the panel's job rewrites the weights with the run's card (amend_card) through
+    safetensors' save_file, whose full-disk error is its own SafetensorError: the run ended in
+    'error: Error while serializing: I/O error ...'. It is now the OSError it is (ENOSPC), and the
+    weights written by the run stay whole."""
+    from .test_audit13_traincli import _in_tmpfs
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+import errno
+from pathlib import Path
+from napari_niiv.inference.weights import load_weights, save_weights
+from napari_niiv.model import NiivConfig, NiivModel
+from napari_niiv.training.finetune import amend_card
+w = save_weights(Path({str(disk)!r}) / "w.safetensors", NiivModel(NiivConfig.named("v1")), 4.0, None)
+try:
+    amend_card(w, {{"ended": "complete"}})
+except OSError as exc:
+    print("OSError", exc.errno == errno.ENOSPC, sorted(p.name for p in w.parent.iterdir()), load_weights(w).alpha_range)
+"""
+    res = _in_tmpfs(disk, "9m", script)  # one copy of the 6 MB weights fits, the rewrite's second does not
+    if res is None:
+        pytest.skip("no small tmpfs can be mounted here (unshare -rm)")
+    assert res.stdout.strip() == "OSError True ['w.safetensors'] (4.0, 4.0)", res.stdout + res.stderr

@@ -28,13 +28,19 @@ import dask.array as da
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..data.degrade import Degradation, check_alpha, parse_degradations
 from ..data.io import Volume
 from ..errors import NiivInputError
 from ..inference.devices import lower_thread_priority, pick_device
-from ..inference.weights import atomic_write, load_weights, read_metadata, recorded_name, resolve_weights
+from ..inference.weights import (
+    atomic_write,
+    load_weights,
+    read_metadata,
+    recorded_name,
+    resolve_weights,
+    write_safetensors,
+)
 from ..model import NiivModel
 from ..model.config import NiivConfig
 from .regions import Region, TrainingSplit, clip_region, split_training
@@ -456,7 +462,7 @@ def amend_card(path: Path, extra: dict[str, Any]) -> None:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     meta["card"] = json.dumps({**json.loads(meta.get("card", "{}")), **extra})
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: write_safetensors(tensors, Path(tmp), meta))
 
 
 class _Forward(TrainCallback):
