@@ -261,3 +261,24 @@ def test_an_imagej_image_shown_as_channels_is_not_a_z_stack(tmp_path: Path) -> N
     with pytest.raises(NiivInputError, match="holds 3 channels"):
         open_volume(tmp_path / "composite.tif")
     assert open_volume(tmp_path / "grey.tif").shape == (3, 16, 20)
+
+
+@pytest.mark.slow  # a napari viewer
+def test_a_zipped_ome_zarr_opens_with_its_placement(make_napari_viewer, tmp_path: Path) -> None:
+    # a store zipped to be sent as one file (zarr's ZipStore layout: the store's contents at the top
+    # of the zip) was claimed by its .zarr name and failed as "could not read it ... may be damaged"
+    import shutil
+
+    viewer = make_napari_viewer()
+    data = volume()
+    layer = viewer.add_image(data, scale=(2.0, 0.5, 0.5), translate=(1.0, 0.0, 3.0), units=("um",) * 3)
+    layer.save(str(tmp_path / "store.ome.zarr"), plugin=PLUGIN)
+    archive = shutil.make_archive(str(tmp_path / "zipped"), "zip", root_dir=tmp_path / "store.ome.zarr")
+    zipped = Path(archive).rename(tmp_path / "zipped.ome.zarr")
+    [opened] = viewer.open(str(zipped), plugin=PLUGIN)
+    np.testing.assert_array_equal(np.asarray(opened.data), data)
+    assert tuple(opened.scale) == (2.0, 0.5, 0.5) and tuple(opened.translate) == (1.0, 0.0, 3.0)
+    assert str(opened.units[0]) == "micrometer" and opened.name == "zipped"
+    (tmp_path / "notes.zarr").write_text("not a store")
+    with pytest.raises(NiivInputError, match=r"notes\.zarr: a file, not a zarr store"):
+        viewer.open(str(tmp_path / "notes.zarr"), plugin=PLUGIN)

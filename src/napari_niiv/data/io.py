@@ -286,6 +286,15 @@ def _open_any(p: Path) -> Volume:
                     f"{p}: a folder, but not a zarr or OME-Zarr store (no zarr.json, .zgroup or .zarray in it): "
                     "give the store's own folder, or a file"
                 )
+            if p.is_file():  # a zipped store (zarr's ZipStore; the store's root at the top of the zip)
+                import zipfile
+
+                if not zipfile.is_zipfile(p):
+                    raise SourceError(
+                        f"{p}: a file, not a zarr store (a store is a folder, or a zip of its contents); check the "
+                        "path, or export it again"
+                    )
+                return _open_zarr(zarr.open(zarr.storage.ZipStore(p, mode="r"), mode="r"), p, volume_name(p))
             return _open_zarr(zarr.open(str(p), mode="r"), p, volume_name(p))
     except NiivInputError:
         raise
