@@ -223,10 +223,9 @@ def test_units_are_converted_without_float_noise_and_never_guessed(make_napari_v
     assert not (tmp_path / "guessed.ome.zarr").exists()
 
 
-@pytest.mark.slow  # a napari viewer
-def test_a_file_save_never_discards_an_unfinished_save_of_the_same_name(make_napari_viewer, tmp_path: Path) -> None:
-    # an unfinished resumable save (Save isotropic volume... stopped, niiv reconstruct interrupted)
-    # leaves OUT.partial; a File > Save of any layer to OUT removed it without a word
+def unfinished_save(out: Path) -> Path:
+    """OUT.partial of a resumable save stopped after its first chunk (as Save isotropic volume...
+    cancelled, or niiv reconstruct interrupted, leave it)."""
     import dask.array as da
 
     from napari_niiv.inference.store import ArrayBlocks, Layout
@@ -237,11 +236,18 @@ def test_a_file_save_never_discards_an_unfinished_save_of_the_same_name(make_nap
             raise RuntimeError("stopped")
         return block
 
-    out = tmp_path / "iso.ome.zarr"
     source = da.from_array(volume((16, 16, 20)), chunks=(8, 16, 20)).map_blocks(fail_after_first, dtype=np.uint8)
     with pytest.raises(RuntimeError, match="stopped"):
         write_store(out, Layout((16, 16, 20), "|u1"), ArrayBlocks(source), resume=True, fingerprint={"run": 1})
-    partial = tmp_path / "iso.ome.zarr.partial"
+    return out.with_name(out.name + ".partial")
+
+
+@pytest.mark.slow  # a napari viewer
+def test_a_file_save_never_discards_an_unfinished_save_of_the_same_name(make_napari_viewer, tmp_path: Path) -> None:
+    # an unfinished resumable save (Save isotropic volume... stopped, niiv reconstruct interrupted)
+    # leaves OUT.partial; a File > Save of any layer to OUT removed it without a word
+    out = tmp_path / "iso.ome.zarr"
+    partial = unfinished_save(out)
     kept = sorted(p.relative_to(partial) for p in partial.rglob("*"))
     assert kept
     layer = make_napari_viewer().add_image(volume())
@@ -282,3 +288,15 @@ def test_a_zipped_ome_zarr_opens_with_its_placement(make_napari_viewer, tmp_path
     (tmp_path / "notes.zarr").write_text("not a store")
     with pytest.raises(NiivInputError, match=r"notes\.zarr: a file, not a zarr store"):
         viewer.open(str(tmp_path / "notes.zarr"), plugin=PLUGIN)
+
+
+@pytest.mark.slow  # a napari viewer
+def test_an_unfinished_save_opened_by_hand_says_so(make_napari_viewer, tmp_path: Path) -> None:
+    # OUT.partial (no multiscales yet) was declined as "a zarr group without OME-Zarr multiscales
+    # metadata; open one of its arrays instead (0)", and OUT.partial/0 then opened with the chunks
+    # not yet written shown as zeros, as if they were data
+    partial = unfinished_save(tmp_path / "iso.ome.zarr")
+    with pytest.raises(NiivInputError, match="an unfinished save by napari-niiv"):
+        open_volume(partial / "0")
+    with pytest.raises(NiivInputError, match=r"iso\.ome\.zarr\.partial: an unfinished save"):
+        make_napari_viewer().open(str(partial), plugin=PLUGIN)

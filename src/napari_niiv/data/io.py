@@ -565,6 +565,8 @@ def _open_zarr(root: Any, where: Any, name: str) -> Volume:
     if isinstance(root, zarr.Array):
         found = _enclosing_image(where)
         if found is None:
+            if isinstance(where, Path):
+                _check_finished(where.parent, where)
             return Volume(_zarr_dask(root, where), name=name)
         ome, ms, level = found
         return _placed(ome, ms, [_zarr_dask(root, where)], level, where, name)
@@ -574,6 +576,8 @@ def _open_zarr(root: Any, where: Any, name: str) -> Volume:
         return _open_zarr(root["0"], where, name)
     multiscales = ome.get("multiscales")
     if not multiscales:
+        if isinstance(where, Path):
+            _check_finished(where, where)
         names = [k for k, _ in root.arrays()]
         raise NiivInputError(
             f"{where}: a zarr group without OME-Zarr multiscales metadata; open one of its arrays "
@@ -581,6 +585,16 @@ def _open_zarr(root: Any, where: Any, name: str) -> Volume:
         )
     ms = multiscales[0]
     return _placed(ome, ms, [_zarr_dask(root[d["path"]], where) for d in ms["datasets"]], 0, where, name)
+
+
+def _check_finished(store: Path, where: Path) -> None:
+    """Refuse a store niiv is still writing, or whose writing stopped (``OUT.partial``: the job
+    record in ``.niiv/``, no multiscales metadata yet): its unwritten chunks would read as zeros."""
+    if (store / ".niiv" / "job.json").is_file():  # inference.store's work folder (_WORK)
+        raise SourceError(
+            f"{where}: an unfinished save by napari-niiv (its chunks not yet written read as zeros); saving again "
+            "to the same output with the same settings finishes it (Save isotropic volume..., niiv reconstruct)"
+        )
 
 
 def _enclosing_image(path: Any) -> tuple[dict[str, Any], dict[str, Any], int] | None:
