@@ -182,3 +182,55 @@ except OSError as exc:
     if res is None:
         pytest.skip("no small tmpfs can be mounted here (unshare -rm)")
     assert res.stdout.strip() == "OSError True ['w.safetensors'] (4.0, 4.0)", res.stdout + res.stderr
+
+
+@pytest.mark.slow  # a napari viewer and a run
+def test_closing_the_dock_during_a_run_does_not_freeze_the_window_and_says_so(
+    qtbot, make_napari_viewer, nuclei, tiny_user_weights, monkeypatch
+) -> None:
+    """napari's close button on the dock stopped the run and then waited on the GUI thread for its
+    step to end (3.3 s frozen on this volume), and nothing said the run had stopped. Here the run's
+    thread is held before training, so a wait could only end by its timeout: the close must not
+    wait at all, and napari's notifications say how to continue the run."""
+    import threading
+
+    from napari.utils.notifications import notification_manager
+    from qtpy import sip
+
+    from napari_niiv.training import finetune
+
+    release = threading.Event()
+    train = finetune.train
+    monkeypatch.setattr(finetune, "train", lambda *a, **kw: release.wait() and train(*a, **kw))
+    waits: list[float | None] = []  # the GUI thread's waits for the run
+    join = finetune.FineTuneJob.join
+
+    def noted_join(job: finetune.FineTuneJob, timeout: float | None = None) -> bool:
+        if threading.current_thread() is threading.main_thread():
+            waits.append(timeout)
+        return join(job, timeout)
+
+    monkeypatch.setattr(finetune.FineTuneJob, "join", noted_join)
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[:, :64, :64], name="nuclei", scale=(1.16, 0.26, 0.26), units="um")
+    widget = open_dock(viewer, "user/tiny")
+    panel = widget.training
+    panel.steps_spin.value, panel.minutes_spin.value, panel.name_edit.value = 10, 0, "lm"
+    panel.start_button.native.click()
+    job = panel.job
+    assert job is not None, panel.status_label.value
+    told = len(notification_manager.records)
+    try:
+        widget.parent().title.close_button.click()  # what the user clicks
+        qtbot.waitUntil(lambda: sip.isdeleted(widget), timeout=10_000)
+        assert not any(waits), f"closing the dock waited on the GUI thread for the run: join{waits}"
+        assert job.running and job.stop_requested.is_set()
+        said = [n.message for n in notification_manager.records[told:]]
+        assert any(
+            m.startswith("niiv: closing the dock stopped the fine-tuning of 'lm' after its current step")
+            and m.endswith("Resume it under the same name")
+            for m in said
+        ), said
+    finally:
+        release.set()
+    assert job.join(60)

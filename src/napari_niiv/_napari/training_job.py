@@ -26,15 +26,24 @@ class JobSignals(QObject):
 
     def __init__(self, job: FineTuneJob) -> None:
         super().__init__()
+        self.job = job
         job.on_step = self.stepped.emit
         job.on_check = self.checked.emit
         job.on_preview = self.previewed.emit
         job.on_finished = self.finished.emit
 
     def disconnect_all(self) -> None:
-        """Drop the signals still to come (the widgets they would update are being deleted)."""
+        """Drop the signals still to come (the widgets they would update are being deleted). The
+        job may run on (a closed dock does not wait for its step): it calls no signal from now on,
+        and its callbacks keep this object alive, so that a call it has begun never reaches a
+        deleted QObject (which crashed the process)."""
         for signal in (self.stepped, self.checked, self.previewed, self.finished):
             signal.disconnect()
+
+        def ignore(*args: object, _keep: JobSignals = self) -> None:
+            pass
+
+        self.job.on_step = self.job.on_check = self.job.on_preview = self.job.on_finished = ignore
 
 
 def follow_training(job: FineTuneJob, name: str) -> tuple[JobWorker, CancelableBar]:

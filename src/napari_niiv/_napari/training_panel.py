@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Shapes
+from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QFileDialog, QSizePolicy
 
 from ..errors import NiivInputError
@@ -437,13 +438,22 @@ class TrainingPanel(Container):
         self.viewer.layers.events.inserted.disconnect(self._layer_inserted)
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """The viewer or dock is closing: stop training and wait for the thread (one step). Its
-        last signals are dropped: the widgets they would update are being deleted."""
+        """The viewer or dock is closing: stop training and wait up to ``timeout`` for the thread
+        (one step; 0: the dock closed, the window stays, and must not freeze for that step: the
+        run stops on its own thread, saving its weights and checkpoint). Its last signals are
+        dropped: the widgets they would update are being deleted; napari's notifications say the
+        run stopped and how to continue it."""
         if self.job is not None:
             if self._signals is not None:
                 self._signals.disconnect_all()
+            if timeout <= 0 and not self.job.stop_requested.is_set():  # (a closing viewer: no one to tell)
+                show_warning(
+                    f"niiv: closing the dock stopped the fine-tuning of '{self.job.out.stem}' after its current "
+                    "step, saving its weights and checkpoint: open the niiv dock and Resume it under the same name"
+                )
             self.job.stop()
-            self.job.join(timeout)
+            if timeout > 0:
+                self.job.join(timeout)
             self.job, self._signals, self.worker = None, None, None
         if self.bar is not None:
             self.bar.close()
