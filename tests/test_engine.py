@@ -121,6 +121,35 @@ def test_wide_slices_are_encoded_in_tiles_with_the_same_latents(arch) -> None:
         assert tiled.keys_values is None
 
 
+@pytest.mark.parametrize("arch", ["v1", "v2", "fast"])
+def test_an_encoding_stops_once_cancelled_and_is_unchanged_otherwise(arch) -> None:
+    """A batch of a save's slices took 3.6 s to encode (niiv-em, 2 cores), and a Cancel waited for
+    it whole: the engine asks ``cancelled`` before each layer of the CPU's fused kernels
+    (attention-free models) and between column tiles (all), and gives up with None."""
+    from napari_niiv.model import NiivConfig
+
+    model = random_model(NiivConfig.named(arch))
+    image = torch.rand(2, 1, 20, 1300)  # three column tiles
+    eng = InferenceEngine(model, InferenceSettings(device="cpu", precision="fp32", alpha=8.0))
+    asked: list[int] = []
+
+    def after(calls: int):
+        def cancelled() -> bool:
+            asked.append(1)
+            return len(asked) > calls
+
+        return cancelled
+
+    assert eng.encode_until(image, 8.0, after(1)) is None
+    # stopped at the second question: inside the first tile where the fused kernels ask, else at the second tile
+    assert len(asked) == 2
+    asked.clear()
+    whole = eng.encode_until(image, 8.0, after(10**6))
+    per_layer = model.attention is None and eng._conv is not None
+    assert len(asked) == (3 + 3 * (2 * model.config.encoder_blocks + 2) if per_layer else 3)  # tiles (+ layers)
+    assert whole is not None and torch.equal(whole.latents, eng.encode(image, 8.0).latents)
+
+
 def test_attention_one_input_pixel_apart_is_decoded_by_the_general_path_and_is_the_model(slices) -> None:
     """With attention_spacing 'input' the neighbours are one input pixel apart (not one output
     voxel): the engine's shared-neighbour shortcut does not apply, and its result is the model's;

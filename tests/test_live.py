@@ -181,9 +181,9 @@ def test_a_render_stops_between_encoder_batches(renderer, volume, monkeypatch):
     grid = view_grid(Camera((24.0, 28.0), 6.0, (300, 340)), frame_of(volume), (1, 2), 13.0, finest=0.1)
     rec = Reconstructor(renderer.rec.model, renderer.rec.settings, slice_batch=8)
     view = ViewRenderer(volume, renderer.norm, rec)
-    encoded = []
-    encode = rec.engine.encode
-    monkeypatch.setattr(rec.engine, "encode", lambda *a, **k: encoded.append(1) or encode(*a, **k))
+    encoded = []  # encoder batches finished
+    encode = rec.engine.encode_until
+    monkeypatch.setattr(rec.engine, "encode_until", lambda *a, **k: (encode(*a, **k), encoded.append(1))[0])
     assert view.render(grid, cancelled=lambda: len(encoded) >= 1) is None
     assert len(encoded) == 1 and len(view.cache._entries) == 1
 

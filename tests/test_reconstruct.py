@@ -147,6 +147,33 @@ def test_a_block_is_cancelled_between_batches_of_planes_and_returns_nothing(mode
     np.testing.assert_array_equal(rec.block(view, shape, everything, lambda: False), _whole(rec, view, shape))
 
 
+@pytest.mark.parametrize("architecture", ["v1", "v2", "fast"])  # separable, attention, narrow separable
+@pytest.mark.parametrize("scale", [1.0, 0.7])  # attention: neighbours shared on the output grid, or queried
+def test_a_block_is_cancelled_inside_a_batch_of_planes_too(medulla, architecture, scale) -> None:
+    """A batch of a save's block decodes for seconds (a Cancel of a niiv-em save took 24 s): the
+    decoder asks ``cancelled`` between its chunks of points as well, so a cancel that comes after
+    the batch began stops it; without one, the block is the same to the bit."""
+    from napari_niiv.model import NiivConfig
+
+    from .conftest import random_model
+
+    model = random_model(NiivConfig.named(architecture))
+    vol = medulla[:6, :48, :64]
+    view = NormalisedView(vol, fit_normalisation(vol))
+    shape = output_shape(vol.shape, 4.0, scale)
+    rec = Reconstructor(model, InferenceSettings(alpha=4.0, precision="fp32", scale=scale), slice_batch=1000)
+    rec.engine.chunk = 512  # several chunks of points in this small block (attention models)
+    asked = []
+
+    def once_the_batch_began() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    everything = tuple(slice(0, s) for s in shape)
+    assert rec.block(view, shape, everything, once_the_batch_began) is None
+    np.testing.assert_array_equal(rec.block(view, shape, everything, lambda: False), _whole(rec, view, shape))
+
+
 def test_the_python_api_says_what_it_wants_instead_of_failing_deep_inside(model, medulla, tmp_path) -> None:
     """A Weights object (what load_weights returns) is taken; a dict as settings or chunks of 0
     ended in an AttributeError or a ZeroDivision-like error deep inside (found by the reader audit)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,6 @@ class InferenceEngine:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    @torch.inference_mode()
     def encode(self, image: torch.Tensor, alpha: float) -> LatentGrid:
         """(B, 1, h, w) normalised slices -> latent grid (keys and values projected once).
 
@@ -111,20 +111,37 @@ class InferenceEngine:
         receptive radius, which is cropped: the same latents, at ~1.5x the speed of one wide pass
         (the activations of a tile stay in cache).
         """
+        grid = self.encode_until(image, alpha, lambda: False)
+        assert grid is not None  # (None only when cancelled)
+        return grid
+
+    def encode_until(self, image: torch.Tensor, alpha: float, cancelled: Callable[[], bool]) -> LatentGrid | None:
+        """:meth:`encode`, or None once ``cancelled()`` is true, asked between column tiles and (the
+        CPU's fused kernels of attention-free models) before each convolution: a batch of a save's
+        slices took 3.6 s to encode, which a Cancel waited for. The arithmetic is unchanged."""
+        try:
+            return self._encode_any(image, alpha, cancelled)
+        except _Stopped:
+            return None
+
+    @torch.inference_mode()
+    def _encode_any(self, image: torch.Tensor, alpha: float, cancelled: Callable[[], bool]) -> LatentGrid:
         if self.model.attention is None:
-            return self._encode_features(image, alpha)
+            return self._encode_features(image, alpha, cancelled)
         tiles = self._encode_tiles(image.shape[-1])
         if len(tiles) == 1:
             return self._encode(image, alpha)
         parts = []
         for lo, hi, keep, _ in tiles:
+            if cancelled():
+                raise _Stopped
             g = self._encode(image[..., lo:hi], alpha)
             parts.append((g.latents[..., keep], None if g.keys_values is None else g.keys_values[..., keep]))
         latents = torch.cat([lat for lat, _ in parts], dim=-1)
         kv = None if parts[0][1] is None else torch.cat([k for _, k in parts], dim=-1)
         return LatentGrid(latents, image.to(self.device), kv, g.step)
 
-    def _encode_features(self, image: torch.Tensor, alpha: float) -> LatentGrid:
+    def _encode_features(self, image: torch.Tensor, alpha: float, cancelled: Callable[[], bool]) -> LatentGrid:
         """Attention-free models: each column tile's latents (channels-last, so (B, h, w, C) in
         memory) are written straight into the grid's channels-last feature grid, fp32, with the
         image as the last channel: one pass, where tiling, conversion, concatenation and the
@@ -136,11 +153,21 @@ class InferenceEngine:
         features = torch.empty(b, h, width, c + 1, dtype=torch.float32, device=self.device)
         features[..., c] = image[:, 0]
         thickness = self.sections.thickness(alpha)
+        conv = fused = self._conv
+        if fused is not None:
+
+            def conv(x: torch.Tensor, layer: Any, relu: bool, skip: torch.Tensor | None) -> torch.Tensor:
+                if cancelled():  # between layers: about 0.1 s apart for a batch of a save's slices
+                    raise _Stopped
+                return fused(x, layer, relu, skip)
+
         for lo, hi, keep, out in self._encode_tiles(width):
+            if cancelled():
+                raise _Stopped
             # the fused kernel runs in the engine's precision itself (autocast would recast its arguments)
-            with self.autocast() if self._conv is None else nullcontext():
+            with self.autocast() if conv is None else nullcontext():
                 latents = self.model.encoder(
-                    image[..., lo:hi].contiguous(memory_format=torch.channels_last), alpha, thickness, self._conv
+                    image[..., lo:hi].contiguous(memory_format=torch.channels_last), alpha, thickness, conv
                 )
             features[:, :, out, :c] = latents.permute(0, 2, 3, 1)[:, :, keep]
         return LatentGrid.from_features(features, image, None, (1.0 / float(alpha), 1.0))
@@ -169,13 +196,18 @@ class InferenceEngine:
         return LatentGrid(grid.latents.float().contiguous(), image.to(self.device), kv, grid.step)
 
     @torch.inference_mode()
-    def query(self, grid: LatentGrid, coords: torch.Tensor) -> torch.Tensor:
-        """Intensities (float32) at ``coords`` (B, N, 2), decoded in chunks of ``chunk`` points."""
+    def query(
+        self, grid: LatentGrid, coords: torch.Tensor, cancelled: Callable[[], bool] | None = None
+    ) -> torch.Tensor | None:
+        """Intensities (float32) at ``coords`` (B, N, 2), decoded in chunks of ``chunk`` points;
+        None once ``cancelled()`` is true (asked between chunks)."""
         b, n = coords.shape[:2]
         per = max(1, self.chunk // b)
         out = torch.empty(b, n, dtype=torch.float32, device=self.device)
         with self.autocast():
             for i in range(0, n, per):
+                if cancelled is not None and cancelled():
+                    return None
                 part = coords[:, i : i + per]
                 latent, kv, value = self.model.gather(grid, part)
                 out[:, i : i + per] = self._decode_flat(latent, kv, value, part)
@@ -200,23 +232,36 @@ class InferenceEngine:
 
     def render(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Decode the separable grid ``rows`` x ``cols`` (coordinate vectors) -> (B, R, C) float32."""
+        out = self.render_until(grid, rows, cols, lambda: False)
+        assert out is not None  # (None only when cancelled)
+        return out
+
+    def render_until(
+        self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor, cancelled: Callable[[], bool]
+    ) -> torch.Tensor | None:
+        """:meth:`render`, or None once ``cancelled()`` is true, asked between chunks of points: a
+        save's block decodes for seconds, and a Cancel waited for all of it. The chunks are the
+        ones :meth:`render` decodes, so a result is the same to the bit."""
         rows, cols = rows.to(self.device, torch.float32), cols.to(self.device, torch.float32)
         if rows.numel() == 0 or cols.numel() == 0:
             return torch.empty(grid.latents.shape[0], rows.numel(), cols.numel(), device=self.device)
         if self.model.attention is None:
-            return self._render_separable(grid, rows, cols)
+            return self._render_separable(grid, rows, cols, cancelled)
         if self._neighbours_on_grid(grid, rows, cols):
-            return self._render_shared_neighbours(grid, rows, cols)
+            return self._render_shared_neighbours(grid, rows, cols, cancelled)
         coords = _grid_coords(rows, cols, grid.latents.shape[0])
-        return self.query(grid, coords).reshape(-1, rows.numel(), cols.numel())
+        out = self.query(grid, coords, cancelled)
+        return None if out is None else out.reshape(-1, rows.numel(), cols.numel())
 
     @torch.inference_mode()
-    def _render_separable(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def _render_separable(
+        self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor, cancelled: Callable[[], bool]
+    ) -> torch.Tensor | None:
         """Attention-free models: :class:`SeparableDecoding`, in runs of at most ``SEPARABLE_POINTS``
         points for a 256-wide MLP (twice as many for narrower ones)."""
         points = SEPARABLE_POINTS * 256 // max(128, self.model.config.mlp_hidden)
         decoding = SeparableDecoding(self.model, grid, rows, cols, self.dtype, self._linear, points, self._parallel)
-        return decoding.decode(0, rows.numel())
+        return decoding.decode(0, rows.numel(), cancelled)
 
     def _neighbours_on_grid(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> bool:
         """True when the output grid is spaced exactly one isotropic voxel apart (scale 1): each
@@ -232,7 +277,9 @@ class InferenceEngine:
         )
 
     @torch.inference_mode()
-    def _render_shared_neighbours(self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def _render_shared_neighbours(
+        self, grid: LatentGrid, rows: torch.Tensor, cols: torch.Tensor, cancelled: Callable[[], bool]
+    ) -> torch.Tensor | None:
         """Scale-1 decoding: keys and values are sampled once per grid point (plus a one-voxel rim),
         not nine times per query, and each query's 3x3 neighbours are read from that sample."""
         assert grid.keys_values is not None
@@ -243,6 +290,8 @@ class InferenceEngine:
         out = torch.empty(b, rows.numel(), n_cols, dtype=torch.float32, device=self.device)
         with self.autocast():
             for i in range(0, rows.numel(), per):
+                if cancelled():
+                    return None
                 r = rows[i : i + per]
                 k = r.numel()
                 coords = _grid_coords(r, cols, b)
@@ -256,6 +305,10 @@ class InferenceEngine:
                 res = self._decode_flat(sampled[..., :-1], kv, sampled[..., -1], coords)
                 out[:, i : i + k] = res.reshape(b, k, n_cols)
         return out
+
+
+class _Stopped(Exception):
+    """Raised inside an encoder pass once its job is cancelled (see :meth:`InferenceEngine.encode_until`)."""
 
 
 def _grid_coords(rows: torch.Tensor, cols: torch.Tensor, batch: int) -> torch.Tensor:

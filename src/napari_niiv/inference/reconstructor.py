@@ -88,8 +88,9 @@ class Reconstructor:
         progress: Progress | None = None,
     ) -> np.ndarray | None:
         """Decode planes ``low`` (P, h, w) (normalised) at output coordinates ``rows`` x ``cols``;
-        None if ``cancelled()`` turned true (asked between batches of planes). ``progress`` gets
-        the fraction of the planes decoded after each batch.
+        None if ``cancelled()`` turned true (asked between batches of planes and, inside the
+        engine, between layers and chunks of points: a batch of a save's block is seconds).
+        ``progress`` gets the fraction of the planes decoded after each batch.
 
         Columns are processed in tiles of ``tile`` input pixels with halos, so arbitrarily wide
         planes fit in memory and give the same result as one pass.
@@ -101,16 +102,20 @@ class Reconstructor:
             raise NiivInputError("the volume contains NaN or infinite values; replace them before reconstruction")
         out = np.empty((low.shape[0], rows.size, cols.size), dtype=np.float32)
         r = torch.as_tensor(rows, dtype=torch.float32)
+        stopped = cancelled or (lambda: False)
         for p0 in range(0, low.shape[0], self.slice_batch):
-            if cancelled is not None and cancelled():
+            if stopped():
                 return None
             for c0, c1, sel in _column_tiles(cols, low.shape[2], self.tile):
                 lo, hi = pixel_range(cols[sel], low.shape[2], self.halo)
                 lo, hi = min(lo, c0), max(hi, c1)
                 x = torch.from_numpy(np.ascontiguousarray(low[p0 : p0 + self.slice_batch, :, lo:hi])).unsqueeze(1)
-                grid = self.engine.encode(x, self.alpha)
+                grid = self.engine.encode_until(x, self.alpha, stopped)
                 c = torch.as_tensor(cols[sel] - lo, dtype=torch.float32)
-                out[p0 : p0 + self.slice_batch, :, sel] = self.engine.render(grid, r, c).cpu().numpy()
+                decoded = None if grid is None else self.engine.render_until(grid, r, c, stopped)
+                if decoded is None:
+                    return None
+                out[p0 : p0 + self.slice_batch, :, sel] = decoded.cpu().numpy()
             if progress is not None:
                 progress(min(p0 + self.slice_batch, low.shape[0]) / low.shape[0])
         return out

@@ -432,8 +432,8 @@ class ViewRenderer:
         was encoded over a crop covering the layout's needed rows x columns and holds the rows it
         decodes. Each comes with the encoder batch it was just computed in and its index there, or
         None when it came from the cache. The input is read ahead up to plane ``upto`` (exclusive).
-        With ``cancelled``, encoding stops between batches once it turns true: planes not encoded
-        then are None."""
+        With ``cancelled``, encoding stops between batches (and layers) once it turns true: planes
+        not encoded then are None."""
         plane_axis, col_axis, crop_rows, crop_cols = lay.plane_axis, lay.col_axis, lay.crop_rows, lay.crop_cols
         need_rows, need_cols, decode = lay.need_rows, lay.need_cols, lay.decode
         keys = [(orient, round(float(p), 6)) for p in batch]
@@ -455,7 +455,9 @@ class ViewRenderer:
                 if cancelled is not None and cancelled():
                     break
                 x = torch.from_numpy(np.ascontiguousarray(low[s : s + step])).unsqueeze(1)
-                g = self.rec.engine.encode(x, self.rec.alpha)
+                g = self.rec.engine.encode_until(x, self.rec.alpha, cancelled or (lambda: False))
+                if g is None:  # cancelled inside the encoder (between its layers)
+                    break
                 a, b = (0, 0) if keep is None else (keep[0] - crop_rows[0], keep[1] - crop_rows[0])
                 narrow = keep is not None and (a, b) != (0, crop_rows[1] - crop_rows[0])
                 for j, i in enumerate(missing[s : s + step]):

@@ -66,7 +66,9 @@ class NiivModel(nn.Module):
         """Intensities on the grid ``rows`` x ``cols`` (1-D coordinates) -> (B, R, C): :meth:`query`
         at every (row, col) pair for models without attention, with far fewer gathers and copies
         (:class:`~napari_niiv.model.separable.SeparableDecoding`)."""
-        return SeparableDecoding(self, grid, rows, cols, None).decode(0, rows.numel())
+        decoded = SeparableDecoding(self, grid, rows, cols, None).decode(0, rows.numel())
+        assert decoded is not None  # (None only when cancelled)
+        return decoded
 
     def with_acquisition_embedding(self) -> NiivModel:
         """A copy that is also told alpha and the section thickness, with the embedding at zero: the

@@ -112,18 +112,23 @@ class SeparableDecoding:
         self._stacks: OrderedDict[tuple[float, ...], torch.Tensor] = OrderedDict()
         self._stacks_lock = threading.Lock()  # runs may be decoded on several threads at once
 
-    def decode(self, start: int, stop: int) -> torch.Tensor:
-        """Intensities at output rows ``start:stop`` x the columns -> (B, stop - start, C), float32."""
+    def decode(self, start: int, stop: int, cancelled: Callable[[], bool] | None = None) -> torch.Tensor | None:
+        """Intensities at output rows ``start:stop`` x the columns -> (B, stop - start, C), float32;
+        None once ``cancelled()`` is true (asked before each run: a block of a save is seconds of
+        runs, and stopping between them leaves every run's arithmetic as it is)."""
         b, n_cols = self.inputs.shape[0], self.inputs.shape[2]
         out = torch.empty(b, stop - start, n_cols, dtype=torch.float32, device=self.inputs.device)
+        stopped = cancelled or (lambda: False)
 
         def run(rows: tuple[int, int]) -> None:
+            if stopped():
+                return
             s, e = rows
             with torch.autocast(self.inputs.device.type, enabled=False):
                 out[:, s - start : e - start] = self._decode_run(s, e).transpose(1, 2)
 
         self.parallel(run, list(self._runs(start, stop)))
-        return out
+        return None if stopped() else out
 
     def _runs(self, start: int, stop: int) -> Iterator[tuple[int, int]]:
         """(start, stop) of each run: rows between the same two grid rows, at most ``run_rows``."""
