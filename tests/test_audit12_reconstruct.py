@@ -293,3 +293,21 @@ def test_a_resume_refused_for_the_inputs_date_alone_says_so(tmp_path: Path) -> N
     now = {"input_content": was["input_content"] | {"mtime_ns": 2}}
     with pytest.raises(NiivInputError, match="modification date changed"):
         write_ome_zarr(out, layout, ArrayBlocks(data), resume=True, fingerprint=now)
+
+
+@pytest.mark.parametrize("inside", ["other.ome.zarr/iso.ome.zarr", "other.ome.zarr/0/iso.tif"])
+def test_an_output_inside_another_zarr_store_is_refused(tmp_path: Path, inside: str, capsys) -> None:
+    """`niiv reconstruct in.tif other.ome.zarr/iso.ome.zarr` wrote a store nested in the user's
+    other store, a member of its hierarchy (reported by audit 13: reader/writer; the napari writer
+    refused it already); nothing is written there now."""
+    from napari_niiv.cli import main
+
+    data = volume()
+    other = write_ome_zarr(
+        tmp_path / "other.ome.zarr", Layout(SHAPE, data.dtype, (8, 8, 8), levels=1), ArrayBlocks(data)
+    )
+    before = sorted(p.relative_to(other.path) for p in other.path.rglob("*"))
+    np.save(tmp_path / "in.npy", data[:, :, :].astype(np.uint8))
+    code = main(["reconstruct", str(tmp_path / "in.npy"), str(tmp_path / inside), "--alpha", "4"])
+    assert code == 2 and f"lies inside the zarr store {other.path}" in capsys.readouterr().err
+    assert sorted(p.relative_to(other.path) for p in other.path.rglob("*")) == before

@@ -247,6 +247,12 @@ def check_output_path(out: Path, overwrite: bool, source: Path | str | None = No
     out = Path(out)
     if source is not None:
         check_outside_input(out, source)
+    store = _zarr_store_holding(out)
+    if store is not None:  # a store nested in it would be a member of its hierarchy (or stray files)
+        raise NiivInputError(
+            f"{out} lies inside the zarr store {store}; niiv writes its output outside any store it did not "
+            "make: choose a path outside it"
+        )
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -296,6 +302,14 @@ def _zarr_root(path: Path) -> Path:
             break
         root = folder
     return root
+
+
+def _zarr_store_holding(path: Path) -> Path | None:
+    """The zarr group or array folder that ``path`` lies inside (its nearest), or None."""
+    for folder in Path(os.path.abspath(path)).parents:
+        if any((folder / name).is_file() for name in _ZARR_NODE):
+            return folder
+    return None
 
 
 def written_by_niiv(path: Path) -> bool:
