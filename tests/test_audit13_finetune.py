@@ -234,3 +234,18 @@ def test_closing_the_dock_during_a_run_does_not_freeze_the_window_and_says_so(
     finally:
         release.set()
     assert job.join(60)
+
+
+@pytest.mark.slow  # a napari viewer and a sample
+def test_a_fine_tuning_of_a_sample_says_which_layer_of_the_sample_it_learned_from(
+    make_napari_viewer, monkeypatch, tiny_user_weights
+) -> None:
+    """The card of a fine-tuning on the FIB-SEM sample's pooled layer gave as its source the file
+    medulla_b.tif, the isotropic ground truth, not the volume pooled by 8 it learned from (reported
+    by audit 13: savesample, fixed there for saves)."""
+    monkeypatch.setenv("NIIV_DATA_DIR", str(data_path()))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-niiv", "fibsem_anisotropic")
+    panel = open_dock(viewer, "user/tiny").training
+    cube = data_path("fibsem", "medulla_b.tif")
+    assert panel.request().source == f"'medulla_b pooled x8' of the napari-niiv sample fibsem_anisotropic, from {cube}"

@@ -115,6 +115,18 @@ def layer_source(layer: Any) -> str | None:
     return str(source) if source else None
 
 
+def described_source(layer: Any) -> str | None:
+    """What a layer holds, for the records of what niiv makes from it (a saved store's input, a
+    fine-tuning card's source): its file, or for a layer of a napari-niiv sample that layer of the
+    sample and the file it was made from (the FIB-SEM sample's pooled layer is not its file, the
+    isotropic ground truth); None for data made in Python."""
+    source = layer_source(layer)
+    sample = getattr(getattr(layer, "source", None), "sample", None)  # napari's Open Sample sets it
+    if sample is None:
+        return source
+    return f"'{layer.name}' of the napari-niiv sample {sample[-1]}, from {source or 'its data'}"
+
+
 def level0(layer: Image) -> Any:
     """The full-resolution data of a layer, multiscale or not."""
     return layer.data[0] if layer.multiscale else layer.data

@@ -31,7 +31,7 @@ from ..training.regions import Region, box_region, visible_region, whole
 from ..training.train import fine_tune_settings
 from .activity import Activity, CancelableBar, JobWorker, format_seconds
 from .gui_timing import gui_handler
-from .layer_view import check_layer, current_grid, layer_voxel_size, level0
+from .layer_view import check_layer, current_grid, described_source, layer_voxel_size, level0
 from .loss_plot import LossPlot
 from .training_job import JobSignals, follow_training
 
@@ -258,7 +258,7 @@ class TrainingPanel(Container):
             data=level0(layer),
             scale=layer_voxel_size(layer),
             name=layer.name,
-            source=(layer.metadata or {}).get("niiv_source"),
+            source=described_source(layer),  # a sample's layer is not its file: it says so
             alpha=alpha,
             start_weights=self.niiv.weights_choice.value,
             regions=tuple(regions),

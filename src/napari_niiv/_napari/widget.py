@@ -48,6 +48,7 @@ from .context_menu import register_layer_context_action
 from .gui_timing import gui_handler
 from .layer_view import (
     check_layer,
+    described_source,
     layer_alpha,
     layer_source,
     layer_unit,
@@ -950,10 +951,7 @@ class NiivWidget(QScrollArea):
             return None
         dtype = data.dtype if np.dtype(data.dtype).kind in "ui" else np.float32
         origin = source if source and "://" not in source else None
-        input_id = source or "a napari layer"
-        sample = getattr(getattr(layer, "source", None), "sample", None)  # napari's Open Sample sets it
-        if sample is not None:  # a sample's layer is made from its file (medulla_b pooled x8), not the file
-            input_id = f"'{layer.name}' of the napari-niiv sample {sample[-1]}, from {input_id}"
+        input_id = described_source(layer) or "a napari layer"
         limits = (float(layer.contrast_limits[0]), float(layer.contrast_limits[1]))  # written as the window
         job = SaveJob(out, data, model, settings, geometry, dtype, input_id, self.save_chunks, origin, limits)
         saver = self.saver = BackgroundSave(job, layer.name, self.set_status, self._save_done)
