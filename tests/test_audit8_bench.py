@@ -44,6 +44,7 @@ def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
         ("benchmarks/bench_inference.py", ["--out", "/tmp/inference.json"]),
         ("benchmarks/bench_confidence.py", []),
         ("benchmarks/bench_batch.py", ["--quick"]),
+        ("benchmarks/bench_cancel.py", []),
     ],
 )
 def test_missing_data_is_one_line_naming_the_variable(script, args, tmp_path):
