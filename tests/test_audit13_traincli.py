@@ -96,6 +96,7 @@ def test_a_cut_short_checkpoint_says_to_start_a_new_run(tmp_path, capsys, volume
     code, err = _cli(capsys, volume, "--out", out, *CLI, "--resume")
     assert code == 2 and "cut short" in err, err
     assert "start a new run (niiv train: without --resume, with --overwrite" in err, err
+    assert "train it again" not in err, err  # the weights file's advice, inside the checkpoint's (review)
     code, err = _cli(capsys, volume, "--out", out, *CLI, "--overwrite")
     assert code == 0 and load_weights(checkpoint_path(out)).train_state["step"] == 2, err
 

@@ -85,8 +85,10 @@ def _sync(path: Path, folder: bool = False) -> None:
     before the data, as on XFS or btrfs), though the old file was intact. A file whose flush fails
     (a full disk or an I/O error that only the flush reports, as on network shares) is not
     published; a folder that cannot be flushed (some systems cannot) is let be."""
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+    if folder and os.name == "nt":  # Windows opens no folder to flush it (its renames need none)
+        return
+    try:  # a file opened to write: Windows' flush (FlushFileBuffers) refuses a read-only one (EBADF)
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if folder else os.O_RDWR)
     except OSError:
         if folder:
             return
@@ -194,6 +196,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
         raise OSError(code, os.strerror(code), str(path)) from exc
 
 
+GET_IT_AGAIN = "download, copy or train it again"  # a weights file's advice (a checkpoint's differs: train.py)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt")  # upstream niiv and other tools save these
 MAX_HEADER = 100_000_000  # bytes: safetensors' own limit on a header
 
@@ -288,7 +291,7 @@ def _unreadable(path: Path) -> str | None:
     if size == 0:
         return (
             f"{path}: not a readable weights file: it is empty (0 bytes), as a download or copy that did not finish "
-            "leaves it; download, copy or train it again"
+            f"leaves it; {GET_IT_AGAIN}"
         )
     if _pytorch_checkpoint(path, head):
         renamed = "" if path.suffix.lower() in CHECKPOINT_SUFFIXES else ", whatever its name says"
@@ -303,7 +306,7 @@ def _unreadable(path: Path) -> str | None:
     if needed - 8 > MAX_HEADER:
         return (
             f"{path}: not a readable weights file: it declares a header of {needed - 8} bytes, beyond safetensors' "
-            f"limit of {MAX_HEADER}; download, copy or train it again"
+            f"limit of {MAX_HEADER}; {GET_IT_AGAIN}"
         )
     if needed <= size:  # the header is there: where its last tensor ends
         try:
@@ -316,7 +319,7 @@ def _unreadable(path: Path) -> str | None:
     if needed > size:
         return (
             f"{path}: not a readable weights file: cut short, it needs {needed} bytes and holds {size}, as a download "
-            "or copy that did not finish leaves it; download, copy or train it again"
+            f"or copy that did not finish leaves it; {GET_IT_AGAIN}"
         )
     return None
 

@@ -45,6 +45,7 @@ from ..inference.settings import InferenceSettings
 from ..inference.store import check_room, check_writable, output_lock
 from ..inference.suggestion import ALPHA_TOLERANCE
 from ..inference.weights import (
+    GET_IT_AGAIN,
     Weights,
     learned_degradations,
     load_weights,
@@ -817,9 +818,10 @@ def train(
     if resume:
         try:
             state = load_weights(ckpt, with_optimizer=True)
-        except NiivInputError as exc:  # its own advice ('download or train it again') is a weights file's
+        except NiivInputError as exc:  # its own advice (GET_IT_AGAIN) is a weights file's, not a checkpoint's
+            why = str(exc).replace(f"; {GET_IT_AGAIN}", "")
             raise NiivInputError(
-                f"cannot resume from the checkpoint: {exc}. Unless you kept an intact copy of it, start a new run "
+                f"cannot resume from the checkpoint: {why}. Unless you kept an intact copy of it, start a new run "
                 "(niiv train: without --resume, with --overwrite; in the viewer: Start under another name)"
             ) from None
         check_same_run(ckpt, state, identity)
