@@ -249,3 +249,28 @@ def test_a_fine_tuning_of_a_sample_says_which_layer_of_the_sample_it_learned_fro
     panel = open_dock(viewer, "user/tiny").training
     cube = data_path("fibsem", "medulla_b.tif")
     assert panel.request().source == f"'medulla_b pooled x8' of the napari-niiv sample fibsem_anisotropic, from {cube}"
+
+
+@pytest.mark.slow  # a napari viewer and a run
+def test_closing_the_dock_after_a_run_ended_says_no_run_was_stopped(
+    qtbot, make_napari_viewer, nuclei, tiny_user_weights
+) -> None:
+    """A run that has ended, its last signal still queued for the GUI thread, is not running: the
+    dock closed then said it 'stopped the fine-tuning' (found by a review of 349a615)."""
+    from napari.utils.notifications import notification_manager
+    from qtpy import sip
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[:, :64, :64], name="nuclei", scale=(1.16, 0.26, 0.26), units="um")
+    widget = open_dock(viewer, "user/tiny")
+    panel = widget.training
+    panel.steps_spin.value, panel.minutes_spin.value, panel.name_edit.value = 10, 0, "lm"
+    panel.start_button.native.click()
+    job = panel.job
+    assert job is not None, panel.status_label.value
+    assert job.join(120)  # ended on its thread; the GUI thread has not run since: its signal waits
+    told = len(notification_manager.records)
+    widget.parent().title.close_button.click()
+    qtbot.waitUntil(lambda: sip.isdeleted(widget), timeout=10_000)
+    said = [n.message for n in notification_manager.records[told:]]
+    assert not any("stopped the fine-tuning" in m for m in said), said

@@ -446,7 +446,8 @@ class TrainingPanel(Container):
         if self.job is not None:
             if self._signals is not None:
                 self._signals.disconnect_all()
-            if timeout <= 0 and not self.job.stop_requested.is_set():  # (a closing viewer: no one to tell)
+            # (a closing viewer: no one to tell; a run that has ended, its last signal still queued: nothing stopped)
+            if timeout <= 0 and self.job.running and self.job.result is None and not self.job.stop_requested.is_set():
                 show_warning(
                     f"niiv: closing the dock stopped the fine-tuning of '{self.job.out.stem}' after its current "
                     "step, saving its weights and checkpoint: open the niiv dock and Resume it under the same name"
