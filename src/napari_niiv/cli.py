@@ -1080,9 +1080,8 @@ def _check_same_start(ckpt: Path, init: Path, given: str) -> None:
     """Refuse a resume whose --init is not the file the checkpoint's run started from: the resume
     continues the checkpoint's weights whatever --init says, so another start was silently ignored
     (a run started from random weights, given an --init, is refused by its settings: warm-up)."""
-    import hashlib
-
     from .inference.weights import read_metadata
+    from .training.train import file_sha256
 
     try:
         card = json.loads(read_metadata(ckpt).get("card", "{}"))
@@ -1091,11 +1090,7 @@ def _check_same_start(ckpt: Path, init: Path, given: str) -> None:
     recorded = card.get("fine_tuned_from_sha256") if isinstance(card, dict) else None
     if not isinstance(recorded, str):
         return  # a checkpoint from before the start was recorded by content
-    h = hashlib.sha256()
-    with open(init, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if h.hexdigest() != recorded:
+    if file_sha256(init) != recorded:
         raise NiivInputError(
             f"cannot resume {ckpt}: its run started from the weights {card.get('fine_tuned_from')} (--init), and "
             f"--init {given} is not that file (another file, or changed since); a resume continues the checkpoint's "

@@ -242,8 +242,8 @@ def downsample(block: np.ndarray, dtype: Any) -> np.ndarray:
 
 def check_output_path(out: Path, overwrite: bool, source: Path | str | None = None) -> None:
     """Never overwrite or delete user data: refuse an output that is, contains or lies inside the
-    input (links resolved); with ``overwrite``, replace only a plain (not linked) OME-Zarr store
-    that napari-niiv wrote, or a plain file."""
+    input (links resolved), or lies inside any zarr store; with ``overwrite``, replace only a plain
+    (not linked) OME-Zarr store that napari-niiv wrote, or a plain file."""
     out = Path(out)
     if source is not None:
         check_outside_input(out, source)

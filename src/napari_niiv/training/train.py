@@ -559,7 +559,8 @@ def _plane_key(plane: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(plane, dtype=np.float32).tobytes(), digest_size=16).digest()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (which weights a run started from, whatever its path names later)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -813,7 +814,7 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     step, history, elapsed = 0, [], 0.0
     started_from = recorded_name(init) if init else None
-    started_sha = _sha256(Path(init)) if init else None  # which file that was, whatever its path names later
+    started_sha = file_sha256(Path(init)) if init else None  # which file that was, whatever its path names later
     saved_step: int | None = None  # the step the checkpoint on disk holds, as far as this run knows
     if resume:
         try:
@@ -848,7 +849,7 @@ def train(
         **(
             {
                 "distilled_from": recorded_name(settings.teacher),
-                "distilled_from_sha256": _sha256(resolve_weights(settings.teacher)),
+                "distilled_from_sha256": file_sha256(resolve_weights(settings.teacher)),
             }
             if settings.teacher
             else {}
