@@ -214,3 +214,19 @@ def test_a_saved_sample_says_which_layer_of_the_sample_it_reconstructs(
     cube = data_path(*FIBSEM)
     assert saver.job.input_id == f"'medulla_b pooled x8' of the napari-niiv sample fibsem_anisotropic, from {cube}"
     assert saver.job.origin == str(cube)  # a resume still checks the file for edits
+
+
+def test_the_save_dialog_proposes_a_place_beside_the_store_a_level_was_read_from(tmp_path) -> None:
+    """A layer read from one level of a store (data.ome.zarr/0) was proposed a path inside that store,
+    which the save then refuses (found by a review of 933a595)."""
+    from napari.layers import Image
+
+    from napari_niiv._napari.save_job import default_save_path
+    from napari_niiv.inference.store import ArrayBlocks, Layout, write_ome_zarr
+
+    data = np.zeros((4, 8, 8), np.uint8)
+    store = write_ome_zarr(
+        tmp_path / "data.ome.zarr", Layout(data.shape, data.dtype, (4, 8, 8)), ArrayBlocks(data)
+    ).path
+    layer = Image(data, name="data", metadata={"niiv_source": str(store / "0")})
+    assert default_save_path(layer) == tmp_path / "data-isotropic.ome.zarr"

@@ -31,7 +31,7 @@ from ..inference.export import DEFAULT_CHUNKS, write_isotropic
 from ..inference.geometry import OutputGeometry
 from ..inference.reconstructor import BlockReconstruction
 from ..inference.settings import InferenceSettings
-from ..inference.store import WriteCancelled, WriteReport, partial_path
+from ..inference.store import WriteCancelled, WriteReport, outside_zarr_stores, partial_path
 from ..model import NiivModel
 from .activity import Activity, JobWorker, activity_bar, follow_job, format_seconds
 from .gui_timing import gui_handler
@@ -172,6 +172,7 @@ def default_save_path(layer: Any) -> Path:
     source = layer_source(layer)
     sample = getattr(getattr(layer, "source", None), "sample", None)  # napari's Open Sample sets it
     folder = Path(source).parent if source and "://" not in source and sample is None else Path.home()
+    folder = outside_zarr_stores(folder)  # read from data.ome.zarr/0: beside the store, not in it
     if not os.access(folder, os.W_OK):
         folder = Path.home()
     stem = re.sub(r"[/\\]", "_", str(layer.name)) + "-isotropic"  # a layer name may hold a slash

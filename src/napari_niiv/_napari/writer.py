@@ -10,7 +10,7 @@ import numpy as np
 
 from ..data.io import check_voxel_size, common_unit, ngff_unit, tidy, volume_name
 from ..errors import NiivInputError
-from ..inference.store import ArrayBlocks, Layout, partial_path
+from ..inference.store import ArrayBlocks, Layout, partial_path, zarr_store_holding
 from ..inference.store import write_ome_zarr as write_store
 from .layer_view import axis_aligned_placement
 
@@ -124,11 +124,12 @@ def _check_not_inside_data(out: Path) -> None:
     for parent in out.parents:
         if parent.is_file():
             raise NiivInputError(f"cannot save {out}: {parent} is a file, not a folder; choose a path in a folder")
-        if any((parent / m).is_file() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs")):
-            raise NiivInputError(
-                f"cannot save {out}: it lies inside the zarr store {parent}, and napari-niiv never writes into an "
-                "existing store; save it beside that store instead"
-            )
+    store = zarr_store_holding(out)
+    if store is not None:
+        raise NiivInputError(
+            f"cannot save {out}: it lies inside the zarr store {store}, and napari-niiv never writes into an "
+            "existing store; save it beside that store instead"
+        )
 
 
 def layer_placement(meta: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float], str | None]:

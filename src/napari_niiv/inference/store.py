@@ -247,7 +247,7 @@ def check_output_path(out: Path, overwrite: bool, source: Path | str | None = No
     out = Path(out)
     if source is not None:
         check_outside_input(out, source)
-    store = _zarr_store_holding(out)
+    store = zarr_store_holding(out)
     if store is not None:  # a store nested in it would be a member of its hierarchy (or stray files)
         raise NiivInputError(
             f"{out} lies inside the zarr store {store}; niiv writes its output outside any store it did not "
@@ -304,12 +304,22 @@ def _zarr_root(path: Path) -> Path:
     return root
 
 
-def _zarr_store_holding(path: Path) -> Path | None:
+def zarr_store_holding(path: Path) -> Path | None:
     """The zarr group or array folder that ``path`` lies inside (its nearest), or None."""
     for folder in Path(os.path.abspath(path)).parents:
         if any((folder / name).is_file() for name in _ZARR_NODE):
             return folder
     return None
+
+
+def outside_zarr_stores(folder: Path) -> Path:
+    """``folder``, or the folder that holds the outermost zarr store it lies in: where an output
+    beside the store a layer was read from (``data.ome.zarr/0``) may go."""
+    inside = zarr_store_holding(folder / "_")
+    while inside is not None:
+        folder = inside.parent
+        inside = zarr_store_holding(folder / "_")
+    return folder
 
 
 def written_by_niiv(path: Path) -> bool:
