@@ -146,6 +146,34 @@ def crop() -> np.ndarray:
     return np.asarray(open_volume(data_path("anisotropic_em", "cremi_a.tif")).data[:8, :48, :48])
 
 
+class CancelAfter:
+    """A ``cancelled`` callable that turns true after ``calls`` questions; ``asked`` counts them."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls, self.asked = calls, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked > self.calls
+
+
+def gui_thread_waits(monkeypatch, job_class) -> list[float | None]:
+    """The timeouts of every ``job_class.join`` made on the GUI (main) thread from now on: a window
+    that waits for a background job there is frozen."""
+    import threading
+
+    waits: list[float | None] = []
+    join = job_class.join
+
+    def noted_join(job, timeout: float | None = None) -> bool:
+        if threading.current_thread() is threading.main_thread():
+            waits.append(timeout)
+        return join(job, timeout)
+
+    monkeypatch.setattr(job_class, "join", noted_join)
+    return waits
+
+
 def open_dock(viewer, weights: str | None = None):
     """The niiv dock in ``viewer``, with ``weights`` chosen (the list read again first: user weights
     a test just wrote) when given."""

@@ -12,7 +12,7 @@ import pytest
 from napari_niiv.data import open_volume
 from napari_niiv.errors import NiivInputError
 from napari_niiv.training.finetune import FineTuneRequest, fine_tune_job
-from tests.conftest import data_path, open_dock
+from tests.conftest import data_path, gui_thread_waits, open_dock
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +184,19 @@ except OSError as exc:
     assert res.stdout.strip() == "OSError True ['w.safetensors'] (4.0, 4.0)", res.stdout + res.stderr
 
 
+def _dock_running_ten_steps(make_napari_viewer, nuclei):
+    """A viewer with the nuclei and the niiv dock, fine-tuning 'lm' for 10 steps from user/tiny:
+    (the dock's widget, the run's job)."""
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei[:, :64, :64], name="nuclei", scale=(1.16, 0.26, 0.26), units="um")
+    widget = open_dock(viewer, "user/tiny")
+    panel = widget.training
+    panel.steps_spin.value, panel.minutes_spin.value, panel.name_edit.value = 10, 0, "lm"
+    panel.start_button.native.click()
+    assert panel.job is not None, panel.status_label.value
+    return widget, panel.job
+
+
 @pytest.mark.slow  # a napari viewer and a run
 def test_closing_the_dock_during_a_run_does_not_freeze_the_window_and_says_so(
     qtbot, make_napari_viewer, nuclei, tiny_user_weights, monkeypatch
@@ -202,23 +215,8 @@ def test_closing_the_dock_during_a_run_does_not_freeze_the_window_and_says_so(
     release = threading.Event()
     train = finetune.train
     monkeypatch.setattr(finetune, "train", lambda *a, **kw: release.wait() and train(*a, **kw))
-    waits: list[float | None] = []  # the GUI thread's waits for the run
-    join = finetune.FineTuneJob.join
-
-    def noted_join(job: finetune.FineTuneJob, timeout: float | None = None) -> bool:
-        if threading.current_thread() is threading.main_thread():
-            waits.append(timeout)
-        return join(job, timeout)
-
-    monkeypatch.setattr(finetune.FineTuneJob, "join", noted_join)
-    viewer = make_napari_viewer()
-    viewer.add_image(nuclei[:, :64, :64], name="nuclei", scale=(1.16, 0.26, 0.26), units="um")
-    widget = open_dock(viewer, "user/tiny")
-    panel = widget.training
-    panel.steps_spin.value, panel.minutes_spin.value, panel.name_edit.value = 10, 0, "lm"
-    panel.start_button.native.click()
-    job = panel.job
-    assert job is not None, panel.status_label.value
+    waits = gui_thread_waits(monkeypatch, finetune.FineTuneJob)
+    widget, job = _dock_running_ten_steps(make_napari_viewer, nuclei)
     told = len(notification_manager.records)
     try:
         widget.parent().title.close_button.click()  # what the user clicks
@@ -260,14 +258,7 @@ def test_closing_the_dock_after_a_run_ended_says_no_run_was_stopped(
     from napari.utils.notifications import notification_manager
     from qtpy import sip
 
-    viewer = make_napari_viewer()
-    viewer.add_image(nuclei[:, :64, :64], name="nuclei", scale=(1.16, 0.26, 0.26), units="um")
-    widget = open_dock(viewer, "user/tiny")
-    panel = widget.training
-    panel.steps_spin.value, panel.minutes_spin.value, panel.name_edit.value = 10, 0, "lm"
-    panel.start_button.native.click()
-    job = panel.job
-    assert job is not None, panel.status_label.value
+    widget, job = _dock_running_ten_steps(make_napari_viewer, nuclei)
     assert job.join(120)  # ended on its thread; the GUI thread has not run since: its signal waits
     told = len(notification_manager.records)
     widget.parent().title.close_button.click()

@@ -13,7 +13,7 @@ import tifffile
 
 from napari_niiv._napari import sample_data
 from napari_niiv.errors import NiivInputError
-from tests.conftest import data_path
+from tests.conftest import data_path, gui_thread_waits
 
 FIBSEM = ("fibsem", "medulla_b.tif")
 EPFL = ("anisotropic_em", "epfl_hippocampus.tif")
@@ -127,15 +127,7 @@ def test_closing_the_dock_during_a_save_does_not_freeze_the_window_and_says_so(
     release = threading.Event()
     fit = save_job.fit_normalisation
     monkeypatch.setattr(save_job, "fit_normalisation", lambda data: release.wait() and fit(data))
-    waits: list[float | None] = []  # the GUI thread's waits for a save
-    join = save_job.SaveJob.join
-
-    def noted_join(job: save_job.SaveJob, timeout: float | None = None) -> bool:
-        if threading.current_thread() is threading.main_thread():
-            waits.append(timeout)
-        return join(job, timeout)
-
-    monkeypatch.setattr(save_job.SaveJob, "join", noted_join)
+    waits = gui_thread_waits(monkeypatch, save_job.SaveJob)
     viewer = make_napari_viewer()
     cremi = tifffile.imread(data_path("anisotropic_em", "cremi_a.tif"))[:12, :48, :48]
     viewer.add_image(cremi, name="cremi", scale=(40, 4, 4))

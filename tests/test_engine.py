@@ -9,7 +9,7 @@ import torch
 from napari_niiv.inference.devices import autocast_dtype, cpu_has_bf16
 from napari_niiv.inference.engine import InferenceEngine
 from napari_niiv.inference.settings import InferenceSettings
-from tests.conftest import random_model
+from tests.conftest import CancelAfter, random_model
 
 
 @pytest.fixture(scope="module")
@@ -131,22 +131,14 @@ def test_an_encoding_stops_once_cancelled_and_is_unchanged_otherwise(arch) -> No
     model = random_model(NiivConfig.named(arch))
     image = torch.rand(2, 1, 20, 1300)  # three column tiles
     eng = InferenceEngine(model, InferenceSettings(device="cpu", precision="fp32", alpha=8.0))
-    asked: list[int] = []
-
-    def after(calls: int):
-        def cancelled() -> bool:
-            asked.append(1)
-            return len(asked) > calls
-
-        return cancelled
-
-    assert eng.encode_until(image, 8.0, after(1)) is None
+    first = CancelAfter(1)
+    assert eng.encode_until(image, 8.0, first) is None
     # stopped at the second question: inside the first tile where the fused kernels ask, else at the second tile
-    assert len(asked) == 2
-    asked.clear()
-    whole = eng.encode_until(image, 8.0, after(10**6))
+    assert first.asked == 2
+    never = CancelAfter(10**6)
+    whole = eng.encode_until(image, 8.0, never)
     per_layer = model.attention is None and eng._conv is not None
-    assert len(asked) == (3 + 3 * (2 * model.config.encoder_blocks + 2) if per_layer else 3)  # tiles (+ layers)
+    assert never.asked == (3 + 3 * (2 * model.config.encoder_blocks + 2) if per_layer else 3)  # tiles (+ layers)
     assert whole is not None and torch.equal(whole.latents, eng.encode(image, 8.0).latents)
 
 

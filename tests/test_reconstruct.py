@@ -9,6 +9,7 @@ from napari_niiv.inference.reconstructor import NormalisedView, Reconstructor, r
 from napari_niiv.inference.settings import InferenceSettings
 from napari_niiv.model import NiivModel
 from napari_niiv.training.evaluate import interpolation, simulate
+from tests.conftest import CancelAfter, random_model
 
 
 def _whole(rec: Reconstructor, view: NormalisedView, shape) -> np.ndarray:
@@ -135,15 +136,10 @@ def test_a_block_is_cancelled_between_batches_of_planes_and_returns_nothing(mode
     view = NormalisedView(vol, fit_normalisation(vol))
     shape = output_shape(vol.shape, 8.0, 1.0)
     rec = Reconstructor(model, InferenceSettings(alpha=8.0, precision="fp32"), slice_batch=4)
-    asked = []
-
-    def after_two_batches() -> bool:
-        asked.append(1)
-        return len(asked) > 2
-
+    after_two_batches = CancelAfter(2)
     everything = tuple(slice(0, s) for s in shape)
     assert rec.block(view, shape, everything, after_two_batches) is None
-    assert len(asked) == 3  # 12 planes in batches of 4: asked before each, stopped before the third
+    assert after_two_batches.asked == 3  # 12 planes in batches of 4: asked before each, stopped before the third
     np.testing.assert_array_equal(rec.block(view, shape, everything, lambda: False), _whole(rec, view, shape))
 
 
@@ -155,22 +151,14 @@ def test_a_block_is_cancelled_inside_a_batch_of_planes_too(medulla, architecture
     the batch began stops it; without one, the block is the same to the bit."""
     from napari_niiv.model import NiivConfig
 
-    from .conftest import random_model
-
     model = random_model(NiivConfig.named(architecture))
     vol = medulla[:6, :48, :64]
     view = NormalisedView(vol, fit_normalisation(vol))
     shape = output_shape(vol.shape, 4.0, scale)
     rec = Reconstructor(model, InferenceSettings(alpha=4.0, precision="fp32", scale=scale), slice_batch=1000)
     rec.engine.chunk = 512  # several chunks of points in this small block (attention models)
-    asked = []
-
-    def once_the_batch_began() -> bool:
-        asked.append(1)
-        return len(asked) > 1
-
     everything = tuple(slice(0, s) for s in shape)
-    assert rec.block(view, shape, everything, once_the_batch_began) is None
+    assert rec.block(view, shape, everything, CancelAfter(1)) is None  # once the batch began
     np.testing.assert_array_equal(rec.block(view, shape, everything, lambda: False), _whole(rec, view, shape))
 
 
